@@ -1,0 +1,44 @@
+# Every target creates .venv and installs what it needs when missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: install demo test test-tcp lint bench bench-peers accuracy clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/veilpay demo
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+test-tcp: $(STAMP)
+	$(BIN)/pytest -q -m tcp
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src
+
+bench: $(STAMP)
+	$(BIN)/python bench/mpc.py
+
+accuracy: $(STAMP)
+	$(BIN)/python bench/accuracy.py
+
+# Peers in their own environments: their pins clash with ours.
+bench-peers:
+	test -x .venv-spu/bin/python || $(PY) -m venv .venv-spu
+	.venv-spu/bin/python -m pip install -q 'spu==0.9.5'
+	test -x .venv-mpyc/bin/python || $(PY) -m venv .venv-mpyc
+	.venv-mpyc/bin/python -m pip install -q 'mpyc==0.11' numpy
+
+clean:
+	rm -rf $(VENV) .venv-spu .venv-mpyc .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,57 @@
+"""Start one ``veilpay node`` process per party and collect their JSON results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from veilpay.errors import ProtocolError
+from veilpay.mpc.runtime import new_session
+from veilpay.net import load_network
+
+
+def launch(
+    network_file: str,
+    program: str,
+    protocol: str,
+    args: dict[str, dict[str, Any]] | None = None,
+    parties: list[str] | None = None,
+    compute: list[str] | None = None,
+    trunc: str = "exact",
+    timeout: float = 120.0,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    network = load_network(network_file)
+    parties = parties or network.party_ids
+    session = new_session().hex()
+    procs = {}
+    env = {**os.environ, **(extra_env or {})}
+    for p in parties:
+        cmd = [
+            sys.executable, "-m", "veilpay.cli.main", "node", "--network", network_file, "--party", p,
+            "--program", program, "--protocol", protocol, "--session", session, "--trunc", trunc,
+            "--args-json", json.dumps((args or {}).get(p, {})),
+        ]
+        if compute:
+            cmd += ["--compute", ",".join(compute)]
+        procs[p] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    results: dict[str, Any] = {}
+    errors = []
+    for p, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            errors.append(f"{p}: timed out")
+            continue
+        if proc.returncode != 0:
+            errors.append(f"{p}: exit {proc.returncode}: {err.strip().splitlines()[-1] if err.strip() else ''}")
+            continue
+        results[p] = json.loads(out.strip().splitlines()[-1])
+    if errors:
+        raise ProtocolError("party processes failed: " + "; ".join(errors))
+    return results

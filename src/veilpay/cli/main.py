@@ -1,0 +1,109 @@
+"""``veilpay``: keys, node, launch, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from veilpay.errors import VeilpayError
+
+
+def _cmd_keys(a: argparse.Namespace) -> int:
+    from veilpay.net import provision_network
+
+    parties = [p.strip() for p in a.parties.split(",") if p.strip()]
+    path = provision_network(a.out, parties, host=a.host, base_port=a.base_port, name=a.name)
+    print(f"wrote CA, {len(parties)} party certificates and {path}")
+    return 0
+
+
+def _cmd_node(a: argparse.Namespace) -> int:
+    from veilpay.mpc import load_program, run_party
+
+    kwargs = json.loads(a.args_json) if a.args_json else {}
+    if not isinstance(kwargs, dict):
+        raise VeilpayError("--args-json must be a JSON object")
+    result = run_party(
+        load_program(a.program), a.network, a.party, protocol=a.protocol,
+        session=bytes.fromhex(a.session) if a.session else None,
+        compute=a.compute.split(",") if a.compute else None, frac_bits=a.frac_bits, trunc=a.trunc,
+        timeout=a.timeout, **kwargs,
+    )
+    print(json.dumps(result))
+    return 0
+
+
+def _cmd_launch(a: argparse.Namespace) -> int:
+    from veilpay.cli.launch import launch
+
+    args = json.loads(a.args_json) if a.args_json else {}
+    results = launch(a.network, a.program, a.protocol, args, compute=a.compute.split(",") if a.compute else None,
+                     trunc=a.trunc)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from veilpay.cli.demo import run_demo
+
+    run_demo(a.out)
+    return 0
+
+
+def _mpc_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--network", required=True, help="network file (TOML), see `veilpay keys`")
+    p.add_argument("--program", required=True, help="the SPMD program, as package.module:function")
+    p.add_argument("--protocol", choices=["semi2k", "aby3"], default="semi2k")
+    p.add_argument("--compute", help="roles, comma separated: semi2k P0,P1,dealer; aby3 P0,P1,P2")
+    p.add_argument("--trunc", choices=["exact", "local"], default="exact", help="semi2k truncation")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="veilpay", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    k = sub.add_parser("keys", help="make a network CA, party certificates and a network file")
+    k.add_argument("--out", required=True, help="directory to write into")
+    k.add_argument("--parties", required=True, help="party ids, comma separated")
+    k.add_argument("--host", default="127.0.0.1")
+    k.add_argument("--base-port", type=int, default=7100)
+    k.add_argument("--name", default="veilpay")
+    k.set_defaults(fn=_cmd_keys)
+
+    n = sub.add_parser("node", help="run one party of an MPC program over TCP + mutual TLS")
+    _mpc_options(n)
+    n.add_argument("--party", required=True, help="this party's id in the network file")
+    n.add_argument("--session", help="session id (32 hex digits), the same at every party")
+    n.add_argument("--frac-bits", type=int, default=16)
+    n.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for any message")
+    n.add_argument("--args-json", help="this party's private program arguments, a JSON object")
+    n.set_defaults(fn=_cmd_node)
+
+    la = sub.add_parser("launch", help="start every party of the network as a local process")
+    _mpc_options(la)
+    la.add_argument("--args-json", help='per-party arguments: {"party": {...}}')
+    la.set_defaults(fn=_cmd_launch)
+
+    d = sub.add_parser("demo", help="the main job on embedded data (three wallets, aby3, TLS)")
+    d.add_argument("--out", help="directory for the demo's certificates (default: a temp dir)")
+    d.set_defaults(fn=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(a.fn(a))
+    except VeilpayError as exc:
+        print(f"veilpay: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""The only package that imports cryptographic libraries: PRG, seed agreement,
+certificates and TLS contexts. Everything above uses these wrappers."""
+
+from veilpay.crypto.certs import Identity, issue_party_certificate, make_ca, write_identity
+from veilpay.crypto.keyagree import SeedAgreement
+from veilpay.crypto.prg import Prg, derive_seed, random_seed
+from veilpay.crypto.tls import client_context, peer_common_name, server_context
+
+__all__ = [
+    "Identity",
+    "Prg",
+    "SeedAgreement",
+    "client_context",
+    "derive_seed",
+    "issue_party_certificate",
+    "make_ca",
+    "peer_common_name",
+    "random_seed",
+    "server_context",
+    "write_identity",
+]

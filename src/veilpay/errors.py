@@ -1,0 +1,95 @@
+"""Every exception veilpay raises on purpose.
+
+The tree::
+
+    VeilpayError
+    ├── InvalidInput (also ValueError)      bad arguments from the caller
+    │   ├── ShapeMismatch                   operand shapes that do not combine
+    │   └── FixedPointOverflow              a value outside the fixed-point range
+    ├── ConfigError                         a network file, key or certificate that is unusable
+    ├── ProtocolError                       a multi-party run that went wrong
+    │   ├── PeerError                       ... because of one named peer (``.peer``)
+    │   │   ├── PeerDisconnected            the peer closed the connection or died
+    │   │   ├── ProtocolTimeout             nothing arrived from the peer in time
+    │   │   ├── WireFormatError             bytes that are not a valid veilpay message
+    │   │   └── PeerAuthenticationError     TLS refused: no or wrong certificate
+    │   └── PartyFailed                     a party of an in-process run raised (``.party``)
+    └── ...
+
+Foreign exceptions (``ssl.SSLError``, ``OSError``, ``tomllib.TOMLDecodeError``) are
+translated at the boundary with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "FixedPointOverflow",
+    "InvalidInput",
+    "PartyFailed",
+    "PeerAuthenticationError",
+    "PeerDisconnected",
+    "PeerError",
+    "ProtocolError",
+    "ProtocolTimeout",
+    "ShapeMismatch",
+    "VeilpayError",
+    "WireFormatError",
+]
+
+
+class VeilpayError(Exception):
+    """Base class of every veilpay error."""
+
+
+class InvalidInput(VeilpayError, ValueError):
+    """An argument that the caller must fix."""
+
+
+class ShapeMismatch(InvalidInput):
+    """Operand shapes that cannot be combined."""
+
+
+class FixedPointOverflow(InvalidInput):
+    """A value that the fixed-point encoding cannot represent."""
+
+
+class ConfigError(VeilpayError):
+    """A network file, key or certificate that cannot be used."""
+
+
+class ProtocolError(VeilpayError):
+    """A multi-party protocol run failed."""
+
+
+class PeerError(ProtocolError):
+    """A failure attributed to one peer; ``peer`` names it."""
+
+    def __init__(self, peer: str, message: str) -> None:
+        super().__init__(f"peer {peer!r}: {message}")
+        self.peer = peer
+
+
+class PeerDisconnected(PeerError):
+    """The peer closed the connection or its process died."""
+
+
+class ProtocolTimeout(PeerError):
+    """Nothing arrived from the peer within the timeout."""
+
+
+class WireFormatError(PeerError):
+    """The peer sent bytes that are not a well-formed message for this step."""
+
+
+class PeerAuthenticationError(PeerError):
+    """The TLS handshake failed: missing, untrusted or mismatched certificate."""
+
+
+class PartyFailed(ProtocolError):
+    """A party of an in-process run raised; ``party`` names it, ``__cause__`` is the error."""
+
+    def __init__(self, party: str, exc: BaseException) -> None:
+        super().__init__(f"party {party!r} failed: {type(exc).__name__}: {exc}")
+        self.party = party
+        self.error = exc

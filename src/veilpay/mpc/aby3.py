@@ -1,0 +1,216 @@
+"""aby3: three parties, 2-out-of-3 replicated sharing of Z_2^64 (Araki et al. 2016;
+Mohassel-Rindal 2018, "ABY3"). No dealer.
+
+x = x0 + x1 + x2 and party Pi holds (x_i, x_{i+1}). Multiplication is local up to a
+3-out-of-3 sharing, re-randomised with a PRSS zero sharing (alpha_i = F(k_i,i+1) -
+F(k_i-1,i), seeds agreed pairwise with X25519), then resharing sends one ring element
+per product to the previous party. Boolean sharing is the same over XOR/AND.
+Security: semi-honest, honest majority (no two parties collude).
+
+What each party learns: nothing beyond its two components, which are uniformly
+random; every message is masked by a PRSS value or PRG output the receiver lacks.
+
+Truncation: ABY3's Pi_trunc1 (§5.1.1): P0 holds x0 + x1 and P1, P2 hold x2, a 2-out-
+of-2 sharing; SecureML local shifts on it, re-randomised with a P0-P1 PRG value, and
+P0 sends one element to P2. Off by one at most, except with probability |x| / 2^64
+per element (then wrong by about 2^(64-d)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from veilpay.errors import InvalidInput
+from veilpay.mpc.fixedpoint import FixedPoint
+from veilpay.mpc.protocol import Protocol, Shares, check_array, need_shares
+from veilpay.mpc.ring import ring_matmul
+from veilpay.net import Communicator
+
+__all__ = ["Aby3"]
+
+
+class Aby3(Protocol):
+    name = "aby3"
+
+    def __init__(self, comm: Communicator, compute: Sequence[str], fxp: FixedPoint | None = None) -> None:
+        if len(compute) != 3 or len(set(compute)) != 3:
+            raise InvalidInput("aby3 needs three distinct compute parties")
+        super().__init__(comm, compute, fxp)
+        self.index = self.compute.index(self.me) if self.is_compute else -1
+        if self.is_compute:
+            i = self.index
+            self.next_party = self.compute[(i + 1) % 3]
+            self.prev_party = self.compute[(i - 1) % 3]
+            self._next = self.pair_prg(self.next_party, "prss")
+            self._prev = self.pair_prg(self.prev_party, "prss")
+
+    def _q(self, i: int) -> str:
+        return self.compute[i % 3]
+
+    def _zero(self, shape: tuple[int, ...]) -> np.ndarray:
+        return self._next.uint64(shape) - self._prev.uint64(shape)
+
+    def _zero_xor(self, shape: tuple[int, ...]) -> np.ndarray:
+        return self._next.uint64(shape) ^ self._prev.uint64(shape)
+
+    # -- sharing -----------------------------------------------------------
+    def input(self, owner: str, value: np.ndarray | None, shape: tuple[int, ...]) -> Shares:
+        if owner not in self.comm.parties:
+            raise InvalidInput(f"input owner {owner!r} is not in the network")
+        if self.me == owner and value is None:
+            raise InvalidInput("the input owner must pass its value")
+        if owner in self.compute:
+            j = self.compute.index(owner)
+            send: dict[str, list[np.ndarray]] = {}
+            if self.me == owner:
+                xj = self._prev.uint64(shape)
+                xj1 = self._next.uint64(shape)
+                rest = value - xj - xj1  # type: ignore[operator]
+                send = {self._q(j + 1): [rest], self._q(j + 2): [rest]}
+            got = self.comm.exchange("input", send, {owner: 1} if self.is_compute and self.me != owner else {})
+            if self.me == owner:
+                return (xj, xj1)
+            if self.me == self._q(j + 1):  # holds (x_{j+1}, x_{j+2})
+                return (self._prev.uint64(shape), check_array(got[owner][0], shape, owner))
+            if self.me == self._q(j + 2):  # holds (x_{j+2}, x_j)
+                return (check_array(got[owner][0], shape, owner), self._next.uint64(shape))
+            return None
+        send = {}
+        if self.me == owner:
+            x0, x1 = self.private.uint64(shape), self.private.uint64(shape)
+            comps = [x0, x1, value - x0 - x1]  # type: ignore[operator]
+            send = {self._q(i): [comps[i], comps[(i + 1) % 3]] for i in range(3)}
+        got = self.comm.exchange("input", send, {owner: 2} if self.is_compute else {})
+        if not self.is_compute:
+            return None
+        a, b = got[owner]
+        return (check_array(a, shape, owner), check_array(b, shape, owner))
+
+    def reveal(self, x: Shares, shape: tuple[int, ...], to: Sequence[str]) -> np.ndarray | None:
+        send: dict[str, list[np.ndarray]] = {}
+        if self.is_compute:
+            need_shares(x)
+            for r in to:
+                if r == self.me:
+                    continue
+                if r in self.compute:
+                    if self.compute.index(r) == (self.index - 1) % 3:
+                        send[r] = [x[1]]  # type: ignore[index]
+                elif self.index == 0:
+                    send[r] = [x[0], x[1]]  # type: ignore[index]
+                elif self.index == 1:
+                    send[r] = [x[1]]  # type: ignore[index]
+        recv: dict[str, int] = {}
+        if self.me in to:
+            recv = {self._q(self.index + 1): 1} if self.is_compute else {self._q(0): 2, self._q(1): 1}
+        got = self.comm.exchange("reveal", send, recv)
+        if self.me not in to:
+            return None
+        parts = [check_array(a, shape, p) for p in recv for a in got[p]]
+        if self.is_compute:
+            parts += [x[0], x[1]]  # type: ignore[index]
+        return parts[0] + parts[1] + parts[2]
+
+    # -- local ops ---------------------------------------------------------
+    def add_public(self, x: Shares, c: np.ndarray) -> Shares:
+        if x is None:
+            return None
+        z = np.zeros_like(c)
+        # Component x0 is held by P0 (first) and P2 (second).
+        return (x[0] + (c if self.index == 0 else z), x[1] + (c if self.index == 2 else z))
+
+    def xor_public(self, x: Shares, c: np.ndarray) -> Shares:
+        if x is None:
+            return None
+        z = np.zeros_like(c)
+        return (x[0] ^ (c if self.index == 0 else z), x[1] ^ (c if self.index == 2 else z))
+
+    # -- interactive ops ---------------------------------------------------
+    def _reshare(self, label: str, z: np.ndarray, shape: tuple[int, ...]) -> Shares:
+        got = self.comm.exchange(label, {self.prev_party: [z]}, {self.next_party: 1})
+        return (z, check_array(got[self.next_party][0], shape, self.next_party))
+
+    def mul(self, x: Shares, y: Shares, shape: tuple[int, ...]) -> Shares:
+        if not self.is_compute:
+            self.comm.exchange("mul")
+            return None
+        need_shares(x)
+        need_shares(y)
+        z = x[0] * (y[0] + y[1]) + x[1] * y[0] + self._zero(shape)  # type: ignore[index]
+        return self._reshare("mul", z, shape)
+
+    def matmul(self, x: Shares, y: Shares, m: int, k: int, n: int) -> Shares:
+        if not self.is_compute:
+            self.comm.exchange("matmul")
+            return None
+        need_shares(x)
+        need_shares(y)
+        z = ring_matmul(x[0], y[0] + y[1]) + ring_matmul(x[1], y[0]) + self._zero((m, n))  # type: ignore[index]
+        return self._reshare("matmul", z, (m, n))
+
+    def and_(self, x: Shares, y: Shares, shape: tuple[int, ...]) -> Shares:
+        if not self.is_compute:
+            self.comm.exchange("and")
+            return None
+        need_shares(x)
+        need_shares(y)
+        z = (x[0] & (y[0] ^ y[1])) ^ (x[1] & y[0]) ^ self._zero_xor(shape)  # type: ignore[index]
+        return self._reshare("and", z, shape)
+
+    def trunc(self, x: Shares, shape: tuple[int, ...], bits: int) -> Shares:
+        if not 0 < bits < 63:
+            raise InvalidInput("truncation by 1..62 bits")
+        if not self.is_compute:
+            self.comm.exchange("trunc")
+            return None
+        need_shares(x)
+        d = np.uint64(bits)
+        if self.index == 0:
+            r = self._next.uint64(shape)
+            t0 = ((x[0] + x[1]) >> d) - r  # type: ignore[index]
+            self.comm.exchange("trunc", {self._q(2): [t0]})
+            return (t0, r)
+        if self.index == 1:
+            r = self._prev.uint64(shape)
+            self.comm.exchange("trunc")
+            return (r, -((-x[1]) >> d))  # type: ignore[index]
+        got = self.comm.exchange("trunc", {}, {self._q(0): 1})
+        return (-((-x[0]) >> d), check_array(got[self._q(0)][0], shape, self._q(0)))  # type: ignore[index]
+
+    def a2b(self, x: Shares, shape: tuple[int, ...]) -> tuple[Shares, Shares]:
+        if not self.is_compute:
+            self.comm.exchange("a2b")
+            return None, None
+        need_shares(x)
+        zero = np.zeros(shape, dtype=np.uint64)
+        # u: boolean sharing of x0 + x1, input by P0 as (u0 = PRG(P2,P0), u1, u2 = 0).
+        if self.index == 0:
+            u0 = self._prev.uint64(shape)
+            u1 = (x[0] + x[1]) ^ u0  # type: ignore[index]
+            self.comm.exchange("a2b", {self._q(1): [u1]})
+            return (u0, u1), (zero, zero)
+        if self.index == 1:
+            got = self.comm.exchange("a2b", {}, {self._q(0): 1})
+            return (check_array(got[self._q(0)][0], shape, self._q(0)), zero), (zero, x[1])  # type: ignore[index]
+        u0 = self._next.uint64(shape)
+        self.comm.exchange("a2b")
+        return (zero, u0), (x[0], zero)  # type: ignore[index]
+
+    def bit_to_arith(self, b: Shares, shape: tuple[int, ...]) -> Shares:
+        one = np.uint64(1)
+        t_val = None
+        if self.index == 0:
+            need_shares(b)
+            t_val = (b[0] ^ b[1]) & one  # type: ignore[index]
+        t = self.input(self._q(0), t_val, shape)
+        if not self.is_compute:
+            self.mul(None, None, shape)
+            return None
+        need_shares(b)
+        zero = np.zeros(shape, dtype=np.uint64)
+        # b2 is component 2: P1 holds it second, P2 first.
+        b2 = {0: (zero, zero), 1: (zero, b[1] & one), 2: (b[0] & one, zero)}[self.index]  # type: ignore[index]
+        tb = self.mul(t, b2, shape)
+        return tuple(ti + bi - (pi << one) for ti, bi, pi in zip(t, b2, tb, strict=True))  # type: ignore[arg-type]

@@ -1,0 +1,123 @@
+"""What every sharing protocol provides, and the parts they have in common.
+
+A protocol object is one party's runtime: its channels, its PRG streams and the
+fixed-point format. All parties run the same program (SPMD); a party that holds no
+share of a value (the semi2k dealer, an input-only party) keeps ``None`` in its
+place and still takes part in the rounds that need it. Shares are tuples of uint64
+arrays: one array for semi2k, two for aby3's replicated sharing.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from veilpay.crypto import Prg, SeedAgreement, derive_seed, random_seed
+from veilpay.errors import InvalidInput, WireFormatError
+from veilpay.mpc.fixedpoint import FixedPoint
+from veilpay.net import Communicator
+
+__all__ = ["Protocol", "Shares", "check_array", "map_shares", "need_shares"]
+
+Shares = tuple[np.ndarray, ...] | None
+
+
+def map_shares(fn: Callable[..., np.ndarray], *xs: Shares) -> Shares:
+    """Apply a local, share-wise function (linear ops, reshapes, shifts)."""
+    if xs[0] is None:
+        return None
+    return tuple(fn(*parts) for parts in zip(*xs, strict=True))  # type: ignore[arg-type]
+
+
+def need_shares(x: Shares) -> None:
+    if x is None:
+        raise InvalidInput("this party holds no share of the operand")
+
+
+def check_array(arr: np.ndarray, shape: tuple[int, ...], peer: str, dtype: type = np.uint64) -> np.ndarray:
+    """A received array must have the dtype and shape the protocol step expects."""
+    if arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
+        raise WireFormatError(peer, f"expected {np.dtype(dtype)} {tuple(shape)}, got {arr.dtype} {arr.shape}")
+    return arr
+
+
+class Protocol(ABC):
+    """One party's runtime for a secret-sharing protocol."""
+
+    name: str = ""
+
+    def __init__(self, comm: Communicator, compute: Sequence[str], fxp: FixedPoint | None = None) -> None:
+        self.comm = comm
+        self.me = comm.me
+        self.fxp = fxp or FixedPoint()
+        self.compute = tuple(compute)
+        for p in self.compute:
+            if p not in comm.parties:
+                raise InvalidInput(f"compute party {p!r} is not in the network")
+        self.is_compute = self.me in self.compute
+        self.private = Prg(random_seed())
+        self.pair_seed = self._agree_seeds()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(me={self.me!r}, compute={self.compute!r}, f={self.fxp.frac_bits})"
+
+    def _agree_seeds(self) -> dict[str, bytes]:
+        key = SeedAgreement.generate()
+        pub = np.frombuffer(key.public_bytes(), dtype=np.uint8)
+        peers = self.comm.peers
+        got = self.comm.exchange("setup", {p: [pub] for p in peers}, {p: 1 for p in peers})
+        session = self.comm.channels[peers[0]].session
+        seeds = {}
+        for p in peers:
+            raw = got[p][0]
+            if raw.shape != (32,):
+                raise WireFormatError(p, "setup message is not an X25519 public key")
+            seeds[p] = key.derive(raw.tobytes(), session, self.me, p)
+        self.comm.reset_stats()
+        return seeds
+
+    def pair_prg(self, peer: str, purpose: str) -> Prg:
+        return Prg(derive_seed(self.pair_seed[peer], purpose))
+
+    # -- abstract primitives -------------------------------------------------
+    @abstractmethod
+    def input(self, owner: str, value: np.ndarray | None, shape: tuple[int, ...]) -> Shares:
+        """Share the ring array ``value`` held by ``owner`` (others pass None)."""
+
+    @abstractmethod
+    def reveal(self, x: Shares, shape: tuple[int, ...], to: Sequence[str]) -> np.ndarray | None:
+        """Open ``x`` to the parties ``to``; they get the ring array, others None."""
+
+    @abstractmethod
+    def add_public(self, x: Shares, c: np.ndarray) -> Shares:
+        """x + c for a public ring array c (broadcasting)."""
+
+    @abstractmethod
+    def xor_public(self, x: Shares, c: np.ndarray) -> Shares:
+        """x ^ c on boolean shares."""
+
+    @abstractmethod
+    def mul(self, x: Shares, y: Shares, shape: tuple[int, ...]) -> Shares:
+        """Element-wise ring product of two same-shape sharings."""
+
+    @abstractmethod
+    def matmul(self, x: Shares, y: Shares, m: int, k: int, n: int) -> Shares:
+        """Ring matrix product of (m,k) and (k,n) sharings."""
+
+    @abstractmethod
+    def trunc(self, x: Shares, shape: tuple[int, ...], bits: int) -> Shares:
+        """Arithmetic shift right by ``bits`` of a signed value (see docs for the error)."""
+
+    @abstractmethod
+    def and_(self, x: Shares, y: Shares, shape: tuple[int, ...]) -> Shares:
+        """Bitwise AND of two boolean (XOR) sharings."""
+
+    @abstractmethod
+    def a2b(self, x: Shares, shape: tuple[int, ...]) -> tuple[Shares, Shares]:
+        """Two boolean sharings whose ring sum is x; an adder finishes the conversion."""
+
+    @abstractmethod
+    def bit_to_arith(self, b: Shares, shape: tuple[int, ...]) -> Shares:
+        """Arithmetic 0/1 sharing of bit 0 of a boolean sharing."""

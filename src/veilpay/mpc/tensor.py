@@ -1,0 +1,291 @@
+"""SharedTensor: a secret array, numpy-like, over any protocol.
+
+It carries the protocol runtime, this party's shares (None where it holds none), the
+public shape and the number of fraction bits of its encoding (0 for integers, f for
+fixed point). Arithmetic with plain numbers encodes them on the fly; products of
+two fixed-point operands are truncated back to f fraction bits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from veilpay.errors import InvalidInput, ShapeMismatch, WireFormatError
+from veilpay.mpc.fixedpoint import FixedPoint
+from veilpay.mpc.protocol import Protocol, Shares, map_shares
+from veilpay.mpc.ring import ring_matmul
+
+__all__ = ["SharedTensor", "concatenate", "share", "stack"]
+
+
+def _shape_of(shape: int | Sequence[int]) -> tuple[int, ...]:
+    return (int(shape),) if isinstance(shape, int | np.integer) else tuple(int(s) for s in shape)
+
+
+def share(
+    rt: Protocol,
+    owner: str,
+    value: ArrayLike | None = None,
+    shape: int | Sequence[int] | None = None,
+    fixed: bool = True,
+) -> SharedTensor:
+    """Secret-share ``value`` held by ``owner``; other parties pass no value.
+
+    Without ``shape`` the owner announces it first (one extra round).
+    """
+    ring = None
+    if rt.me == owner:
+        if value is None:
+            raise InvalidInput(f"party {owner!r} owns this input and must pass a value")
+        arr = np.asarray(value)
+        if shape is not None and _shape_of(shape) != arr.shape:
+            raise ShapeMismatch(f"value of shape {arr.shape} declared as {tuple(_shape_of(shape))}")
+        ring = rt.fxp.encode(arr) if fixed else FixedPoint.encode_int(arr)
+    if shape is None:
+        shape = _announce_shape(rt, owner, None if ring is None else ring.shape)
+    shp = _shape_of(shape)
+    sh = rt.input(owner, ring, shp)
+    return SharedTensor(rt, sh, shp, rt.fxp.frac_bits if fixed else 0)
+
+
+def _announce_shape(rt: Protocol, owner: str, shape: tuple[int, ...] | None) -> tuple[int, ...]:
+    send = {}
+    if rt.me == owner:
+        send = {p: [np.asarray(shape, dtype=np.uint64).reshape(-1)] for p in rt.comm.peers}
+    got = rt.comm.exchange("shape", send, {owner: 1} if rt.me != owner else {})
+    if rt.me == owner:
+        return shape  # type: ignore[return-value]
+    arr = got[owner][0]
+    if arr.dtype != np.uint64 or arr.ndim != 1 or arr.size > 8:
+        raise WireFormatError(owner, "malformed shape announcement")
+    return tuple(int(v) for v in arr)
+
+
+class SharedTensor:
+    __slots__ = ("frac", "rt", "sh", "shape")
+
+    def __init__(self, rt: Protocol, sh: Shares, shape: tuple[int, ...], frac: int) -> None:
+        self.rt = rt
+        self.sh = sh
+        self.shape = tuple(shape)
+        self.frac = frac
+
+    # -- basics --------------------------------------------------------------
+    def __repr__(self) -> str:
+        kind = "fixed" if self.frac else "int"
+        return f"SharedTensor(shape={self.shape}, {kind}, protocol={self.rt.name})"
+
+    def __bool__(self) -> bool:
+        raise TypeError("a SharedTensor has no truth value: reveal it, or use where()")
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def _new(self, sh: Shares, shape: tuple[int, ...] | None = None, frac: int | None = None) -> SharedTensor:
+        return SharedTensor(self.rt, sh, self.shape if shape is None else shape, self.frac if frac is None else frac)
+
+    def reveal(self, to: str | Sequence[str] | None = None) -> np.ndarray | None:
+        """Open to the named parties (default: all); returns floats for fixed point,
+        int64 for integers, and None at parties not named."""
+        receivers = list(self.rt.comm.parties) if to is None else ([to] if isinstance(to, str) else list(to))
+        for r in receivers:
+            if r not in self.rt.comm.parties:
+                raise InvalidInput(f"cannot reveal to unknown party {r!r}")
+        ring = self.rt.reveal(self.sh, self.shape, receivers)
+        if ring is None:
+            return None
+        return self.rt.fxp.decode(ring) if self.frac else FixedPoint.decode_int(ring)
+
+    # -- encodings -------------------------------------------------------------
+    def _scaled_to(self, frac: int) -> SharedTensor:
+        if frac == self.frac:
+            return self
+        if frac < self.frac:
+            return self._truncate(self.frac - frac)
+        factor = np.uint64(1 << (frac - self.frac))
+        return self._new(map_shares(lambda s: s * factor, self.sh), frac=frac)
+
+    def _public(self, value: Any) -> tuple[np.ndarray, int]:
+        arr = np.asarray(value)
+        if arr.dtype.kind in "iub":
+            return FixedPoint.encode_int(arr.astype(np.int64)), 0
+        if arr.dtype.kind == "f":
+            return self.rt.fxp.encode(arr), self.rt.fxp.frac_bits
+        raise InvalidInput(f"cannot combine a SharedTensor with {type(value).__name__}")
+
+    def _truncate(self, bits: int) -> SharedTensor:
+        return self._new(self.rt.trunc(self.sh, self.shape, bits), frac=self.frac - bits)
+
+    def _broadcast(self, shape: tuple[int, ...]) -> SharedTensor:
+        if shape == self.shape:
+            return self
+        return self._new(map_shares(lambda s: np.broadcast_to(s, shape).copy(), self.sh), shape=shape)
+
+    def _out_shape(self, other_shape: tuple[int, ...]) -> tuple[int, ...]:
+        try:
+            return tuple(np.broadcast_shapes(self.shape, other_shape))
+        except ValueError as exc:
+            raise ShapeMismatch(f"shapes {self.shape} and {other_shape} do not broadcast") from exc
+
+    # -- linear ops ------------------------------------------------------------
+    def __add__(self, other: Any) -> SharedTensor:
+        if isinstance(other, SharedTensor):
+            shape = self._out_shape(other.shape)
+            frac = max(self.frac, other.frac)
+            a, b = self._scaled_to(frac), other._scaled_to(frac)
+            return SharedTensor(self.rt, map_shares(np.add, a.sh, b.sh), shape, frac)
+        c, cfrac = self._public(other)
+        shape = self._out_shape(c.shape)
+        frac = max(self.frac, cfrac)
+        a = self._scaled_to(frac)
+        if cfrac < frac:
+            c = c * np.uint64(1 << (frac - cfrac))
+        return SharedTensor(self.rt, self.rt.add_public(a.sh, c), shape, frac)
+
+    __radd__ = __add__
+
+    def __neg__(self) -> SharedTensor:
+        return self._new(map_shares(np.negative, self.sh))
+
+    def __sub__(self, other: Any) -> SharedTensor:
+        return self + (-other)
+
+    def __rsub__(self, other: Any) -> SharedTensor:
+        return (-self) + other
+
+    def __mul__(self, other: Any) -> SharedTensor:
+        if isinstance(other, SharedTensor):
+            shape = self._out_shape(other.shape)
+            a, b = self._broadcast(shape), other._broadcast(shape)
+            prod = SharedTensor(self.rt, self.rt.mul(a.sh, b.sh, shape), shape, a.frac + b.frac)
+        else:
+            c, cfrac = self._public(other)
+            shape = self._out_shape(c.shape)
+            prod = SharedTensor(self.rt, map_shares(lambda s: s * c, self.sh), shape, self.frac + cfrac)
+        f = self.rt.fxp.frac_bits
+        return prod._truncate(prod.frac - f) if prod.frac > f else prod
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: Any) -> SharedTensor:
+        if isinstance(other, SharedTensor):
+            from veilpay.mpc.nonlinear import reciprocal
+
+            return self * reciprocal(other)
+        return self * (1.0 / np.asarray(other, dtype=np.float64))
+
+    def __matmul__(self, other: Any) -> SharedTensor:
+        if not isinstance(other, SharedTensor):
+            c, cfrac = self._public(other)
+            if self.ndim != 2 or c.ndim != 2 or self.shape[1] != c.shape[0]:
+                raise ShapeMismatch(f"matmul of shapes {self.shape} and {c.shape}")
+            # A public right operand is a local product on every share component.
+            prod = SharedTensor(
+                self.rt, map_shares(lambda s: ring_matmul(s, c), self.sh), (self.shape[0], c.shape[1]),
+                self.frac + cfrac,
+            )
+            f = self.rt.fxp.frac_bits
+            return prod._truncate(prod.frac - f) if prod.frac > f else prod
+        a, b = self, other
+        va, vb = a.ndim == 1, b.ndim == 1
+        if va:
+            a = a.reshape(1, -1)
+        if vb:
+            b = b.reshape(-1, 1)
+        if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+            raise ShapeMismatch(f"matmul of shapes {self.shape} and {other.shape}")
+        m, k = a.shape
+        n = b.shape[1]
+        prod = SharedTensor(self.rt, self.rt.matmul(a.sh, b.sh, m, k, n), (m, n), a.frac + b.frac)
+        f = self.rt.fxp.frac_bits
+        out = prod._truncate(prod.frac - f) if prod.frac > f else prod
+        if va and vb:
+            return out.reshape(())
+        if va:
+            return out.reshape(n)
+        if vb:
+            return out.reshape(m)
+        return out
+
+    def sum(self, axis: int | None = None) -> SharedTensor:
+        shape = tuple(np.empty(self.shape, dtype=np.uint8).sum(axis=axis).shape)
+        return self._new(map_shares(lambda s: np.asarray(s.sum(axis=axis, dtype=np.uint64)), self.sh), shape=shape)
+
+    def mean(self, axis: int | None = None) -> SharedTensor:
+        total = self.sum(axis)
+        count = self.size // max(total.size, 1)
+        return total._scaled_to(max(total.frac, self.rt.fxp.frac_bits)) * (1.0 / count)
+
+    # -- shape ops -------------------------------------------------------------
+    def reshape(self, *shape: int | Sequence[int]) -> SharedTensor:
+        target = shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape
+        try:
+            new_shape = np.empty(self.shape, dtype=np.uint8).reshape(target).shape  # type: ignore[call-overload]
+        except ValueError as exc:
+            raise ShapeMismatch(f"cannot reshape {self.shape} to {target}") from exc
+        return self._new(map_shares(lambda s: s.reshape(new_shape), self.sh), shape=tuple(new_shape))
+
+    def transpose(self, *axes: int) -> SharedTensor:
+        ax = axes or None
+        shape = np.empty(self.shape, dtype=np.uint8).transpose(ax).shape
+        return self._new(map_shares(lambda s: np.array(s.transpose(ax), order="C"), self.sh), shape=tuple(shape))
+
+    @property
+    def T(self) -> SharedTensor:  # noqa: N802 - numpy's name
+        return self.transpose()
+
+    def __getitem__(self, key: Any) -> SharedTensor:
+        if isinstance(key, SharedTensor):
+            raise TypeError("indexing with a secret index is not supported; use where() or a one-hot product")
+        try:
+            shape = np.empty(self.shape, dtype=np.uint8)[key].shape
+        except IndexError as exc:
+            raise InvalidInput(f"index {key!r} out of range for shape {self.shape}") from exc
+        return self._new(map_shares(lambda s: np.array(s[key], order="C"), self.sh), shape=tuple(shape))
+
+    # -- comparisons (0/1 integer results) ---------------------------------------
+    def __lt__(self, other: Any) -> SharedTensor:
+        from veilpay.mpc.nonlinear import less
+
+        return less(self, other)
+
+    def __gt__(self, other: Any) -> SharedTensor:
+        from veilpay.mpc.nonlinear import less
+
+        return less(other, self) if isinstance(other, SharedTensor) else less(-self, -np.asarray(other))
+
+    def __le__(self, other: Any) -> SharedTensor:
+        return 1 - (self > other)
+
+    def __ge__(self, other: Any) -> SharedTensor:
+        return 1 - (self < other)
+
+
+def concatenate(tensors: Sequence[SharedTensor], axis: int = 0) -> SharedTensor:
+    if not tensors:
+        raise InvalidInput("nothing to concatenate")
+    frac = max(t.frac for t in tensors)
+    ts = [t._scaled_to(frac) for t in tensors]
+    try:
+        shape = np.concatenate([np.empty(t.shape, dtype=np.uint8) for t in ts], axis=axis).shape
+    except ValueError as exc:
+        raise ShapeMismatch(f"cannot concatenate shapes {[t.shape for t in ts]}") from exc
+    sh = None if ts[0].sh is None else tuple(
+        np.concatenate(parts, axis=axis) for parts in zip(*[t.sh for t in ts], strict=True)  # type: ignore[misc]
+    )
+    return SharedTensor(ts[0].rt, sh, tuple(shape), frac)
+
+
+def stack(tensors: Sequence[SharedTensor], axis: int = 0) -> SharedTensor:
+    return concatenate([t.reshape(t.shape[:axis] + (1,) + t.shape[axis:]) for t in tensors], axis=axis)

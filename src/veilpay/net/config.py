@@ -1,0 +1,111 @@
+"""The network file (TOML) and its provisioning.
+
+    name = "demo"
+    ca = "ca.pem"                 # the network CA certificate
+    [parties.alice]
+    address = "127.0.0.1:7101"
+    cert = "alice.pem"
+    key = "alice.key"             # needed only on alice's machine
+
+Relative paths are relative to the network file.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from veilpay.crypto import issue_party_certificate, make_ca, write_identity
+from veilpay.errors import ConfigError
+
+__all__ = ["NetworkConfig", "PartyEntry", "load_network", "provision_network"]
+
+_PARTY_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class PartyEntry:
+    name: str
+    host: str
+    port: int
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    name: str
+    ca: Path
+    parties: dict[str, PartyEntry]
+    path: Path
+
+    @property
+    def party_ids(self) -> list[str]:
+        return list(self.parties)
+
+
+def check_party_id(name: str) -> str:
+    if not _PARTY_ID.match(name):
+        raise ConfigError(
+            f"party id {name!r} must be a DNS label: lower-case letters, digits and '-', starting with a letter"
+        )
+    return name
+
+
+def load_network(path: str | Path) -> NetworkConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read network file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"network file {path} is not valid TOML: {exc}") from exc
+    base = path.parent
+    try:
+        name = str(data.get("name", path.stem))
+        ca = base / str(data["ca"])
+        raw_parties = data["parties"]
+    except KeyError as exc:
+        raise ConfigError(f"network file {path} lacks {exc.args[0]!r}") from exc
+    if not isinstance(raw_parties, dict) or len(raw_parties) < 2:
+        raise ConfigError(f"network file {path} must name at least two parties")
+    parties: dict[str, PartyEntry] = {}
+    for pid, entry in raw_parties.items():
+        check_party_id(pid)
+        try:
+            host, _, port = str(entry["address"]).rpartition(":")
+            parties[pid] = PartyEntry(
+                pid, host.strip("[]"), int(port), base / str(entry["cert"]), base / str(entry.get("key", ""))
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ConfigError(f"party {pid!r} in {path}: needs address 'host:port', cert and key") from exc
+    return NetworkConfig(name, ca, parties, path)
+
+
+def provision_network(
+    out_dir: str | Path, parties: list[str], host: str = "127.0.0.1", base_port: int = 7100, name: str = "veilpay"
+) -> Path:
+    """Make a CA, one certificate per party and a network file; returns its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in parties:
+        check_party_id(p)
+    if len(set(parties)) != len(parties) or len(parties) < 2:
+        raise ConfigError("need at least two distinct parties")
+    ca = make_ca(f"{name} CA")
+    write_identity(ca, out / "ca.pem", out / "ca.key")
+    lines = [f'name = "{name}"', 'ca = "ca.pem"', ""]
+    for i, p in enumerate(parties):
+        write_identity(issue_party_certificate(ca, p, [host, "localhost"]), out / f"{p}.pem", out / f"{p}.key")
+        lines += [
+            f"[parties.{p}]",
+            f'address = "{host}:{base_port + i}"',
+            f'cert = "{p}.pem"',
+            f'key = "{p}.key"',
+            "",
+        ]
+    net = out / "network.toml"
+    net.write_text("\n".join(lines))
+    return net

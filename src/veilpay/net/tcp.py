@@ -1,0 +1,151 @@
+"""TCP with mutual TLS 1.3 between the parties of a network file.
+
+Every ordered pair of parties has its own connection: a party connects to each peer
+for what it sends and accepts one connection from each peer for what it receives.
+The server requires a client certificate from the network CA; the client checks the
+server's certificate names the peer id; the first message names the sender, which
+must equal the common name of its certificate, and the session id.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+
+import numpy as np
+
+from veilpay.crypto import client_context, peer_common_name, server_context
+from veilpay.errors import (
+    ConfigError,
+    PeerAuthenticationError,
+    PeerError,
+    ProtocolTimeout,
+    VeilpayError,
+)
+from veilpay.net.channel import Channel, read_message, write_message
+from veilpay.net.communicator import Communicator
+from veilpay.net.config import NetworkConfig
+from veilpay.net.wire import encode_header
+
+__all__ = ["connect_mesh"]
+
+log = logging.getLogger(__name__)
+_HELLO = "hello"
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    srv = socket.socket(family, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        srv.bind((host, port))
+    except OSError as exc:
+        srv.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from exc
+    srv.listen(16)
+    return srv
+
+
+def _tune(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+
+
+def connect_mesh(
+    network: NetworkConfig,
+    me: str,
+    session: bytes,
+    timeout: float = 60.0,
+    connect_timeout: float = 30.0,
+    parties: list[str] | None = None,
+) -> Communicator:
+    """Connect ``me`` to every other party (of ``parties``, default all in the file)."""
+    parties = parties or network.party_ids
+    if me not in network.parties:
+        raise ConfigError(f"party {me!r} is not in network {network.name!r}")
+    entry = network.parties[me]
+    sctx = server_context(network.ca, entry.cert, entry.key)
+    cctx = client_context(network.ca, entry.cert, entry.key)
+    peers = [p for p in parties if p != me]
+    deadline = time.monotonic() + connect_timeout
+    incoming: dict[str, ssl.SSLSocket] = {}
+    errors: list[BaseException] = []
+    srv = _listen(entry.host, entry.port)
+
+    def accept_loop() -> None:
+        srv.settimeout(0.2)
+        while len(incoming) < len(peers) and time.monotonic() < deadline:
+            try:
+                raw, _addr = srv.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                errors.append(exc)
+                return
+            try:
+                raw.settimeout(max(0.1, deadline - time.monotonic()))
+                tls = sctx.wrap_socket(raw, server_side=True)
+                name = peer_common_name(tls)
+                hello, _ = read_message(tls, name or "?", session, _HELLO, 0, deadline, max_payload=256)
+                claimed = bytes(hello).decode()
+                if name is None or claimed != name or name not in peers or name in incoming:
+                    log.warning("refused a connection whose certificate does not match a pending peer")
+                    tls.close()
+                    continue
+                _tune(tls)
+                incoming[name] = tls
+            except (ssl.SSLError, OSError, VeilpayError, UnicodeDecodeError) as exc:
+                # A stranger with no valid certificate does not stop the party.
+                log.warning("refused an incoming connection: %s", type(exc).__name__)
+                raw.close()
+
+    acceptor = threading.Thread(target=accept_loop, name=f"accept-{me}", daemon=True)
+    acceptor.start()
+    outgoing: dict[str, ssl.SSLSocket] = {}
+    try:
+        for peer in peers:
+            target = network.parties[peer]
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ProtocolTimeout(peer, f"could not connect within {connect_timeout:g} s")
+                try:
+                    raw = socket.create_connection((target.host, target.port), timeout=min(remaining, 5.0))
+                except OSError:
+                    time.sleep(0.05)
+                    continue
+                try:
+                    tls = cctx.wrap_socket(raw, server_hostname=peer)
+                except ssl.SSLError as exc:
+                    raw.close()
+                    raise PeerAuthenticationError(peer, f"TLS handshake refused: {exc.reason}") from exc
+                except OSError as exc:
+                    raw.close()
+                    raise PeerError(peer, f"TLS handshake failed: {exc}") from exc
+                _tune(tls)
+                outgoing[peer] = tls
+                break
+            name = np.frombuffer(me.encode(), dtype=np.uint8)
+            try:
+                write_message(tls, encode_header(name, 0, session, _HELLO), name)
+            except OSError as exc:
+                raise PeerError(peer, f"peer closed the connection during the hello: {exc}") from exc
+        acceptor.join(timeout=max(0.0, deadline - time.monotonic()) + 0.5)
+        if errors:
+            raise ConfigError(f"listening socket failed: {errors[0]}")
+        missing = [p for p in peers if p not in incoming]
+        if missing:
+            raise ProtocolTimeout(missing[0], f"did not connect within {connect_timeout:g} s")
+    except BaseException:
+        for s in list(outgoing.values()) + list(incoming.values()):
+            s.close()
+        raise
+    finally:
+        srv.close()
+    channels = {p: Channel(me, p, outgoing[p], incoming[p], session, timeout, first_seq=1) for p in peers}
+    return Communicator(me, parties, channels)
+
