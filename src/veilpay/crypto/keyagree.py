@@ -29,6 +29,10 @@ class SeedAgreement:
     def generate(cls) -> SeedAgreement:
         return cls(X25519PrivateKey.generate())
 
+    @classmethod
+    def from_private_bytes(cls, raw: bytes) -> SeedAgreement:
+        return cls(X25519PrivateKey.from_private_bytes(raw))
+
     def __repr__(self) -> str:
         return "SeedAgreement(<private>)"
 

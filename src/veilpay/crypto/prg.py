@@ -52,6 +52,15 @@ class Prg:
         self._enc = cipher.encryptor()
         self._zeros = bytes(0)
 
+    @classmethod
+    def from_key_iv(cls, key: bytes, iv: bytes) -> Prg:
+        """Raw AES-CTR keystream under ``key`` from counter block ``iv`` (for
+        known-answer tests against SP 800-38A)."""
+        prg = cls.__new__(cls)
+        prg._enc = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+        prg._zeros = b""
+        return prg
+
     def __repr__(self) -> str:
         return "Prg(<keyed>)"
 

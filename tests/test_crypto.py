@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import load_vectors
+
+from veilpay.crypto import Prg, SeedAgreement, derive_seed, random_seed
+from veilpay.errors import InvalidInput
+
+
+def test_aes_ctr_keystream_matches_sp800_38a() -> None:
+    (v,) = load_vectors("aes_ctr/sp800-38a-f51.txt")
+    pt, ct = bytes.fromhex(v["PLAINTEXT"]), bytes.fromhex(v["CIPHERTEXT"])
+    prg = Prg.from_key_iv(bytes.fromhex(v["KEY"]), bytes.fromhex(v["IV"]))
+    stream = prg.uint64(len(pt) // 8).tobytes()
+    assert bytes(a ^ b for a, b in zip(stream, pt, strict=True)) == ct
+
+
+def test_x25519_matches_rfc7748_and_seeds_agree() -> None:
+    (v,) = load_vectors("x25519/rfc7748-6.1.txt")
+    alice = SeedAgreement.from_private_bytes(bytes.fromhex(v["ALICE_PRIVATE"]))
+    bob = SeedAgreement.from_private_bytes(bytes.fromhex(v["BOB_PRIVATE"]))
+    assert alice.public_bytes().hex() == v["ALICE_PUBLIC"]
+    assert bob.public_bytes().hex() == v["BOB_PUBLIC"]
+    session = b"s" * 16
+    s1 = alice.derive(bob.public_bytes(), session, "alice", "bob")
+    s2 = bob.derive(alice.public_bytes(), session, "bob", "alice")
+    assert s1 == s2 and len(s1) == 32
+    assert alice.derive(bob.public_bytes(), b"t" * 16, "alice", "bob") != s1
+
+
+def test_low_order_point_is_refused() -> None:
+    with pytest.raises(InvalidInput):
+        SeedAgreement.generate().derive(bytes(32), b"s" * 16, "a", "b")
+
+
+def test_prg_is_deterministic_per_seed_and_draws_continue() -> None:
+    seed = random_seed()
+    a, b = Prg(seed), Prg(seed)
+    assert np.array_equal(a.uint64((4, 5)), b.uint64(20).reshape(4, 5))
+    assert not np.array_equal(a.uint64(8), Prg(seed).uint64(8))
+    assert derive_seed(seed, "x") != derive_seed(seed, "y")
+    bits = a.bits(10_000)
+    assert set(np.unique(bits)) <= {0, 1} and 4000 < bits.sum() < 6000
+    with pytest.raises(InvalidInput):
+        Prg(b"short")
+    assert "keyed" in repr(a)

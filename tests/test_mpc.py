@@ -1,0 +1,318 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from veilpay.errors import FixedPointOverflow, PartyFailed, PeerDisconnected, ShapeMismatch
+from veilpay.mpc import Protocol, SharedTensor, concatenate, run_local, share
+from veilpay.mpc import nonlinear as nl
+
+PROTOCOLS = ["semi2k", "aby3"]
+SHAPES = [(), (5,), (3, 4)]
+F = 2.0**-16
+
+
+def run(protocol: str, fn: Callable[..., Any], x: Any = None, y: Any = None, **kw: Any) -> Any:
+    res = run_local(fn, protocol, kwargs={"p0": {"x": x}, "p1": {"y": y}}, **kw)
+    return res["p2"]
+
+
+def two_inputs(rt: Protocol, x: Any, y: Any, shape: tuple[int, ...]) -> tuple[SharedTensor, SharedTensor]:
+    return share(rt, "p0", x, shape=shape), share(rt, "p1", y, shape=shape)
+
+
+def data(shape: tuple[int, ...], lo: float, hi: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(lo, hi, size=shape)
+
+
+BINARY: dict[str, tuple[Callable[[Any, Any], Any], Callable[[Any, Any], Any], float]] = {
+    "add": (lambda a, b: a + b, lambda a, b: a + b, 0),
+    "sub": (lambda a, b: a - b, lambda a, b: a - b, 0),
+    "mul": (lambda a, b: a * b, lambda a, b: a * b, 4 * F),
+    "mul_public": (lambda a, b: a * 1.75 + 2.5, lambda a, b: a * 1.75 + 2.5, 4 * F),
+    "lt": (lambda a, b: a < b, lambda a, b: (a < b).astype(float), 0),
+    "ge": (lambda a, b: a >= b, lambda a, b: (a >= b).astype(float), 0),
+    "maximum": (lambda a, b: nl.maximum(a, b), np.maximum, 0),
+    "where": (lambda a, b: nl.where(a < b, a, b), np.minimum, 0),
+}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("op", sorted(BINARY))
+def test_binary_ops_match_numpy(protocol: str, shape: tuple[int, ...], op: str) -> None:
+    secure, plain, tol = BINARY[op]
+    x, y = data(shape, -50, 50, 1), data(shape, -50, 50, 2)
+    x, y = F16round(x), F16round(y)
+
+    def prog(rt: Protocol, x: Any = None, y: Any = None) -> Any:
+        a, b = two_inputs(rt, x, y, shape)
+        return secure(a, b).reveal()
+
+    got = run(protocol, prog, x, y)
+    assert got.shape == shape
+    np.testing.assert_allclose(got, plain(x, y), atol=tol + 1e-12)
+
+
+def F16round(v: np.ndarray) -> np.ndarray:  # exact fixed-point inputs
+    return np.round(np.asarray(v) * 65536) / 65536
+
+
+UNARY: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any], tuple[float, float], float, bool]] = {
+    # name: secure, plain, input range, abs tolerance, relative?
+    "neg": (lambda a: -a, lambda a: -a, (-100, 100), 0, False),
+    "relu": (nl.relu, lambda a: np.maximum(a, 0), (-100, 100), 0, False),
+    "sign": (nl.sign, lambda a: np.where(a < 0, -1.0, 1.0), (-100, 100), 0, False),
+    "sigmoid": (nl.sigmoid, lambda a: 1 / (1 + np.exp(-a)), (-30, 30), 1e-3, False),
+    "exp": (nl.exp, np.exp, (-8, 5), 6e-3, True),
+    "reciprocal": (nl.reciprocal, lambda a: 1 / a, (0.2, 50), 2e-3, True),
+    "log": (nl.log, np.log, (0.05, 80), 5e-3, False),
+    "inv_sqrt": (nl.inv_sqrt, lambda a: 1 / np.sqrt(a), (0.2, 100), 5e-3, True),
+    "sqrt": (nl.sqrt, np.sqrt, (0.2, 100), 5e-3, True),
+    "square": (lambda a: a * a, np.square, (-100, 100), 1e-3, False),
+}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("shape", [(7,), (2, 3)])
+@pytest.mark.parametrize("op", sorted(UNARY))
+def test_unary_ops_match_numpy(protocol: str, shape: tuple[int, ...], op: str) -> None:
+    secure, plain, (lo, hi), tol, relative = UNARY[op]
+    x = F16round(data(shape, lo, hi, 3))
+
+    def prog(rt: Protocol, x: Any = None, y: Any = None) -> Any:
+        return secure(share(rt, "p0", x, shape=shape)).reveal()
+
+    got = run(protocol, prog, x)
+    want = plain(x)
+    if relative:
+        np.testing.assert_allclose(got, want, rtol=tol, atol=1e-4)
+    else:
+        np.testing.assert_allclose(got, want, atol=tol)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 1, 1), (3, 4, 2), (20, 70, 9), (70, 65, 70)])
+def test_matmul(protocol: str, m: int, k: int, n: int) -> None:
+    x, y = F16round(data((m, k), -4, 4, 4)), F16round(data((k, n), -4, 4, 5))
+
+    def prog(rt: Protocol, x: Any = None, y: Any = None) -> Any:
+        a, b = share(rt, "p0", x, shape=(m, k)), share(rt, "p1", y, shape=(k, n))
+        public = np.linspace(-2, 2, k * n).reshape(k, n)
+        return {"ss": (a @ b).reveal(), "sp": (a @ public).reveal()}
+
+    got = run(protocol, prog, x, y)
+    np.testing.assert_allclose(got["ss"], x @ y, atol=4 * F * k)
+    np.testing.assert_allclose(got["sp"], x @ np.linspace(-2, 2, k * n).reshape(k, n), atol=4 * F * k)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_reductions_shapes_and_indexing(protocol: str) -> None:
+    x = F16round(data((4, 6), -10, 10, 6))
+
+    def prog(rt: Protocol, x: Any = None, y: Any = None) -> Any:
+        a = share(rt, "p0", x)  # shape announced by the owner
+        return {
+            "sum0": a.sum(0).reveal(), "sum": a.sum().reveal(), "mean1": a.mean(1).reveal(),
+            "T": a.T.reveal(), "reshape": a.reshape(3, 8).reveal(), "idx": a[1:3, ::2].reveal(),
+            "cat": concatenate([a, a[:1]], axis=0).reveal(),
+            "max": nl.max(a, axis=1).reveal(), "argmax": nl.argmax(a, axis=0).reveal(),
+            "max_odd": nl.max(a[:, :5], axis=1).reveal(), "argmax_odd": nl.argmax(a[:, :5], axis=1).reveal(),
+        }
+
+    got = run(protocol, prog, x)
+    np.testing.assert_allclose(got["sum0"], x.sum(0))
+    np.testing.assert_allclose(got["sum"], x.sum())
+    np.testing.assert_allclose(got["mean1"], x.mean(1), atol=4 * F)
+    np.testing.assert_array_equal(got["T"], x.T)
+    np.testing.assert_array_equal(got["reshape"], x.reshape(3, 8))
+    np.testing.assert_array_equal(got["idx"], x[1:3, ::2])
+    np.testing.assert_array_equal(got["cat"], np.concatenate([x, x[:1]]))
+    np.testing.assert_array_equal(got["max"], x.max(1))
+    np.testing.assert_array_equal(got["argmax"], x.argmax(0))
+    np.testing.assert_array_equal(got["max_odd"], x[:, :5].max(1))
+    np.testing.assert_array_equal(got["argmax_odd"], x[:, :5].argmax(1))
+    assert got["argmax"].dtype == np.int64
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_integers_and_mixed_encodings(protocol: str) -> None:
+    xi = np.array([-7, 3, 2**40, -(2**40)], dtype=np.int64)
+
+    def prog(rt: Protocol, x: Any = None, y: Any = None) -> Any:
+        a = share(rt, "p0", xi if rt.me == "p0" else None, shape=(4,), fixed=False)
+        b = share(rt, "p1", np.array([1.5, -2.0, 0.25, 1.0]) if rt.me == "p1" else None, shape=(4,))
+        return {"int_mul": (a * a[0:1]).reveal(), "mixed": (a[:2] * b[:2]).reveal(), "plus": (a + 1).reveal()}
+
+    got = run(protocol, prog)
+    np.testing.assert_array_equal(got["int_mul"], xi * -7)
+    np.testing.assert_allclose(got["mixed"], xi[:2] * np.array([1.5, -2.0]))
+    np.testing.assert_array_equal(got["plus"], xi + 1)
+
+
+def test_semi2k_local_truncation_mode() -> None:
+    x, y = F16round(data(50, -20, 20, 7)), F16round(data(50, -20, 20, 8))
+
+    def prog(rt: Protocol, x: Any = None, y: Any = None) -> Any:
+        a, b = two_inputs(rt, x, y, (50,))
+        return (a * b).reveal()
+
+    np.testing.assert_allclose(run("semi2k", prog, x, y, trunc="local"), x * y, atol=2 * F)
+
+
+def test_input_and_output_parties_outside_the_compute_set() -> None:
+    """A data owner need not compute: 'owner' feeds aby3 parties and alone learns the result."""
+    parties = ("p0", "p1", "p2", "owner")
+    for protocol in PROTOCOLS:
+
+        def prog(rt: Protocol, v: Any = None) -> Any:
+            a = share(rt, "owner", v, shape=(3,))
+            b = share(rt, "p2", np.array([1.0, 2.0, 3.0]) if rt.me == "p2" else None, shape=(3,))
+            return (a * b + 1.0).reveal(to="owner")
+
+        res = run_local(prog, protocol, parties=parties, kwargs={"owner": {"v": [0.5, -1.0, 4.0]}})
+        np.testing.assert_allclose(res["owner"], [1.5, -1.0, 13.0])
+        assert res["p0"] is None and res["p1"] is None and res["p2"] is None
+
+
+# -- communication budgets (a change that adds rounds or bytes fails here) -----
+
+HDR = 40 + 8  # fixed header + one shape dimension
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_mul_costs(protocol: str) -> None:
+    n = 1000
+
+    def prog(rt: Protocol, x: Any = None, y: Any = None) -> Any:
+        a, b = two_inputs(rt, x, y, (n,))
+        rt.comm.reset_stats()
+        c = a * b
+        return {k: (v.rounds, v.bytes_sent) for k, v in rt.comm.stats().items()}, c.reveal()
+
+    x, y = data(n, -1, 1, 9), data(n, -1, 1, 10)
+    res = run_local(prog, protocol, kwargs={"p0": {"x": x}, "p1": {"y": y}})
+    np.testing.assert_allclose(res["p0"][1], x * y, atol=4 * F)
+    if protocol == "semi2k":
+        # Beaver: one round, e and f to the peer; the dealer sends only c1 to P1.
+        assert res["p0"][0]["mul"] == (1, 2 * (n * 8 + HDR + 3))
+        assert res["p2"][0]["mul"] == (1, n * 8 + HDR + 3)
+        # exact truncation: one more round, x + r to the peer; dealer: r>>d, msb(r) to P1.
+        assert res["p0"][0]["trunc"] == (1, n * 8 + HDR + 5)
+        assert res["p2"][0]["trunc"] == (1, 2 * (n * 8 + HDR + 5))
+    else:
+        # replicated: one round, one element to the previous party; Pi_trunc1: P0 -> P2 only.
+        for p in ("p0", "p1", "p2"):
+            assert res[p][0]["mul"] == (1, n * 8 + HDR + 3)
+        assert res["p0"][0]["trunc"] == (1, n * 8 + HDR + 5)
+        assert res["p1"][0]["trunc"] == (1, 0)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_comparison_rounds(protocol: str) -> None:
+    def prog(rt: Protocol, x: Any = None, y: Any = None) -> Any:
+        a = share(rt, "p0", x, shape=(10,))
+        rt.comm.reset_stats()
+        _ = a < 0.0
+        return rt.comm.stats()["msb"].rounds
+
+    expected = 1 + 6 + 1 if protocol == "semi2k" else 1 + 1 + 6 + 2  # (a2b input) + adder + b2a
+    assert run(protocol, prog, data(10, -1, 1, 11)) == expected
+
+
+# -- property tests -----------------------------------------------------------
+
+ints = st.lists(st.integers(min_value=-(2**62), max_value=2**62), min_size=1, max_size=6)
+reals = st.lists(st.floats(min_value=-1e4, max_value=1e4, allow_nan=False), min_size=1, max_size=6)
+
+
+@settings(max_examples=15, deadline=None)
+@given(values=ints, protocol=st.sampled_from(PROTOCOLS))
+def test_share_reveal_roundtrip(values: list[int], protocol: str) -> None:
+    x = np.array(values, dtype=np.int64)
+
+    def prog(rt: Protocol, x: Any = None, y: Any = None) -> Any:
+        return share(rt, "p0", x, shape=(len(values),), fixed=False).reveal()
+
+    np.testing.assert_array_equal(run(protocol, prog, x), x)
+
+
+@settings(max_examples=15, deadline=None)
+@given(xs=reals, c=st.floats(min_value=-100, max_value=100), protocol=st.sampled_from(PROTOCOLS))
+def test_linearity_and_product_bound(xs: list[float], c: float, protocol: str) -> None:
+    x = F16round(np.array(xs))
+    y = F16round(x[::-1] / 100)
+    n = len(xs)
+
+    def prog(rt: Protocol, x: Any = None, y: Any = None) -> Any:
+        a, b = two_inputs(rt, x, y, (n,))
+        return {"lin": (a * 3 - b + a).reveal(), "mul": (a * b).reveal(), "pub": (a * c).reveal()}
+
+    got = run(protocol, prog, x, y)
+    np.testing.assert_allclose(got["lin"], 4 * x - y, atol=1e-9)
+    # fixed-point bound: input rounding is zero (exact inputs), truncation error <= 1 ulp
+    np.testing.assert_allclose(got["mul"], x * y, atol=2 * F)
+    assert np.all(np.abs(got["pub"] - x * c) <= 2 * F + np.abs(x) * F)
+
+
+# -- bad input ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_mismatched_shapes_fail_at_every_party(protocol: str) -> None:
+    def prog(rt: Protocol, x: Any = None, y: Any = None) -> str:
+        a = share(rt, "p0", x)
+        b = share(rt, "p1", y)
+        try:
+            _ = a * b
+        except ShapeMismatch as exc:
+            return str(exc)
+        return "no error"
+
+    res = run_local(prog, protocol, kwargs={"p0": {"x": np.ones(3)}, "p1": {"y": np.ones(4)}})
+    assert all("(3,) and (4,)" in v for v in res.values())
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_party_dying_mid_protocol_is_a_disconnect(protocol: str) -> None:
+    seen: dict[str, str] = {}
+
+    def prog(rt: Protocol, x: Any = None, y: Any = None) -> None:
+        a = share(rt, "p0", np.ones(4) if rt.me == "p0" else None, shape=(4,))
+        if rt.me == "p1":
+            raise RuntimeError("p1 crashed")
+        try:
+            (a * a).reveal()
+        except PeerDisconnected as exc:
+            seen[rt.me] = exc.peer
+            raise
+
+    with pytest.raises(PartyFailed) as info:
+        run_local(prog, protocol, timeout=10)
+    assert info.value.party == "p1"
+    assert seen.get("p0") == "p1"
+
+
+def test_out_of_range_input_is_refused_before_sharing() -> None:
+    def prog(rt: Protocol, x: Any = None, y: Any = None) -> Any:
+        return share(rt, "p0", x, shape=(2,)).reveal()
+
+    with pytest.raises(PartyFailed) as info:
+        run_local(prog, "semi2k", kwargs={"p0": {"x": [1.0, 1e30]}}, timeout=5)
+    assert isinstance(info.value.error, FixedPointOverflow)
+
+
+def test_shared_tensor_has_no_truth_value_and_hides_shares() -> None:
+    def prog(rt: Protocol, x: Any = None, y: Any = None) -> str:
+        a = share(rt, "p0", x, shape=(2,))
+        with pytest.raises(TypeError):
+            bool(a)
+        return repr(a)
+
+    r = run("aby3", prog, np.array([1.0, 2.0]))
+    assert r == "SharedTensor(shape=(2,), fixed, protocol=aby3)"
