@@ -81,7 +81,7 @@ class Prg:
             step = min(_CHUNK, nbytes - pos)
             if len(self._zeros) < step:
                 self._zeros = bytes(max(step, min(_CHUNK, 1 << 20)))
-            self._enc.update_into(memoryview(self._zeros)[:step], memoryview(buf)[pos : pos + step + 15])
+            self._enc.update_into(memoryview(self._zeros)[:step], memoryview(buf)[pos : pos + step + 15])  # type: ignore[arg-type]
             pos += step
         return buf[:nbytes]
 

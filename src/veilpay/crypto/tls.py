@@ -43,7 +43,7 @@ def peer_common_name(sock: ssl.SSLSocket) -> str | None:
     if not cert:
         return None
     for rdn in cert.get("subject", ()):
-        for key, value in rdn:
+        for key, value in rdn:  # type: ignore[str-unpack]
             if key == "commonName":
                 return str(value)
     return None

@@ -231,7 +231,7 @@ class SharedTensor:
     def reshape(self, *shape: int | Sequence[int]) -> SharedTensor:
         target = shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape
         try:
-            new_shape = np.empty(self.shape, dtype=np.uint8).reshape(target).shape  # type: ignore[call-overload]
+            new_shape = np.empty(self.shape, dtype=np.uint8).reshape(target).shape  # type: ignore[call-overload,arg-type]
         except ValueError as exc:
             raise ShapeMismatch(f"cannot reshape {self.shape} to {target}") from exc
         return self._new(map_shares(lambda s: s.reshape(new_shape), self.sh), shape=tuple(new_shape))

@@ -9,8 +9,8 @@ Every channel counts messages and bytes per statistics label.
 
 from __future__ import annotations
 
+import contextlib
 import queue
-import socket
 import ssl
 import threading
 import time
@@ -51,7 +51,7 @@ class LinkStats:
 
 def write_message(stream: Stream, header: bytes, arr: np.ndarray) -> None:
     stream.sendall(header)
-    view = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")
+    view = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")  # type: ignore[arg-type]
     for pos in range(0, len(view), _WRITE_CHUNK):
         stream.sendall(view[pos : pos + _WRITE_CHUNK])
 
@@ -66,7 +66,7 @@ def _read_exact(stream: Stream, peer: str, view: memoryview, deadline: float) ->
         stream.settimeout(remaining)
         try:
             got = stream.recv_into(view[pos:], min(n - pos, _WRITE_CHUNK))
-        except (TimeoutError, socket.timeout) as exc:
+        except TimeoutError as exc:
             raise ProtocolTimeout(peer, "no message before the deadline") from exc
         except ssl.SSLError as exc:
             raise WireFormatError(peer, f"TLS record error: {exc}") from exc
@@ -111,7 +111,7 @@ def read_message(
         raise WireFormatError(peer, str(exc)) from exc
     out = np.empty(shape, dtype=dtype)
     if payload_len:
-        _read_exact(stream, peer, memoryview(out.reshape(-1).view(np.uint8)), deadline)
+        _read_exact(stream, peer, memoryview(out.reshape(-1).view(np.uint8)), deadline)  # type: ignore[arg-type]
     return out, FIXED.size + len(rest) + payload_len
 
 
@@ -211,8 +211,6 @@ class Channel:
         self._queue.put(None)
         self._writer.join(timeout=self.timeout)
         for stream in (self._out, self._in):
-            try:
+            with contextlib.suppress(OSError):
                 stream.close()
-            except OSError:
-                pass
 
