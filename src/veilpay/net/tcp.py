@@ -124,8 +124,10 @@ def connect_mesh(
                     raw.close()
                     raise PeerAuthenticationError(peer, f"TLS handshake refused: {exc.reason}") from exc
                 except OSError as exc:
+                    # TLS 1.3 checks the client certificate after the client's
+                    # Finished: a refusal shows up here as a reset connection.
                     raw.close()
-                    raise PeerError(peer, f"TLS handshake failed: {exc}") from exc
+                    raise PeerAuthenticationError(peer, f"peer refused the TLS handshake: {exc}") from exc
                 _tune(tls)
                 outgoing[peer] = tls
                 break

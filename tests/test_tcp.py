@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import secrets
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from veilpay.cli.demo import _free_port_base
+from veilpay.cli.launch import launch
+from veilpay.errors import PeerAuthenticationError, ProtocolTimeout
+from veilpay.net import connect_mesh, load_network, provision_network
+
+pytestmark = pytest.mark.tcp
+ROOT = Path(__file__).resolve().parent
+
+
+@pytest.mark.parametrize("protocol", ["semi2k", "aby3"])
+def test_program_runs_as_processes_over_tls(tmp_path: Path, protocol: str) -> None:
+    net = provision_network(tmp_path, ["p0", "p1", "p2"], base_port=_free_port_base())
+    x0, x1 = [1.5, -2.0, 3.25, 0.5], [2.0, 4.0, -1.0, 0.5]
+    res = launch(str(net), "tcp_programs:mul_and_compare", protocol, {"p0": {"x": x0}, "p1": {"x": x1}},
+                 timeout=120, extra_env={"PYTHONPATH": str(ROOT)})
+    for p in ("p0", "p1", "p2"):
+        np.testing.assert_allclose(res[p]["mul"], np.multiply(x0, x1), atol=1e-4)
+        assert res[p]["lt"] == [int(a < b) for a, b in zip(x0, x1, strict=True)]
+        np.testing.assert_allclose(res[p]["relu"], np.maximum(np.subtract(x0, x1), 0), atol=1e-4)
+
+
+def test_certificate_from_another_ca_is_refused(tmp_path: Path) -> None:
+    port = _free_port_base()
+    good = load_network(provision_network(tmp_path / "good", ["p0", "p1"], base_port=port))
+    rogue = load_network(provision_network(tmp_path / "rogue", ["p0", "p1"], base_port=port))
+    session = secrets.token_bytes(16)
+    errors: dict[str, BaseException] = {}
+
+    def party(net, me: str) -> None:  # type: ignore[no-untyped-def]
+        try:
+            connect_mesh(net, me, session, timeout=3, connect_timeout=3).close()
+        except BaseException as exc:  # noqa: BLE001
+            errors[me] = exc
+
+    ts = [threading.Thread(target=party, args=(good, "p0")), threading.Thread(target=party, args=(rogue, "p1"))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=20)
+    assert isinstance(errors["p0"], PeerAuthenticationError | ProtocolTimeout)
+    assert isinstance(errors["p1"], PeerAuthenticationError | ProtocolTimeout)
+    assert any(isinstance(e, PeerAuthenticationError) for e in errors.values())
+
+
+def test_demo_runs(tmp_path: Path) -> None:
+    from veilpay.cli.demo import run_demo
+
+    res = run_demo(tmp_path)
+    assert {r["learned_above_average"] for r in res.values()} == {True, False}
