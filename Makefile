@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install demo test test-tcp lint bench bench-peers accuracy clean
+.PHONY: install demo test test-tcp lint bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,9 +29,6 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/mpc.py
-
-accuracy: $(STAMP)
-	$(BIN)/python bench/accuracy.py
 
 # Peers in their own environments: their pins clash with ours.
 bench-peers:
