@@ -35,7 +35,7 @@ bench-peers:
 	test -x .venv-spu/bin/python || $(PY) -m venv .venv-spu
 	.venv-spu/bin/python -m pip install -q 'spu==0.9.5'
 	test -x .venv-mpyc/bin/python || $(PY) -m venv .venv-mpyc
-	.venv-mpyc/bin/python -m pip install -q 'mpyc==0.11' numpy
+	.venv-mpyc/bin/python -m pip install -q 'mpyc==0.11' numpy gmpy2
 
 clean:
 	rm -rf $(VENV) .venv-spu .venv-mpyc .pytest_cache .mypy_cache .ruff_cache

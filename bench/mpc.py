@@ -3,8 +3,10 @@
 All parties run as separate OS processes over TCP + mutual TLS 1.3 on loopback
 (`veilpay node`), dealer triples generated inside the timed region; the same program
 also runs in-memory (threads) for the core ops. Plaintext numpy timings sit beside.
-Peers (SPU, MPyC) run if `make bench-peers` made their environments; otherwise a
-line says they were not measured.
+Peers run from their own environments if `make bench-peers` made them (otherwise a
+line says they were not measured): SPU 0.9.5 SEMI2K/ABY3 through its simulator link
+(bench/peers/spu_mpc.py) and MPyC 0.11 as 3 processes (bench/peers/mpyc_mpc.py),
+each with veilpay's TCP+TLS figure and the speed-up beside it.
 
     python bench/mpc.py [--n 1000000] [--quick]
 """
@@ -13,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
-import sys
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -24,13 +27,17 @@ import numpy as np
 
 from veilpay.mpc import Protocol, nonlinear, run_local, share
 
+HERE = Path(__file__).resolve().parent
+
 
 def _sync(rt: Protocol) -> None:
     z = np.zeros(1, dtype=np.uint64)
     rt.comm.exchange("sync", {p: [z] for p in rt.comm.peers}, {p: 1 for p in rt.comm.peers})
 
 
-def bench_program(rt: Protocol, n: int = 1_000_000, ops: list[str] | None = None, seed: int = 0) -> list[dict[str, Any]]:
+def bench_program(
+    rt: Protocol, n: int = 1_000_000, ops: list[str] | None = None, seed: int = 0, repeats: int = 5
+) -> list[dict[str, Any]]:
     rng = np.random.default_rng(seed + (rt.comm.parties.index(rt.me)))
     mine = rng.uniform(-4, 4, size=n) if rt.me in rt.comm.parties[:2] else None
     x = share(rt, rt.comm.parties[0], mine if rt.me == rt.comm.parties[0] else None, shape=(n,))
@@ -51,19 +58,23 @@ def bench_program(rt: Protocol, n: int = 1_000_000, ops: list[str] | None = None
     }
     out = []
     for name in ops or list(table):
-        repeats = 20 if name == "matmul_100" else 1
-        _sync(rt)
+        inner = 20 if name == "matmul_100" else 1  # a 100x100 matmul is too short to time alone
+        table[name]()  # warm-up: first-use costs (page faults, TCP windows) are not the op's
         rt.comm.reset_stats()
-        t0 = time.perf_counter()
+        times = []
         for _ in range(repeats):
-            table[name]()
-        _sync(rt)
-        secs = (time.perf_counter() - t0) / repeats
+            _sync(rt)
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                table[name]()
+            _sync(rt)
+            times.append((time.perf_counter() - t0) / inner)
         total = rt.comm.total()
         sync = rt.comm.stats()["sync"]
         out.append({
-            "op": name, "seconds": round(secs, 5), "rounds": (total.rounds - sync.rounds) // repeats,
-            "bytes_sent_this_party": (total.bytes_sent - sync.bytes_sent) // repeats,
+            "op": name, "seconds": round(float(np.median(times)), 5), "repeats": repeats,
+            "rounds": (total.rounds - sync.rounds) // (inner * repeats),
+            "bytes_sent_this_party": (total.bytes_sent - sync.bytes_sent) // (inner * repeats),
         })
     return out
 
@@ -85,10 +96,30 @@ def plaintext_seconds(op: str, n: int) -> float:
     return (time.perf_counter() - t0) / 5
 
 
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def run_spu(ops: list[str], n: int) -> list[dict[str, Any]]:
+    cmd = [".venv-spu/bin/python", str(HERE / "peers" / "spu_mpc.py"), "--n", str(n), "--ops", ",".join(ops)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=True)
+    return _json_lines(proc.stdout)
+
+
+def run_mpyc(n: int) -> list[dict[str, Any]]:
+    env = {**os.environ, "MPYC_BENCH_N": str(n)}
+    script = str(HERE / "peers" / "mpyc_mpc.py")
+    procs = [subprocess.Popen([".venv-mpyc/bin/python", script, "-M3", f"-I{i}", "--no-log"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for i in range(3)]
+    outs = [p.communicate(timeout=1800)[0] for p in procs]
+    return _json_lines(outs[0])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--quick", action="store_true", help="core ops only (no less_than/sigmoid)")
+    ap.add_argument("--mpyc-n", type=int, default=10_000, help="elements for MPyC's element-wise ops")
     a = ap.parse_args()
     from veilpay.cli.demo import _free_port_base
     from veilpay.cli.launch import launch
@@ -96,33 +127,61 @@ def main() -> None:
 
     ops = ["fxp_mul", "int_mul", "matmul_100", "matmul_1000"] + ([] if a.quick else ["less_than", "sigmoid"])
     plain = {op: plaintext_seconds(op, a.n) for op in ops}
+    ours: dict[tuple[str, str], float] = {}
     work = Path(tempfile.mkdtemp(prefix="veilpay-bench-"))
+    env = {"PYTHONPATH": str(HERE.parent)}
+    runs = [("semi2k", "exact", ops), ("semi2k", "local", ["fxp_mul"]), ("aby3", "exact", ops)]
     try:
-        for protocol in ("semi2k", "aby3"):
-            net = provision_network(work / protocol, ["p0", "p1", "p2"], base_port=_free_port_base())
-            args = {p: {"n": a.n, "ops": ops} for p in ("p0", "p1", "p2")}
-            res = launch(str(net), "bench.mpc:bench_program", protocol, args, timeout=1800,
-                         extra_env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+        for protocol, trunc, run_ops in runs:
+            net = provision_network(work / f"{protocol}-{trunc}", ["p0", "p1", "p2"], base_port=_free_port_base())
+            args = {p: {"n": a.n, "ops": run_ops} for p in ("p0", "p1", "p2")}
+            res = launch(str(net), "bench.mpc:bench_program", protocol, args, trunc=trunc, timeout=1800, extra_env=env)
             for i, fig in enumerate(res["p0"]):
                 slowest = max(res[p][i]["seconds"] for p in res)
+                if trunc == "exact":
+                    ours[(protocol, fig["op"])] = slowest
                 print(json.dumps({
-                    "bench": "mpc", "protocol": protocol, "transport": "tcp+tls, 3 processes", "n": a.n, **fig,
-                    "seconds": slowest, "bytes_sent_all": sum(res[p][i]["bytes_sent_this_party"] for p in res),
+                    "bench": "mpc", "protocol": protocol, "trunc": _TRUNC[protocol, trunc],
+                    "transport": "tcp+tls, 3 processes", "n": a.n, **fig, "seconds": slowest,
+                    "bytes_sent_all": sum(res[p][i]["bytes_sent_this_party"] for p in res),
                     "plaintext_seconds": round(plain[fig["op"]], 6),
                     "slowdown_vs_plaintext": round(slowest / max(plain[fig["op"]], 1e-9), 1),
                 }), flush=True)
-            mem = run_local(bench_program, protocol, kwargs={p: {"n": a.n, "ops": ops[:4]} for p in ("p0", "p1", "p2")},
-                            timeout=600)
-            for fig in mem["p0"]:
-                print(json.dumps({"bench": "mpc", "protocol": protocol, "transport": "in-memory threads",
-                                  "n": a.n, **fig}), flush=True)
+            if trunc == "exact":
+                mem = run_local(bench_program, protocol, timeout=600,
+                                kwargs={p: {"n": a.n, "ops": ops[:4]} for p in ("p0", "p1", "p2")})
+                for fig in mem["p0"]:
+                    print(json.dumps({"bench": "mpc", "protocol": protocol, "transport": "in-memory threads",
+                                      "n": a.n, **fig}), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    for peer, venv in (("spu-0.9.5", ".venv-spu"), ("mpyc-0.11", ".venv-mpyc")):
-        if not Path(venv).exists():
-            print(json.dumps({"bench": "mpc", "peer": peer, "measured": False,
-                              "why": f"{venv} missing: run `make bench-peers`"}), flush=True)
-    sys.stdout.flush()
+    _peers(ops, a.n, a.mpyc_n, ours)
+
+
+_TRUNC = {("semi2k", "exact"): "exact (dealer pair, 1 round)", ("semi2k", "local"): "local (SecureML)",
+          ("aby3", "exact"): "Pi_trunc1 (ABY3)"}
+
+
+def _peers(ops: list[str], n: int, mpyc_n: int, ours: dict[tuple[str, str], float]) -> None:
+    if Path(".venv-spu/bin/python").exists():
+        for fig in run_spu(ops, n):
+            mine = ours.get((fig["protocol"], fig["op"]))
+            print(json.dumps({"bench": "mpc", **fig, "veilpay_seconds": mine,
+                              "veilpay_speedup": round(fig["seconds"] / mine, 2) if mine else None}), flush=True)
+    else:
+        print(json.dumps({"bench": "mpc", "peer": "spu-0.9.5", "measured": False,
+                          "why": ".venv-spu missing: run `make bench-peers`"}), flush=True)
+    if Path(".venv-mpyc/bin/python").exists():
+        for fig in run_mpyc(mpyc_n):
+            mine = ours.get(("aby3", fig["op"]))
+            mine_rate = (n if fig["op"] != "matmul_100" else 100 * 100) / mine if mine else None
+            print(json.dumps({"bench": "mpc", **fig,
+                              "veilpay_aby3_elements_per_second": round(mine_rate, 1) if mine_rate else None,
+                              "veilpay_speedup": round(mine_rate / fig["elements_per_second"], 1) if mine_rate else None}),
+                  flush=True)
+    else:
+        print(json.dumps({"bench": "mpc", "peer": "mpyc-0.11", "measured": False,
+                          "why": ".venv-mpyc missing: run `make bench-peers`"}), flush=True)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,19 @@ from veilpay.mpc.runtime import new_session
 from veilpay.net import load_network
 
 
+_BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _blas_threads(n_parties: int) -> dict[str, str]:
+    """All parties share this machine's cores: give each process its share of BLAS
+    threads (OpenBLAS spins idle threads, so oversubscription costs more than it
+    seems). A value the user set wins."""
+    if any(v in os.environ for v in _BLAS_VARS):
+        return {}
+    share = str(max(1, (os.cpu_count() or 1) // max(1, n_parties)))
+    return dict.fromkeys(_BLAS_VARS, share)
+
+
 def launch(
     network_file: str,
     program: str,
@@ -28,7 +41,7 @@ def launch(
     parties = parties or network.party_ids
     session = new_session().hex()
     procs = {}
-    env = {**os.environ, **(extra_env or {})}
+    env = {**os.environ, **_blas_threads(len(parties)), **(extra_env or {})}
     for p in parties:
         cmd = [
             sys.executable, "-m", "veilpay.cli.main", "node", "--network", network_file, "--party", p,

@@ -170,11 +170,18 @@ class Semi2k(Protocol):
         c = g.uint64((m, n)) if self.index == 0 else None
         need_shares(x)
         need_shares(y)
-        opened = self._open_masked("matmul", [x[0] - a, y[0] - b])  # type: ignore[index]
-        e, f = opened[0], opened[1]
-        c = c if self.index == 0 else opened[2]
+        other = self.p1 if self.index == 0 else self.p0
+        mine = [x[0] - a, y[0] - b]  # type: ignore[index]
+        got = self.comm.exchange("matmul", {other: mine}, {other: 2})
+        e, f = (m + check_array(g, m.shape, other) for m, g in zip(mine, got[other], strict=True))
         # Z_i = C_i + E @ Y_i + A_i @ F sums to E@F + E@B + A@F + A@B = X@Y.
-        return (c + ring_matmul(e, y[0]) + ring_matmul(a, f),)  # type: ignore[index,operator]
+        z = ring_matmul(e, y[0]) + ring_matmul(a, f)  # type: ignore[index]
+        if self.index == 1:
+            # The dealer's C_1 belongs to this round but is read only now, so its
+            # GEMMs run beside ours instead of in front of them.
+            c = check_array(self.comm.collect("matmul", {self.dealer: 1})[self.dealer][0], (m, n), self.dealer)
+        z += c
+        return (z,)
 
     def trunc(self, x: Shares, shape: tuple[int, ...], bits: int) -> Shares:
         if not 0 < bits < 63:

@@ -81,6 +81,12 @@ class Communicator:
             out[peer] = [ch.recv(label, stat) for _ in range(count)]
         return out
 
+    def collect(self, label: str, recv: Mapping[str, int]) -> dict[str, list[np.ndarray]]:
+        """Receive, late, messages of the round just counted under ``label``: a party may
+        do local work before reading a message that was sent in the same round."""
+        stat = self._stat(label)
+        return {peer: [self.channels[peer].recv(label, stat) for _ in range(count)] for peer, count in recv.items()}
+
     def stats(self) -> dict[str, OpStats]:
         result: dict[str, OpStats] = {}
         for label, rounds in self._rounds.items():
