@@ -12,7 +12,6 @@ from veilpay.errors import ProtocolError
 from veilpay.mpc.runtime import new_session
 from veilpay.net import load_network
 
-
 _BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
