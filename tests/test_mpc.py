@@ -155,6 +155,22 @@ def test_integers_and_mixed_encodings(protocol: str) -> None:
     np.testing.assert_array_equal(got["plus"], xi + 1)
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_exact_truncation_has_no_large_errors_near_the_range_limit(protocol: str) -> None:
+    # |x*y| up to 2^29.9: products of 2^61.9 ring units, where local truncation fails
+    # for about 1 element in 8; exact truncation must stay within one unit everywhere.
+    n = 4000
+    x, y = F16round(data(n, -31000, 31000, 11)), F16round(data(n, -31000, 31000, 12))
+
+    def prog(rt: Protocol, x: Any = None, y: Any = None) -> Any:
+        a, b = two_inputs(rt, x, y, (n,))
+        return (a * b).reveal()
+
+    np.testing.assert_allclose(run(protocol, prog, x, y), x * y, rtol=0, atol=2 * F)
+    local = run(protocol, prog, x, y, trunc="local")
+    assert np.sum(np.abs(local - x * y) > 1.0) > n // 20  # the documented failure mode, seen
+
+
 def test_semi2k_local_truncation_mode() -> None:
     x, y = F16round(data(50, -20, 20, 7)), F16round(data(50, -20, 20, 8))
 
@@ -185,8 +201,8 @@ def test_input_and_output_parties_outside_the_compute_set() -> None:
 HDR = 40 + 8  # fixed header + one shape dimension
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_mul_costs(protocol: str) -> None:
+@pytest.mark.parametrize(("protocol", "trunc"), [("semi2k", "exact"), ("aby3", "exact"), ("aby3", "local")])
+def test_mul_costs(protocol: str, trunc: str) -> None:
     n = 1000
 
     def prog(rt: Protocol, x: Any = None, y: Any = None) -> Any:
@@ -196,8 +212,9 @@ def test_mul_costs(protocol: str) -> None:
         return {k: (v.rounds, v.bytes_sent) for k, v in rt.comm.stats().items()}, c.reveal()
 
     x, y = data(n, -1, 1, 9), data(n, -1, 1, 10)
-    res = run_local(prog, protocol, kwargs={"p0": {"x": x}, "p1": {"y": y}})
+    res = run_local(prog, protocol, trunc=trunc, kwargs={"p0": {"x": x}, "p1": {"y": y}})
     np.testing.assert_allclose(res["p0"][1], x * y, atol=4 * F)
+    msg = n * 8 + HDR
     if protocol == "semi2k":
         # Beaver: one round, e and f to the peer; the dealer sends only c1 to P1.
         assert res["p0"][0]["mul"] == (1, 2 * (n * 8 + HDR + 3))
@@ -205,11 +222,19 @@ def test_mul_costs(protocol: str) -> None:
         # exact truncation: one more round, x + r to the peer; dealer: r>>d, msb(r) to P1.
         assert res["p0"][0]["trunc"] == (1, n * 8 + HDR + 5)
         assert res["p2"][0]["trunc"] == (1, 2 * (n * 8 + HDR + 5))
+    elif trunc == "exact":
+        # fused: round 1 opens z + r to P1, P2 (P0 sends u to P1; u', r>>d, msb r to P2;
+        # P1 and P2 swap one masked element); round 2 reshares y2 between P1 and P2.
+        assert res["p0"][0]["mul"] == (1, 4 * (msg + 3))
+        assert res["p1"][0]["mul"] == res["p2"][0]["mul"] == (1, msg + 3)
+        assert res["p0"][0]["mul.trunc"] == (1, 0)
+        assert res["p1"][0]["mul.trunc"] == res["p2"][0]["mul.trunc"] == (1, msg + 9)
+        assert "trunc" not in res["p0"][0]
     else:
         # replicated: one round, one element to the previous party; Pi_trunc1: P0 -> P2 only.
         for p in ("p0", "p1", "p2"):
-            assert res[p][0]["mul"] == (1, n * 8 + HDR + 3)
-        assert res["p0"][0]["trunc"] == (1, n * 8 + HDR + 5)
+            assert res[p][0]["mul"] == (1, msg + 3)
+        assert res["p0"][0]["trunc"] == (1, msg + 5)
         assert res["p1"][0]["trunc"] == (1, 0)
 
 

@@ -10,10 +10,18 @@ Security: semi-honest, honest majority (no two parties collude).
 What each party learns: nothing beyond its two components, which are uniformly
 random; every message is masked by a PRSS value or PRG output the receiver lacks.
 
-Truncation: ABY3's Pi_trunc1 (§5.1.1): P0 holds x0 + x1 and P1, P2 hold x2, a 2-out-
-of-2 sharing; SecureML local shifts on it, re-randomised with a P0-P1 PRG value, and
-P0 sends one element to P2. Off by one at most, except with probability |x| / 2^64
-per element (then wrong by about 2^(64-d)).
+Truncation (see docs/mpc.md):
+- ``exact`` (default): P0 plays semi2k's dealer for the pair (P1, P2). From a 3-out-
+  of-3 sharing z (a product before resharing, or x_i of a replicated x) P1 and P2
+  both learn c = z + 2^62 + r, with r known only to P0, who also 2-out-of-2 shares
+  r >> d and msb(r) between them; they finish as semi2k's exact truncation and
+  reshare to replicated form. 2 rounds, fused with a preceding product (so a fixed-
+  point product costs 2 rounds either way); floor(z / 2^d) or one more for any
+  |z| < 2^62, never a large error.
+- ``local``: ABY3's Pi_trunc1 (§5.1.1): P0 holds x0 + x1 and P1, P2 hold x2, a 2-out-
+  of-2 sharing; SecureML local shifts on it, re-randomised with a P0-P1 PRG value,
+  and P0 sends one element to P2. 1 round; off by one at most, except with
+  probability |x| / 2^64 per element (then wrong by about 2^(64-d)).
 """
 
 from __future__ import annotations
@@ -30,14 +38,27 @@ from veilpay.net import Communicator
 
 __all__ = ["Aby3"]
 
+_ONE = np.uint64(1)
+_63 = np.uint64(63)
+
+
+def _check_bits(bits: int) -> None:
+    if not 0 < bits < 63:
+        raise InvalidInput("truncation by 1..62 bits")
+
 
 class Aby3(Protocol):
     name = "aby3"
 
-    def __init__(self, comm: Communicator, compute: Sequence[str], fxp: FixedPoint | None = None) -> None:
+    def __init__(
+        self, comm: Communicator, compute: Sequence[str], fxp: FixedPoint | None = None, trunc: str = "exact"
+    ) -> None:
         if len(compute) != 3 or len(set(compute)) != 3:
             raise InvalidInput("aby3 needs three distinct compute parties")
+        if trunc not in ("exact", "local"):
+            raise InvalidInput(f"unknown truncation {trunc!r}: choose 'exact' or 'local'")
         super().__init__(comm, compute, fxp)
+        self.trunc_mode = trunc
         self.index = self.compute.index(self.me) if self.is_compute else -1
         if self.is_compute:
             i = self.index
@@ -45,6 +66,11 @@ class Aby3(Protocol):
             self.prev_party = self.compute[(i - 1) % 3]
             self._next = self.pair_prg(self.next_party, "prss")
             self._prev = self.pair_prg(self.prev_party, "prss")
+            # Truncation streams between P0 (the helper) and each of P1, P2.
+            if i == 0:
+                self._t = {1: self.pair_prg(self.compute[1], "trunc"), 2: self.pair_prg(self.compute[2], "trunc")}
+            else:
+                self._t = {0: self.pair_prg(self.compute[0], "trunc")}
 
     def _q(self, i: int) -> str:
         return self.compute[i % 3]
@@ -159,9 +185,85 @@ class Aby3(Protocol):
         z = (x[0] & (y[0] ^ y[1])) ^ (x[1] & y[0]) ^ self._zero_xor(shape)  # type: ignore[index]
         return self._reshare("and", z, shape)
 
+    def mul_trunc(self, x: Shares, y: Shares, shape: tuple[int, ...], bits: int) -> Shares:
+        if self.trunc_mode == "local":
+            return self.trunc(self.mul(x, y, shape), shape, bits)
+        _check_bits(bits)
+        z = None
+        if self.is_compute:
+            need_shares(x)
+            need_shares(y)
+            z = x[0] * (y[0] + y[1]) + x[1] * y[0]  # type: ignore[index]
+        return self._trunc_additive("mul", z, shape, bits)
+
+    def matmul_trunc(self, x: Shares, y: Shares, m: int, k: int, n: int, bits: int) -> Shares:
+        if self.trunc_mode == "local":
+            return self.trunc(self.matmul(x, y, m, k, n), (m, n), bits)
+        _check_bits(bits)
+        z = None
+        if self.is_compute:
+            need_shares(x)
+            need_shares(y)
+            z = ring_matmul(x[0], y[0] + y[1]) + ring_matmul(x[1], y[0])  # type: ignore[index]
+        return self._trunc_additive("matmul", z, (m, n), bits)
+
+    def _trunc_additive(self, label: str, z: np.ndarray | None, shape: tuple[int, ...], bits: int) -> Shares:
+        """Replicated sharing of z >> bits (signed) from this party's 3-out-of-3 share z.
+
+        Round 1: P0 sends P1 u = z0 + 2^62 + r - s2 and P2 u' = z0 + 2^62 + r - s1 plus
+        its 2-out-of-2 shares of r >> d and msb(r); P1 sends P2 z1 + s1, P2 sends P1
+        z2 + s2 (s1 from P0-P1's stream, s2 from P0-P2's): both learn c. Round 2: y0 and
+        y1 come from the streams, P1 and P2 swap their parts of y2 = y - y0 - y1.
+        """
+        if not self.is_compute:
+            self.comm.exchange(label)
+            self.comm.exchange(f"{label}.trunc")
+            return None
+        if z is None:
+            raise InvalidInput("a compute party must hold a share")
+        d = np.uint64(bits)
+        p0, p1, p2 = self.compute
+        if self.index == 0:
+            t1, t2 = self._t[1], self._t[2]
+            r = self.private.uint64(shape)
+            s1, s2 = t1.uint64(shape), t2.uint64(shape)
+            rt1, rm1 = t1.uint64(shape), t1.uint64(shape)
+            base = z + r + np.uint64(1 << 62)
+            rt2 = (r >> d) - rt1
+            rm2 = (r >> _63) - rm1
+            self.comm.exchange(label, {p1: [base - s2], p2: [base - s1, rt2, rm2]})
+            y0, y1 = t2.uint64(shape), t1.uint64(shape)
+            self.comm.exchange(f"{label}.trunc")
+            return (y0, y1)
+        t = self._t[0]
+        other = p2 if self.index == 1 else p1
+        s_mine = t.uint64(shape)  # P1: s1; P2: s2
+        if self.index == 1:
+            rt, rm = t.uint64(shape), t.uint64(shape)
+            got = self.comm.exchange(label, {other: [z + s_mine]}, {p0: 1, other: 1})
+            c = check_array(got[p0][0], shape, p0) + z + check_array(got[other][0], shape, other)
+        else:
+            got = self.comm.exchange(label, {other: [z + s_mine]}, {p0: 3, other: 1})
+            u, rt, rm = (check_array(a, shape, p0) for a in got[p0])
+            c = u + z + check_array(got[other][0], shape, other)
+        wrap_weight = ((c >> _63) ^ _ONE) << np.uint64(64 - bits)
+        part = rm * wrap_weight - rt
+        if self.index == 1:
+            part += (c >> d) - np.uint64(1 << (62 - bits))
+            y_known = t.uint64(shape)  # y1, shared with P0
+        else:
+            y_known = t.uint64(shape)  # y0, shared with P0
+        mine = part - y_known
+        got = self.comm.exchange(f"{label}.trunc", {other: [mine]}, {other: 1})
+        y2 = mine + check_array(got[other][0], shape, other)
+        return (y_known, y2) if self.index == 1 else (y2, y_known)
+
     def trunc(self, x: Shares, shape: tuple[int, ...], bits: int) -> Shares:
-        if not 0 < bits < 63:
-            raise InvalidInput("truncation by 1..62 bits")
+        _check_bits(bits)
+        if self.trunc_mode == "exact":
+            if self.is_compute:
+                need_shares(x)
+            return self._trunc_additive("trunc", x[0] if x is not None else None, shape, bits)
         if not self.is_compute:
             self.comm.exchange("trunc")
             return None

@@ -231,7 +231,7 @@ def log(x: SharedTensor, iterations: int = 3, order: int = 8) -> SharedTensor:
 
 
 def inv_sqrt(x: SharedTensor, iterations: int = 3) -> SharedTensor:
-    """1/sqrt(x) for 0.1 <= x <= 200."""
+    """1/sqrt(x) for 0.1 <= x <= 100 (the start value falls short beyond; see docs)."""
     with x.rt.comm.scope("inv_sqrt"):
         y = exp(x * -0.5 - 0.2) * 2.2 + 0.2 - x * (1.0 / 1024.0)
         for _ in range(iterations):

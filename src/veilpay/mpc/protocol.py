@@ -110,6 +110,14 @@ class Protocol(ABC):
     def trunc(self, x: Shares, shape: tuple[int, ...], bits: int) -> Shares:
         """Arithmetic shift right by ``bits`` of a signed value (see docs for the error)."""
 
+    def mul_trunc(self, x: Shares, y: Shares, shape: tuple[int, ...], bits: int) -> Shares:
+        """trunc(mul(x, y)); a protocol overrides it where the two fuse into fewer rounds."""
+        return self.trunc(self.mul(x, y, shape), shape, bits)
+
+    def matmul_trunc(self, x: Shares, y: Shares, m: int, k: int, n: int, bits: int) -> Shares:
+        """trunc(matmul(x, y)), fused where the protocol can."""
+        return self.trunc(self.matmul(x, y, m, k, n), (m, n), bits)
+
     @abstractmethod
     def and_(self, x: Shares, y: Shares, shape: tuple[int, ...]) -> Shares:
         """Bitwise AND of two boolean (XOR) sharings."""

@@ -43,7 +43,7 @@ def make_protocol(
             raise InvalidInput("semi2k needs three roles: two compute parties and the dealer")
         return Semi2k(comm, roles[:2], roles[2], fxp, trunc=trunc)
     if name == "aby3":
-        return Aby3(comm, roles, fxp)
+        return Aby3(comm, roles, fxp, trunc)
     raise InvalidInput(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
 
 

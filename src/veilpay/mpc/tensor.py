@@ -168,7 +168,10 @@ class SharedTensor:
         if isinstance(other, SharedTensor):
             shape = self._out_shape(other.shape)
             a, b = self._broadcast(shape), other._broadcast(shape)
-            prod = SharedTensor(self.rt, self.rt.mul(a.sh, b.sh, shape), shape, a.frac + b.frac)
+            frac, f = a.frac + b.frac, self.rt.fxp.frac_bits
+            if frac > f:
+                return SharedTensor(self.rt, self.rt.mul_trunc(a.sh, b.sh, shape, frac - f), shape, f)
+            return SharedTensor(self.rt, self.rt.mul(a.sh, b.sh, shape), shape, frac)
         else:
             c, cfrac = self._public(other)
             shape = self._out_shape(c.shape)
@@ -207,9 +210,11 @@ class SharedTensor:
             raise ShapeMismatch(f"matmul of shapes {self.shape} and {other.shape}")
         m, k = a.shape
         n = b.shape[1]
-        prod = SharedTensor(self.rt, self.rt.matmul(a.sh, b.sh, m, k, n), (m, n), a.frac + b.frac)
-        f = self.rt.fxp.frac_bits
-        out = prod._truncate(prod.frac - f) if prod.frac > f else prod
+        frac, f = a.frac + b.frac, self.rt.fxp.frac_bits
+        if frac > f:
+            out = SharedTensor(self.rt, self.rt.matmul_trunc(a.sh, b.sh, m, k, n, frac - f), (m, n), f)
+        else:
+            out = SharedTensor(self.rt, self.rt.matmul(a.sh, b.sh, m, k, n), (m, n), frac)
         if va and vb:
             return out.reshape(())
         if va:
