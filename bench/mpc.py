@@ -159,7 +159,7 @@ def main() -> None:
 
 
 _TRUNC = {("semi2k", "exact"): "exact (dealer pair, 1 round)", ("semi2k", "local"): "local (SecureML)",
-          ("aby3", "exact"): "Pi_trunc1 (ABY3)"}
+          ("aby3", "exact"): "exact (P0 as dealer, fused with the product)"}
 
 
 def _peers(ops: list[str], n: int, mpyc_n: int, ours: dict[tuple[str, str], float]) -> None:

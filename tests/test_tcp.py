@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from veilpay.cli.demo import _free_port_base
 from veilpay.cli.launch import launch
-from veilpay.errors import PeerAuthenticationError, ProtocolTimeout
+from veilpay.errors import PeerAuthenticationError, ProtocolError, ProtocolTimeout
 from veilpay.net import connect_mesh, load_network, provision_network
 
 pytestmark = pytest.mark.tcp
@@ -26,6 +27,20 @@ def test_program_runs_as_processes_over_tls(tmp_path: Path, protocol: str) -> No
         np.testing.assert_allclose(res[p]["mul"], np.multiply(x0, x1), atol=1e-4)
         assert res[p]["lt"] == [int(a < b) for a, b in zip(x0, x1, strict=True)]
         np.testing.assert_allclose(res[p]["relu"], np.maximum(np.subtract(x0, x1), 0), atol=1e-4)
+
+
+@pytest.mark.parametrize("protocol", ["semi2k", "aby3"])
+def test_killed_party_gives_peer_disconnected(tmp_path: Path, protocol: str) -> None:
+    net = provision_network(tmp_path, ["p0", "p1", "p2"], base_port=_free_port_base())
+    t0 = time.monotonic()
+    with pytest.raises(ProtocolError) as info:
+        launch(str(net), "tcp_programs:die_midway", protocol, {"p2": {"die": True}}, timeout=60,
+               extra_env={"PYTHONPATH": str(ROOT)})
+    # The survivors name the dead peer, well before the 60 s message timeout.
+    assert time.monotonic() - t0 < 30
+    msg = str(info.value)
+    assert "p2: exit 3" in msg
+    assert "PeerDisconnected: peer 'p2'" in msg
 
 
 def test_certificate_from_another_ca_is_refused(tmp_path: Path) -> None:

@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(a.fn(a))
     except VeilpayError as exc:
-        print(f"veilpay: error: {exc}", file=sys.stderr)
+        print(f"veilpay: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 
 

@@ -3,7 +3,7 @@ certificates and TLS contexts. Everything above uses these wrappers."""
 
 from veilpay.crypto.certs import Identity, issue_party_certificate, make_ca, write_identity
 from veilpay.crypto.keyagree import SeedAgreement
-from veilpay.crypto.prg import Prg, derive_seed, random_seed
+from veilpay.crypto.prg import Prg, derive_seed, label_digest, random_seed
 from veilpay.crypto.tls import client_context, peer_common_name, server_context
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "client_context",
     "derive_seed",
     "issue_party_certificate",
+    "label_digest",
     "make_ca",
     "peer_common_name",
     "random_seed",

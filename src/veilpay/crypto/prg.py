@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from veilpay.errors import InvalidInput
 
-__all__ = ["Prg", "derive_seed", "random_seed"]
+__all__ = ["Prg", "derive_seed", "label_digest", "random_seed"]
 
 SEED_BYTES = 32
 _CHUNK = 1 << 24  # bytes encrypted per call: bounds the zero buffer
@@ -96,3 +96,12 @@ class Prg:
     def bits(self, shape: int | tuple[int, ...]) -> np.ndarray:
         """Uniform bits as uint64 0/1 values."""
         return self.uint64(shape) & np.uint64(1)
+
+
+def label_digest(label: str, size: int = 16) -> bytes:
+    """A public, deterministic identifier from a name (SHA-256, truncated): not a key."""
+    if not 1 <= size <= 32:
+        raise InvalidInput("label_digest size must be 1..32 bytes")
+    h = hashes.Hash(hashes.SHA256())
+    h.update(label.encode())
+    return h.finalize()[:size]

@@ -8,7 +8,6 @@ unchanged under both launchers.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import secrets
 import threading
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from veilpay.crypto import label_digest
 from veilpay.errors import ConfigError, InvalidInput, PartyFailed
 from veilpay.mpc.aby3 import Aby3
 from veilpay.mpc.fixedpoint import FixedPoint
@@ -125,7 +125,7 @@ def ring_errstate() -> Any:
 
 
 def _default_session(name: str) -> bytes:
-    return hashlib.sha256(b"veilpay/session/" + name.encode()).digest()[:16]
+    return label_digest("veilpay/session/" + name)
 
 
 def new_session() -> bytes:
