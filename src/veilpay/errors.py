@@ -5,13 +5,16 @@ The tree::
     VeilpayError
     ├── InvalidInput (also ValueError)      bad arguments from the caller
     │   ├── ShapeMismatch                   operand shapes that do not combine
-    │   └── FixedPointOverflow              a value outside the fixed-point range
+    │   ├── FixedPointOverflow              a value outside the fixed-point range
+    │   └── DataError                       an input file that cannot be used (names file, column)
     ├── ConfigError                         a network file, key or certificate that is unusable
     ├── ProtocolError                       a multi-party run that went wrong
     │   ├── PeerError                       ... because of one named peer (``.peer``)
     │   │   ├── PeerDisconnected            the peer closed the connection or died
     │   │   ├── ProtocolTimeout             nothing arrived from the peer in time
     │   │   ├── WireFormatError             bytes that are not a valid veilpay message
+    │   │   │   ├── InvalidPoint            a curve point that must not be used (PSI)
+    │   │   │   └── ProtocolMismatch        the peer runs another version or mode
     │   │   └── PeerAuthenticationError     TLS refused: no or wrong certificate
     │   └── PartyFailed                     a party of an in-process run raised (``.party``)
     └── ...
@@ -24,10 +27,13 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DataError",
     "FixedPointOverflow",
     "InvalidInput",
+    "InvalidPoint",
     "PartyFailed",
     "PeerAuthenticationError",
+    "ProtocolMismatch",
     "PeerDisconnected",
     "PeerError",
     "ProtocolError",
@@ -52,6 +58,10 @@ class ShapeMismatch(InvalidInput):
 
 class FixedPointOverflow(InvalidInput):
     """A value that the fixed-point encoding cannot represent."""
+
+
+class DataError(InvalidInput):
+    """An input file that cannot be read as asked: malformed, or a column missing."""
 
 
 class ConfigError(VeilpayError):
@@ -80,6 +90,14 @@ class ProtocolTimeout(PeerError):
 
 class WireFormatError(PeerError):
     """The peer sent bytes that are not a well-formed message for this step."""
+
+
+class InvalidPoint(WireFormatError):
+    """The peer sent a non-canonical or small-order curve point."""
+
+
+class ProtocolMismatch(WireFormatError):
+    """The peer runs another protocol version, mode or role."""
 
 
 class PeerAuthenticationError(PeerError):

@@ -1,4 +1,4 @@
-"""``veilpay``: keys, node, launch, demo."""
+"""``veilpay``: keys, node, launch, demo, psi."""
 
 from __future__ import annotations
 
@@ -46,6 +46,30 @@ def _cmd_launch(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_psi(a: argparse.Namespace) -> int:
+    from veilpay.crypto import label_digest
+    from veilpay.net import connect_mesh, load_network
+    from veilpay.psi import run_psi_files
+
+    network = load_network(a.network)
+    others = [p for p in network.party_ids if p != a.party]
+    peer = a.peer or (others[0] if len(others) == 1 else None)
+    if peer is None:
+        raise VeilpayError("the network has more than two parties: name the other one with --peer")
+    session = label_digest(f"veilpay/psi/{network.name}/{a.session or ''}")
+    comm = connect_mesh(network, a.party, session, timeout=a.timeout, parties=sorted([a.party, peer]))
+    try:
+        summary = run_psi_files(
+            comm, peer, a.role, a.input, a.key, a.output, a.columns.split(",") if a.columns else None,
+            mode=a.mode, reveal=a.reveal, normalise=a.normalise, on_null=a.on_null, sort_by=a.sort_by,
+            workers=a.workers,
+        )
+    finally:
+        comm.close()
+    print(json.dumps(summary))
+    return 0
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from veilpay.cli.demo import run_demo
 
@@ -87,6 +111,25 @@ def build_parser() -> argparse.ArgumentParser:
     _mpc_options(la)
     la.add_argument("--args-json", help='per-party arguments: {"party": {...}}')
     la.set_defaults(fn=_cmd_launch)
+
+    ps = sub.add_parser("psi", help="private set intersection (ECDH on X25519) with one peer over mutual TLS")
+    ps.add_argument("--role", required=True, choices=["receiver", "sender"])
+    ps.add_argument("--network", required=True, help="network file (TOML) naming both parties")
+    ps.add_argument("--party", required=True, help="this party's id")
+    ps.add_argument("--peer", help="the other party (default: the only other one in the network)")
+    ps.add_argument("--input", required=True, help="CSV (or Parquet, with pyarrow) file")
+    ps.add_argument("--key", required=True, action="append", help="key column; repeat for a composite key")
+    ps.add_argument("--output", help="CSV of the common rows (written only where the intersection is learnt)")
+    ps.add_argument("--columns", help="output columns, comma separated (default: all)")
+    ps.add_argument("--sort-by", help="sort output rows by this column (default: input order)")
+    ps.add_argument("--mode", choices=["intersection", "cardinality"], default="intersection")
+    ps.add_argument("--reveal", choices=["receiver", "both"], default="receiver", help="who learns the result")
+    ps.add_argument("--normalise", choices=["none", "trim", "casefold"], default="trim")
+    ps.add_argument("--on-null", choices=["drop", "error"], default="drop", help="rows with an empty key")
+    ps.add_argument("--workers", type=int, help="processes for the curve work (default: every core)")
+    ps.add_argument("--session", help="a run label both parties pass (keeps concurrent runs apart)")
+    ps.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for any message")
+    ps.set_defaults(fn=_cmd_psi)
 
     d = sub.add_parser("demo", help="the main job on embedded data (three wallets, aby3, TLS)")
     d.add_argument("--out", help="directory for the demo's certificates (default: a temp dir)")

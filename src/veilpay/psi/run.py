@@ -1,0 +1,61 @@
+"""A PSI job on files: read and normalise, run ECDH-PSI, write the common rows."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from veilpay.errors import InvalidInput
+from veilpay.net import Communicator
+from veilpay.psi.data import read_ids, write_rows
+from veilpay.psi.ecdh import ecdh_psi
+
+__all__ = ["run_psi_files"]
+
+
+def run_psi_files(
+    comm: Communicator,
+    peer: str,
+    role: str,
+    input_path: str | Path,
+    keys: Sequence[str],
+    output_path: str | Path | None = None,
+    columns: Sequence[str] | None = None,
+    mode: str = "intersection",
+    reveal: str = "receiver",
+    normalise: str = "trim",
+    on_null: str = "drop",
+    sort_by: str | None = None,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Returns a summary (counts, seconds, bytes); writes ``output_path`` only when this
+    party learns the intersection. Output rows keep this party's file order, or are
+    sorted by ``sort_by``; ``columns`` picks the columns (default: all)."""
+    table = read_ids(input_path, keys, normalise, on_null)
+    cols = list(columns or table.header)
+    missing = [c for c in cols + ([sort_by] if sort_by else []) if c not in table.header]
+    if missing:
+        raise InvalidInput(f"{input_path}: no column {missing[0]!r} to output")
+    learns = mode == "intersection" and (role == "receiver" or reveal == "both")
+    if learns and output_path is None:
+        raise InvalidInput("this party learns the intersection: give an output path")
+    t0 = time.perf_counter()
+    res = ecdh_psi(comm, peer, role, table.ids, mode=mode, reveal=reveal, workers=workers)
+    seconds = time.perf_counter() - t0
+    summary: dict[str, Any] = {
+        "role": role, "mode": mode, "rows": len(table.rows), "distinct_ids": len(table.ids),
+        "duplicates": table.duplicates, "null_keys_dropped": table.nulls, "peer_size": res.peer_size,
+        "intersection_size": res.size if res.size >= 0 else None, "seconds": round(seconds, 3),
+        "bytes_sent": comm.total().bytes_sent, "bytes_received": comm.total().bytes_recv,
+    }
+    if learns and res.indices is not None and output_path is not None:
+        picks = [table.header.index(c) for c in cols]
+        rows = [table.rows[table.first_row[i]] for i in res.indices]
+        if sort_by:
+            key = table.header.index(sort_by)
+            rows.sort(key=lambda r: r[key])
+        write_rows(output_path, cols, [[r[c] for c in picks] for r in rows])
+        summary["output"] = str(output_path)
+    return summary

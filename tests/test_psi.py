@@ -1,0 +1,223 @@
+"""ECDH-PSI against plain set intersection, data plumbing, and bad peers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from veilpay.crypto import BlindingKey, InvalidPointError, hash_to_points
+from veilpay.errors import DataError, InvalidPoint, ProtocolMismatch, WireFormatError
+from veilpay.net import Communicator, local_mesh
+from veilpay.psi import ecdh_psi, read_ids, run_psi_files
+from veilpay.psi.ecdh import DST
+
+
+def two_party(fn_r: Callable[[Communicator], Any], fn_s: Callable[[Communicator], Any]) -> tuple[Any, Any]:
+    mesh = local_mesh(["r", "s"], timeout=20)
+    out: dict[str, Any] = {}
+
+    def go(name: str, fn: Callable[[Communicator], Any]) -> None:
+        try:
+            out[name] = fn(mesh[name])
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out[name] = exc
+
+    ts = [threading.Thread(target=go, args=("r", fn_r)), threading.Thread(target=go, args=("s", fn_s))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=60)
+    for c in mesh.values():
+        c.close()
+    return out["r"], out["s"]
+
+
+def run(x: list[bytes], y: list[bytes], **kw: Any) -> tuple[Any, Any]:
+    return two_party(lambda c: ecdh_psi(c, "s", "receiver", x, **kw), lambda c: ecdh_psi(c, "r", "sender", y, **kw))
+
+
+@pytest.mark.parametrize(("nx", "ny", "common"), [(200, 200, 0), (200, 200, 100), (150, 150, 150), (0, 50, 0),
+                                                   (50, 0, 0), (5, 3000, 5), (3000, 7, 2)])
+def test_matches_plain_intersection(nx: int, ny: int, common: int) -> None:
+    rng = np.random.default_rng(nx * 7 + ny)
+    pool = [f"cust-{v}".encode() for v in rng.choice(10**9, size=nx + ny, replace=False)]
+    x = pool[:nx]
+    y = x[:common] + pool[nx : nx + ny - common]
+    rng.shuffle(y)
+    r, s = run(x, y, reveal="both")
+    want = sorted(i for i, v in enumerate(x) if v in set(y))
+    assert r.indices.tolist() == want and r.size == common and r.peer_size == ny
+    assert sorted(y[i] for i in s.indices) == sorted(x[i] for i in want)
+
+
+def test_unicode_and_cardinality() -> None:
+    x = ["Zoë".encode(), "北京-42".encode(), "a".encode(), "🙂".encode()]
+    y = ["北京-42".encode(), "🙂".encode(), "b".encode()]
+    r, s = run(x, y, mode="cardinality", reveal="both")
+    assert r.indices is None and r.size == 2 and s.size == 2 and s.indices is None
+    r, s = run(x, y)
+    assert r.indices.tolist() == [1, 3] and s.size == -1  # the sender learns nothing by default
+
+
+def test_duplicates_are_refused_by_the_protocol() -> None:
+    mesh = local_mesh(["r", "s"])
+    with pytest.raises(ValueError, match="distinct"):
+        ecdh_psi(mesh["r"], "s", "receiver", [b"a", b"a"])
+
+
+def test_blinding_commutes_and_refuses_bad_points() -> None:
+    a, b = BlindingKey.generate(), BlindingKey.generate()
+    p = hash_to_points([b"x", b"y"], b"salt", DST)
+    np.testing.assert_array_equal(a.blind(b.blind(p)), b.blind(a.blind(p)))
+    assert not np.array_equal(a.blind(p), b.blind(p))
+    zero = np.zeros((1, 32), np.uint8)  # u = 0: small order, all-zero result
+    with pytest.raises(InvalidPointError, match="small-order"):
+        a.blind(zero)
+    big = np.full((1, 32), 0xFF, np.uint8)
+    big[0, 31] = 0x7F  # 2^255 - 1 >= p: non-canonical
+    with pytest.raises(InvalidPointError, match="not reduced"):
+        a.blind(big)
+
+
+def test_blinding_over_worker_processes_matches_in_process() -> None:
+    k = BlindingKey.generate()
+    p = hash_to_points([str(i).encode() for i in range(3000)], b"s", DST)
+    np.testing.assert_array_equal(k.blind(p, workers=3, min_per_worker=500), k.blind(p, workers=1))
+    p[2500] = 0  # a bad point inside a worker's share is reported with its index
+    with pytest.raises(InvalidPointError, match="point 2500"):
+        k.blind(p, workers=3, min_per_worker=500)
+
+
+def _fake_sender(points: Callable[[int], np.ndarray], version: int = 1) -> Callable[[Communicator], Any]:
+    def fn(c: Communicator) -> None:
+        hello = np.concatenate([np.array([version, 1, 1, 2], np.uint64).view(np.uint8), np.zeros(16, np.uint8)])
+        got = c.exchange("psi.hello", {"r": [hello]}, {"r": 1})
+        n = int(got["r"][0][:32].view(np.uint64)[3])
+        c.exchange("psi.B", {"r": [points(2)]})
+        c.exchange("psi.A", recv={"r": 1})
+        c.exchange("psi.BA", {"r": [points(n)]})
+
+    return fn
+
+
+@pytest.mark.parametrize(("points", "err", "match"), [
+    (lambda n: np.zeros((n, 32), np.uint8), InvalidPoint, "small-order"),
+    (lambda n: np.full((n, 32), 0xFF, np.uint8), InvalidPoint, "top bit"),
+    (lambda n: np.zeros((n, 31), np.uint8), InvalidPoint, "expected"),
+    (lambda n: np.zeros((n, 32), np.uint64), InvalidPoint, "expected"),
+])
+def test_bad_points_from_the_peer(points: Callable[[int], np.ndarray], err: type, match: str) -> None:
+    r, _ = two_party(lambda c: ecdh_psi(c, "s", "receiver", [b"a", b"b"]), _fake_sender(points))
+    assert isinstance(r, err) and match in str(r) and r.peer == "s"
+
+
+def test_other_version_is_refused() -> None:
+    r, _ = two_party(lambda c: ecdh_psi(c, "s", "receiver", [b"a"]), _fake_sender(lambda n: np.zeros((n, 32)), 2))
+    assert isinstance(r, ProtocolMismatch) and "version 2" in str(r)
+
+
+def test_mode_mismatch_is_refused() -> None:
+    r, s = two_party(lambda c: ecdh_psi(c, "s", "receiver", [b"a"]),
+                     lambda c: ecdh_psi(c, "r", "sender", [b"a"], mode="cardinality"))
+    assert isinstance(r, ProtocolMismatch) and isinstance(s, ProtocolMismatch)
+
+
+def test_truncated_and_vanished_peer() -> None:
+    def sender_dies(c: Communicator) -> None:
+        c.exchange("psi.hello", {"r": [np.zeros(47, np.uint8)]}, {"r": 1})
+
+    r, _ = two_party(lambda c: ecdh_psi(c, "s", "receiver", [b"a"]), sender_dies)
+    assert isinstance(r, WireFormatError)
+
+    def sender_quits(c: Communicator) -> None:
+        c.close()
+
+    r, _ = two_party(lambda c: ecdh_psi(c, "s", "receiver", [b"a"]), sender_quits)
+    assert type(r).__name__ in ("PeerDisconnected", "ProtocolTimeout")
+
+
+# -- data plumbing ------------------------------------------------------------------
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_read_ids_normalises_dedups_and_counts_nulls(tmp_path: Path) -> None:
+    f = write(tmp_path / "a.csv", "id,country,amount\n A1 ,SG,1\na1,SG,2\nA1,sg,3\n,SG,4\nB2,MY,5\n")
+    t = read_ids(f, ["id", "country"], normalise="casefold")
+    assert len(t.ids) == 2 and t.duplicates == 2 and t.nulls == 1 and t.first_row == [0, 4]
+    t = read_ids(f, ["id"], normalise="none")
+    assert len(t.ids) == 4 and t.duplicates == 0  # " A1 ", "a1", "A1" differ without normalising
+    with pytest.raises(DataError, match="row 5 has an empty key in column 'id'"):
+        read_ids(f, ["id"], on_null="error")
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("id,x\n1,2,3\n", "line 2 has 3 fields"),
+    ("", "empty file"),
+    ('id,x\n"1,2\n', "malformed CSV"),
+])
+def test_malformed_csv_names_the_file(tmp_path: Path, text: str, match: str) -> None:
+    f = write(tmp_path / "bad.csv", text)
+    with pytest.raises(DataError, match=match) as info:
+        read_ids(f, ["id"])
+    assert "bad.csv" in str(info.value)
+
+
+def test_missing_key_column_is_named(tmp_path: Path) -> None:
+    f = write(tmp_path / "c.csv", "customer,x\n1,2\n")
+    with pytest.raises(DataError, match="no column 'customer_id'"):
+        read_ids(f, ["customer_id"])
+
+
+def test_files_end_to_end_keep_receiver_order(tmp_path: Path) -> None:
+    fr = write(tmp_path / "r.csv", "cid,name,score\nz9,Ann,1\nb2,Bo,2\nb2,Bo-dup,9\nq7,Cy,3\nm5,Di,4\n")
+    fs = write(tmp_path / "s.csv", "cid,other\nm5,x\nz9,y\nnope,z\n")
+    out = tmp_path / "common.csv"
+    r, s = two_party(
+        lambda c: run_psi_files(c, "s", "receiver", fr, ["cid"], out, columns=["cid", "score"]),
+        lambda c: run_psi_files(c, "r", "sender", fs, ["cid"]),
+    )
+    assert out.read_text().splitlines() == ["cid,score", "z9,1", "m5,4"]
+    assert r["intersection_size"] == 2 and r["duplicates"] == 1 and s["intersection_size"] is None
+
+
+def test_failed_run_leaves_no_output(tmp_path: Path) -> None:
+    fr = write(tmp_path / "r.csv", "cid\na\nb\n")
+    out = tmp_path / "common.csv"
+    r, _ = two_party(lambda c: run_psi_files(c, "s", "receiver", fr, ["cid"], out),
+                     _fake_sender(lambda n: np.zeros((n, 32), np.uint8)))
+    assert isinstance(r, InvalidPoint)
+    assert list(tmp_path.iterdir()) == [fr]
+
+
+@pytest.mark.tcp
+def test_psi_cli_two_processes_over_tls(tmp_path: Path) -> None:
+    from veilpay.cli.demo import _free_port_base
+    from veilpay.net import provision_network
+
+    net = provision_network(tmp_path / "net", ["wallet", "acquirer"], base_port=_free_port_base())
+    fr = write(tmp_path / "r.csv", "customer_id,country,v\n" + "".join(f"c{i},SG,{i}\n" for i in range(300)))
+    fs = write(tmp_path / "s.csv", "customer_id,country\n" + "".join(f"c{i},SG\n" for i in range(150, 600)))
+    base = [sys.executable, "-m", "veilpay.cli.main", "psi", "--network", str(net), "--key", "customer_id",
+            "--key", "country", "--reveal", "both", "--timeout", "60"]
+    procs = [
+        subprocess.Popen(base + ["--role", "receiver", "--party", "wallet", "--input", str(fr), "--output",
+                                 str(tmp_path / "r_out.csv"), "--columns", "customer_id,v"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        subprocess.Popen(base + ["--role", "sender", "--party", "acquirer", "--input", str(fs), "--output",
+                                 str(tmp_path / "s_out.csv")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    rows = (tmp_path / "r_out.csv").read_text().splitlines()
+    assert rows[0] == "customer_id,v" and rows[1:] == [f"c{i},{i}" for i in range(150, 300)]
+    assert len((tmp_path / "s_out.csv").read_text().splitlines()) == 151
