@@ -29,6 +29,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/mpc.py
+	$(BIN)/python bench/accuracy.py
+	$(BIN)/python bench/psi.py
 
 # Peers in their own environments: their pins clash with ours.
 bench-peers:

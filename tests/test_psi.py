@@ -28,6 +28,7 @@ def two_party(fn_r: Callable[[Communicator], Any], fn_s: Callable[[Communicator]
             out[name] = fn(mesh[name])
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             out[name] = exc
+            mesh[name].close()  # as a dying process would: the peer sees a disconnect
 
     ts = [threading.Thread(target=go, args=("r", fn_r)), threading.Thread(target=go, args=("s", fn_s))]
     for t in ts:
@@ -58,8 +59,8 @@ def test_matches_plain_intersection(nx: int, ny: int, common: int) -> None:
 
 
 def test_unicode_and_cardinality() -> None:
-    x = ["Zoë".encode(), "北京-42".encode(), "a".encode(), "🙂".encode()]
-    y = ["北京-42".encode(), "🙂".encode(), "b".encode()]
+    x = ["Zoë".encode(), "北京-42".encode(), b"a", "🙂".encode()]
+    y = ["北京-42".encode(), "🙂".encode(), b"b"]
     r, s = run(x, y, mode="cardinality", reveal="both")
     assert r.indices is None and r.size == 2 and s.size == 2 and s.indices is None
     r, s = run(x, y)

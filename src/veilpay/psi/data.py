@@ -41,7 +41,7 @@ def _norm(value: str, how: str) -> str:
 def _read_table(path: Path) -> tuple[list[str], list[list[str]]]:
     if path.suffix.lower() in (".parquet", ".pq"):
         try:
-            import pyarrow.parquet as pq  # optional extra: veilpay[parquet]
+            import pyarrow.parquet as pq  # type: ignore[import-not-found]  # optional extra: veilpay[parquet]
         except ImportError as exc:
             raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'veilpay[parquet]')") from exc
         try:

@@ -139,11 +139,11 @@ def ecdh_psi(
     comm.exchange("psi.BA", {peer: [ba]})
     if reveal == "receiver":
         return PsiResult(None, -1, peer_n)
-    got = comm.exchange("psi.matches", recv={peer: 1})[peer][0]
+    answer = comm.exchange("psi.matches", recv={peer: 1})[peer][0]
     if mode == "cardinality":
-        if got.shape != (1,):
+        if answer.shape != (1,):
             raise ProtocolMismatch(peer, "cardinality answer of the wrong shape")
-        return PsiResult(None, int(got[0]), peer_n)
-    if got.dtype != np.uint64 or got.ndim != 1 or (len(got) and int(got.max()) >= len(ids)):
+        return PsiResult(None, int(answer[0]), peer_n)
+    if answer.dtype != np.uint64 or answer.ndim != 1 or (len(answer) and int(answer.max()) >= len(ids)):
         raise ProtocolMismatch(peer, "match positions out of range")
-    return PsiResult(np.sort(perm[got.astype(np.int64)]), len(got), peer_n)
+    return PsiResult(np.sort(perm[answer.astype(np.int64)]), len(answer), peer_n)
