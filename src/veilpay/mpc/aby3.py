@@ -250,9 +250,7 @@ class Aby3(Protocol):
         part = rm * wrap_weight - rt
         if self.index == 1:
             part += (c >> d) - np.uint64(1 << (62 - bits))
-            y_known = t.uint64(shape)  # y1, shared with P0
-        else:
-            y_known = t.uint64(shape)  # y0, shared with P0
+        y_known = t.uint64(shape)  # P1: y1, P2: y0, each shared with P0
         mine = part - y_known
         got = self.comm.exchange(f"{label}.trunc", {other: [mine]}, {other: 1})
         y2 = mine + check_array(got[other][0], shape, other)

@@ -119,16 +119,16 @@ class Semi2k(Protocol):
         return (x[0] ^ c,) if self.index == 0 else (x[0] ^ np.zeros_like(c),)
 
     # -- interactive ops ---------------------------------------------------
-    def _open_masked(self, label: str, mine: list[np.ndarray]) -> list[np.ndarray]:
+    def _open_masked(self, label: str, mine: list[np.ndarray], dealer: bool = True) -> list[np.ndarray]:
         """Exchange masked shares with the other compute party and return the opened
-        values; P1 also receives the dealer's correction, appended last."""
+        values; with ``dealer``, P1 also receives the dealer's correction, appended last."""
         other = self.p1 if self.index == 0 else self.p0
         recv = {other: len(mine)}
-        if self.index == 1:
+        if self.index == 1 and dealer:
             recv[self.dealer] = 1
         got = self.comm.exchange(label, {other: mine}, recv)
         opened = [m + check_array(g, m.shape, other) for m, g in zip(mine, got[other], strict=True)]
-        if self.index == 1:
+        if self.index == 1 and dealer:
             opened.append(got[self.dealer][0])
         return opened
 
@@ -170,10 +170,7 @@ class Semi2k(Protocol):
         c = g.uint64((m, n)) if self.index == 0 else None
         need_shares(x)
         need_shares(y)
-        other = self.p1 if self.index == 0 else self.p0
-        mine = [x[0] - a, y[0] - b]  # type: ignore[index]
-        got = self.comm.exchange("matmul", {other: mine}, {other: 2})
-        e, f = (m + check_array(g, m.shape, other) for m, g in zip(mine, got[other], strict=True))
+        e, f = self._open_masked("matmul", [x[0] - a, y[0] - b], dealer=False)  # type: ignore[index]
         # Z_i = C_i + E @ Y_i + A_i @ F sums to E@F + E@B + A@F + A@B = X@Y.
         z = ring_matmul(e, y[0]) + ring_matmul(a, f)  # type: ignore[index]
         if self.index == 1:
