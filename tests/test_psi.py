@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ from veilpay.crypto import BlindingKey, InvalidPointError, hash_to_points
 from veilpay.errors import DataError, InvalidPoint, ProtocolMismatch, WireFormatError
 from veilpay.net import Communicator, local_mesh
 from veilpay.psi import ecdh_psi, read_ids, run_psi_files
-from veilpay.psi.ecdh import DST
+from veilpay.psi.ecdh import DST, PSI_VERSION, match_points
 
 
 def two_party(fn_r: Callable[[Communicator], Any], fn_s: Callable[[Communicator], Any]) -> tuple[Any, Any]:
@@ -44,15 +45,17 @@ def run(x: list[bytes], y: list[bytes], **kw: Any) -> tuple[Any, Any]:
     return two_party(lambda c: ecdh_psi(c, "s", "receiver", x, **kw), lambda c: ecdh_psi(c, "r", "sender", y, **kw))
 
 
-@pytest.mark.parametrize(("nx", "ny", "common"), [(200, 200, 0), (200, 200, 100), (150, 150, 150), (0, 50, 0),
-                                                   (50, 0, 0), (5, 3000, 5), (3000, 7, 2)])
-def test_matches_plain_intersection(nx: int, ny: int, common: int) -> None:
+@pytest.mark.parametrize(("nx", "ny", "common", "chunk"), [
+    (200, 200, 0, 1 << 15), (200, 200, 100, 1 << 15), (150, 150, 150, 1 << 15), (0, 50, 0, 1 << 15),
+    (50, 0, 0, 1 << 15), (5, 3000, 5, 1 << 15), (3000, 7, 2, 1 << 15),
+    (200, 130, 60, 7), (64, 64, 64, 64), (1, 90, 1, 10)])
+def test_matches_plain_intersection(nx: int, ny: int, common: int, chunk: int) -> None:
     rng = np.random.default_rng(nx * 7 + ny)
     pool = [f"cust-{v}".encode() for v in rng.choice(10**9, size=nx + ny, replace=False)]
     x = pool[:nx]
     y = x[:common] + pool[nx : nx + ny - common]
     rng.shuffle(y)
-    r, s = run(x, y, reveal="both")
+    r, s = run(x, y, reveal="both", chunk=chunk)
     want = sorted(i for i, v in enumerate(x) if v in set(y))
     assert r.indices.tolist() == want and r.size == common and r.peer_size == ny
     assert sorted(y[i] for i in s.indices) == sorted(x[i] for i in want)
@@ -65,6 +68,35 @@ def test_unicode_and_cardinality() -> None:
     assert r.indices is None and r.size == 2 and s.size == 2 and s.indices is None
     r, s = run(x, y)
     assert r.indices.tolist() == [1, 3] and s.size == -1  # the sender learns nothing by default
+
+
+@pytest.mark.parametrize("mode", ["intersection", "cardinality"])
+def test_chunk_sizes_may_differ_between_the_sides(mode: str) -> None:
+    x = [f"id{i}".encode() for i in range(100)]
+    y = [f"id{i}".encode() for i in range(40, 170)]
+    r, s = two_party(lambda c: ecdh_psi(c, "s", "receiver", x, mode=mode, reveal="both", chunk=9),
+                     lambda c: ecdh_psi(c, "r", "sender", y, mode=mode, reveal="both", chunk=31))
+    assert r.size == 60 and s.size == 60 and r.peer_size == 130 and s.peer_size == 100
+    if mode == "intersection":
+        assert r.indices.tolist() == list(range(40, 100)) and s.indices.tolist() == list(range(60))
+
+
+def test_hash_to_points_known_answers() -> None:
+    vec = json.loads((Path(__file__).parent / "vectors" / "psi_hash_to_points.json").read_text())
+    ids = [bytes.fromhex(c["id_hex"]) for c in vec["cases"]]
+    got = hash_to_points(ids, bytes.fromhex(vec["salt_hex"]), vec["dst"].encode())
+    assert [p.tobytes().hex() for p in got] == [c["point_hex"] for c in vec["cases"]]
+
+
+def test_match_points_is_exact_even_with_equal_prefixes() -> None:
+    rng = np.random.default_rng(5)
+    theirs = rng.integers(0, 256, (500, 32), dtype=np.uint8)
+    mine = np.concatenate([theirs[[3, 99, 400]], rng.integers(0, 256, (50, 32), dtype=np.uint8)])
+    mine[5, :8] = theirs[7, :8]  # same 64-bit prefix, different point: not a match
+    assert match_points(mine, theirs).tolist() == [0, 1, 2]
+    theirs[10, :8] = theirs[11, :8]  # equal prefixes inside theirs: the exact fallback
+    assert match_points(mine, theirs).tolist() == [0, 1, 2]
+    assert match_points(mine[:0], theirs).tolist() == [] and match_points(mine, theirs[:0]).tolist() == []
 
 
 def test_duplicates_are_refused_by_the_protocol() -> None:
@@ -96,11 +128,22 @@ def test_blinding_over_worker_processes_matches_in_process() -> None:
         k.blind(p, workers=3, min_per_worker=500)
 
 
-def _fake_sender(points: Callable[[int], np.ndarray], version: int = 1) -> Callable[[Communicator], Any]:
+def _fake_sender(points: Callable[[int], np.ndarray], version: int = PSI_VERSION,
+                 good_first: int = 0) -> Callable[[Communicator], Any]:
+    """A sender that says it holds 2 + good_first ids and sends ``good_first`` good
+    points (one per chunk) before the bad ones."""
     def fn(c: Communicator) -> None:
-        hello = np.concatenate([np.array([version, 1, 1, 2], np.uint64).view(np.uint8), np.zeros(16, np.uint8)])
+        chunk = 1 if good_first else 1 << 15
+        fields = [version, 1, 1, 2 + good_first, chunk] if version == PSI_VERSION else [version, 1, 1, 2]  # v1: no chunk
+        hello = np.concatenate([np.array(fields, np.uint64).view(np.uint8), np.zeros(16, np.uint8)])
         got = c.exchange("psi.hello", {"r": [hello]}, {"r": 1})
-        n = int(got["r"][0][:32].view(np.uint64)[3])
+        n = int(got["r"][0][:40].view(np.uint64)[3])
+        for i in range(good_first):
+            c.exchange("psi.B", {"r": [hash_to_points([b"g%d" % i], b"s", DST)]})
+        if good_first:
+            for _ in range(2):
+                c.exchange("psi.B", {"r": [points(1)]})
+            return
         c.exchange("psi.B", {"r": [points(2)]})
         c.exchange("psi.A", recv={"r": 1})
         c.exchange("psi.BA", {"r": [points(n)]})
@@ -119,9 +162,15 @@ def test_bad_points_from_the_peer(points: Callable[[int], np.ndarray], err: type
     assert isinstance(r, err) and match in str(r) and r.peer == "s"
 
 
+def test_bad_point_in_a_later_chunk_is_named_by_its_position() -> None:
+    r, _ = two_party(lambda c: ecdh_psi(c, "s", "receiver", [b"a", b"b"]),
+                     _fake_sender(lambda n: np.zeros((n, 32), np.uint8), good_first=3))
+    assert isinstance(r, InvalidPoint) and "point 3" in str(r)
+
+
 def test_other_version_is_refused() -> None:
-    r, _ = two_party(lambda c: ecdh_psi(c, "s", "receiver", [b"a"]), _fake_sender(lambda n: np.zeros((n, 32)), 2))
-    assert isinstance(r, ProtocolMismatch) and "version 2" in str(r)
+    r, _ = two_party(lambda c: ecdh_psi(c, "s", "receiver", [b"a"]), _fake_sender(lambda n: np.zeros((n, 32)), 1))
+    assert isinstance(r, ProtocolMismatch) and "version 1" in str(r)
 
 
 def test_mode_mismatch_is_refused() -> None:
@@ -189,6 +238,22 @@ def test_files_end_to_end_keep_receiver_order(tmp_path: Path) -> None:
     )
     assert out.read_text().splitlines() == ["cid,score", "z9,1", "m5,4"]
     assert r["intersection_size"] == 2 and r["duplicates"] == 1 and s["intersection_size"] is None
+
+
+def test_parquet_input_with_composite_key(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    fr = tmp_path / "r.parquet"
+    pq.write_table(pa.table({"cid": ["a", "b", "c", None], "cc": ["SG", "MY", "SG", "SG"], "v": [1, 2, 3, 4]}), fr)
+    fs = write(tmp_path / "s.csv", "cid,cc\nc,SG\nb,SG\na,SG\n")
+    out = tmp_path / "o.csv"
+    r, _ = two_party(lambda c: run_psi_files(c, "s", "receiver", fr, ["cid", "cc"], out, columns=["v", "cid"]),
+                     lambda c: run_psi_files(c, "r", "sender", fs, ["cid", "cc"]))
+    assert r["null_keys_dropped"] == 1 and r["intersection_size"] == 2
+    assert out.read_text().splitlines() == ["v,cid", "1,a", "3,c"]
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match="bad.parquet: not a readable Parquet file"):
+        read_ids(tmp_path / "bad.parquet", ["cid"])
 
 
 def test_failed_run_leaves_no_output(tmp_path: Path) -> None:

@@ -71,3 +71,38 @@ def test_demo_runs(tmp_path: Path) -> None:
 
     res = run_demo(tmp_path)
     assert {r["learned_above_average"] for r in res.values()} == {True, False}
+
+
+def test_a_send_waits_for_a_slow_reader_as_long_as_the_timeout(tmp_path: Path) -> None:
+    """A sender whose peer is busy for longer than the connect phase's 5 s socket
+    timeout must keep waiting (up to the message timeout), not fail the write."""
+    net = load_network(provision_network(tmp_path, ["p0", "p1"], base_port=_free_port_base()))
+    session = secrets.token_bytes(16)
+    big = np.arange(6 << 20, dtype=np.uint64)  # 48 MiB: far more than both socket buffers
+    out: dict[str, object] = {}
+
+    def party(me: str) -> None:
+        try:
+            comm = connect_mesh(net, me, session, timeout=30, connect_timeout=10)
+            try:
+                if me == "p0":
+                    comm.exchange("big", {"p1": [big]})
+                    out[me] = comm.exchange("ack", recv={"p1": 1})["p1"][0]
+                else:
+                    time.sleep(6.5)  # busy: reads nothing for longer than 5 s
+                    got = comm.exchange("big", recv={"p0": 1})["p0"][0]
+                    comm.exchange("ack", {"p0": [np.array([int(np.array_equal(got, big))], dtype=np.uint64)]})
+                    comm.flush()
+                    out[me] = True
+            finally:
+                comm.close()
+        except BaseException as exc:  # noqa: BLE001
+            out[me] = exc
+
+    ts = [threading.Thread(target=party, args=(p,)) for p in ("p0", "p1")]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=60)
+    assert out["p1"] is True
+    assert isinstance(out["p0"], np.ndarray) and out["p0"].tolist() == [1]

@@ -5,10 +5,11 @@ from veilpay.crypto.certs import Identity, issue_party_certificate, make_ca, wri
 from veilpay.crypto.keyagree import SeedAgreement
 from veilpay.crypto.prg import Prg, derive_seed, label_digest, random_seed
 from veilpay.crypto.tls import client_context, peer_common_name, server_context
-from veilpay.crypto.x25519_blind import BlindingKey, InvalidPointError, check_points, hash_to_points
+from veilpay.crypto.x25519_blind import BlindingKey, BlindingPool, InvalidPointError, check_points, hash_to_points
 
 __all__ = [
     "BlindingKey",
+    "BlindingPool",
     "InvalidPointError",
     "check_points",
     "hash_to_points",

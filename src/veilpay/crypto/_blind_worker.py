@@ -1,6 +1,7 @@
-"""Worker process for BlindingKey.blind: stdin = 32-byte scalar, u64 count, count * 32
-point bytes; stdout = the blinded points. Exit 3 with the bad index on stderr for a
-small-order point. Raw bytes only: no pickle."""
+"""Worker process for BlindingPool. stdin: the 32-byte scalar once, then batches of
+(u64 count, count * 32 point bytes) until EOF. stdout per batch: u8 status, u64 value,
+then for status 0 the blinded points (value = count); status 3 means a small-order
+point at index value. Raw bytes only: no pickle."""
 
 from __future__ import annotations
 
@@ -14,21 +15,29 @@ from veilpay.crypto.x25519_blind import POINT, BlindingKey, InvalidPointError
 
 
 def main() -> int:
-    data = sys.stdin.buffer.read()
-    if len(data) < 40:
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    raw = stdin.read(32)
+    if len(raw) != 32:
         return 2
-    key = BlindingKey(X25519PrivateKey.from_private_bytes(data[:32]))
-    (count,) = struct.unpack("<Q", data[32:40])
-    if len(data) != 40 + count * POINT:
-        return 2
-    points = np.frombuffer(data[40:], dtype=np.uint8).reshape(-1, POINT)
-    try:
-        out = key._blind_range(points, 0)
-    except InvalidPointError as exc:
-        sys.stderr.write(str(exc.index))
-        return 3
-    sys.stdout.buffer.write(out.tobytes())
-    return 0
+    key = BlindingKey(X25519PrivateKey.from_private_bytes(raw))
+    while True:
+        head = stdin.read(8)
+        if not head:
+            return 0
+        if len(head) != 8:
+            return 2
+        (count,) = struct.unpack("<Q", head)
+        data = stdin.read(count * POINT)
+        if len(data) != count * POINT:
+            return 2
+        try:
+            out = key._blind_range(np.frombuffer(data, dtype=np.uint8).reshape(-1, POINT), 0)
+        except InvalidPointError as exc:
+            stdout.write(struct.pack("<BQ", 3, exc.index))
+        else:
+            stdout.write(struct.pack("<BQ", 0, count))
+            stdout.write(out.tobytes())
+        stdout.flush()
 
 
 if __name__ == "__main__":

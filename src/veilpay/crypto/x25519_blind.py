@@ -19,32 +19,38 @@ Why it is sound (docs/psi.md has the long form):
   length-prefixed), first 32 bytes, top bit cleared and reduced below p by rejection-
   free folding (values >= p, probability 2^-250, are rehashed with a counter).
 
-Work is split over worker processes (`python -m veilpay.crypto._blind_worker`): the
-binding holds the GIL during the scalar multiplication (measured: 2 threads 34 us/op,
-1 thread 29 us/op), so threads do not help. Workers get the key and raw point bytes
-on stdin and answer raw bytes on stdout; nothing pickled crosses.
+Work is split over worker processes (`python -m veilpay.crypto._blind_worker`, kept
+for a whole session by `BlindingPool`): the binding holds the GIL during the scalar
+multiplication (measured: 2 threads 34 us/op, 1 thread 29 us/op), so threads do not
+help. Workers get the key once, then framed batches of raw point bytes on stdin, and
+answer raw bytes on stdout; nothing pickled crosses.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import queue
 import secrets
 import struct
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import IO
 
 import numpy as np
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from veilpay.errors import InvalidInput
 
-__all__ = ["BlindingKey", "InvalidPointError", "check_points", "hash_to_points"]
+__all__ = ["BlindingKey", "BlindingPool", "InvalidPointError", "check_points", "hash_to_points"]
 
 P25519 = 2**255 - 19
 _P_BYTES = P25519.to_bytes(32, "little")
 POINT = 32
+_COUNTER0 = struct.pack("<I", 4) + bytes(4)  # lp(counter 0)
 
 
 class InvalidPointError(InvalidInput):
@@ -55,28 +61,38 @@ class InvalidPointError(InvalidInput):
         self.index = index
 
 
-def _h(parts: Iterable[bytes]) -> bytes:
-    h = hashes.Hash(hashes.SHA512())
-    for part in parts:
-        h.update(struct.pack("<I", len(part)))
-        h.update(part)
-    return h.finalize()
+def _lp(part: bytes) -> bytes:
+    return struct.pack("<I", len(part)) + part
 
 
 def hash_to_points(ids: Sequence[bytes], salt: bytes, dst: bytes) -> np.ndarray:
-    """(n, 32) uint8 array of canonical u-coordinates, one per id."""
-    out = np.empty((len(ids), POINT), dtype=np.uint8)
-    prefix = _h([dst, salt])
-    for i, ident in enumerate(ids):
-        counter = 0
-        while True:
-            digest = bytearray(_h([prefix, ident, counter.to_bytes(4, "little")])[:POINT])
+    """(n, 32) uint8 array of canonical u-coordinates, one per id:
+    SHA-512(lp(SHA-512(lp(dst) lp(salt))) lp(id) lp(counter)), first 32 bytes, top bit
+    cleared; a value >= p (probability 2^-250) is rehashed with the next counter."""
+    base = hashlib.sha512(_lp(hashlib.sha512(_lp(dst) + _lp(salt)).digest()))
+    digests = []
+    for ident in ids:
+        h = base.copy()
+        h.update(_lp(ident) + _COUNTER0)
+        digests.append(h.digest()[:POINT])
+    out = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(ids), POINT).copy()
+    out[:, 31] &= 0x7F
+    for i in _not_reduced(out):
+        for counter in range(1, 1 << 32):
+            h = base.copy()
+            h.update(_lp(ids[i]) + _lp(counter.to_bytes(4, "little")))
+            digest = bytearray(h.digest()[:POINT])
             digest[31] &= 0x7F
             if int.from_bytes(digest, "little") < P25519:
+                out[i] = np.frombuffer(bytes(digest), dtype=np.uint8)
                 break
-            counter += 1  # probability 2^-250 per id
-        out[i] = np.frombuffer(bytes(digest), dtype=np.uint8)
     return out
+
+
+def _not_reduced(points: np.ndarray) -> np.ndarray:
+    """Rows (top bit already clear) whose u is >= 2^255 - 19: bytes 1..30 all 0xff,
+    byte 31 0x7f, byte 0 >= 0xed."""
+    return np.flatnonzero((points[:, 31] == 0x7F) & (points[:, 1:31] == 0xFF).all(axis=1) & (points[:, 0] >= 0xED))
 
 
 def check_points(points: np.ndarray) -> None:
@@ -88,20 +104,9 @@ def check_points(points: np.ndarray) -> None:
     top = points[:, 31] & 0x80
     if top.any():
         raise InvalidPointError(int(np.argmax(top != 0)), "top bit set (non-canonical encoding)")
-    # u >= p only if bytes 1..30 are all 0xff, byte 31 is 0x7f and byte 0 >= 0xed.
-    suspect = np.flatnonzero((points[:, 31] == 0x7F) & (points[:, 1:31] == 0xFF).all(axis=1) & (points[:, 0] >= 0xED))
+    suspect = _not_reduced(points)
     if len(suspect):
         raise InvalidPointError(int(suspect[0]), "u-coordinate not reduced below 2^255 - 19")
-
-
-def _drain(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
-    """Read a worker's whole answer (its stderr is a few bytes at most)."""
-    if proc.stdout is None or proc.stderr is None:
-        raise RuntimeError("worker has no output pipes")
-    data = proc.stdout.read()
-    err = proc.stderr.read()
-    proc.wait()
-    return data, err
 
 
 class BlindingKey:
@@ -129,42 +134,93 @@ class BlindingKey:
         return out
 
     def blind(self, points: np.ndarray, workers: int | None = None, min_per_worker: int = 20000) -> np.ndarray:
-        """[k]u for every row of an (n, 32) point array; large batches are split over
-        ``workers`` processes (default: every core), this one included."""
+        """[k]u for every row of an (n, 32) point array; a large batch is split over
+        ``workers`` processes (default: every core)."""
         check_points(points)
         n = len(points)
         workers = max(1, min(workers or os.cpu_count() or 1, n // min_per_worker))
         if workers == 1:
             return self._blind_range(points, 0)
         bounds = np.linspace(0, n, workers + 1).astype(int)
-        key = self._key.private_bytes_raw()
-        procs = []
-        for lo, hi in zip(bounds[1:-1], bounds[2:], strict=True):
-            proc = subprocess.Popen([sys.executable, "-m", "veilpay.crypto._blind_worker"],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            procs.append((int(lo), int(hi), proc))
-        out = np.empty_like(points)
+        with BlindingPool(self, workers) as pool:
+            parts = [pool.submit(points[lo:hi], int(lo)) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+            return np.concatenate([f.result() for f in parts])
+
+
+def _read_exactly(pipe: IO[bytes], n: int) -> bytes:
+    data = pipe.read(n)
+    if data is None or len(data) != n:
+        raise RuntimeError("blinding worker exited early")
+    return data
+
+
+class BlindingPool:
+    """Blinds batches of points with one key on ``workers`` worker processes, started
+    once and reused (``workers=0``: on a thread of this process). ``submit`` returns a
+    future; batches run in the order submitted, up to ``workers`` at a time."""
+
+    def __init__(self, key: BlindingKey, workers: int) -> None:
+        if workers < 0:
+            raise InvalidInput("workers must be >= 0")
+        self._key = key
+        self._idle: queue.SimpleQueue[subprocess.Popen[bytes]] = queue.SimpleQueue()
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._exec = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="blind")
         try:
-            for lo, hi, proc in procs:
+            for _ in range(workers):
+                proc = subprocess.Popen([sys.executable, "-m", "veilpay.crypto._blind_worker"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                self._procs.append(proc)
                 if proc.stdin is None:
                     raise RuntimeError("worker has no stdin")
-                # The worker reads all of stdin before it writes, so this cannot deadlock.
-                proc.stdin.write(key + struct.pack("<Q", hi - lo) + points[lo:hi].tobytes())
-                proc.stdin.close()
-            out[: bounds[1]] = self._blind_range(points[: bounds[1]], 0)
-            for lo, hi, proc in procs:
-                data, err = _drain(proc)
-                if proc.returncode == 3:
-                    raise InvalidPointError(lo + int(err.decode().strip() or 0), "small-order point (all-zero result)")
-                if proc.returncode != 0 or len(data) != (hi - lo) * POINT:
-                    raise RuntimeError(f"blinding worker failed (exit {proc.returncode})")
-                out[lo:hi] = np.frombuffer(data, dtype=np.uint8).reshape(-1, POINT)
+                proc.stdin.write(key._key.private_bytes_raw())
+                proc.stdin.flush()
+                self._idle.put(proc)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> BlindingPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(self, points: np.ndarray, start: int = 0) -> Future[np.ndarray]:
+        """Blind ``points``; ``start`` offsets the index an InvalidPointError reports."""
+        check_points(points)
+        if not self._procs:
+            return self._exec.submit(self._key._blind_range, points, start)
+        return self._exec.submit(self._remote, np.ascontiguousarray(points), start)
+
+    def _remote(self, points: np.ndarray, start: int) -> np.ndarray:
+        proc = self._idle.get()
+        try:
+            if proc.stdin is None or proc.stdout is None:
+                raise RuntimeError("worker has no pipes")
+            proc.stdin.write(struct.pack("<Q", len(points)))
+            proc.stdin.write(points.tobytes())
+            proc.stdin.flush()
+            status, value = struct.unpack("<BQ", _read_exactly(proc.stdout, 9))
+            if status == 3:
+                raise InvalidPointError(start + value, "small-order point (all-zero result)")
+            if status != 0 or value != len(points):
+                raise RuntimeError(f"blinding worker answered status {status}")
+            return np.frombuffer(_read_exactly(proc.stdout, value * POINT), dtype=np.uint8).reshape(-1, POINT)
         finally:
-            for _, _, proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                for pipe in (proc.stdin, proc.stdout, proc.stderr):
-                    if pipe is not None and not pipe.closed:
-                        pipe.close()
+            self._idle.put(proc)
+
+    def close(self) -> None:
+        self._exec.shutdown(wait=True, cancel_futures=True)
+        for proc in self._procs:
+            if proc.stdin is not None and not proc.stdin.closed:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()  # EOF: the worker exits
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
                 proc.wait()
-        return out
+            if proc.stdout is not None:
+                proc.stdout.close()
+        self._procs.clear()

@@ -148,6 +148,10 @@ def connect_mesh(
         raise
     finally:
         srv.close()
+    for sock in outgoing.values():
+        # A send may wait for a busy peer to read as long as a receive may wait for a
+        # message (the connect phase used a short timeout).
+        sock.settimeout(timeout)
     channels = {p: Channel(me, p, outgoing[p], incoming[p], session, timeout, first_seq=1) for p in peers}
     return Communicator(me, parties, channels)
 

@@ -1,19 +1,23 @@
-"""PSI inputs and outputs: key columns from CSV (or Parquet with pyarrow installed),
-normalisation, deduplication, null handling; output written atomically."""
+"""PSI inputs and outputs: key columns streamed from CSV (or Parquet with pyarrow
+installed), normalisation, deduplication, null handling; the chosen rows read back in
+a second pass, so no whole file is held in memory; output written atomically."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import tempfile
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from veilpay.errors import DataError, InvalidInput
 
-__all__ = ["IdTable", "read_ids", "write_rows"]
+__all__ = ["IdTable", "open_rows", "read_ids", "read_rows", "write_rows"]
 
 NORMALISE = ("none", "trim", "casefold")
 _SEP = "\x1f"  # unit separator between composite key parts, after a length prefix
@@ -21,10 +25,12 @@ _SEP = "\x1f"  # unit separator between composite key parts, after a length pref
 
 @dataclass
 class IdTable:
-    """``ids[i]`` is the key of ``rows[first_row[i]]``; rows keep file order."""
+    """``ids[i]`` is the key of data row ``first_row[i]`` (0-based, file order). Rows
+    themselves are not kept: `read_rows` reads the chosen ones back from the file."""
 
+    path: Path
     header: list[str]
-    rows: list[list[str]]
+    rows: int = 0
     ids: list[bytes] = field(default_factory=list)
     first_row: list[int] = field(default_factory=list)
     duplicates: int = 0
@@ -38,41 +44,69 @@ def _norm(value: str, how: str) -> str:
     return value.casefold() if how == "casefold" else value
 
 
-def _read_table(path: Path) -> tuple[list[str], list[list[str]]]:
-    if path.suffix.lower() in (".parquet", ".pq"):
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in (".parquet", ".pq")
+
+
+def _parquet_rows(path: Path) -> tuple[list[str], Iterator[list[str]]]:
+    try:
+        import pyarrow.parquet as pq  # type: ignore[import-not-found,import-untyped,unused-ignore]  # optional extra: veilpay[parquet]
+    except ImportError as exc:
+        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'veilpay[parquet]')") from exc
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
+        raise DataError(f"{path}: not a readable Parquet file: {exc}") from exc
+    header = list(pf.schema_arrow.names)
+
+    def rows() -> Iterator[list[str]]:
         try:
-            import pyarrow.parquet as pq  # type: ignore[import-not-found]  # optional extra: veilpay[parquet]
-        except ImportError as exc:
-            raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'veilpay[parquet]')") from exc
-        try:
-            table = pq.read_table(path)
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
+            for batch in pf.iter_batches(batch_size=65536):
+                cols = [["" if v is None else str(v) for v in batch.column(i).to_pylist()] for i in range(len(header))]
+                yield from (list(r) for r in zip(*cols, strict=True))
+        except Exception as exc:  # noqa: BLE001
             raise DataError(f"{path}: not a readable Parquet file: {exc}") from exc
-        cols = table.column_names
-        data = [["" if v is None else str(v) for v in table.column(c).to_pylist()] for c in cols]
-        return cols, [list(r) for r in zip(*data, strict=True)] if data else []
+
+    return header, rows()
+
+
+@contextlib.contextmanager
+def open_rows(path: str | Path) -> Iterator[tuple[list[str], Iterator[list[str]]]]:
+    """The header and a stream of data rows (lists of strings) of a CSV or Parquet
+    file; a malformed file raises DataError naming the file and line."""
+    path = Path(path)
+    if _is_parquet(path):
+        yield _parquet_rows(path)
+        return
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh, strict=True)
             header = next(reader, None)
             if header is None:
                 raise DataError(f"{path}: empty file, no header row")
-            rows = []
-            for line_no, row in enumerate(reader, start=2):
-                if len(row) != len(header):
-                    raise DataError(f"{path}: line {line_no} has {len(row)} fields, the header has {len(header)}")
-                rows.append(row)
+
+            def rows() -> Iterator[list[str]]:
+                try:
+                    for line_no, row in enumerate(reader, start=2):
+                        if len(row) != len(header):
+                            raise DataError(f"{path}: line {line_no} has {len(row)} fields, the header has {len(header)}")
+                        yield row
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+                except csv.Error as exc:
+                    raise DataError(f"{path}: malformed CSV: {exc}") from exc
+
+            yield header, rows()
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except csv.Error as exc:
         raise DataError(f"{path}: malformed CSV: {exc}") from exc
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror}") from exc
-    return header, rows
 
 
 def read_ids(path: str | Path, keys: Sequence[str], normalise: str = "trim", on_null: str = "drop") -> IdTable:
-    """Read ``path`` and build one id per distinct key (first occurrence wins).
+    """Stream ``path`` and build one id per distinct key (first occurrence wins).
     ``on_null``: 'drop' skips rows with an empty key part (counted), 'error' refuses."""
     path = Path(path)
     if normalise not in NORMALISE:
@@ -81,28 +115,49 @@ def read_ids(path: str | Path, keys: Sequence[str], normalise: str = "trim", on_
         raise InvalidInput("on_null must be 'drop' or 'error'")
     if not keys:
         raise InvalidInput("name at least one key column")
-    header, rows = _read_table(path)
-    missing = [k for k in keys if k not in header]
-    if missing:
-        raise DataError(f"{path}: no column {missing[0]!r} (columns: {', '.join(header)})")
-    cols = [header.index(k) for k in keys]
-    table = IdTable(header, rows)
-    seen: set[bytes] = set()
-    for r, row in enumerate(rows):
-        parts = [_norm(row[c], normalise) for c in cols]
-        if any(p == "" for p in parts):
-            if on_null == "error":
-                raise DataError(f"{path}: row {r + 2} has an empty key in column {keys[parts.index('')]!r}")
-            table.nulls += 1
-            continue
-        ident = "".join(f"{len(p)}{_SEP}{p}" for p in parts).encode()
-        if ident in seen:
-            table.duplicates += 1
-            continue
-        seen.add(ident)
-        table.ids.append(ident)
-        table.first_row.append(r)
+    with open_rows(path) as (header, rows):
+        missing = [k for k in keys if k not in header]
+        if missing:
+            raise DataError(f"{path}: no column {missing[0]!r} (columns: {', '.join(header)})")
+        cols = [header.index(k) for k in keys]
+        table = IdTable(path, header)
+        seen: set[bytes] = set()
+        for r, row in enumerate(rows):
+            table.rows += 1
+            parts = [_norm(row[c], normalise) for c in cols]
+            if any(p == "" for p in parts):
+                if on_null == "error":
+                    raise DataError(f"{path}: row {r + 2} has an empty key in column {keys[parts.index('')]!r}")
+                table.nulls += 1
+                continue
+            ident = "".join(f"{len(p)}{_SEP}{p}" for p in parts).encode()
+            if ident in seen:
+                table.duplicates += 1
+                continue
+            seen.add(ident)
+            table.ids.append(ident)
+            table.first_row.append(r)
     return table
+
+
+def read_rows(path: str | Path, wanted: np.ndarray, columns: Sequence[str]) -> list[list[str]]:
+    """The ``columns`` of data rows ``wanted`` (0-based, ascending), read back from the file."""
+    out: list[list[str]] = []
+    if not len(wanted):
+        return out
+    with open_rows(path) as (header, rows):
+        picks = [header.index(c) for c in columns]
+        it = iter(wanted.tolist())
+        nxt = next(it)
+        for r, row in enumerate(rows):
+            if r == nxt:
+                out.append([row[c] for c in picks])
+                nxt = next(it, -1)
+                if nxt < 0:
+                    break
+    if len(out) != len(wanted):
+        raise DataError(f"{path}: the file changed during the run (rows missing on the second read)")
+    return out
 
 
 def write_rows(path: str | Path, header: list[str], rows: Sequence[Sequence[str]]) -> None:

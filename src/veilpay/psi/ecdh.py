@@ -1,31 +1,35 @@
 """Two-party ECDH-PSI on X25519 (Meadows 1986; Huberman-Franklin-Hogg 1999).
 
 Messages on the link (each a typed veilpay message, so a truncated or foreign
-message is a WireFormatError):
+message is a WireFormatError); point sets travel in chunks of the sender's chunk size:
 
-    R -> S  hello: version, mode, reveal, |X|, 16 random salt bytes
+    R -> S  hello: version, mode, reveal, |X|, chunk, 16 random salt bytes
     S -> R  hello: the same fields for S
     R -> S  A  = [a] H(x) for R's ids, in R's order
     S -> R  B  = [b] H(y) for S's ids, shuffled
     S -> R  BA = [b] A, in A's order (shuffled in cardinality mode)
     R -> S  matches: positions in B of the common ids (only when both learn them)
 
-R computes [a] B and compares it with BA. S sends B before blinding A, so both
-parties' scalar multiplications overlap. The salt is H(salt_R || salt_S): neither
-side fixes it alone, and each session's hashes differ. What each side learns is
-written in docs/psi.md.
+Each party hashes chunk by chunk while its worker pool (one process per core) blinds
+the chunks before, and sends each chunk as soon as it is blinded; peer chunks are
+blinded as they arrive. R computes [a] B and compares it with BA. The salt is
+H(salt_R || salt_S): neither side fixes it alone, and each session's hashes differ.
+What each side learns is written in docs/psi.md.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
 
 from veilpay.crypto import (
     BlindingKey,
+    BlindingPool,
     InvalidPointError,
     Prg,
     check_points,
@@ -35,10 +39,13 @@ from veilpay.crypto import (
 )
 from veilpay.errors import InvalidInput, InvalidPoint, ProtocolMismatch
 from veilpay.net import Communicator
+from veilpay.progress import progress
 
 __all__ = ["MODES", "PSI_VERSION", "PsiResult", "ecdh_psi"]
 
-PSI_VERSION = 1
+PSI_VERSION = 2
+CHUNK = 1 << 15  # points per message and per worker batch
+_MIN_FOR_WORKERS = 20000  # below this many points, worker start-up costs more than it saves
 DST = b"veilpay/psi/ecdh-x25519/v1"
 MODES = {"intersection": 1, "cardinality": 2}
 REVEAL = {"receiver": 1, "both": 2}
@@ -54,43 +61,93 @@ class PsiResult:
     peer_size: int
 
 
-def _hello(n: int, mode: str, reveal: str, salt: bytes) -> np.ndarray:
-    head = np.array([PSI_VERSION, MODES[mode], REVEAL[reveal], n], dtype=np.uint64)
+def _hello(n: int, chunk: int, mode: str, reveal: str, salt: bytes) -> np.ndarray:
+    head = np.array([PSI_VERSION, MODES[mode], REVEAL[reveal], n, chunk], dtype=np.uint64)
     return np.concatenate([head.view(np.uint8), np.frombuffer(salt, dtype=np.uint8)])
 
 
-def _check_hello(peer: str, got: np.ndarray, mode: str, reveal: str) -> tuple[int, bytes]:
-    if got.dtype != np.uint8 or got.shape != (48,):
+def _check_hello(peer: str, got: np.ndarray, mode: str, reveal: str) -> tuple[int, int, bytes]:
+    if got.dtype != np.uint8 or got.shape != (56,):
+        version = int(got[:8].view(np.uint64)[0]) if got.dtype == np.uint8 and got.size >= 8 else -1
+        if version not in (-1, PSI_VERSION):
+            raise ProtocolMismatch(peer, f"peer speaks ECDH-PSI version {version}, we speak {PSI_VERSION}")
         raise ProtocolMismatch(peer, "hello message of the wrong shape")
-    version, m, r, n = (int(v) for v in got[:32].view(np.uint64))
+    version, m, r, n, chunk = (int(v) for v in got[:40].view(np.uint64))
     if version != PSI_VERSION:
         raise ProtocolMismatch(peer, f"peer speaks ECDH-PSI version {version}, we speak {PSI_VERSION}")
     if m != MODES[mode] or r != REVEAL[reveal]:
         raise ProtocolMismatch(peer, f"peer asks for mode {m} / reveal {r}; we run {mode} / {reveal}")
-    return n, got[32:].tobytes()
+    if not 1 <= chunk <= 1 << 24:
+        raise ProtocolMismatch(peer, f"chunk size {chunk} out of range")
+    return n, chunk, got[40:].tobytes()
 
 
-def _points(peer: str, arr: np.ndarray, n: int) -> np.ndarray:
+def _spans(n: int, chunk: int) -> list[tuple[int, int]]:
+    return [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
+
+
+class _Session:
+    """One side's blinding work and its chunked traffic with the peer."""
+
+    def __init__(self, comm: Communicator, peer: str, pool: BlindingPool, bar: object) -> None:
+        self.comm, self.peer, self.pool, self.bar = comm, peer, pool, bar
+
+    def submit(self, points: np.ndarray, start: int) -> Future[np.ndarray]:
+        fut = self.pool.submit(points, start)
+        fut.add_done_callback(lambda f: self.bar.update(len(points)))  # type: ignore[attr-defined]
+        return fut
+
+    def wait(self, fut: Future[np.ndarray]) -> np.ndarray:
+        try:
+            return fut.result()
+        except InvalidPointError as exc:
+            raise InvalidPoint(self.peer, str(exc)) from exc
+
+    def send(self, label: str, futures: Sequence[Future[np.ndarray]]) -> None:
+        for fut in futures:
+            self.comm.exchange(label, {self.peer: [self.wait(fut)]})
+
+    def recv(self, label: str, n: int, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+        """The peer's n points in chunks of ``chunk``, each checked."""
+        for lo, hi in _spans(n, chunk):
+            got = self.comm.exchange(label, recv={self.peer: 1})[self.peer][0]
+            yield lo, _points(self.peer, got, hi - lo, lo)
+
+
+def _points(peer: str, arr: np.ndarray, n: int, offset: int = 0) -> np.ndarray:
     if arr.dtype != np.uint8 or arr.shape != (n, 32):
         raise InvalidPoint(peer, f"expected {n} points of 32 bytes, got {arr.dtype} {arr.shape}")
     try:
         check_points(arr)
     except InvalidPointError as exc:
-        raise InvalidPoint(peer, str(exc)) from exc
+        raise InvalidPoint(peer, f"point {offset + exc.index}: {str(exc).split(': ', 1)[1]}") from exc
     return arr
-
-
-def _blind(key: BlindingKey, peer: str, points: np.ndarray, workers: int | None) -> np.ndarray:
-    try:
-        return key.blind(points, workers=workers)
-    except InvalidPointError as exc:
-        raise InvalidPoint(peer, str(exc)) from exc
 
 
 def _permutation(n: int) -> np.ndarray:
     """A random permutation: sort order of 64-bit keys from an AES-CTR PRG seeded by OS
     entropy (a tie, probability below n^2 / 2^65, only biases, never repeats)."""
     return np.argsort(Prg(random_seed()).uint64((n,)), kind="stable")
+
+
+def match_points(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    """Positions i (ascending) with mine[i] equal to some row of ``theirs``; both are
+    (n, 32) uint8 arrays of distinct rows. Sorted 64-bit prefixes find candidates, full
+    rows confirm them; equal prefixes among ``theirs`` (probability n^2 / 2^65) fall
+    back to an exact dictionary."""
+    if not len(mine) or not len(theirs):
+        return np.zeros(0, dtype=np.int64)
+    keys = np.ascontiguousarray(theirs[:, :8]).view("<u8").ravel()
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    if len(sorted_keys) > 1 and bool((sorted_keys[1:] == sorted_keys[:-1]).any()):
+        table = {row.tobytes() for row in theirs}
+        return np.array([i for i, row in enumerate(mine) if row.tobytes() in table], dtype=np.int64)
+    probe = np.ascontiguousarray(mine[:, :8]).view("<u8").ravel()
+    pos = np.minimum(np.searchsorted(sorted_keys, probe), len(sorted_keys) - 1)
+    cand = np.flatnonzero(sorted_keys[pos] == probe)
+    same = (theirs[order[pos[cand]]] == mine[cand]).all(axis=1)
+    return cand[same].astype(np.int64)
 
 
 def ecdh_psi(
@@ -101,49 +158,83 @@ def ecdh_psi(
     mode: str = "intersection",
     reveal: str = "receiver",
     workers: int | None = None,
+    chunk: int = CHUNK,
+    show_progress: bool | None = None,
 ) -> PsiResult:
     """Run one side of ECDH-PSI with ``peer``. ``ids`` must be distinct byte strings
-    (psi.data normalises and deduplicates); the result indexes into them."""
+    (psi.data normalises and deduplicates); the result indexes into them. ``workers``:
+    blinding processes (default: every core; 0 blinds on a thread of this process).
+    ``show_progress``: a bar on stderr (default: when stderr is a terminal)."""
     if role not in ("receiver", "sender"):
         raise InvalidInput(f"role must be 'receiver' or 'sender', not {role!r}")
     if mode not in MODES or reveal not in REVEAL:
         raise InvalidInput(f"mode must be one of {sorted(MODES)}, reveal one of {sorted(REVEAL)}")
+    if not 1 <= chunk <= 1 << 24:
+        raise InvalidInput("chunk must be between 1 and 2^24 points")
     if len(set(ids)) != len(ids):
         raise InvalidInput("ids must be distinct: deduplicate first")
     salt_mine = secrets.token_bytes(16)
-    got = comm.exchange("psi.hello", {peer: [_hello(len(ids), mode, reveal, salt_mine)]}, {peer: 1})
-    peer_n, salt_peer = _check_hello(peer, got[peer][0], mode, reveal)
+    got = comm.exchange("psi.hello", {peer: [_hello(len(ids), chunk, mode, reveal, salt_mine)]}, {peer: 1})
+    peer_n, peer_chunk, salt_peer = _check_hello(peer, got[peer][0], mode, reveal)
     salts = salt_mine + salt_peer if role == "receiver" else salt_peer + salt_mine
     salt = label_digest("veilpay/psi/salt/" + salts.hex(), 32)
-    key = BlindingKey.generate()
-    mine = hash_to_points(ids, salt, DST)
-    if role == "receiver":
-        comm.exchange("psi.A", {peer: [_blind(key, peer, mine, workers)]})
-        b = _points(peer, comm.exchange("psi.B", recv={peer: 1})[peer][0], peer_n)
-        ab = _blind(key, peer, b, workers)
-        ba = _points(peer, comm.exchange("psi.BA", recv={peer: 1})[peer][0], len(ids))
-        lookup = {row.tobytes(): j for j, row in enumerate(ab)}
-        hits = [(i, lookup[row.tobytes()]) for i, row in enumerate(ba) if row.tobytes() in lookup]
-        if reveal == "both":
-            payload = np.array([j for _, j in hits] if mode == "intersection" else [len(hits)], dtype=np.uint64)
-            comm.exchange("psi.matches", {peer: [payload]})
-        if mode == "cardinality":
-            return PsiResult(None, len(hits), peer_n)
-        return PsiResult(np.array(sorted(i for i, _ in hits), dtype=np.int64), len(hits), peer_n)
-    perm = _permutation(len(ids))  # S's order never reaches R
-    comm.exchange("psi.B", {peer: [_blind(key, peer, mine[perm], workers)]})
-    a = _points(peer, comm.exchange("psi.A", recv={peer: 1})[peer][0], peer_n)
-    ba = _blind(key, peer, a, workers)
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if len(ids) + peer_n < _MIN_FOR_WORKERS:
+        workers = 0
+    order = np.arange(len(ids)) if role == "receiver" else _permutation(len(ids))  # S's order never reaches R
+    with BlindingPool(BlindingKey.generate(), workers) as pool, \
+            progress(len(ids) + peer_n, f"psi {role}", unit="pt", enabled=show_progress) as bar:
+        s = _Session(comm, peer, pool, bar)
+        own = [s.submit(hash_to_points([ids[i] for i in order[lo:hi]], salt, DST), lo)
+               for lo, hi in _spans(len(ids), chunk)]
+        if role == "receiver":
+            return _receiver(s, own, peer_n, peer_chunk, len(ids), chunk, mode, reveal)
+        return _sender(s, own, order, peer_n, peer_chunk, mode, reveal)
+
+
+def _receiver(s: _Session, own: list[Future[np.ndarray]], peer_n: int, peer_chunk: int, n: int, chunk: int,
+              mode: str, reveal: str) -> PsiResult:
+    s.send("psi.A", own)
+    theirs = [s.submit(b, lo) for lo, b in s.recv("psi.B", peer_n, peer_chunk)]
+    # AB first: a bad point of S's fails here, before waiting on S's BA.
+    ab = np.concatenate([s.wait(f) for f in theirs]) if theirs else np.empty((0, 32), dtype=np.uint8)
+    ba = np.empty((n, 32), dtype=np.uint8)
+    for lo, got in s.recv("psi.BA", n, chunk):  # S answers in R's chunking
+        ba[lo : lo + len(got)] = got
+    hits = match_points(ba, ab)
+    if reveal == "both":
+        if mode == "intersection":
+            where = match_points(ab, ba)  # positions in B, ascending: S learns no order of R's
+            payload = where.astype(np.uint64)
+        else:
+            payload = np.array([len(hits)], dtype=np.uint64)
+        s.comm.exchange("psi.matches", {s.peer: [payload]})
     if mode == "cardinality":
-        ba = ba[_permutation(len(ba))]  # R must not learn which of its ids matched
-    comm.exchange("psi.BA", {peer: [ba]})
+        return PsiResult(None, len(hits), peer_n)
+    return PsiResult(hits, len(hits), peer_n)
+
+
+def _sender(s: _Session, own: list[Future[np.ndarray]], order: np.ndarray, peer_n: int, peer_chunk: int, mode: str,
+            reveal: str) -> PsiResult:
+    s.send("psi.B", own)
+    theirs = [s.submit(a, lo) for lo, a in s.recv("psi.A", peer_n, peer_chunk)]
+    if mode == "cardinality":  # R must not learn which of its ids matched: shuffle BA whole
+        ba = np.concatenate([s.wait(f) for f in theirs]) if theirs else np.empty((0, 32), dtype=np.uint8)
+        ba = ba[_permutation(len(ba))]
+        for lo, hi in _spans(len(ba), peer_chunk):
+            s.comm.exchange("psi.BA", {s.peer: [ba[lo:hi]]})
+    else:
+        # BA goes back in the receiver's chunking, which is how R reads it.
+        s.send("psi.BA", theirs)
+    n = len(order)
     if reveal == "receiver":
         return PsiResult(None, -1, peer_n)
-    answer = comm.exchange("psi.matches", recv={peer: 1})[peer][0]
+    answer = s.comm.exchange("psi.matches", recv={s.peer: 1})[s.peer][0]
     if mode == "cardinality":
         if answer.shape != (1,):
-            raise ProtocolMismatch(peer, "cardinality answer of the wrong shape")
+            raise ProtocolMismatch(s.peer, "cardinality answer of the wrong shape")
         return PsiResult(None, int(answer[0]), peer_n)
-    if answer.dtype != np.uint64 or answer.ndim != 1 or (len(answer) and int(answer.max()) >= len(ids)):
-        raise ProtocolMismatch(peer, "match positions out of range")
-    return PsiResult(np.sort(perm[answer.astype(np.int64)]), len(answer), peer_n)
+    if answer.dtype != np.uint64 or answer.ndim != 1 or (len(answer) and int(answer.max()) >= n):
+        raise ProtocolMismatch(s.peer, "match positions out of range")
+    return PsiResult(np.sort(order[answer.astype(np.int64)]), len(answer), peer_n)

@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from veilpay.errors import InvalidInput
 from veilpay.net import Communicator
-from veilpay.psi.data import read_ids, write_rows
+from veilpay.psi.data import read_ids, read_rows, write_rows
 from veilpay.psi.ecdh import ecdh_psi
 
 __all__ = ["run_psi_files"]
@@ -29,6 +31,7 @@ def run_psi_files(
     on_null: str = "drop",
     sort_by: str | None = None,
     workers: int | None = None,
+    show_progress: bool | None = None,
 ) -> dict[str, Any]:
     """Returns a summary (counts, seconds, bytes); writes ``output_path`` only when this
     party learns the intersection. Output rows keep this party's file order, or are
@@ -42,20 +45,20 @@ def run_psi_files(
     if learns and output_path is None:
         raise InvalidInput("this party learns the intersection: give an output path")
     t0 = time.perf_counter()
-    res = ecdh_psi(comm, peer, role, table.ids, mode=mode, reveal=reveal, workers=workers)
+    res = ecdh_psi(comm, peer, role, table.ids, mode=mode, reveal=reveal, workers=workers,
+                   show_progress=show_progress)
     seconds = time.perf_counter() - t0
     summary: dict[str, Any] = {
-        "role": role, "mode": mode, "rows": len(table.rows), "distinct_ids": len(table.ids),
+        "role": role, "mode": mode, "rows": table.rows, "distinct_ids": len(table.ids),
         "duplicates": table.duplicates, "null_keys_dropped": table.nulls, "peer_size": res.peer_size,
         "intersection_size": res.size if res.size >= 0 else None, "seconds": round(seconds, 3),
         "bytes_sent": comm.total().bytes_sent, "bytes_received": comm.total().bytes_recv,
     }
     if learns and res.indices is not None and output_path is not None:
-        picks = [table.header.index(c) for c in cols]
-        rows = [table.rows[table.first_row[i]] for i in res.indices]
+        wanted = np.asarray(table.first_row, dtype=np.int64)[res.indices]  # ascending: indices are sorted
+        rows = read_rows(table.path, wanted, cols + ([sort_by] if sort_by else []))
         if sort_by:
-            key = table.header.index(sort_by)
-            rows.sort(key=lambda r: r[key])
-        write_rows(output_path, cols, [[r[c] for c in picks] for r in rows])
+            rows.sort(key=lambda r: r[-1])
+        write_rows(output_path, cols, [r[: len(cols)] for r in rows])
         summary["output"] = str(output_path)
     return summary
