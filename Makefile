@@ -38,6 +38,8 @@ bench-peers:
 	.venv-spu/bin/python -m pip install -q 'spu==0.9.5'
 	test -x .venv-mpyc/bin/python || $(PY) -m venv .venv-mpyc
 	.venv-mpyc/bin/python -m pip install -q 'mpyc==0.11' numpy gmpy2
+	test -x .venv-openmined/bin/python || $(PY) -m venv .venv-openmined
+	.venv-openmined/bin/python -m pip install -q 'openmined.psi==2.0.6'
 
 clean:
-	rm -rf $(VENV) .venv-spu .venv-mpyc .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-spu .venv-mpyc .venv-openmined .pytest_cache .mypy_cache .ruff_cache

@@ -1,21 +1,33 @@
 """ECDH-PSI benchmark: both parties as separate processes (`veilpay psi`) over TCP +
 mutual TLS on loopback, 50 % overlap. Prints one JSON line per size: wall seconds,
-bytes each way, peak RSS per party (from the OS), and the plaintext set
-intersection's time beside it.
+bytes each way, peak RSS per party (from the OS), the plaintext set intersection's
+time, and this machine's X25519 cost with the floor it sets (4n scalar
+multiplications spread over every core).
 
-    python bench/psi.py [--sizes 100000,1000000]
+Peers on the same files in the same run, from the environments `make bench-peers`
+makes: SecretFlow's PSI (`spu.psi` 0.9.5: ECDH on Curve25519, KKRT, RR22; two
+processes over its brpc link, bench/peers/spu_psi.py) and openmined-psi 2.0.6 (one
+process, both roles; bench/peers/openmined_psi.py), each with our wall time / theirs.
+
+    python bench/psi.py [--sizes 100000,1000000] [--no-peers]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+VENV_SPU = HERE.parent / ".venv-spu" / "bin" / "python"
+VENV_OPENMINED = HERE.parent / ".venv-openmined" / "bin" / "python"
 
 
 def _write(path: Path, ids: range) -> None:
@@ -24,56 +36,121 @@ def _write(path: Path, ids: range) -> None:
         fh.writelines(f"cust-{i:012d}\n" for i in ids)
 
 
-def run_size(n: int, work: Path) -> dict[str, object]:
-    from veilpay.cli.demo import _free_port_base
-    from veilpay.net import provision_network
+# GNU time is not assumed: each party runs under a tiny wrapper that reports its peak RSS.
+_WRAP = ("import resource,subprocess,sys;p=subprocess.run(sys.argv[1:]);"
+         "print('RSS',resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,file=sys.stderr);sys.exit(p.returncode)")
 
-    net = provision_network(work / f"net{n}", ["receiver", "sender"], base_port=_free_port_base())
-    fr, fs = work / f"r{n}.csv", work / f"s{n}.csv"
-    _write(fr, range(n))
-    _write(fs, range(n // 2, n + n // 2))
-    base = [sys.executable, "-m", "veilpay.cli.main", "psi", "--network", str(net), "--key", "customer_id",
-            "--timeout", "1800"]
-    cmds = {
-        "receiver": base + ["--role", "receiver", "--party", "receiver", "--input", str(fr),
-                            "--output", str(work / "o.csv")],
-        "sender": base + ["--role", "sender", "--party", "sender", "--input", str(fs)],
-    }
-    # GNU time is not assumed: each party runs under a tiny wrapper that reports its peak RSS.
-    wrap = ("import resource,subprocess,sys;p=subprocess.run(sys.argv[1:]);"
-            "print('RSS',resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,file=sys.stderr);sys.exit(p.returncode)")
+
+def _run_together(cmds: dict[str, list[str]]) -> tuple[float, dict[str, dict[str, Any]], dict[str, int]]:
+    """Start every command at once; wall seconds, each one's last stdout JSON line and
+    peak RSS in MiB."""
     t0 = time.perf_counter()
-    procs = {k: subprocess.Popen([sys.executable, "-c", wrap, *c], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    procs = {k: subprocess.Popen([sys.executable, "-c", _WRAP, *c], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True) for k, c in cmds.items()}
     outs = {k: p.communicate(timeout=3600) for k, p in procs.items()}
     wall = time.perf_counter() - t0
     for k, p in procs.items():
         if p.returncode != 0:
             raise SystemExit(f"{k} failed: {outs[k][1][-2000:]}")
-    summ = {k: json.loads(outs[k][0].strip().splitlines()[-1]) for k in outs}
-    rss = {k: int(next(line.split()[1] for line in outs[k][1].splitlines() if line.startswith("RSS"))) // 1024
-           for k in outs}
+    last = {k: json.loads([ln for ln in outs[k][0].splitlines() if ln.startswith("{")][-1]) for k in outs}
+    rss = {k: int(next(ln.split()[1] for ln in outs[k][1].splitlines() if ln.startswith("RSS"))) // 1024 for k in outs}
+    return wall, last, rss
+
+
+def x25519_us_per_op() -> float:
+    from veilpay.crypto import BlindingKey, hash_to_points
+
+    pts = hash_to_points([b"%d" % i for i in range(20000)], b"salt", b"bench")
+    key = BlindingKey.generate()
+    t0 = time.perf_counter()
+    key.blind(pts, workers=1)
+    return 1e6 * (time.perf_counter() - t0) / len(pts)
+
+
+def run_size(n: int, work: Path, op_us: float) -> dict[str, Any]:
+    from veilpay.cli.demo import _free_port_base
+    from veilpay.net import provision_network
+
+    net = provision_network(work / f"net{n}", ["receiver", "sender"], base_port=_free_port_base())
+    fr, fs = work / f"r{n}.csv", work / f"s{n}.csv"
+    base = [sys.executable, "-m", "veilpay.cli.main", "psi", "--network", str(net), "--key", "customer_id",
+            "--timeout", "1800"]
+    wall, summ, rss = _run_together({
+        "receiver": base + ["--role", "receiver", "--party", "receiver", "--input", str(fr),
+                            "--output", str(work / "o.csv")],
+        "sender": base + ["--role", "sender", "--party", "sender", "--input", str(fs)],
+    })
     a, b = set(range(n)), set(range(n // 2, n + n // 2))
     t1 = time.perf_counter()
     _ = a & b
     plain = time.perf_counter() - t1
+    cores = os.cpu_count() or 1
     return {"bench": "psi", "protocol": "ecdh-x25519", "transport": "tcp+tls, 2 processes", "n_each": n,
             "intersection": summ["receiver"]["intersection_size"], "wall_seconds": round(wall, 2),
             "protocol_seconds": summ["receiver"]["seconds"], "bytes_receiver_to_sender": summ["receiver"]["bytes_sent"],
             "bytes_sender_to_receiver": summ["sender"]["bytes_sent"], "peak_rss_mib": rss,
             "plaintext_seconds": round(plain, 4), "ms_per_id": round(1000 * wall / n, 4),
-            "max_rss_self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+            "x25519_us_per_op": round(op_us, 1), "cores": cores,
+            "floor_seconds": round(4 * n * op_us / 1e6 / cores, 1)}
+
+
+def run_spu(n: int, work: Path, protocol: str) -> dict[str, Any]:
+    from veilpay.cli.demo import _free_port_base
+
+    port = _free_port_base()
+    script = [str(VENV_SPU), str(HERE / "peers" / "spu_psi.py"), "--protocol", protocol, "--ports",
+              f"{port},{port + 1}"]
+    wall, out, rss = _run_together({
+        "receiver": script + ["--rank", "0", "--input", str(work / f"r{n}.csv"), "--output", str(work / "spu0.csv")],
+        "sender": script + ["--rank", "1", "--input", str(work / f"s{n}.csv"), "--output", str(work / "spu1.csv")],
+    })
+    return {"bench": "psi", "peer": f"spu.psi 0.9.5 {protocol}", "transport": "brpc (no tls), 2 processes",
+            "n_each": n, "intersection": out["receiver"]["intersection"], "wall_seconds": round(wall, 2),
+            "protocol_seconds": out["receiver"]["seconds"], "peak_rss_mib": rss}
+
+
+def run_openmined(n: int, work: Path) -> dict[str, Any]:
+    wall, out, rss = _run_together({"both": [str(VENV_OPENMINED), str(HERE / "peers" / "openmined_psi.py"),
+                                             "--receiver", str(work / f"r{n}.csv"), "--sender", str(work / f"s{n}.csv")]})
+    return {"bench": "psi", "peer": "openmined-psi 2.0.6 (P-256)", "transport": "none: both roles in one process",
+            "n_each": n, "intersection": out["both"]["intersection"], "wall_seconds": round(wall, 2),
+            "protocol_seconds": out["both"]["seconds"], "bytes_receiver_to_sender": out["both"]["bytes_receiver_to_sender"],
+            "bytes_sender_to_receiver": out["both"]["bytes_sender_to_receiver"], "peak_rss_mib": rss}
+
+
+def peer_rows(n: int, work: Path) -> Iterator[dict[str, Any]]:
+    if VENV_SPU.exists():
+        for protocol in ("ecdh", "kkrt", "rr22"):
+            yield run_spu(n, work, protocol)
+    else:
+        yield {"bench": "psi", "peer": "spu.psi 0.9.5", "measured": False,
+               "why": ".venv-spu missing: run `make bench-peers`"}
+    if VENV_OPENMINED.exists():
+        yield run_openmined(n, work)
+    else:
+        yield {"bench": "psi", "peer": "openmined-psi 2.0.6", "measured": False,
+               "why": ".venv-openmined missing: run `make bench-peers`"}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--no-peers", action="store_true")
     a = ap.parse_args()
+    op_us = x25519_us_per_op()
     with tempfile.TemporaryDirectory(prefix="veilpay-psi-bench-") as tmp:
+        work = Path(tmp)
         for n in (int(v) for v in a.sizes.split(",")):
-            print(json.dumps(run_size(n, Path(tmp))), flush=True)
-    print(json.dumps({"bench": "psi", "peers": ["openmined-psi 2.0.6", "spu.psi 0.9.5"], "measured": False,
-                      "why": "peer PSI scripts are not written yet (issue 3 stays open)"}), flush=True)
+            _write(work / f"r{n}.csv", range(n))
+            _write(work / f"s{n}.csv", range(n // 2, n + n // 2))
+            ours = run_size(n, work, op_us)
+            print(json.dumps(ours), flush=True)
+            if a.no_peers:
+                continue
+            for row in peer_rows(n, work):
+                if "wall_seconds" in row:
+                    row["ours_over_peer_wall"] = round(ours["wall_seconds"] / row["wall_seconds"], 3)
+                print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

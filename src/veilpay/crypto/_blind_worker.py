@@ -8,7 +8,6 @@ from __future__ import annotations
 import struct
 import sys
 
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from veilpay.crypto.x25519_blind import POINT, BlindingKey, InvalidPointError
@@ -31,12 +30,12 @@ def main() -> int:
         if len(data) != count * POINT:
             return 2
         try:
-            out = key._blind_range(np.frombuffer(data, dtype=np.uint8).reshape(-1, POINT), 0)
+            out = key._blind_bytes(data, 0)
         except InvalidPointError as exc:
             stdout.write(struct.pack("<BQ", 3, exc.index))
         else:
             stdout.write(struct.pack("<BQ", 0, count))
-            stdout.write(out.tobytes())
+            stdout.write(out)
         stdout.flush()
 
 

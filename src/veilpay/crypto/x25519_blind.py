@@ -122,16 +122,23 @@ class BlindingKey:
     def __repr__(self) -> str:
         return "BlindingKey(<secret>)"
 
-    def _blind_range(self, points: np.ndarray, start: int) -> np.ndarray:
-        out = np.empty_like(points)
+    def _blind_bytes(self, data: bytes, start: int) -> bytes:
+        """[k]u for each 32-byte u in ``data`` (already checked canonical)."""
         exchange = self._key.exchange
         from_bytes = X25519PublicKey.from_public_bytes
-        for i, u in enumerate(points):
-            try:
-                out[i] = np.frombuffer(exchange(from_bytes(u.tobytes())), dtype=np.uint8)
-            except ValueError as exc:  # all-zero shared secret: small-order input
-                raise InvalidPointError(start + i, "small-order point (all-zero result)") from exc
-        return out
+        try:
+            return b"".join([exchange(from_bytes(data[i : i + POINT])) for i in range(0, len(data), POINT)])
+        except ValueError:  # all-zero shared secret: a small-order input; find which
+            for i in range(len(data) // POINT):
+                try:
+                    exchange(from_bytes(data[i * POINT : (i + 1) * POINT]))
+                except ValueError as exc:
+                    raise InvalidPointError(start + i, "small-order point (all-zero result)") from exc
+            raise
+
+    def _blind_range(self, points: np.ndarray, start: int) -> np.ndarray:
+        out = self._blind_bytes(points.tobytes(), start)
+        return np.frombuffer(out, dtype=np.uint8).reshape(len(points), POINT).copy()
 
     def blind(self, points: np.ndarray, workers: int | None = None, min_per_worker: int = 20000) -> np.ndarray:
         """[k]u for every row of an (n, 32) point array; a large batch is split over
