@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from veilpay.crypto import BlindingKey, InvalidPointError, hash_to_points
+from veilpay.crypto import BlindingKey, BlindingPool, InvalidPointError, OprfKey, hash_to_p256, hash_to_points
 from veilpay.errors import DataError, InvalidPoint, ProtocolMismatch, WireFormatError
 from veilpay.net import Communicator, local_mesh
-from veilpay.psi import ecdh_psi, read_ids, run_psi_files
+from veilpay.psi import ecdh_psi, load_server_set, read_ids, run_psi_files, setup_server, unbalanced_psi
 from veilpay.psi.ecdh import DST, PSI_VERSION, match_points
 
 
@@ -287,3 +287,101 @@ def test_psi_cli_two_processes_over_tls(tmp_path: Path) -> None:
     rows = (tmp_path / "r_out.csv").read_text().splitlines()
     assert rows[0] == "customer_id,v" and rows[1:] == [f"c{i},{i}" for i in range(150, 300)]
     assert len((tmp_path / "s_out.csv").read_text().splitlines()) == 151
+
+
+# -- unbalanced mode -------------------------------------------------------------------
+
+def test_p256_oprf_unblinds_to_the_server_prf() -> None:
+    k, r = OprfKey.generate(), OprfKey.generate()
+    h = hash_to_p256([b"a", b"b", "Zoë".encode()], b"salt", b"dst")
+    np.testing.assert_array_equal(r.inverse().blind(k.blind(r.blind(h))), k.blind(h))
+    assert not np.array_equal(r.blind(h), h)
+    xs = [np.frombuffer(i.to_bytes(32, "big"), np.uint8) for i in range(1, 40)]
+    off = h.copy()
+    off[1] = next(x for x in xs if not _on_p256(x))  # about half of all x are not on the curve
+    with pytest.raises(InvalidPointError, match="point 1: not an x-coordinate on P-256"):
+        k.blind(off)
+    with BlindingPool(k, 2) as pool:  # worker processes give the same answer
+        np.testing.assert_array_equal(pool.submit(h).result(), k.blind(h))
+
+
+def _on_p256(x: np.ndarray) -> bool:
+    try:
+        OprfKey(1).blind(x.reshape(1, 32))
+    except InvalidPointError:
+        return False
+    return True
+
+
+def _unbalanced(folder_s: Path, folder_c: Path, ids: list[bytes]) -> tuple[Any, Any, dict[str, Any]]:
+    mesh = local_mesh(["r", "s"], timeout=20)
+    out: dict[str, Any] = {}
+
+    def go(name: str, fn: Callable[[], Any]) -> None:
+        try:
+            out[name] = fn()
+        except BaseException as exc:  # noqa: BLE001
+            out[name] = exc
+            mesh[name].close()
+
+    ts = [threading.Thread(target=go, args=("r", lambda: unbalanced_psi(mesh["r"], "s", "client", folder_c, ids))),
+          threading.Thread(target=go, args=("s", lambda: unbalanced_psi(mesh["s"], "r", "server", folder_s)))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=60)
+    stats = {"bytes_from_server": mesh["s"].total().bytes_sent}
+    for c in mesh.values():
+        c.close()
+    return out["r"], out["s"], stats
+
+
+def test_unbalanced_queries_against_a_prepared_set(tmp_path: Path) -> None:
+    server_ids = [f"cust-{i}".encode() for i in range(3000)]
+    setup_server(server_ids, tmp_path / "srv")
+    assert oct((tmp_path / "srv" / "key").stat().st_mode & 0o777) == "0o600"
+    q1 = [b"cust-5", b"nobody", b"cust-2999", "Zoë".encode()]
+    r, s, st1 = _unbalanced(tmp_path / "srv", tmp_path / "cli", q1)
+    assert r.indices.tolist() == [0, 2] and r.size == 2 and r.peer_size == 3000 and s.peer_size == 4
+    assert st1["bytes_from_server"] > 3000 * 32  # the set came down once ...
+    q2 = [f"cust-{i}".encode() for i in range(2990, 3010)]
+    r, _, st2 = _unbalanced(tmp_path / "srv", tmp_path / "cli", q2)
+    assert r.indices.tolist() == list(range(10))
+    assert st2["bytes_from_server"] < 3000 * 32  # ... and is reused from the client's cache
+    setup_server(server_ids[:100], tmp_path / "srv")  # a new set: the client notices and downloads it
+    r, _, _ = _unbalanced(tmp_path / "srv", tmp_path / "cli", q1)
+    assert r.indices.tolist() == [0] and r.peer_size == 100
+
+
+def test_unbalanced_refuses_damaged_or_missing_sets(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no prepared set"):
+        load_server_set(tmp_path / "nothing")
+    setup_server([b"a", b"b"], tmp_path / "srv")
+    data = bytearray((tmp_path / "srv" / "set.bin").read_bytes())
+    data[0] ^= 1
+    (tmp_path / "srv" / "set.bin").write_bytes(bytes(data))
+    with pytest.raises(DataError, match="do not match the digest"):
+        load_server_set(tmp_path / "srv", need_key=True)
+    r, s, _ = _unbalanced(tmp_path / "srv", tmp_path / "cli", [b"a"])
+    assert isinstance(s, DataError) and type(r).__name__ in ("PeerDisconnected", "ProtocolTimeout")
+    assert not (tmp_path / "cli" / "meta.json").exists()
+
+
+def test_unbalanced_files_and_cli_setup(tmp_path: Path) -> None:
+    big = write(tmp_path / "big.csv", "cid\n" + "".join(f"c{i}\n" for i in range(500)))
+    small = write(tmp_path / "small.csv", "cid,note\nc7,x\nzz,y\nC9 ,z\n")
+    done = subprocess.run([sys.executable, "-m", "veilpay.cli.main", "psi-setup", "--input", str(big), "--key", "cid",
+                           "--cache", str(tmp_path / "srv"), "--normalise", "casefold"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["prepared"] == 500
+    out = tmp_path / "o.csv"
+    r, s = two_party(
+        lambda c: run_psi_files(c, "s", "receiver", small, ["cid"], out, mode="unbalanced", normalise="casefold",
+                                cache=tmp_path / "cli"),
+        lambda c: run_psi_files(c, "r", "sender", None, [], mode="unbalanced", cache=tmp_path / "srv"),
+    )
+    assert out.read_text().splitlines() == ["cid,note", "c7,x", "C9 ,z"]
+    assert r["intersection_size"] == 2 and s["peer_size"] == 3 and s["intersection_size"] is None
+    with pytest.raises(ValueError, match="needs a cache folder"):
+        run_psi_files(local_mesh(["r", "s"])["r"], "s", "receiver", small, ["cid"], out, mode="unbalanced")

@@ -1,4 +1,4 @@
-"""``veilpay``: keys, node, launch, demo, psi."""
+"""``veilpay``: keys, node, launch, demo, psi, psi-setup."""
 
 from __future__ import annotations
 
@@ -62,11 +62,19 @@ def _cmd_psi(a: argparse.Namespace) -> int:
         summary = run_psi_files(
             comm, peer, a.role, a.input, a.key, a.output, a.columns.split(",") if a.columns else None,
             mode=a.mode, reveal=a.reveal, normalise=a.normalise, on_null=a.on_null, sort_by=a.sort_by,
-            workers=a.workers,
+            workers=a.workers, cache=a.cache,
         )
     finally:
         comm.close()
     print(json.dumps(summary))
+    return 0
+
+
+def _cmd_psi_setup(a: argparse.Namespace) -> int:
+    from veilpay.psi import setup_psi_file
+
+    print(json.dumps(setup_psi_file(a.input, a.key, a.cache, normalise=a.normalise, on_null=a.on_null,
+                                    workers=a.workers)))
     return 0
 
 
@@ -83,6 +91,12 @@ def _mpc_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=["semi2k", "aby3"], default="semi2k")
     p.add_argument("--compute", help="roles, comma separated: semi2k P0,P1,dealer; aby3 P0,P1,P2")
     p.add_argument("--trunc", choices=["exact", "local"], default="exact", help="semi2k truncation")
+
+
+def _key_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--normalise", choices=["none", "trim", "casefold"], default="trim")
+    p.add_argument("--on-null", choices=["drop", "error"], default="drop", help="rows with an empty key")
+    p.add_argument("--workers", type=int, help="processes for the curve work (default: every core)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,24 +126,32 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--args-json", help='per-party arguments: {"party": {...}}')
     la.set_defaults(fn=_cmd_launch)
 
-    ps = sub.add_parser("psi", help="private set intersection (ECDH on X25519) with one peer over mutual TLS")
+    ps = sub.add_parser("psi", help="private set intersection with one peer over mutual TLS "
+                        "(ECDH on X25519; unbalanced: OPRF on P-256)")
     ps.add_argument("--role", required=True, choices=["receiver", "sender"])
     ps.add_argument("--network", required=True, help="network file (TOML) naming both parties")
     ps.add_argument("--party", required=True, help="this party's id")
     ps.add_argument("--peer", help="the other party (default: the only other one in the network)")
-    ps.add_argument("--input", required=True, help="CSV (or Parquet, with pyarrow) file")
-    ps.add_argument("--key", required=True, action="append", help="key column; repeat for a composite key")
+    ps.add_argument("--input", help="CSV (or Parquet, with pyarrow) file (not for the unbalanced sender)")
+    ps.add_argument("--key", action="append", default=[], help="key column; repeat for a composite key")
     ps.add_argument("--output", help="CSV of the common rows (written only where the intersection is learnt)")
     ps.add_argument("--columns", help="output columns, comma separated (default: all)")
     ps.add_argument("--sort-by", help="sort output rows by this column (default: input order)")
-    ps.add_argument("--mode", choices=["intersection", "cardinality"], default="intersection")
+    ps.add_argument("--mode", choices=["intersection", "cardinality", "unbalanced"], default="intersection",
+                    help="unbalanced: the sender answers from a set prepared by `veilpay psi-setup`")
+    ps.add_argument("--cache", help="unbalanced mode: the sender's prepared set, or the receiver's copy of it")
     ps.add_argument("--reveal", choices=["receiver", "both"], default="receiver", help="who learns the result")
-    ps.add_argument("--normalise", choices=["none", "trim", "casefold"], default="trim")
-    ps.add_argument("--on-null", choices=["drop", "error"], default="drop", help="rows with an empty key")
-    ps.add_argument("--workers", type=int, help="processes for the curve work (default: every core)")
+    _key_options(ps)
     ps.add_argument("--session", help="a run label both parties pass (keeps concurrent runs apart)")
     ps.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for any message")
     ps.set_defaults(fn=_cmd_psi)
+
+    pu = sub.add_parser("psi-setup", help="unbalanced PSI, offline: prepare the server's set (OPRF on P-256)")
+    pu.add_argument("--input", required=True, help="CSV (or Parquet, with pyarrow) file")
+    pu.add_argument("--key", required=True, action="append", help="key column; repeat for a composite key")
+    pu.add_argument("--cache", required=True, help="folder for the prepared set and its key (keep it private)")
+    _key_options(pu)
+    pu.set_defaults(fn=_cmd_psi_setup)
 
     d = sub.add_parser("demo", help="the main job on embedded data (three wallets, aby3, TLS)")
     d.add_argument("--out", help="directory for the demo's certificates (default: a temp dir)")

@@ -1,4 +1,5 @@
-"""Worker process for BlindingPool. stdin: the 32-byte scalar once, then batches of
+"""Worker process for BlindingPool. stdin: the curve id (1 X25519, 2 P-256) and the
+32-byte scalar once, then batches of
 (u64 count, count * 32 point bytes) until EOF. stdout per batch: u8 status, u64 value,
 then for status 0 the blinded points (value = count); status 3 means a small-order
 point at index value. Raw bytes only: no pickle."""
@@ -8,17 +9,19 @@ from __future__ import annotations
 import struct
 import sys
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from veilpay.crypto.p256_oprf import OprfKey
+from veilpay.crypto.points import POINT, InvalidPointError
+from veilpay.crypto.x25519_blind import BlindingKey
 
-from veilpay.crypto.x25519_blind import POINT, BlindingKey, InvalidPointError
+KEYS: dict[int, type[BlindingKey] | type[OprfKey]] = {BlindingKey.curve_id: BlindingKey, OprfKey.curve_id: OprfKey}
 
 
 def main() -> int:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    raw = stdin.read(32)
-    if len(raw) != 32:
+    raw = stdin.read(33)
+    if len(raw) != 33 or raw[0] not in KEYS:
         return 2
-    key = BlindingKey(X25519PrivateKey.from_private_bytes(raw))
+    key = KEYS[raw[0]].from_raw(raw[1:])
     while True:
         head = stdin.read(8)
         if not head:

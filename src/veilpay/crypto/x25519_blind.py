@@ -28,37 +28,24 @@ answer raw bytes on stdout; nothing pickled crosses.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import queue
 import secrets
 import struct
-import subprocess
-import sys
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import IO
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from veilpay.crypto.points import POINT, InvalidPointError
+from veilpay.crypto.pool import BlindingPool
 from veilpay.errors import InvalidInput
 
-__all__ = ["BlindingKey", "BlindingPool", "InvalidPointError", "check_points", "hash_to_points"]
+__all__ = ["POINT", "BlindingKey", "InvalidPointError", "check_points", "hash_to_points"]
 
 P25519 = 2**255 - 19
 _P_BYTES = P25519.to_bytes(32, "little")
-POINT = 32
 _COUNTER0 = struct.pack("<I", 4) + bytes(4)  # lp(counter 0)
-
-
-class InvalidPointError(InvalidInput):
-    """A point that must not be used: non-canonical, or a small-order input."""
-
-    def __init__(self, index: int, why: str) -> None:
-        super().__init__(f"point {index}: {why}")
-        self.index = index
 
 
 def _lp(part: bytes) -> bytes:
@@ -112,8 +99,20 @@ def check_points(points: np.ndarray) -> None:
 class BlindingKey:
     """A fresh secret scalar for one PSI session; ``blind`` raises points to it."""
 
+    curve_id = 1
+
     def __init__(self, key: X25519PrivateKey) -> None:
         self._key = key
+
+    @classmethod
+    def from_raw(cls, raw: bytes) -> BlindingKey:
+        return cls(X25519PrivateKey.from_private_bytes(raw))
+
+    def raw(self) -> bytes:
+        return self._key.private_bytes_raw()
+
+    def check(self, points: np.ndarray) -> None:
+        check_points(points)
 
     @classmethod
     def generate(cls) -> BlindingKey:
@@ -152,82 +151,3 @@ class BlindingKey:
         with BlindingPool(self, workers) as pool:
             parts = [pool.submit(points[lo:hi], int(lo)) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
             return np.concatenate([f.result() for f in parts])
-
-
-def _read_exactly(pipe: IO[bytes], n: int) -> bytes:
-    data = pipe.read(n)
-    if data is None or len(data) != n:
-        raise RuntimeError("blinding worker exited early")
-    return data
-
-
-class BlindingPool:
-    """Blinds batches of points with one key on ``workers`` worker processes, started
-    once and reused (``workers=0``: on a thread of this process). ``submit`` returns a
-    future; batches run in the order submitted, up to ``workers`` at a time."""
-
-    def __init__(self, key: BlindingKey, workers: int) -> None:
-        if workers < 0:
-            raise InvalidInput("workers must be >= 0")
-        self._key = key
-        self._idle: queue.SimpleQueue[subprocess.Popen[bytes]] = queue.SimpleQueue()
-        self._procs: list[subprocess.Popen[bytes]] = []
-        self._exec = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="blind")
-        try:
-            for _ in range(workers):
-                proc = subprocess.Popen([sys.executable, "-m", "veilpay.crypto._blind_worker"],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-                self._procs.append(proc)
-                if proc.stdin is None:
-                    raise RuntimeError("worker has no stdin")
-                proc.stdin.write(key._key.private_bytes_raw())
-                proc.stdin.flush()
-                self._idle.put(proc)
-        except BaseException:
-            self.close()
-            raise
-
-    def __enter__(self) -> BlindingPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def submit(self, points: np.ndarray, start: int = 0) -> Future[np.ndarray]:
-        """Blind ``points``; ``start`` offsets the index an InvalidPointError reports."""
-        check_points(points)
-        if not self._procs:
-            return self._exec.submit(self._key._blind_range, points, start)
-        return self._exec.submit(self._remote, np.ascontiguousarray(points), start)
-
-    def _remote(self, points: np.ndarray, start: int) -> np.ndarray:
-        proc = self._idle.get()
-        try:
-            if proc.stdin is None or proc.stdout is None:
-                raise RuntimeError("worker has no pipes")
-            proc.stdin.write(struct.pack("<Q", len(points)))
-            proc.stdin.write(points.tobytes())
-            proc.stdin.flush()
-            status, value = struct.unpack("<BQ", _read_exactly(proc.stdout, 9))
-            if status == 3:
-                raise InvalidPointError(start + value, "small-order point (all-zero result)")
-            if status != 0 or value != len(points):
-                raise RuntimeError(f"blinding worker answered status {status}")
-            return np.frombuffer(_read_exactly(proc.stdout, value * POINT), dtype=np.uint8).reshape(-1, POINT)
-        finally:
-            self._idle.put(proc)
-
-    def close(self) -> None:
-        self._exec.shutdown(wait=True, cancel_futures=True)
-        for proc in self._procs:
-            if proc.stdin is not None and not proc.stdin.closed:
-                with contextlib.suppress(OSError):
-                    proc.stdin.close()  # EOF: the worker exits
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-        self._procs.clear()

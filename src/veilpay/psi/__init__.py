@@ -1,7 +1,22 @@
-"""Private set intersection: ECDH-PSI on X25519 and its data plumbing."""
+"""Private set intersection: ECDH-PSI on X25519, unbalanced PSI (an OPRF on P-256)
+against a set prepared offline, and their data plumbing."""
 
 from veilpay.psi.data import IdTable, read_ids, write_rows
 from veilpay.psi.ecdh import MODES, PSI_VERSION, PsiResult, ecdh_psi
-from veilpay.psi.run import run_psi_files
+from veilpay.psi.run import run_psi_files, setup_psi_file
+from veilpay.psi.unbalanced import load_server_set, setup_server, unbalanced_psi
 
-__all__ = ["MODES", "PSI_VERSION", "IdTable", "PsiResult", "ecdh_psi", "read_ids", "run_psi_files", "write_rows"]
+__all__ = [
+    "MODES",
+    "PSI_VERSION",
+    "IdTable",
+    "PsiResult",
+    "ecdh_psi",
+    "load_server_set",
+    "read_ids",
+    "run_psi_files",
+    "setup_psi_file",
+    "setup_server",
+    "unbalanced_psi",
+    "write_rows",
+]

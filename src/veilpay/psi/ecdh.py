@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -82,20 +83,26 @@ def _check_hello(peer: str, got: np.ndarray, mode: str, reveal: str) -> tuple[in
     return n, chunk, got[40:].tobytes()
 
 
-def _spans(n: int, chunk: int) -> list[tuple[int, int]]:
+def spans(n: int, chunk: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
 
 
-class _Session:
-    """One side's blinding work and its chunked traffic with the peer."""
+def tracked(fut: Future[np.ndarray], bar: Any, steps: int) -> Future[np.ndarray]:
+    """Advance a progress bar by ``steps`` when ``fut`` is done."""
+    fut.add_done_callback(lambda _: bar.update(steps))
+    return fut
 
-    def __init__(self, comm: Communicator, peer: str, pool: BlindingPool, bar: object) -> None:
-        self.comm, self.peer, self.pool, self.bar = comm, peer, pool, bar
+
+class ChunkedSession:
+    """One side's blinding work and its chunked traffic with the peer; ``check``
+    refuses a malformed batch of the peer's points."""
+
+    def __init__(self, comm: Communicator, peer: str, pool: BlindingPool, bar: object,
+                 check: Callable[[np.ndarray], None] = check_points) -> None:
+        self.comm, self.peer, self.pool, self.bar, self.check = comm, peer, pool, bar, check
 
     def submit(self, points: np.ndarray, start: int) -> Future[np.ndarray]:
-        fut = self.pool.submit(points, start)
-        fut.add_done_callback(lambda f: self.bar.update(len(points)))  # type: ignore[attr-defined]
-        return fut
+        return tracked(self.pool.submit(points, start), self.bar, len(points))
 
     def wait(self, fut: Future[np.ndarray]) -> np.ndarray:
         try:
@@ -109,22 +116,30 @@ class _Session:
 
     def recv(self, label: str, n: int, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
         """The peer's n points in chunks of ``chunk``, each checked."""
-        for lo, hi in _spans(n, chunk):
+        for lo, hi in spans(n, chunk):
             got = self.comm.exchange(label, recv={self.peer: 1})[self.peer][0]
-            yield lo, _points(self.peer, got, hi - lo, lo)
+            yield lo, peer_points(self.peer, got, hi - lo, lo, self.check)
+
+    def blind_all(self, label_in: str, label_out: str, n: int, chunk: int) -> None:
+        """Blind each chunk of the peer's points as it arrives and send it back."""
+        self.send(label_out, [self.submit(got, lo) for lo, got in self.recv(label_in, n, chunk)])
+
+    def gather(self, futures: Sequence[Future[np.ndarray]]) -> np.ndarray:
+        return np.concatenate([self.wait(f) for f in futures]) if futures else np.empty((0, 32), dtype=np.uint8)
 
 
-def _points(peer: str, arr: np.ndarray, n: int, offset: int = 0) -> np.ndarray:
+def peer_points(peer: str, arr: np.ndarray, n: int, offset: int = 0,
+            check: Callable[[np.ndarray], None] = check_points) -> np.ndarray:
     if arr.dtype != np.uint8 or arr.shape != (n, 32):
         raise InvalidPoint(peer, f"expected {n} points of 32 bytes, got {arr.dtype} {arr.shape}")
     try:
-        check_points(arr)
+        check(arr)
     except InvalidPointError as exc:
         raise InvalidPoint(peer, f"point {offset + exc.index}: {str(exc).split(': ', 1)[1]}") from exc
     return arr
 
 
-def _permutation(n: int) -> np.ndarray:
+def random_permutation(n: int) -> np.ndarray:
     """A random permutation: sort order of 64-bit keys from an AES-CTR PRG seeded by OS
     entropy (a tie, probability below n^2 / 2^65, only biases, never repeats)."""
     return np.argsort(Prg(random_seed()).uint64((n,)), kind="stable")
@@ -182,23 +197,23 @@ def ecdh_psi(
         workers = os.cpu_count() or 1
     if len(ids) + peer_n < _MIN_FOR_WORKERS:
         workers = 0
-    order = np.arange(len(ids)) if role == "receiver" else _permutation(len(ids))  # S's order never reaches R
+    order = np.arange(len(ids)) if role == "receiver" else random_permutation(len(ids))  # S's order never reaches R
     with BlindingPool(BlindingKey.generate(), workers) as pool, \
             progress(len(ids) + peer_n, f"psi {role}", unit="pt", enabled=show_progress) as bar:
-        s = _Session(comm, peer, pool, bar)
+        s = ChunkedSession(comm, peer, pool, bar)
         own = [s.submit(hash_to_points([ids[i] for i in order[lo:hi]], salt, DST), lo)
-               for lo, hi in _spans(len(ids), chunk)]
+               for lo, hi in spans(len(ids), chunk)]
         if role == "receiver":
             return _receiver(s, own, peer_n, peer_chunk, len(ids), chunk, mode, reveal)
         return _sender(s, own, order, peer_n, peer_chunk, mode, reveal)
 
 
-def _receiver(s: _Session, own: list[Future[np.ndarray]], peer_n: int, peer_chunk: int, n: int, chunk: int,
+def _receiver(s: ChunkedSession, own: list[Future[np.ndarray]], peer_n: int, peer_chunk: int, n: int, chunk: int,
               mode: str, reveal: str) -> PsiResult:
     s.send("psi.A", own)
     theirs = [s.submit(b, lo) for lo, b in s.recv("psi.B", peer_n, peer_chunk)]
     # AB first: a bad point of S's fails here, before waiting on S's BA.
-    ab = np.concatenate([s.wait(f) for f in theirs]) if theirs else np.empty((0, 32), dtype=np.uint8)
+    ab = s.gather(theirs)
     ba = np.empty((n, 32), dtype=np.uint8)
     for lo, got in s.recv("psi.BA", n, chunk):  # S answers in R's chunking
         ba[lo : lo + len(got)] = got
@@ -215,18 +230,16 @@ def _receiver(s: _Session, own: list[Future[np.ndarray]], peer_n: int, peer_chun
     return PsiResult(hits, len(hits), peer_n)
 
 
-def _sender(s: _Session, own: list[Future[np.ndarray]], order: np.ndarray, peer_n: int, peer_chunk: int, mode: str,
+def _sender(s: ChunkedSession, own: list[Future[np.ndarray]], order: np.ndarray, peer_n: int, peer_chunk: int, mode: str,
             reveal: str) -> PsiResult:
     s.send("psi.B", own)
-    theirs = [s.submit(a, lo) for lo, a in s.recv("psi.A", peer_n, peer_chunk)]
     if mode == "cardinality":  # R must not learn which of its ids matched: shuffle BA whole
-        ba = np.concatenate([s.wait(f) for f in theirs]) if theirs else np.empty((0, 32), dtype=np.uint8)
-        ba = ba[_permutation(len(ba))]
-        for lo, hi in _spans(len(ba), peer_chunk):
+        ba = s.gather([s.submit(a, lo) for lo, a in s.recv("psi.A", peer_n, peer_chunk)])
+        ba = ba[random_permutation(len(ba))]
+        for lo, hi in spans(len(ba), peer_chunk):
             s.comm.exchange("psi.BA", {s.peer: [ba[lo:hi]]})
-    else:
-        # BA goes back in the receiver's chunking, which is how R reads it.
-        s.send("psi.BA", theirs)
+    else:  # BA goes back in the receiver's chunking, which is how R reads it
+        s.blind_all("psi.A", "psi.BA", peer_n, peer_chunk)
     n = len(order)
     if reveal == "receiver":
         return PsiResult(None, -1, peer_n)

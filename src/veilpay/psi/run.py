@@ -13,15 +13,32 @@ from veilpay.errors import InvalidInput
 from veilpay.net import Communicator
 from veilpay.psi.data import read_ids, read_rows, write_rows
 from veilpay.psi.ecdh import ecdh_psi
+from veilpay.psi.unbalanced import setup_server, unbalanced_psi
 
-__all__ = ["run_psi_files"]
+__all__ = ["run_psi_files", "setup_psi_file"]
+
+
+def setup_psi_file(
+    input_path: str | Path,
+    keys: Sequence[str],
+    cache: str | Path,
+    normalise: str = "trim",
+    on_null: str = "drop",
+    workers: int | None = None,
+    show_progress: bool | None = None,
+) -> dict[str, Any]:
+    """Offline step of unbalanced PSI: prepare the server's set from a file into
+    ``cache``. Clients must normalise their keys the same way."""
+    table = read_ids(input_path, keys, normalise, on_null)
+    summary = setup_server(table.ids, cache, workers=workers, show_progress=show_progress)
+    return {"rows": table.rows, "duplicates": table.duplicates, "null_keys_dropped": table.nulls, **summary}
 
 
 def run_psi_files(
     comm: Communicator,
     peer: str,
     role: str,
-    input_path: str | Path,
+    input_path: str | Path | None,
     keys: Sequence[str],
     output_path: str | Path | None = None,
     columns: Sequence[str] | None = None,
@@ -32,21 +49,43 @@ def run_psi_files(
     sort_by: str | None = None,
     workers: int | None = None,
     show_progress: bool | None = None,
+    cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Returns a summary (counts, seconds, bytes); writes ``output_path`` only when this
     party learns the intersection. Output rows keep this party's file order, or are
-    sorted by ``sort_by``; ``columns`` picks the columns (default: all)."""
+    sorted by ``sort_by``; ``columns`` picks the columns (default: all).
+
+    ``mode='unbalanced'``: the sender is the server and answers from the set prepared
+    in ``cache`` by `setup_psi_file` (no input file); the receiver is a client that
+    keeps its copy of the server's set in its own ``cache`` folder."""
+    if mode == "unbalanced":
+        if cache is None:
+            raise InvalidInput("unbalanced mode needs a cache folder: the server's prepared set (veilpay psi-setup), "
+                               "or where the client keeps its copy")
+        if reveal != "receiver":
+            raise InvalidInput("unbalanced mode reveals the intersection to the receiver (client) only")
+        if role == "sender":
+            t0 = time.perf_counter()
+            res = unbalanced_psi(comm, peer, "server", cache, workers=workers, show_progress=show_progress)
+            return {"role": role, "mode": mode, "peer_size": res.peer_size, "intersection_size": None,
+                    "seconds": round(time.perf_counter() - t0, 3), "bytes_sent": comm.total().bytes_sent,
+                    "bytes_received": comm.total().bytes_recv}
+    if input_path is None:
+        raise InvalidInput("give an input file")
     table = read_ids(input_path, keys, normalise, on_null)
     cols = list(columns or table.header)
     missing = [c for c in cols + ([sort_by] if sort_by else []) if c not in table.header]
     if missing:
         raise InvalidInput(f"{input_path}: no column {missing[0]!r} to output")
-    learns = mode == "intersection" and (role == "receiver" or reveal == "both")
+    learns = mode in ("intersection", "unbalanced") and (role == "receiver" or reveal == "both")
     if learns and output_path is None:
         raise InvalidInput("this party learns the intersection: give an output path")
     t0 = time.perf_counter()
-    res = ecdh_psi(comm, peer, role, table.ids, mode=mode, reveal=reveal, workers=workers,
-                   show_progress=show_progress)
+    if mode == "unbalanced":
+        res = unbalanced_psi(comm, peer, "client", cache or "", table.ids, workers=workers, show_progress=show_progress)
+    else:
+        res = ecdh_psi(comm, peer, role, table.ids, mode=mode, reveal=reveal, workers=workers,
+                       show_progress=show_progress)
     seconds = time.perf_counter() - t0
     summary: dict[str, Any] = {
         "role": role, "mode": mode, "rows": table.rows, "distinct_ids": len(table.ids),

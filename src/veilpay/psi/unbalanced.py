@@ -1,0 +1,248 @@
+"""Unbalanced PSI: a large server set prepared once offline, many small client queries
+online. An oblivious PRF on P-256 (veilpay.crypto.p256_oprf): F_k(y) = x([k] H(y)).
+
+Offline (`setup_server`): the server draws a long-lived key k and a salt, computes
+F_k(y) for its whole set, shuffles, and writes a cache directory:
+
+    key        the 32-byte scalar (mode 0600; it never leaves the server)
+    set.bin    n * 32 bytes: the shuffled F_k(y)
+    meta.json  version, n, salt, SHA-256 of set.bin (the set's digest)
+
+Online (`unbalanced_psi`, one session per query):
+
+    C -> S  hello: version, |X|, chunk, digest of the set copy C holds (or zeros)
+    S -> C  hello: version, |Y|, chunk, salt, digest of the server's set
+    S -> C  set.bin in chunks, only when C's digest differs (C caches it)
+    C -> S  [r] H(x) for C's ids, with a fresh r per query
+    S -> C  [k][r] H(x)
+    C       [r^-1][k][r] H(x) = F_k(x), looked up in the cached set
+
+The client learns which of its ids are in Y and |Y|; the server learns |X|. Queries
+are unlinkable: r is fresh each time. A client cannot test ids offline against the
+cached set, since only the server can compute F_k. docs/psi.md has the long form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from veilpay.crypto import BlindingPool, OprfKey, check_p256_points, hash_to_p256
+from veilpay.errors import DataError, InvalidInput, ProtocolMismatch
+from veilpay.net import Communicator
+from veilpay.progress import progress
+from veilpay.psi.ecdh import (
+    CHUNK,
+    ChunkedSession,
+    PsiResult,
+    match_points,
+    peer_points,
+    random_permutation,
+    spans,
+    tracked,
+)
+
+__all__ = ["UB_VERSION", "ServerSet", "load_server_set", "setup_server", "unbalanced_psi"]
+
+UB_VERSION = 1
+DST = b"veilpay/psi/unbalanced-p256/v1"
+_MIN_FOR_WORKERS = 2000  # P-256 costs about 7x X25519 per point, so workers pay off sooner
+_NO_DIGEST = bytes(32)
+
+
+@dataclass
+class ServerSet:
+    """A prepared set: its F_k values (shuffled), salt and digest; ``key`` only on the
+    server side."""
+
+    points: np.ndarray
+    salt: bytes
+    digest: bytes
+    key: OprfKey | None = None
+
+
+def _digest_file(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
+
+
+def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_set(folder: Path, points: np.ndarray, salt: bytes, key: OprfKey | None) -> bytes:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = points.tobytes()
+    digest = hashlib.sha256(data).digest()
+    # set.bin and key first, meta.json last: a reader trusts only a set that meta names.
+    _write_atomic(folder / "set.bin", data)
+    if key is not None:
+        _write_atomic(folder / "key", key.raw(), mode=0o600)
+    meta = {"version": UB_VERSION, "n": len(points), "salt": salt.hex(), "digest": digest.hex(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _write_atomic(folder / "meta.json", json.dumps(meta, indent=1).encode())
+    return digest
+
+
+def load_server_set(folder: str | Path, need_key: bool = False) -> ServerSet:
+    """Read and check a cache directory (the server's, or a client's copy)."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        n, salt, digest = int(meta["n"]), bytes.fromhex(meta["salt"]), bytes.fromhex(meta["digest"])
+        version = int(meta["version"])
+    except FileNotFoundError as exc:
+        raise DataError(f"{folder}: no prepared set here (meta.json missing)") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{folder}/meta.json: malformed ({exc})") from exc
+    if version != UB_VERSION:
+        raise DataError(f"{folder}: prepared set version {version}, this veilpay reads {UB_VERSION}")
+    path = folder / "set.bin"
+    if not path.exists() or path.stat().st_size != n * 32:
+        raise DataError(f"{folder}/set.bin: missing or not {n} points long")
+    if not secrets.compare_digest(_digest_file(path), digest):
+        raise DataError(f"{folder}/set.bin: contents do not match the digest in meta.json")
+    points = np.fromfile(path, dtype=np.uint8).reshape(n, 32)
+    key = None
+    if need_key:
+        try:
+            key = OprfKey.from_raw((folder / "key").read_bytes())
+        except FileNotFoundError as exc:
+            raise DataError(f"{folder}: no key file (a client's copy cannot serve queries)") from exc
+    return ServerSet(points, salt, digest, key)
+
+
+def setup_server(ids: Sequence[bytes], folder: str | Path, workers: int | None = None, chunk: int = CHUNK,
+                 show_progress: bool | None = None) -> dict[str, Any]:
+    """Offline: prepare the server's set (distinct ids) in ``folder``, replacing any
+    earlier one (clients then download the new set on their next query)."""
+    if len(set(ids)) != len(ids):
+        raise InvalidInput("ids must be distinct: deduplicate first")
+    t0 = time.perf_counter()
+    key, salt = OprfKey.generate(), secrets.token_bytes(32)
+    workers = _workers(workers, len(ids))
+    with BlindingPool(key, workers) as pool, progress(len(ids), "psi setup", unit="pt", enabled=show_progress) as bar:
+        futures = [tracked(pool.submit(hash_to_p256(ids[lo:hi], salt, DST), lo), bar, hi - lo)
+                   for lo, hi in spans(len(ids), chunk)]
+        points = np.concatenate([f.result() for f in futures]) if futures else np.empty((0, 32), np.uint8)
+    digest = _write_set(Path(folder), points[random_permutation(len(points))], salt, key)
+    return {"prepared": len(ids), "digest": digest.hex(), "seconds": round(time.perf_counter() - t0, 3),
+            "folder": str(folder)}
+
+
+def _workers(workers: int | None, n: int) -> int:
+    if n < _MIN_FOR_WORKERS:
+        return 0
+    return os.cpu_count() or 1 if workers is None else workers
+
+
+def _hello(fields: Sequence[int], *extra: bytes) -> np.ndarray:
+    head = np.array([UB_VERSION, *fields], dtype=np.uint64).view(np.uint8)
+    return np.concatenate([head, *(np.frombuffer(e, dtype=np.uint8) for e in extra)])
+
+
+def _read_hello(peer: str, got: np.ndarray, size: int) -> tuple[list[int], bytes]:
+    if got.dtype != np.uint8 or got.ndim != 1 or got.size < 8:
+        raise ProtocolMismatch(peer, "malformed unbalanced-PSI hello")
+    version = int(got[:8].view(np.uint64)[0])
+    if version != UB_VERSION:
+        raise ProtocolMismatch(peer, f"peer speaks unbalanced PSI version {version}, we speak {UB_VERSION}")
+    if got.size != size:
+        raise ProtocolMismatch(peer, "unbalanced-PSI hello of the wrong size (is the peer the other role?)")
+    fields = [int(v) for v in got[8:24].view(np.uint64)]
+    if not 1 <= fields[1] <= 1 << 24:
+        raise ProtocolMismatch(peer, f"chunk size {fields[1]} out of range")
+    return fields, got[24:].tobytes()
+
+
+def unbalanced_psi(
+    comm: Communicator,
+    peer: str,
+    role: str,
+    folder: str | Path,
+    ids: Sequence[bytes] = (),
+    workers: int | None = None,
+    chunk: int = CHUNK,
+    show_progress: bool | None = None,
+) -> PsiResult:
+    """One online query. The server (``role='server'``) answers from its prepared
+    ``folder``; the client (``role='client'``) keeps its copy of the set in ``folder``
+    and learns which of ``ids`` (distinct) the server holds."""
+    if role not in ("server", "client"):
+        raise InvalidInput(f"role must be 'server' or 'client', not {role!r}")
+    if not 1 <= chunk <= 1 << 24:
+        raise InvalidInput("chunk must be between 1 and 2^24 points")
+    if role == "server":
+        return _server(comm, peer, load_server_set(folder, need_key=True), workers, chunk, show_progress)
+    if len(set(ids)) != len(ids):
+        raise InvalidInput("ids must be distinct: deduplicate first")
+    return _client(comm, peer, Path(folder), ids, workers, chunk, show_progress)
+
+
+def _server(comm: Communicator, peer: str, srv: ServerSet, workers: int | None, chunk: int,
+            show_progress: bool | None) -> PsiResult:
+    n = len(srv.points)
+    got = comm.exchange("psi.ub.hello", {peer: [_hello([n, chunk], srv.salt, srv.digest)]}, {peer: 1})[peer][0]
+    (n_client, client_chunk), their_digest = _read_hello(peer, got, 24 + 32)
+    if not secrets.compare_digest(their_digest, srv.digest):
+        for lo, hi in spans(n, chunk):
+            comm.exchange("psi.ub.set", {peer: [srv.points[lo:hi]]})
+    if srv.key is None:
+        raise DataError("the server's set has no key")
+    with BlindingPool(srv.key, _workers(workers, n_client)) as pool, \
+            progress(n_client, "psi server", unit="pt", enabled=show_progress) as bar:
+        ChunkedSession(comm, peer, pool, bar, check_p256_points).blind_all("psi.ub.query", "psi.ub.reply", n_client,
+                                                                     client_chunk)
+    return PsiResult(None, -1, n_client)
+
+
+def _client(comm: Communicator, peer: str, folder: Path, ids: Sequence[bytes], workers: int | None, chunk: int,
+            show_progress: bool | None) -> PsiResult:
+    try:
+        mine: ServerSet | None = load_server_set(folder)
+    except DataError:
+        mine = None  # no copy yet, or a damaged one: ask for the set
+    have = mine.digest if mine is not None else _NO_DIGEST
+    got = comm.exchange("psi.ub.hello", {peer: [_hello([len(ids), chunk], have)]}, {peer: 1})[peer][0]
+    (n, server_chunk), rest = _read_hello(peer, got, 24 + 64)
+    salt, digest = rest[:32], rest[32:]
+    if mine is None or not secrets.compare_digest(have, digest):
+        points = np.empty((n, 32), dtype=np.uint8)
+        for lo, hi in spans(n, server_chunk):
+            arr = comm.exchange("psi.ub.set", recv={peer: 1})[peer][0]
+            points[lo:hi] = peer_points(peer, arr, hi - lo, lo, check_p256_points)
+        if not secrets.compare_digest(hashlib.sha256(points.tobytes()).digest(), digest):
+            raise ProtocolMismatch(peer, "the set sent does not match the digest the server announced")
+        _write_set(folder, points, salt, None)
+        mine = ServerSet(points, salt, digest)
+    r = OprfKey.generate()
+    with BlindingPool(r, _workers(workers, len(ids))) as pool, \
+            BlindingPool(r.inverse(), _workers(workers, len(ids))) as unpool, \
+            progress(2 * len(ids), "psi client", unit="pt", enabled=show_progress) as bar:
+        s = ChunkedSession(comm, peer, pool, bar, check_p256_points)
+        s.send("psi.ub.query", [s.submit(hash_to_p256(ids[lo:hi], salt, DST), lo) for lo, hi in spans(len(ids), chunk)])
+        u = ChunkedSession(comm, peer, unpool, bar, check_p256_points)
+        values = u.gather([u.submit(got, lo) for lo, got in u.recv("psi.ub.reply", len(ids), chunk)])
+    hits = match_points(values, mine.points)
+    return PsiResult(hits, len(hits), n)
