@@ -2,6 +2,7 @@
 certificates and TLS contexts. Everything above uses these wrappers."""
 
 from veilpay.crypto.certs import Identity, issue_party_certificate, make_ca, write_identity
+from veilpay.crypto.digest import sha256, sha256_file
 from veilpay.crypto.keyagree import SeedAgreement
 from veilpay.crypto.p256_oprf import OprfKey, check_p256_points, hash_to_p256
 from veilpay.crypto.points import InvalidPointError
@@ -30,5 +31,7 @@ __all__ = [
     "peer_common_name",
     "random_seed",
     "server_context",
+    "sha256",
+    "sha256_file",
     "write_identity",
 ]

@@ -24,7 +24,6 @@ cached set, since only the server can compute F_k. docs/psi.md has the long form
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -37,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from veilpay.crypto import BlindingPool, OprfKey, check_p256_points, hash_to_p256
+from veilpay.crypto import BlindingPool, OprfKey, check_p256_points, hash_to_p256, sha256, sha256_file
 from veilpay.errors import DataError, InvalidInput, ProtocolMismatch
 from veilpay.net import Communicator
 from veilpay.progress import progress
@@ -71,14 +70,6 @@ class ServerSet:
     key: OprfKey | None = None
 
 
-def _digest_file(path: Path) -> bytes:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.digest()
-
-
 def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -94,7 +85,7 @@ def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 def _write_set(folder: Path, points: np.ndarray, salt: bytes, key: OprfKey | None) -> bytes:
     folder.mkdir(parents=True, exist_ok=True)
     data = points.tobytes()
-    digest = hashlib.sha256(data).digest()
+    digest = sha256(data)
     # set.bin and key first, meta.json last: a reader trusts only a set that meta names.
     _write_atomic(folder / "set.bin", data)
     if key is not None:
@@ -121,7 +112,7 @@ def load_server_set(folder: str | Path, need_key: bool = False) -> ServerSet:
     path = folder / "set.bin"
     if not path.exists() or path.stat().st_size != n * 32:
         raise DataError(f"{folder}/set.bin: missing or not {n} points long")
-    if not secrets.compare_digest(_digest_file(path), digest):
+    if not secrets.compare_digest(sha256_file(path), digest):
         raise DataError(f"{folder}/set.bin: contents do not match the digest in meta.json")
     points = np.fromfile(path, dtype=np.uint8).reshape(n, 32)
     key = None
@@ -232,7 +223,7 @@ def _client(comm: Communicator, peer: str, folder: Path, ids: Sequence[bytes], w
         for lo, hi in spans(n, server_chunk):
             arr = comm.exchange("psi.ub.set", recv={peer: 1})[peer][0]
             points[lo:hi] = peer_points(peer, arr, hi - lo, lo, check_p256_points)
-        if not secrets.compare_digest(hashlib.sha256(points.tobytes()).digest(), digest):
+        if not secrets.compare_digest(sha256(points.tobytes()), digest):
             raise ProtocolMismatch(peer, "the set sent does not match the digest the server announced")
         _write_set(folder, points, salt, None)
         mine = ServerSet(points, salt, digest)
