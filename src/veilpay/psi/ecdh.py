@@ -45,7 +45,7 @@ from veilpay.progress import progress
 __all__ = ["MODES", "PSI_VERSION", "PsiResult", "ecdh_psi"]
 
 PSI_VERSION = 2
-CHUNK = 1 << 15  # points per message and per worker batch
+CHUNK = 1 << 13  # points per message and per worker batch: small enough that no core waits long at a phase end
 _MIN_FOR_WORKERS = 20000  # below this many points, worker start-up costs more than it saves
 DST = b"veilpay/psi/ecdh-x25519/v1"
 MODES = {"intersection": 1, "cardinality": 2}
