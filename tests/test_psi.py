@@ -70,6 +70,13 @@ def test_unicode_and_cardinality() -> None:
     assert r.indices.tolist() == [1, 3] and s.size == -1  # the sender learns nothing by default
 
 
+def test_worker_processes_give_the_same_answer() -> None:
+    x = [f"id{i}".encode() for i in range(700)]
+    y = [f"id{i}".encode() for i in range(300, 1200)]
+    r, s = run(x, y, reveal="both", chunk=128, workers=2)
+    assert r.indices.tolist() == list(range(300, 700)) and s.size == 400
+
+
 @pytest.mark.parametrize("mode", ["intersection", "cardinality"])
 def test_chunk_sizes_may_differ_between_the_sides(mode: str) -> None:
     x = [f"id{i}".encode() for i in range(100)]
@@ -287,6 +294,32 @@ def test_psi_cli_two_processes_over_tls(tmp_path: Path) -> None:
     rows = (tmp_path / "r_out.csv").read_text().splitlines()
     assert rows[0] == "customer_id,v" and rows[1:] == [f"c{i},{i}" for i in range(150, 300)]
     assert len((tmp_path / "s_out.csv").read_text().splitlines()) == 151
+
+
+@pytest.mark.tcp
+def test_unbalanced_cli_two_processes_over_tls(tmp_path: Path) -> None:
+    from veilpay.cli.demo import _free_port_base
+    from veilpay.net import provision_network
+
+    net = provision_network(tmp_path / "net", ["wallet", "acquirer"], base_port=_free_port_base())
+    big = write(tmp_path / "big.csv", "customer_id\n" + "".join(f"c{i}\n" for i in range(2000)))
+    small = write(tmp_path / "small.csv", "customer_id,v\nc5,1\nx,2\nc1999,3\n")
+    cli = [sys.executable, "-m", "veilpay.cli.main"]
+    setup = subprocess.run(cli + ["psi-setup", "--input", str(big), "--key", "customer_id", "--cache",
+                                  str(tmp_path / "srv"), "--workers", "2"], capture_output=True, text=True, timeout=120)
+    assert setup.returncode == 0, setup.stderr
+    base = cli + ["psi", "--network", str(net), "--mode", "unbalanced", "--timeout", "60"]
+    procs = [
+        subprocess.Popen(base + ["--role", "receiver", "--party", "wallet", "--input", str(small), "--key",
+                                 "customer_id", "--cache", str(tmp_path / "cli"), "--output", str(tmp_path / "o.csv")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        subprocess.Popen(base + ["--role", "sender", "--party", "acquirer", "--cache", str(tmp_path / "srv")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert (tmp_path / "o.csv").read_text().splitlines() == ["customer_id,v", "c5,1", "c1999,3"]
+    assert json.loads(outs[1][0])["peer_size"] == 3
 
 
 # -- unbalanced mode -------------------------------------------------------------------

@@ -87,6 +87,14 @@ def spans(n: int, chunk: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
 
 
+def pool_size(workers: int | None, points: int, min_points: int) -> int:
+    """Worker processes for ``points`` of curve work: as asked, else none for a small
+    job (start-up would cost more than it saves), else one per core."""
+    if workers is not None:
+        return workers
+    return 0 if points < min_points else os.cpu_count() or 1
+
+
 def tracked(fut: Future[np.ndarray], bar: Any, steps: int) -> Future[np.ndarray]:
     """Advance a progress bar by ``steps`` when ``fut`` is done."""
     fut.add_done_callback(lambda _: bar.update(steps))
@@ -193,10 +201,7 @@ def ecdh_psi(
     peer_n, peer_chunk, salt_peer = _check_hello(peer, got[peer][0], mode, reveal)
     salts = salt_mine + salt_peer if role == "receiver" else salt_peer + salt_mine
     salt = label_digest("veilpay/psi/salt/" + salts.hex(), 32)
-    if workers is None:
-        workers = os.cpu_count() or 1
-    if len(ids) + peer_n < _MIN_FOR_WORKERS:
-        workers = 0
+    workers = pool_size(workers, len(ids) + peer_n, _MIN_FOR_WORKERS)
     order = np.arange(len(ids)) if role == "receiver" else random_permutation(len(ids))  # S's order never reaches R
     with BlindingPool(BlindingKey.generate(), workers) as pool, \
             progress(len(ids) + peer_n, f"psi {role}", unit="pt", enabled=show_progress) as bar:

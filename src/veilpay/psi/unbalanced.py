@@ -46,6 +46,7 @@ from veilpay.psi.ecdh import (
     PsiResult,
     match_points,
     peer_points,
+    pool_size,
     random_permutation,
     spans,
     tracked,
@@ -132,7 +133,7 @@ def setup_server(ids: Sequence[bytes], folder: str | Path, workers: int | None =
         raise InvalidInput("ids must be distinct: deduplicate first")
     t0 = time.perf_counter()
     key, salt = OprfKey.generate(), secrets.token_bytes(32)
-    workers = _workers(workers, len(ids))
+    workers = pool_size(workers, len(ids), _MIN_FOR_WORKERS)
     with BlindingPool(key, workers) as pool, progress(len(ids), "psi setup", unit="pt", enabled=show_progress) as bar:
         futures = [tracked(pool.submit(hash_to_p256(ids[lo:hi], salt, DST), lo), bar, hi - lo)
                    for lo, hi in spans(len(ids), chunk)]
@@ -140,12 +141,6 @@ def setup_server(ids: Sequence[bytes], folder: str | Path, workers: int | None =
     digest = _write_set(Path(folder), points[random_permutation(len(points))], salt, key)
     return {"prepared": len(ids), "digest": digest.hex(), "seconds": round(time.perf_counter() - t0, 3),
             "folder": str(folder)}
-
-
-def _workers(workers: int | None, n: int) -> int:
-    if n < _MIN_FOR_WORKERS:
-        return 0
-    return os.cpu_count() or 1 if workers is None else workers
 
 
 def _hello(fields: Sequence[int], *extra: bytes) -> np.ndarray:
@@ -201,7 +196,7 @@ def _server(comm: Communicator, peer: str, srv: ServerSet, workers: int | None, 
             comm.exchange("psi.ub.set", {peer: [srv.points[lo:hi]]})
     if srv.key is None:
         raise DataError("the server's set has no key")
-    with BlindingPool(srv.key, _workers(workers, n_client)) as pool, \
+    with BlindingPool(srv.key, pool_size(workers, n_client, _MIN_FOR_WORKERS)) as pool, \
             progress(n_client, "psi server", unit="pt", enabled=show_progress) as bar:
         ChunkedSession(comm, peer, pool, bar, check_p256_points).blind_all("psi.ub.query", "psi.ub.reply", n_client,
                                                                      client_chunk)
@@ -228,8 +223,8 @@ def _client(comm: Communicator, peer: str, folder: Path, ids: Sequence[bytes], w
         _write_set(folder, points, salt, None)
         mine = ServerSet(points, salt, digest)
     r = OprfKey.generate()
-    with BlindingPool(r, _workers(workers, len(ids))) as pool, \
-            BlindingPool(r.inverse(), _workers(workers, len(ids))) as unpool, \
+    with BlindingPool(r, pool_size(workers, len(ids), _MIN_FOR_WORKERS)) as pool, \
+            BlindingPool(r.inverse(), pool_size(workers, len(ids), _MIN_FOR_WORKERS)) as unpool, \
             progress(2 * len(ids), "psi client", unit="pt", enabled=show_progress) as bar:
         s = ChunkedSession(comm, peer, pool, bar, check_p256_points)
         s.send("psi.ub.query", [s.submit(hash_to_p256(ids[lo:hi], salt, DST), lo) for lo, hi in spans(len(ids), chunk)])
