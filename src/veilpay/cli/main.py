@@ -1,4 +1,4 @@
-"""``veilpay``: keys, node, launch, demo, psi, psi-setup."""
+"""``veilpay``: keys, node, launch, demo, psi, psi-setup, train."""
 
 from __future__ import annotations
 
@@ -78,6 +78,22 @@ def _cmd_psi_setup(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(a: argparse.Namespace) -> int:
+    from veilpay.crypto import label_digest, sha256
+    from veilpay.ml import load_job, run_training
+    from veilpay.mpc import run_party
+
+    job = load_job(a.job)
+    if a.party not in job.parties:
+        raise VeilpayError(f"party {a.party!r} is not in the job's [parties] ({', '.join(sorted(job.parties))})")
+    session = label_digest("veilpay/train/" + sha256(job.fingerprint()).hex() + "/" + (a.session or ""))
+    report = run_party(lambda rt: run_training(rt, job, a.out, show_progress=None), str(job.network), a.party,
+                       protocol=job.protocol, session=session, compute=job.compute, frac_bits=job.frac_bits,
+                       timeout=job.timeout)
+    print(json.dumps(report))
+    return 0
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from veilpay.cli.demo import run_demo
 
@@ -152,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--cache", required=True, help="folder for the prepared set and its key (keep it private)")
     _key_options(pu)
     pu.set_defaults(fn=_cmd_psi_setup)
+
+    t = sub.add_parser("train", help="joint model training on common customers (PSI, then secure LR in MPC)")
+    t.add_argument("--job", required=True, help="job file (TOML), the same at every party")
+    t.add_argument("--party", required=True, help="this party's name in the job")
+    t.add_argument("--out", help="folder for report.json, prep.json and the model (default: print the report only)")
+    t.add_argument("--session", help="a run label every party passes (keeps concurrent runs apart)")
+    t.set_defaults(fn=_cmd_train)
 
     d = sub.add_parser("demo", help="the main job on embedded data (three wallets, aby3, TLS)")
     d.add_argument("--out", help="directory for the demo's certificates (default: a temp dir)")

@@ -17,7 +17,7 @@ import numpy as np
 
 from veilpay.errors import DataError, InvalidInput
 
-__all__ = ["IdTable", "open_rows", "read_ids", "read_rows", "write_rows"]
+__all__ = ["IdTable", "join_key", "normalise_key", "open_rows", "read_ids", "read_rows", "write_rows"]
 
 NORMALISE = ("none", "trim", "casefold")
 _SEP = "\x1f"  # unit separator between composite key parts, after a length prefix
@@ -35,6 +35,18 @@ class IdTable:
     first_row: list[int] = field(default_factory=list)
     duplicates: int = 0
     nulls: int = 0
+
+
+def join_key(parts: Sequence[str]) -> bytes:
+    """One id from normalised key parts (length-prefixed, so ("a", "bc") != ("ab", "c"))."""
+    return "".join(f"{len(p)}{_SEP}{p}" for p in parts).encode()
+
+
+def normalise_key(value: str, how: str) -> str:
+    """A key part as --normalise asks: none, trim (strip + NFC) or casefold."""
+    if how not in NORMALISE:
+        raise InvalidInput(f"normalise must be one of {NORMALISE}")
+    return _norm(value, how)
 
 
 def _norm(value: str, how: str) -> str:
@@ -130,7 +142,7 @@ def read_ids(path: str | Path, keys: Sequence[str], normalise: str = "trim", on_
                     raise DataError(f"{path}: row {r + 2} has an empty key in column {keys[parts.index('')]!r}")
                 table.nulls += 1
                 continue
-            ident = "".join(f"{len(p)}{_SEP}{p}" for p in parts).encode()
+            ident = join_key(parts)
             if ident in seen:
                 table.duplicates += 1
                 continue

@@ -1,0 +1,351 @@
+"""One party's side of a joint training job (vertical partition, two data parties and
+a helper):
+
+1. read: each data party reads its own file and checks its columns (the label party:
+   the label is present and binary) -- then a status round, so a bad input stops
+   every party before anything else happens;
+2. PSI on the key (ECDH-PSI, both data parties learn the common ids) and alignment:
+   both sort the common rows by id, so they agree on the order without talking;
+3. split and prepare: a row is in the test split when a hash of (seed, id) says so;
+   each party fits its transform (veilpay.ml.prep) on its training rows -- then a
+   second status round, which also checks that both sides hold the same rows (a
+   digest of the ordered ids) and the same job;
+4. share the features and the label, train SS-LR (veilpay.ml.sslr), score the test
+   rows in MPC and reveal the scores to the label party only, which computes AUC and
+   KS and announces those two numbers;
+5. reveal the model to `model_to` (or keep it shared) and write the outputs.
+
+The helper (semi2k's dealer, or aby3's third party) holds no data; it takes part in
+the status rounds and the MPC only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from veilpay.crypto import sha256
+from veilpay.errors import DataError, InvalidInput, ProtocolError, VeilpayError
+from veilpay.ml.job import Job
+from veilpay.ml.metrics import auc, ks
+from veilpay.ml.prep import Prep, fit_prep
+from veilpay.ml.sslr import train_lr
+from veilpay.mpc import Protocol, SharedTensor, concatenate
+from veilpay.mpc.tensor import share
+from veilpay.progress import progress
+from veilpay.psi import ecdh_psi
+from veilpay.psi.data import join_key, normalise_key
+
+__all__ = ["JobFailed", "plaintext_views", "run_training"]
+
+
+class JobFailed(ProtocolError):
+    """Another party stopped the job before any secret was shared; its reason is in the message."""
+
+
+@dataclass
+class _Local:
+    """What a data party holds after reading and preparing."""
+
+    frame: pd.DataFrame
+    ids: list[bytes]
+    label: np.ndarray | None = None
+    prep: Prep | None = None
+    x_train: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    x_test: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    y_train: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    digest: bytes = bytes(32)
+    rows: int = 0
+    duplicates: int = 0
+    null_keys: int = 0
+
+
+def _read_frame(path: Path, key: list[str]) -> pd.DataFrame:
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, dtype={k: str for k in key}, keep_default_na=True)
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: no such file") from exc
+    except (ValueError, OSError, pd.errors.ParserError, ImportError) as exc:
+        raise DataError(f"{path}: cannot read as a table: {exc}") from exc
+    missing = [k for k in key if k not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: no key column {missing[0]!r} (columns: {', '.join(map(str, frame.columns))})")
+    return frame
+
+
+def _read(job: Job, me: str) -> _Local:
+    spec = job.parties[me]
+    if spec.data is None:
+        raise DataError(f"party {me!r} has no data file in the job")
+    frame = _read_frame(spec.data, job.key)
+    keys = frame[job.key].astype("string").fillna("")
+    ids, keep, seen = [], [], set()
+    dups = nulls = 0
+    for row, parts in enumerate(keys.itertuples(index=False, name=None)):
+        norm = [normalise_key(str(p), "trim") for p in parts]
+        if any(p == "" for p in norm):
+            nulls += 1
+            continue
+        ident = join_key(norm)
+        if ident in seen:
+            dups += 1
+            continue
+        seen.add(ident)
+        ids.append(ident)
+        keep.append(row)
+    local = _Local(frame.iloc[keep].reset_index(drop=True), ids, rows=len(frame), duplicates=dups, null_keys=nulls)
+    if me == job.label_party:
+        if job.label not in frame.columns:
+            raise DataError(f"{spec.data}: no label column {job.label!r}")
+        values = local.frame[job.label]
+        if values.isna().any():
+            raise DataError(f"{spec.data}: label column {job.label!r} has missing values")
+        text = values.astype(str)
+        kinds = sorted(set(text))
+        if len(kinds) != 2 or job.positive not in kinds:
+            raise DataError(f"{spec.data}: label column {job.label!r} must be binary with {job.positive!r} as one "
+                            f"value; it has {len(kinds)} distinct values")
+        local.label = (text == job.positive).to_numpy(dtype=np.float64)
+    features = spec.features or [c for c in frame.columns if c not in job.key and c != job.label]
+    if not features:
+        raise DataError(f"{spec.data}: no feature columns")
+    local.frame = local.frame[features]
+    return local
+
+
+def _in_test(ids: list[bytes], seed: int, fraction: float) -> np.ndarray:
+    salt = b"veilpay/ml/split/" + seed.to_bytes(8, "little", signed=True)
+    draws = np.array([int.from_bytes(sha256(salt + i)[:8], "little") for i in ids], dtype=np.float64)
+    return draws / 2.0**64 < fraction
+
+
+def _align(job: Job, me: str, local: _Local, comm_psi: Any, stats: dict[str, Any]) -> None:
+    """PSI with the other data party, then keep the common rows sorted by id."""
+    other = job.partner if me == job.label_party else job.label_party
+    role = "receiver" if me == job.label_party else "sender"
+    res = ecdh_psi(comm_psi, other, role, local.ids, reveal="both")
+    keep_rows(local, np.asarray(res.indices, dtype=np.int64))
+    stats.update(peer_size=res.peer_size, common=len(local.ids))
+
+
+def keep_rows(local: _Local, idx: np.ndarray) -> None:
+    """Keep rows ``idx`` (the common ones), in the order of their ids."""
+    common = [local.ids[i] for i in idx]
+    order = sorted(range(len(common)), key=common.__getitem__)
+    rows = idx[np.asarray(order, dtype=np.int64)]
+    local.ids = [common[i] for i in order]
+    local.frame = local.frame.iloc[rows].reset_index(drop=True)
+    if local.label is not None:
+        local.label = local.label[rows]
+    local.digest = sha256(b"".join(len(i).to_bytes(4, "little") + i for i in local.ids))
+
+
+def plaintext_views(job: Job) -> dict[str, _Local]:
+    """For benchmarks and tests only: both data parties' prepared matrices as the
+    secure job would build them, from a plain intersection (the centralised view that
+    the secure model is compared with)."""
+    views = {p: _read(job, p) for p in job.data_parties}
+    a, b = (views[p] for p in job.data_parties)
+    common = set(a.ids) & set(b.ids)
+    for p, v in views.items():
+        keep_rows(v, np.array([i for i, ident in enumerate(v.ids) if ident in common], dtype=np.int64))
+        _prepare(job, p, v)
+    return views
+
+
+def _prepare(job: Job, me: str, local: _Local) -> None:
+    spec = job.parties[me]
+    test = _in_test(local.ids, job.seed, job.test_fraction)
+    train_frame, test_frame = local.frame[~test], local.frame[test]
+    if len(train_frame) == 0 or len(test_frame) == 0:
+        raise DataError(f"{spec.data}: {len(local.ids)} common rows leave an empty training or test split")
+    where = str(spec.data)
+    local.prep = fit_prep(train_frame, list(local.frame.columns), spec.categorical, where)
+    local.x_train = local.prep.apply(train_frame, where)
+    local.x_test = local.prep.apply(test_frame, where)
+    if local.label is not None:
+        local.y_train, local.y_test = local.label[~test][:, None], local.label[test][:, None]
+        if local.y_train.min() == local.y_train.max():
+            raise DataError(f"{where}: the training rows hold only one class of {job.label!r}")
+
+
+_STATUS_FIELDS = 4  # ok, n_train, n_test, features
+
+
+def _status_round(rt: Protocol, label: str, job: Job, error: BaseException | None, local: _Local | None) -> dict[str, Any]:
+    """Everyone tells everyone whether it can go on (and, for data parties, its shape
+    and the digest of its ordered ids). Raises at every party if any party cannot."""
+    ok = error is None
+    fields = np.zeros(_STATUS_FIELDS, dtype=np.uint64)
+    fields[0] = int(ok)
+    if local is not None and ok:
+        fields[1:] = [local.x_train.shape[0], local.x_test.shape[0], local.x_train.shape[1]]
+    why = np.frombuffer((f"{type(error).__name__}: {error}" if error else "").encode()[:400], dtype=np.uint8)
+    digest = np.frombuffer((local.digest if local is not None else bytes(32)) + sha256(job.fingerprint()), np.uint8)
+    peers = rt.comm.peers
+    got = rt.comm.exchange(label, {p: [fields, digest, why] for p in peers}, {p: 3 for p in peers})
+    if error is not None:
+        raise error
+    for p in peers:
+        f, d, w = got[p]
+        if f.dtype != np.uint64 or f.shape != (_STATUS_FIELDS,) or d.shape != (64,) or w.dtype != np.uint8:
+            raise JobFailed(p, "malformed status message")
+        if not int(f[0]):
+            raise JobFailed(p, f"stopped the job: {w.tobytes().decode(errors='replace')}")
+        if d[32:].tobytes() != sha256(job.fingerprint()):
+            raise JobFailed(p, "runs a different job file (model, parties, key or seed differ)")
+    shapes = {p: [int(v) for v in got[p][0][1:]] for p in peers}
+    if local is not None:
+        shapes[rt.me] = [local.x_train.shape[0], local.x_test.shape[0], local.x_train.shape[1]]
+    data = job.data_parties
+    if label.endswith("prepared"):
+        a, b = data
+        if shapes[a][:2] != shapes[b][:2]:
+            raise JobFailed(b, f"holds {shapes[b][:2]} train/test rows after PSI, {a} holds {shapes[a][:2]}")
+        digests = {p: (got[p][1][:32].tobytes() if p != rt.me else local.digest if local else b"") for p in data}
+        if digests[a] != digests[b]:
+            raise JobFailed(b, "the common rows differ between the data parties (alignment digest)")
+    return shapes
+
+
+@contextmanager
+def _phase(rt: Protocol, name: str, report: dict[str, Any]) -> Iterator[None]:
+    t0 = time.perf_counter()
+    before = {k: (v.rounds, v.bytes_sent, v.bytes_recv) for k, v in rt.comm.stats().items()}
+    with rt.comm.scope(name):
+        yield
+    after = rt.comm.stats().get(name)
+    b = before.get(name, (0, 0, 0))
+    report["phases"][name] = {
+        "seconds": round(time.perf_counter() - t0, 3),
+        "rounds": (after.rounds - b[0]) if after else 0,
+        "bytes_sent": (after.bytes_sent - b[1]) if after else 0,
+        "bytes_received": (after.bytes_recv - b[2]) if after else 0,
+    }
+
+
+def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
+                 show_progress: bool | None = None) -> dict[str, Any]:
+    """Run this party's side of ``job`` on the runtime ``rt`` (whose parties are the
+    job's compute parties). Returns the report; writes outputs to ``out_dir``."""
+    me = rt.me
+    report: dict[str, Any] = {"job": job.name, "party": me, "protocol": job.protocol, "phases": {}}
+    data = me in job.data_parties
+    local: _Local | None = None
+    error: BaseException | None = None
+    with _phase(rt, "read", report):
+        if data:
+            try:
+                local = _read(job, me)
+                report.update(rows=local.rows, duplicates=local.duplicates, null_keys_dropped=local.null_keys)
+            except VeilpayError as exc:
+                error = exc
+        _status_round(rt, "job.read", job, error, None)
+    with _phase(rt, "psi", report):
+        if local is not None:
+            _align(job, me, local, rt.comm, report)
+    with _phase(rt, "prepare", report):
+        if local is not None:
+            try:
+                _prepare(job, me, local)
+            except VeilpayError as exc:
+                error = exc
+        shapes = _status_round(rt, "job.prepared", job, error, local)
+    a, b = job.label_party, job.partner
+    n_train, n_test, d_a = shapes[a]
+    d_b = shapes[b][2]
+    report.update(train_rows=n_train, test_rows=n_test, features={a: d_a, b: d_b})
+    mine = local
+    with _phase(rt, "share", report):
+        xa = share(rt, a, mine.x_train if me == a and mine else None, shape=(n_train, d_a))
+        xb = share(rt, b, mine.x_train if me == b and mine else None, shape=(n_train, d_b))
+        y = share(rt, a, mine.y_train if me == a and mine else None, shape=(n_train, 1))
+        x = concatenate([xa, xb], axis=1)
+    m = job.model
+    losses: list[float] = []
+    with _phase(rt, "train", report), progress(m.epochs, f"train {me}", unit="epoch", enabled=show_progress) as bar:
+        def on_epoch(epoch: int, p: SharedTensor, yb: SharedTensor) -> None:
+            diff = p - yb
+            brier = (diff * diff).mean().reveal(to=a)
+            if brier is not None:
+                losses.append(float(brier))
+                bar.set_postfix(brier=f"{float(brier):.4f}")
+            bar.update(1)
+
+        w, bias = train_lr(x, y, m.epochs, m.batch_size, m.learning_rate, m.decay, m.l2, m.sigmoid, job.seed,
+                           on_epoch=on_epoch)
+    with _phase(rt, "evaluate", report):
+        ta = share(rt, a, mine.x_test if me == a and mine else None, shape=(n_test, d_a))
+        tb = share(rt, b, mine.x_test if me == b and mine else None, shape=(n_test, d_b))
+        scores = (concatenate([ta, tb], axis=1) @ w + bias).reveal(to=a)
+        metrics = np.zeros(2, dtype=np.float64)
+        if me == a and mine is not None and scores is not None and mine.y_test is not None:
+            metrics[:] = [auc(mine.y_test, scores), ks(mine.y_test, scores)]
+        got = rt.comm.exchange("job.metrics", {p: [metrics] for p in rt.comm.peers} if me == a else {},
+                               {a: 1} if me != a else {})
+        if me != a:
+            metrics = got[a][0]
+        report["metrics"] = {"auc": round(float(metrics[0]), 5), "ks": round(float(metrics[1]), 5)}
+        if losses:
+            report["brier_last_batch_per_epoch"] = [round(v, 5) for v in losses]
+    with _phase(rt, "output", report):
+        model = None
+        if job.model_to:
+            wv = w.reveal(to=job.model_to)
+            bv = bias.reveal(to=job.model_to)
+            if wv is not None and bv is not None:
+                model = {"weights": {a: wv[:d_a, 0].tolist(), b: wv[d_a:, 0].tolist()}, "bias": float(bv[0, 0])}
+    report["model"] = "revealed to " + ", ".join(job.model_to) if job.model_to else "kept secret-shared"
+    if out_dir is not None:
+        _write_outputs(Path(out_dir), job, me, report, model, mine.prep if mine else None,
+                       None if job.model_to else (w, bias))
+    return report
+
+
+def _write_json(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_outputs(out: Path, job: Job, me: str, report: dict[str, Any], model: dict[str, Any] | None,
+                   prep: Prep | None, shared: tuple[SharedTensor, SharedTensor] | None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if shared is not None and shared[0].sh is not None and shared[1].sh is not None:
+        # This party's share components of (w, b): raw uint64 arrays, no pickle.
+        arrays: dict[str, Any] = {f"w{i}": s for i, s in enumerate(shared[0].sh)}
+        arrays |= {f"b{i}": s for i, s in enumerate(shared[1].sh)}
+        fd, tmp = tempfile.mkstemp(prefix=".model_shares.", suffix=".npz", dir=out)
+        os.close(fd)
+        np.savez(tmp, allow_pickle=False, **arrays, meta=np.frombuffer(json.dumps(
+            {"job": job.name, "party": me, "protocol": job.protocol, "frac_bits": job.frac_bits,
+             "features": report["features"]}).encode(), dtype=np.uint8))
+        os.replace(tmp, out / "model_shares.npz")
+    _write_json(out / "report.json", report)
+    if prep is not None:
+        names = prep.feature_names()
+        _write_json(out / "prep.json", {"party": me, "feature_names": names, **prep.to_json()})
+    if model is not None:
+        if prep is not None and len(prep.feature_names()) != len(model["weights"][me]):
+            raise InvalidInput("model and preprocessing disagree on this party's feature count")
+        _write_json(out / "model.json", {"job": job.name, "type": "ss-lr", "label_party": job.label_party,
+                                         "positive": job.positive, **model})

