@@ -20,6 +20,7 @@ import numpy as np
 __all__ = ["ring_matmul", "split_limbs"]
 
 _LIMB = 22
+_THIN = 20
 _MAX_K = 512  # 512 * 2^22 * 2^22 = 2^53: S is exact
 _SMALL = 64 * 64 * 64  # below this many multiply-adds numpy's own loop is faster
 _HALF = np.uint64(1 << (_LIMB - 1))
@@ -55,7 +56,9 @@ def ring_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise ValueError(f"ring_matmul needs (m,k) @ (k,n), got {a.shape} @ {b.shape}")
     m, k = a.shape
     n = b.shape[1]
-    if m * k * n <= _SMALL:
+    if m * k * n <= _SMALL or m * k * n <= _THIN * (m * k + k * n + m * n):
+        # Small or thin (e.g. matrix-vector): splitting the operands into limbs costs
+        # more than numpy's plain integer product (measured crossover near 20-30).
         return a @ b
     out = np.zeros((m, n), dtype=np.uint64)
     for start in range(0, k, _MAX_K):
