@@ -67,6 +67,44 @@ def run_secure(job_path: Path, parties: list[str], work: Path) -> tuple[float, d
     return wall, reports, rss
 
 
+def spu_peer(job_path: Path, work: Path) -> dict[str, Any]:
+    """SPU's simulator (SEMI2K) on the same prepared rows, same sigmoid and schedule."""
+    from veilpay.ml import auc, ks, load_job
+    from veilpay.ml.pipeline import plaintext_views
+    from veilpay.ml.sslr import batch_order
+
+    venv = HERE.parent / ".venv-spu" / "bin" / "python"
+    if not venv.exists():
+        return {"bench": "train", "model": "spu-0.9.5 simulator semi2k", "measured": False,
+                "why": ".venv-spu missing: run `make bench-peers`"}
+    job = load_job(job_path)
+    if job.model.sigmoid != "seg3":
+        return {"bench": "train", "model": "spu-0.9.5 simulator semi2k", "measured": False,
+                "why": "the peer script implements the seg3 sigmoid only"}
+    views = plaintext_views(job)
+    a, b = views[job.label_party], views[job.partner]
+    order = batch_order(len(a.x_train), job.seed, 0)
+    peer_dir = work / "spu"
+    peer_dir.mkdir()
+    np.save(peer_dir / "x_train.npy", np.hstack([a.x_train, b.x_train])[order], allow_pickle=False)
+    np.save(peer_dir / "y_train.npy", a.y_train[order], allow_pickle=False)
+    np.save(peer_dir / "x_test.npy", np.hstack([a.x_test, b.x_test]), allow_pickle=False)
+    m = job.model
+    t0 = time.perf_counter()
+    done = subprocess.run([str(venv), str(HERE / "peers" / "spu_lr.py"), "--dir", str(peer_dir), "--epochs",
+                           str(m.epochs), "--batch", str(m.batch_size), "--lr", str(m.learning_rate), "--decay",
+                           str(m.decay)], capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        return {"bench": "train", "model": "spu-0.9.5 simulator semi2k", "measured": False,
+                "why": f"failed: {done.stderr[-500:]}"}
+    out = json.loads([ln for ln in done.stdout.splitlines() if ln.startswith("{")][-1])
+    scores = np.load(peer_dir / "spu_scores.npy", allow_pickle=False)[:, 0]
+    y_te = a.y_test[:, 0]
+    return {"model": "spu-0.9.5 simulator semi2k (same LR in JAX, fixed batch order, threads in one process)",
+            "auc": auc(y_te, scores), "ks": ks(y_te, scores), "seconds": out["seconds"], "wall_seconds": wall}
+
+
 def baselines(job_path: Path) -> list[dict[str, Any]]:
     from sklearn.linear_model import LogisticRegression
 
@@ -125,10 +163,15 @@ def main() -> None:
                           "auc": rep["metrics"]["auc"], "ks": rep["metrics"]["ks"], "wall_seconds": round(wall, 2),
                           "train_rows": rep["train_rows"], "test_rows": rep["test_rows"], "common": rep["common"],
                           "features": rep["features"], "phases": rep["phases"], "peak_rss_mib": rss}), flush=True)
-        for row in baselines(job_path):
+        for row in [*baselines(job_path), spu_peer(job_path, work)]:
+            if "auc" not in row:
+                print(json.dumps(row), flush=True)
+                continue
             gap = round(rep["metrics"]["auc"] - row["auc"], 5)
             row.update({"bench": "train", "data": data, "auc_secure_minus_this": gap})
             row["auc"], row["ks"], row["seconds"] = round(row["auc"], 5), round(row["ks"], 5), round(row["seconds"], 2)
+            if "spu" in row["model"]:
+                row["train_seconds_ours_over_spu"] = round(rep["phases"]["train"]["seconds"] / row["seconds"], 3)
             print(json.dumps(row), flush=True)
 
 
