@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from veilpay.errors import ConfigError, DataError
-from veilpay.ml import auc, fit_prep, ks, load_job, run_training
+from veilpay.ml import auc, fit_prep, ks, load_job, run_scoring, run_training
 from veilpay.ml.pipeline import JobFailed, plaintext_views
 from veilpay.ml.sslr import train_lr_plain
 from veilpay.mpc import make_protocol
@@ -256,3 +256,103 @@ def test_train_cli_three_processes_over_tls(tmp_path: Path) -> None:
     reports = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
     assert reports[0]["metrics"] == reports[1]["metrics"] and 0.5 < reports[0]["metrics"]["auc"] < 1.0
     assert reports[0]["phases"]["train"]["rounds"] > 0 and (tmp_path / "o-wallet" / "model.json").exists()
+
+
+def test_aby3_with_a_helper_node_gives_the_same_model(tmp_path: Path) -> None:
+    path = lending_club(tmp_path)
+    edits = {p: {"protocol": "aby3", "model_to": ["wallet", "partner"]} for p in PARTIES}
+    res = run_parties(path, edits)
+    assert all(not isinstance(res[p], BaseException) for p in PARTIES), res
+    job = load_job(path)
+    views = plaintext_views(job)
+    a, b = views["wallet"], views["partner"]
+    m = job.model
+    w, _ = train_lr_plain(np.hstack([a.x_train, b.x_train]), a.y_train, m.epochs, m.batch_size, m.learning_rate,
+                          sigmoid=m.sigmoid, seed=job.seed)
+    for p in ("wallet", "partner"):  # both named parties got the model
+        model = json.loads((tmp_path / f"out-{p}" / "model.json").read_text())
+        np.testing.assert_allclose(model["weights"]["wallet"] + model["weights"]["partner"], w[:, 0], atol=2e-3)
+    assert res["helper"]["protocol"] == "aby3" and not (tmp_path / "out-helper" / "model.json").exists()
+
+
+# -- scoring ---------------------------------------------------------------------------------
+
+def score_parties(job_path: Path, edits: dict[str, Any] | None = None, out: str = "scores.csv") -> dict[str, Any]:
+    mesh = local_mesh(PARTIES, timeout=60)
+    res: dict[str, Any] = {}
+    d = job_path.parent
+
+    def go(me: str) -> None:
+        try:
+            job = load_job(job_path)
+            for k, v in (edits or {}).get(me, {}).items():
+                setattr(job, k, v)
+            inp = {"wallet": d / "wallet.csv", "partner": d / "partner.csv"}.get(me)
+            with np.errstate(over="ignore"):
+                res[me] = run_scoring(make_protocol(job.protocol, mesh[me], job.compute, job.frac_bits), job,
+                                      d / f"out-{me}", inp, d / out if me == "wallet" else None)
+        except BaseException as exc:  # noqa: BLE001
+            res[me] = exc
+            mesh[me].close()
+
+    ts = [threading.Thread(target=go, args=(p,)) for p in PARTIES]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=240)
+    for c in mesh.values():
+        c.close()
+    return res
+
+
+def _expected_scores(job_path: Path, w: np.ndarray, bias: float) -> pd.Series:
+    """Plaintext: the common ids' features through each party's recorded prep."""
+    d = job_path.parent
+    frames = {p: pd.read_csv(d / f"{p}.csv", dtype={"customer_id": str}).set_index("customer_id")
+              for p in ("wallet", "partner")}
+    common = sorted(set(frames["wallet"].index) & set(frames["partner"].index))
+    from veilpay.ml import Prep
+
+    xs = [Prep.from_json(json.loads((d / f"out-{p}" / "prep.json").read_text())).apply(frames[p].loc[common], p)
+          for p in ("wallet", "partner")]
+    z = np.hstack(xs) @ w + bias
+    return pd.Series(1 / (1 + np.exp(-z)), index=common)
+
+
+def test_scoring_with_the_revealed_model(lc_run: tuple[Path, dict]) -> None:
+    path, _ = lc_run
+    res = score_parties(path)
+    assert all(not isinstance(res[p], BaseException) for p in PARTIES), res
+    model = json.loads((path.parent / "out-wallet" / "model.json").read_text())
+    w = np.array(model["weights"]["wallet"] + model["weights"]["partner"])
+    want = _expected_scores(path, w, model["bias"])
+    got = pd.read_csv(path.parent / "scores.csv", dtype={"customer_id": str}).set_index("customer_id")["score"]
+    assert list(got.index) == list(want.index) and res["wallet"]["scored"] == len(want)
+    np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), atol=1e-3)
+    assert "output" not in res["partner"]  # only the named party gets scores
+
+
+def test_train_and_score_with_a_model_kept_shared(tmp_path: Path) -> None:
+    path = lending_club(tmp_path)
+    edits = {p: {"model_to": []} for p in PARTIES}
+    res = run_parties(path, edits)
+    assert all(not isinstance(res[p], BaseException) for p in PARTIES), res
+    assert not any((tmp_path / f"out-{p}" / "model.json").exists() for p in PARTIES)
+    assert (tmp_path / "out-wallet" / "model_shares.npz").exists() and res["wallet"]["model"] == "kept secret-shared"
+    scored = score_parties(path, edits)
+    assert all(not isinstance(scored[p], BaseException) for p in PARTIES), scored
+    job = load_job(path)
+    views = plaintext_views(job)
+    a, b = views["wallet"], views["partner"]
+    m = job.model
+    w, bias = train_lr_plain(np.hstack([a.x_train, b.x_train]), a.y_train, m.epochs, m.batch_size, m.learning_rate,
+                             sigmoid=m.sigmoid, seed=job.seed)
+    want = _expected_scores(path, w[:, 0], float(bias[0, 0]))
+    got = pd.read_csv(tmp_path / "scores.csv", dtype={"customer_id": str})["score"].to_numpy()
+    np.testing.assert_allclose(got, want.to_numpy(), atol=2e-3)
+    # a model folder of another party's shares is refused at every party
+    (tmp_path / "out-partner" / "model_shares.npz").write_bytes((tmp_path / "out-wallet" / "model_shares.npz").read_bytes())
+    bad = score_parties(path, edits, out="bad.csv")
+    assert isinstance(bad["partner"], DataError) and "another protocol, precision or party" in str(bad["partner"])
+    assert isinstance(bad["wallet"], JobFailed) and "another protocol" in str(bad["wallet"])  # told, not timed out
+    assert not (tmp_path / "bad.csv").exists()

@@ -1,4 +1,4 @@
-"""``veilpay``: keys, node, launch, demo, psi, psi-setup, train."""
+"""``veilpay``: keys, node, launch, demo, psi, psi-setup, train, score."""
 
 from __future__ import annotations
 
@@ -94,6 +94,22 @@ def _cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(a: argparse.Namespace) -> int:
+    from veilpay.crypto import label_digest, sha256
+    from veilpay.ml import load_job, run_scoring
+    from veilpay.mpc import run_party
+
+    job = load_job(a.job)
+    if a.party not in job.parties:
+        raise VeilpayError(f"party {a.party!r} is not in the job's [parties] ({', '.join(sorted(job.parties))})")
+    session = label_digest("veilpay/score/" + sha256(job.fingerprint()).hex() + "/" + (a.session or ""))
+    report = run_party(lambda rt: run_scoring(rt, job, a.model, a.input, a.output, a.to), str(job.network), a.party,
+                       protocol=job.protocol, session=session, compute=job.compute, frac_bits=job.frac_bits,
+                       timeout=job.timeout)
+    print(json.dumps(report))
+    return 0
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from veilpay.cli.demo import run_demo
 
@@ -175,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="folder for report.json, prep.json and the model (default: print the report only)")
     t.add_argument("--session", help="a run label every party passes (keeps concurrent runs apart)")
     t.set_defaults(fn=_cmd_train)
+
+    sc = sub.add_parser("score", help="score new customers with a trained model (revealed or still shared) in MPC")
+    sc.add_argument("--job", required=True, help="the training job file")
+    sc.add_argument("--party", required=True, help="this party's name in the job")
+    sc.add_argument("--model", required=True, help="this party's training --out folder (prep.json, model)")
+    sc.add_argument("--input", help="data parties: the new customers (CSV or Parquet) with the key columns")
+    sc.add_argument("--output", help="the receiving party: CSV of key columns and scores")
+    sc.add_argument("--to", help="the data party that receives the scores (default: the label party)")
+    sc.add_argument("--session", help="a run label every party passes")
+    sc.set_defaults(fn=_cmd_score)
 
     d = sub.add_parser("demo", help="the main job on embedded data (three wallets, aby3, TLS)")
     d.add_argument("--out", help="directory for the demo's certificates (default: a temp dir)")

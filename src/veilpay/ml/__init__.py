@@ -6,7 +6,8 @@ from veilpay.ml.job import Job, load_job
 from veilpay.ml.metrics import auc, ks
 from veilpay.ml.pipeline import JobFailed, run_training
 from veilpay.ml.prep import Prep, fit_prep
+from veilpay.ml.score import run_scoring
 from veilpay.ml.sslr import sigmoid_approx, train_lr
 
-__all__ = ["Job", "JobFailed", "Prep", "auc", "fit_prep", "ks", "load_job", "run_training", "sigmoid_approx",
-           "train_lr"]
+__all__ = ["Job", "JobFailed", "Prep", "auc", "fit_prep", "ks", "load_job", "run_scoring", "run_training",
+           "sigmoid_approx", "train_lr"]

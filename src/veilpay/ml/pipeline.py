@@ -54,7 +54,7 @@ class JobFailed(ProtocolError):
 
 
 @dataclass
-class _Local:
+class LocalTable:
     """What a data party holds after reading and preparing."""
 
     frame: pd.DataFrame
@@ -87,12 +87,11 @@ def _read_frame(path: Path, key: list[str]) -> pd.DataFrame:
     return frame
 
 
-def _read(job: Job, me: str) -> _Local:
-    spec = job.parties[me]
-    if spec.data is None:
-        raise DataError(f"party {me!r} has no data file in the job")
-    frame = _read_frame(spec.data, job.key)
-    keys = frame[job.key].astype("string").fillna("")
+def read_keyed(path: Path, key: list[str]) -> LocalTable:
+    """A table with one row per distinct (trimmed, NFC) key; rows with an empty key
+    part are dropped and counted, as are repeated keys (first occurrence kept)."""
+    frame = _read_frame(path, key)
+    keys = frame[key].astype("string").fillna("")
     ids, keep, seen = [], [], set()
     dups = nulls = 0
     for row, parts in enumerate(keys.itertuples(index=False, name=None)):
@@ -107,7 +106,15 @@ def _read(job: Job, me: str) -> _Local:
         seen.add(ident)
         ids.append(ident)
         keep.append(row)
-    local = _Local(frame.iloc[keep].reset_index(drop=True), ids, rows=len(frame), duplicates=dups, null_keys=nulls)
+    return LocalTable(frame.iloc[keep].reset_index(drop=True), ids, rows=len(frame), duplicates=dups, null_keys=nulls)
+
+
+def _read(job: Job, me: str) -> LocalTable:
+    spec = job.parties[me]
+    if spec.data is None:
+        raise DataError(f"party {me!r} has no data file in the job")
+    local = read_keyed(spec.data, job.key)
+    frame = local.frame
     if me == job.label_party:
         if job.label not in frame.columns:
             raise DataError(f"{spec.data}: no label column {job.label!r}")
@@ -133,7 +140,7 @@ def _in_test(ids: list[bytes], seed: int, fraction: float) -> np.ndarray:
     return draws / 2.0**64 < fraction
 
 
-def _align(job: Job, me: str, local: _Local, comm_psi: Any, stats: dict[str, Any]) -> None:
+def align_rows(job: Job, me: str, local: LocalTable, comm_psi: Any, stats: dict[str, Any]) -> None:
     """PSI with the other data party, then keep the common rows sorted by id."""
     other = job.partner if me == job.label_party else job.label_party
     role = "receiver" if me == job.label_party else "sender"
@@ -142,7 +149,7 @@ def _align(job: Job, me: str, local: _Local, comm_psi: Any, stats: dict[str, Any
     stats.update(peer_size=res.peer_size, common=len(local.ids))
 
 
-def keep_rows(local: _Local, idx: np.ndarray) -> None:
+def keep_rows(local: LocalTable, idx: np.ndarray) -> None:
     """Keep rows ``idx`` (the common ones), in the order of their ids."""
     common = [local.ids[i] for i in idx]
     order = sorted(range(len(common)), key=common.__getitem__)
@@ -154,7 +161,7 @@ def keep_rows(local: _Local, idx: np.ndarray) -> None:
     local.digest = sha256(b"".join(len(i).to_bytes(4, "little") + i for i in local.ids))
 
 
-def plaintext_views(job: Job) -> dict[str, _Local]:
+def plaintext_views(job: Job) -> dict[str, LocalTable]:
     """For benchmarks and tests only: both data parties' prepared matrices as the
     secure job would build them, from a plain intersection (the centralised view that
     the secure model is compared with)."""
@@ -167,7 +174,7 @@ def plaintext_views(job: Job) -> dict[str, _Local]:
     return views
 
 
-def _prepare(job: Job, me: str, local: _Local) -> None:
+def _prepare(job: Job, me: str, local: LocalTable) -> None:
     spec = job.parties[me]
     test = _in_test(local.ids, job.seed, job.test_fraction)
     train_frame, test_frame = local.frame[~test], local.frame[test]
@@ -186,7 +193,8 @@ def _prepare(job: Job, me: str, local: _Local) -> None:
 _STATUS_FIELDS = 4  # ok, n_train, n_test, features
 
 
-def _status_round(rt: Protocol, label: str, job: Job, error: BaseException | None, local: _Local | None) -> dict[str, Any]:
+def status_round(rt: Protocol, label: str, job: Job, error: BaseException | None,
+                 local: LocalTable | None) -> dict[str, Any]:
     """Everyone tells everyone whether it can go on (and, for data parties, its shape
     and the digest of its ordered ids). Raises at every party if any party cannot."""
     ok = error is None
@@ -223,7 +231,7 @@ def _status_round(rt: Protocol, label: str, job: Job, error: BaseException | Non
 
 
 @contextmanager
-def _phase(rt: Protocol, name: str, report: dict[str, Any]) -> Iterator[None]:
+def phase(rt: Protocol, name: str, report: dict[str, Any]) -> Iterator[None]:
     t0 = time.perf_counter()
     before = {k: (v.rounds, v.bytes_sent, v.bytes_recv) for k, v in rt.comm.stats().items()}
     with rt.comm.scope(name):
@@ -245,39 +253,39 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
     me = rt.me
     report: dict[str, Any] = {"job": job.name, "party": me, "protocol": job.protocol, "phases": {}}
     data = me in job.data_parties
-    local: _Local | None = None
+    local: LocalTable | None = None
     error: BaseException | None = None
-    with _phase(rt, "read", report):
+    with phase(rt, "read", report):
         if data:
             try:
                 local = _read(job, me)
                 report.update(rows=local.rows, duplicates=local.duplicates, null_keys_dropped=local.null_keys)
             except VeilpayError as exc:
                 error = exc
-        _status_round(rt, "job.read", job, error, None)
-    with _phase(rt, "psi", report):
+        status_round(rt, "job.read", job, error, None)
+    with phase(rt, "psi", report):
         if local is not None:
-            _align(job, me, local, rt.comm, report)
-    with _phase(rt, "prepare", report):
+            align_rows(job, me, local, rt.comm, report)
+    with phase(rt, "prepare", report):
         if local is not None:
             try:
                 _prepare(job, me, local)
             except VeilpayError as exc:
                 error = exc
-        shapes = _status_round(rt, "job.prepared", job, error, local)
+        shapes = status_round(rt, "job.prepared", job, error, local)
     a, b = job.label_party, job.partner
     n_train, n_test, d_a = shapes[a]
     d_b = shapes[b][2]
     report.update(train_rows=n_train, test_rows=n_test, features={a: d_a, b: d_b})
     mine = local
-    with _phase(rt, "share", report):
+    with phase(rt, "share", report):
         xa = share(rt, a, mine.x_train if me == a and mine else None, shape=(n_train, d_a))
         xb = share(rt, b, mine.x_train if me == b and mine else None, shape=(n_train, d_b))
         y = share(rt, a, mine.y_train if me == a and mine else None, shape=(n_train, 1))
         x = concatenate([xa, xb], axis=1)
     m = job.model
     losses: list[float] = []
-    with _phase(rt, "train", report), progress(m.epochs, f"train {me}", unit="epoch", enabled=show_progress) as bar:
+    with phase(rt, "train", report), progress(m.epochs, f"train {me}", unit="epoch", enabled=show_progress) as bar:
         def on_epoch(epoch: int, p: SharedTensor, yb: SharedTensor) -> None:
             diff = p - yb
             brier = (diff * diff).mean().reveal(to=a)
@@ -288,7 +296,7 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
 
         w, bias = train_lr(x, y, m.epochs, m.batch_size, m.learning_rate, m.decay, m.l2, m.sigmoid, job.seed,
                            on_epoch=on_epoch)
-    with _phase(rt, "evaluate", report):
+    with phase(rt, "evaluate", report):
         ta = share(rt, a, mine.x_test if me == a and mine else None, shape=(n_test, d_a))
         tb = share(rt, b, mine.x_test if me == b and mine else None, shape=(n_test, d_b))
         scores = (concatenate([ta, tb], axis=1) @ w + bias).reveal(to=a)
@@ -302,7 +310,7 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
         report["metrics"] = {"auc": round(float(metrics[0]), 5), "ks": round(float(metrics[1]), 5)}
         if losses:
             report["brier_last_batch_per_epoch"] = [round(v, 5) for v in losses]
-    with _phase(rt, "output", report):
+    with phase(rt, "output", report):
         model = None
         if job.model_to:
             wv = w.reveal(to=job.model_to)
@@ -316,15 +324,24 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
     return report
 
 
-def _write_json(path: Path, data: Any) -> None:
+def _write_atomic(path: Path, write: Any) -> None:
+    """Write through ``write(file)`` into a temporary file, renamed into place."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            write(fh)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _write_atomic(path, lambda fh: json.dump(data, fh, indent=1))
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    _write_atomic(path, lambda fh: frame.to_csv(fh, index=False))
 
 
 def _write_outputs(out: Path, job: Job, me: str, report: dict[str, Any], model: dict[str, Any] | None,

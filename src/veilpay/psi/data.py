@@ -17,7 +17,7 @@ import numpy as np
 
 from veilpay.errors import DataError, InvalidInput
 
-__all__ = ["IdTable", "join_key", "normalise_key", "open_rows", "read_ids", "read_rows", "write_rows"]
+__all__ = ["IdTable", "join_key", "normalise_key", "split_key", "open_rows", "read_ids", "read_rows", "write_rows"]
 
 NORMALISE = ("none", "trim", "casefold")
 _SEP = "\x1f"  # unit separator between composite key parts, after a length prefix
@@ -40,6 +40,18 @@ class IdTable:
 def join_key(parts: Sequence[str]) -> bytes:
     """One id from normalised key parts (length-prefixed, so ("a", "bc") != ("ab", "c"))."""
     return "".join(f"{len(p)}{_SEP}{p}" for p in parts).encode()
+
+
+def split_key(ident: bytes) -> list[str]:
+    """The key parts of an id made by `join_key`."""
+    text, parts = ident.decode(), []
+    while text:
+        length, sep, rest = text.partition(_SEP)
+        if not sep or not length.isdigit() or len(rest) < int(length):
+            raise InvalidInput("not an id made by join_key")
+        parts.append(rest[: int(length)])
+        text = rest[int(length) :]
+    return parts
 
 
 def normalise_key(value: str, how: str) -> str:
