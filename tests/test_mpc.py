@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veilpay.errors import FixedPointOverflow, PartyFailed, PeerDisconnected, ShapeMismatch
-from veilpay.mpc import Protocol, SharedTensor, concatenate, run_local, share
+from veilpay.mpc import PremaskedMatrix, Protocol, SharedTensor, concatenate, run_local, share
 from veilpay.mpc import nonlinear as nl
 
 PROTOCOLS = ["semi2k", "aby3"]
@@ -236,6 +236,40 @@ def test_mul_costs(protocol: str, trunc: str) -> None:
             assert res[p][0]["mul"] == (1, msg + 3)
         assert res["p0"][0]["trunc"] == (1, msg + 5)
         assert res["p1"][0]["trunc"] == (1, 0)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_premasked_matrix_products(protocol: str) -> None:
+    """X[idx] @ w and X[idx]^T @ e against numpy, several batches of one prepared X;
+    semi2k opens X once, then moves only operand- and result-sized messages."""
+    n, d, b = 300, 7, 64
+    rng = np.random.default_rng(4)
+    x, w, e = rng.uniform(-3, 3, (n, d)), rng.uniform(-1, 1, (d, 1)), rng.uniform(-1, 1, (b, 2))
+
+    def prog(rt: Protocol, x: Any = None, w: Any = None) -> Any:
+        xs = share(rt, "p0", x, shape=(n, d))
+        ws, es = share(rt, "p1", w, shape=(d, 1)), share(rt, "p1", None if w is None else e, shape=(b, 2))
+        rt.comm.reset_stats()
+        pm = PremaskedMatrix(xs)
+        setup = rt.comm.total().bytes_sent
+        outs = []
+        for k in range(3):
+            idx = np.arange(k * 50, k * 50 + b) % n
+            outs += [pm.rows_matmul(idx, ws).reveal(), pm.rows_t_matmul(idx, es).reveal()]
+        return setup, {k: v.bytes_sent for k, v in rt.comm.stats().items()}, outs
+
+    res = run_local(prog, protocol, kwargs={"p0": {"x": x}, "p1": {"w": w}})
+    for k in range(3):
+        idx = np.arange(k * 50, k * 50 + b) % n
+        np.testing.assert_allclose(res["p0"][2][2 * k], x[idx] @ w, atol=1e-3)
+        np.testing.assert_allclose(res["p0"][2][2 * k + 1], x[idx].T @ e, atol=1e-3)
+    if protocol == "semi2k":
+        assert res["p0"][0] == n * d * 8 + HDR + 8 + 7  # E = X - A, once (a 2-d shape header)
+        # per product: P0 opens only Y - B (d or b rows); the dealer sends only the result-sized C1.
+        assert res["p0"][1]["rows_matmul"] == 3 * (d * 1 * 8 + HDR + 8 + 11)
+        assert res["p0"][1]["rows_t_matmul"] == 3 * (b * 2 * 8 + HDR + 8 + 13)
+        assert res["p2"][1]["rows_matmul"] == 3 * (b * 1 * 8 + HDR + 8 + 11)
+        assert res["p2"][1]["rows_t_matmul"] == 3 * (d * 2 * 8 + HDR + 8 + 13)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -3,7 +3,7 @@ labels; the weights stay shared until the job reveals them to the parties it nam
 
 Per batch of B rows (X_b shared, y_b shared):
 
-    z = X_b w + b             one secure matmul (fused truncation)
+    z = X_b w + b             one secure product (X masked once for the whole run)
     p = sigma(z)              an approximation, below
     e = (p - y_b) * lr / B    one multiplication by a public constant
     w <- w - X_b^T e - lr l2 w,  b <- b - sum(e)
@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 
 from veilpay.crypto import Prg, label_digest
-from veilpay.mpc import SharedTensor, concatenate, nonlinear
+from veilpay.mpc import PremaskedMatrix, SharedTensor, concatenate, nonlinear
 from veilpay.mpc.tensor import share
 
 __all__ = ["batch_order", "sigmoid_approx", "train_lr", "train_lr_plain"]
@@ -75,16 +75,17 @@ def train_lr(
     w = share(rt, rt.comm.parties[0], np.zeros((d, 1)) if rt.me == rt.comm.parties[0] else None, shape=(d, 1))
     b = share(rt, rt.comm.parties[0], np.zeros((1, 1)) if rt.me == rt.comm.parties[0] else None, shape=(1, 1))
     with rt.comm.scope("train"):
+        xm = PremaskedMatrix(x)  # semi2k: X - A opened once, then batch-sized traffic only
         for epoch in range(epochs):
             lr = learning_rate / (1.0 + decay * epoch)
             order = batch_order(n, seed, epoch)
             p = yb = y[:0]
             for lo in range(0, n, batch_size):
                 idx = order[lo : lo + batch_size]
-                xb, yb = x[idx], y[idx]
-                p = sigmoid_approx(xb @ w + b, sigmoid)
+                yb = y[idx]
+                p = sigmoid_approx(xm.rows_matmul(idx, w) + b, sigmoid)
                 e = (p - yb) * (lr / len(idx))
-                grad = xb.T @ e
+                grad = xm.rows_t_matmul(idx, e)
                 if l2:
                     grad = grad + w * (lr * l2)
                 w = w - grad

@@ -8,12 +8,13 @@ from veilpay.mpc.protocol import Protocol
 from veilpay.mpc.ring import ring_matmul
 from veilpay.mpc.runtime import PROTOCOLS, load_program, make_protocol, run_local, run_party
 from veilpay.mpc.semi2k import Semi2k
-from veilpay.mpc.tensor import SharedTensor, concatenate, share, stack
+from veilpay.mpc.tensor import PremaskedMatrix, SharedTensor, concatenate, share, stack
 
 __all__ = [
     "PROTOCOLS",
     "Aby3",
     "FixedPoint",
+    "PremaskedMatrix",
     "Protocol",
     "Semi2k",
     "SharedTensor",

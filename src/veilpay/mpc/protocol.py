@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -117,6 +118,23 @@ class Protocol(ABC):
     def matmul_trunc(self, x: Shares, y: Shares, m: int, k: int, n: int, bits: int) -> Shares:
         """trunc(matmul(x, y)), fused where the protocol can."""
         return self.trunc(self.matmul(x, y, m, k, n), (m, n), bits)
+
+    # -- a fixed matrix multiplied many times (training) ----------------------
+    def premask(self, x: Shares, shape: tuple[int, int]) -> Any:
+        """Prepare a fixed (n, d) matrix X for many products ``rows_matmul`` and
+        ``rows_t_matmul`` with fresh operands. Default: nothing to prepare; semi2k
+        opens X - A once, so each later product opens only the small operand."""
+        return x
+
+    def rows_matmul(self, state: Any, idx: np.ndarray, y: Shares, d: int, n: int) -> Shares:
+        """X[idx] @ Y for a prepared (., d) matrix X and a (d, n) sharing Y."""
+        xb = map_shares(lambda s: np.ascontiguousarray(s[idx]), state)
+        return self.matmul(xb, y, len(idx), d, n)
+
+    def rows_t_matmul(self, state: Any, idx: np.ndarray, y: Shares, d: int, n: int) -> Shares:
+        """X[idx]^T @ Y for a prepared (., d) matrix X and a (len(idx), n) sharing Y."""
+        xt = map_shares(lambda s: np.ascontiguousarray(s[idx].T), state)
+        return self.matmul(xt, y, d, len(idx), n)
 
     @abstractmethod
     def and_(self, x: Shares, y: Shares, shape: tuple[int, ...]) -> Shares:

@@ -22,6 +22,8 @@ Truncation (see docs/mpc.md):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +34,15 @@ from veilpay.mpc.ring import ring_matmul
 from veilpay.net import Communicator
 
 __all__ = ["Semi2k"]
+
+
+@dataclass
+class _Masked:
+    """A premasked matrix: E = X - A (compute parties), and this party's A share (the
+    dealer: all of A)."""
+
+    e: np.ndarray | None
+    a: np.ndarray | None
 
 _ONE = np.uint64(1)
 _63 = np.uint64(63)
@@ -179,6 +190,57 @@ class Semi2k(Protocol):
             c = check_array(self.comm.collect("matmul", {self.dealer: 1})[self.dealer][0], (m, n), self.dealer)
         z += c
         return (z,)
+
+    # -- a fixed matrix, masked once (SecureML, Mohassel-Zhang 2017, sec. 4.1) ----
+    def premask(self, x: Shares, shape: tuple[int, int]) -> Any:
+        """Open E = X - A once, A from the dealer streams. Each later product with a
+        fresh operand Y uses the triple (A[idx], B, A[idx] B) with a fresh B, so it
+        opens only Y - B and the dealer sends only A[idx] B - C_0: traffic in the
+        size of Y and of the result, not of X. E is the only value ever opened that
+        involves A, so reusing A leaks nothing about X."""
+        if self.is_dealer:
+            g0, g1 = self._for
+            return _Masked(None, g0.uint64(shape) + g1.uint64(shape))
+        if not self.is_compute:
+            return _Masked(None, None)
+        need_shares(x)
+        a = self._dprg.uint64(shape)
+        (e,) = self._open_masked("premask", [x[0] - a], dealer=False)  # type: ignore[index]
+        return _Masked(e, a)
+
+    def _product(self, label: str, e: np.ndarray | None, a: np.ndarray, y: Shares,
+                 yshape: tuple[int, int], out: tuple[int, int]) -> Shares:
+        """Z = (E + A) @ Y with a fresh mask B for Y; ``e`` and ``a`` already sliced
+        (and transposed) to (out[0], yshape[0])."""
+        if self.is_dealer:
+            g0, g1 = self._for
+            b0, c0 = g0.uint64(yshape), g0.uint64(out)
+            b1 = g1.uint64(yshape)
+            self.comm.exchange(label, {self.p1: [ring_matmul(a, b0 + b1) - c0]})
+            return None
+        if not self.is_compute:
+            self.comm.exchange(label)
+            return None
+        need_shares(y)
+        g = self._dprg
+        b = g.uint64(yshape)
+        c = g.uint64(out) if self.index == 0 else None
+        (f,) = self._open_masked(label, [y[0] - b], dealer=False)  # type: ignore[index]
+        z = ring_matmul(e, y[0]) + ring_matmul(a, f)  # type: ignore[arg-type,index]
+        if self.index == 1:
+            c = check_array(self.comm.collect(label, {self.dealer: 1})[self.dealer][0], out, self.dealer)
+        z += c
+        return (z,)
+
+    def rows_matmul(self, state: Any, idx: np.ndarray, y: Shares, d: int, n: int) -> Shares:
+        e = None if state.e is None else state.e[idx]
+        a = None if state.a is None else state.a[idx]
+        return self._product("rows_matmul", e, a, y, (d, n), (len(idx), n))  # type: ignore[arg-type]
+
+    def rows_t_matmul(self, state: Any, idx: np.ndarray, y: Shares, d: int, n: int) -> Shares:
+        e = None if state.e is None else np.ascontiguousarray(state.e[idx].T)
+        a = None if state.a is None else np.ascontiguousarray(state.a[idx].T)
+        return self._product("rows_t_matmul", e, a, y, (len(idx), n), (d, n))  # type: ignore[arg-type]
 
     def trunc(self, x: Shares, shape: tuple[int, ...], bits: int) -> Shares:
         if not 0 < bits < 63:

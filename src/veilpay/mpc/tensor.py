@@ -277,6 +277,39 @@ class SharedTensor:
         return 1 - (self < other)
 
 
+class PremaskedMatrix:
+    """A fixed shared (n, d) matrix prepared for many products with fresh operands
+    (mini-batch training): ``rows_matmul(idx, w)`` = X[idx] @ w and
+    ``rows_t_matmul(idx, e)`` = X[idx]^T @ e, each truncated to the fixed-point
+    scale. With semi2k, X - A is opened once here and each product then moves data
+    in the size of its operand and result only."""
+
+    def __init__(self, x: SharedTensor) -> None:
+        if x.ndim != 2:
+            raise ShapeMismatch(f"premask needs a matrix, got shape {x.shape}")
+        self.rt, self.shape, self.frac = x.rt, x.shape, x.frac
+        self._state = x.rt.premask(x.sh, (x.shape[0], x.shape[1]))
+
+    def _finish(self, sh: Shares, shape: tuple[int, int], other: SharedTensor) -> SharedTensor:
+        out = SharedTensor(self.rt, sh, shape, self.frac + other.frac)
+        f = self.rt.fxp.frac_bits
+        return out._truncate(out.frac - f) if out.frac > f else out
+
+    def rows_matmul(self, idx: np.ndarray, y: SharedTensor) -> SharedTensor:
+        n, d = self.shape
+        if y.ndim != 2 or y.shape[0] != d:
+            raise ShapeMismatch(f"rows_matmul of ({len(idx)}, {d}) rows and {y.shape}")
+        sh = self.rt.rows_matmul(self._state, np.asarray(idx), y.sh, d, y.shape[1])
+        return self._finish(sh, (len(idx), y.shape[1]), y)
+
+    def rows_t_matmul(self, idx: np.ndarray, y: SharedTensor) -> SharedTensor:
+        n, d = self.shape
+        if y.ndim != 2 or y.shape[0] != len(idx):
+            raise ShapeMismatch(f"rows_t_matmul of ({d}, {len(idx)}) and {y.shape}")
+        sh = self.rt.rows_t_matmul(self._state, np.asarray(idx), y.sh, d, y.shape[1])
+        return self._finish(sh, (d, y.shape[1]), y)
+
+
 def concatenate(tensors: Sequence[SharedTensor], axis: int = 0) -> SharedTensor:
     if not tensors:
         raise InvalidInput("nothing to concatenate")
