@@ -120,8 +120,8 @@ def baselines(job_path: Path) -> list[dict[str, Any]]:
     m = job.model
     x_tr, x_te = np.hstack([a.x_train, b.x_train]), np.hstack([a.x_test, b.x_test])
     t0 = time.perf_counter()
-    w, bias = train_lr_plain(x_tr, a.y_train, m.epochs, m.batch_size, m.learning_rate, m.decay, m.l2, m.sigmoid,
-                             job.seed)
+    w, bias, _ = train_lr_plain(x_tr, a.y_train, m.epochs, m.batch_size, m.learning_rate, m.decay, m.l2, m.sigmoid,
+                                job.seed, m.early_stopping, m.validation_fraction)
     s = (x_te @ w + bias)[:, 0]
     rows.append({"model": "plaintext twin: the same SGD in float64, centralised", "auc": auc(y_te, s),
                  "ks": ks(y_te, s), "seconds": time.perf_counter() - t0})

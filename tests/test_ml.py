@@ -180,7 +180,8 @@ def test_secure_lr_matches_its_plaintext_twin_and_beats_either_party_alone(lc_ru
     assert rep["common"] == len(a.ids) < rep["rows"]  # PSI found a partial overlap
     x_tr, x_te = np.hstack([a.x_train, b.x_train]), np.hstack([a.x_test, b.x_test])
     m = job.model
-    w, bias = train_lr_plain(x_tr, a.y_train, m.epochs, m.batch_size, m.learning_rate, sigmoid=m.sigmoid, seed=job.seed)
+    w, bias, _ = train_lr_plain(x_tr, a.y_train, m.epochs, m.batch_size, m.learning_rate, sigmoid=m.sigmoid,
+                                seed=job.seed)
     twin = auc(a.y_test[:, 0], (x_te @ w + bias)[:, 0])
     assert abs(rep["metrics"]["auc"] - twin) < 0.002  # fixed point costs (almost) nothing
     model = json.loads((path.parent / "out-wallet" / "model.json").read_text())
@@ -267,7 +268,7 @@ def test_aby3_with_a_helper_node_gives_the_same_model(tmp_path: Path) -> None:
     views = plaintext_views(job)
     a, b = views["wallet"], views["partner"]
     m = job.model
-    w, _ = train_lr_plain(np.hstack([a.x_train, b.x_train]), a.y_train, m.epochs, m.batch_size, m.learning_rate,
+    w, _, _ = train_lr_plain(np.hstack([a.x_train, b.x_train]), a.y_train, m.epochs, m.batch_size, m.learning_rate,
                           sigmoid=m.sigmoid, seed=job.seed)
     for p in ("wallet", "partner"):  # both named parties got the model
         model = json.loads((tmp_path / f"out-{p}" / "model.json").read_text())
@@ -345,7 +346,7 @@ def test_train_and_score_with_a_model_kept_shared(tmp_path: Path) -> None:
     views = plaintext_views(job)
     a, b = views["wallet"], views["partner"]
     m = job.model
-    w, bias = train_lr_plain(np.hstack([a.x_train, b.x_train]), a.y_train, m.epochs, m.batch_size, m.learning_rate,
+    w, bias, _ = train_lr_plain(np.hstack([a.x_train, b.x_train]), a.y_train, m.epochs, m.batch_size, m.learning_rate,
                              sigmoid=m.sigmoid, seed=job.seed)
     want = _expected_scores(path, w[:, 0], float(bias[0, 0]))
     got = pd.read_csv(tmp_path / "scores.csv", dtype={"customer_id": str})["score"].to_numpy()
@@ -356,3 +357,19 @@ def test_train_and_score_with_a_model_kept_shared(tmp_path: Path) -> None:
     assert isinstance(bad["partner"], DataError) and "another protocol, precision or party" in str(bad["partner"])
     assert isinstance(bad["wallet"], JobFailed) and "another protocol" in str(bad["wallet"])  # told, not timed out
     assert not (tmp_path / "bad.csv").exists()
+
+
+def test_early_stopping_stops_where_its_plaintext_twin_does(tmp_path: Path) -> None:
+    path = lending_club(tmp_path)
+    path.write_text(path.read_text().replace("epochs = 3", "epochs = 15\nearly_stopping = 2"))
+    res = run_parties(path)
+    assert all(not isinstance(res[p], BaseException) for p in PARTIES), res
+    job = load_job(path)
+    views = plaintext_views(job)
+    a, b = views["wallet"], views["partner"]
+    m = job.model
+    w, _, epochs = train_lr_plain(np.hstack([a.x_train, b.x_train]), a.y_train, m.epochs, m.batch_size,
+                                  m.learning_rate, sigmoid=m.sigmoid, seed=job.seed, patience=2)
+    assert res["wallet"]["epochs_run"] == epochs == 5 < m.epochs  # stopped early, at the same epoch
+    model = json.loads((tmp_path / "out-wallet" / "model.json").read_text())
+    np.testing.assert_allclose(model["weights"]["wallet"] + model["weights"]["partner"], w[:, 0], atol=2e-3)

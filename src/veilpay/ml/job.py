@@ -32,6 +32,8 @@
     decay = 0.0                         # lr_t = learning_rate / (1 + decay * epoch)
     l2 = 0.0
     sigmoid = "seg3"                    # t1 | t3 | seg3 | exact
+    early_stopping = 0                  # patience in epochs; 0 = off
+    validation_fraction = 0.1           # of the training rows, held out when early_stopping > 0
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class LrParams:
     decay: float = 0.0
     l2: float = 0.0
     sigmoid: str = "seg3"
+    early_stopping: int = 0
+    validation_fraction: float = 0.1
 
 
 @dataclass
@@ -152,7 +156,9 @@ def load_job(path: str | Path) -> Job:
         epochs=_get(m, "epochs", int, wm, default=10), batch_size=_get(m, "batch_size", int, wm, default=1024),
         learning_rate=float(_get(m, "learning_rate", (int, float), wm, default=1.0)),
         decay=float(_get(m, "decay", (int, float), wm, default=0.0)),
-        l2=float(_get(m, "l2", (int, float), wm, default=0.0)), sigmoid=_get(m, "sigmoid", str, wm, default="seg3"))
+        l2=float(_get(m, "l2", (int, float), wm, default=0.0)), sigmoid=_get(m, "sigmoid", str, wm, default="seg3"),
+        early_stopping=_get(m, "early_stopping", int, wm, default=0),
+        validation_fraction=float(_get(m, "validation_fraction", (int, float), wm, default=0.1)))
     job = Job(
         name=_get(j, "name", str, where), path=path, network=path.parent / _get(j, "network", str, where),
         protocol=_get(j, "protocol", str, where, default="semi2k"), compute=_get(j, "compute", list, where),
@@ -187,3 +193,5 @@ def _validate(job: Job, where: str) -> None:
         raise ConfigError(f"{where}: sigmoid must be one of {', '.join(SIGMOIDS)}")
     if m.epochs < 1 or m.batch_size < 1 or m.learning_rate <= 0 or m.l2 < 0 or m.decay < 0:
         raise ConfigError(f"{where}: epochs and batch_size >= 1, learning_rate > 0, l2 and decay >= 0")
+    if m.early_stopping < 0 or not 0.0 < m.validation_fraction < 0.5:
+        raise ConfigError(f"{where}: early_stopping (patience in epochs) >= 0, validation_fraction in (0, 0.5)")

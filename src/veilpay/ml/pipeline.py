@@ -294,8 +294,10 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
                 bar.set_postfix(brier=f"{float(brier):.4f}")
             bar.update(1)
 
-        w, bias = train_lr(x, y, m.epochs, m.batch_size, m.learning_rate, m.decay, m.l2, m.sigmoid, job.seed,
-                           on_epoch=on_epoch)
+        fitted = train_lr(x, y, m.epochs, m.batch_size, m.learning_rate, m.decay, m.l2, m.sigmoid, job.seed,
+                          on_epoch=on_epoch, patience=m.early_stopping, validation_fraction=m.validation_fraction)
+        w, bias = fitted.w, fitted.b
+        report["epochs_run"] = fitted.epochs_run
     with phase(rt, "evaluate", report):
         ta = share(rt, a, mine.x_test if me == a and mine else None, shape=(n_test, d_a))
         tb = share(rt, b, mine.x_test if me == b and mine else None, shape=(n_test, d_b))

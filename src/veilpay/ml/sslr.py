@@ -23,6 +23,7 @@ AES-CTR PRG; the order is public and says nothing about the data.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from veilpay.crypto import Prg, label_digest
 from veilpay.mpc import PremaskedMatrix, SharedTensor, concatenate, nonlinear
 from veilpay.mpc.tensor import share
 
-__all__ = ["batch_order", "sigmoid_approx", "train_lr", "train_lr_plain"]
+__all__ = ["LrResult", "batch_order", "sigmoid_approx", "train_lr", "train_lr_plain", "validation_split"]
 
 
 def sigmoid_approx(z: SharedTensor, kind: str) -> SharedTensor:
@@ -55,6 +56,21 @@ def batch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.argsort(keys, kind="stable")
 
 
+def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Public positions of the fitting and the held-out validation rows (an AES-CTR
+    PRG keyed from the seed; every party computes the same split)."""
+    keys = Prg(label_digest(f"veilpay/ml/sslr/validation/{seed}")).uint64((n,))
+    val = keys < np.uint64(min(int(fraction * 2.0**64), 2**64 - 1))
+    return np.flatnonzero(~val), np.flatnonzero(val)
+
+
+@dataclass
+class LrResult:
+    w: SharedTensor
+    b: SharedTensor
+    epochs_run: int
+
+
 def train_lr(
     x: SharedTensor,
     y: SharedTensor,
@@ -66,21 +82,33 @@ def train_lr(
     sigmoid: str = "seg3",
     seed: int = 0,
     on_epoch: Callable[[int, SharedTensor, SharedTensor], None] | None = None,
-) -> tuple[SharedTensor, SharedTensor]:
+    patience: int = 0,
+    validation_fraction: float = 0.1,
+) -> LrResult:
     """Train on shared ``x`` (n, d) and ``y`` (n, 1) of 0/1 values; returns shared
-    (w (d, 1), b (1, 1)). ``on_epoch(epoch, p, y_b)`` runs after each epoch with the
-    last batch's predictions and labels, still shared (progress, running loss)."""
+    w (d, 1) and b (1, 1). ``on_epoch(epoch, p, y_b)`` runs after each epoch with the
+    last batch's predictions and labels, still shared (progress, running loss).
+
+    ``patience`` > 0: early stopping on a held-out ``validation_fraction`` of the rows.
+    After each epoch the validation Brier score, the best one so far, the best
+    weights and the count of epochs without improvement are all updated in MPC; only
+    the bit "stop now" (count >= patience) is revealed. The best weights are returned."""
     rt = x.rt
     n, d = x.shape
-    w = share(rt, rt.comm.parties[0], np.zeros((d, 1)) if rt.me == rt.comm.parties[0] else None, shape=(d, 1))
-    b = share(rt, rt.comm.parties[0], np.zeros((1, 1)) if rt.me == rt.comm.parties[0] else None, shape=(1, 1))
+    owner = rt.comm.parties[0]
+    w = share(rt, owner, np.zeros((d, 1)) if rt.me == owner else None, shape=(d, 1))
+    b = share(rt, owner, np.zeros((1, 1)) if rt.me == owner else None, shape=(1, 1))
+    fit, val = (np.arange(n), np.zeros(0, dtype=np.int64)) if not patience else validation_split(
+        n, validation_fraction, seed)
+    best: tuple[SharedTensor, SharedTensor, SharedTensor, SharedTensor] | None = None  # loss, w, b, stale
+    epoch = 0
     with rt.comm.scope("train"):
         xm = PremaskedMatrix(x)  # semi2k: X - A opened once, then batch-sized traffic only
         for epoch in range(epochs):
             lr = learning_rate / (1.0 + decay * epoch)
-            order = batch_order(n, seed, epoch)
+            order = fit[batch_order(len(fit), seed, epoch)]
             p = yb = y[:0]
-            for lo in range(0, n, batch_size):
+            for lo in range(0, len(order), batch_size):
                 idx = order[lo : lo + batch_size]
                 yb = y[idx]
                 p = sigmoid_approx(xm.rows_matmul(idx, w) + b, sigmoid)
@@ -92,7 +120,22 @@ def train_lr(
                 b = b - e.sum(axis=0).reshape(1, 1)
             if on_epoch is not None:
                 on_epoch(epoch, p, yb)
-    return w, b
+            if patience:
+                diff = sigmoid_approx(xm.rows_matmul(val, w) + b, sigmoid) - y[val]
+                loss = (diff * diff).mean().reshape(1, 1)
+                if best is None:
+                    best = (loss, w, b, nonlinear.less(loss, loss))  # stale = 0, as an integer sharing
+                else:
+                    better = nonlinear.less(loss, best[0])
+                    stale = (best[3] + 1) * (1 - better)
+                    best = (nonlinear.where(better, loss, best[0]), nonlinear.where(better, w, best[1]),
+                            nonlinear.where(better, b, best[2]), stale)
+                    stop = (stale >= patience).reveal()
+                    if stop is not None and int(np.asarray(stop).reshape(-1)[0]):
+                        break
+    if best is not None:
+        return LrResult(best[1], best[2], epoch + 1)
+    return LrResult(w, b, epoch + 1)
 
 
 def _sigmoid_plain(z: np.ndarray, kind: str) -> np.ndarray:
@@ -117,19 +160,36 @@ def train_lr_plain(
     l2: float = 0.0,
     sigmoid: str = "seg3",
     seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The same algorithm in float64 on plaintext (same batches, same approximation):
-    the reference that measures what the secure version loses to fixed point."""
+    patience: int = 0,
+    validation_fraction: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The same algorithm in float64 on plaintext (same batches, same approximation,
+    same early stopping): the reference that measures what the secure version loses
+    to fixed point. Returns (w, b, epochs run)."""
     n, d = x.shape
     w, b = np.zeros((d, 1)), np.zeros((1, 1))
+    fit, val = (np.arange(n), np.zeros(0, dtype=np.int64)) if not patience else validation_split(
+        n, validation_fraction, seed)
+    best: tuple[float, np.ndarray, np.ndarray, int] | None = None
+    epoch = 0
     for epoch in range(epochs):
         lr = learning_rate / (1.0 + decay * epoch)
-        order = batch_order(n, seed, epoch)
-        for lo in range(0, n, batch_size):
+        order = fit[batch_order(len(fit), seed, epoch)]
+        for lo in range(0, len(order), batch_size):
             idx = order[lo : lo + batch_size]
             xb, yb = x[idx], y[idx]
             e = (_sigmoid_plain(xb @ w + b, sigmoid) - yb) * (lr / len(idx))
             grad = xb.T @ e + (w * (lr * l2) if l2 else 0.0)
             w = w - grad
             b = b - e.sum(axis=0).reshape(1, 1)
-    return w, b
+        if patience:
+            loss = float(np.mean((_sigmoid_plain(x[val] @ w + b, sigmoid) - y[val]) ** 2))
+            if best is None or loss < best[0]:
+                best = (loss, w, b, 0)
+            else:
+                best = (best[0], best[1], best[2], best[3] + 1)
+                if best[3] >= patience:
+                    break
+    if best is not None:
+        return best[1], best[2], epoch + 1
+    return w, b, epoch + 1
