@@ -9,7 +9,10 @@ makes: SecretFlow's PSI (`spu.psi` 0.9.5: ECDH on Curve25519, KKRT, RR22; two
 processes over its brpc link, bench/peers/spu_psi.py) and openmined-psi 2.0.6 (one
 process, both roles; bench/peers/openmined_psi.py), each with our wall time / theirs.
 
-    python bench/psi.py [--sizes 100000,1000000] [--no-peers]
+Unbalanced mode in the same run: a 100k server set prepared once, then 1k-id client
+queries (the first downloads the prepared set, the second reuses it).
+
+    python bench/psi.py [--sizes 100000,1000000] [--no-peers] [--unbalanced 100000,1000]
 """
 
 from __future__ import annotations
@@ -118,6 +121,39 @@ def run_openmined(n: int, work: Path) -> dict[str, Any]:
             "bytes_sender_to_receiver": out["both"]["bytes_sender_to_receiver"], "peak_rss_mib": rss}
 
 
+def run_unbalanced(n_server: int, n_client: int, work: Path) -> Iterator[dict[str, Any]]:
+    """Unbalanced mode: prepare a server set once (psi-setup), then two client queries
+    over TCP + TLS: the first downloads the prepared set, the second reuses its copy."""
+    from veilpay.cli.demo import _free_port_base
+    from veilpay.net import provision_network
+
+    big, small = work / f"ub_server{n_server}.csv", work / f"ub_client{n_client}.csv"
+    _write(big, range(n_server))
+    _write(small, range(n_server - n_client // 2, n_server + n_client - n_client // 2))
+    cli = [sys.executable, "-m", "veilpay.cli.main"]
+    t0 = time.perf_counter()
+    setup = subprocess.run(cli + ["psi-setup", "--input", str(big), "--key", "customer_id", "--cache",
+                                  str(work / "ub_srv")], capture_output=True, text=True, timeout=7200)
+    if setup.returncode != 0:
+        raise SystemExit(f"psi-setup failed: {setup.stderr[-2000:]}")
+    yield {"bench": "psi", "protocol": "unbalanced-p256 setup (offline)", "n_server": n_server,
+           "wall_seconds": round(time.perf_counter() - t0, 2), "us_per_server_id": round(
+               1e6 * (time.perf_counter() - t0) / n_server, 1)}
+    for query in ("first query (downloads the set)", "second query (cached copy)"):
+        net = provision_network(work / f"ubnet{len(query)}", ["receiver", "sender"], base_port=_free_port_base())
+        base = cli + ["psi", "--network", str(net), "--mode", "unbalanced", "--timeout", "600"]
+        wall, summ, rss = _run_together({
+            "receiver": base + ["--role", "receiver", "--party", "receiver", "--input", str(small), "--key",
+                                "customer_id", "--cache", str(work / "ub_cli"), "--output", str(work / "ub_o.csv")],
+            "sender": base + ["--role", "sender", "--party", "sender", "--cache", str(work / "ub_srv")],
+        })
+        yield {"bench": "psi", "protocol": f"unbalanced-p256 {query}", "n_server": n_server, "n_client": n_client,
+               "intersection": summ["receiver"]["intersection_size"], "wall_seconds": round(wall, 2),
+               "protocol_seconds": summ["receiver"]["seconds"],
+               "bytes_client_to_server": summ["receiver"]["bytes_sent"],
+               "bytes_server_to_client": summ["sender"]["bytes_sent"], "peak_rss_mib": rss}
+
+
 def peer_rows(n: int, work: Path) -> Iterator[dict[str, Any]]:
     if VENV_SPU.exists():
         for protocol in ("ecdh", "kkrt", "rr22"):
@@ -136,11 +172,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--unbalanced", default="100000,1000", help="server,client sizes; '' skips it")
     a = ap.parse_args()
     op_us = x25519_us_per_op()
     with tempfile.TemporaryDirectory(prefix="veilpay-psi-bench-") as tmp:
         work = Path(tmp)
-        for n in (int(v) for v in a.sizes.split(",")):
+        for n in (int(v) for v in a.sizes.split(",") if v):
             _write(work / f"r{n}.csv", range(n))
             _write(work / f"s{n}.csv", range(n // 2, n + n // 2))
             ours = run_size(n, work, op_us)
@@ -150,6 +187,10 @@ def main() -> None:
             for row in peer_rows(n, work):
                 if "wall_seconds" in row:
                     row["ours_over_peer_wall"] = round(ours["wall_seconds"] / row["wall_seconds"], 3)
+                print(json.dumps(row), flush=True)
+        if a.unbalanced:
+            n_server, n_client = (int(v) for v in a.unbalanced.split(","))
+            for row in run_unbalanced(n_server, n_client, work):
                 print(json.dumps(row), flush=True)
 
 
