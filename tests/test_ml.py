@@ -6,20 +6,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from parties import run_threads
 
 from veilpay.errors import ConfigError, DataError
 from veilpay.ml import auc, fit_prep, ks, load_job, run_scoring, run_training
 from veilpay.ml.pipeline import JobFailed, plaintext_views
 from veilpay.ml.sslr import train_lr_plain
 from veilpay.mpc import make_protocol
-from veilpay.net import local_mesh
 
 PARTIES = ["wallet", "partner", "helper"]
 LOAN = ["customer_id", "funded_amnt", "term", "int_rate", "sub_grade", "Class"]
@@ -133,32 +132,25 @@ def lending_club(tmp_path: Path, overlap_seed: int = 1) -> Path:
     return tmp_path / "job.toml"
 
 
+def _job_for(job_path: Path, me: str, edits: dict[str, Any] | None) -> Any:
+    job = load_job(job_path)
+    for k, v in (edits or {}).get(me, {}).items():
+        setattr(job, k, v)
+    return job
+
+
 def run_parties(job_path: Path, edits: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every party in a thread over in-memory channels, each with its own job object;
     returns each party's report or exception."""
-    mesh = local_mesh(PARTIES, timeout=60)
-    out: dict[str, Any] = {}
-
-    def go(me: str) -> None:
-        try:
-            job = load_job(job_path)
-            for k, v in (edits or {}).get(me, {}).items():
-                setattr(job, k, v)
+    def party(me: str) -> Any:
+        def fn(comm: Any) -> Any:
+            job = _job_for(job_path, me, edits)
             with np.errstate(over="ignore"):
-                out[me] = run_training(make_protocol(job.protocol, mesh[me], job.compute, job.frac_bits), job,
-                                       job_path.parent / f"out-{me}")
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            out[me] = exc
-            mesh[me].close()
+                return run_training(make_protocol(job.protocol, comm, job.compute, job.frac_bits), job,
+                                    job_path.parent / f"out-{me}")
+        return fn
 
-    ts = [threading.Thread(target=go, args=(p,)) for p in PARTIES]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(timeout=240)
-    for c in mesh.values():
-        c.close()
-    return out
+    return run_threads({p: party(p) for p in PARTIES})
 
 
 @pytest.fixture(scope="module")
@@ -279,31 +271,18 @@ def test_aby3_with_a_helper_node_gives_the_same_model(tmp_path: Path) -> None:
 # -- scoring ---------------------------------------------------------------------------------
 
 def score_parties(job_path: Path, edits: dict[str, Any] | None = None, out: str = "scores.csv") -> dict[str, Any]:
-    mesh = local_mesh(PARTIES, timeout=60)
-    res: dict[str, Any] = {}
     d = job_path.parent
 
-    def go(me: str) -> None:
-        try:
-            job = load_job(job_path)
-            for k, v in (edits or {}).get(me, {}).items():
-                setattr(job, k, v)
+    def party(me: str) -> Any:
+        def fn(comm: Any) -> Any:
+            job = _job_for(job_path, me, edits)
             inp = {"wallet": d / "wallet.csv", "partner": d / "partner.csv"}.get(me)
             with np.errstate(over="ignore"):
-                res[me] = run_scoring(make_protocol(job.protocol, mesh[me], job.compute, job.frac_bits), job,
-                                      d / f"out-{me}", inp, d / out if me == "wallet" else None)
-        except BaseException as exc:  # noqa: BLE001
-            res[me] = exc
-            mesh[me].close()
+                return run_scoring(make_protocol(job.protocol, comm, job.compute, job.frac_bits), job,
+                                   d / f"out-{me}", inp, d / out if me == "wallet" else None)
+        return fn
 
-    ts = [threading.Thread(target=go, args=(p,)) for p in PARTIES]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(timeout=240)
-    for c in mesh.values():
-        c.close()
-    return res
+    return run_threads({p: party(p) for p in PARTIES})
 
 
 def _expected_scores(job_path: Path, w: np.ndarray, bias: float) -> pd.Series:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from parties import run_threads
 
 from veilpay.crypto import BlindingKey, BlindingPool, InvalidPointError, OprfKey, hash_to_p256, hash_to_points
 from veilpay.errors import DataError, InvalidPoint, ProtocolMismatch, WireFormatError
@@ -21,23 +21,7 @@ from veilpay.psi.ecdh import DST, PSI_VERSION, match_points
 
 
 def two_party(fn_r: Callable[[Communicator], Any], fn_s: Callable[[Communicator], Any]) -> tuple[Any, Any]:
-    mesh = local_mesh(["r", "s"], timeout=20)
-    out: dict[str, Any] = {}
-
-    def go(name: str, fn: Callable[[Communicator], Any]) -> None:
-        try:
-            out[name] = fn(mesh[name])
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            out[name] = exc
-            mesh[name].close()  # as a dying process would: the peer sees a disconnect
-
-    ts = [threading.Thread(target=go, args=("r", fn_r)), threading.Thread(target=go, args=("s", fn_s))]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(timeout=60)
-    for c in mesh.values():
-        c.close()
+    out = run_threads({"r": fn_r, "s": fn_s}, timeout=20, join=60)
     return out["r"], out["s"]
 
 
@@ -347,25 +331,16 @@ def _on_p256(x: np.ndarray) -> bool:
 
 
 def _unbalanced(folder_s: Path, folder_c: Path, ids: list[bytes]) -> tuple[Any, Any, dict[str, Any]]:
-    mesh = local_mesh(["r", "s"], timeout=20)
-    out: dict[str, Any] = {}
+    stats: dict[str, Any] = {}
 
-    def go(name: str, fn: Callable[[], Any]) -> None:
+    def server(c: Communicator) -> Any:
         try:
-            out[name] = fn()
-        except BaseException as exc:  # noqa: BLE001
-            out[name] = exc
-            mesh[name].close()
+            return unbalanced_psi(c, "r", "server", folder_s)
+        finally:
+            stats["bytes_from_server"] = c.total().bytes_sent
 
-    ts = [threading.Thread(target=go, args=("r", lambda: unbalanced_psi(mesh["r"], "s", "client", folder_c, ids))),
-          threading.Thread(target=go, args=("s", lambda: unbalanced_psi(mesh["s"], "r", "server", folder_s)))]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(timeout=60)
-    stats = {"bytes_from_server": mesh["s"].total().bytes_sent}
-    for c in mesh.values():
-        c.close()
+    out = run_threads({"r": lambda c: unbalanced_psi(c, "s", "client", folder_c, ids), "s": server}, timeout=20,
+                      join=60)
     return out["r"], out["s"], stats
 
 

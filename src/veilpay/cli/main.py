@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from veilpay.errors import VeilpayError
 
@@ -78,36 +79,32 @@ def _cmd_psi_setup(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(a: argparse.Namespace) -> int:
+def _run_job(a: argparse.Namespace, kind: str, program: Any) -> int:
+    """Run ``program(rt, job)`` as this party of the job's network (train, score)."""
     from veilpay.crypto import label_digest, sha256
-    from veilpay.ml import load_job, run_training
+    from veilpay.ml import load_job
     from veilpay.mpc import run_party
 
     job = load_job(a.job)
     if a.party not in job.parties:
         raise VeilpayError(f"party {a.party!r} is not in the job's [parties] ({', '.join(sorted(job.parties))})")
-    session = label_digest("veilpay/train/" + sha256(job.fingerprint()).hex() + "/" + (a.session or ""))
-    report = run_party(lambda rt: run_training(rt, job, a.out, show_progress=None), str(job.network), a.party,
-                       protocol=job.protocol, session=session, compute=job.compute, frac_bits=job.frac_bits,
-                       timeout=job.timeout)
+    session = label_digest(f"veilpay/{kind}/" + sha256(job.fingerprint()).hex() + "/" + (a.session or ""))
+    report = run_party(lambda rt: program(rt, job), str(job.network), a.party, protocol=job.protocol,
+                       session=session, compute=job.compute, frac_bits=job.frac_bits, timeout=job.timeout)
     print(json.dumps(report))
     return 0
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from veilpay.ml import run_training
+
+    return _run_job(a, "train", lambda rt, job: run_training(rt, job, a.out, show_progress=None))
 
 
 def _cmd_score(a: argparse.Namespace) -> int:
-    from veilpay.crypto import label_digest, sha256
-    from veilpay.ml import load_job, run_scoring
-    from veilpay.mpc import run_party
+    from veilpay.ml import run_scoring
 
-    job = load_job(a.job)
-    if a.party not in job.parties:
-        raise VeilpayError(f"party {a.party!r} is not in the job's [parties] ({', '.join(sorted(job.parties))})")
-    session = label_digest("veilpay/score/" + sha256(job.fingerprint()).hex() + "/" + (a.session or ""))
-    report = run_party(lambda rt: run_scoring(rt, job, a.model, a.input, a.output, a.to), str(job.network), a.party,
-                       protocol=job.protocol, session=session, compute=job.compute, frac_bits=job.frac_bits,
-                       timeout=job.timeout)
-    print(json.dumps(report))
-    return 0
+    return _run_job(a, "score", lambda rt, job: run_scoring(rt, job, a.model, a.input, a.output, a.to))
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
