@@ -193,8 +193,8 @@ def _prepare(job: Job, me: str, local: LocalTable) -> None:
 _STATUS_FIELDS = 4  # ok, n_train, n_test, features
 
 
-def status_round(rt: Protocol, label: str, job: Job, error: BaseException | None,
-                 local: LocalTable | None) -> dict[str, Any]:
+def status_round(rt: Protocol, label: str, job: Job, error: BaseException | None, local: LocalTable | None,
+                 compare_rows: bool = False) -> dict[str, Any]:
     """Everyone tells everyone whether it can go on (and, for data parties, its shape
     and the digest of its ordered ids). Raises at every party if any party cannot."""
     ok = error is None
@@ -220,7 +220,7 @@ def status_round(rt: Protocol, label: str, job: Job, error: BaseException | None
     if local is not None:
         shapes[rt.me] = [local.x_train.shape[0], local.x_test.shape[0], local.x_train.shape[1]]
     data = job.data_parties
-    if label.endswith("prepared"):
+    if compare_rows:
         a, b = data
         if shapes[a][:2] != shapes[b][:2]:
             raise JobFailed(b, f"holds {shapes[b][:2]} train/test rows after PSI, {a} holds {shapes[a][:2]}")
@@ -272,16 +272,15 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
                 _prepare(job, me, local)
             except VeilpayError as exc:
                 error = exc
-        shapes = status_round(rt, "job.prepared", job, error, local)
+        shapes = status_round(rt, "job.prepared", job, error, local, compare_rows=True)
     a, b = job.label_party, job.partner
     n_train, n_test, d_a = shapes[a]
     d_b = shapes[b][2]
     report.update(train_rows=n_train, test_rows=n_test, features={a: d_a, b: d_b})
-    mine = local
     with phase(rt, "share", report):
-        xa = share(rt, a, mine.x_train if me == a and mine else None, shape=(n_train, d_a))
-        xb = share(rt, b, mine.x_train if me == b and mine else None, shape=(n_train, d_b))
-        y = share(rt, a, mine.y_train if me == a and mine else None, shape=(n_train, 1))
+        xa = share(rt, a, local.x_train if me == a and local else None, shape=(n_train, d_a))
+        xb = share(rt, b, local.x_train if me == b and local else None, shape=(n_train, d_b))
+        y = share(rt, a, local.y_train if me == a and local else None, shape=(n_train, 1))
         x = concatenate([xa, xb], axis=1)
     m = job.model
     losses: list[float] = []
@@ -299,16 +298,18 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
         w, bias = fitted.w, fitted.b
         report["epochs_run"] = fitted.epochs_run
     with phase(rt, "evaluate", report):
-        ta = share(rt, a, mine.x_test if me == a and mine else None, shape=(n_test, d_a))
-        tb = share(rt, b, mine.x_test if me == b and mine else None, shape=(n_test, d_b))
+        ta = share(rt, a, local.x_test if me == a and local else None, shape=(n_test, d_a))
+        tb = share(rt, b, local.x_test if me == b and local else None, shape=(n_test, d_b))
         scores = (concatenate([ta, tb], axis=1) @ w + bias).reveal(to=a)
         metrics = np.zeros(2, dtype=np.float64)
-        if me == a and mine is not None and scores is not None and mine.y_test is not None:
-            metrics[:] = [auc(mine.y_test, scores), ks(mine.y_test, scores)]
+        if me == a and local is not None and scores is not None and local.y_test is not None:
+            metrics[:] = [auc(local.y_test, scores), ks(local.y_test, scores)]
         got = rt.comm.exchange("job.metrics", {p: [metrics] for p in rt.comm.peers} if me == a else {},
                                {a: 1} if me != a else {})
         if me != a:
             metrics = got[a][0]
+            if metrics.dtype != np.float64 or metrics.shape != (2,):
+                raise JobFailed(a, "malformed metrics message")
         report["metrics"] = {"auc": round(float(metrics[0]), 5), "ks": round(float(metrics[1]), 5)}
         if losses:
             report["brier_last_batch_per_epoch"] = [round(v, 5) for v in losses]
@@ -321,7 +322,7 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
                 model = {"weights": {a: wv[:d_a, 0].tolist(), b: wv[d_a:, 0].tolist()}, "bias": float(bv[0, 0])}
     report["model"] = "revealed to " + ", ".join(job.model_to) if job.model_to else "kept secret-shared"
     if out_dir is not None:
-        _write_outputs(Path(out_dir), job, me, report, model, mine.prep if mine else None,
+        _write_outputs(Path(out_dir), job, me, report, model, local.prep if local else None,
                        None if job.model_to else (w, bias))
     return report
 

@@ -120,7 +120,7 @@ def run_scoring(rt: Protocol, job: Job, model_dir: str | Path, input_path: str |
                 local.x_test = np.zeros((0, local.x_train.shape[1]))
         except VeilpayError as exc:
             error = exc
-        shapes = status_round(rt, "score.prepared", job, error, local)
+        shapes = status_round(rt, "score.prepared", job, error, local, compare_rows=True)
     a, b = job.label_party, job.partner
     n, d_a, d_b = shapes[a][0], shapes[a][2], shapes[b][2]
     with phase(rt, "score", report):
