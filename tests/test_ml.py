@@ -352,3 +352,30 @@ def test_early_stopping_stops_where_its_plaintext_twin_does(tmp_path: Path) -> N
     assert res["wallet"]["epochs_run"] == epochs == 5 < m.epochs  # stopped early, at the same epoch
     model = json.loads((tmp_path / "out-wallet" / "model.json").read_text())
     np.testing.assert_allclose(model["weights"]["wallet"] + model["weights"]["partner"], w[:, 0], atol=2e-3)
+
+
+@pytest.mark.parametrize(("partner_rows", "partner_digest", "match"), [
+    (9, b"\x01" * 32, "holds [9, 5] train/test rows after PSI"),
+    (10, b"\x02" * 32, "common rows differ between the data parties"),
+])
+def test_rows_that_disagree_after_psi_stop_every_party(tmp_path: Path, partner_rows: int, partner_digest: bytes,
+                                                       match: str) -> None:
+    from veilpay.ml.pipeline import LocalTable, status_round
+
+    path = lending_club(tmp_path)
+
+    def party(me: str) -> Any:
+        def fn(comm: Any) -> Any:
+            job = load_job(path)
+            rt = make_protocol(job.protocol, comm, job.compute, job.frac_bits)
+            local = None
+            if me != "helper":
+                n = 10 if me == "wallet" else partner_rows
+                local = LocalTable(pd.DataFrame(), [], x_train=np.zeros((n, 3)), x_test=np.zeros((5, 3)),
+                                   digest=b"\x01" * 32 if me == "wallet" else partner_digest)
+            return status_round(rt, "job.prepared", job, None, local, compare_rows=True)
+        return fn
+
+    res = run_threads({p: party(p) for p in PARTIES})
+    for p in PARTIES:
+        assert isinstance(res[p], JobFailed) and match in str(res[p]), res[p]
