@@ -6,6 +6,7 @@ on the partner's columns alone. One JSON line per model; AUC and KS each.
 
     python bench/train.py [--data data/sba] [--epochs N]
     python bench/train.py --lending-club          # the small test data set
+    python bench/train.py --lending-club --trees 10 [--depth 3]   # secure trees vs a plaintext GBDT
 
 `make data` writes data/sba (the SBA loan file, split between a lender and a partner).
 """
@@ -105,6 +106,38 @@ def spu_peer(job_path: Path, work: Path) -> dict[str, Any]:
             "auc": auc(y_te, scores), "ks": ks(y_te, scores), "seconds": out["seconds"], "wall_seconds": wall}
 
 
+def tree_baselines(job_path: Path) -> list[dict[str, Any]]:
+    """For ss-xgb: the same boosting in float64 on the same indicators (the twin), and
+    scikit-learn's histogram GBDT with the same depth, tree count, bins and rate."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from veilpay.ml import auc, ks, load_job
+    from veilpay.ml.pipeline import plaintext_views
+    from veilpay.ml.sstree import predict_trees_plain, train_trees_plain
+
+    job = load_job(job_path)
+    views = plaintext_views(job)
+    a, b = views[job.label_party], views[job.partner]
+    y_te = a.y_test[:, 0]
+    t = job.tree
+    t0 = time.perf_counter()
+    trees, _ = train_trees_plain(np.hstack([a.x_train, b.x_train]), a.y_train, t)
+    s = predict_trees_plain(np.hstack([a.x_test, b.x_test]), trees)[:, 0]
+    rows = [{"model": "plaintext twin: the same boosting in float64 on the same split candidates",
+             "auc": auc(y_te, s), "ks": ks(y_te, s), "seconds": time.perf_counter() - t0}]
+    for name, tr, te in [("HistGradientBoosting, centralised", np.hstack([a.features_train, b.features_train]),
+                          np.hstack([a.features_test, b.features_test])),
+                         (f"HistGradientBoosting, {job.label_party} alone", a.features_train, a.features_test),
+                         (f"HistGradientBoosting, {job.partner} alone", b.features_train, b.features_test)]:
+        t0 = time.perf_counter()
+        model = HistGradientBoostingClassifier(max_depth=t.depth, max_iter=t.trees, learning_rate=t.learning_rate,
+                                               max_bins=max(t.bins, 2), early_stopping=False).fit(tr, a.y_train[:, 0])
+        s = model.decision_function(te)
+        rows.append({"model": f"scikit-learn {name}", "auc": auc(y_te, s), "ks": ks(y_te, s),
+                     "seconds": time.perf_counter() - t0})
+    return rows
+
+
 def baselines(job_path: Path) -> list[dict[str, Any]]:
     from sklearn.linear_model import LogisticRegression
 
@@ -140,6 +173,8 @@ def main() -> None:
     ap.add_argument("--data", default="data/sba", help="folder with job.toml and the party files (make data)")
     ap.add_argument("--lending-club", action="store_true")
     ap.add_argument("--epochs", type=int)
+    ap.add_argument("--trees", type=int, help="train secure trees (ss-xgb) with this many trees instead of SS-LR")
+    ap.add_argument("--depth", type=int, default=3)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="veilpay-train-bench-") as tmp:
         work = Path(tmp)
@@ -157,13 +192,22 @@ def main() -> None:
             text = job_path.read_text()
             job_path.write_text("\n".join(f"epochs = {a.epochs}" if ln.startswith("epochs") else ln
                                           for ln in text.splitlines()) + "\n")
+        if a.trees:
+            text = job_path.read_text().replace("[model]\n", f'[model]\ntype = "ss-xgb"\ntrees = {a.trees}\n'
+                                                f"depth = {a.depth}\nbins = 8\n")
+            job_path.write_text("\n".join("learning_rate = 0.3" if ln.startswith("learning_rate") else ln
+                                          for ln in text.splitlines()) + "\n")
         wall, reports, rss = run_secure(job_path, parties, work)
         rep = reports[parties[0]]
-        print(json.dumps({"bench": "train", "data": data, "model": "ss-lr (veilpay, semi2k, 3 processes, tcp+tls)",
+        kind = f"ss-xgb {a.trees} trees depth {a.depth}" if a.trees else "ss-lr"
+        extra = {"seconds_per_tree": round(rep["phases"]["train"]["seconds"] / a.trees, 3)} if a.trees else {}
+        print(json.dumps({"bench": "train", "data": data, "model": f"{kind} (veilpay, semi2k, 3 processes, tcp+tls)",
+                          **extra,
                           "auc": rep["metrics"]["auc"], "ks": rep["metrics"]["ks"], "wall_seconds": round(wall, 2),
                           "train_rows": rep["train_rows"], "test_rows": rep["test_rows"], "common": rep["common"],
                           "features": rep["features"], "phases": rep["phases"], "peak_rss_mib": rss}), flush=True)
-        for row in [*baselines(job_path), spu_peer(job_path, work)]:
+        rows = tree_baselines(job_path) if a.trees else [*baselines(job_path), spu_peer(job_path, work)]
+        for row in rows:
             if "auc" not in row:
                 print(json.dumps(row), flush=True)
                 continue

@@ -79,7 +79,7 @@ sigmoid = "seg3"
     (lambda s: s.replace('label_party = "wallet"', 'label_party = "bank"'), "party 'bank' is not one of"),
     (lambda s: s.replace('model_to = ["wallet"]', 'model_to = ["nobody"]'), "party 'nobody'"),
     (lambda s: s.replace('sigmoid = "seg3"', 'sigmoid = "tanh"'), "sigmoid must be one of"),
-    (lambda s: s.replace("[model]", '[model]\ntype = "ss-xgb"'), "not built"),
+    (lambda s: s.replace("[model]", "[model]\ntype = \"ss-forest\""), "not built"),
     (lambda s: s.replace("[job]", "[job\n"), "not valid TOML"),
     (lambda s: s.replace('key = ["customer_id"]\n', ""), "missing 'key'"),
     (lambda s: s.replace("epochs = 3", 'epochs = "3"'), "wrong type"),
@@ -379,3 +379,30 @@ def test_rows_that_disagree_after_psi_stop_every_party(tmp_path: Path, partner_r
     res = run_threads({p: party(p) for p in PARTIES})
     for p in PARTIES:
         assert isinstance(res[p], JobFailed) and match in str(res[p]), res[p]
+
+
+def test_secure_trees_near_a_plaintext_gbdt_and_owners_learn_only_their_splits(tmp_path: Path) -> None:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    path = lending_club(tmp_path)
+    path.write_text(path.read_text().replace('[model]\n', '[model]\ntype = "ss-xgb"\ntrees = 8\ndepth = 3\nbins = 8\n')
+                    .replace("learning_rate = 0.5", "learning_rate = 0.3"))
+    res = run_parties(path)
+    assert all(not isinstance(res[p], BaseException) for p in PARTIES), res
+    job = load_job(path)
+    views = plaintext_views(job)
+    a, b = views["wallet"], views["partner"]
+    hgb = HistGradientBoostingClassifier(max_depth=3, max_iter=8, learning_rate=0.3, max_bins=8, early_stopping=False)
+    hgb.fit(np.hstack([a.features_train, b.features_train]), a.y_train[:, 0])
+    plain = auc(a.y_test[:, 0], hgb.decision_function(np.hstack([a.features_test, b.features_test])))
+    assert abs(res["wallet"]["metrics"]["auc"] - plain) < 0.015 and res["wallet"]["trees"] == 8
+    models = {p: json.loads((tmp_path / f"out-{p}" / "model.json").read_text()) for p in ("wallet", "partner")}
+    names = {p: set(json.loads((tmp_path / f"out-{p}" / "prep.json").read_text())["feature_names"])
+             for p in ("wallet", "partner")}
+    for tree_w, tree_p in zip(models["wallet"]["trees"], models["partner"]["trees"], strict=True):
+        for level_w, level_p in zip(tree_w["splits"], tree_p["splits"], strict=True):
+            for node_w, node_p in zip(level_w, level_p, strict=True):
+                assert (node_w is None) != (node_p is None)  # every split belongs to exactly one party
+                own = node_w or node_p
+                assert own["feature"] in names["wallet" if node_w else "partner"]
+        assert tree_w["leaves"] is not None and tree_p["leaves"] is None  # leaves only to model_to

@@ -25,7 +25,7 @@
     [parties.helper]                    # no data: the dealer or third compute party
 
     [model]
-    type = "ss-lr"
+    type = "ss-lr"                      # or "ss-xgb": trees, depth, bins, learning_rate, reg_lambda
     epochs = 10
     batch_size = 1024
     learning_rate = 1.0
@@ -45,10 +45,12 @@ from pathlib import Path
 from typing import Any
 
 from veilpay.errors import ConfigError
+from veilpay.ml.sstree import TreeParams
 
 __all__ = ["SIGMOIDS", "Job", "LrParams", "PartySpec", "load_job"]
 
 SIGMOIDS = ("t1", "t3", "seg3", "exact")
+MODEL_TYPES = ("ss-lr", "ss-xgb")
 
 
 @dataclass
@@ -84,6 +86,8 @@ class Job:
     positive: str
     parties: dict[str, PartySpec]
     model: LrParams
+    model_type: str = "ss-lr"
+    tree: TreeParams = field(default_factory=TreeParams)
     test_fraction: float = 0.2
     seed: int = 0
     model_to: list[str] = field(default_factory=list)
@@ -104,6 +108,7 @@ class Job:
                   "label_party": self.label_party, "label": self.label, "positive": self.positive,
                   "test_fraction": self.test_fraction, "seed": self.seed, "model_to": self.model_to,
                   "frac_bits": self.frac_bits, "model": asdict(self.model), "parties": sorted(self.parties),
+                  "model_type": self.model_type, "tree": asdict(self.tree),
                   "data_parties": sorted(self.data_parties)}
         return json.dumps(common, sort_keys=True).encode()
 
@@ -149,8 +154,8 @@ def load_job(path: str | Path) -> Job:
     if not isinstance(m, dict):
         raise ConfigError(f"{path}: [model] must be a table")
     mtype = _get(m, "type", str, f"{path} [model]", default="ss-lr")
-    if mtype != "ss-lr":
-        raise ConfigError(f"{path} [model]: type {mtype!r} is not built; ss-lr is (secure trees are not yet)")
+    if mtype not in MODEL_TYPES:
+        raise ConfigError(f"{path} [model]: type {mtype!r} is not built; choose one of {', '.join(MODEL_TYPES)}")
     wm = f"{path} [model]"
     model = LrParams(
         epochs=_get(m, "epochs", int, wm, default=10), batch_size=_get(m, "batch_size", int, wm, default=1024),
@@ -159,12 +164,18 @@ def load_job(path: str | Path) -> Job:
         l2=float(_get(m, "l2", (int, float), wm, default=0.0)), sigmoid=_get(m, "sigmoid", str, wm, default="seg3"),
         early_stopping=_get(m, "early_stopping", int, wm, default=0),
         validation_fraction=float(_get(m, "validation_fraction", (int, float), wm, default=0.1)))
+    tree = TreeParams(
+        trees=_get(m, "trees", int, wm, default=10), depth=_get(m, "depth", int, wm, default=3),
+        bins=_get(m, "bins", int, wm, default=8),
+        learning_rate=float(_get(m, "learning_rate", (int, float), wm, default=0.3)),
+        reg_lambda=float(_get(m, "reg_lambda", (int, float), wm, default=0.0)))
     job = Job(
         name=_get(j, "name", str, where), path=path, network=path.parent / _get(j, "network", str, where),
         protocol=_get(j, "protocol", str, where, default="semi2k"), compute=_get(j, "compute", list, where),
         key=_get(j, "key", list, where), label_party=_get(j, "label_party", str, where),
         label=_get(j, "label", str, where), positive=str(_get(j, "positive", (str, int), where)),
-        parties=parties, model=model, test_fraction=float(_get(j, "test_fraction", (int, float), where, default=0.2)),
+        parties=parties, model=model, model_type=mtype, tree=tree,
+        test_fraction=float(_get(j, "test_fraction", (int, float), where, default=0.2)),
         seed=_get(j, "seed", int, where, default=0), model_to=_get(j, "model_to", list, where, default=[]) or [],
         frac_bits=_get(j, "frac_bits", int, where, default=20),
         timeout=float(_get(j, "timeout", (int, float), where, default=600.0)),
@@ -193,5 +204,10 @@ def _validate(job: Job, where: str) -> None:
         raise ConfigError(f"{where}: sigmoid must be one of {', '.join(SIGMOIDS)}")
     if m.epochs < 1 or m.batch_size < 1 or m.learning_rate <= 0 or m.l2 < 0 or m.decay < 0:
         raise ConfigError(f"{where}: epochs and batch_size >= 1, learning_rate > 0, l2 and decay >= 0")
+    t = job.tree
+    if job.model_type == "ss-xgb" and (not 1 <= t.trees <= 500 or not 1 <= t.depth <= 6 or not 2 <= t.bins <= 64
+                                       or t.learning_rate <= 0 or t.reg_lambda < 0 or job.frac_bits > 20):
+        raise ConfigError(f"{where}: ss-xgb needs trees 1..500, depth 1..6, bins 2..64, learning_rate > 0, "
+                          "reg_lambda >= 0 and frac_bits <= 20")
     if m.early_stopping < 0 or not 0.0 < m.validation_fraction < 0.5:
         raise ConfigError(f"{where}: early_stopping (patience in epochs) >= 0, validation_fraction in (0, 0.5)")

@@ -40,6 +40,7 @@ from veilpay.ml.job import Job
 from veilpay.ml.metrics import auc, ks
 from veilpay.ml.prep import Prep, fit_prep
 from veilpay.ml.sslr import train_lr
+from veilpay.ml.sstree import Bins, SecureTree, fit_bins, predict_trees, train_trees
 from veilpay.mpc import Protocol, SharedTensor, concatenate
 from veilpay.mpc.tensor import share
 from veilpay.progress import progress
@@ -65,6 +66,9 @@ class LocalTable:
     x_test: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     y_train: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    bins: Bins | None = None  # trees: this party's split candidates; x_train/x_test are their indicators
+    features_train: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # prepared, before binning
+    features_test: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     digest: bytes = bytes(32)
     rows: int = 0
     duplicates: int = 0
@@ -182,8 +186,13 @@ def _prepare(job: Job, me: str, local: LocalTable) -> None:
         raise DataError(f"{spec.data}: {len(local.ids)} common rows leave an empty training or test split")
     where = str(spec.data)
     local.prep = fit_prep(train_frame, list(local.frame.columns), spec.categorical, where)
-    local.x_train = local.prep.apply(train_frame, where)
-    local.x_test = local.prep.apply(test_frame, where)
+    local.x_train = local.features_train = local.prep.apply(train_frame, where)
+    local.x_test = local.features_test = local.prep.apply(test_frame, where)
+    if job.model_type == "ss-xgb":
+        local.bins = fit_bins(local.x_train, job.tree.bins)
+        if not local.bins.candidates:
+            raise DataError(f"{where}: no feature column has two distinct values to split on")
+        local.x_train, local.x_test = local.bins.indicators(local.x_train), local.bins.indicators(local.x_test)
     if local.label is not None:
         local.y_train, local.y_test = local.label[~test][:, None], local.label[test][:, None]
         if local.y_train.min() == local.y_train.max():
@@ -277,14 +286,18 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
     n_train, n_test, d_a = shapes[a]
     d_b = shapes[b][2]
     report.update(train_rows=n_train, test_rows=n_test, features={a: d_a, b: d_b})
+    fixed = job.model_type == "ss-lr"  # trees share 0/1 indicators as integers
     with phase(rt, "share", report):
-        xa = share(rt, a, local.x_train if me == a and local else None, shape=(n_train, d_a))
-        xb = share(rt, b, local.x_train if me == b and local else None, shape=(n_train, d_b))
+        xa = share(rt, a, local.x_train if me == a and local else None, shape=(n_train, d_a), fixed=fixed)
+        xb = share(rt, b, local.x_train if me == b and local else None, shape=(n_train, d_b), fixed=fixed)
         y = share(rt, a, local.y_train if me == a and local else None, shape=(n_train, 1))
         x = concatenate([xa, xb], axis=1)
     m = job.model
     losses: list[float] = []
-    with phase(rt, "train", report), progress(m.epochs, f"train {me}", unit="epoch", enabled=show_progress) as bar:
+    trees: list[SecureTree] = []
+    steps = job.tree.trees if job.model_type == "ss-xgb" else m.epochs
+    unit = "tree" if job.model_type == "ss-xgb" else "epoch"
+    with phase(rt, "train", report), progress(steps, f"train {me}", unit=unit, enabled=show_progress) as bar:
         def on_epoch(epoch: int, p: SharedTensor, yb: SharedTensor) -> None:
             diff = p - yb
             brier = (diff * diff).mean().reveal(to=a)
@@ -293,14 +306,22 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
                 bar.set_postfix(brier=f"{float(brier):.4f}")
             bar.update(1)
 
-        fitted = train_lr(x, y, m.epochs, m.batch_size, m.learning_rate, m.decay, m.l2, m.sigmoid, job.seed,
-                          on_epoch=on_epoch, patience=m.early_stopping, validation_fraction=m.validation_fraction)
-        w, bias = fitted.w, fitted.b
-        report["epochs_run"] = fitted.epochs_run
+        if job.model_type == "ss-xgb":
+            def on_tree(_: int) -> None:
+                bar.update(1)
+
+            trees, _ = train_trees(x, y, job.tree, on_tree=on_tree)
+            report["trees"] = len(trees)
+        else:
+            fitted = train_lr(x, y, m.epochs, m.batch_size, m.learning_rate, m.decay, m.l2, m.sigmoid, job.seed,
+                              on_epoch=on_epoch, patience=m.early_stopping, validation_fraction=m.validation_fraction)
+            w, bias = fitted.w, fitted.b
+            report["epochs_run"] = fitted.epochs_run
     with phase(rt, "evaluate", report):
-        ta = share(rt, a, local.x_test if me == a and local else None, shape=(n_test, d_a))
-        tb = share(rt, b, local.x_test if me == b and local else None, shape=(n_test, d_b))
-        scores = (concatenate([ta, tb], axis=1) @ w + bias).reveal(to=a)
+        ta = share(rt, a, local.x_test if me == a and local else None, shape=(n_test, d_a), fixed=fixed)
+        tb = share(rt, b, local.x_test if me == b and local else None, shape=(n_test, d_b), fixed=fixed)
+        xt = concatenate([ta, tb], axis=1)
+        scores = (predict_trees(xt, trees) if trees else xt @ w + bias).reveal(to=a)
         metrics = np.zeros(2, dtype=np.float64)
         if me == a and local is not None and scores is not None and local.y_test is not None:
             metrics[:] = [auc(local.y_test, scores), ks(local.y_test, scores)]
@@ -315,16 +336,47 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
             report["brier_last_batch_per_epoch"] = [round(v, 5) for v in losses]
     with phase(rt, "output", report):
         model = None
-        if job.model_to:
+        if trees:
+            model = _reveal_trees(trees, job, me, d_a, local)
+        elif job.model_to:
             wv = w.reveal(to=job.model_to)
             bv = bias.reveal(to=job.model_to)
             if wv is not None and bv is not None:
                 model = {"weights": {a: wv[:d_a, 0].tolist(), b: wv[d_a:, 0].tolist()}, "bias": float(bv[0, 0])}
     report["model"] = "revealed to " + ", ".join(job.model_to) if job.model_to else "kept secret-shared"
     if out_dir is not None:
-        _write_outputs(Path(out_dir), job, me, report, model, local.prep if local else None,
-                       None if job.model_to else (w, bias))
+        shared = None if job.model_to or trees else (w, bias)
+        _write_outputs(Path(out_dir), job, me, report, model, local.prep if local else None, shared)
     return report
+
+
+def _reveal_trees(trees: list[SecureTree], job: Job, me: str, d_a: int, local: LocalTable | None) -> dict[str, Any]:
+    """Each split's one-hot goes, in two segments, to the party owning those candidate
+    columns: a party learns its own splits (feature, threshold) and that the others are
+    not its own. Leaf weights go to model_to."""
+    a, b = job.label_party, job.partner
+    out: list[dict[str, Any]] = []
+    names = local.prep.feature_names() if local is not None and local.prep is not None else []
+    for tree in trees:
+        levels = []
+        for onehot in tree.splits:
+            mine_a, mine_b = onehot[:, :d_a].reveal(to=a), onehot[:, d_a:].reveal(to=b)
+            seg = mine_a if me == a else mine_b if me == b else None
+            if seg is None or local is None or local.bins is None:
+                continue
+            nodes: list[dict[str, Any] | None] = []
+            for row in seg:
+                hit = np.flatnonzero(row > 0.5)
+                if not len(hit):
+                    nodes.append(None)  # another party's split
+                    continue
+                col, thr = local.bins.candidates[int(hit[0])]
+                nodes.append({"feature": names[col], "le": thr})
+            levels.append(nodes)
+        leaves = tree.leaves.reveal(to=job.model_to) if job.model_to else None
+        out.append({"splits": levels, "leaves": None if leaves is None else leaves[:, 0].tolist()})
+    return {"depth": job.tree.depth, "trees": out,
+            "note": "splits: per level, per node: this party's (prepared feature, x <= le) or null (not this party's)"}
 
 
 def _write_atomic(path: Path, write: Any) -> None:
@@ -365,7 +417,7 @@ def _write_outputs(out: Path, job: Job, me: str, report: dict[str, Any], model: 
         names = prep.feature_names()
         _write_json(out / "prep.json", {"party": me, "feature_names": names, **prep.to_json()})
     if model is not None:
-        if prep is not None and len(prep.feature_names()) != len(model["weights"][me]):
+        if "weights" in model and prep is not None and len(prep.feature_names()) != len(model["weights"][me]):
             raise InvalidInput("model and preprocessing disagree on this party's feature count")
-        _write_json(out / "model.json", {"job": job.name, "type": "ss-lr", "label_party": job.label_party,
+        _write_json(out / "model.json", {"job": job.name, "type": job.model_type, "label_party": job.label_party,
                                          "positive": job.positive, **model})
