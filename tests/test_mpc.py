@@ -273,6 +273,25 @@ def test_premasked_matrix_products(protocol: str) -> None:
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_premasked_matrix_whole_rows(protocol: str) -> None:
+    """idx=None takes every row: X @ w and X^T @ e, twice (the transpose is cached)."""
+    rng = np.random.default_rng(5)
+    x, w, e = rng.uniform(-2, 2, (40, 6)), rng.uniform(-1, 1, (6, 2)), rng.uniform(-1, 1, (40, 3))
+
+    def prog(rt: Protocol, x: Any = None) -> Any:
+        pm = PremaskedMatrix(share(rt, "p0", x, shape=(40, 6)))
+        ws, es = share(rt, "p1", w if rt.me == "p1" else None, shape=(6, 2)), share(
+            rt, "p1", e if rt.me == "p1" else None, shape=(40, 3))
+        return [pm.rows_matmul(None, ws).reveal(), pm.rows_t_matmul(None, es).reveal(),
+                pm.rows_t_matmul(None, es).reveal()]
+
+    out = run_local(prog, protocol, kwargs={"p0": {"x": x}})["p2"]
+    np.testing.assert_allclose(out[0], x @ w, atol=1e-3)
+    np.testing.assert_allclose(out[1], x.T @ e, atol=1e-3)
+    np.testing.assert_allclose(out[2], x.T @ e, atol=1e-3)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_comparison_rounds(protocol: str) -> None:
     def prog(rt: Protocol, x: Any = None, y: Any = None) -> Any:
         a = share(rt, "p0", x, shape=(10,))

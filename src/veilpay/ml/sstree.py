@@ -95,10 +95,10 @@ class SecureTree:
     leaves: SharedTensor
 
 
-def _memberships(m: PremaskedMatrix, rows: np.ndarray, tree: SecureTree, ones: SharedTensor) -> SharedTensor:
+def _memberships(m: PremaskedMatrix, tree: SecureTree, ones: SharedTensor) -> SharedTensor:
     s = ones
     for onehot in tree.splits:
-        left = m.rows_matmul(rows, onehot.T)  # (n, nodes) 0/1: each row's side at its node's split
+        left = m.rows_matmul(None, onehot.T)  # (n, nodes) 0/1: each row's side at its node's split
         sl = s * left
         s = concatenate([sl, s - sl], axis=1)
     return s
@@ -114,7 +114,6 @@ def train_trees(m_sh: SharedTensor, y: SharedTensor, params: TreeParams,
     lam = _lambda(params, n)
     s_scale = 400.0 / (n / 4.0 + lam)
     m = PremaskedMatrix(m_sh)
-    rows = np.arange(n)
     ones = m_sh[:, :1] * 0 + 1  # integer memberships: products with them need no truncation
     f = y * 0.0
     trees = []
@@ -126,7 +125,7 @@ def train_trees(m_sh: SharedTensor, y: SharedTensor, params: TreeParams,
             splits = []
             for _level in range(params.depth):
                 sg, sh = s * g, s * h
-                gl = m.rows_t_matmul(rows, concatenate([sg, sh], axis=1))  # (C, 2 nodes)
+                gl = m.rows_t_matmul(None, concatenate([sg, sh], axis=1))  # (C, 2 nodes)
                 nodes = s.shape[1]
                 tot = concatenate([sg, sh], axis=1).sum(axis=0).reshape(1, 2 * nodes)
                 gr = tot - gl
@@ -138,7 +137,7 @@ def train_trees(m_sh: SharedTensor, y: SharedTensor, params: TreeParams,
                 best = nonlinear.argmax(gain.T, axis=-1)  # (nodes,) integer sharing
                 onehot = _onehot(best, c)
                 splits.append(onehot)
-                left = m.rows_matmul(rows, onehot.T)
+                left = m.rows_matmul(None, onehot.T)
                 sl = s * left
                 s = concatenate([sl, s - sl], axis=1)
             gs, hs = (s * g).sum(axis=0), (s * h).sum(axis=0)
@@ -160,13 +159,11 @@ def _onehot(index: SharedTensor, c: int) -> SharedTensor:
 
 def predict_trees(m_sh: SharedTensor, trees: list[SecureTree]) -> SharedTensor:
     """Shared scores (n, 1) of the rows of a shared indicator matrix."""
-    n = m_sh.shape[0]
     m = PremaskedMatrix(m_sh)
-    rows = np.arange(n)
     f = None
     ones = m_sh[:, :1] * 0 + 1
     for tree in trees:
-        out = _memberships(m, rows, tree, ones) @ tree.leaves
+        out = _memberships(m, tree, ones) @ tree.leaves
         f = out if f is None else f + out
     if f is None:
         raise InvalidInput("no trees")

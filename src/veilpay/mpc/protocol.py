@@ -124,17 +124,21 @@ class Protocol(ABC):
         """Prepare a fixed (n, d) matrix X for many products ``rows_matmul`` and
         ``rows_t_matmul`` with fresh operands. Default: nothing to prepare; semi2k
         opens X - A once, so each later product opens only the small operand."""
-        return x
+        return x, shape[0]
 
-    def rows_matmul(self, state: Any, idx: np.ndarray, y: Shares, d: int, n: int) -> Shares:
-        """X[idx] @ Y for a prepared (., d) matrix X and a (d, n) sharing Y."""
-        xb = map_shares(lambda s: np.ascontiguousarray(s[idx]), state)
-        return self.matmul(xb, y, len(idx), d, n)
+    def rows_matmul(self, state: Any, idx: np.ndarray | None, y: Shares, d: int, n: int) -> Shares:
+        """X[idx] @ Y (idx None: every row) for a prepared (rows, d) matrix X and a
+        (d, n) sharing Y."""
+        x, rows = state
+        xb = x if idx is None else map_shares(lambda s: np.ascontiguousarray(s[idx]), x)
+        return self.matmul(xb, y, rows if idx is None else len(idx), d, n)
 
-    def rows_t_matmul(self, state: Any, idx: np.ndarray, y: Shares, d: int, n: int) -> Shares:
-        """X[idx]^T @ Y for a prepared (., d) matrix X and a (len(idx), n) sharing Y."""
-        xt = map_shares(lambda s: np.ascontiguousarray(s[idx].T), state)
-        return self.matmul(xt, y, d, len(idx), n)
+    def rows_t_matmul(self, state: Any, idx: np.ndarray | None, y: Shares, d: int, n: int) -> Shares:
+        """X[idx]^T @ Y (idx None: every row) for a prepared (rows, d) matrix X and a
+        (len(idx), n) sharing Y."""
+        x, rows = state
+        xt = map_shares(lambda s: np.ascontiguousarray((s if idx is None else s[idx]).T), x)
+        return self.matmul(xt, y, d, rows if idx is None else len(idx), n)
 
     @abstractmethod
     def and_(self, x: Shares, y: Shares, shape: tuple[int, ...]) -> Shares:

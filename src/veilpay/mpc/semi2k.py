@@ -36,6 +36,12 @@ from veilpay.net import Communicator
 __all__ = ["Semi2k"]
 
 
+def _rows(state: Any, idx: np.ndarray | None) -> int:
+    if idx is not None:
+        return len(idx)
+    return int(state.n)
+
+
 @dataclass
 class _Masked:
     """A premasked matrix: E = X - A (compute parties), and this party's A share (the
@@ -43,6 +49,10 @@ class _Masked:
 
     e: np.ndarray | None
     a: np.ndarray | None
+    n: int = 0
+    et: np.ndarray | None = None  # E^T and A^T, made on the first whole-matrix transpose product
+    at: np.ndarray | None = None
+
 
 _ONE = np.uint64(1)
 _63 = np.uint64(63)
@@ -200,13 +210,13 @@ class Semi2k(Protocol):
         involves A, so reusing A leaks nothing about X."""
         if self.is_dealer:
             g0, g1 = self._for
-            return _Masked(None, g0.uint64(shape) + g1.uint64(shape))
+            return _Masked(None, g0.uint64(shape) + g1.uint64(shape), shape[0])
         if not self.is_compute:
-            return _Masked(None, None)
+            return _Masked(None, None, shape[0])
         need_shares(x)
         a = self._dprg.uint64(shape)
         (e,) = self._open_masked("premask", [x[0] - a], dealer=False)  # type: ignore[index]
-        return _Masked(e, a)
+        return _Masked(e, a, shape[0])
 
     def _product(self, label: str, e: np.ndarray | None, a: np.ndarray, y: Shares,
                  yshape: tuple[int, int], out: tuple[int, int]) -> Shares:
@@ -232,15 +242,23 @@ class Semi2k(Protocol):
         z += c
         return (z,)
 
-    def rows_matmul(self, state: Any, idx: np.ndarray, y: Shares, d: int, n: int) -> Shares:
-        e = None if state.e is None else state.e[idx]
-        a = None if state.a is None else state.a[idx]
-        return self._product("rows_matmul", e, a, y, (d, n), (len(idx), n))  # type: ignore[arg-type]
+    def rows_matmul(self, state: Any, idx: np.ndarray | None, y: Shares, d: int, n: int) -> Shares:
+        e = state.e if state.e is None or idx is None else state.e[idx]
+        a = state.a if state.a is None or idx is None else state.a[idx]
+        rows = _rows(state, idx)
+        return self._product("rows_matmul", e, a, y, (d, n), (rows, n))  # type: ignore[arg-type]
 
-    def rows_t_matmul(self, state: Any, idx: np.ndarray, y: Shares, d: int, n: int) -> Shares:
-        e = None if state.e is None else np.ascontiguousarray(state.e[idx].T)
-        a = None if state.a is None else np.ascontiguousarray(state.a[idx].T)
-        return self._product("rows_t_matmul", e, a, y, (len(idx), n), (d, n))  # type: ignore[arg-type]
+    def rows_t_matmul(self, state: Any, idx: np.ndarray | None, y: Shares, d: int, n: int) -> Shares:
+        if idx is None:  # every row: transpose once and keep it
+            if state.et is None and state.e is not None:
+                state.et = np.ascontiguousarray(state.e.T)
+            if state.at is None and state.a is not None:
+                state.at = np.ascontiguousarray(state.a.T)
+            e, a = state.et, state.at
+        else:
+            e = None if state.e is None else np.ascontiguousarray(state.e[idx].T)
+            a = None if state.a is None else np.ascontiguousarray(state.a[idx].T)
+        return self._product("rows_t_matmul", e, a, y, (_rows(state, idx), n), (d, n))  # type: ignore[arg-type]
 
     def trunc(self, x: Shares, shape: tuple[int, ...], bits: int) -> Shares:
         if not 0 < bits < 63:

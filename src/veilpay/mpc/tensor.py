@@ -295,18 +295,22 @@ class PremaskedMatrix:
         f = self.rt.fxp.frac_bits
         return out._truncate(out.frac - f) if out.frac > f else out
 
-    def rows_matmul(self, idx: np.ndarray, y: SharedTensor) -> SharedTensor:
+    def rows_matmul(self, idx: np.ndarray | None, y: SharedTensor) -> SharedTensor:
+        """X[idx] @ y; ``idx=None`` takes every row (no gather)."""
         n, d = self.shape
+        rows = n if idx is None else len(idx)
         if y.ndim != 2 or y.shape[0] != d:
-            raise ShapeMismatch(f"rows_matmul of ({len(idx)}, {d}) rows and {y.shape}")
-        sh = self.rt.rows_matmul(self._state, np.asarray(idx), y.sh, d, y.shape[1])
-        return self._finish(sh, (len(idx), y.shape[1]), y)
+            raise ShapeMismatch(f"rows_matmul of ({rows}, {d}) rows and {y.shape}")
+        sh = self.rt.rows_matmul(self._state, None if idx is None else np.asarray(idx), y.sh, d, y.shape[1])
+        return self._finish(sh, (rows, y.shape[1]), y)
 
-    def rows_t_matmul(self, idx: np.ndarray, y: SharedTensor) -> SharedTensor:
+    def rows_t_matmul(self, idx: np.ndarray | None, y: SharedTensor) -> SharedTensor:
+        """X[idx]^T @ y; ``idx=None`` takes every row (the transpose is made once)."""
         n, d = self.shape
-        if y.ndim != 2 or y.shape[0] != len(idx):
-            raise ShapeMismatch(f"rows_t_matmul of ({d}, {len(idx)}) and {y.shape}")
-        sh = self.rt.rows_t_matmul(self._state, np.asarray(idx), y.sh, d, y.shape[1])
+        rows = n if idx is None else len(idx)
+        if y.ndim != 2 or y.shape[0] != rows:
+            raise ShapeMismatch(f"rows_t_matmul of ({d}, {rows}) and {y.shape}")
+        sh = self.rt.rows_t_matmul(self._state, None if idx is None else np.asarray(idx), y.sh, d, y.shape[1])
         return self._finish(sh, (d, y.shape[1]), y)
 
 
