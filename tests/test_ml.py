@@ -334,7 +334,7 @@ def test_train_and_score_with_a_model_kept_shared(tmp_path: Path) -> None:
     # a model folder of another party's shares is refused at every party
     (tmp_path / "out-partner" / "model_shares.npz").write_bytes((tmp_path / "out-wallet" / "model_shares.npz").read_bytes())
     bad = score_parties(path, edits, out="bad.csv")
-    assert isinstance(bad["partner"], DataError) and "another protocol, precision or party" in str(bad["partner"])
+    assert isinstance(bad["partner"], DataError) and "another protocol, precision, party" in str(bad["partner"])
     assert isinstance(bad["wallet"], JobFailed) and "another protocol" in str(bad["wallet"])  # told, not timed out
     assert not (tmp_path / "bad.csv").exists()
 
@@ -412,3 +412,42 @@ def test_secure_trees_near_a_plaintext_gbdt_and_owners_learn_only_their_splits(t
                 own = node_w or node_p
                 assert own["feature"] in names["wallet" if node_w else "partner"]
         assert tree_w["leaves"] is not None and tree_p["leaves"] is None  # leaves only to model_to
+
+
+def test_scoring_with_a_tree_model(tmp_path: Path) -> None:
+    path = lending_club(tmp_path)
+    path.write_text(path.read_text().replace('[model]\n', '[model]\ntype = "ss-xgb"\ntrees = 3\ndepth = 2\nbins = 4\n')
+                    .replace("learning_rate = 0.5", "learning_rate = 0.3"))
+    res = run_parties(path)
+    assert all(not isinstance(res[p], BaseException) for p in PARTIES), res
+    scored = score_parties(path)
+    assert all(not isinstance(scored[p], BaseException) for p in PARTIES), scored
+    # Plaintext: rebuild the trained trees from what each party learnt (its own splits; the
+    # wallet also holds the leaves) and evaluate them on the prepared common rows.
+    d = tmp_path
+    frames = {p: pd.read_csv(d / f"{p}.csv", dtype={"customer_id": str}).set_index("customer_id")
+              for p in ("wallet", "partner")}
+    common = sorted(set(frames["wallet"].index) & set(frames["partner"].index))
+    from veilpay.ml import Prep
+
+    feats, models = {}, {}
+    for p in ("wallet", "partner"):
+        rec = json.loads((d / f"out-{p}" / "prep.json").read_text())
+        feats[p] = (Prep.from_json(rec).apply(frames[p].loc[common], p), rec["feature_names"])
+        models[p] = json.loads((d / f"out-{p}" / "model.json").read_text())
+    z = np.zeros(len(common))
+    for t, tree in enumerate(models["wallet"]["trees"]):
+        s = np.ones((len(common), 1))
+        for lvl, nodes in enumerate(tree["splits"]):
+            lefts = []
+            for k, mine in enumerate(nodes):
+                owner = "wallet" if mine is not None else "partner"
+                node = mine or models["partner"]["trees"][t]["splits"][lvl][k]
+                x, names = feats[owner]
+                lefts.append((x[:, names.index(node["feature"])] <= node["le"]).astype(float))
+            left = np.stack(lefts, axis=1)
+            s = np.concatenate([s * left, s * (1 - left)], axis=1)
+        z += s @ np.array(tree["leaves"])
+    got = pd.read_csv(d / "scores.csv", dtype={"customer_id": str})
+    assert got["customer_id"].tolist() == common
+    np.testing.assert_allclose(got["score"].to_numpy(), 1 / (1 + np.exp(-z)), atol=1e-3)

@@ -345,8 +345,14 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
                 model = {"weights": {a: wv[:d_a, 0].tolist(), b: wv[d_a:, 0].tolist()}, "bias": float(bv[0, 0])}
     report["model"] = "revealed to " + ", ".join(job.model_to) if job.model_to else "kept secret-shared"
     if out_dir is not None:
-        shared = None if job.model_to or trees else (w, bias)
-        _write_outputs(Path(out_dir), job, me, report, model, local.prep if local else None, shared)
+        shared: dict[str, SharedTensor] | None = None
+        if trees:  # kept shared for scoring, whoever saw the leaves
+            shared = {f"t{i}_l{j}": split for i, t in enumerate(trees) for j, split in enumerate(t.splits)}
+            shared |= {f"t{i}_leaves": t.leaves for i, t in enumerate(trees)}
+        elif not job.model_to:
+            shared = {"w": w, "b": bias}
+        _write_outputs(Path(out_dir), job, me, report, model, local.prep if local else None, shared,
+                       local.bins if local else None)
     return report
 
 
@@ -400,22 +406,22 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 
 def _write_outputs(out: Path, job: Job, me: str, report: dict[str, Any], model: dict[str, Any] | None,
-                   prep: Prep | None, shared: tuple[SharedTensor, SharedTensor] | None) -> None:
+                   prep: Prep | None, shared: dict[str, SharedTensor] | None, bins: Bins | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    if shared is not None and shared[0].sh is not None and shared[1].sh is not None:
-        # This party's share components of (w, b): raw uint64 arrays, no pickle.
-        arrays: dict[str, Any] = {f"w{i}": s for i, s in enumerate(shared[0].sh)}
-        arrays |= {f"b{i}": s for i, s in enumerate(shared[1].sh)}
+    if shared and all(t.sh is not None for t in shared.values()):
+        # This party's share components: raw uint64 arrays named "<tensor>__<i>", no pickle.
+        arrays: dict[str, Any] = {f"{name}__{i}": c for name, t in shared.items() for i, c in enumerate(t.sh or ())}
         fd, tmp = tempfile.mkstemp(prefix=".model_shares.", suffix=".npz", dir=out)
         os.close(fd)
         np.savez(tmp, allow_pickle=False, **arrays, meta=np.frombuffer(json.dumps(
             {"job": job.name, "party": me, "protocol": job.protocol, "frac_bits": job.frac_bits,
-             "features": report["features"]}).encode(), dtype=np.uint8))
+             "model_type": job.model_type, "features": report["features"]}).encode(), dtype=np.uint8))
         os.replace(tmp, out / "model_shares.npz")
     _write_json(out / "report.json", report)
     if prep is not None:
         names = prep.feature_names()
-        _write_json(out / "prep.json", {"party": me, "feature_names": names, **prep.to_json()})
+        extra = {"bins": [[c, t] for c, t in bins.candidates]} if bins is not None else {}
+        _write_json(out / "prep.json", {"party": me, "feature_names": names, **prep.to_json(), **extra})
     if model is not None:
         if "weights" in model and prep is not None and len(prep.feature_names()) != len(model["weights"][me]):
             raise InvalidInput("model and preprocessing disagree on this party's feature count")

@@ -4,10 +4,11 @@ recorded preparation (prep.json) to its own columns, the features are shared, an
 z = X w + b is computed in MPC and revealed to one named party only, which writes
 the scores (probabilities, 1 / (1 + e^-z)) with its key columns.
 
-The model is either revealed (model.json, held by the job's first `model_to` party,
+An LR model is either revealed (model.json, held by the job's first `model_to` party,
 which inputs the weights as a secret) or kept shared (model_shares.npz at each
-compute party, loaded as shares). Either way no party sees another's features, and
-only the named party sees scores.
+compute party, loaded as shares). A tree model is always scored from its shares
+(split one-hots and leaves), with each data party's split candidates from prep.json.
+Either way no party sees another's features, and only the named party sees scores.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from veilpay.errors import DataError, VeilpayError
 from veilpay.ml.job import Job
 from veilpay.ml.pipeline import LocalTable, align_rows, phase, read_keyed, status_round, write_csv
 from veilpay.ml.prep import Prep
+from veilpay.ml.sstree import Bins, SecureTree, predict_trees
 from veilpay.mpc import Protocol, SharedTensor, concatenate
 from veilpay.mpc.tensor import share
 from veilpay.psi.data import split_key
@@ -53,9 +55,12 @@ def _load_model(model_dir: Path, d: int) -> tuple[np.ndarray, np.ndarray]:
     return weights.reshape(d, 1), np.array([[bias]])
 
 
-def _load_shares(job: Job, me: str, model_dir: Path) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]] | None:
-    """This party's share components of (w, b), or None where it holds none (semi2k's
-    dealer)."""
+Components = dict[str, tuple[np.ndarray, ...]]
+
+
+def _load_shares(job: Job, me: str, model_dir: Path) -> Components | None:
+    """This party's share components of the kept-shared model, by tensor name, or None
+    where it holds none (semi2k's dealer)."""
     path = model_dir / "model_shares.npz"
     if not path.exists():
         if me in job.compute[:2] or job.protocol == "aby3":
@@ -64,23 +69,34 @@ def _load_shares(job: Job, me: str, model_dir: Path) -> tuple[tuple[np.ndarray, 
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(z["meta"].tobytes())
-            w = tuple(z[k] for k in sorted(k for k in z.files if k.startswith("w")))
-            b = tuple(z[k] for k in sorted(k for k in z.files if k.startswith("b")))
+            parts: dict[str, list[tuple[int, np.ndarray]]] = {}
+            for key in z.files:
+                if key != "meta":
+                    name, _, i = key.rpartition("__")
+                    parts.setdefault(name, []).append((int(i), z[key]))
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"{path}: not a model share file ({exc})") from exc
-    if meta.get("protocol") != job.protocol or meta.get("frac_bits") != job.frac_bits or meta.get("party") != me:
-        raise DataError(f"{path}: shares of another protocol, precision or party")
-    return w, b
+    if (meta.get("protocol"), meta.get("frac_bits"), meta.get("party"), meta.get("model_type", "ss-lr")) != (
+            job.protocol, job.frac_bits, me, job.model_type):
+        raise DataError(f"{path}: shares of another protocol, precision, party or model type")
+    return {name: tuple(a for _, a in sorted(items, key=lambda t: t[0])) for name, items in parts.items()}
 
 
-def _shared_model(rt: Protocol, job: Job, shares: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]] | None,
-                  d: int) -> tuple[SharedTensor, SharedTensor]:
+def _tensor(rt: Protocol, shares: Components | None, name: str, shape: tuple[int, int], frac: int) -> SharedTensor:
     if shares is None:
-        return SharedTensor(rt, None, (d, 1), job.frac_bits), SharedTensor(rt, None, (1, 1), job.frac_bits)
-    w, b = shares
-    if any(s.shape != (d, 1) or s.dtype != np.uint64 for s in w) or any(s.shape != (1, 1) for s in b):
-        raise DataError(f"model shares do not fit {d} features")
-    return SharedTensor(rt, w, (d, 1), job.frac_bits), SharedTensor(rt, b, (1, 1), job.frac_bits)
+        return SharedTensor(rt, None, shape, frac)
+    comps = shares.get(name)
+    if comps is None or any(c.shape != shape or c.dtype != np.uint64 for c in comps):
+        raise DataError(f"model shares: {name!r} missing or not of shape {shape}")
+    return SharedTensor(rt, comps, shape, frac)
+
+
+def _load_bins(model_dir: Path) -> Bins:
+    try:
+        data = json.loads((model_dir / "prep.json").read_text())
+        return Bins([(int(c), float(t)) for c, t in data["bins"]])
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{model_dir}/prep.json: no split candidates for a tree model ({exc})") from exc
 
 
 def run_scoring(rt: Protocol, job: Job, model_dir: str | Path, input_path: str | Path | None = None,
@@ -113,26 +129,37 @@ def run_scoring(rt: Protocol, job: Job, model_dir: str | Path, input_path: str |
     shares = None
     with phase(rt, "prepare", report):
         try:
-            if not job.model_to:
+            if not job.model_to or job.model_type == "ss-xgb":
                 shares = _load_shares(job, me, model_dir)
             if local is not None and prep is not None:
                 local.x_train = prep.apply(local.frame, str(input_path))
+                if job.model_type == "ss-xgb":
+                    local.x_train = _load_bins(model_dir).indicators(local.x_train)
                 local.x_test = np.zeros((0, local.x_train.shape[1]))
         except VeilpayError as exc:
             error = exc
         shapes = status_round(rt, "score.prepared", job, error, local, compare_rows=True)
     a, b = job.label_party, job.partner
     n, d_a, d_b = shapes[a][0], shapes[a][2], shapes[b][2]
+    fixed = job.model_type == "ss-lr"
+    f = job.frac_bits
     with phase(rt, "score", report):
-        x = concatenate([share(rt, a, local.x_train if me == a and local else None, shape=(n, d_a)),
-                         share(rt, b, local.x_train if me == b and local else None, shape=(n, d_b))], axis=1)
-        if job.model_to:
+        x = concatenate([share(rt, a, local.x_train if me == a and local else None, shape=(n, d_a), fixed=fixed),
+                         share(rt, b, local.x_train if me == b and local else None, shape=(n, d_b), fixed=fixed)],
+                        axis=1)
+        if job.model_type == "ss-xgb":
+            t = job.tree
+            trees = [SecureTree([_tensor(rt, shares, f"t{i}_l{j}", (2**j, d_a + d_b), 0) for j in range(t.depth)],
+                                _tensor(rt, shares, f"t{i}_leaves", (2**t.depth, 1), f)) for i in range(t.trees)]
+            z = predict_trees(x, trees).reveal(to=to)
+        elif job.model_to:
             holder = job.model_to[0]
             wv, bv = _load_model(model_dir, d_a + d_b) if me == holder else (None, None)
             w, bias = share(rt, holder, wv, shape=(d_a + d_b, 1)), share(rt, holder, bv, shape=(1, 1))
+            z = (x @ w + bias).reveal(to=to)
         else:
-            w, bias = _shared_model(rt, job, shares, d_a + d_b)
-        z = (x @ w + bias).reveal(to=to)
+            w, bias = _tensor(rt, shares, "w", (d_a + d_b, 1), f), _tensor(rt, shares, "b", (1, 1), f)
+            z = (x @ w + bias).reveal(to=to)
     report["scored"] = n
     if me == to and local is not None and z is not None and output_path is not None:
         parts = [split_key(i) for i in local.ids]
