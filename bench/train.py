@@ -125,6 +125,12 @@ def tree_baselines(job_path: Path) -> list[dict[str, Any]]:
     s = predict_trees_plain(np.hstack([a.x_test, b.x_test]), trees)[:, 0]
     rows = [{"model": "plaintext twin: the same boosting in float64 on the same split candidates",
              "auc": auc(y_te, s), "ks": ks(y_te, s), "seconds": time.perf_counter() - t0}]
+    for who, v in ((job.label_party, a), (job.partner, b)):  # the same algorithm on one side's columns
+        t0 = time.perf_counter()
+        alone, _ = train_trees_plain(v.x_train, a.y_train, t)
+        s = predict_trees_plain(v.x_test, alone)[:, 0]
+        rows.append({"model": f"plaintext twin, {who} alone", "auc": auc(y_te, s), "ks": ks(y_te, s),
+                     "seconds": time.perf_counter() - t0})
     for name, tr, te in [("HistGradientBoosting, centralised", np.hstack([a.features_train, b.features_train]),
                           np.hstack([a.features_test, b.features_test])),
                          (f"HistGradientBoosting, {job.label_party} alone", a.features_train, a.features_test),

@@ -307,10 +307,17 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
             bar.update(1)
 
         if job.model_type == "ss-xgb":
-            def on_tree(_: int) -> None:
-                bar.update(1)
+            def on_tree(i: int, p: SharedTensor) -> None:
+                if i:  # the Brier score of the first i trees, to the label party only
+                    diff = p - y
+                    brier = (diff * diff).mean().reveal(to=a)
+                    if brier is not None:
+                        losses.append(float(brier))
+                        bar.set_postfix(brier=f"{float(brier):.4f}")
+                    bar.update(1)
 
             trees, _ = train_trees(x, y, job.tree, on_tree=on_tree)
+            bar.update(1)
             report["trees"] = len(trees)
         else:
             fitted = train_lr(x, y, m.epochs, m.batch_size, m.learning_rate, m.decay, m.l2, m.sigmoid, job.seed,
@@ -333,7 +340,8 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
                 raise JobFailed(a, "malformed metrics message")
         report["metrics"] = {"auc": round(float(metrics[0]), 5), "ks": round(float(metrics[1]), 5)}
         if losses:
-            report["brier_last_batch_per_epoch"] = [round(v, 5) for v in losses]
+            key = "brier_after_each_tree" if trees else "brier_last_batch_per_epoch"
+            report[key] = [round(v, 5) for v in losses]
     with phase(rt, "output", report):
         model = None
         if trees:

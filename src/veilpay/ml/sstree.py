@@ -105,9 +105,11 @@ def _memberships(m: PremaskedMatrix, tree: SecureTree, ones: SharedTensor) -> Sh
 
 
 def train_trees(m_sh: SharedTensor, y: SharedTensor, params: TreeParams,
-                on_tree: Callable[[int], None] | None = None) -> tuple[list[SecureTree], SharedTensor]:
+                on_tree: Callable[[int, SharedTensor], None] | None = None) -> tuple[list[SecureTree], SharedTensor]:
     """Boost ``params.trees`` trees on the shared 0/1 indicator matrix ``m_sh`` (n, C)
-    and labels ``y`` (n, 1); returns the trees and the training scores F (n, 1)."""
+    and labels ``y`` (n, 1); returns the trees and the training scores F (n, 1).
+    ``on_tree(i, p)`` runs before tree i with the shared predictions of the trees so
+    far (progress, running loss)."""
     n, c = m_sh.shape
     if m_sh.frac or c == 0:
         raise InvalidInput("the indicator matrix must be a non-empty integer (0/1) sharing")
@@ -116,10 +118,12 @@ def train_trees(m_sh: SharedTensor, y: SharedTensor, params: TreeParams,
     m = PremaskedMatrix(m_sh)
     ones = m_sh[:, :1] * 0 + 1  # integer memberships: products with them need no truncation
     f = y * 0.0
-    trees = []
+    trees: list[SecureTree] = []
     with y.rt.comm.scope("trees"):
         for _ in range(params.trees):
             p = nonlinear.sigmoid(f)
+            if on_tree is not None:
+                on_tree(len(trees), p)
             g, h = p - y, p * (1.0 - p)
             s = ones
             splits = []
@@ -145,8 +149,6 @@ def train_trees(m_sh: SharedTensor, y: SharedTensor, params: TreeParams,
             leaves = (gs * (_G_SCALE / n) * inv * (-params.learning_rate * n * s_scale / _G_SCALE)).reshape(-1, 1)
             f = f + s @ leaves
             trees.append(SecureTree(splits, leaves))
-            if on_tree is not None:
-                on_tree(len(trees))
     return trees, f
 
 
