@@ -207,7 +207,8 @@ def main() -> None:
         rep = reports[parties[0]]
         kind = f"ss-xgb {a.trees} trees depth {a.depth}" if a.trees else "ss-lr"
         extra = {"seconds_per_tree": round(rep["phases"]["train"]["seconds"] / a.trees, 3)} if a.trees else {}
-        print(json.dumps({"bench": "train", "data": data, "model": f"{kind} (veilpay, semi2k, 3 processes, tcp+tls)",
+        label = f"{kind} (veilpay, {rep['protocol']}, 3 processes, tcp+tls)"
+        print(json.dumps({"bench": "train", "data": data, "model": label,
                           **extra,
                           "auc": rep["metrics"]["auc"], "ks": rep["metrics"]["ks"], "wall_seconds": round(wall, 2),
                           "train_rows": rep["train_rows"], "test_rows": rep["test_rows"], "common": rep["common"],
