@@ -286,12 +286,23 @@ def score_parties(job_path: Path, edits: dict[str, Any] | None = None, out: str 
     return run_threads({p: party(p) for p in PARTIES})
 
 
+def _common_rows(d: Path) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """Both parties' files indexed by id, and the common ids in sorted order."""
+    frames = {p: pd.read_csv(d / f"{p}.csv", dtype={"customer_id": str}).set_index("customer_id")
+              for p in ("wallet", "partner")}
+    return frames, sorted(set(frames["wallet"].index) & set(frames["partner"].index))
+
+
+def _tree_job(path: Path, trees: int, depth: int, bins: int) -> None:
+    path.write_text(path.read_text().replace("[model]\n", f'[model]\ntype = "ss-xgb"\ntrees = {trees}\n'
+                                             f"depth = {depth}\nbins = {bins}\n")
+                    .replace("learning_rate = 0.5", "learning_rate = 0.3"))
+
+
 def _expected_scores(job_path: Path, w: np.ndarray, bias: float) -> pd.Series:
     """Plaintext: the common ids' features through each party's recorded prep."""
     d = job_path.parent
-    frames = {p: pd.read_csv(d / f"{p}.csv", dtype={"customer_id": str}).set_index("customer_id")
-              for p in ("wallet", "partner")}
-    common = sorted(set(frames["wallet"].index) & set(frames["partner"].index))
+    frames, common = _common_rows(d)
     from veilpay.ml import Prep
 
     xs = [Prep.from_json(json.loads((d / f"out-{p}" / "prep.json").read_text())).apply(frames[p].loc[common], p)
@@ -386,8 +397,7 @@ def test_secure_trees_near_a_plaintext_gbdt_and_owners_learn_only_their_splits(t
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     path = lending_club(tmp_path)
-    path.write_text(path.read_text().replace('[model]\n', '[model]\ntype = "ss-xgb"\ntrees = 8\ndepth = 3\nbins = 8\n')
-                    .replace("learning_rate = 0.5", "learning_rate = 0.3"))
+    _tree_job(path, trees=8, depth=3, bins=8)
     res = run_parties(path)
     assert all(not isinstance(res[p], BaseException) for p in PARTIES), res
     job = load_job(path)
@@ -416,8 +426,7 @@ def test_secure_trees_near_a_plaintext_gbdt_and_owners_learn_only_their_splits(t
 
 def test_scoring_with_a_tree_model(tmp_path: Path) -> None:
     path = lending_club(tmp_path)
-    path.write_text(path.read_text().replace('[model]\n', '[model]\ntype = "ss-xgb"\ntrees = 3\ndepth = 2\nbins = 4\n')
-                    .replace("learning_rate = 0.5", "learning_rate = 0.3"))
+    _tree_job(path, trees=3, depth=2, bins=4)
     res = run_parties(path)
     assert all(not isinstance(res[p], BaseException) for p in PARTIES), res
     scored = score_parties(path)
@@ -425,9 +434,7 @@ def test_scoring_with_a_tree_model(tmp_path: Path) -> None:
     # Plaintext: rebuild the trained trees from what each party learnt (its own splits; the
     # wallet also holds the leaves) and evaluate them on the prepared common rows.
     d = tmp_path
-    frames = {p: pd.read_csv(d / f"{p}.csv", dtype={"customer_id": str}).set_index("customer_id")
-              for p in ("wallet", "partner")}
-    common = sorted(set(frames["wallet"].index) & set(frames["partner"].index))
+    frames, common = _common_rows(d)
     from veilpay.ml import Prep
 
     feats, models = {}, {}

@@ -17,7 +17,7 @@ from veilpay.crypto import BlindingKey, BlindingPool, InvalidPointError, OprfKey
 from veilpay.errors import DataError, InvalidPoint, ProtocolMismatch, WireFormatError
 from veilpay.net import Communicator, local_mesh
 from veilpay.psi import ecdh_psi, load_server_set, read_ids, run_psi_files, setup_server, unbalanced_psi
-from veilpay.psi.ecdh import DST, PSI_VERSION, match_points
+from veilpay.psi.ecdh import DST, PSI_VERSION, match_pairs, match_points
 
 
 def two_party(fn_r: Callable[[Communicator], Any], fn_s: Callable[[Communicator], Any]) -> tuple[Any, Any]:
@@ -85,8 +85,10 @@ def test_match_points_is_exact_even_with_equal_prefixes() -> None:
     mine = np.concatenate([theirs[[3, 99, 400]], rng.integers(0, 256, (50, 32), dtype=np.uint8)])
     mine[5, :8] = theirs[7, :8]  # same 64-bit prefix, different point: not a match
     assert match_points(mine, theirs).tolist() == [0, 1, 2]
+    assert match_pairs(mine, theirs)[1].tolist() == [3, 99, 400]
     theirs[10, :8] = theirs[11, :8]  # equal prefixes inside theirs: the exact fallback
     assert match_points(mine, theirs).tolist() == [0, 1, 2]
+    assert match_pairs(mine, theirs)[1].tolist() == [3, 99, 400]
     assert match_points(mine[:0], theirs).tolist() == [] and match_points(mine, theirs[:0]).tolist() == []
 
 

@@ -22,8 +22,6 @@ the status rounds and the MPC only.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +34,7 @@ import pandas as pd
 
 from veilpay.crypto import sha256
 from veilpay.errors import DataError, InvalidInput, ProtocolError, VeilpayError
+from veilpay.files import atomic_write
 from veilpay.ml.job import Job
 from veilpay.ml.metrics import auc, ks
 from veilpay.ml.prep import Prep, fit_prep
@@ -393,24 +392,12 @@ def _reveal_trees(trees: list[SecureTree], job: Job, me: str, d_a: int, local: L
             "note": "splits: per level, per node: this party's (prepared feature, x <= le) or null (not this party's)"}
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    """Write through ``write(file)`` into a temporary file, renamed into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, data: Any) -> None:
-    _write_atomic(path, lambda fh: json.dump(data, fh, indent=1))
+    atomic_write(path, lambda fh: json.dump(data, fh, indent=1))
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
-    _write_atomic(path, lambda fh: frame.to_csv(fh, index=False))
+    atomic_write(path, lambda fh: frame.to_csv(fh, index=False))
 
 
 def _write_outputs(out: Path, job: Job, me: str, report: dict[str, Any], model: dict[str, Any] | None,
@@ -419,12 +406,10 @@ def _write_outputs(out: Path, job: Job, me: str, report: dict[str, Any], model: 
     if shared and all(t.sh is not None for t in shared.values()):
         # This party's share components: raw uint64 arrays named "<tensor>__<i>", no pickle.
         arrays: dict[str, Any] = {f"{name}__{i}": c for name, t in shared.items() for i, c in enumerate(t.sh or ())}
-        fd, tmp = tempfile.mkstemp(prefix=".model_shares.", suffix=".npz", dir=out)
-        os.close(fd)
-        np.savez(tmp, allow_pickle=False, **arrays, meta=np.frombuffer(json.dumps(
+        arrays["meta"] = np.frombuffer(json.dumps(
             {"job": job.name, "party": me, "protocol": job.protocol, "frac_bits": job.frac_bits,
-             "model_type": job.model_type, "features": report["features"]}).encode(), dtype=np.uint8))
-        os.replace(tmp, out / "model_shares.npz")
+             "model_type": job.model_type, "features": report["features"]}).encode(), dtype=np.uint8)
+        atomic_write(out / "model_shares.npz", lambda fh: np.savez(fh, allow_pickle=False, **arrays), binary=True)
     _write_json(out / "report.json", report)
     if prep is not None:
         names = prep.feature_names()

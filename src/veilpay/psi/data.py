@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import os
-import tempfile
 import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
 from veilpay.errors import DataError, InvalidInput
+from veilpay.files import atomic_write
 
 __all__ = ["IdTable", "join_key", "normalise_key", "split_key", "open_rows", "read_ids", "read_rows", "write_rows"]
 
@@ -187,14 +187,9 @@ def read_rows(path: str | Path, wanted: np.ndarray, columns: Sequence[str]) -> l
 def write_rows(path: str | Path, header: list[str], rows: Sequence[Sequence[str]]) -> None:
     """Write a CSV atomically: a temporary file in the same folder, renamed into place,
     so a failed run never leaves a half-written output."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(header)
-            w.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    def write(fh: IO[Any]) -> None:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+
+    atomic_write(path, write)

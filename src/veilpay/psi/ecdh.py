@@ -153,24 +153,31 @@ def random_permutation(n: int) -> np.ndarray:
     return np.argsort(Prg(random_seed()).uint64((n,)), kind="stable")
 
 
-def match_points(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
-    """Positions i (ascending) with mine[i] equal to some row of ``theirs``; both are
-    (n, 32) uint8 arrays of distinct rows. Sorted 64-bit prefixes find candidates, full
-    rows confirm them; equal prefixes among ``theirs`` (probability n^2 / 2^65) fall
-    back to an exact dictionary."""
+def match_pairs(mine: np.ndarray, theirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) with mine[i] == theirs[j], i ascending; both are (n, 32) uint8 arrays of
+    distinct rows. Sorted 64-bit prefixes find candidates, full rows confirm them;
+    equal prefixes among ``theirs`` (probability n^2 / 2^65) fall back to an exact
+    dictionary."""
+    none = np.zeros(0, dtype=np.int64)
     if not len(mine) or not len(theirs):
-        return np.zeros(0, dtype=np.int64)
+        return none, none
     keys = np.ascontiguousarray(theirs[:, :8]).view("<u8").ravel()
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     if len(sorted_keys) > 1 and bool((sorted_keys[1:] == sorted_keys[:-1]).any()):
-        table = {row.tobytes() for row in theirs}
-        return np.array([i for i, row in enumerate(mine) if row.tobytes() in table], dtype=np.int64)
+        table = {row.tobytes(): j for j, row in enumerate(theirs)}
+        pairs = [(i, table[row.tobytes()]) for i, row in enumerate(mine) if row.tobytes() in table]
+        return np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs], dtype=np.int64)
     probe = np.ascontiguousarray(mine[:, :8]).view("<u8").ravel()
     pos = np.minimum(np.searchsorted(sorted_keys, probe), len(sorted_keys) - 1)
     cand = np.flatnonzero(sorted_keys[pos] == probe)
     same = (theirs[order[pos[cand]]] == mine[cand]).all(axis=1)
-    return cand[same].astype(np.int64)
+    return cand[same].astype(np.int64), order[pos[cand[same]]].astype(np.int64)
+
+
+def match_points(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    """Positions i (ascending) with mine[i] equal to some row of ``theirs``."""
+    return match_pairs(mine, theirs)[0]
 
 
 def ecdh_psi(
@@ -222,13 +229,10 @@ def _receiver(s: ChunkedSession, own: list[Future[np.ndarray]], peer_n: int, pee
     ba = np.empty((n, 32), dtype=np.uint8)
     for lo, got in s.recv("psi.BA", n, chunk):  # S answers in R's chunking
         ba[lo : lo + len(got)] = got
-    hits = match_points(ba, ab)
+    hits, in_b = match_pairs(ba, ab)
     if reveal == "both":
-        if mode == "intersection":
-            where = match_points(ab, ba)  # positions in B, ascending: S learns no order of R's
-            payload = where.astype(np.uint64)
-        else:
-            payload = np.array([len(hits)], dtype=np.uint64)
+        # intersection: positions in B, ascending (S learns no order of R's); cardinality: the count
+        payload = np.sort(in_b).astype(np.uint64) if mode == "intersection" else np.array([len(hits)], np.uint64)
         s.comm.exchange("psi.matches", {s.peer: [payload]})
     if mode == "cardinality":
         return PsiResult(None, len(hits), peer_n)

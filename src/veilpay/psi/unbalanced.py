@@ -25,9 +25,7 @@ cached set, since only the server can compute F_k. docs/psi.md has the long form
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ import numpy as np
 
 from veilpay.crypto import BlindingPool, OprfKey, check_p256_points, hash_to_p256, sha256, sha256_file
 from veilpay.errors import DataError, InvalidInput, ProtocolMismatch
+from veilpay.files import atomic_write
 from veilpay.net import Communicator
 from veilpay.progress import progress
 from veilpay.psi.ecdh import (
@@ -72,15 +71,7 @@ class ServerSet:
 
 
 def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: fh.write(data), binary=True, mode=mode)
 
 
 def _write_set(folder: Path, points: np.ndarray, salt: bytes, key: OprfKey | None) -> bytes:
