@@ -17,7 +17,11 @@ The tree::
     │   │   │   └── ProtocolMismatch        the peer runs another version or mode
     │   │   └── PeerAuthenticationError     TLS refused: no or wrong certificate
     │   └── PartyFailed                     a party of an in-process run raised (``.party``)
-    └── ...
+    ├── DecryptionError                     a sealed field that does not open for this key and context
+    └── GatewayError                        an API exchange refused or failed (``.code``: the result code)
+        ├── SignatureError                  a missing, malformed or wrong signature on a message
+        ├── GatewayUnavailable              no answer from the gateway after the allowed retries
+        └── RequestRejected                 the gateway answered with a result code (``.result``)
 
 Foreign exceptions (``ssl.SSLError``, ``OSError``, ``tomllib.TOMLDecodeError``) are
 translated at the boundary with ``raise ... from exc``.
@@ -28,6 +32,11 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DataError",
+    "DecryptionError",
+    "GatewayError",
+    "GatewayUnavailable",
+    "RequestRejected",
+    "SignatureError",
     "FixedPointOverflow",
     "InvalidInput",
     "InvalidPoint",
@@ -111,3 +120,39 @@ class PartyFailed(ProtocolError):
         super().__init__(f"party {party!r} failed: {type(exc).__name__}: {exc}")
         self.party = party
         self.error = exc
+
+
+class DecryptionError(VeilpayError):
+    """A sealed (HPKE) field that does not open: wrong recipient, key version or context, or tampered."""
+
+
+class GatewayError(VeilpayError):
+    """An exchange with the gateway (or, for the gateway, with a partner) that failed; ``code`` is the
+    Alipay+-style result code that describes it."""
+
+    code = "UNKNOWN_EXCEPTION"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class SignatureError(GatewayError):
+    """A message whose signature is missing, malformed, from an unknown or retired key, or wrong."""
+
+    code = "INVALID_SIGNATURE"
+
+
+class GatewayUnavailable(GatewayError):
+    """No (verifiable) answer within the timeout after the allowed retries; the outcome is unknown."""
+
+    code = "UNKNOWN_EXCEPTION"
+
+
+class RequestRejected(GatewayError):
+    """The peer answered with a failure result; ``result`` holds its result object."""
+
+    def __init__(self, result: dict[str, str]) -> None:
+        super().__init__(f"{result.get('resultCode')}: {result.get('resultMessage', '')}", result.get("resultCode"))
+        self.result = result

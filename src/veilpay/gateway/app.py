@@ -1,0 +1,236 @@
+"""The gateway's HTTP API (FastAPI): the Alipay+-shaped payment endpoints, the signed
+partner directory, metrics and health; background tasks for webhooks and for
+resolving payments whose outcome is not yet known.
+
+Every request is read as raw bytes, size-capped, authenticated (signature, time
+window, replay) and only then parsed; every answer, error or not, is signed by the
+gateway for the Client-Id that asked. Domain errors become answers in one place
+(``_handle``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from veilpay.errors import ConfigError
+from veilpay.gateway.codes import ApiFailure, result
+from veilpay.gateway.config import GatewayConfig
+from veilpay.gateway.observe import Metrics
+from veilpay.gateway.outbox import OutboxWorker
+from veilpay.gateway.schemas import (
+    CancelRequest,
+    InquiryPaymentRequest,
+    InquiryRefundRequest,
+    PayRequest,
+    RefundRequest,
+)
+from veilpay.gateway.service import GatewayService
+from veilpay.gateway.store import make_engine, migrate
+from veilpay.sdk.directory import Directory
+from veilpay.sdk.keys import PublicEntry, load_party
+from veilpay.sdk.signing import sign_headers
+
+__all__ = ["DirectoryFiles", "create_app"]
+
+log = logging.getLogger("veilpay.gateway")
+
+
+class DirectoryFiles:
+    """The directory built from the partners' ``public.json`` files, re-read when one
+    changes (key rotation, retirement), checked at most once a second."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        self._mtimes: tuple[float, ...] = ()
+        self._checked = 0.0
+        self._dir: Directory | None = None
+        self._version = 0
+        self()
+
+    def __call__(self) -> Directory:
+        now = time.monotonic()
+        if self._dir is not None and now - self._checked < 1.0:
+            return self._dir
+        self._checked = now
+        try:
+            mtimes = tuple(p.stat().st_mtime for p in self.paths)
+        except OSError as exc:
+            if self._dir is None:
+                raise ConfigError(f"partner key file: {exc}") from exc
+            return self._dir
+        if mtimes != self._mtimes:
+            entries = [PublicEntry.from_json(json.loads(p.read_text())) for p in self.paths]
+            self._version += 1
+            self._dir = Directory(self._version, {e.id: e for e in entries})
+            self._mtimes = mtimes
+        if self._dir is None:
+            raise ConfigError("no partner directory")
+        return self._dir
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise ApiFailure("REQUEST_TOO_LARGE", f"body over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiFailure("REQUEST_TOO_LARGE", f"body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _schema(model: Any) -> dict[str, Any]:
+    return model.model_json_schema(ref_template="#/components/schemas/{model}")
+
+
+def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = None,
+               background: bool = True) -> FastAPI:
+    """The gateway app; ``transport`` routes its calls to partners (tests pass in-process
+    apps), ``background`` starts the outbox worker and resolver with the app's lifespan."""
+    keys = load_party(cfg.keys)
+    if keys.public.role != "gateway":
+        raise ConfigError(f"{cfg.keys}: these are not gateway keys (role {keys.public.role!r})")
+    directory = DirectoryFiles(cfg.partners)
+    engine = make_engine(cfg.database)
+    migrate(engine)
+    metrics = Metrics()
+    http = httpx.AsyncClient(transport=transport, timeout=cfg.mpp_timeout_s,
+                             limits=httpx.Limits(max_connections=200, max_keepalive_connections=200))
+    worker = OutboxWorker(cfg, keys, directory, engine, http, metrics)
+    service = GatewayService(cfg, keys, directory, engine, http, metrics, worker.wake)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        tasks = []
+        if background:
+            tasks = [asyncio.create_task(worker.run(stop)), asyncio.create_task(_resolver(service, cfg, stop))]
+        log.info("gateway started", extra={"event": "start"})
+        try:
+            yield
+        finally:
+            stop.set()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await http.aclose()
+            engine.dispose()
+
+    app = FastAPI(title="veilpay gateway", version="1", lifespan=lifespan,
+                  description="Alipay+-shaped payments where the operator holds only tokens and ciphertext.")
+    app.state.service, app.state.outbox, app.state.engine, app.state.metrics = service, worker, engine, metrics
+    app.state.directory = directory
+
+    def signed(client: str, method: str, path: str, body: dict[str, Any], status: int) -> Response:
+        raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        v, key = keys.signer()
+        headers = sign_headers(key, v, method, path, client[:64] or "anonymous", raw, time.time(), "Response-Time")
+        return Response(raw, status_code=status, headers=headers, media_type="application/json")
+
+    async def handle(request: Request, op: Callable[[PublicEntry, Any], Awaitable[dict[str, Any]]]) -> Response:
+        started = time.perf_counter()
+        path = request.url.path
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        client = headers.get("client-id", "")
+        try:
+            ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                raise ApiFailure("MEDIA_TYPE_NOT_ACCEPTABLE")
+            raw = await _read_body(request, cfg.max_body_bytes)
+            acqp = service.authenticate("POST", path, headers, raw)
+            try:
+                obj = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ApiFailure("MALFORMED_REQUEST", "the body is not valid JSON") from exc
+            if not isinstance(obj, dict):
+                raise ApiFailure("MALFORMED_REQUEST")
+            body, status = await op(acqp, obj), 200
+        except ApiFailure as exc:
+            body, status = {"result": exc.result}, exc.http_status
+        except Exception:  # noqa: BLE001 - an unexpected error is answered U, never a stack trace
+            log.exception("request failed", extra={"event": "request_error", "path": path})
+            body, status = {"result": result("UNKNOWN_EXCEPTION")}, 500
+        code = body["result"]["resultCode"]
+        metrics.observe(path, code, started)
+        log.info("request", extra={"event": "request", "path": path, "client": client[:64], "code": code,
+                                   "ms": round((time.perf_counter() - started) * 1000, 2),
+                                   "paymentId": body.get("paymentId"), "refundId": body.get("refundId")})
+        return signed(client, "POST", path, body, status)
+
+    routes: list[tuple[str, Any, Callable[[PublicEntry, Any], Awaitable[dict[str, Any]]], str]] = [
+        ("/v1/payments/pay", PayRequest, service.pay, "Pay with a customer's payment code (user-presented)"),
+        ("/v1/payments/inquiryPayment", InquiryPaymentRequest, service.inquiry_payment, "The status of a payment"),
+        ("/v1/payments/cancelPayment", CancelRequest, service.cancel, "Cancel a payment within the cancel window"),
+        ("/v1/payments/refund", RefundRequest, service.refund, "Refund all or part of a successful payment"),
+        ("/v1/payments/inquiryRefund", InquiryRefundRequest, service.inquiry_refund, "The status of a refund"),
+    ]
+    for path, model, op, summary in routes:
+        endpoint = _endpoint(handle, op)
+        app.add_api_route(path, endpoint, methods=["POST"], summary=summary, response_class=Response,
+                          openapi_extra={"requestBody": {"required": True, "content": {
+                              "application/json": {"schema": _schema(model)}}},
+                              "parameters": [{"name": h, "in": "header", "required": True,
+                                              "schema": {"type": "string"}}
+                                             for h in ("Client-Id", "Request-Time", "Signature")]})
+
+    @app.get("/v1/directory", summary="The partner directory, signed by the gateway", response_class=Response)
+    async def get_directory(request: Request) -> Response:
+        client = request.headers.get("client-id", "")
+        raw = directory().to_json()
+        return signed(client, "GET", "/v1/directory", raw, 200)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def get_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz", summary="Liveness and database reachability")
+    async def healthz() -> dict[str, str]:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        return {"status": "ok"}
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            comps = spec.setdefault("components", {}).setdefault("schemas", {})
+            for _, model, _, _ in routes:
+                s = _schema(model)
+                comps.update(s.pop("$defs", {}))
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _endpoint(handle: Callable[..., Awaitable[Response]], op: Any) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return await handle(request, op)
+    return endpoint
+
+
+async def _resolver(service: GatewayService, cfg: GatewayConfig, stop: asyncio.Event) -> None:
+    last_purge = 0.0
+    while not stop.is_set():
+        try:
+            await service.resolve_pending()
+            if time.monotonic() - last_purge > 60:
+                service.purge_seen()
+                last_purge = time.monotonic()
+        except Exception:  # noqa: BLE001 - keep resolving after a database hiccup
+            log.exception("resolver failed", extra={"event": "resolver_error"})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=cfg.resolver_interval_s)

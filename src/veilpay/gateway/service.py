@@ -1,0 +1,554 @@
+"""The payment state machine: accept, forward to the MPP, record, notify.
+
+Every step that matters is committed before the next one starts, so a crash at any
+point leaves a row that the resolver finishes: a payment is written PROCESSING before
+it is forwarded; the MPP is idempotent on ``paymentId``, so re-sending the payment
+after a crash or a timeout is safe and returns the MPP's first answer; the final
+status and the webhook to the ACQP are written in one transaction (outbox), and the
+outbox worker delivers it at least once. A payment still unknown at its expiry is
+cancelled at the MPP (which reverses a debit it made) and closed.
+
+What the gateway reads: the route (code issuer prefix), amounts and currencies, the
+MPP's customer token and result codes. Payment code, order, device and payer details
+are HPKE envelopes between the partners; the gateway stores and forwards them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+from sqlalchemy import Engine, Row, and_, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from veilpay.crypto.digest import sha256
+from veilpay.crypto.tokens import ct_equal, random_id
+from veilpay.errors import SignatureError
+from veilpay.gateway.codes import CODES, ApiFailure, result
+from veilpay.gateway.schemas import (
+    CancelRequest,
+    InquiryPaymentRequest,
+    InquiryRefundRequest,
+    PayRequest,
+    RefundRequest,
+)
+from veilpay.gateway.store import outbox, payments, refunds, seen_requests
+from veilpay.sdk.directory import Directory
+from veilpay.sdk.envelope import is_envelope
+from veilpay.sdk.keys import PartyKeys, PublicEntry
+from veilpay.sdk.money import InvalidAmount, UnsupportedCurrency, parse_amount
+from veilpay.sdk.signing import format_time, sign_headers, verify_message
+
+__all__ = ["GatewayService", "MppUnreachable"]
+
+log = logging.getLogger("veilpay.gateway")
+# Codes an MPP may answer with; anything else is recorded as PROCESS_FAIL.
+_MPP_FAIL_CODES = {"USER_BALANCE_NOT_ENOUGH", "INVALID_CODE", "ORDER_IS_CLOSED", "PROCESS_FAIL",
+                   "REFUND_AMOUNT_EXCEED", "ORDER_NOT_EXIST", "CURRENCY_NOT_SUPPORT"}
+
+
+class MppUnreachable(Exception):
+    """No verifiable answer from the MPP in time; the outcome is unknown."""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _canonical_hash(obj: Any) -> str:
+    return sha256(json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()).hex()
+
+
+def _amount(currency: str, value: int) -> dict[str, str]:
+    return {"currency": currency, "value": str(value)}
+
+
+def _iso(ms: int | None) -> str | None:
+    return format_time(ms / 1000) if ms else None
+
+
+def _validate(model: Any, obj: Any) -> Any:
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        raise ApiFailure("PARAM_ILLEGAL", f"{where}: {first.get('msg', 'invalid')}") from exc
+
+
+def _check_amount(obj: Any, what: str) -> tuple[str, int]:
+    try:
+        return parse_amount(obj, what)
+    except UnsupportedCurrency as exc:
+        raise ApiFailure("CURRENCY_NOT_SUPPORT", str(exc)) from exc
+    except InvalidAmount as exc:
+        raise ApiFailure("INVALID_AMOUNT", str(exc)) from exc
+    except ValueError as exc:
+        raise ApiFailure("PARAM_ILLEGAL", str(exc)) from exc
+
+
+class GatewayService:
+    def __init__(self, cfg: Any, keys: PartyKeys, directory: Callable[[], Directory], engine: Engine,
+                 http: httpx.AsyncClient, metrics: Any, wake_outbox: Callable[[], None]) -> None:
+        self.cfg, self.keys, self._directory, self.engine, self.http = cfg, keys, directory, engine, http
+        self.metrics, self.wake_outbox = metrics, wake_outbox
+
+    @property
+    def directory(self) -> Directory:
+        return self._directory()
+
+    # ------------------------------------------------------------------ auth
+    def authenticate(self, method: str, path: str, headers: dict[str, str], body: bytes) -> PublicEntry:
+        """The ACQP that signed this request; ApiFailure for an unknown client, a bad or
+        stale signature, or a replay of a request already seen."""
+        client = headers.get("client-id", "")
+        entry = self.directory.get(client)
+        if entry is None or entry.role != "acqp":
+            raise ApiFailure("INVALID_CLIENT", "Client-Id is not an acquirer in the directory")
+        try:
+            signed = verify_message(headers, method, path, body, entry.verify_key, time.time(),
+                                    self.cfg.request_window_s)
+        except SignatureError as exc:
+            raise ApiFailure(exc.code if exc.code in CODES else "INVALID_SIGNATURE", str(exc)) from exc
+        expires = _now_ms() + int(2 * self.cfg.request_window_s * 1000)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(seen_requests).values(client_id=entry.id, digest=sha256(signed.signature).hex(),
+                                                          expires_ms=expires))
+        except IntegrityError as exc:
+            raise ApiFailure("REPLAYED_REQUEST") from exc
+        return entry
+
+    def purge_seen(self) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(seen_requests.delete().where(seen_requests.c.expires_ms < _now_ms())).rowcount
+
+    # ------------------------------------------------------------------ MPP link
+    async def call_partner(self, partner: PublicEntry, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        raw = _dumps(body)
+        v, key = self.keys.signer()
+        headers = sign_headers(key, v, "POST", path, partner.id, raw, time.time())
+        headers["Content-Type"] = "application/json"
+        try:
+            resp = await self.http.post(partner.endpoint.rstrip("/") + path, content=raw, headers=headers,
+                                        timeout=self.cfg.mpp_timeout_s)
+        except httpx.HTTPError as exc:
+            self.metrics.mpp_calls.labels(outcome="unreachable").inc()
+            raise MppUnreachable(type(exc).__name__) from exc
+        try:
+            hdrs = {k.lower(): v for k, v in resp.headers.items()}
+            signed = verify_message(hdrs, "POST", path, resp.content, partner.verify_key, time.time(),
+                                    self.cfg.request_window_s, "Response-Time")
+            if signed.client_id != partner.id:
+                raise SignatureError("answer signed for another partner")
+            obj = json.loads(resp.content)
+            res = obj["result"]
+            if res["resultStatus"] not in ("S", "F", "U"):
+                raise ValueError("resultStatus")
+        except (SignatureError, ValueError, KeyError, TypeError) as exc:
+            self.metrics.mpp_calls.labels(outcome="bad_answer").inc()
+            log.warning("bad answer from partner", extra={"event": "partner_bad_answer", "partner": partner.id,
+                                                          "path": path, "http_status": resp.status_code})
+            raise MppUnreachable("unverifiable answer") from exc
+        self.metrics.mpp_calls.labels(outcome=res["resultStatus"]).inc()
+        return obj
+
+    def _backoff_ms(self, attempts: int) -> int:
+        return int(min(self.cfg.mpp_timeout_s * 2 ** min(attempts, 6), 300.0) * 1000)
+
+    # ------------------------------------------------------------------ reads
+    def _payment(self, conn: Any, acqp: str | None, payment_id: str | None, request_id: str | None) -> Row | None:
+        q = select(payments)
+        if payment_id is not None:
+            q = q.where(payments.c.id == payment_id)
+        else:
+            q = q.where(payments.c.payment_request_id == request_id)
+        if acqp is not None:
+            q = q.where(payments.c.acqp_id == acqp)
+        return conn.execute(q).first()
+
+    def _load_payment(self, pid: str) -> Row:
+        with self.engine.connect() as conn:
+            row = self._payment(conn, None, pid, None)
+        if row is None:
+            raise ApiFailure("ORDER_NOT_EXIST")
+        return row
+
+    def _load_refund(self, rid: str) -> Row:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(refunds).where(refunds.c.id == rid)).first()
+        if row is None:
+            raise ApiFailure("ORDER_NOT_EXIST")
+        return row
+
+    @staticmethod
+    def _payment_result(row: Row) -> dict[str, str]:
+        if row.status == "PROCESSING":
+            return result("PAYMENT_IN_PROCESS")
+        return result(row.result_code, row.result_message or None)
+
+    def payment_body(self, row: Row, res: dict[str, str]) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "result": res, "paymentId": row.id, "paymentRequestId": row.payment_request_id,
+            "acquirerId": row.acqp_id, "paymentAmount": _amount(row.currency, row.amount),
+        }
+        if row.payment_time_ms:
+            body["paymentTime"] = _iso(row.payment_time_ms)
+        if row.customer_info:
+            body["customerInfo"] = json.loads(row.customer_info)
+        return body
+
+    # ------------------------------------------------------------------ pay
+    async def pay(self, acqp: PublicEntry, obj: Any) -> dict[str, Any]:
+        req: PayRequest = _validate(PayRequest, obj)
+        currency, value = _check_amount(req.paymentAmount, "paymentAmount")
+        mpp = self.directory.mpp_for_prefix(req.paymentMethod.codeIssuer)
+        if mpp is None:
+            raise ApiFailure("INVALID_CODE", f"no MPP issues payment codes with prefix {req.paymentMethod.codeIssuer}")
+        forward = {"paymentMethod": req.paymentMethod.model_dump(), "order": req.order}
+        if req.env is not None:
+            forward["env"] = req.env
+        self._check_sealed({"paymentMethodId": req.paymentMethod.paymentMethodId, "order": req.order,
+                            "env": req.env}, mpp.id)
+        now = _now_ms()
+        pid = random_id("pay_")
+        h = _canonical_hash(obj)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(payments).values(
+                    id=pid, acqp_id=acqp.id, payment_request_id=req.paymentRequestId, request_hash=h, mpp_id=mpp.id,
+                    code_issuer=req.paymentMethod.codeIssuer, currency=currency, amount=value, status="PROCESSING",
+                    result_code="PAYMENT_IN_PROCESS", result_message="", forward=_dumps(forward).decode(),
+                    refunded=0, cancel_requested=False, created_ms=now, updated_ms=now,
+                    expires_ms=now + int(self.cfg.payment_expiry_s * 1000),
+                    next_check_ms=now + int(2 * self.cfg.mpp_timeout_s * 1000), attempts=0))
+        except IntegrityError:
+            with self.engine.connect() as conn:
+                old = self._payment(conn, acqp.id, None, req.paymentRequestId)
+            if old is None:
+                raise
+            if not ct_equal(old.request_hash, h):
+                raise ApiFailure("REPEAT_REQ_INCONSISTENT") from None
+            pid = old.id
+        row = await self.drive_payment(pid)
+        return self.payment_body(row, self._payment_result(row))
+
+    def _check_sealed(self, groups: dict[str, Any], recipient: str) -> None:
+        for name, g in groups.items():
+            if g is None:
+                continue
+            if self.cfg.pets:
+                if not is_envelope(g) or g["to"] != recipient:
+                    raise ApiFailure("SEALED_FIELD_INVALID", f"{name} must be an envelope sealed to {recipient}")
+            elif is_envelope(g):
+                raise ApiFailure("SEALED_FIELD_INVALID", f"{name}: this gateway runs without PETs")
+
+    async def drive_payment(self, pid: str) -> Row:
+        """Take a PROCESSING payment one step further; returns the row as it is now."""
+        row = self._load_payment(pid)
+        if row.cancel_requested and row.status in ("PROCESSING", "SUCCESS"):
+            return await self.drive_cancel(row)
+        if row.status != "PROCESSING":
+            return row
+        mpp = self.directory.get(row.mpp_id)
+        if mpp is None:
+            self._finish_payment(row, "FAIL", "PROCESS_FAIL", "the MPP left the network")
+            return self._load_payment(pid)
+        if _now_ms() > row.expires_ms:
+            with self.engine.begin() as conn:
+                conn.execute(update(payments).where(payments.c.id == pid).values(cancel_requested=True))
+            return await self.drive_cancel(self._load_payment(pid), expired=True)
+        body = {"paymentId": row.id, "paymentRequestId": row.payment_request_id, "acquirerId": row.acqp_id,
+                "paymentAmount": _amount(row.currency, row.amount), **json.loads(row.forward)}
+        try:
+            ans = await self.call_partner(mpp, "/mpp/v1/pay", body)
+        except MppUnreachable:
+            self._retry_later(payments, row)
+            return self._load_payment(pid)
+        res = ans["result"]
+        if res["resultStatus"] == "S":
+            token = ans.get("customerToken")
+            info = ans.get("customerInfo")
+            self._finish_payment(row, "SUCCESS", "SUCCESS", "", token=str(token)[:64] if token else None,
+                                 info=_dumps(info).decode() if isinstance(info, dict) else None)
+        elif res["resultStatus"] == "F":
+            code = res.get("resultCode") if res.get("resultCode") in _MPP_FAIL_CODES else "PROCESS_FAIL"
+            self._finish_payment(row, "FAIL", code, "")
+        else:
+            self._retry_later(payments, row)
+        return self._load_payment(pid)
+
+    def _retry_later(self, table: Any, row: Row) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(table).where(table.c.id == row.id).values(
+                attempts=row.attempts + 1, next_check_ms=_now_ms() + self._backoff_ms(row.attempts),
+                updated_ms=_now_ms()))
+
+    def _finish_payment(self, row: Row, status: str, code: str, message: str, token: str | None = None,
+                        info: str | None = None) -> None:
+        now = _now_ms()
+        with self.engine.begin() as conn:
+            done = conn.execute(update(payments).where(and_(
+                payments.c.id == row.id, payments.c.status == "PROCESSING",
+                payments.c.cancel_requested.is_(False))).values(
+                status=status, result_code=code, result_message=message, customer_token=token, customer_info=info,
+                payment_time_ms=now if status == "SUCCESS" else None, updated_ms=now)).rowcount
+            if done:
+                body = {"notifyType": "PAYMENT_RESULT", "paymentId": row.id,
+                        "paymentRequestId": row.payment_request_id, "acquirerId": row.acqp_id,
+                        "paymentResult": result(code, message or None),
+                        "paymentAmount": _amount(row.currency, row.amount)}
+                if status == "SUCCESS":
+                    body["paymentTime"] = _iso(now)
+                if info:
+                    body["customerInfo"] = json.loads(info)
+                self._enqueue(conn, row.acqp_id, "notifyPayment", body, now)
+        if done:
+            self.metrics.payments.labels(status=status).inc()
+            log.info("payment final", extra={"event": "payment_final", "paymentId": row.id, "code": code})
+            self.wake_outbox()
+
+    def _enqueue(self, conn: Any, partner: str, kind: str, body: dict[str, Any], now: int) -> None:
+        nid = random_id("ntf_")
+        body = {"notifyId": nid, **body}
+        conn.execute(insert(outbox).values(notify_id=nid, partner_id=partner, kind=kind, body=_dumps(body).decode(),
+                                           status="PENDING", attempts=0, next_attempt_ms=now, lease_until_ms=0,
+                                           last_error="", created_ms=now))
+
+    # ------------------------------------------------------------------ inquiry
+    async def inquiry_payment(self, acqp: PublicEntry, obj: Any) -> dict[str, Any]:
+        req: InquiryPaymentRequest = _validate(InquiryPaymentRequest, obj)
+        with self.engine.connect() as conn:
+            row = self._payment(conn, acqp.id, req.paymentId, req.paymentRequestId)
+        if row is None:
+            raise ApiFailure("ORDER_NOT_EXIST")
+        if row.status == "PROCESSING" or (row.cancel_requested and row.status == "SUCCESS"):
+            row = await self.drive_payment(row.id)
+        body = self.payment_body(row, result("SUCCESS"))
+        body["paymentResult"] = self._payment_result(row)
+        body["paymentStatus"] = row.status
+        body["refundedAmount"] = _amount(row.currency, row.refunded)
+        return body
+
+    # ------------------------------------------------------------------ cancel
+    async def cancel(self, acqp: PublicEntry, obj: Any) -> dict[str, Any]:
+        req: CancelRequest = _validate(CancelRequest, obj)
+        with self.engine.connect() as conn:
+            row = self._payment(conn, acqp.id, req.paymentId, req.paymentRequestId)
+        if row is None:
+            raise ApiFailure("ORDER_NOT_EXIST")
+        if row.status in ("CANCELLED", "FAIL") and not row.cancel_requested:
+            return self._cancel_body(row, result("SUCCESS"))
+        if not row.cancel_requested:
+            if _now_ms() > row.created_ms + self.cfg.cancel_window_s * 1000:
+                raise ApiFailure("CANCEL_WINDOW_EXCEED")
+            with self.engine.begin() as conn:
+                n = conn.execute(update(payments).where(and_(
+                    payments.c.id == row.id, payments.c.refunded == 0,
+                    payments.c.status.in_(("PROCESSING", "SUCCESS")))).values(
+                    cancel_requested=True, next_check_ms=_now_ms() + int(2 * self.cfg.mpp_timeout_s * 1000))).rowcount
+            if not n:
+                row = self._load_payment(row.id)
+                if row.refunded:
+                    raise ApiFailure("ORDER_STATUS_INVALID", "the payment has refunds; refund the rest instead")
+                return self._cancel_body(row, result("SUCCESS"))
+        row = await self.drive_cancel(self._load_payment(row.id))
+        if row.status == "CANCELLED":
+            return self._cancel_body(row, result("SUCCESS"))
+        return self._cancel_body(row, result("UNKNOWN_EXCEPTION", "cancel sent; retry cancelPayment to learn the outcome"))
+
+    @staticmethod
+    def _cancel_body(row: Row, res: dict[str, str]) -> dict[str, Any]:
+        body = {"result": res, "paymentId": row.id, "paymentRequestId": row.payment_request_id}
+        if row.status == "CANCELLED":
+            body["cancelTime"] = _iso(row.updated_ms)
+        return body
+
+    async def drive_cancel(self, row: Row, expired: bool = False) -> Row:
+        mpp = self.directory.get(row.mpp_id)
+        try:
+            if mpp is None:
+                raise MppUnreachable("the MPP left the network")
+            ans = await self.call_partner(mpp, "/mpp/v1/cancel", {"paymentId": row.id, "acquirerId": row.acqp_id})
+            if ans["result"]["resultStatus"] != "S":
+                raise MppUnreachable("cancel not confirmed")
+        except MppUnreachable:
+            self._retry_later(payments, row)
+            return self._load_payment(row.id)
+        now = _now_ms()
+        was_pending = row.status == "PROCESSING"
+        code = "ORDER_IS_CLOSED"
+        msg = "expired before a final answer; cancelled at the MPP" if expired else "cancelled"
+        with self.engine.begin() as conn:
+            done = conn.execute(update(payments).where(and_(
+                payments.c.id == row.id, payments.c.status.in_(("PROCESSING", "SUCCESS")))).values(
+                status="CANCELLED", result_code=code, result_message=msg, updated_ms=now)).rowcount
+            if done and was_pending and expired:
+                self._enqueue(conn, row.acqp_id, "notifyPayment", {
+                    "notifyType": "PAYMENT_RESULT", "paymentId": row.id, "paymentRequestId": row.payment_request_id,
+                    "acquirerId": row.acqp_id, "paymentResult": result(code, msg),
+                    "paymentAmount": _amount(row.currency, row.amount)}, now)
+        if done:
+            self.metrics.payments.labels(status="CANCELLED").inc()
+            self.wake_outbox()
+        return self._load_payment(row.id)
+
+    # ------------------------------------------------------------------ refund
+    async def refund(self, acqp: PublicEntry, obj: Any) -> dict[str, Any]:
+        req: RefundRequest = _validate(RefundRequest, obj)
+        currency, value = _check_amount(req.refundAmount, "refundAmount")
+        with self.engine.connect() as conn:
+            pay = self._payment(conn, acqp.id, req.paymentId, req.paymentRequestId)
+        if pay is None:
+            raise ApiFailure("ORDER_NOT_EXIST")
+        if currency != pay.currency:
+            raise ApiFailure("CURRENCY_NOT_SUPPORT", f"refund in {pay.currency}, the payment's currency")
+        self._check_sealed({"refundReason": req.refundReason}, pay.mpp_id)
+        now = _now_ms()
+        rid = random_id("rfd_")
+        h = _canonical_hash(obj)
+        forward = {"refundReason": req.refundReason} if req.refundReason is not None else {}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(refunds).values(
+                    id=rid, payment_id=pay.id, acqp_id=acqp.id, refund_request_id=req.refundRequestId,
+                    request_hash=h, currency=currency, amount=value, status="PROCESSING",
+                    result_code="REFUND_IN_PROCESS", result_message="", forward=_dumps(forward).decode(),
+                    created_ms=now, updated_ms=now, next_check_ms=now + int(2 * self.cfg.mpp_timeout_s * 1000),
+                    attempts=0))
+                code = None
+                paid_at = pay.payment_time_ms or now
+                if now > paid_at + self.cfg.refund_window_s * 1000:
+                    code = "REFUND_WINDOW_EXCEED"
+                else:
+                    n = conn.execute(update(payments).where(and_(
+                        payments.c.id == pay.id, payments.c.status == "SUCCESS",
+                        payments.c.cancel_requested.is_(False),
+                        payments.c.refunded + value <= payments.c.amount)).values(
+                        refunded=payments.c.refunded + value, updated_ms=now)).rowcount
+                    if not n:
+                        cur = conn.execute(select(payments.c.status, payments.c.cancel_requested)
+                                           .where(payments.c.id == pay.id)).first()
+                        ok = cur is not None and cur.status == "SUCCESS" and not cur.cancel_requested
+                        code = "REFUND_AMOUNT_EXCEED" if ok else "ORDER_STATUS_INVALID"
+                if code is not None:
+                    conn.execute(update(refunds).where(refunds.c.id == rid).values(status="FAIL", result_code=code))
+        except IntegrityError:
+            with self.engine.connect() as conn:
+                old = conn.execute(select(refunds).where(and_(refunds.c.acqp_id == acqp.id,
+                                                              refunds.c.refund_request_id == req.refundRequestId))).first()
+            if old is None:
+                raise
+            if not ct_equal(old.request_hash, h):
+                raise ApiFailure("REPEAT_REQ_INCONSISTENT") from None
+            rid = old.id
+        row = await self.drive_refund(rid)
+        return self.refund_body(row, self._refund_result(row))
+
+    @staticmethod
+    def _refund_result(row: Row) -> dict[str, str]:
+        if row.status == "PROCESSING":
+            return result("REFUND_IN_PROCESS")
+        return result(row.result_code, row.result_message or None)
+
+    def refund_body(self, row: Row, res: dict[str, str]) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            pay = self._payment(conn, None, row.payment_id, None)
+        body: dict[str, Any] = {"result": res, "refundId": row.id, "refundRequestId": row.refund_request_id,
+                                "paymentId": row.payment_id, "refundAmount": _amount(row.currency, row.amount)}
+        if pay is not None:
+            body["paymentRequestId"] = pay.payment_request_id
+        if row.refund_time_ms:
+            body["refundTime"] = _iso(row.refund_time_ms)
+        return body
+
+    async def drive_refund(self, rid: str) -> Row:
+        row = self._load_refund(rid)
+        if row.status != "PROCESSING":
+            return row
+        pay = self._load_payment(row.payment_id)
+        mpp = self.directory.get(pay.mpp_id)
+        body = {"refundId": row.id, "refundRequestId": row.refund_request_id, "paymentId": pay.id,
+                "paymentRequestId": pay.payment_request_id, "acquirerId": row.acqp_id,
+                "refundAmount": _amount(row.currency, row.amount), **json.loads(row.forward)}
+        try:
+            if mpp is None:
+                raise MppUnreachable("the MPP left the network")
+            ans = await self.call_partner(mpp, "/mpp/v1/refund", body)
+        except MppUnreachable:
+            self._retry_later(refunds, row)
+            return self._load_refund(rid)
+        res = ans["result"]
+        if res["resultStatus"] == "U":
+            self._retry_later(refunds, row)
+            return self._load_refund(rid)
+        ok = res["resultStatus"] == "S"
+        code = "SUCCESS" if ok else (res.get("resultCode") if res.get("resultCode") in _MPP_FAIL_CODES else "PROCESS_FAIL")
+        now = _now_ms()
+        with self.engine.begin() as conn:
+            done = conn.execute(update(refunds).where(and_(refunds.c.id == rid, refunds.c.status == "PROCESSING"))
+                                .values(status="SUCCESS" if ok else "FAIL", result_code=code,
+                                        refund_time_ms=now if ok else None, updated_ms=now)).rowcount
+            if done and not ok:
+                conn.execute(update(payments).where(payments.c.id == pay.id)
+                             .values(refunded=payments.c.refunded - row.amount, updated_ms=now))
+            if done:
+                body = {"notifyType": "REFUND_RESULT", "refundId": row.id, "refundRequestId": row.refund_request_id,
+                        "paymentId": pay.id, "paymentRequestId": pay.payment_request_id, "acquirerId": row.acqp_id,
+                        "refundResult": result(code), "refundAmount": _amount(row.currency, row.amount)}
+                if ok:
+                    body["refundTime"] = _iso(now)
+                self._enqueue(conn, row.acqp_id, "notifyRefund", body, now)
+        if done:
+            self.metrics.refunds.labels(status="SUCCESS" if ok else "FAIL").inc()
+            log.info("refund final", extra={"event": "refund_final", "refundId": rid, "code": code})
+            self.wake_outbox()
+        return self._load_refund(rid)
+
+    async def inquiry_refund(self, acqp: PublicEntry, obj: Any) -> dict[str, Any]:
+        req: InquiryRefundRequest = _validate(InquiryRefundRequest, obj)
+        q = select(refunds).where(refunds.c.acqp_id == acqp.id)
+        q = q.where(refunds.c.id == req.refundId) if req.refundId else q.where(
+            refunds.c.refund_request_id == req.refundRequestId)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        if row is None:
+            raise ApiFailure("ORDER_NOT_EXIST")
+        if row.status == "PROCESSING":
+            row = await self.drive_refund(row.id)
+        body = self.refund_body(row, result("SUCCESS"))
+        body["refundResult"] = self._refund_result(row)
+        body["refundStatus"] = row.status
+        return body
+
+    # ------------------------------------------------------------------ resolver
+    async def resolve_pending(self, limit: int = 100) -> int:
+        """Drive every payment, cancel and refund whose answer is overdue; returns how many."""
+        now = _now_ms()
+        with self.engine.connect() as conn:
+            pids = conn.execute(select(payments.c.id).where(and_(
+                payments.c.next_check_ms <= now,
+                or_(payments.c.status == "PROCESSING",
+                    and_(payments.c.status == "SUCCESS", payments.c.cancel_requested.is_(True))))).limit(limit)).scalars().all()
+            rids = conn.execute(select(refunds.c.id).where(and_(
+                refunds.c.status == "PROCESSING", refunds.c.next_check_ms <= now)).limit(limit)).scalars().all()
+        sem = asyncio.Semaphore(16)
+
+        async def one(coro: Any) -> None:
+            async with sem:
+                try:
+                    await coro
+                except Exception:  # noqa: BLE001 - one bad row must not stop the others
+                    log.exception("resolver step failed", extra={"event": "resolver_error"})
+
+        await asyncio.gather(*[one(self.drive_payment(p)) for p in pids], *[one(self.drive_refund(r)) for r in rids])
+        return len(pids) + len(rids)

@@ -1,0 +1,142 @@
+"""The gateway's tables (SQLAlchemy 2 Core), the engine and the Alembic migration.
+
+SQLite in WAL mode is the embedded default; PostgreSQL (``postgresql+psycopg://``) is
+the production option. The schema is created and upgraded only by Alembic
+(``migrations/``); ``metadata`` here mirrors the newest revision so the code can
+build queries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+
+from veilpay.errors import ConfigError
+
+__all__ = ["make_engine", "metadata", "migrate", "outbox", "payments", "refunds", "seen_requests"]
+
+metadata = MetaData()
+
+payments = Table(
+    "payments", metadata,
+    Column("id", String(40), primary_key=True),
+    Column("acqp_id", String(64), nullable=False),
+    Column("payment_request_id", String(64), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("mpp_id", String(64), nullable=False),
+    Column("code_issuer", String(8), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),          # PROCESSING, SUCCESS, FAIL, CANCELLED
+    Column("result_code", String(48), nullable=False),
+    Column("result_message", String(256), nullable=False, default=""),
+    Column("customer_token", String(64)),                  # the MPP's pseudonym for the payer
+    Column("forward", Text, nullable=False),               # sealed groups for the MPP, JSON
+    Column("customer_info", Text),                         # sealed by the MPP to the ACQP, JSON
+    Column("refunded", BigInteger, nullable=False, default=0),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Column("payment_time_ms", BigInteger),
+    Column("expires_ms", BigInteger, nullable=False),
+    Column("next_check_ms", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    UniqueConstraint("acqp_id", "payment_request_id", name="uq_payments_request"),
+    Index("ix_payments_pending", "status", "next_check_ms"),
+)
+
+refunds = Table(
+    "refunds", metadata,
+    Column("id", String(40), primary_key=True),
+    Column("payment_id", String(40), nullable=False, index=True),
+    Column("acqp_id", String(64), nullable=False),
+    Column("refund_request_id", String(64), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),          # PROCESSING, SUCCESS, FAIL
+    Column("result_code", String(48), nullable=False),
+    Column("result_message", String(256), nullable=False, default=""),
+    Column("forward", Text, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Column("refund_time_ms", BigInteger),
+    Column("next_check_ms", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    UniqueConstraint("acqp_id", "refund_request_id", name="uq_refunds_request"),
+    Index("ix_refunds_pending", "status", "next_check_ms"),
+)
+
+outbox = Table(
+    "outbox", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("notify_id", String(48), nullable=False, unique=True),
+    Column("partner_id", String(64), nullable=False),
+    Column("kind", String(24), nullable=False),            # notifyPayment, notifyRefund
+    Column("body", Text, nullable=False),
+    Column("status", String(12), nullable=False),          # PENDING, DELIVERED, DEAD
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_ms", BigInteger, nullable=False),
+    Column("lease_until_ms", BigInteger, nullable=False, default=0),
+    Column("last_error", String(200), nullable=False, default=""),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("delivered_ms", BigInteger),
+    Index("ix_outbox_due", "status", "next_attempt_ms"),
+)
+
+seen_requests = Table(
+    "seen_requests", metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("digest", String(64), primary_key=True),        # SHA-256 of the request's signature
+    Column("expires_ms", BigInteger, nullable=False, index=True),
+)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")   # durable across process crashes; WAL fsync at checkpoints
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``sqlite:///path`` or ``postgresql+psycopg://...``."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if url.startswith("postgresql"):
+        return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    raise ConfigError(f"database URL must be sqlite:/// or postgresql+psycopg://, not {url.split(':', 1)[0]!r}")
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")

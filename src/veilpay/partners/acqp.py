@@ -1,0 +1,150 @@
+"""The reference ACQP: a merchant acquirer's backend.
+
+``POST /merchant/checkout`` takes a scanned payment code and an order from a
+merchant's till and pays through the gateway with the partner SDK (which seals the
+code, order and device data to the issuing MPP); ``/merchant/refund`` refunds.
+``POST /notify`` receives the gateway's signed webhooks and applies each
+``notifyId`` once: deliveries are at least once on the wire, exactly once here.
+Admin endpoints show what arrived and can fail deliveries on purpose (tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request, Response
+from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from veilpay.crypto.tokens import random_id
+from veilpay.errors import SignatureError, VeilpayError
+from veilpay.partners._common import admin_ok, json_response, load_identity, open_db
+from veilpay.partners.config import PartnerConfig
+from veilpay.sdk.client import AsyncGatewayClient
+from veilpay.sdk.partner import GatewayCalls
+
+__all__ = ["create_acqp_app"]
+
+md = MetaData()
+notifications = Table("notifications", md, Column("notify_id", String(48), primary_key=True),
+                      Column("kind", String(24)), Column("payment_id", String(40)), Column("refund_id", String(40)),
+                      Column("code", String(48)), Column("body", Text), Column("received_ms", BigInteger),
+                      Column("deliveries", Integer))
+orders = Table("orders", md, Column("payment_request_id", String(64), primary_key=True),
+               Column("payment_id", String(40)), Column("status", String(16)), Column("amount", BigInteger),
+               Column("currency", String(3)), Column("refunded", BigInteger))
+
+
+def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """``transport`` routes the SDK's calls to the gateway (tests pass an in-process app)."""
+    keys, gateway = load_identity(cfg, "acqp")
+    calls = GatewayCalls(keys, gateway, cfg.request_window_s)
+    engine = open_db(cfg.database, md)
+    client = AsyncGatewayClient(keys, cfg.gateway_url, gateway, pets=cfg.pets, transport=transport)
+    faults = {"drop_before": 0, "drop_after": 0}
+    wire = {"count": 0}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await client.aclose()
+        engine.dispose()
+
+    app = FastAPI(title=f"veilpay reference ACQP {keys.id}", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.engine, app.state.client = engine, client
+
+    @app.post("/notify")
+    async def notify(request: Request) -> Response:
+        raw = await request.body()
+        wire["count"] += 1
+        try:
+            obj = calls.verify("POST", "/notify", dict(request.headers), raw)
+            nid = str(obj["notifyId"])
+        except (SignatureError, KeyError) as exc:
+            code = exc.code if isinstance(exc, SignatureError) else "PARAM_ILLEGAL"
+            body, h = calls.answer("POST", "/notify", {"result": {"resultCode": code, "resultStatus": "F",
+                                                                  "resultMessage": str(exc)}})
+            return json_response(body, h, 401)
+        if faults["drop_before"] > 0:
+            faults["drop_before"] -= 1
+            return Response(status_code=503)
+        res = obj.get("paymentResult") or obj.get("refundResult") or {}
+        with engine.begin() as conn:
+            try:
+                conn.execute(insert(notifications).values(
+                    notify_id=nid, kind=str(obj.get("notifyType")), payment_id=obj.get("paymentId"),
+                    refund_id=obj.get("refundId"), code=str(res.get("resultCode")), body=raw.decode(),
+                    received_ms=int(time.time() * 1000), deliveries=1))
+                fresh = True
+            except IntegrityError:
+                fresh = False
+        if not fresh:
+            with engine.begin() as conn:
+                conn.execute(update(notifications).where(notifications.c.notify_id == nid)
+                             .values(deliveries=notifications.c.deliveries + 1))
+        elif obj.get("notifyType") == "PAYMENT_RESULT":
+            with engine.begin() as conn:
+                conn.execute(update(orders).where(orders.c.payment_request_id == obj.get("paymentRequestId"))
+                             .values(status=res.get("resultStatus"), payment_id=obj.get("paymentId")))
+        elif obj.get("notifyType") == "REFUND_RESULT" and res.get("resultStatus") == "S":
+            with engine.begin() as conn:
+                conn.execute(update(orders).where(orders.c.payment_request_id == obj.get("paymentRequestId"))
+                             .values(refunded=orders.c.refunded + int(obj["refundAmount"]["value"])))
+        if faults["drop_after"] > 0:  # applied, but the answer is "lost": the gateway will send it again
+            faults["drop_after"] -= 1
+            return Response(status_code=503)
+        body, h = calls.answer("POST", "/notify", {"result": {"resultCode": "SUCCESS", "resultStatus": "S",
+                                                              "resultMessage": "Success"}})
+        return json_response(body, h)
+
+    @app.post("/merchant/checkout")
+    async def checkout(request: Request) -> Any:
+        o = await request.json()
+        req_id = str(o.get("paymentRequestId") or random_id("ord_", 12))
+        with contextlib.suppress(IntegrityError), engine.begin() as conn:
+            conn.execute(insert(orders).values(payment_request_id=req_id, status="U", refunded=0,
+                                               amount=int(o["amount"]["value"]), currency=o["amount"]["currency"]))
+        try:
+            ans = await client.pay(req_id, o["amount"], str(o["paymentCode"]), o.get("order", {}), o.get("env"))
+        except VeilpayError as exc:
+            return Response(json.dumps({"error": type(exc).__name__, "message": str(exc)}), status_code=502,
+                            media_type="application/json")
+        out = {"paymentRequestId": req_id, "paymentId": ans.body.get("paymentId"), "result": ans.result}
+        if ans.status == "S":
+            out["customer"] = ans.customer_info()
+        return out
+
+    @app.post("/merchant/refund")
+    async def merchant_refund(request: Request) -> Any:
+        o = await request.json()
+        ans = await client.refund(str(o.get("refundRequestId") or random_id("rr_", 12)), o["amount"],
+                                  payment_request_id=str(o["paymentRequestId"]))
+        return {"refundId": ans.body.get("refundId"), "result": ans.result}
+
+    def denied() -> Response:
+        return Response(b'{"error":"admin token required"}', status_code=401, media_type="application/json")
+
+    @app.get("/admin/notifications")
+    async def list_notifications(request: Request) -> Any:
+        if not admin_ok(request, keys):
+            return denied()
+        with engine.connect() as conn:
+            rows = conn.execute(select(notifications.c.notify_id, notifications.c.kind, notifications.c.payment_id,
+                                       notifications.c.refund_id, notifications.c.code,
+                                       notifications.c.deliveries)).all()
+        return {"wire": wire["count"], "notifications": [dict(r._mapping) for r in rows]}
+
+    @app.post("/admin/faults")
+    async def set_faults(request: Request) -> Any:
+        if not admin_ok(request, keys):
+            return denied()
+        o = await request.json()
+        for k in faults:
+            faults[k] = int(o.get(k, faults[k]))
+        return dict(faults)
+
+    return app

@@ -1,0 +1,295 @@
+"""The reference MPP: a small e-wallet with balances in its own SQLite ledger.
+
+It answers the gateway's signed calls (pay, cancel, refund), each idempotent on the
+gateway's id, so the gateway may re-send after a timeout or a crash without a second
+debit. It opens the payment code, order and device envelopes the ACQP sealed to it,
+turns the payer's account id into a pseudonymous token with its own PRF key, and
+seals the payer details it shares with the merchant to the ACQP. Admin endpoints
+(bearer token from its secret file) create wallets and payment codes for demos and
+tests; ``/admin/hold`` parks incoming payments, to test a gateway crash mid-flow."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request, Response
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from veilpay.errors import DecryptionError, SignatureError
+from veilpay.partners._common import admin_ok, json_response, load_identity, open_db
+from veilpay.partners.config import PartnerConfig
+from veilpay.sdk.client import AsyncGatewayClient
+from veilpay.sdk.envelope import open_fields, seal_fields
+from veilpay.sdk.money import MINOR_UNITS
+from veilpay.sdk.partner import GatewayCalls
+
+__all__ = ["create_mpp_app"]
+
+md = MetaData()
+wallets = Table("wallets", md, Column("user_id", String(64), primary_key=True), Column("name", String(128)),
+                Column("currency", String(3)), Column("balance", BigInteger))
+codes = Table("codes", md, Column("code", String(32), primary_key=True), Column("user_id", String(64)),
+              Column("expires_ms", BigInteger), Column("used_by", String(40)))
+mpp_payments = Table("payments", md, Column("payment_id", String(40), primary_key=True), Column("acqp_id", String(64)),
+                     Column("user_id", String(64)), Column("currency", String(3)), Column("amount", BigInteger),
+                     Column("wallet_currency", String(3)), Column("debit", BigInteger), Column("refunded", BigInteger),
+                     Column("credited", BigInteger), Column("status", String(16)), Column("answer", Text),
+                     Column("created_ms", BigInteger))
+mpp_refunds = Table("refunds", md, Column("refund_id", String(40), primary_key=True), Column("payment_id", String(40)),
+                    Column("amount", BigInteger), Column("credit", BigInteger), Column("status", String(16)),
+                    Column("answer", Text))
+
+
+def _res(code: str, status: str, msg: str = "") -> dict[str, str]:
+    return {"resultCode": code, "resultStatus": status, "resultMessage": msg}
+
+
+def convert(value: int, src: str, dst: str, fx: dict[str, Decimal]) -> int | None:
+    """``value`` minor units of ``src`` in minor units of ``dst`` at the MPP's rate."""
+    if src == dst:
+        return value
+    rate = fx.get(f"{src}/{dst}")
+    if rate is None:
+        return None
+    major = Decimal(value) / (Decimal(10) ** MINOR_UNITS[src]) * rate
+    return int((major * (Decimal(10) ** MINOR_UNITS[dst])).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _mask(name: str) -> str:
+    return name[:1] + "*" * max(len(name) - 1, 0)
+
+
+def _route(signed_call: Any, handler: Any) -> Any:
+    async def ep(request: Request) -> Response:
+        return await signed_call(request, handler)
+    return ep
+
+
+def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """``transport`` routes the SDK's calls to the gateway (tests pass an in-process app)."""
+    keys, gateway = load_identity(cfg, "mpp")
+    if keys.token_key is None:
+        raise SignatureError("the MPP's secret file has no token key")
+    token_key = keys.token_key
+    calls = GatewayCalls(keys, gateway, cfg.request_window_s)
+    engine = open_db(cfg.database, md)
+    client = AsyncGatewayClient(keys, cfg.gateway_url, gateway, pets=cfg.pets, transport=transport)
+    released = asyncio.Event()
+    released.set()
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await client.aclose()
+        engine.dispose()
+
+    app = FastAPI(title=f"veilpay reference MPP {keys.id}", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.engine = engine
+
+    async def acqp_entry(acqp_id: str) -> Any:
+        d = await client.directory()
+        entry = d.get(acqp_id)
+        if entry is None:
+            entry = (await client.directory(refresh=True)).get(acqp_id)
+        return entry
+
+    async def signed_call(request: Request, handler: Any) -> Response:
+        path = request.url.path
+        raw = await request.body()
+        try:
+            obj = calls.verify("POST", path, dict(request.headers), raw)
+        except SignatureError as exc:
+            body, h = calls.answer("POST", path, {"result": _res(exc.code, "F", str(exc))})
+            return json_response(body, h, 401)
+        try:
+            answer = await handler(obj)
+        except (KeyError, TypeError, ValueError) as exc:
+            answer = {"result": _res("PARAM_ILLEGAL", "F", f"malformed call: {type(exc).__name__}")}
+        body, h = calls.answer("POST", path, answer)
+        return json_response(body, h)
+
+    async def pay(obj: dict[str, Any]) -> dict[str, Any]:
+        await released.wait()
+        pid, acqp_id = str(obj["paymentId"]), str(obj["acquirerId"])
+        with engine.connect() as conn:
+            old = conn.execute(select(mpp_payments.c.answer).where(mpp_payments.c.payment_id == pid)).scalar()
+        if old is not None:
+            return json.loads(old)
+        ctx = f"{acqp_id}/{obj['paymentRequestId']}"
+        currency, value = obj["paymentAmount"]["currency"], int(obj["paymentAmount"]["value"])
+        acqp = await acqp_entry(acqp_id)
+        try:
+            pm = obj["paymentMethod"]["paymentMethodId"]
+            code = str((open_fields(pm, keys, "paymentCode", ctx) if cfg.pets else pm)["code"])
+            order = open_fields(obj["order"], keys, "order", ctx) if cfg.pets else obj["order"]
+            if obj.get("env") is not None and cfg.pets:
+                open_fields(obj["env"], keys, "env", ctx)  # device data: opened for the MPP's own risk checks
+        except DecryptionError:
+            return _store_fail(pid, acqp_id, currency, value, _res("PROCESS_FAIL", "F", "sealed fields do not open"))
+        now = int(time.time() * 1000)
+        with engine.begin() as conn:
+            crow = conn.execute(select(codes).where(codes.c.code == code)).first()
+            if crow is None or crow.expires_ms < now or (crow.used_by and crow.used_by != pid) or acqp is None:
+                answer = {"result": _res("INVALID_CODE", "F", "unknown, expired or used payment code")}
+                conn.execute(insert(mpp_payments).values(payment_id=pid, acqp_id=acqp_id, currency=currency,
+                                                         amount=value, status="FAIL", answer=json.dumps(answer),
+                                                         refunded=0, credited=0, debit=0, created_ms=now))
+                return answer
+            w = conn.execute(select(wallets).where(wallets.c.user_id == crow.user_id)).first()
+            debit = convert(value, currency, w.currency, cfg.fx) if w is not None else None
+            if w is None or debit is None:
+                answer = {"result": _res("CURRENCY_NOT_SUPPORT", "F", "no rate for this corridor")}
+            elif w.balance < debit:
+                answer = {"result": _res("USER_BALANCE_NOT_ENOUGH", "F")}
+            else:
+                answer = None
+            if answer is not None:
+                conn.execute(insert(mpp_payments).values(payment_id=pid, acqp_id=acqp_id, user_id=crow.user_id,
+                                                         currency=currency, amount=value, status="FAIL", debit=0,
+                                                         refunded=0, credited=0, answer=json.dumps(answer), created_ms=now))
+                return answer
+            info = {"pspName": cfg.name or keys.id, "customerName": _mask(w.name or ""),
+                    "displayCustomerId": "*" * 4 + w.user_id[-4:], "orderEcho": str(order.get("orderId", ""))[:64]}
+            answer = {"result": _res("SUCCESS", "S"), "customerToken": token_key.token(keys.id, w.user_id),
+                      "customerInfo": seal_fields(info, acqp, "customerInfo", ctx) if cfg.pets else info,
+                      "walletAmount": {"currency": w.currency, "value": str(debit)}}
+            try:
+                conn.execute(insert(mpp_payments).values(
+                    payment_id=pid, acqp_id=acqp_id, user_id=w.user_id, currency=currency, amount=value,
+                    wallet_currency=w.currency, debit=debit, refunded=0, credited=0, status="SUCCESS",
+                    answer=json.dumps(answer), created_ms=now))
+            except IntegrityError:
+                conn.rollback()
+                with engine.connect() as c2:
+                    return json.loads(c2.execute(select(mpp_payments.c.answer)
+                                                 .where(mpp_payments.c.payment_id == pid)).scalar_one())
+            conn.execute(update(wallets).where(wallets.c.user_id == w.user_id)
+                         .values(balance=wallets.c.balance - debit))
+            conn.execute(update(codes).where(codes.c.code == code).values(used_by=pid))
+        answer.pop("walletAmount", None)
+        return answer
+
+    def _store_fail(pid: str, acqp_id: str, currency: str, value: int, res: dict[str, str]) -> dict[str, Any]:
+        answer = {"result": res}
+        try:
+            with engine.begin() as conn:
+                conn.execute(insert(mpp_payments).values(payment_id=pid, acqp_id=acqp_id, currency=currency,
+                                                         amount=value, status="FAIL", debit=0, refunded=0, credited=0,
+                                                         answer=json.dumps(answer), created_ms=int(time.time() * 1000)))
+        except IntegrityError:
+            pass
+        return answer
+
+    async def cancel(obj: dict[str, Any]) -> dict[str, Any]:
+        pid = str(obj["paymentId"])
+        closed = json.dumps({"result": _res("ORDER_IS_CLOSED", "F", "cancelled")})
+        with engine.begin() as conn:
+            row = conn.execute(select(mpp_payments).where(mpp_payments.c.payment_id == pid)).first()
+            if row is None:  # a tombstone, so that a late pay for this id is refused
+                conn.execute(insert(mpp_payments).values(payment_id=pid, acqp_id=str(obj["acquirerId"]),
+                                                         status="CANCELLED", debit=0, refunded=0, credited=0,
+                                                         answer=closed, created_ms=int(time.time() * 1000)))
+            elif row.status == "SUCCESS":
+                if row.refunded:
+                    return {"result": _res("ORDER_STATUS_INVALID", "F", "refunded payments are not cancelled")}
+                conn.execute(update(wallets).where(wallets.c.user_id == row.user_id)
+                             .values(balance=wallets.c.balance + row.debit))
+                conn.execute(update(mpp_payments).where(mpp_payments.c.payment_id == pid)
+                             .values(status="CANCELLED", credited=row.debit, answer=closed))
+        return {"result": _res("SUCCESS", "S")}
+
+    async def refund(obj: dict[str, Any]) -> dict[str, Any]:
+        rid, pid = str(obj["refundId"]), str(obj["paymentId"])
+        value = int(obj["refundAmount"]["value"])
+        if obj.get("refundReason") is not None and cfg.pets:
+            try:
+                open_fields(obj["refundReason"], keys, "refundReason", f"{obj['acquirerId']}/{obj['refundRequestId']}")
+            except DecryptionError:
+                return {"result": _res("PROCESS_FAIL", "F", "refund reason does not open")}
+        with engine.begin() as conn:
+            old = conn.execute(select(mpp_refunds.c.answer).where(mpp_refunds.c.refund_id == rid)).scalar()
+            if old is not None:
+                return json.loads(old)
+            p = conn.execute(select(mpp_payments).where(mpp_payments.c.payment_id == pid)).first()
+            if p is None or p.status != "SUCCESS":
+                return {"result": _res("ORDER_STATUS_INVALID", "F")}
+            if p.refunded + value > p.amount:
+                return {"result": _res("REFUND_AMOUNT_EXCEED", "F")}
+            if p.refunded + value == p.amount:
+                credit = p.debit - p.credited
+            else:
+                credit = min(convert(value, p.currency, p.wallet_currency, cfg.fx) or 0, p.debit - p.credited)
+            answer = {"result": _res("SUCCESS", "S")}
+            conn.execute(insert(mpp_refunds).values(refund_id=rid, payment_id=pid, amount=value, credit=credit,
+                                                    status="SUCCESS", answer=json.dumps(answer)))
+            conn.execute(update(mpp_payments).where(mpp_payments.c.payment_id == pid).values(
+                refunded=mpp_payments.c.refunded + value, credited=mpp_payments.c.credited + credit))
+            conn.execute(update(wallets).where(wallets.c.user_id == p.user_id)
+                         .values(balance=wallets.c.balance + credit))
+        return answer
+
+    for path, h in (("/mpp/v1/pay", pay), ("/mpp/v1/cancel", cancel), ("/mpp/v1/refund", refund)):
+        app.add_api_route(path, _route(signed_call, h), methods=["POST"], response_class=Response)
+
+    def denied() -> Response:
+        return Response(b'{"error":"admin token required"}', status_code=401, media_type="application/json")
+
+    @app.post("/admin/wallets")
+    async def add_wallet(request: Request) -> Any:
+        if not admin_ok(request, keys):
+            return denied()
+        o = await request.json()
+        with engine.begin() as conn:
+            conn.execute(insert(wallets).values(user_id=str(o["userId"]), name=str(o.get("name", "")),
+                                                currency=str(o["currency"]), balance=int(o["balance"])))
+        return {"userId": o["userId"]}
+
+    @app.post("/admin/codes")
+    async def new_code(request: Request) -> Any:
+        if not admin_ok(request, keys):
+            return denied()
+        o = await request.json()
+        prefix = keys.public.code_prefixes[0]
+        code = prefix + "".join(str(secrets.randbelow(10)) for _ in range(20 - len(prefix)))
+        with engine.begin() as conn:
+            conn.execute(insert(codes).values(code=code, user_id=str(o["userId"]), used_by=None,
+                                              expires_ms=int((time.time() + float(o.get("ttlSeconds", 600))) * 1000)))
+        return {"code": code}
+
+    @app.get("/admin/wallets/{user_id}")
+    async def wallet(user_id: str, request: Request) -> Any:
+        if not admin_ok(request, keys):
+            return denied()
+        with engine.connect() as conn:
+            w = conn.execute(select(wallets).where(wallets.c.user_id == user_id)).first()
+        return {"userId": user_id, "currency": w.currency, "balance": w.balance} if w else Response(status_code=404)
+
+    @app.get("/admin/ledger")
+    async def ledger(request: Request) -> Any:
+        if not admin_ok(request, keys):
+            return denied()
+        with engine.connect() as conn:
+            rows = conn.execute(select(mpp_payments.c.payment_id, mpp_payments.c.status, mpp_payments.c.amount,
+                                       mpp_payments.c.refunded, mpp_payments.c.debit, mpp_payments.c.credited)).all()
+        return {"payments": [dict(r._mapping) for r in rows]}
+
+    @app.post("/admin/hold")
+    async def hold(request: Request) -> Any:
+        if not admin_ok(request, keys):
+            return denied()
+        on = bool((await request.json()).get("hold"))
+        if on:
+            released.clear()
+        else:
+            released.set()
+        return {"hold": on}
+
+    return app

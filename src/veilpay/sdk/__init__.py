@@ -1,0 +1,33 @@
+"""The partner SDK: keys, signatures, sealed field groups, amounts, the partner
+directory and the gateway client."""
+
+from veilpay.sdk.client import ApiResponse, AsyncGatewayClient, GatewayClient
+from veilpay.sdk.directory import Directory
+from veilpay.sdk.envelope import is_envelope, open_fields, seal_fields
+from veilpay.sdk.keys import PartyKeys, PublicEntry, create_party, load_party, retire_key, rotate_keys
+from veilpay.sdk.money import MINOR_UNITS, InvalidAmount, UnsupportedCurrency, parse_amount
+from veilpay.sdk.partner import GatewayCalls
+from veilpay.sdk.signing import sign_headers, verify_message
+
+__all__ = [
+    "MINOR_UNITS",
+    "ApiResponse",
+    "AsyncGatewayClient",
+    "Directory",
+    "GatewayCalls",
+    "GatewayClient",
+    "InvalidAmount",
+    "PartyKeys",
+    "PublicEntry",
+    "UnsupportedCurrency",
+    "create_party",
+    "is_envelope",
+    "load_party",
+    "open_fields",
+    "parse_amount",
+    "retire_key",
+    "rotate_keys",
+    "seal_fields",
+    "sign_headers",
+    "verify_message",
+]

@@ -1,0 +1,290 @@
+"""The partner SDK's gateway client (httpx), blocking and asyncio flavours.
+
+It signs each request with the partner's newest signing key, seals personal field
+groups to the receiving partner with HPKE, verifies the gateway's signature on every
+response (and on the directory), and retries safely: a retry of ``pay`` or ``refund``
+re-sends the same ``paymentRequestId`` / ``refundRequestId`` (freshly signed), which the
+gateway answers from its idempotency record, so a retry never pays twice.
+
+``pets=False`` sends the same requests with the field groups in the clear; it exists
+only to measure what the privacy features cost (``bench/gateway.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from veilpay.errors import ConfigError, GatewayUnavailable, InvalidInput, SignatureError
+from veilpay.sdk.directory import Directory
+from veilpay.sdk.envelope import open_fields, seal_fields
+from veilpay.sdk.keys import PartyKeys, PublicEntry
+from veilpay.sdk.money import parse_amount
+from veilpay.sdk.signing import sign_headers, verify_message
+
+__all__ = ["ApiResponse", "AsyncGatewayClient", "GatewayClient", "PAY_PATH"]
+
+PAY_PATH = "/v1/payments/pay"
+_RETRY_CODES = {"UNKNOWN_EXCEPTION", "PAYMENT_IN_PROCESS", "REFUND_IN_PROCESS", "REQUEST_TRAFFIC_EXCEED_LIMIT"}
+
+
+@dataclass
+class ApiResponse:
+    """A verified answer: ``body`` is the response JSON, ``result`` its result object."""
+
+    path: str
+    body: dict[str, Any]
+    http_status: int
+    attempts: int = 1
+    _client: Any = field(default=None, repr=False)
+
+    @property
+    def result(self) -> dict[str, str]:
+        return self.body.get("result") or {}
+
+    @property
+    def code(self) -> str:
+        return str(self.result.get("resultCode", ""))
+
+    @property
+    def status(self) -> str:
+        """``S``, ``F`` or ``U``; for inquiries, the status of the payment or refund asked about."""
+        inner = self.body.get("paymentResult") or self.body.get("refundResult")
+        return str((inner or self.result).get("resultStatus", ""))
+
+    def customer_info(self) -> dict[str, Any] | None:
+        """The payer details the MPP sealed to this ACQP, opened; None when absent."""
+        env = self.body.get("customerInfo")
+        if env is None:
+            return None
+        if not self._client.pets:
+            return env
+        ctx = f"{self.body.get('acquirerId')}/{self.body.get('paymentRequestId')}"
+        return open_fields(env, self._client.keys, "customerInfo", ctx)
+
+
+class _Core:
+    def __init__(self, keys: PartyKeys, gateway_url: str, gateway: PublicEntry, *, timeout: float = 10.0,
+                 retries: int = 3, backoff: float = 0.2, pets: bool = True, window: float = 300.0) -> None:
+        if gateway.role != "gateway":
+            raise ConfigError("the pinned gateway entry must have role 'gateway'")
+        self.keys, self.gateway, self.url = keys, gateway, gateway_url.rstrip("/")
+        self.timeout, self.retries, self.backoff, self.pets, self.window = timeout, retries, backoff, pets, window
+        self._directory: Directory | None = None
+
+    # ------------------------------------------------------------ requests
+    def _headers(self, path: str, body: bytes) -> dict[str, str]:
+        v, key = self.keys.signer()
+        h = sign_headers(key, v, "POST", path, self.keys.id, body, time.time())
+        h["Content-Type"] = "application/json"
+        return h
+
+    def _verify(self, method: str, path: str, resp: httpx.Response) -> dict[str, Any]:
+        hdrs = {k.lower(): v for k, v in resp.headers.items()}
+        signed = verify_message(hdrs, method, path, resp.content, self.gateway.verify_key, time.time(), self.window,
+                                "Response-Time")
+        if signed.client_id != self.keys.id:
+            raise SignatureError(f"response signed for {signed.client_id!r}, not for us")
+        try:
+            body = json.loads(resp.content)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SignatureError("signed response is not JSON") from exc
+        if not isinstance(body, dict):
+            raise SignatureError("signed response is not a JSON object")
+        return body
+
+    def _set_directory(self, resp: httpx.Response) -> Directory:
+        self._directory = Directory.from_json(self._verify("GET", "/v1/directory", resp))
+        return self._directory
+
+    def _pay_body(self, d: Directory, payment_request_id: str, amount: dict[str, str], payment_code: str,
+                  order: dict[str, Any], env: dict[str, Any] | None) -> dict[str, Any]:
+        parse_amount(amount, "paymentAmount")
+        found = d.issuer_of(payment_code)
+        if found is None:
+            raise InvalidInput("payment code: no MPP in the directory issues codes with its prefix")
+        prefix, mpp = found
+        ctx = f"{self.keys.id}/{payment_request_id}"
+        body: dict[str, Any] = {"paymentRequestId": payment_request_id, "paymentAmount": amount}
+        if self.pets:
+            body["paymentMethod"] = {"paymentMethodType": "CONNECT_WALLET", "codeIssuer": prefix,
+                                     "paymentMethodId": seal_fields({"code": payment_code}, mpp, "paymentCode", ctx)}
+            body["order"] = seal_fields(order, mpp, "order", ctx)
+            if env is not None:
+                body["env"] = seal_fields(env, mpp, "env", ctx)
+        else:
+            body["paymentMethod"] = {"paymentMethodType": "CONNECT_WALLET", "codeIssuer": prefix,
+                                     "paymentMethodId": {"code": payment_code}}
+            body["order"] = order
+            if env is not None:
+                body["env"] = env
+        return body
+
+    def _refund_body(self, d: Directory, refund_request_id: str, amount: dict[str, str], payment_id: str | None,
+                     payment_request_id: str | None, reason: str | None, mpp_id: str | None) -> dict[str, Any]:
+        parse_amount(amount, "refundAmount")
+        body: dict[str, Any] = {"refundRequestId": refund_request_id, "refundAmount": amount}
+        body.update(_one_of(payment_id=payment_id, payment_request_id=payment_request_id))
+        if reason is not None:
+            if mpp_id is None:
+                raise InvalidInput("a refund reason needs the MPP's id (mpp_id) to seal it to")
+            mpp = d.get(mpp_id)
+            if mpp is None:
+                raise InvalidInput(f"MPP {mpp_id!r} is not in the directory")
+            body["refundReason"] = (seal_fields({"reason": reason}, mpp, "refundReason",
+                                                f"{self.keys.id}/{refund_request_id}") if self.pets else {"reason": reason})
+        return body
+
+    def _answer(self, path: str, resp: httpx.Response, attempts: int) -> ApiResponse:
+        return ApiResponse(path, self._verify("POST", path, resp), resp.status_code, attempts, self)
+
+    def _retryable(self, ans: ApiResponse) -> bool:
+        return ans.result.get("resultStatus") == "U" and ans.code in _RETRY_CODES
+
+
+def _one_of(**named: str | None) -> dict[str, str]:
+    given = {k: v for k, v in named.items() if v is not None}
+    if len(given) != 1:
+        raise InvalidInput(f"give exactly one of {', '.join(named)}")
+    (k, v), = given.items()
+    return {"paymentId" if k == "payment_id" else "paymentRequestId" if k == "payment_request_id"
+            else "refundId" if k == "refund_id" else "refundRequestId": v}
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class GatewayClient(_Core):
+    """Blocking client. ``transport`` lets tests route to an in-process app."""
+
+    def __init__(self, keys: PartyKeys, gateway_url: str, gateway: PublicEntry, *,
+                 transport: httpx.BaseTransport | None = None, **kw: Any) -> None:
+        super().__init__(keys, gateway_url, gateway, **kw)
+        self._http = httpx.Client(timeout=self.timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def directory(self, refresh: bool = False) -> Directory:
+        if self._directory is None or refresh:
+            try:
+                resp = self._http.get(self.url + "/v1/directory", headers={"Client-Id": self.keys.id})
+            except httpx.HTTPError as exc:
+                raise GatewayUnavailable(f"directory: {type(exc).__name__}") from exc
+            return self._set_directory(resp)
+        return self._directory
+
+    def call(self, path: str, body: dict[str, Any]) -> ApiResponse:
+        """POST ``body``, signed, and verify the answer; retries transport failures and
+        in-process answers with the same body (so the same idempotency key)."""
+        raw = _dumps(body)
+        last: ApiResponse | None = None
+        for attempt in range(1, self.retries + 2):
+            try:
+                resp = self._http.post(self.url + path, content=raw, headers=self._headers(path, raw))
+                last = self._answer(path, resp, attempt)
+                if not self._retryable(last):
+                    return last
+            except httpx.HTTPError:
+                pass
+            if attempt <= self.retries:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+        if last is not None:
+            return last
+        raise GatewayUnavailable(f"{path}: no answer after {self.retries + 1} attempts")
+
+    def pay(self, payment_request_id: str, amount: dict[str, str], payment_code: str, order: dict[str, Any],
+            env: dict[str, Any] | None = None) -> ApiResponse:
+        return self.call(PAY_PATH, self._pay_body(self.directory(), payment_request_id, amount, payment_code, order, env))
+
+    def inquiry_payment(self, *, payment_id: str | None = None, payment_request_id: str | None = None) -> ApiResponse:
+        return self.call("/v1/payments/inquiryPayment", _one_of(payment_id=payment_id, payment_request_id=payment_request_id))
+
+    def cancel_payment(self, *, payment_id: str | None = None, payment_request_id: str | None = None) -> ApiResponse:
+        return self.call("/v1/payments/cancelPayment", _one_of(payment_id=payment_id, payment_request_id=payment_request_id))
+
+    def refund(self, refund_request_id: str, amount: dict[str, str], *, payment_id: str | None = None,
+               payment_request_id: str | None = None, reason: str | None = None, mpp_id: str | None = None) -> ApiResponse:
+        body = self._refund_body(self.directory(), refund_request_id, amount, payment_id, payment_request_id, reason, mpp_id)
+        return self.call("/v1/payments/refund", body)
+
+    def inquiry_refund(self, *, refund_id: str | None = None, refund_request_id: str | None = None) -> ApiResponse:
+        return self.call("/v1/payments/inquiryRefund", _one_of(refund_id=refund_id, refund_request_id=refund_request_id))
+
+
+class AsyncGatewayClient(_Core):
+    """asyncio client, same behaviour as GatewayClient."""
+
+    def __init__(self, keys: PartyKeys, gateway_url: str, gateway: PublicEntry, *,
+                 transport: httpx.AsyncBaseTransport | None = None, max_connections: int = 100, **kw: Any) -> None:
+        super().__init__(keys, gateway_url, gateway, **kw)
+        self._http = httpx.AsyncClient(timeout=self.timeout, transport=transport,
+                                       limits=httpx.Limits(max_connections=max_connections,
+                                                           max_keepalive_connections=max_connections))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def directory(self, refresh: bool = False) -> Directory:
+        if self._directory is None or refresh:
+            try:
+                resp = await self._http.get(self.url + "/v1/directory", headers={"Client-Id": self.keys.id})
+            except httpx.HTTPError as exc:
+                raise GatewayUnavailable(f"directory: {type(exc).__name__}") from exc
+            return self._set_directory(resp)
+        return self._directory
+
+    async def call(self, path: str, body: dict[str, Any]) -> ApiResponse:
+        raw = _dumps(body)
+        last: ApiResponse | None = None
+        for attempt in range(1, self.retries + 2):
+            try:
+                resp = await self._http.post(self.url + path, content=raw, headers=self._headers(path, raw))
+                last = self._answer(path, resp, attempt)
+                if not self._retryable(last):
+                    return last
+            except httpx.HTTPError:
+                pass
+            if attempt <= self.retries:
+                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+        if last is not None:
+            return last
+        raise GatewayUnavailable(f"{path}: no answer after {self.retries + 1} attempts")
+
+    async def pay(self, payment_request_id: str, amount: dict[str, str], payment_code: str, order: dict[str, Any],
+                  env: dict[str, Any] | None = None) -> ApiResponse:
+        d = await self.directory()
+        return await self.call(PAY_PATH, self._pay_body(d, payment_request_id, amount, payment_code, order, env))
+
+    async def inquiry_payment(self, *, payment_id: str | None = None,
+                              payment_request_id: str | None = None) -> ApiResponse:
+        return await self.call("/v1/payments/inquiryPayment",
+                               _one_of(payment_id=payment_id, payment_request_id=payment_request_id))
+
+    async def cancel_payment(self, *, payment_id: str | None = None,
+                             payment_request_id: str | None = None) -> ApiResponse:
+        return await self.call("/v1/payments/cancelPayment",
+                               _one_of(payment_id=payment_id, payment_request_id=payment_request_id))
+
+    async def refund(self, refund_request_id: str, amount: dict[str, str], *, payment_id: str | None = None,
+                     payment_request_id: str | None = None, reason: str | None = None,
+                     mpp_id: str | None = None) -> ApiResponse:
+        d = await self.directory()
+        return await self.call("/v1/payments/refund",
+                               self._refund_body(d, refund_request_id, amount, payment_id, payment_request_id, reason, mpp_id))
+
+    async def inquiry_refund(self, *, refund_id: str | None = None,
+                             refund_request_id: str | None = None) -> ApiResponse:
+        return await self.call("/v1/payments/inquiryRefund",
+                               _one_of(refund_id=refund_id, refund_request_id=refund_request_id))

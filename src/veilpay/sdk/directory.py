@@ -1,0 +1,64 @@
+"""The partner directory: every partner's public entry (keys, endpoints, the payment
+code prefixes each MPP issues), as the gateway serves it, signed by the gateway.
+
+Partners pin the gateway's signing key and trust a directory only when its
+signature verifies; a partner's HPKE key for sealing and its signing key for
+verification both come from here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from veilpay.errors import ConfigError
+from veilpay.sdk.keys import PublicEntry
+
+__all__ = ["Directory"]
+
+
+@dataclass
+class Directory:
+    version: int
+    partners: dict[str, PublicEntry]
+
+    def __post_init__(self) -> None:
+        self._prefixes: dict[str, str] = {}
+        for p in self.partners.values():
+            for pre in p.code_prefixes:
+                if p.role != "mpp":
+                    raise ConfigError(f"{p.id}: only an MPP issues payment codes")
+                if pre in self._prefixes:
+                    raise ConfigError(f"code prefix {pre} claimed by {self._prefixes[pre]} and {p.id}")
+                self._prefixes[pre] = p.id
+
+    def get(self, party_id: str) -> PublicEntry | None:
+        return self.partners.get(party_id)
+
+    def issuer_of(self, code: str) -> tuple[str, PublicEntry] | None:
+        """(prefix, MPP) for a payment code: the longest listed prefix it starts with."""
+        for n in range(min(8, len(code)), 1, -1):
+            pid = self._prefixes.get(code[:n])
+            if pid is not None:
+                return code[:n], self.partners[pid]
+        return None
+
+    def mpp_for_prefix(self, prefix: str) -> PublicEntry | None:
+        pid = self._prefixes.get(prefix)
+        return self.partners[pid] if pid else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "partners": [p.to_json() for _, p in sorted(self.partners.items())]}
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Directory:
+        if not isinstance(obj, dict) or not isinstance(obj.get("partners"), list):
+            raise ConfigError("a directory is an object with a 'partners' list")
+        entries = [PublicEntry.from_json(p) for p in obj["partners"]]
+        ids = [e.id for e in entries]
+        if len(set(ids)) != len(ids):
+            raise ConfigError("a directory lists a partner twice")
+        return cls(int(obj.get("version", 0)), {e.id: e for e in entries})

@@ -1,0 +1,43 @@
+"""For partners that receive calls from the gateway (an MPP's payment endpoints, an
+ACQP's webhook): verify the gateway's signature and sign the answer."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from veilpay.errors import SignatureError
+from veilpay.sdk.keys import PartyKeys, PublicEntry
+from veilpay.sdk.signing import sign_headers, verify_message
+
+__all__ = ["GatewayCalls"]
+
+
+class GatewayCalls:
+    def __init__(self, me: PartyKeys, gateway: PublicEntry, window: float = 300.0) -> None:
+        if gateway.role != "gateway":
+            raise SignatureError("the pinned gateway entry must have role 'gateway'")
+        self.me, self.gateway, self.window = me, gateway, window
+
+    def verify(self, method: str, path: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+        """The JSON body of a request the gateway signed for us; SignatureError otherwise."""
+        hdrs = {k.lower(): v for k, v in headers.items()}
+        signed = verify_message(hdrs, method, path, body, self.gateway.verify_key, time.time(), self.window)
+        if signed.client_id != self.me.id:
+            raise SignatureError(f"request signed for {signed.client_id!r}, not for {self.me.id!r}")
+        try:
+            obj = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SignatureError("signed body is not JSON", "PARAM_ILLEGAL") from exc
+        if not isinstance(obj, dict):
+            raise SignatureError("signed body is not a JSON object", "PARAM_ILLEGAL")
+        return obj
+
+    def answer(self, method: str, path: str, body: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+        """(raw body, headers) of our signed answer."""
+        raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        v, key = self.me.signer()
+        h = sign_headers(key, v, method, path, self.me.id, raw, time.time(), "Response-Time")
+        h["Content-Type"] = "application/json"
+        return raw, h

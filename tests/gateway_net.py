@@ -1,0 +1,111 @@
+"""An in-process payment network for tests: the gateway, two MPPs and two ACQPs as
+ASGI apps joined by a routing transport (no sockets), each with its own keys and
+SQLite file. ``down`` makes a host unreachable, as a crashed or partitioned peer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from veilpay.gateway import create_app
+from veilpay.gateway.config import GatewayConfig
+from veilpay.partners import create_acqp_app, create_mpp_app
+from veilpay.partners.config import PartnerConfig
+from veilpay.sdk import AsyncGatewayClient, create_party, load_party
+from veilpay.sdk.keys import PublicEntry
+
+
+class Router(httpx.AsyncBaseTransport):
+    def __init__(self) -> None:
+        self.apps: dict[str, httpx.ASGITransport] = {}
+        self.down: set[str] = set()
+        self.log: list[tuple[str, str, bytes, bytes]] = []  # (host, path, request body, response body)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        if host in self.down:
+            raise httpx.ConnectError(f"{host} is down", request=request)
+        body = await request.aread()
+        resp = await self.apps[host].handle_async_request(request)
+        raw = await resp.aread()
+        self.log.append((host, request.url.path, body, raw))
+        return httpx.Response(resp.status_code, headers=resp.headers, content=raw, request=request)
+
+
+class Net:
+    def __init__(self, tmp: Path, database: str | None = None, pets: bool = True, suite: str = "x25519",
+                 **gw: Any) -> None:
+        self.tmp = tmp
+        k = tmp / "keys"
+        self.gateway_keys = create_party(k / "gateway", "gateway", "gateway")
+        create_party(k / "mpp-1", "mpp-1", "mpp", endpoint="http://mpp-1.test", code_prefixes=["2810"], suite=suite)
+        create_party(k / "mpp-2", "mpp-2", "mpp", endpoint="http://mpp-2.test", code_prefixes=["2820"])
+        create_party(k / "acqp-1", "acqp-1", "acqp", notify_url="http://acqp-1.test/notify", suite=suite)
+        create_party(k / "acqp-2", "acqp-2", "acqp", notify_url="http://acqp-2.test/notify")
+        self.router = Router()
+        self.cfg = GatewayConfig(keys=k / "gateway", database=database or f"sqlite:///{tmp}/gw/gateway.db",
+                                 partners=[k / p / "public.json" for p in ("mpp-1", "mpp-2", "acqp-1", "acqp-2")],
+                                 pets=pets, **gw)
+        self.gateway = create_app(self.cfg, transport=self.router, background=False)
+        self.router.apps["gateway.test"] = httpx.ASGITransport(self.gateway)
+        self.partner_apps: dict[str, Any] = {}
+        for pid, fx in (("mpp-1", {"JPY/PHP": "0.38", "SGD/PHP": "42.5"}), ("mpp-2", {"JPY/KRW": "9.1"})):
+            pc = self._pcfg(pid, fx, pets)
+            self.partner_apps[pid] = create_mpp_app(pc, transport=self.router)
+            self.router.apps[f"{pid}.test"] = httpx.ASGITransport(self.partner_apps[pid])
+        for pid in ("acqp-1", "acqp-2"):
+            self.partner_apps[pid] = create_acqp_app(self._pcfg(pid, {}, pets), transport=self.router)
+            self.router.apps[f"{pid}.test"] = httpx.ASGITransport(self.partner_apps[pid])
+        self.gw_public = PublicEntry.from_json(json.loads((k / "gateway" / "public.json").read_text()))
+
+    def _pcfg(self, pid: str, fx: dict[str, str], pets: bool) -> PartnerConfig:
+        from decimal import Decimal
+
+        return PartnerConfig(keys=self.tmp / "keys" / pid, gateway_key=self.tmp / "keys" / "gateway" / "public.json",
+                             gateway_url="http://gateway.test", database=f"sqlite:///{self.tmp}/{pid}/db.sqlite",
+                             name=f"{pid} wallet", pets=pets, fx={k: Decimal(v) for k, v in fx.items()})
+
+    def keys(self, pid: str) -> Any:
+        return load_party(self.tmp / "keys" / pid)
+
+    def client(self, pid: str = "acqp-1", **kw: Any) -> AsyncGatewayClient:
+        kw.setdefault("backoff", 0.001)
+        kw.setdefault("pets", self.cfg.pets)
+        return AsyncGatewayClient(self.keys(pid), "http://gateway.test", self.gw_public, transport=self.router, **kw)
+
+    async def admin(self, pid: str, method: str, path: str, body: Any = None) -> Any:
+        async with httpx.AsyncClient(transport=self.router) as c:
+            r = await c.request(method, f"http://{pid}.test{path}", json=body,
+                                headers={"Authorization": f"Bearer {self.keys(pid).admin_token}"})
+        r.raise_for_status()
+        return r.json()
+
+    async def wallet(self, user: str, balance: int, currency: str = "PHP", mpp: str = "mpp-1",
+                     name: str = "Maria Santos") -> None:
+        await self.admin(mpp, "POST", "/admin/wallets", {"userId": user, "name": name, "currency": currency,
+                                                          "balance": balance})
+
+    async def code(self, user: str, mpp: str = "mpp-1", ttl: float = 600) -> str:
+        return (await self.admin(mpp, "POST", "/admin/codes", {"userId": user, "ttlSeconds": ttl}))["code"]
+
+    async def balance(self, user: str, mpp: str = "mpp-1") -> int:
+        return (await self.admin(mpp, "GET", f"/admin/wallets/{user}"))["balance"]
+
+    async def deliver(self) -> int:
+        """Run the outbox until nothing is due; returns how many rows it tried."""
+        n = total = 1
+        while n:
+            n = await self.gateway.state.outbox.run_once()
+            total += n
+        return total - 1
+
+    async def notifications(self, acqp: str = "acqp-1") -> Any:
+        return await self.admin(acqp, "GET", "/admin/notifications")
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
