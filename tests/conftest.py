@@ -28,3 +28,84 @@ def load_table(relpath: str) -> list[tuple[str, str]]:
             key, _, value = line.partition("=")
             rows.append((key.strip(), value.strip()))
     return rows
+
+
+def load_json_vectors(relpath: str) -> list[dict[str, str]]:
+    """The ``vectors`` list of a JSON vector file."""
+    import json
+
+    return json.loads((VECTORS / relpath).read_text())["vectors"]
+
+
+# ---------------------------------------------------------------- PostgreSQL
+# The gateway's storage and API tests also run against a real PostgreSQL server: a
+# throwaway cluster that this fixture creates with the server binaries on the machine
+# (.ci/run installs them). Without them the PostgreSQL cases skip, unless
+# VEILPAY_REQUIRE_POSTGRES=1 (set by CI) turns the skip into a failure.
+
+import contextlib  # noqa: E402
+import glob  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def _pg_bindir() -> Path | None:
+    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if Path(d, "initdb").exists():
+            return Path(d)
+    found = shutil.which("initdb")
+    return Path(found).parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    bindir = _pg_bindir()
+    if bindir is None:
+        if os.environ.get("VEILPAY_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL server binaries not found and VEILPAY_REQUIRE_POSTGRES=1")
+        pytest.skip("PostgreSQL server binaries not installed")
+    root = Path(tempfile.mkdtemp(prefix="veilpay-pg-"))
+    data = root / "data"
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        root.chmod(0o755)
+        shutil.chown(root, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "veilpay"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                    f"-p {port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off", "start"],
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://veilpay@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database on the session's server."""
+    from sqlalchemy import create_engine, text
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield postgres_server.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as c, contextlib.suppress(Exception):
+            c.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+        admin.dispose()

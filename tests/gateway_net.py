@@ -75,7 +75,8 @@ class Net:
     def client(self, pid: str = "acqp-1", **kw: Any) -> AsyncGatewayClient:
         kw.setdefault("backoff", 0.001)
         kw.setdefault("pets", self.cfg.pets)
-        return AsyncGatewayClient(self.keys(pid), "http://gateway.test", self.gw_public, transport=self.router, **kw)
+        kw.setdefault("transport", self.router)
+        return AsyncGatewayClient(self.keys(pid), "http://gateway.test", self.gw_public, **kw)
 
     async def admin(self, pid: str, method: str, path: str, body: Any = None) -> Any:
         async with httpx.AsyncClient(transport=self.router) as c:

@@ -1,4 +1,4 @@
-"""``veilpay``: keys, node, launch, demo, psi, psi-setup, train, score."""
+"""``veilpay``: keys, node, launch, demo, psi, psi-setup, train, score, gateway, partner."""
 
 from __future__ import annotations
 
@@ -9,15 +9,80 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from veilpay.errors import VeilpayError
+from veilpay.errors import ConfigError, VeilpayError
 
 
 def _cmd_keys(a: argparse.Namespace) -> int:
+    if a.kind != "network":
+        return _cmd_party_keys(a)
     from veilpay.net import provision_network
 
+    if not a.out or not a.parties:
+        raise ConfigError("keys network: --out and --parties are required")
     parties = [p.strip() for p in a.parties.split(",") if p.strip()]
     path = provision_network(a.out, parties, host=a.host, base_port=a.base_port, name=a.name)
     print(f"wrote CA, {len(parties)} party certificates and {path}")
+    return 0
+
+
+def _cmd_party_keys(a: argparse.Namespace) -> int:
+    from veilpay.sdk import create_party, retire_key, rotate_keys
+
+    if not a.out:
+        raise ConfigError(f"keys {a.kind}: --out (the party's key folder) is required")
+    if a.kind in ("partner", "gateway"):
+        role = "gateway" if a.kind == "gateway" else a.role
+        if role is None or not a.id:
+            raise ConfigError("keys partner: --id and --role are required")
+        keys = create_party(a.out, a.id, role, endpoint=a.endpoint or "", notify_url=a.notify_url or "",
+                            code_prefixes=[p for p in (a.code_prefix or "").split(",") if p], suite=a.suite)
+        print(f"wrote {a.out}/public.json and {a.out}/secret.json (mode 0600) for {role} {keys.id!r}")
+    elif a.kind == "rotate":
+        print(f"new key version {rotate_keys(a.out)} in {a.out}; it signs from now on")
+    else:
+        if a.retire is None:
+            raise ConfigError("keys retire: --retire VERSION is required")
+        retire_key(a.out, a.retire)
+        print(f"signing key version {a.retire} retired in {a.out}")
+    return 0
+
+
+def _cmd_gateway(a: argparse.Namespace) -> int:
+    from veilpay.gateway import load_config, make_engine, migrate
+
+    cfg = load_config(a.config)
+    if a.action == "migrate":
+        migrate(make_engine(cfg.database))
+        print("schema is at the newest revision")
+        return 0
+    import uvicorn
+
+    from veilpay.gateway import create_app
+    from veilpay.gateway.observe import configure_logging
+
+    configure_logging(a.log)
+    host, port = cfg.host_port
+    uvicorn.run(create_app(cfg), host=host, port=port, log_config=None, access_log=False,
+                loop="uvloop", http="httptools", timeout_graceful_shutdown=5)
+    return 0
+
+
+def _cmd_partner(a: argparse.Namespace) -> int:
+    import uvicorn
+
+    from veilpay.gateway.observe import configure_logging
+    from veilpay.partners import create_acqp_app, create_mpp_app, load_partner_config
+    from veilpay.sdk import load_party
+
+    cfg = load_partner_config(a.config)
+    role = load_party(cfg.keys).public.role
+    app = create_mpp_app(cfg) if role == "mpp" else create_acqp_app(cfg) if role == "acqp" else None
+    if app is None:
+        raise ConfigError(f"{cfg.keys}: role {role!r} is not a partner role")
+    configure_logging(a.log)
+    host, port = cfg.host_port
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, loop="uvloop", http="httptools",
+                timeout_graceful_shutdown=5)
     return 0
 
 
@@ -133,9 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    k = sub.add_parser("keys", help="make a network CA, party certificates and a network file")
-    k.add_argument("--out", required=True, help="directory to write into")
-    k.add_argument("--parties", required=True, help="party ids, comma separated")
+    k = sub.add_parser("keys", help="network: a CA, party certificates and a network file (MPC, PSI); "
+                       "partner / gateway: signing and HPKE keys; rotate / retire: key versions")
+    k.add_argument("kind", nargs="?", default="network", choices=["network", "partner", "gateway", "rotate", "retire"])
+    k.add_argument("--out", help="directory to write into (partner, gateway, rotate, retire: the party's key folder)")
+    k.add_argument("--parties", help="network: party ids, comma separated")
+    k.add_argument("--id", help="partner / gateway: the party's id")
+    k.add_argument("--role", choices=["mpp", "acqp"], help="partner: payer-side wallet (mpp) or acquirer (acqp)")
+    k.add_argument("--endpoint", help="partner: base URL where the gateway reaches it (MPP)")
+    k.add_argument("--notify-url", help="partner: webhook URL (ACQP)")
+    k.add_argument("--code-prefix", help="MPP: payment code prefixes it issues, comma separated")
+    k.add_argument("--suite", choices=["x25519", "mlkem768-x25519"], default="x25519", help="HPKE suite")
+    k.add_argument("--retire", type=int, help="retire: the signing key version to retire")
     k.add_argument("--host", default="127.0.0.1")
     k.add_argument("--base-port", type=int, default=7100)
     k.add_argument("--name", default="veilpay")
@@ -198,6 +272,18 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--to", help="the data party that receives the scores (default: the label party)")
     sc.add_argument("--session", help="a run label every party passes")
     sc.set_defaults(fn=_cmd_score)
+
+    g = sub.add_parser("gateway", help="the encrypted payment gateway (FastAPI on uvicorn)")
+    g.add_argument("action", choices=["serve", "migrate"])
+    g.add_argument("--config", required=True, help="gateway config (TOML), see docs/gateway.md")
+    g.add_argument("--log", help="write JSON log lines to this file (default: stderr)")
+    g.set_defaults(fn=_cmd_gateway)
+
+    pa = sub.add_parser("partner", help="run a reference partner: an MPP wallet or an ACQP merchant backend")
+    pa.add_argument("action", choices=["serve"])
+    pa.add_argument("--config", required=True, help="partner config (TOML), see docs/gateway.md")
+    pa.add_argument("--log", help="write JSON log lines to this file (default: stderr)")
+    pa.set_defaults(fn=_cmd_partner)
 
     d = sub.add_parser("demo", help="the main job on embedded data (three wallets, aby3, TLS)")
     d.add_argument("--out", help="directory for the demo's certificates (default: a temp dir)")

@@ -108,7 +108,7 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
     migrate(engine)
     metrics = Metrics()
     http = httpx.AsyncClient(transport=transport, timeout=cfg.mpp_timeout_s,
-                             limits=httpx.Limits(max_connections=200, max_keepalive_connections=200))
+                             limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
     worker = OutboxWorker(cfg, keys, directory, engine, http, metrics)
     service = GatewayService(cfg, keys, directory, engine, http, metrics, worker.wake)
 

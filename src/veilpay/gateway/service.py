@@ -64,8 +64,20 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _strip_ciphertext(obj: Any) -> Any:
+    if is_envelope(obj):
+        return {k: v for k, v in obj.items() if k != "ct"}
+    if isinstance(obj, dict):
+        return {k: _strip_ciphertext(v) for k, v in obj.items()}
+    return obj
+
+
 def _canonical_hash(obj: Any) -> str:
-    return sha256(json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()).hex()
+    """The idempotency fingerprint of a request: every field the gateway can read, and
+    for sealed groups their recipient and key version but not the ciphertext (HPKE is
+    randomised, so an application that re-sends the same payment seals it anew)."""
+    return sha256(json.dumps(_strip_ciphertext(obj), separators=(",", ":"), sort_keys=True,
+                             ensure_ascii=False).encode()).hex()
 
 
 def _amount(currency: str, value: int) -> dict[str, str]:
@@ -386,13 +398,14 @@ class GatewayService:
             return self._load_payment(row.id)
         now = _now_ms()
         was_pending = row.status == "PROCESSING"
+        expired = expired or now > row.expires_ms
         code = "ORDER_IS_CLOSED"
         msg = "expired before a final answer; cancelled at the MPP" if expired else "cancelled"
         with self.engine.begin() as conn:
             done = conn.execute(update(payments).where(and_(
                 payments.c.id == row.id, payments.c.status.in_(("PROCESSING", "SUCCESS")))).values(
                 status="CANCELLED", result_code=code, result_message=msg, updated_ms=now)).rowcount
-            if done and was_pending and expired:
+            if done and was_pending:  # the ACQP never had a final answer: tell it
                 self._enqueue(conn, row.acqp_id, "notifyPayment", {
                     "notifyType": "PAYMENT_RESULT", "paymentId": row.id, "paymentRequestId": row.payment_request_id,
                     "acquirerId": row.acqp_id, "paymentResult": result(code, msg),

@@ -258,11 +258,15 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
             return denied()
         o = await request.json()
         prefix = keys.public.code_prefixes[0]
-        code = prefix + "".join(str(secrets.randbelow(10)) for _ in range(20 - len(prefix)))
+        n = int(o.get("count", 1))
+        if not 1 <= n <= 100_000:
+            return Response(b'{"error":"count must be 1..100000"}', status_code=400, media_type="application/json")
+        out = [prefix + "".join(str(secrets.randbelow(10)) for _ in range(20 - len(prefix))) for _ in range(n)]
+        expires = int((time.time() + float(o.get("ttlSeconds", 600))) * 1000)
         with engine.begin() as conn:
-            conn.execute(insert(codes).values(code=code, user_id=str(o["userId"]), used_by=None,
-                                              expires_ms=int((time.time() + float(o.get("ttlSeconds", 600))) * 1000)))
-        return {"code": code}
+            conn.execute(insert(codes), [{"code": c, "user_id": str(o["userId"]), "used_by": None,
+                                          "expires_ms": expires} for c in out])
+        return {"code": out[0]} if "count" not in o else {"codes": out}
 
     @app.get("/admin/wallets/{user_id}")
     async def wallet(user_id: str, request: Request) -> Any:

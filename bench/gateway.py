@@ -1,0 +1,91 @@
+"""End-to-end pay throughput and latency through the real gateway and reference
+partners (separate processes on loopback, SQLite), PETs on vs the same code with the
+field groups in the clear, in one run. Prints one JSON line per mode and a summary.
+
+The load generator is the ACQP's payment front: it uses the partner SDK (signing,
+HPKE sealing to the MPP, verifying the gateway's answers) with a fixed number of
+payments in flight. Payment codes are issued by the MPP before the timed part.
+Webhooks are counted as delivered when the ACQP's service has applied all of them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from veilpay.cli.localnet import LocalNet
+from veilpay.sdk import AsyncGatewayClient
+
+
+async def _load(net: LocalNet, codes: list[str], concurrency: int, tag: str) -> tuple[float, list[float], dict]:
+    client = AsyncGatewayClient(net.keys("acqp-1"), net.url["gateway"], net.gateway_entry(), pets=net.pets,
+                                max_connections=concurrency, timeout=30.0)
+    await client.directory()
+    lat: list[float] = []
+    codes_seen: dict[str, int] = {}
+    queue = list(enumerate(codes))
+
+    async def worker() -> None:
+        while queue:
+            i, code = queue.pop()
+            t = time.perf_counter()
+            ans = await client.pay(f"{tag}-{i}", {"currency": "JPY", "value": str(500 + i % 5000)}, code,
+                                   {"orderId": f"o{i}", "goods": "green tea x2", "merchant": "Kyoto Tea House",
+                                    "buyer": {"email": "buyer@example.com"}}, {"terminalId": "T-17", "ip": "198.51.100.7"})
+            lat.append(time.perf_counter() - t)
+            codes_seen[ans.code] = codes_seen.get(ans.code, 0) + 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+    wall = time.perf_counter() - t0
+    await client.aclose()
+    return wall, lat, codes_seen
+
+
+def run_mode(pets: bool, n: int, concurrency: int, warmup: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp, LocalNet(Path(tmp), pets=pets) as net:
+        net.start_all()
+        net.admin("mpp-1", "POST", "/admin/wallets", {"userId": "bench-user", "name": "Bench User", "currency": "PHP",
+                                                       "balance": 10**14})
+        codes = net.admin("mpp-1", "POST", "/admin/codes", {"userId": "bench-user", "count": n + warmup,
+                                                             "ttlSeconds": 3600})["codes"]
+        asyncio.run(_load(net, codes[:warmup], concurrency, "warm"))
+        wall, lat, results = asyncio.run(_load(net, codes[warmup:], concurrency, "run"))
+        t = time.perf_counter()
+        while True:
+            got = net.admin("acqp-1", "GET", "/admin/notifications")
+            if len(got["notifications"]) >= n + warmup or time.perf_counter() - t > 120:
+                break
+            time.sleep(0.05)
+        drain = time.perf_counter() - t
+        lat.sort()
+        return {"bench": "gateway_pay", "pets": pets, "payments": n, "concurrency": concurrency,
+                "wall_s": round(wall, 3), "pay_per_s": round(n / wall, 1),
+                "p50_ms": round(1000 * statistics.median(lat), 2), "p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))], 2),
+                "results": results, "webhooks_applied": len(got["notifications"]),
+                "webhook_drain_after_last_pay_s": round(drain, 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--payments", type=int, default=3000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--warmup", type=int, default=200)
+    a = ap.parse_args()
+    rows = []
+    for pets in (False, True):
+        row = run_mode(pets, a.payments, a.concurrency, a.warmup)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    off, on = rows
+    print(json.dumps({"bench": "gateway_summary", "pets_on_per_s": on["pay_per_s"], "pets_off_per_s": off["pay_per_s"],
+                      "pets_ratio": round(on["pay_per_s"] / off["pay_per_s"], 3), "target_per_s": 1000,
+                      "target_ratio": 0.8}))
+
+
+if __name__ == "__main__":
+    main()

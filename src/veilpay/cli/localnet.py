@@ -1,0 +1,137 @@
+"""A payment network on loopback: the gateway, one MPP and one ACQP, each its own
+process (``veilpay gateway serve`` / ``veilpay partner serve``) with its own keys,
+config and SQLite file under one folder. Used by the demo, the live tests and
+``bench/gateway.py``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from veilpay.errors import ConfigError
+from veilpay.sdk import GatewayClient, create_party, load_party
+from veilpay.sdk.keys import PublicEntry
+
+__all__ = ["LocalNet", "free_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class LocalNet:
+    def __init__(self, root: str | Path, pets: bool = True, database: str | None = None,
+                 gateway_options: dict[str, Any] | None = None, fx: dict[str, str] | None = None) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.pets = pets
+        self.ports = {"gateway": free_port(), "mpp-1": free_port(), "acqp-1": free_port()}
+        self.url = {k: f"http://127.0.0.1:{p}" for k, p in self.ports.items()}
+        k = self.root / "keys"
+        create_party(k / "gateway", "gateway", "gateway")
+        create_party(k / "mpp-1", "mpp-1", "mpp", endpoint=self.url["mpp-1"], code_prefixes=["2810"])
+        create_party(k / "acqp-1", "acqp-1", "acqp", notify_url=self.url["acqp-1"] + "/notify")
+        opts = {"keys": "keys/gateway", "database": database or "sqlite:///gateway/gateway.db",
+                "listen": f"127.0.0.1:{self.ports['gateway']}",
+                "partners": ["keys/mpp-1/public.json", "keys/acqp-1/public.json"], "pets": pets,
+                **(gateway_options or {})}
+        (self.root / "gateway.toml").write_text("[gateway]\n" + "".join(f"{a} = {_toml_value(b)}\n" for a, b in opts.items()))
+        for pid in ("mpp-1", "acqp-1"):
+            lines = [f'keys = "keys/{pid}"', 'gateway_key = "keys/gateway/public.json"',
+                     f'gateway_url = "{self.url["gateway"]}"', f'database = "sqlite:///{pid}/{pid}.db"',
+                     f'listen = "127.0.0.1:{self.ports[pid]}"', f'name = "{pid} wallet"', f"pets = {_toml_value(pets)}"]
+            text = "[partner]\n" + "\n".join(lines) + "\n"
+            if pid == "mpp-1":
+                text += "[partner.fx]\n" + "".join(f'"{a}" = "{b}"\n' for a, b in (fx or {"JPY/PHP": "0.3812",
+                                                                                      "SGD/PHP": "42.55"}).items())
+            (self.root / f"{pid}.toml").write_text(text)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    # ------------------------------------------------------------ processes
+    def _argv(self, name: str) -> list[str]:
+        if name == "gateway":
+            return [sys.executable, "-m", "veilpay.cli.main", "gateway", "serve", "--config",
+                    str(self.root / "gateway.toml"), "--log", str(self.root / "gateway.log")]
+        return [sys.executable, "-m", "veilpay.cli.main", "partner", "serve", "--config", str(self.root / f"{name}.toml"),
+                "--log", str(self.root / f"{name}.log")]
+
+    def start(self, name: str, wait: float = 30.0) -> None:
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self.procs[name] = subprocess.Popen(self._argv(name), cwd=self.root, env=env, stdout=subprocess.DEVNULL,
+                                            stderr=open(self.root / f"{name}.stderr", "ab"))  # noqa: SIM115
+        deadline = time.monotonic() + wait
+        probe = "/healthz" if name == "gateway" else "/docs-none"
+        while time.monotonic() < deadline:
+            if self.procs[name].poll() is not None:
+                raise ConfigError(f"{name} exited with {self.procs[name].returncode}; see {self.root}/{name}.stderr")
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(self.url[name] + probe, timeout=0.5)
+                return
+            time.sleep(0.05)
+        raise ConfigError(f"{name} did not start within {wait} s")
+
+    def start_all(self) -> None:
+        for name in ("gateway", "mpp-1", "acqp-1"):
+            self.start(name)
+
+    def stop(self, name: str, kill: bool = False) -> None:
+        p = self.procs.pop(name, None)
+        if p is None:
+            return
+        p.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+    def __enter__(self) -> LocalNet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ helpers
+    def keys(self, pid: str) -> Any:
+        return load_party(self.root / "keys" / pid)
+
+    def gateway_entry(self) -> PublicEntry:
+        import json
+
+        return PublicEntry.from_json(json.loads((self.root / "keys" / "gateway" / "public.json").read_text()))
+
+    def client(self, pid: str = "acqp-1", **kw: Any) -> GatewayClient:
+        kw.setdefault("pets", self.pets)
+        return GatewayClient(self.keys(pid), self.url["gateway"], self.gateway_entry(), **kw)
+
+    def admin(self, pid: str, method: str, path: str, body: Any = None) -> Any:
+        r = httpx.request(method, self.url[pid] + path, json=body, timeout=10,
+                          headers={"Authorization": f"Bearer {self.keys(pid).admin_token}"})
+        r.raise_for_status()
+        return r.json()

@@ -1,0 +1,464 @@
+"""The encrypted gateway, its SDK and the reference partners, in one process: every
+party is an ASGI app behind a routing transport (tests/gateway_net.py), each with its
+own keys and SQLite file. Storage and API cases also run on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import load_json_vectors
+from gateway_net import Net, run
+from sqlalchemy import func, select
+
+from veilpay.crypto.hpke import HpkePrivateKey
+from veilpay.crypto.signing import SigningKey
+from veilpay.crypto.tokens import TokenKey, ct_equal, hmac_sha256
+from veilpay.errors import ConfigError, DecryptionError, SignatureError
+from veilpay.gateway.store import outbox, payments, refunds
+from veilpay.sdk import open_fields, parse_amount, retire_key, rotate_keys, seal_fields, sign_headers
+from veilpay.sdk.money import InvalidAmount, UnsupportedCurrency
+from veilpay.sdk.signing import verify_message
+
+JPY = {"currency": "JPY", "value": "1000"}
+ORDER = {"orderId": "A-1", "goods": "matcha", "buyer": {"email": "x@example.com"}}
+
+
+# ---------------------------------------------------------------- primitives
+@pytest.mark.parametrize("v", load_json_vectors("ed25519/rfc8032.json"))
+def test_ed25519_rfc8032(v: dict[str, str]) -> None:
+    key = SigningKey.from_bytes(bytes.fromhex(v["secret"]))
+    assert key.public().to_bytes().hex() == v["public"]
+    sig = key.sign(bytes.fromhex(v["message"]))
+    assert sig.hex() == v["signature"]
+    assert key.public().verify(sig, bytes.fromhex(v["message"]))
+    assert not key.public().verify(sig, bytes.fromhex(v["message"]) + b"x")
+
+
+@pytest.mark.parametrize("v", load_json_vectors("hmac/rfc4231.json"))
+def test_hmac_sha256_rfc4231(v: dict[str, str]) -> None:
+    assert hmac_sha256(bytes.fromhex(v["key"]), bytes.fromhex(v["data"])).hex() == v["mac"]
+
+
+@pytest.mark.parametrize("suite", ["x25519", "mlkem768-x25519"])
+def test_hpke_round_trip_and_context_binding(suite: str) -> None:
+    k = HpkePrivateKey.generate(suite)
+    again = HpkePrivateKey(suite, k.to_bytes())
+    ct = again.public().seal(b"secret order", b"ctx-1")
+    assert k.open(ct, b"ctx-1") == b"secret order"
+    with pytest.raises(DecryptionError):
+        k.open(ct, b"ctx-2")
+    with pytest.raises(DecryptionError):
+        k.open(ct[:-1] + bytes([ct[-1] ^ 1]), b"ctx-1")
+    with pytest.raises(DecryptionError):
+        HpkePrivateKey.generate(suite).open(ct, b"ctx-1")
+    with pytest.raises(ConfigError):
+        HpkePrivateKey(suite, b"short")
+
+
+def test_tokens_are_stable_per_key_and_unlinkable_across_keys() -> None:
+    a, b = TokenKey.generate(), TokenKey.generate()
+    assert a.token("mpp-1", "u1") == a.token("mpp-1", "u1")
+    assert a.token("mpp-1", "u1") != a.token("mpp-1", "u2")
+    assert a.token("mpp-1", "u1") != b.token("mpp-1", "u1")
+    assert ct_equal("abc", "abc") and not ct_equal("abc", "abd")
+
+
+def test_amounts() -> None:
+    assert parse_amount({"currency": "JPY", "value": "1"}) == ("JPY", 1)
+    for bad in ("-5", "1.5", "01", "", "1e3", " 1"):
+        with pytest.raises(InvalidAmount):
+            parse_amount({"currency": "USD", "value": bad})
+    with pytest.raises(InvalidAmount):
+        parse_amount({"currency": "USD", "value": "10000000000000000"})
+    with pytest.raises(InvalidAmount):
+        parse_amount({"currency": "USD", "value": 5})
+    for cur in ("XXX", "jpy", "US"):
+        with pytest.raises(UnsupportedCurrency):
+            parse_amount({"currency": cur, "value": "5"})
+
+
+def test_signature_checks(tmp_path: Path) -> None:
+    key = SigningKey.generate()
+    now = time.time()
+    h = {k.lower(): v for k, v in sign_headers(key, 3, "POST", "/p", "acqp-1", b"{}", now).items()}
+    lookup = {3: key.public()}.get
+    assert verify_message(h, "POST", "/p", b"{}", lookup, now, 60).key_version == 3
+    with pytest.raises(SignatureError) as e:
+        verify_message(h, "POST", "/p", b"{ }", lookup, now, 60)
+    assert e.value.code == "INVALID_SIGNATURE"
+    with pytest.raises(SignatureError) as e:
+        verify_message(h, "POST", "/other", b"{}", lookup, now, 60)
+    assert e.value.code == "INVALID_SIGNATURE"
+    with pytest.raises(SignatureError) as e:
+        verify_message(h, "POST", "/p", b"{}", lookup, now + 120, 60)
+    assert e.value.code == "REQUEST_TIME_EXPIRED"
+    with pytest.raises(SignatureError) as e:
+        verify_message(h, "POST", "/p", b"{}", {4: key.public()}.get, now, 60)
+    assert e.value.code == "KEY_NOT_FOUND"
+    with pytest.raises(SignatureError):
+        verify_message({**h, "signature": "algorithm=RSA256,keyVersion=3,signature=AAAA"}, "POST", "/p", b"{}",
+                       lookup, now, 60)
+
+
+def test_envelopes_bind_recipient_purpose_and_payment(tmp_path: Path) -> None:
+    net = Net(tmp_path)
+    mpp, acqp = net.keys("mpp-1"), net.keys("acqp-1")
+    env = seal_fields({"code": "281012"}, mpp.public, "paymentCode", "acqp-1/r1")
+    assert open_fields(env, mpp, "paymentCode", "acqp-1/r1") == {"code": "281012"}
+    for purpose, ctx, who in (("order", "acqp-1/r1", mpp), ("paymentCode", "acqp-1/r2", mpp),
+                              ("paymentCode", "acqp-1/r1", acqp)):
+        with pytest.raises(DecryptionError):
+            open_fields(env, who, purpose, ctx)
+
+
+# ---------------------------------------------------------------- helpers
+async def _pay(net: Net, req: str = "r1", amount: dict[str, str] = JPY, user: str = "u1", balance: int = 10**6,
+               client: Any = None) -> Any:
+    if balance:
+        await net.wallet(user, balance)
+    code = await net.code(user)
+    c = client or net.client()
+    return await c.pay(req, amount, code, ORDER, {"ip": "198.51.100.1", "deviceId": "dev-1"})
+
+
+async def _raw(net: Net, path: str, body: bytes, *, client: str = "acqp-1", headers: dict[str, str] | None = None,
+               key: Any = None) -> httpx.Response:
+    keys = net.keys(client) if key is None else key
+    v, sk = keys.signer()
+    h = sign_headers(sk, v, "POST", path, client, body, time.time())
+    h["Content-Type"] = "application/json"
+    h.update(headers or {})
+    async with httpx.AsyncClient(transport=net.router) as c:
+        return await c.post(f"http://gateway.test{path}", content=body, headers=h)
+
+
+def _count(net: Net, table: Any) -> int:
+    with net.gateway.state.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_url")
+
+
+# ---------------------------------------------------------------- API
+def test_pay_refund_cancel_lifecycle(tmp_path: Path, database: str | None) -> None:
+    async def body() -> None:
+        net = Net(tmp_path, database=database)
+        r = await _pay(net)
+        assert (r.code, r.status) == ("SUCCESS", "S")
+        info = r.customer_info()
+        assert info["customerName"] == "M***********" and info["orderEcho"] == "A-1"
+        assert await net.balance("u1") == 10**6 - 38000  # 1000 JPY at 0.38 PHP, in centavos
+        assert await net.deliver() == 1
+        notes = (await net.notifications())["notifications"]
+        assert [(n["kind"], n["code"]) for n in notes] == [("PAYMENT_RESULT", "SUCCESS")]
+        c = net.client()
+        q = await c.inquiry_payment(payment_request_id="r1")
+        assert q.status == "S" and q.body["paymentId"] == r.body["paymentId"]
+        part = await c.refund("rf1", {"currency": "JPY", "value": "400"}, payment_id=r.body["paymentId"],
+                              reason="customer changed mind", mpp_id="mpp-1")
+        assert part.code == "SUCCESS"
+        over = await c.refund("rf2", {"currency": "JPY", "value": "601"}, payment_request_id="r1")
+        assert over.code == "REFUND_AMOUNT_EXCEED"
+        rest = await c.refund("rf3", {"currency": "JPY", "value": "600"}, payment_request_id="r1")
+        assert rest.code == "SUCCESS"
+        assert await net.balance("u1") == 10**6  # the full refund gives back exactly what was debited
+        assert (await c.inquiry_refund(refund_request_id="rf1")).status == "S"
+        assert (await c.inquiry_refund(refund_request_id="rf2")).status == "F"
+        assert (await c.cancel_payment(payment_request_id="r1")).code == "ORDER_STATUS_INVALID"
+        assert await net.deliver() == 2
+        # a cancel within the window gives the money back
+        r2 = await _pay(net, "r2", balance=0)
+        assert r2.code == "SUCCESS"
+        cancel = await c.cancel_payment(payment_id=r2.body["paymentId"])
+        assert cancel.code == "SUCCESS" and "cancelTime" in cancel.body
+        assert await net.balance("u1") == 10**6
+        q2 = await c.inquiry_payment(payment_request_id="r2")
+        assert q2.body["paymentStatus"] == "CANCELLED" and q2.status == "F"
+        assert (await c.refund("rf4", {"currency": "JPY", "value": "1"}, payment_request_id="r2")).code == \
+            "ORDER_STATUS_INVALID"
+        # declined by the MPP
+        poor = await _pay(net, "r3", user="u2", balance=10)
+        assert (poor.code, poor.status) == ("USER_BALANCE_NOT_ENOUGH", "F")
+        assert (await c.inquiry_payment(payment_id="pay_" + "0" * 32)).code == "ORDER_NOT_EXIST"
+    run(body())
+
+
+def test_idempotency(tmp_path: Path, database: str | None) -> None:
+    async def body() -> None:
+        net = Net(tmp_path, database=database)
+        await net.wallet("u1", 10**6)
+        code = await net.code("u1")
+        c = net.client()
+        first = await c.pay("same", JPY, code, ORDER)
+        # the application sends the same payment again: new ciphertexts, same visible fields
+        again = await c.pay("same", JPY, code, ORDER)
+        assert again.body["paymentId"] == first.body["paymentId"] and again.code == "SUCCESS"
+        assert await net.balance("u1") == 10**6 - 38000
+        other = await c.pay("same", {"currency": "JPY", "value": "999"}, code, ORDER)
+        assert other.code == "REPEAT_REQ_INCONSISTENT"
+        assert _count(net, payments) == 1
+        ok = await c.refund("rr", {"currency": "JPY", "value": "10"}, payment_request_id="same")
+        dup = await c.refund("rr", {"currency": "JPY", "value": "10"}, payment_request_id="same")
+        assert dup.body["refundId"] == ok.body["refundId"]
+        assert (await c.refund("rr", {"currency": "JPY", "value": "11"}, payment_request_id="same")).code == \
+            "REPEAT_REQ_INCONSISTENT"
+        assert _count(net, refunds) == 1
+        # another acquirer may use the same request id for its own payment
+        other_acqp = await _pay(net, "same", client=net.client("acqp-2"), user="u9")
+        assert other_acqp.code == "SUCCESS" and other_acqp.body["paymentId"] != first.body["paymentId"]
+        # ... and cannot see or refund acqp-1's payment
+        assert (await net.client("acqp-2").inquiry_payment(payment_id=first.body["paymentId"])).code == \
+            "ORDER_NOT_EXIST"
+    run(body())
+
+
+def test_replay_and_authentication_refusals(tmp_path: Path) -> None:
+    async def body() -> None:
+        net = Net(tmp_path)
+        path = "/v1/payments/inquiryPayment"
+        raw = json.dumps({"paymentRequestId": "nope"}).encode()
+        keys = net.keys("acqp-1")
+        v, sk = keys.signer()
+        h = sign_headers(sk, v, "POST", path, "acqp-1", raw, time.time())
+        h["Content-Type"] = "application/json"
+        async with httpx.AsyncClient(transport=net.router) as c:
+            first = await c.post("http://gateway.test" + path, content=raw, headers=h)
+            second = await c.post("http://gateway.test" + path, content=raw, headers=h)
+        assert first.json()["result"]["resultCode"] == "ORDER_NOT_EXIST"
+        assert (second.status_code, second.json()["result"]["resultCode"]) == (401, "REPLAYED_REQUEST")
+        stale = await _raw(net, path, raw, headers={"Request-Time": "2020-01-01T00:00:00.000Z"})
+        assert stale.json()["result"]["resultCode"] in ("INVALID_SIGNATURE", "REQUEST_TIME_EXPIRED")
+        mpp_keys = net.keys("mpp-1")  # a partner that is not an acquirer
+        assert (await _raw(net, path, raw, client="mpp-1", key=mpp_keys)).json()["result"]["resultCode"] == \
+            "INVALID_CLIENT"
+        forged = await _raw(net, path, raw, client="acqp-2", key=keys)  # signed with acqp-1's key
+        assert forged.json()["result"]["resultCode"] == "INVALID_SIGNATURE"
+        unsigned = await _raw(net, path, raw, headers={"Signature": ""})
+        assert unsigned.json()["result"]["resultCode"] == "INVALID_SIGNATURE"
+    run(body())
+
+
+def test_bad_input_gets_a_code_and_stores_nothing(tmp_path: Path, database: str | None) -> None:
+    async def body() -> None:
+        net = Net(tmp_path, database=database, max_body_bytes=4096)
+        await net.wallet("u1", 10**6)
+        code = await net.code("u1")
+        c = net.client()
+        d = await c.directory()
+        good = c._pay_body(d, "bad-1", JPY, code, ORDER, None)
+        path = "/v1/payments/pay"
+
+        async def answer(body: Any, **kw: Any) -> tuple[int, str]:
+            raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+            r = await _raw(net, path, raw, **kw)
+            return r.status_code, r.json()["result"]["resultCode"]
+
+        cases = {
+            "MALFORMED_REQUEST": b"{not json",
+            "PARAM_ILLEGAL": {**good, "surprise": 1},
+            "CURRENCY_NOT_SUPPORT": {**good, "paymentAmount": {"currency": "XXX", "value": "100"}},
+            "INVALID_AMOUNT": {**good, "paymentAmount": {"currency": "JPY", "value": "-100"}},
+            "INVALID_CODE": {**good, "paymentMethod": {**good["paymentMethod"], "codeIssuer": "9999"}},
+            "SEALED_FIELD_INVALID": {**good, "order": {"orderId": "in the clear"}},
+            "REQUEST_TOO_LARGE": {**good, "order": {"pad": "x" * 5000}},
+        }
+        for expected, b in cases.items():
+            assert (await answer(b))[1] == expected, expected
+        assert (await answer({**good, "paymentAmount": {"currency": "JPY", "value": "1" + "0" * 16}}))[1] == \
+            "INVALID_AMOUNT"
+        assert (await answer(good, headers={"Content-Type": "text/plain"}))[1] == "MEDIA_TYPE_NOT_ACCEPTABLE"
+        assert (await answer(good, client="acqp-9", key=net.keys("acqp-1")))[1] == "INVALID_CLIENT"
+        assert _count(net, payments) == 0 and _count(net, outbox) == 0
+        assert await net.balance("u1") == 10**6
+        # refund above the remaining amount, and in the wrong currency
+        r = await c.pay("ok", JPY, code, ORDER)
+        assert r.code == "SUCCESS"
+        assert (await c.refund("x1", {"currency": "JPY", "value": "1001"}, payment_request_id="ok")).code == \
+            "REFUND_AMOUNT_EXCEED"
+        assert (await c.refund("x2", {"currency": "USD", "value": "1"}, payment_request_id="ok")).code == \
+            "CURRENCY_NOT_SUPPORT"
+        assert await net.balance("u1") == 10**6 - 38000
+        # an envelope cut from one payment and pasted into another does not open at the MPP
+        code2 = await net.code("u1")
+        b2 = c._pay_body(d, "paste", JPY, code2, ORDER, None)
+        b2["paymentMethod"]["paymentMethodId"] = good["paymentMethod"]["paymentMethodId"]
+        assert (await answer(b2))[1] == "PROCESS_FAIL"
+        assert await net.balance("u1") == 10**6 - 38000
+    run(body())
+
+
+def test_key_rotation_and_retirement(tmp_path: Path) -> None:
+    async def body() -> None:
+        net = Net(tmp_path)
+        old = net.client()  # holds key version 1
+        assert rotate_keys(tmp_path / "keys" / "acqp-1") == 2
+        net.gateway.state.directory._checked = 0.0
+        new = net.client()
+        assert new.keys.signing_version == 2
+        assert (await _pay(net, "k1", client=new)).code == "SUCCESS"
+        assert (await _pay(net, "k2", client=old, balance=0)).code == "SUCCESS"  # version 1 still verifies
+        retire_key(tmp_path / "keys" / "acqp-1", 1)
+        net.gateway.state.directory._checked = 0.0
+        refused = await old.inquiry_payment(payment_request_id="k1")
+        assert refused.code == "KEY_NOT_FOUND"
+        assert (await new.inquiry_payment(payment_request_id="k1")).status == "S"
+        with pytest.raises(ConfigError):
+            retire_key(tmp_path / "keys" / "acqp-1", 2)  # the last active key
+    run(body())
+
+
+def test_mpp_down_gives_u_then_resolves_once(tmp_path: Path) -> None:
+    async def body() -> None:
+        net = Net(tmp_path, mpp_timeout_s=0.05)
+        await net.wallet("u1", 10**6)
+        code = await net.code("u1")
+        net.router.down.add("mpp-1.test")
+        r = await net.client(retries=0).pay("u-1", JPY, code, ORDER)
+        assert (r.code, r.status) == ("PAYMENT_IN_PROCESS", "U")
+        assert await net.deliver() == 0
+        net.router.down.clear()
+        q = await net.client().inquiry_payment(payment_request_id="u-1")
+        assert q.status == "S"
+        await net.gateway.state.service.resolve_pending()
+        assert await net.deliver() == 1
+        assert await net.balance("u1") == 10**6 - 38000
+        assert len((await net.notifications())["notifications"]) == 1
+    run(body())
+
+
+def test_expired_unknown_payment_is_cancelled_at_the_mpp(tmp_path: Path) -> None:
+    async def body() -> None:
+        net = Net(tmp_path, mpp_timeout_s=0.05, payment_expiry_s=0.0)
+        await net.wallet("u1", 10**6)
+        code = await net.code("u1")
+        net.router.down.add("mpp-1.test")
+        r = await net.client(retries=0).pay("e-1", JPY, code, ORDER)
+        assert r.status == "U"
+        net.router.down.clear()
+        with net.gateway.state.engine.begin() as conn:
+            conn.execute(payments.update().values(next_check_ms=0))
+        await net.gateway.state.service.resolve_pending()
+        q = await net.client().inquiry_payment(payment_request_id="e-1")
+        assert (q.body["paymentStatus"], q.code, q.status) == ("CANCELLED", "SUCCESS", "F")
+        assert q.body["paymentResult"]["resultCode"] == "ORDER_IS_CLOSED"
+        assert await net.balance("u1") == 10**6
+        await net.deliver()
+        notes = (await net.notifications())["notifications"]
+        assert [n["code"] for n in notes] == ["ORDER_IS_CLOSED"]
+    run(body())
+
+
+def test_webhooks_at_least_once_on_the_wire_once_in_the_application(tmp_path: Path) -> None:
+    async def body() -> None:
+        net = Net(tmp_path, webhook_backoff_s=0.0)
+        await net.admin("acqp-1", "POST", "/admin/faults", {"drop_before": 2, "drop_after": 1})
+        assert (await _pay(net)).code == "SUCCESS"
+        for _ in range(6):
+            await net.deliver()
+        got = await net.notifications()
+        assert got["wire"] == 4  # two refused, one applied with the answer lost, one acknowledged
+        assert len(got["notifications"]) == 1 and got["notifications"][0]["deliveries"] == 2
+        with net.gateway.state.engine.connect() as conn:
+            row = conn.execute(select(outbox)).one()
+        assert (row.status, row.attempts) == ("DELIVERED", 4)
+    run(body())
+
+
+def test_webhook_gives_up_after_max_attempts(tmp_path: Path) -> None:
+    async def body() -> None:
+        net = Net(tmp_path, webhook_backoff_s=0.0, webhook_max_attempts=3)
+        net.router.down.add("acqp-1.test")
+        assert (await _pay(net)).code == "SUCCESS"
+        for _ in range(5):
+            await net.deliver()
+        with net.gateway.state.engine.connect() as conn:
+            row = conn.execute(select(outbox)).one()
+        assert (row.status, row.attempts) == ("DEAD", 3)
+        metrics = (await _get(net, "/metrics")).text
+        assert 'veilpay_gateway_webhooks_total{kind="notifyPayment",outcome="dead"} 1.0' in metrics
+    run(body())
+
+
+async def _get(net: Net, path: str) -> httpx.Response:
+    async with httpx.AsyncClient(transport=net.router) as c:
+        return await c.get("http://gateway.test" + path)
+
+
+def test_tokens_in_the_gateway_are_per_mpp_pseudonyms(tmp_path: Path) -> None:
+    async def body() -> None:
+        net = Net(tmp_path)
+        await net.wallet("same-person", 10**7, currency="PHP", mpp="mpp-1")
+        await net.wallet("same-person", 10**7, currency="KRW", mpp="mpp-2")
+        c = net.client()
+        for i, mpp in enumerate(("mpp-1", "mpp-1", "mpp-2")):
+            code = await net.code("same-person", mpp=mpp)
+            assert (await c.pay(f"t{i}", JPY, code, ORDER)).code == "SUCCESS"
+        with net.gateway.state.engine.connect() as conn:
+            tokens = conn.execute(select(payments.c.customer_token).order_by(payments.c.payment_request_id)).scalars().all()
+        assert tokens[0] == tokens[1] != tokens[2]
+        assert all(t.startswith("tk_") and "same-person" not in t for t in tokens)
+    run(body())
+
+
+def test_hybrid_post_quantum_suite(tmp_path: Path) -> None:
+    async def body() -> None:
+        net = Net(tmp_path, suite="mlkem768-x25519")
+        assert net.keys("mpp-1").hpke[1].suite == "mlkem768-x25519"
+        r = await _pay(net)
+        assert r.code == "SUCCESS" and r.customer_info()["pspName"] == "mpp-1 wallet"
+    run(body())
+
+
+def test_tampered_response_is_refused_by_the_sdk(tmp_path: Path) -> None:
+    async def body() -> None:
+        net = Net(tmp_path)
+        inner = net.router
+
+        class Flip(httpx.AsyncBaseTransport):
+            async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+                resp = await inner.handle_async_request(request)
+                raw = resp.content.replace(b"ORDER_NOT_EXIST", b"SUCCESS")
+                return httpx.Response(resp.status_code, headers=resp.headers, content=raw, request=request)
+
+        c = net.client(transport=Flip())
+        c._directory = await net.client().directory()
+        with pytest.raises(SignatureError):
+            await c.inquiry_payment(payment_request_id="missing")
+    run(body())
+
+
+def test_openapi_metrics_and_directory(tmp_path: Path) -> None:
+    async def body() -> None:
+        net = Net(tmp_path)
+        spec = (await _get(net, "/openapi.json")).json()
+        for p in ("pay", "inquiryPayment", "cancelPayment", "refund", "inquiryRefund"):
+            assert f"/v1/payments/{p}" in spec["paths"]
+        assert "PaymentMethod" in spec["components"]["schemas"]
+        d = await net.client().directory()
+        assert d.issuer_of("28109999")[1].id == "mpp-1" and d.issuer_of("99") is None
+        await _pay(net)
+        m = (await _get(net, "/metrics")).text
+        assert 'veilpay_gateway_requests_total{code="SUCCESS",path="/v1/payments/pay"} 1.0' in m
+        assert (await _get(net, "/healthz")).json() == {"status": "ok"}
+    run(body())
+
+
+def test_plaintext_mode_for_benchmarks_is_refused_by_a_pets_gateway(tmp_path: Path) -> None:
+    async def body() -> None:
+        net = Net(tmp_path)
+        await net.wallet("u1", 10**6)
+        r = await net.client(pets=False).pay("clear", JPY, await net.code("u1"), ORDER)
+        assert r.code == "SEALED_FIELD_INVALID"
+        clear = Net(tmp_path / "clear", pets=False)
+        assert (await _pay(clear)).code == "SUCCESS"
+    run(body())
