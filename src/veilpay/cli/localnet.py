@@ -79,8 +79,9 @@ class LocalNet:
     def start(self, name: str, wait: float = 30.0) -> None:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        self.procs[name] = subprocess.Popen(self._argv(name), cwd=self.root, env=env, stdout=subprocess.DEVNULL,
-                                            stderr=open(self.root / f"{name}.stderr", "ab"))  # noqa: SIM115
+        with open(self.root / f"{name}.stderr", "ab") as err:  # the child keeps its own copy of the descriptor
+            self.procs[name] = subprocess.Popen(self._argv(name), cwd=self.root, env=env, stdout=subprocess.DEVNULL,
+                                                stderr=err)
         deadline = time.monotonic() + wait
         probe = "/healthz" if name == "gateway" else "/docs-none"
         while time.monotonic() < deadline:

@@ -173,8 +173,13 @@ def _cmd_score(a: argparse.Namespace) -> int:
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
-    from veilpay.cli.demo import run_demo
+    from pathlib import Path
 
+    from veilpay.cli.demo import run_demo
+    from veilpay.cli.gateway_demo import run_gateway_demo
+
+    run_gateway_demo(Path(a.out) if a.out else None)
+    print("veilpay demo, part 2: the MPC engine on its own")
     run_demo(a.out)
     return 0
 
@@ -285,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--log", help="write JSON log lines to this file (default: stderr)")
     pa.set_defaults(fn=_cmd_partner)
 
-    d = sub.add_parser("demo", help="the main job on embedded data (three wallets, aby3, TLS)")
+    d = sub.add_parser("demo", help="the main job on embedded data: encrypted payments through the gateway, "
+                       "then three wallets in MPC (aby3, TLS)")
     d.add_argument("--out", help="directory for the demo's certificates (default: a temp dir)")
     d.set_defaults(fn=_cmd_demo)
     return parser

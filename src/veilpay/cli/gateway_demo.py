@@ -1,0 +1,104 @@
+"""The payment part of the demo: the gateway, a wallet (MPP) and a merchant acquirer
+(ACQP), each its own process on loopback with SQLite, run a batch of cross-border
+payments (Japanese and Singaporean merchants, Philippine wallets), refunds, a
+cancel and a decline, then print what each party saw. The gateway's view shows
+tokens and ciphertext only; the amounts it still sees move to privacy nodes later."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from veilpay.cli.localnet import LocalNet
+
+WALLETS = [("w-1001", "Maria Santos", 5_000_000), ("w-1002", "Jun Reyes", 150_000), ("w-1003", "Ana Cruz", 2_000_000)]
+# (wallet, merchant currency, amount in minor units, goods)
+PAYMENTS = [
+    ("w-1001", "JPY", "12800", "ramen set for 4"), ("w-1003", "JPY", "3400", "matcha and wagashi"),
+    ("w-1001", "SGD", "4590", "chilli crab"), ("w-1002", "JPY", "980", "train snacks"),
+    ("w-1003", "JPY", "45000", "ceramic tea set"), ("w-1001", "JPY", "2200", "museum tickets"),
+    ("w-1002", "SGD", "12000", "electronics"), ("w-1003", "SGD", "1850", "kaya toast breakfast"),
+]
+
+
+def _short(v: Any, n: int = 36) -> str:
+    s = v if isinstance(v, str) else json.dumps(v)
+    return s if len(s) <= n else s[:n] + "..."
+
+
+def run_gateway_demo(out: Path | None = None) -> dict[str, Any]:
+    root = Path(out) / "gateway" if out else Path(tempfile.mkdtemp(prefix="veilpay-gw-demo-"))
+    with LocalNet(root) as net:
+        t0 = time.perf_counter()
+        net.start_all()
+        for uid, name, bal in WALLETS:
+            net.admin("mpp-1", "POST", "/admin/wallets", {"userId": uid, "name": name, "currency": "PHP", "balance": bal})
+        print("veilpay demo, part 1: an encrypted payment gateway, a wallet (mpp-1) and an acquirer (acqp-1),")
+        print(f"each its own process on loopback with its own SQLite file, under {root}\n")
+        print("[acqp-1] checkouts at its merchants (the till scans the code shown in the payer's wallet app):")
+        done: list[dict[str, Any]] = []
+        with httpx.Client(timeout=20) as http:
+            for i, (uid, cur, value, goods) in enumerate(PAYMENTS):
+                code = net.admin("mpp-1", "POST", "/admin/codes", {"userId": uid})["code"]
+                order = {"orderId": f"INV-{7001 + i}", "goods": goods, "merchant": "Kyoto Tea House" if cur == "JPY"
+                         else "Marina Eats", "buyer": {"buyerEmail": f"{uid}@mail.example"}}
+                r = http.post(net.url["acqp-1"] + "/merchant/checkout", json={
+                    "amount": {"currency": cur, "value": value}, "paymentCode": code, "order": order,
+                    "env": {"terminalId": f"T-{i % 3}", "terminalIp": f"198.51.100.{20 + i}"}}).json()
+                done.append({**r, "amount": f"{cur} {value}"})
+                who = r.get("customer") or {}
+                print(f"  {order['orderId']}  {cur} {value:>6}  {r['result']['resultCode']:<24} "
+                      f"payer as the MPP shows it to us: {who.get('customerName', '-')} {who.get('displayCustomerId', '')}")
+            ok = [d for d in done if d["result"]["resultStatus"] == "S"]
+            part = http.post(net.url["acqp-1"] + "/merchant/refund", json={
+                "paymentRequestId": ok[0]["paymentRequestId"], "amount": {"currency": "JPY", "value": "3200"}}).json()
+            full = http.post(net.url["acqp-1"] + "/merchant/refund", json={
+                "paymentRequestId": ok[1]["paymentRequestId"], "amount": {"currency": "JPY", "value": "3400"}}).json()
+            over = http.post(net.url["acqp-1"] + "/merchant/refund", json={
+                "paymentRequestId": ok[1]["paymentRequestId"], "amount": {"currency": "JPY", "value": "1"}}).json()
+        with net.client() as c:
+            cancel = c.cancel_payment(payment_request_id=ok[2]["paymentRequestId"])
+        print(f"  refund JPY 3200 of {ok[0]['paymentRequestId']}: {part['result']['resultCode']}; "
+              f"full refund of {ok[1]['paymentRequestId']}: {full['result']['resultCode']}; "
+              f"one more yen: {over['result']['resultCode']}; cancel {ok[2]['paymentRequestId']}: {cancel.code}")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            notes = net.admin("acqp-1", "GET", "/admin/notifications")
+            if len(notes["notifications"]) >= len(done) + 2:
+                break
+            time.sleep(0.05)
+        print(f"[acqp-1] webhooks applied: {len(notes['notifications'])} "
+              f"(received on the wire: {notes['wire']}, each notifyId applied once)")
+        elapsed = time.perf_counter() - t0
+
+        con = sqlite3.connect(f"file:{root}/gateway/gateway.db?mode=ro", uri=True)
+        rows = con.execute("SELECT id, mpp_id, code_issuer, currency, amount, status, result_code, customer_token, "
+                           "forward, customer_info FROM payments ORDER BY created_ms").fetchall()
+        con.close()
+        print("\n[gateway] what the operator holds for each payment (route, amount, status, pseudonym, ciphertext):")
+        for pid, mpp, pre, cur, amt, st, code, tok, fwd, info in rows:
+            f = json.loads(fwd)
+            print(f"  {pid[:16]}.. via {mpp} (prefix {pre})  {cur} {amt:>6}  {st:<9} {code:<24} "
+                  f"token {_short(tok or '-', 14)}")
+        f = json.loads(rows[0][8])
+        print("  the first payment's field groups, as the gateway stores them:")
+        print(f"    paymentCode: {_short(f['paymentMethod']['paymentMethodId'], 100)}")
+        print(f"    order:       {_short(f['order'], 100)}")
+        print(f"    env:         {_short(f['env'], 100)}")
+        print(f"    customerInfo (from the MPP, for acqp-1 only): {_short(rows[0][9] or '-', 88)}")
+
+        ledger = net.admin("mpp-1", "GET", "/admin/ledger")["payments"]
+        print("\n[mpp-1] its own books: who paid, debited in the wallet's currency (PHP centavos):")
+        for uid, name, bal in WALLETS:
+            w = net.admin("mpp-1", "GET", f"/admin/wallets/{uid}")
+            print(f"  {uid} {name:<13} balance {bal:>9} -> {w['balance']:>9}")
+        print(f"  payments in its ledger: {len(ledger)}, succeeded {sum(p['status'] == 'SUCCESS' for p in ledger)}, "
+              f"cancelled {sum(p['status'] == 'CANCELLED' for p in ledger)}")
+        print(f"\npart 1 took {elapsed:.1f} s including process start-up; logs and databases are in {root}\n")
+        return {"payments": len(done), "succeeded": len(ok), "notifications": len(notes["notifications"])}
