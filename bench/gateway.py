@@ -65,7 +65,8 @@ def run_mode(pets: bool, n: int, concurrency: int, warmup: int) -> dict:
         lat.sort()
         return {"bench": "gateway_pay", "pets": pets, "payments": n, "concurrency": concurrency,
                 "wall_s": round(wall, 3), "pay_per_s": round(n / wall, 1),
-                "p50_ms": round(1000 * statistics.median(lat), 2), "p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))], 2),
+                "p50_ms": round(1000 * statistics.median(lat), 2),
+                "p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))], 2),
                 "results": results, "webhooks_applied": len(got["notifications"]),
                 "webhook_drain_after_last_pay_s": round(drain, 3)}
 

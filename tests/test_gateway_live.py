@@ -170,7 +170,7 @@ def test_canary_personal_data_never_reaches_the_gateway(tmp_path: Path) -> None:
         # and that holds no MPP-only data (device, payment code) and only a masked customer.
         rows = _gateway_rows(net, "SELECT customer_token, customer_info, forward, payment_request_id FROM payments")
         assert all(r[0].startswith("tk_") for r in rows)
-        for token, info, forward, req in rows:
+        for _token, info, forward, req in rows:
             opened = open_fields(json.loads(info), keys, "customerInfo", f"acqp-1/{req}")
             text = json.dumps(opened)
             assert MARKERS["device ip"] not in text and MARKERS["wallet user id"] not in text

@@ -82,8 +82,7 @@ def run_gateway_demo(out: Path | None = None) -> dict[str, Any]:
                            "forward, customer_info FROM payments ORDER BY created_ms").fetchall()
         con.close()
         print("\n[gateway] what the operator holds for each payment (route, amount, status, pseudonym, ciphertext):")
-        for pid, mpp, pre, cur, amt, st, code, tok, fwd, info in rows:
-            f = json.loads(fwd)
+        for pid, mpp, pre, cur, amt, st, code, tok, _fwd, _info in rows:
             print(f"  {pid[:16]}.. via {mpp} (prefix {pre})  {cur} {amt:>6}  {st:<9} {code:<24} "
                   f"token {_short(tok or '-', 14)}")
         f = json.loads(rows[0][8])

@@ -56,7 +56,8 @@ class LocalNet:
                 "listen": f"127.0.0.1:{self.ports['gateway']}",
                 "partners": ["keys/mpp-1/public.json", "keys/acqp-1/public.json"], "pets": pets,
                 **(gateway_options or {})}
-        (self.root / "gateway.toml").write_text("[gateway]\n" + "".join(f"{a} = {_toml_value(b)}\n" for a, b in opts.items()))
+        gw_text = "".join(f"{a} = {_toml_value(b)}\n" for a, b in opts.items())
+        (self.root / "gateway.toml").write_text("[gateway]\n" + gw_text)
         for pid in ("mpp-1", "acqp-1"):
             lines = [f'keys = "keys/{pid}"', 'gateway_key = "keys/gateway/public.json"',
                      f'gateway_url = "{self.url["gateway"]}"', f'database = "sqlite:///{pid}/{pid}.db"',

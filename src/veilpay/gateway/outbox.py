@@ -10,6 +10,7 @@ counted in the metrics."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -37,7 +38,8 @@ def _now_ms() -> int:
 class OutboxWorker:
     def __init__(self, cfg: Any, keys: PartyKeys, directory: Any, engine: Engine, http: httpx.AsyncClient,
                  metrics: Any) -> None:
-        self.cfg, self.keys, self._directory, self.engine, self.http, self.metrics = cfg, keys, directory, engine, http, metrics
+        self.cfg, self.keys, self._directory, self.engine = cfg, keys, directory, engine
+        self.http, self.metrics = http, metrics
         self.event = asyncio.Event()
 
     def wake(self) -> None:
@@ -89,11 +91,13 @@ class OutboxWorker:
             else:
                 attempts = row.attempts + 1
                 dead = attempts >= self.cfg.webhook_max_attempts
-                delay = self.cfg.webhook_backoff_s * 2 ** min(attempts - 1, 16) * (0.75 + 0.5 * secrets.randbelow(1000) / 1000)
+                jitter = 0.75 + 0.5 * secrets.randbelow(1000) / 1000
+                delay = self.cfg.webhook_backoff_s * 2 ** min(attempts - 1, 16) * jitter
                 conn.execute(update(outbox).where(outbox.c.id == row.id).values(
                     status="DEAD" if dead else "PENDING", attempts=attempts, lease_until_ms=0,
                     next_attempt_ms=now + int(min(delay, 3600.0) * 1000), last_error=err[:200]))
-        outcome = "delivered" if ok else ("dead" if not ok and row.attempts + 1 >= self.cfg.webhook_max_attempts else "retry")
+        dead = not ok and row.attempts + 1 >= self.cfg.webhook_max_attempts
+        outcome = "delivered" if ok else ("dead" if dead else "retry")
         self.metrics.webhooks.labels(kind=row.kind, outcome=outcome).inc()
         if not ok:
             log.info("webhook not delivered", extra={"event": "webhook_retry", "notifyId": row.notify_id,
@@ -115,7 +119,5 @@ class OutboxWorker:
             if n:
                 continue
             self.event.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.event.wait(), timeout=0.25)
-            except TimeoutError:
-                pass

@@ -551,7 +551,8 @@ class GatewayService:
             pids = conn.execute(select(payments.c.id).where(and_(
                 payments.c.next_check_ms <= now,
                 or_(payments.c.status == "PROCESSING",
-                    and_(payments.c.status == "SUCCESS", payments.c.cancel_requested.is_(True))))).limit(limit)).scalars().all()
+                    and_(payments.c.status == "SUCCESS", payments.c.cancel_requested.is_(True)))))
+                .limit(limit)).scalars().all()
             rids = conn.execute(select(refunds.c.id).where(and_(
                 refunds.c.status == "PROCESSING", refunds.c.next_check_ms <= now)).limit(limit)).scalars().all()
         sem = asyncio.Semaphore(16)

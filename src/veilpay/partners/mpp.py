@@ -138,27 +138,28 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
         with engine.begin() as conn:
             crow = conn.execute(select(codes).where(codes.c.code == code)).first()
             if crow is None or crow.expires_ms < now or (crow.used_by and crow.used_by != pid) or acqp is None:
-                answer = {"result": _res("INVALID_CODE", "F", "unknown, expired or used payment code")}
+                invalid = {"result": _res("INVALID_CODE", "F", "unknown, expired or used payment code")}
                 conn.execute(insert(mpp_payments).values(payment_id=pid, acqp_id=acqp_id, currency=currency,
-                                                         amount=value, status="FAIL", answer=json.dumps(answer),
+                                                         amount=value, status="FAIL", answer=json.dumps(invalid),
                                                          refunded=0, credited=0, debit=0, created_ms=now))
-                return answer
+                return invalid
             w = conn.execute(select(wallets).where(wallets.c.user_id == crow.user_id)).first()
             debit = convert(value, currency, w.currency, cfg.fx) if w is not None else None
+            refusal: dict[str, Any] | None = None
             if w is None or debit is None:
-                answer = {"result": _res("CURRENCY_NOT_SUPPORT", "F", "no rate for this corridor")}
+                refusal = {"result": _res("CURRENCY_NOT_SUPPORT", "F", "no rate for this corridor")}
             elif w.balance < debit:
-                answer = {"result": _res("USER_BALANCE_NOT_ENOUGH", "F")}
-            else:
-                answer = None
-            if answer is not None:
+                refusal = {"result": _res("USER_BALANCE_NOT_ENOUGH", "F")}
+            if refusal is not None or w is None or debit is None:
+                failed = refusal or {}
                 conn.execute(insert(mpp_payments).values(payment_id=pid, acqp_id=acqp_id, user_id=crow.user_id,
                                                          currency=currency, amount=value, status="FAIL", debit=0,
-                                                         refunded=0, credited=0, answer=json.dumps(answer), created_ms=now))
-                return answer
-            info = {"pspName": cfg.name or keys.id, "customerName": _mask(w.name or ""),
+                                                         refunded=0, credited=0, answer=json.dumps(failed),
+                                                         created_ms=now))
+                return failed
+            info: dict[str, Any] = {"pspName": cfg.name or keys.id, "customerName": _mask(w.name or ""),
                     "displayCustomerId": "*" * 4 + w.user_id[-4:], "orderEcho": str(order.get("orderId", ""))[:64]}
-            answer = {"result": _res("SUCCESS", "S"), "customerToken": token_key.token(keys.id, w.user_id),
+            answer: dict[str, Any] = {"result": _res("SUCCESS", "S"), "customerToken": token_key.token(keys.id, w.user_id),
                       "customerInfo": seal_fields(info, acqp, "customerInfo", ctx) if cfg.pets else info,
                       "walletAmount": {"currency": w.currency, "value": str(debit)}}
             try:

@@ -209,14 +209,16 @@ class GatewayClient(_Core):
         return self.call(PAY_PATH, self._pay_body(self.directory(), payment_request_id, amount, payment_code, order, env))
 
     def inquiry_payment(self, *, payment_id: str | None = None, payment_request_id: str | None = None) -> ApiResponse:
-        return self.call("/v1/payments/inquiryPayment", _one_of(payment_id=payment_id, payment_request_id=payment_request_id))
+        body = _one_of(payment_id=payment_id, payment_request_id=payment_request_id)
+        return self.call("/v1/payments/inquiryPayment", body)
 
     def cancel_payment(self, *, payment_id: str | None = None, payment_request_id: str | None = None) -> ApiResponse:
         return self.call("/v1/payments/cancelPayment", _one_of(payment_id=payment_id, payment_request_id=payment_request_id))
 
     def refund(self, refund_request_id: str, amount: dict[str, str], *, payment_id: str | None = None,
                payment_request_id: str | None = None, reason: str | None = None, mpp_id: str | None = None) -> ApiResponse:
-        body = self._refund_body(self.directory(), refund_request_id, amount, payment_id, payment_request_id, reason, mpp_id)
+        body = self._refund_body(self.directory(), refund_request_id, amount, payment_id, payment_request_id, reason,
+                                 mpp_id)
         return self.call("/v1/payments/refund", body)
 
     def inquiry_refund(self, *, refund_id: str | None = None, refund_request_id: str | None = None) -> ApiResponse:
@@ -281,8 +283,8 @@ class AsyncGatewayClient(_Core):
                      payment_request_id: str | None = None, reason: str | None = None,
                      mpp_id: str | None = None) -> ApiResponse:
         d = await self.directory()
-        return await self.call("/v1/payments/refund",
-                               self._refund_body(d, refund_request_id, amount, payment_id, payment_request_id, reason, mpp_id))
+        body = self._refund_body(d, refund_request_id, amount, payment_id, payment_request_id, reason, mpp_id)
+        return await self.call("/v1/payments/refund", body)
 
     async def inquiry_refund(self, *, refund_id: str | None = None,
                              refund_request_id: str | None = None) -> ApiResponse:
