@@ -73,10 +73,25 @@ def run_demo(out: Path | None = None) -> dict[str, Any]:
     return results
 
 
-def _free_port_base() -> int:
+def _free_port_base(count: int = 4) -> int:
+    """A base port with ``count`` consecutive free ports, below the kernel's ephemeral
+    range (32768 and up on Linux), so that no outgoing connection takes one of them
+    between this check and the servers' bind."""
+    import secrets
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port if port < 60000 else 20000
+    for _ in range(200):
+        base = 20000 + secrets.randbelow(12000 - count)
+        try:
+            socks = []
+            for port in range(base, base + count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return base
+    raise OSError("no free ports between 20000 and 32000")

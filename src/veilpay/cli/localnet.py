@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,9 +24,10 @@ __all__ = ["LocalNet", "free_port"]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the ephemeral range (see cli.demo._free_port_base)."""
+    from veilpay.cli.demo import _free_port_base
+
+    return _free_port_base(1)
 
 
 def _toml_value(v: Any) -> str:
