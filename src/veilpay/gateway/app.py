@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from veilpay.errors import ConfigError
 from veilpay.gateway.codes import ApiFailure, result
 from veilpay.gateway.config import GatewayConfig
+from veilpay.gateway.link import AiohttpLink, HttpxLink, PartnerLink
 from veilpay.gateway.observe import Metrics
 from veilpay.gateway.outbox import OutboxWorker
 from veilpay.gateway.schemas import (
@@ -107,8 +108,7 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
     engine = make_engine(cfg.database)
     migrate(engine)
     metrics = Metrics()
-    http = httpx.AsyncClient(transport=transport, timeout=cfg.mpp_timeout_s,
-                             limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
+    http: PartnerLink = HttpxLink(transport) if transport is not None else AiohttpLink()
     worker = OutboxWorker(cfg, keys, directory, engine, http, metrics)
     service = GatewayService(cfg, keys, directory, engine, http, metrics, worker.wake)
 

@@ -16,10 +16,11 @@ import logging
 import secrets
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
 from sqlalchemy import Engine, and_, select, update
 
+from veilpay.gateway.link import LinkError, PartnerLink
 from veilpay.gateway.store import outbox
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.keys import PartyKeys
@@ -36,7 +37,7 @@ def _now_ms() -> int:
 
 
 class OutboxWorker:
-    def __init__(self, cfg: Any, keys: PartyKeys, directory: Any, engine: Engine, http: httpx.AsyncClient,
+    def __init__(self, cfg: Any, keys: PartyKeys, directory: Any, engine: Engine, http: PartnerLink,
                  metrics: Any) -> None:
         self.cfg, self.keys, self._directory, self.engine = cfg, keys, directory, engine
         self.http, self.metrics = http, metrics
@@ -68,20 +69,20 @@ class OutboxWorker:
             err = "partner has no notifyUrl in the directory"
         else:
             raw = row.body.encode()
-            path = httpx.URL(partner.notify_url).path
+            path = urlsplit(partner.notify_url).path or "/"
             v, key = self.keys.signer()
             headers = sign_headers(key, v, "POST", path, partner.id, raw, time.time())
             headers["Content-Type"] = "application/json"
             try:
-                resp = await self.http.post(partner.notify_url, content=raw, headers=headers,
-                                            timeout=self.cfg.webhook_timeout_s)
-                if resp.status_code // 100 == 2:
-                    ans = json.loads(resp.content)
+                status, _, content = await self.http.post(partner.notify_url, raw, headers,
+                                                          self.cfg.webhook_timeout_s)
+                if status // 100 == 2:
+                    ans = json.loads(content)
                     ok = ans.get("result", {}).get("resultStatus") == "S"
                     err = "" if ok else "answer is not resultStatus S"
                 else:
-                    err = f"HTTP {resp.status_code}"
-            except (httpx.HTTPError, ValueError, AttributeError) as exc:
+                    err = f"HTTP {status}"
+            except (LinkError, ValueError, AttributeError) as exc:
                 err = type(exc).__name__
         now = _now_ms()
         with self.engine.begin() as conn:

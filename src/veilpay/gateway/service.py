@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 from pydantic import ValidationError
 from sqlalchemy import Engine, Row, and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -30,6 +29,7 @@ from veilpay.crypto.digest import sha256
 from veilpay.crypto.tokens import ct_equal, random_id
 from veilpay.errors import SignatureError
 from veilpay.gateway.codes import CODES, ApiFailure, result
+from veilpay.gateway.link import LinkError, PartnerLink
 from veilpay.gateway.schemas import (
     CancelRequest,
     InquiryPaymentRequest,
@@ -110,7 +110,7 @@ def _check_amount(obj: Any, what: str) -> tuple[str, int]:
 
 class GatewayService:
     def __init__(self, cfg: Any, keys: PartyKeys, directory: Callable[[], Directory], engine: Engine,
-                 http: httpx.AsyncClient, metrics: Any, wake_outbox: Callable[[], None]) -> None:
+                 http: PartnerLink, metrics: Any, wake_outbox: Callable[[], None]) -> None:
         self.cfg, self.keys, self._directory, self.engine, self.http = cfg, keys, directory, engine, http
         self.metrics, self.wake_outbox = metrics, wake_outbox
 
@@ -151,25 +151,24 @@ class GatewayService:
         headers = sign_headers(key, v, "POST", path, partner.id, raw, time.time())
         headers["Content-Type"] = "application/json"
         try:
-            resp = await self.http.post(partner.endpoint.rstrip("/") + path, content=raw, headers=headers,
-                                        timeout=self.cfg.mpp_timeout_s)
-        except httpx.HTTPError as exc:
+            status, hdrs, content = await self.http.post(partner.endpoint.rstrip("/") + path, raw, headers,
+                                                         self.cfg.mpp_timeout_s)
+        except LinkError as exc:
             self.metrics.mpp_calls.labels(outcome="unreachable").inc()
-            raise MppUnreachable(type(exc).__name__) from exc
+            raise MppUnreachable(str(exc)) from exc
         try:
-            hdrs = {k.lower(): v for k, v in resp.headers.items()}
-            signed = verify_message(hdrs, "POST", path, resp.content, partner.verify_key, time.time(),
+            signed = verify_message(hdrs, "POST", path, content, partner.verify_key, time.time(),
                                     self.cfg.request_window_s, "Response-Time")
             if signed.client_id != partner.id:
                 raise SignatureError("answer signed for another partner")
-            obj = json.loads(resp.content)
+            obj = json.loads(content)
             res = obj["result"]
             if res["resultStatus"] not in ("S", "F", "U"):
                 raise ValueError("resultStatus")
         except (SignatureError, ValueError, KeyError, TypeError) as exc:
             self.metrics.mpp_calls.labels(outcome="bad_answer").inc()
             log.warning("bad answer from partner", extra={"event": "partner_bad_answer", "partner": partner.id,
-                                                          "path": path, "http_status": resp.status_code})
+                                                          "path": path, "http_status": status})
             raise MppUnreachable("unverifiable answer") from exc
         self.metrics.mpp_calls.labels(outcome=res["resultStatus"]).inc()
         return obj
