@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -46,27 +47,41 @@ async def _load(net: LocalNet, codes: list[str], concurrency: int, tag: str) -> 
     return wall, lat, codes_seen
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_mode(pets: bool, n: int, concurrency: int, warmup: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp, LocalNet(Path(tmp), pets=pets) as net:
         net.start_all()
         net.admin("mpp-1", "POST", "/admin/wallets", {"userId": "bench-user", "name": "Bench User", "currency": "PHP",
                                                        "balance": 10**14})
-        codes = net.admin("mpp-1", "POST", "/admin/codes", {"userId": "bench-user", "count": n + warmup,
+        seq = 200
+        codes = net.admin("mpp-1", "POST", "/admin/codes", {"userId": "bench-user", "count": n + warmup + seq,
                                                              "ttlSeconds": 3600})["codes"]
         asyncio.run(_load(net, codes[:warmup], concurrency, "warm"))
-        wall, lat, results = asyncio.run(_load(net, codes[warmup:], concurrency, "run"))
+        _, one, _ = asyncio.run(_load(net, codes[warmup:warmup + seq], 1, "seq"))
+        cpu0 = {name: _cpu_s(p.pid) for name, p in net.procs.items()}
+        me0 = time.process_time()
+        wall, lat, results = asyncio.run(_load(net, codes[warmup + seq:], concurrency, "run"))
+        me1 = time.process_time()
         t = time.perf_counter()
         while True:
             got = net.admin("acqp-1", "GET", "/admin/notifications")
-            if len(got["notifications"]) >= n + warmup or time.perf_counter() - t > 120:
+            if len(got["notifications"]) >= n + warmup + seq or time.perf_counter() - t > 120:
                 break
             time.sleep(0.05)
         drain = time.perf_counter() - t
+        cpu = {name: round(1000 * (_cpu_s(p.pid) - cpu0[name]) / n, 2) for name, p in net.procs.items()}
+        cpu["load_generator"] = round(1000 * (me1 - me0) / n, 2)
         lat.sort()
         return {"bench": "gateway_pay", "pets": pets, "payments": n, "concurrency": concurrency,
                 "wall_s": round(wall, 3), "pay_per_s": round(n / wall, 1),
                 "p50_ms": round(1000 * statistics.median(lat), 2),
                 "p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))], 2),
+                "unloaded_p50_ms": round(1000 * statistics.median(one), 2), "cpu_ms_per_payment": cpu,
                 "results": results, "webhooks_applied": len(got["notifications"]),
                 "webhook_drain_after_last_pay_s": round(drain, 3)}
 
@@ -74,7 +89,7 @@ def run_mode(pets: bool, n: int, concurrency: int, warmup: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--payments", type=int, default=3000)
-    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=200)
     a = ap.parse_args()
     rows = []
