@@ -20,7 +20,7 @@ from veilpay.crypto.signing import SigningKey
 from veilpay.crypto.tokens import TokenKey, ct_equal, hmac_sha256
 from veilpay.errors import ConfigError, DecryptionError, SignatureError
 from veilpay.gateway.store import outbox, payments, refunds
-from veilpay.sdk import open_fields, parse_amount, retire_key, rotate_keys, seal_fields, sign_headers
+from veilpay.sdk import MINOR_UNITS, open_fields, parse_amount, retire_key, rotate_keys, seal_fields, sign_headers
 from veilpay.sdk.money import InvalidAmount, UnsupportedCurrency
 from veilpay.sdk.signing import verify_message
 
@@ -462,3 +462,72 @@ def test_plaintext_mode_for_benchmarks_is_refused_by_a_pets_gateway(tmp_path: Pa
         clear = Net(tmp_path / "clear", pets=False)
         assert (await _pay(clear)).code == "SUCCESS"
     run(body())
+
+
+def test_cancel_window_and_concurrent_refunds(tmp_path: Path, database: str | None) -> None:
+    import asyncio
+
+    async def body() -> None:
+        net = Net(tmp_path, database=database, cancel_window_s=0.0)
+        r = await _pay(net)
+        c = net.client()
+        assert (await c.cancel_payment(payment_id=r.body["paymentId"])).code == "CANCEL_WINDOW_EXCEED"
+        answers = await asyncio.gather(*[
+            c.refund(f"par-{i}", {"currency": "JPY", "value": "300"}, payment_request_id="r1") for i in range(5)])
+        codes = sorted(a.code for a in answers)
+        assert codes == ["REFUND_AMOUNT_EXCEED"] * 2 + ["SUCCESS"] * 3
+        q = await c.inquiry_payment(payment_request_id="r1")
+        assert q.body["refundedAmount"] == {"currency": "JPY", "value": "900"}
+        assert await net.balance("u1") == 10**6 - 38000 + 3 * 11400
+    run(body())
+
+
+# ---------------------------------------------------------------- properties
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                     max_leaves=12)
+
+
+@pytest.fixture(scope="module")
+def two_parties(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    from veilpay.sdk import create_party
+
+    root = tmp_path_factory.mktemp("keys")
+    return (create_party(root / "a", "acqp-a", "acqp"), create_party(root / "m", "mpp-m", "mpp", code_prefixes=["55"]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fields=st.dictionaries(st.text(max_size=10), _json, max_size=5), ctx=st.text(max_size=30),
+       flip=st.integers(0, 10_000))
+def test_envelope_round_trip_and_tamper_property(two_parties: tuple[Any, Any], fields: dict[str, Any], ctx: str,
+                                                  flip: int) -> None:
+    from veilpay.crypto.signing import b64d, b64e
+
+    _, mpp = two_parties
+    env = seal_fields(fields, mpp.public, "order", ctx)
+    assert open_fields(env, mpp, "order", ctx) == fields
+    ct = bytearray(b64d(env["ct"]))
+    ct[flip % len(ct)] ^= 1 + flip % 255
+    with pytest.raises(DecryptionError):
+        open_fields({**env, "ct": b64e(bytes(ct))}, mpp, "order", ctx)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=300), path=st.text(min_size=1, max_size=20), other=st.binary(max_size=300))
+def test_signature_property(two_parties: tuple[Any, Any], body: bytes, path: str, other: bytes) -> None:
+    acqp, _ = two_parties
+    v, sk = acqp.signer()
+    now = time.time()
+    h = {k.lower(): val for k, val in sign_headers(sk, v, "POST", path, "acqp-a", body, now).items()}
+    assert verify_message(h, "POST", path, body, acqp.public.verify_key, now, 60).client_id == "acqp-a"
+    if other != body:
+        with pytest.raises(SignatureError):
+            verify_message(h, "POST", path, other, acqp.public.verify_key, now, 60)
+
+
+@given(value=st.integers(1, 10**15), cur=st.sampled_from(sorted(MINOR_UNITS)))
+def test_amount_round_trip_property(value: int, cur: str) -> None:
+    assert parse_amount({"currency": cur, "value": str(value)}) == (cur, value)
