@@ -531,3 +531,17 @@ def test_signature_property(two_parties: tuple[Any, Any], body: bytes, path: str
 @given(value=st.integers(1, 10**15), cur=st.sampled_from(sorted(MINOR_UNITS)))
 def test_amount_round_trip_property(value: int, cur: str) -> None:
     assert parse_amount({"currency": cur, "value": str(value)}) == (cur, value)
+
+
+def test_used_and_expired_codes_are_refused_by_the_mpp(tmp_path: Path) -> None:
+    async def body() -> None:
+        net = Net(tmp_path)
+        await net.wallet("u1", 10**6)
+        c = net.client()
+        code = await net.code("u1")
+        assert (await c.pay("c1", JPY, code, ORDER)).code == "SUCCESS"
+        assert (await c.pay("c2", JPY, code, ORDER)).code == "INVALID_CODE"  # one code, one payment
+        old = await net.code("u1", ttl=-1)
+        assert (await c.pay("c3", JPY, old, ORDER)).code == "INVALID_CODE"
+        assert await net.balance("u1") == 10**6 - 38000
+    run(body())

@@ -138,7 +138,8 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
         with engine.begin() as conn:
             crow = conn.execute(select(codes).where(codes.c.code == code)).first()
             if crow is None or crow.expires_ms < now or (crow.used_by and crow.used_by != pid) or acqp is None:
-                invalid = {"result": _res("INVALID_CODE", "F", "unknown, expired or used payment code")}
+                invalid = ({"result": _res("INVALID_CODE", "F", "unknown, expired or used payment code")} if acqp
+                           else {"result": _res("PROCESS_FAIL", "F", "acquirer not in the directory")})
                 conn.execute(insert(mpp_payments).values(payment_id=pid, acqp_id=acqp_id, currency=currency,
                                                          amount=value, status="FAIL", answer=json.dumps(invalid),
                                                          refunded=0, credited=0, debit=0, created_ms=now))
