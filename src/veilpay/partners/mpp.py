@@ -24,11 +24,12 @@ from fastapi import FastAPI, Request, Response
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from veilpay.errors import DecryptionError, SignatureError
+from veilpay.errors import ConfigError, DecryptionError, SignatureError
 from veilpay.partners._common import admin_ok, json_response, load_identity, open_db
 from veilpay.partners.config import PartnerConfig
 from veilpay.sdk.client import AsyncGatewayClient
 from veilpay.sdk.envelope import open_fields, seal_fields
+from veilpay.sdk.keys import customer_token
 from veilpay.sdk.money import MINOR_UNITS
 from veilpay.sdk.partner import GatewayCalls
 
@@ -78,8 +79,7 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
     """``transport`` routes the SDK's calls to the gateway (tests pass an in-process app)."""
     keys, gateway = load_identity(cfg, "mpp")
     if keys.token_key is None:
-        raise SignatureError("the MPP's secret file has no token key")
-    token_key = keys.token_key
+        raise ConfigError(f"{cfg.keys}: the MPP's secret file has no token key")
     calls = GatewayCalls(keys, gateway, cfg.request_window_s)
     engine = open_db(cfg.database, md)
     client = AsyncGatewayClient(keys, cfg.gateway_url, gateway, pets=cfg.pets, transport=transport)
@@ -160,7 +160,7 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
                 return failed
             info: dict[str, Any] = {"pspName": cfg.name or keys.id, "customerName": _mask(w.name or ""),
                     "displayCustomerId": "*" * 4 + w.user_id[-4:], "orderEcho": str(order.get("orderId", ""))[:64]}
-            answer: dict[str, Any] = {"result": _res("SUCCESS", "S"), "customerToken": token_key.token(keys.id, w.user_id),
+            answer: dict[str, Any] = {"result": _res("SUCCESS", "S"), "customerToken": customer_token(keys, w.user_id),
                       "customerInfo": seal_fields(info, acqp, "customerInfo", ctx) if cfg.pets else info,
                       "walletAmount": {"currency": w.currency, "value": str(debit)}}
             try:

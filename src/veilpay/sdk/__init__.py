@@ -4,7 +4,15 @@ directory and the gateway client."""
 from veilpay.sdk.client import ApiResponse, AsyncGatewayClient, GatewayClient
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.envelope import is_envelope, open_fields, seal_fields
-from veilpay.sdk.keys import PartyKeys, PublicEntry, create_party, load_party, retire_key, rotate_keys
+from veilpay.sdk.keys import (
+    PartyKeys,
+    PublicEntry,
+    create_party,
+    customer_token,
+    load_party,
+    retire_key,
+    rotate_keys,
+)
 from veilpay.sdk.money import MINOR_UNITS, InvalidAmount, UnsupportedCurrency, parse_amount
 from veilpay.sdk.partner import GatewayCalls
 from veilpay.sdk.signing import sign_headers, verify_message
@@ -21,6 +29,7 @@ __all__ = [
     "PublicEntry",
     "UnsupportedCurrency",
     "create_party",
+    "customer_token",
     "is_envelope",
     "load_party",
     "open_fields",

@@ -21,7 +21,7 @@ from veilpay.crypto.tokens import TokenKey
 from veilpay.errors import ConfigError
 from veilpay.files import atomic_write
 
-__all__ = ["ROLES", "PartyKeys", "PublicEntry", "create_party", "load_party", "retire_key", "rotate_keys"]
+__all__ = ["ROLES", "PartyKeys", "PublicEntry", "create_party", "customer_token", "load_party", "retire_key", "rotate_keys"]
 
 ROLES = ("mpp", "acqp", "gateway")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -134,6 +134,14 @@ def _read_json(path: Path) -> Any:
         raise ConfigError(f"{path}: no such key file") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not JSON") from exc
+
+
+def customer_token(keys: PartyKeys, customer_id: str) -> str:
+    """The pseudonym an MPP sends for its customer: HMAC-SHA256 under the MPP's token
+    key, stable for this MPP and unlinkable to the same person at another MPP."""
+    if keys.public.role != "mpp" or keys.token_key is None:
+        raise ConfigError("only an MPP (with a token key) tokenises its customers")
+    return keys.token_key.token(keys.id, customer_id)
 
 
 def load_party(folder: str | Path) -> PartyKeys:
