@@ -545,3 +545,32 @@ def test_used_and_expired_codes_are_refused_by_the_mpp(tmp_path: Path) -> None:
         assert (await c.pay("c3", JPY, old, ORDER)).code == "INVALID_CODE"
         assert await net.balance("u1") == 10**6 - 38000
     run(body())
+
+
+def test_list_payments_and_settlement_summary(tmp_path: Path) -> None:
+    import datetime as dt
+
+    async def body() -> None:
+        net = Net(tmp_path)
+        await net.wallet("u1", 10**7)
+        c = net.client()
+        for i in range(5):
+            assert (await c.pay(f"l{i}", {"currency": "JPY", "value": str(100 * (i + 1))}, await net.code("u1"),
+                                ORDER)).code == "SUCCESS"
+        assert (await c.refund("lr", {"currency": "JPY", "value": "50"}, payment_request_id="l0")).code == "SUCCESS"
+        first = await c.list_payments(page_size=2)
+        ids = [p["paymentRequestId"] for p in first.body["payments"]]
+        assert ids == ["l4", "l3"] and "nextPageToken" in first.body
+        rest = await c.list_payments(page_size=10, page_token=first.body["nextPageToken"])
+        assert [p["paymentRequestId"] for p in rest.body["payments"]] == ["l2", "l1", "l0"]
+        assert "nextPageToken" not in rest.body
+        assert (await net.client("acqp-2").list_payments()).body["payments"] == []
+        today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+        s = await c.settlement_summary(today)
+        assert s.body["summaries"] == [{"currency": "JPY", "paymentCount": 5,
+                                        "paymentTotal": {"currency": "JPY", "value": "1500"}, "refundCount": 1,
+                                        "refundTotal": {"currency": "JPY", "value": "50"},
+                                        "netTotal": {"currency": "JPY", "value": "1450"}}]
+        assert (await c.settlement_summary("2001-01-01")).body["summaries"] == []
+        assert (await c.settlement_summary("2001-13-45")).code == "PARAM_ILLEGAL"
+    run(body())

@@ -33,8 +33,10 @@ from veilpay.gateway.schemas import (
     CancelRequest,
     InquiryPaymentRequest,
     InquiryRefundRequest,
+    ListPaymentsRequest,
     PayRequest,
     RefundRequest,
+    SettlementSummaryRequest,
 )
 from veilpay.gateway.service import GatewayService
 from veilpay.gateway.store import make_engine, migrate
@@ -176,6 +178,10 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
         ("/v1/payments/cancelPayment", CancelRequest, service.cancel, "Cancel a payment within the cancel window"),
         ("/v1/payments/refund", RefundRequest, service.refund, "Refund all or part of a successful payment"),
         ("/v1/payments/inquiryRefund", InquiryRefundRequest, service.inquiry_refund, "The status of a refund"),
+        ("/v1/payments/listPayments", ListPaymentsRequest, service.list_payments,
+         "This acquirer's payments, newest first (veilpay)"),
+        ("/v1/payments/settlementSummary", SettlementSummaryRequest, service.settlement_summary,
+         "Per-currency totals of one day's successful payments and refunds (veilpay)"),
     ]
     for path, model, op, summary in routes:
         endpoint = _endpoint(handle, op)

@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["CancelRequest", "InquiryPaymentRequest", "InquiryRefundRequest", "PayRequest", "RefundRequest"]
+__all__ = ["CancelRequest", "InquiryPaymentRequest", "InquiryRefundRequest", "ListPaymentsRequest", "PayRequest",
+           "RefundRequest", "SettlementSummaryRequest"]
 
 RequestId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 GatewayId = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z]{3}_[0-9a-f]{32}$")]
@@ -68,3 +69,12 @@ class InquiryRefundRequest(_Strict):
         if (self.refundId is None) == (self.refundRequestId is None):
             raise ValueError("give exactly one of refundId and refundRequestId")
         return self
+
+
+class ListPaymentsRequest(_Strict):
+    pageSize: Annotated[int, Field(ge=1, le=100)] = 20
+    pageToken: Annotated[str, Field(max_length=80, pattern=r"^[0-9]{1,16}:[a-z]{3}_[0-9a-f]{32}$")] | None = None
+
+
+class SettlementSummaryRequest(_Strict):
+    settlementDate: Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, Row, and_, insert, or_, select, update
+from sqlalchemy import Engine, Row, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from veilpay.crypto.digest import sha256
@@ -34,8 +34,10 @@ from veilpay.gateway.schemas import (
     CancelRequest,
     InquiryPaymentRequest,
     InquiryRefundRequest,
+    ListPaymentsRequest,
     PayRequest,
     RefundRequest,
+    SettlementSummaryRequest,
 )
 from veilpay.gateway.store import outbox, payments, refunds, seen_requests
 from veilpay.sdk.directory import Directory
@@ -541,6 +543,60 @@ class GatewayService:
         body["refundResult"] = self._refund_result(row)
         body["refundStatus"] = row.status
         return body
+
+    # ------------------------------------------------------------------ lists and totals
+    async def list_payments(self, acqp: PublicEntry, obj: Any) -> dict[str, Any]:
+        """This acquirer's payments, newest first, a page at a time."""
+        req: ListPaymentsRequest = _validate(ListPaymentsRequest, obj)
+        q = select(payments).where(payments.c.acqp_id == acqp.id)
+        if req.pageToken:
+            ms, pid = req.pageToken.split(":")
+            q = q.where(or_(payments.c.created_ms < int(ms),
+                            and_(payments.c.created_ms == int(ms), payments.c.id < pid)))
+        q = q.order_by(payments.c.created_ms.desc(), payments.c.id.desc()).limit(req.pageSize + 1)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        page = rows[:req.pageSize]
+        out = [{"paymentId": r.id, "paymentRequestId": r.payment_request_id,
+                "paymentAmount": _amount(r.currency, r.amount), "paymentStatus": r.status,
+                "paymentResult": self._payment_result(r), "createTime": _iso(r.created_ms),
+                "paymentTime": _iso(r.payment_time_ms), "refundedAmount": _amount(r.currency, r.refunded)}
+               for r in page]
+        body: dict[str, Any] = {"result": result("SUCCESS"), "payments": out}
+        if len(rows) > req.pageSize:
+            body["nextPageToken"] = f"{page[-1].created_ms}:{page[-1].id}"
+        return body
+
+    async def settlement_summary(self, acqp: PublicEntry, obj: Any) -> dict[str, Any]:
+        """Per currency, this acquirer's successful payments and refunds of one UTC day.
+        The gateway adds clear amounts here; the privacy-nodes issue moves this into MPC."""
+        import datetime as dt
+
+        req: SettlementSummaryRequest = _validate(SettlementSummaryRequest, obj)
+        try:
+            day = dt.datetime.strptime(req.settlementDate, "%Y-%m-%d").replace(tzinfo=dt.UTC)
+        except ValueError as exc:
+            raise ApiFailure("PARAM_ILLEGAL", "settlementDate is not a date") from exc
+        lo = int(day.timestamp() * 1000)
+        hi = lo + 86_400_000
+        sums: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            prow = conn.execute(select(payments.c.currency, func.count(), func.sum(payments.c.amount))
+                                .where(and_(payments.c.acqp_id == acqp.id, payments.c.status == "SUCCESS",
+                                            payments.c.payment_time_ms >= lo, payments.c.payment_time_ms < hi))
+                                .group_by(payments.c.currency)).all()
+            rrow = conn.execute(select(refunds.c.currency, func.count(), func.sum(refunds.c.amount))
+                                .where(and_(refunds.c.acqp_id == acqp.id, refunds.c.status == "SUCCESS",
+                                            refunds.c.refund_time_ms >= lo, refunds.c.refund_time_ms < hi))
+                                .group_by(refunds.c.currency)).all()
+        for cur, n, total in prow:
+            sums.setdefault(cur, {"pc": 0, "pt": 0, "rc": 0, "rt": 0}).update(pc=int(n), pt=int(total or 0))
+        for cur, n, total in rrow:
+            sums.setdefault(cur, {"pc": 0, "pt": 0, "rc": 0, "rt": 0}).update(rc=int(n), rt=int(total or 0))
+        return {"result": result("SUCCESS"), "settlementDate": req.settlementDate, "summaries": [
+            {"currency": cur, "paymentCount": s["pc"], "paymentTotal": _amount(cur, s["pt"]),
+             "refundCount": s["rc"], "refundTotal": _amount(cur, s["rt"]), "netTotal": _amount(cur, s["pt"] - s["rt"])}
+            for cur, s in sorted(sums.items())]}
 
     # ------------------------------------------------------------------ resolver
     async def resolve_pending(self, limit: int = 100) -> int:

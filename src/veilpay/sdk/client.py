@@ -155,6 +155,13 @@ def _one_of(**named: str | None) -> dict[str, str]:
             else "refundId" if k == "refund_id" else "refundRequestId": v}
 
 
+def _page(size: int, token: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"pageSize": size}
+    if token is not None:
+        body["pageToken"] = token
+    return body
+
+
 def _dumps(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -224,6 +231,12 @@ class GatewayClient(_Core):
     def inquiry_refund(self, *, refund_id: str | None = None, refund_request_id: str | None = None) -> ApiResponse:
         return self.call("/v1/payments/inquiryRefund", _one_of(refund_id=refund_id, refund_request_id=refund_request_id))
 
+    def list_payments(self, page_size: int = 20, page_token: str | None = None) -> ApiResponse:
+        return self.call("/v1/payments/listPayments", _page(page_size, page_token))
+
+    def settlement_summary(self, settlement_date: str) -> ApiResponse:
+        return self.call("/v1/payments/settlementSummary", {"settlementDate": settlement_date})
+
 
 class AsyncGatewayClient(_Core):
     """asyncio client, same behaviour as GatewayClient."""
@@ -290,3 +303,9 @@ class AsyncGatewayClient(_Core):
                              refund_request_id: str | None = None) -> ApiResponse:
         return await self.call("/v1/payments/inquiryRefund",
                                _one_of(refund_id=refund_id, refund_request_id=refund_request_id))
+
+    async def list_payments(self, page_size: int = 20, page_token: str | None = None) -> ApiResponse:
+        return await self.call("/v1/payments/listPayments", _page(page_size, page_token))
+
+    async def settlement_summary(self, settlement_date: str) -> ApiResponse:
+        return await self.call("/v1/payments/settlementSummary", {"settlementDate": settlement_date})
