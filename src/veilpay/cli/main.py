@@ -86,6 +86,25 @@ def _cmd_partner(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mcp(a: argparse.Namespace) -> int:
+    import os
+
+    from veilpay.mcp.config import load_mcp_config
+    from veilpay.mcp.server import build_server
+
+    path = a.partner_config or os.environ.get("VEILPAY_MCP_CONFIG")
+    if not path:
+        raise ConfigError("give --partner-config or set VEILPAY_MCP_CONFIG")
+    tools = {t.strip() for t in a.tools.split(",") if t.strip()} if a.tools else None
+    srv = build_server(load_mcp_config(path), tools=tools, read_only=a.read_only)
+    logging.getLogger().handlers[:] = [logging.StreamHandler(sys.stderr)]  # stdout carries the protocol
+    if a.transport == "stdio":
+        srv.run("stdio")
+    else:
+        srv.run("streamable-http", host=a.host, port=a.port)
+    return 0
+
+
 def _cmd_node(a: argparse.Namespace) -> int:
     from veilpay.mpc import load_program, run_party
 
@@ -289,6 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--config", required=True, help="partner config (TOML), see docs/gateway.md")
     pa.add_argument("--log", help="write JSON log lines to this file (default: stderr)")
     pa.set_defaults(fn=_cmd_partner)
+
+    m = sub.add_parser("mcp", help="an MCP server that lets an AI assistant take payments and refunds for one acquirer")
+    m.add_argument("--partner-config", help="TOML with [partner] credentials and [mcp] limits (or VEILPAY_MCP_CONFIG)")
+    m.add_argument("--tools", help="allow-list, comma separated (default: all)")
+    m.add_argument("--read-only", action="store_true", help="only the query, list and settlement tools")
+    m.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio")
+    m.add_argument("--host", default="127.0.0.1", help="streamable-http: address to listen on")
+    m.add_argument("--port", type=int, default=8765, help="streamable-http: port")
+    m.set_defaults(fn=_cmd_mcp)
 
     d = sub.add_parser("demo", help="the main job on embedded data: encrypted payments through the gateway, "
                        "then three wallets in MPC (aby3, TLS)")

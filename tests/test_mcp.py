@@ -1,0 +1,211 @@
+"""The MCP server for an acquirer, through the official MCP client: in process against
+the in-process payment network, and over stdio against the real gateway processes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import mcp_types as types
+import pytest
+from gateway_net import Net, run
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+
+from veilpay.mcp.config import McpConfig, load_mcp_config
+from veilpay.mcp.server import TOOLS, build_server
+
+LIMITS = {"per_call": {"JPY": 5000}, "per_day": {"JPY": 8000}, "confirm_refund_above": {"JPY": 2000},
+          "refund_share": 0.9}
+
+
+def _cfg(tmp: Path, net_root: Path, gateway_url: str = "http://gateway.test") -> McpConfig:
+    return McpConfig(keys=net_root / "keys" / "acqp-1", gateway_key=net_root / "keys" / "gateway" / "public.json",
+                     gateway_url=gateway_url, state=tmp / "mcp" / "state.db", audit_log=tmp / "mcp" / "audit.log",
+                     per_call=LIMITS["per_call"], per_day=LIMITS["per_day"],
+                     confirm_refund_above=LIMITS["confirm_refund_above"], refund_share=0.9)
+
+
+def _out(r: Any) -> dict[str, Any]:
+    assert not r.is_error, r.content
+    return r.structured_content
+
+
+def _error(r: Any) -> str:
+    assert r.is_error
+    return r.content[0].text
+
+
+def _audit(tmp: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (tmp / "mcp" / "audit.log").read_text().splitlines()]
+
+
+async def _confirm_yes(context: Any, params: Any) -> types.ElicitResult:
+    return types.ElicitResult(action="accept", content={"confirm": True})
+
+
+async def _confirm_no(context: Any, params: Any) -> types.ElicitResult:
+    return types.ElicitResult(action="decline")
+
+
+def test_tools_annotations_and_schemas(tmp_path: Path) -> None:
+    async def body() -> None:
+        net = Net(tmp_path)
+        async with Client(build_server(_cfg(tmp_path, tmp_path), transport=net.router)) as c:
+            tools = {t.name: t for t in (await c.list_tools()).tools}
+        assert set(tools) == set(TOOLS)
+        for name in ("query_payment", "query_refund", "list_payments", "settlement_summary"):
+            assert tools[name].annotations.read_only_hint is True
+        for name in ("cancel_payment", "create_refund"):
+            assert tools[name].annotations.destructive_hint is True and tools[name].annotations.read_only_hint is False
+        assert tools["create_payment"].annotations.idempotent_hint is True
+        assert "idempotency_key" in tools["create_payment"].input_schema["properties"]
+        assert "confirmation" not in tools["create_refund"].input_schema["properties"]
+        assert tools["create_payment"].output_schema["properties"]["status"]
+    run(body())
+
+
+def test_assistant_flow_limits_and_idempotency(tmp_path: Path) -> None:
+    import datetime as dt
+
+    async def body() -> None:
+        net = Net(tmp_path)
+        await net.wallet("u1", 10**7)
+        srv = build_server(_cfg(tmp_path, tmp_path), transport=net.router)
+        async with Client(srv, elicitation_callback=_confirm_yes) as c:
+            code = await net.code("u1")
+            paid = _out(await c.call_tool("create_payment", {"payment_code": code, "currency": "JPY", "value": "4000",
+                                                             "order_description": "tea", "idempotency_key": "key-00001"}))
+            assert paid["status"] == "S" and paid["customer"]["displayCustomerId"] == "****u1"
+            assert "tk_" not in json.dumps(paid) and "Maria" not in json.dumps(paid)
+            again = _out(await c.call_tool("create_payment", {"payment_code": code, "currency": "JPY", "value": "4000",
+                                                              "order_description": "tea", "idempotency_key": "key-00001"}))
+            assert again["paymentId"] == paid["paymentId"]
+            assert await net.balance("u1") == 10**7 - 4000 * 38
+            conflict = await c.call_tool("create_payment", {"payment_code": code, "currency": "JPY", "value": "10",
+                                                            "idempotency_key": "key-00001"})
+            assert "different call" in _error(conflict)
+            over = await c.call_tool("create_payment", {"payment_code": await net.code("u1"), "currency": "JPY",
+                                                        "value": "5001"})
+            assert "per-call limit" in _error(over)
+            day = await c.call_tool("create_payment", {"payment_code": await net.code("u1"), "currency": "JPY",
+                                                       "value": "4500"})
+            assert "today's limit" in _error(day)
+            usd = await c.call_tool("create_payment", {"payment_code": await net.code("u1"), "currency": "USD",
+                                                       "value": "100"})
+            assert "no limit is configured for USD" in _error(usd)
+            q = _out(await c.call_tool("query_payment", {"payment_id": paid["paymentId"]}))
+            assert q["paymentStatus"] == "SUCCESS"
+            small = _out(await c.call_tool("create_refund", {"payment_id": paid["paymentId"], "currency": "JPY",
+                                                             "value": "1000", "idempotency_key": "refund-001"}))
+            assert small["status"] == "S"
+            share = await c.call_tool("create_refund", {"payment_id": paid["paymentId"], "currency": "JPY",
+                                                        "value": "2700"})
+            assert "over the allowed 90%" in _error(share)
+            big = _out(await c.call_tool("create_refund", {"payment_request_id": paid["paymentRequestId"],
+                                                           "currency": "JPY", "value": "2500"}))
+            assert big["status"] == "S"  # above the confirmation limit, and the user said yes
+            qr = _out(await c.call_tool("query_refund", {"refund_request_id": small["refundRequestId"]}))
+            assert qr["status"] == "S"
+            page = _out(await c.call_tool("list_payments", {"page_size": 5}))
+            assert [p["paymentId"] for p in page["payments"]] == [paid["paymentId"]]
+            today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+            s = _out(await c.call_tool("settlement_summary", {"settlement_date": today}))
+            assert s["summaries"][0]["netTotal"] == {"currency": "JPY", "value": "500"}
+            with pytest.raises(MCPError):
+                await c.call_tool("query_payment", {"payment_id": paid["paymentId"], "gateway_url": "http://evil"})
+        async with Client(srv, elicitation_callback=_confirm_no) as c:
+            r = await net.code("u1")
+            p2 = _out(await c.call_tool("create_payment", {"payment_code": r, "currency": "JPY", "value": "3000"}))
+            assert p2["status"] == "S"
+            no = await c.call_tool("create_refund", {"payment_id": p2["paymentId"], "currency": "JPY", "value": "2500"})
+            assert "did not confirm" in _error(no)
+        async with Client(srv) as c:  # no elicitation support: large refunds are refused
+            no = await c.call_tool("create_refund", {"payment_id": p2["paymentId"], "currency": "JPY", "value": "2500"})
+            assert "cannot ask the user" in _error(no)
+            ok = _out(await c.call_tool("create_refund", {"payment_id": p2["paymentId"], "currency": "JPY",
+                                                          "value": "100"}))
+            assert ok["status"] == "S"
+        log = _audit(tmp_path)
+        assert {e["outcome"] for e in log} >= {"ok", "refused", "repeat"}
+        text = (tmp_path / "mcp" / "audit.log").read_text()
+        assert code not in text and "tea" not in text  # no payment code, no order description
+        assert any(e.get("reason", "").startswith("undeclared arguments") for e in log)
+    run(body())
+
+
+def test_allow_list_and_read_only(tmp_path: Path) -> None:
+    async def body() -> None:
+        net = Net(tmp_path)
+        ro = build_server(_cfg(tmp_path, tmp_path), read_only=True, transport=net.router)
+        async with Client(ro) as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert names == {"query_payment", "query_refund", "list_payments", "settlement_summary"}
+            with pytest.raises(MCPError):
+                await c.call_tool("create_payment", {"payment_code": "2810000000000001", "currency": "JPY",
+                                                     "value": "1"})
+        only = build_server(_cfg(tmp_path, tmp_path), tools={"query_payment", "create_refund"}, transport=net.router)
+        async with Client(only) as c:
+            assert {t.name for t in (await c.list_tools()).tools} == {"query_payment", "create_refund"}
+            with pytest.raises(MCPError):
+                await c.call_tool("list_payments", {})
+        with pytest.raises(Exception, match="unknown tools"):
+            build_server(_cfg(tmp_path, tmp_path), tools={"drain_account"}, transport=net.router)
+        assert any(e["reason"] == "tool not enabled on this server" for e in _audit(tmp_path))
+    run(body())
+
+
+def test_config_file(tmp_path: Path) -> None:
+    (tmp_path / "acqp.toml").write_text(
+        '[partner]\nkeys = "keys/acqp-1"\ngateway_key = "keys/gateway/public.json"\ngateway_url = "http://gw"\n'
+        '[mcp]\nrefund_share = 0.5\n[mcp.per_call]\nJPY = 100\n[mcp.per_day]\nJPY = 1000\n')
+    cfg = load_mcp_config(tmp_path / "acqp.toml")
+    assert cfg.per_call == {"JPY": 100} and cfg.refund_share == 0.5 and cfg.keys == tmp_path / "keys" / "acqp-1"
+    (tmp_path / "bad.toml").write_text('[partner]\nkeys = "k"\ngateway_key = "g"\ngateway_url = "u"\n'
+                                       '[mcp.per_call]\nXXX = 1\n')
+    with pytest.raises(Exception, match="ISO 4217"):
+        load_mcp_config(tmp_path / "bad.toml")
+
+
+@pytest.mark.tcp
+def test_stdio_end_to_end_against_the_real_gateway(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from mcp.client.stdio import StdioServerParameters
+
+    from veilpay.cli.localnet import LocalNet
+
+    with LocalNet(tmp_path / "net") as net:
+        net.start_all()
+        net.admin("mpp-1", "POST", "/admin/wallets", {"userId": "w1", "name": "Kim", "currency": "PHP", "balance": 10**8})
+        code = net.admin("mpp-1", "POST", "/admin/codes", {"userId": "w1"})["code"]
+        root = tmp_path / "net"
+        (tmp_path / "acqp.toml").write_text(
+            f'[partner]\nkeys = "{root}/keys/acqp-1"\ngateway_key = "{root}/keys/gateway/public.json"\n'
+            f'gateway_url = "{net.url["gateway"]}"\n[mcp]\nstate = "state.db"\naudit_log = "audit.log"\n'
+            '[mcp.per_call]\nJPY = 50000\n[mcp.per_day]\nJPY = 100000\n[mcp.confirm_refund_above]\nJPY = 10000\n')
+        params = StdioServerParameters(command=sys.executable, args=["-m", "veilpay.cli.main", "mcp", "--partner-config",
+                                                                     str(tmp_path / "acqp.toml")])
+
+        async def body() -> None:
+            async with Client(params, elicitation_callback=_confirm_yes) as c:
+                p = _out(await c.call_tool("create_payment", {"payment_code": code, "currency": "JPY", "value": "12000",
+                                                              "order_description": "omakase"}))
+                assert p["status"] == "S"
+                q = _out(await c.call_tool("query_payment", {"payment_request_id": p["paymentRequestId"]}))
+                assert q["paymentStatus"] == "SUCCESS"
+                r = _out(await c.call_tool("create_refund", {"payment_id": p["paymentId"], "currency": "JPY",
+                                                             "value": "11000"}))
+                assert r["status"] == "S"
+                qr = _out(await c.call_tool("query_refund", {"refund_id": r["refundId"]}))
+                assert qr["resultCode"] == "SUCCESS"
+                today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+                s = _out(await c.call_tool("settlement_summary", {"settlement_date": today}))
+                assert s["summaries"][0]["netTotal"] == {"currency": "JPY", "value": "1000"}
+
+        run(body())
+        audit = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+        assert [e["tool"] for e in audit] == ["create_payment", "query_payment", "create_refund",
+                                                         "query_refund", "settlement_summary"]
