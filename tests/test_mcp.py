@@ -209,3 +209,41 @@ def test_stdio_end_to_end_against_the_real_gateway(tmp_path: Path) -> None:
         audit = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
         assert [e["tool"] for e in audit] == ["create_payment", "query_payment", "create_refund",
                                                          "query_refund", "settlement_summary"]
+
+
+@pytest.mark.tcp
+def test_streamable_http_transport(tmp_path: Path) -> None:
+    import subprocess
+    import time
+
+    import httpx
+
+    from veilpay.cli.localnet import free_port
+    from veilpay.sdk import create_party
+
+    create_party(tmp_path / "keys" / "gateway", "gateway", "gateway")
+    create_party(tmp_path / "keys" / "acqp-1", "acqp-1", "acqp")
+    (tmp_path / "acqp.toml").write_text(
+        '[partner]\nkeys = "keys/acqp-1"\ngateway_key = "keys/gateway/public.json"\ngateway_url = "http://127.0.0.1:9"\n'
+        '[mcp.per_call]\nJPY = 100\n')
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "veilpay.cli.main", "mcp", "--partner-config", str(tmp_path / "acqp.toml"),
+                             "--read-only", "--transport", "streamable-http", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=0.5)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+
+        async def body() -> set[str]:
+            async with Client(f"http://127.0.0.1:{port}/mcp") as c:
+                return {t.name for t in (await c.list_tools()).tools}
+
+        assert run(body()) == {"query_payment", "query_refund", "list_payments", "settlement_summary"}
+    finally:
+        proc.terminate()
+        proc.wait(10)

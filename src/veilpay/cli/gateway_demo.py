@@ -100,4 +100,7 @@ def run_gateway_demo(out: Path | None = None) -> dict[str, Any]:
         print(f"  payments in its ledger: {len(ledger)}, succeeded {sum(p['status'] == 'SUCCESS' for p in ledger)}, "
               f"cancelled {sum(p['status'] == 'CANCELLED' for p in ledger)}")
         print(f"\npart 1 took {elapsed:.1f} s including process start-up; logs and databases are in {root}\n")
+        from veilpay.cli.mcp_demo import run_mcp_demo
+
+        run_mcp_demo(net)
         return {"payments": len(done), "succeeded": len(ok), "notifications": len(notes["notifications"])}

@@ -198,7 +198,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     from veilpay.cli.gateway_demo import run_gateway_demo
 
     run_gateway_demo(Path(a.out) if a.out else None)
-    print("veilpay demo, part 2: the MPC engine on its own")
+    print("veilpay demo, part 3: the MPC engine on its own")
     run_demo(a.out)
     return 0
 
