@@ -247,3 +247,24 @@ def test_streamable_http_transport(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_unknown_outcome_keeps_the_reservation_until_the_repeat_learns_it(tmp_path: Path) -> None:
+    async def body() -> None:
+        net = Net(tmp_path, mpp_timeout_s=0.05)
+        await net.wallet("poor", 10)  # the MPP will decline for lack of balance
+        srv = build_server(_cfg(tmp_path, tmp_path), transport=net.router)
+        code = await net.code("poor")
+        args = {"payment_code": code, "currency": "JPY", "value": "4000", "idempotency_key": "unknown-01"}
+        async with Client(srv) as c:
+            net.router.down.add("mpp-1.test")
+            first = _out(await c.call_tool("create_payment", args))
+            assert first["status"] == "U"
+            net.router.down.clear()
+            again = _out(await c.call_tool("create_payment", args))
+            assert (again["status"], again["resultCode"]) == ("F", "USER_BALANCE_NOT_ENOUGH")
+            await net.wallet("rich", 10**7)
+            ok = _out(await c.call_tool("create_payment", {"payment_code": await net.code("rich"), "currency": "JPY",
+                                                           "value": "5000"}))
+            assert ok["status"] == "S"  # 5000 + the freed 4000 would not fit under 8000
+    run(body())

@@ -25,9 +25,9 @@ def _show(r: Any) -> str:
 
 
 async def _session(net: LocalNet, config: str, code: str, code2: str) -> None:
+    import mcp_types as types
     from mcp import Client
     from mcp.client.stdio import StdioServerParameters
-    import mcp_types as types
 
     async def human(_context: Any, params: Any) -> types.ElicitResult:
         print(f"    [server asks the human] {params.message}")
@@ -35,7 +35,7 @@ async def _session(net: LocalNet, config: str, code: str, code2: str) -> None:
         return types.ElicitResult(action="accept", content={"confirm": True})
 
     params = StdioServerParameters(command=sys.executable, args=["-m", "veilpay.cli.main", "mcp", "--partner-config", config])
-    async with Client(params, elicitation_callback=human) as c:
+    async with Client(params, elicitation_callback=human) as c:  # type: ignore[arg-type]
         tools = [t.name for t in (await c.list_tools()).tools]
         print(f"  tools offered to the assistant: {', '.join(tools)}")
         steps: list[tuple[str, dict[str, Any]]] = [

@@ -266,30 +266,42 @@ def build_server(cfg: McpConfig, tools: set[str] | None = None, read_only: bool 
         if seen == "conflict":
             raise refuse(tool, "this idempotency key was used for a different call", ctx, idempotencyKey=key)
         req_id = f"mcp-{key}"
+        v = int(value)
+
+        def settle(out: PaymentOut) -> PaymentOut:
+            # A final answer frees a failed payment's reservation and is kept for repeats.
+            if out.status == "F":
+                state.release(currency, v)
+            if out.status in ("S", "F"):
+                state.record(key, out.model_dump())
+            return out
+
+        reserved = False
         if seen == "same":
             if stored is not None:
                 audit.write(tool=tool, outcome="repeat", code=stored.get("resultCode"), idempotencyKey=key,
                             paymentRequestId=req_id, client=who(ctx))
                 return PaymentOut(**stored)
+            # The first call passed the caps and reserved, but its outcome was not recorded.
             ans = await gateway_call(tool, ctx, client.inquiry_payment, payment_request_id=req_id)
             if ans.code != "ORDER_NOT_EXIST":
-                return payment_out(ans, key)
-        v = int(value)
-        try:
-            check_cap(tool, currency, v, ctx)  # type: ignore[arg-type]
-            if not state.reserve(currency, v, cfg.per_day.get(currency, 0)):
-                raise refuse(tool, f"{currency} {v} would pass today's limit of {cfg.per_day.get(currency, 0)} "
-                             f"(spent {state.spent(currency)})", ctx, currency=currency, value=value)
-        except ToolError:
-            state.forget(key)
-            raise
+                out = settle(payment_out(ans, key))
+                audit.write(tool=tool, outcome="repeat", code=out.resultCode, idempotencyKey=key,
+                            paymentRequestId=req_id, client=who(ctx))
+                return out
+            reserved = True
+        if not reserved:
+            try:
+                check_cap(tool, currency, v, ctx)  # type: ignore[arg-type]
+                if not state.reserve(currency, v, cfg.per_day.get(currency, 0)):
+                    raise refuse(tool, f"{currency} {v} would pass today's limit of {cfg.per_day.get(currency, 0)} "
+                                 f"(spent {state.spent(currency)})", ctx, currency=currency, value=value)
+            except ToolError:
+                state.forget(key)
+                raise
         ans = await gateway_call(tool, ctx, client.pay, req_id, {"currency": currency, "value": value}, payment_code,
                                  {"orderId": req_id, "goods": order_description})
-        if ans.status == "F":
-            state.release(currency, v)
-        out = payment_out(ans, key)
-        if out.status in ("S", "F"):
-            state.record(key, out.model_dump())
+        out = settle(payment_out(ans, key))
         audit.write(tool=tool, outcome="ok", code=out.resultCode, currency=currency, value=value,
                     paymentId=out.paymentId, paymentRequestId=req_id, idempotencyKey=key, client=who(ctx))
         return out
