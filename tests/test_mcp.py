@@ -227,8 +227,9 @@ def test_streamable_http_transport(tmp_path: Path) -> None:
         '[partner]\nkeys = "keys/acqp-1"\ngateway_key = "keys/gateway/public.json"\ngateway_url = "http://127.0.0.1:9"\n'
         '[mcp.per_call]\nJPY = 100\n')
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "veilpay.cli.main", "mcp", "--partner-config", str(tmp_path / "acqp.toml"),
-                             "--read-only", "--transport", "streamable-http", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "veilpay.cli.main", "mcp", "--partner-config",
+                             str(tmp_path / "acqp.toml"), "--read-only", "--transport", "streamable-http",
+                             "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30

@@ -34,7 +34,8 @@ async def _session(net: LocalNet, config: str, code: str, code2: str) -> None:
         print("    [human] yes")
         return types.ElicitResult(action="accept", content={"confirm": True})
 
-    params = StdioServerParameters(command=sys.executable, args=["-m", "veilpay.cli.main", "mcp", "--partner-config", config])
+    argv = ["-m", "veilpay.cli.main", "mcp", "--partner-config", config]
+    params = StdioServerParameters(command=sys.executable, args=argv)
     async with Client(params, elicitation_callback=human) as c:  # type: ignore[arg-type]
         tools = [t.name for t in (await c.list_tools()).tools]
         print(f"  tools offered to the assistant: {', '.join(tools)}")
