@@ -116,6 +116,8 @@ def test_assistant_flow_limits_and_idempotency(tmp_path: Path) -> None:
             assert s["summaries"][0]["netTotal"] == {"currency": "JPY", "value": "500"}
             with pytest.raises(MCPError):
                 await c.call_tool("query_payment", {"payment_id": paid["paymentId"], "gateway_url": "http://evil"})
+            bad = await c.call_tool("create_payment", {"payment_code": "123", "currency": "JPY", "value": "-5"})
+            assert bad.is_error
         async with Client(srv, elicitation_callback=_confirm_no) as c:
             r = await net.code("u1")
             p2 = _out(await c.call_tool("create_payment", {"payment_code": r, "currency": "JPY", "value": "3000"}))
@@ -133,6 +135,7 @@ def test_assistant_flow_limits_and_idempotency(tmp_path: Path) -> None:
         text = (tmp_path / "mcp" / "audit.log").read_text()
         assert code not in text and "tea" not in text  # no payment code, no order description
         assert any(e.get("reason", "").startswith("undeclared arguments") for e in log)
+        assert any(e.get("reason") == "arguments failed the tool's schema" for e in log)
     run(body())
 
 
@@ -207,8 +210,9 @@ def test_stdio_end_to_end_against_the_real_gateway(tmp_path: Path) -> None:
 
         run(body())
         audit = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
-        assert [e["tool"] for e in audit] == ["create_payment", "query_payment", "create_refund",
-                                                         "query_refund", "settlement_summary"]
+        assert [(e["tool"], e["outcome"]) for e in audit] == [
+            ("create_payment", "ok"), ("query_payment", "ok"), ("create_refund", "asked the user"),
+            ("create_refund", "ok"), ("query_refund", "ok"), ("settlement_summary", "ok")]
 
 
 @pytest.mark.tcp

@@ -9,6 +9,7 @@ amounts and ids; never a payment code, an order description or a refund reason."
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import threading
 import time
@@ -19,7 +20,11 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, create_engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-__all__ = ["AuditLog", "GuardState"]
+__all__ = ["AUDITED", "AuditLog", "GuardState"]
+
+# Set per tool call by the server's middleware; AuditLog.write marks it, so the
+# middleware knows whether the call still needs a line of its own.
+AUDITED: contextvars.ContextVar[list[bool]] = contextvars.ContextVar("veilpay_mcp_audited")
 
 _md = MetaData()
 usage = Table("usage", _md, Column("day", String(10), primary_key=True), Column("currency", String(3), primary_key=True),
@@ -95,6 +100,9 @@ class AuditLog:
         self._lock = threading.Lock()
 
     def write(self, **fields: Any) -> None:
+        flag = AUDITED.get(None)
+        if flag is not None:
+            flag[0] = True
         rec = {"ts": round(time.time(), 3)}
         rec.update({k: fields[k] for k in _AUDIT_FIELDS if fields.get(k) is not None})
         line = json.dumps(rec, separators=(",", ":")) + "\n"

@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field
 from veilpay.crypto.digest import sha256
 from veilpay.errors import ConfigError, DecryptionError, GatewayUnavailable, InvalidInput, SignatureError
 from veilpay.mcp.config import McpConfig
-from veilpay.mcp.guard import AuditLog, GuardState
+from veilpay.mcp.guard import AUDITED, AuditLog, GuardState
 from veilpay.sdk import AsyncGatewayClient, PublicEntry, load_party
 from veilpay.sdk.client import ApiResponse
 from veilpay.sdk.money import MINOR_UNITS
@@ -181,6 +181,25 @@ def build_server(cfg: McpConfig, tools: set[str] | None = None, read_only: bool 
             if extra:
                 audit.write(tool=name, outcome="refused", reason=f"undeclared arguments {extra[:5]}")
                 raise MCPError(INVALID_PARAMS, f"{name}: arguments not accepted: {', '.join(map(str, extra[:5]))}")
+            # Every call is audited: when the tool body did not write its own line (its
+            # arguments failed the schema, or it crashed), this one does.
+            mark = AUDITED.set([False])
+            try:
+                result = await call_next(mctx)
+            except Exception:
+                audit.write(tool=name, outcome="error", reason="the call failed")
+                raise
+            finally:
+                written = AUDITED.get()[0]
+                AUDITED.reset(mark)
+            if not written:
+                failed = bool(getattr(result, "is_error", False) or
+                              (isinstance(result, dict) and result.get("isError")))
+                asking = type(result).__name__ == "InputRequiredResult" or (
+                    isinstance(result, dict) and "inputRequests" in result)
+                audit.write(tool=name, outcome="asked the user" if asking else "refused" if failed else "ok",
+                            reason="arguments failed the tool's schema" if failed and not asking else None)
+            return result
         return await call_next(mctx)
 
     srv: MCPServer = MCPServer(
