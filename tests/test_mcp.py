@@ -124,6 +124,14 @@ def test_assistant_flow_limits_and_idempotency(tmp_path: Path) -> None:
             assert p2["status"] == "S"
             no = await c.call_tool("create_refund", {"payment_id": p2["paymentId"], "currency": "JPY", "value": "2500"})
             assert "did not confirm" in _error(no)
+        async with Client(srv) as c:
+            p3 = _out(await c.call_tool("create_payment", {"payment_code": await net.code("u1"), "currency": "JPY",
+                                                           "value": "100"}))
+            first = _out(await c.call_tool("cancel_payment", {"payment_id": p3["paymentId"],
+                                                              "idempotency_key": "cancel-0001"}))
+            repeat = _out(await c.call_tool("cancel_payment", {"payment_id": p3["paymentId"],
+                                                               "idempotency_key": "cancel-0001"}))
+            assert first == repeat and first["status"] == "S"
         async with Client(srv) as c:  # no elicitation support: large refunds are refused
             no = await c.call_tool("create_refund", {"payment_id": p2["paymentId"], "currency": "JPY", "value": "2500"})
             assert "cannot ask the user" in _error(no)

@@ -337,15 +337,27 @@ def build_server(cfg: McpConfig, tools: set[str] | None = None, read_only: bool 
         return payment_out(ans)
 
     async def cancel_payment(payment_id: GatewayRef | None = None, payment_request_id: RequestRef | None = None,
-                             ctx: Context | None = None) -> PaymentOut:
+                             idempotency_key: Key | None = None, ctx: Context | None = None) -> PaymentOut:
         """Cancel a payment within the cancel window; the payer gets the money back. Safe to repeat."""
-        ans = await gateway_call("cancel_payment", ctx, client.cancel_payment, payment_id=payment_id,
+        tool = "cancel_payment"
+        key = idempotency_key or secrets.token_hex(16)
+        seen, stored = state.claim(key, tool, _fingerprint(tool, {"p": payment_id, "r": payment_request_id}))
+        if seen == "conflict":
+            raise refuse(tool, "this idempotency key was used for a different call", ctx, idempotencyKey=key)
+        if seen == "same" and stored is not None:
+            audit.write(tool=tool, outcome="repeat", code=stored.get("resultCode"), idempotencyKey=key, client=who(ctx))
+            return PaymentOut(**stored)
+        ans = await gateway_call(tool, ctx, client.cancel_payment, payment_id=payment_id,
                                  payment_request_id=payment_request_id)
-        audit.write(tool="cancel_payment", outcome="ok", code=ans.code, paymentId=ans.body.get("paymentId"),
-                    paymentRequestId=ans.body.get("paymentRequestId"), client=who(ctx))
-        return PaymentOut(status=str(ans.result.get("resultStatus", "")), resultCode=ans.code,
-                          resultMessage=str(ans.result.get("resultMessage", ""))[:200],
-                          paymentId=ans.body.get("paymentId"), paymentRequestId=ans.body.get("paymentRequestId"))
+        out = PaymentOut(status=str(ans.result.get("resultStatus", "")), resultCode=ans.code,
+                         resultMessage=str(ans.result.get("resultMessage", ""))[:200],
+                         paymentId=ans.body.get("paymentId"), paymentRequestId=ans.body.get("paymentRequestId"),
+                         idempotencyKey=key)
+        if out.status in ("S", "F"):
+            state.record(key, out.model_dump())
+        audit.write(tool=tool, outcome="ok", code=ans.code, paymentId=out.paymentId,
+                    paymentRequestId=out.paymentRequestId, idempotencyKey=key, client=who(ctx))
+        return out
 
     async def create_refund(currency: Currency, value: Value,
                             confirmation: Annotated[ElicitationResult[Confirm], Resolve(ask_refund_confirmation)],
@@ -441,7 +453,7 @@ def build_server(cfg: McpConfig, tools: set[str] | None = None, read_only: bool 
                            {"payment_code", "currency", "value", "order_description", "idempotency_key"}),
         "cancel_payment": (cancel_payment, ToolAnnotations(read_only_hint=False, destructive_hint=True,
                                                            idempotent_hint=True, open_world_hint=True),
-                           {"payment_id", "payment_request_id"}),
+                           {"payment_id", "payment_request_id", "idempotency_key"}),
         "create_refund": (create_refund, ToolAnnotations(read_only_hint=False, destructive_hint=True,
                                                          idempotent_hint=True, open_world_hint=True),
                           {"currency", "value", "payment_id", "payment_request_id", "idempotency_key"}),
