@@ -76,9 +76,11 @@ def connect_mesh(
     errors: list[BaseException] = []
     srv = _listen(entry.host, entry.port)
 
+    stopped = threading.Event()
+
     def accept_loop() -> None:
         srv.settimeout(0.2)
-        while len(incoming) < len(peers) and time.monotonic() < deadline:
+        while len(incoming) < len(peers) and time.monotonic() < deadline and not stopped.is_set():
             try:
                 raw, _addr = srv.accept()
             except TimeoutError:
@@ -86,9 +88,11 @@ def connect_mesh(
             except OSError as exc:
                 errors.append(exc)
                 return
+            tls: ssl.SSLSocket | None = None
             try:
                 raw.settimeout(max(0.1, deadline - time.monotonic()))
-                tls = sctx.wrap_socket(raw, server_side=True)
+                tls = sctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+                tls.do_handshake()  # separately, so that a failed handshake still closes this socket
                 name = peer_common_name(tls)
                 hello, _ = read_message(tls, name or "?", session, _HELLO, 0, deadline, max_payload=256)
                 claimed = bytes(hello).decode()
@@ -97,11 +101,14 @@ def connect_mesh(
                     tls.close()
                     continue
                 _tune(tls)
+                if stopped.is_set():  # the mesh was given up while this one was shaking hands
+                    tls.close()
+                    return
                 incoming[name] = tls
             except (ssl.SSLError, OSError, VeilpayError, UnicodeDecodeError) as exc:
                 # A stranger with no valid certificate does not stop the party.
                 log.warning("refused an incoming connection: %s", type(exc).__name__)
-                raw.close()
+                (tls or raw).close()  # after wrap_socket the TLS socket owns the descriptor
 
     acceptor = threading.Thread(target=accept_loop, name=f"accept-{me}", daemon=True)
     acceptor.start()
@@ -118,15 +125,16 @@ def connect_mesh(
                 except OSError:
                     time.sleep(0.05)
                     continue
+                tls = cctx.wrap_socket(raw, server_hostname=peer, do_handshake_on_connect=False)
                 try:
-                    tls = cctx.wrap_socket(raw, server_hostname=peer)
+                    tls.do_handshake()
                 except ssl.SSLError as exc:
-                    raw.close()
+                    tls.close()
                     raise PeerAuthenticationError(peer, f"TLS handshake refused: {exc.reason}") from exc
                 except OSError as exc:
                     # TLS 1.3 checks the client certificate after the client's
                     # Finished: a refusal shows up here as a reset connection.
-                    raw.close()
+                    tls.close()
                     raise PeerAuthenticationError(peer, f"peer refused the TLS handshake: {exc}") from exc
                 _tune(tls)
                 outgoing[peer] = tls
@@ -143,6 +151,8 @@ def connect_mesh(
         if missing:
             raise ProtocolTimeout(missing[0], f"did not connect within {connect_timeout:g} s")
     except BaseException:
+        stopped.set()
+        acceptor.join(timeout=1.0)
         for s in list(outgoing.values()) + list(incoming.values()):
             s.close()
         raise
