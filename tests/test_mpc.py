@@ -168,7 +168,9 @@ def test_exact_truncation_has_no_large_errors_near_the_range_limit(protocol: str
 
     np.testing.assert_allclose(run(protocol, prog, x, y), x * y, rtol=0, atol=2 * F)
     local = run(protocol, prog, x, y, trunc="local")
-    assert np.sum(np.abs(local - x * y) > 1.0) > n // 20  # the documented failure mode, seen
+    # The documented failure mode, seen: about 1 in 8 elements for semi2k and 1 in 20 for
+    # aby3 (CI once saw 193 of 4000); the bar sits at 1 in 100, many deviations below both.
+    assert np.sum(np.abs(local - x * y) > 1.0) > n // 100
 
 
 def test_semi2k_local_truncation_mode() -> None:
