@@ -251,6 +251,19 @@ def build_server(cfg: McpConfig, tools: set[str] | None = None, read_only: bool 
                          refundRequestId=b.get("refundRequestId"), paymentId=b.get("paymentId"), idempotencyKey=key,
                          amount=Money(**amt) if amt else None)
 
+    def begin(tool: str, idempotency_key: str | None, args: dict[str, Any],
+              ctx: Context | None) -> tuple[str, str, dict[str, Any] | None]:
+        """(key, "new" or "same", the stored first result) for a mutating call; a key
+        reused for another call is refused; a repeat with a stored result is audited."""
+        key = idempotency_key or secrets.token_hex(16)
+        seen, stored = state.claim(key, tool, _fingerprint(tool, args))
+        if seen == "conflict":
+            raise refuse(tool, "this idempotency key was used for a different call", ctx, idempotencyKey=key)
+        if stored is not None:
+            audit.write(tool=tool, outcome="repeat", code=stored.get("resultCode"), idempotencyKey=key,
+                        client=who(ctx))
+        return key, seen, stored
+
     def check_cap(tool: str, currency: str, value: int, ctx: Context) -> None:
         if currency not in MINOR_UNITS:
             raise refuse(tool, f"{currency} is not a supported currency", ctx, currency=currency)
@@ -279,11 +292,10 @@ def build_server(cfg: McpConfig, tools: set[str] | None = None, read_only: bool 
                              idempotency_key: Key | None = None, ctx: Context | None = None) -> PaymentOut:
         """Charge the payer's wallet for an order. Retrying with the same idempotency_key never charges twice."""
         tool = "create_payment"
-        key = idempotency_key or secrets.token_hex(16)
-        fp = _fingerprint(tool, {"code": payment_code, "currency": currency, "value": value, "d": order_description})
-        seen, stored = state.claim(key, tool, fp)
-        if seen == "conflict":
-            raise refuse(tool, "this idempotency key was used for a different call", ctx, idempotencyKey=key)
+        key, seen, stored = begin(tool, idempotency_key, {"code": payment_code, "currency": currency, "value": value,
+                                                          "d": order_description}, ctx)
+        if stored is not None:
+            return PaymentOut(**stored)
         req_id = f"mcp-{key}"
         v = int(value)
 
@@ -297,10 +309,6 @@ def build_server(cfg: McpConfig, tools: set[str] | None = None, read_only: bool 
 
         reserved = False
         if seen == "same":
-            if stored is not None:
-                audit.write(tool=tool, outcome="repeat", code=stored.get("resultCode"), idempotencyKey=key,
-                            paymentRequestId=req_id, client=who(ctx))
-                return PaymentOut(**stored)
             # The first call passed the caps and reserved, but its outcome was not recorded.
             ans = await gateway_call(tool, ctx, client.inquiry_payment, payment_request_id=req_id)
             if ans.code != "ORDER_NOT_EXIST":
@@ -340,12 +348,8 @@ def build_server(cfg: McpConfig, tools: set[str] | None = None, read_only: bool 
                              idempotency_key: Key | None = None, ctx: Context | None = None) -> PaymentOut:
         """Cancel a payment within the cancel window; the payer gets the money back. Safe to repeat."""
         tool = "cancel_payment"
-        key = idempotency_key or secrets.token_hex(16)
-        seen, stored = state.claim(key, tool, _fingerprint(tool, {"p": payment_id, "r": payment_request_id}))
-        if seen == "conflict":
-            raise refuse(tool, "this idempotency key was used for a different call", ctx, idempotencyKey=key)
-        if seen == "same" and stored is not None:
-            audit.write(tool=tool, outcome="repeat", code=stored.get("resultCode"), idempotencyKey=key, client=who(ctx))
+        key, _, stored = begin(tool, idempotency_key, {"p": payment_id, "r": payment_request_id}, ctx)
+        if stored is not None:
             return PaymentOut(**stored)
         ans = await gateway_call(tool, ctx, client.cancel_payment, payment_id=payment_id,
                                  payment_request_id=payment_request_id)
@@ -365,16 +369,11 @@ def build_server(cfg: McpConfig, tools: set[str] | None = None, read_only: bool 
                             idempotency_key: Key | None = None, ctx: Context | None = None) -> RefundOut:
         """Refund all or part of a successful payment. Large refunds need the user's confirmation."""
         tool = "create_refund"
-        key = idempotency_key or secrets.token_hex(16)
-        fp = _fingerprint(tool, {"p": payment_id, "r": payment_request_id, "currency": currency, "value": value})
-        seen, stored = state.claim(key, tool, fp)
-        if seen == "conflict":
-            raise refuse(tool, "this idempotency key was used for a different call", ctx, idempotencyKey=key)
-        req_id = f"mcp-{key}"
-        if seen == "same" and stored is not None:
-            audit.write(tool=tool, outcome="repeat", code=stored.get("resultCode"), idempotencyKey=key,
-                        refundRequestId=req_id, client=who(ctx))
+        key, _, stored = begin(tool, idempotency_key, {"p": payment_id, "r": payment_request_id, "currency": currency,
+                                                       "value": value}, ctx)
+        if stored is not None:
             return RefundOut(**stored)
+        req_id = f"mcp-{key}"
         try:
             if not _confirmed(confirmation):
                 reason = ("the refund is above the confirmation limit and the user did not confirm it"
