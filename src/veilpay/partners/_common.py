@@ -4,13 +4,13 @@ bearer-token checks, signed JSON answers."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from fastapi import Request, Response
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Engine, MetaData
 
 from veilpay.crypto.tokens import ct_equal
 from veilpay.errors import ConfigError
+from veilpay.gateway.store import make_engine
 from veilpay.partners.config import PartnerConfig
 from veilpay.sdk.keys import PartyKeys, PublicEntry, load_party
 
@@ -30,25 +30,11 @@ def load_identity(cfg: PartnerConfig, role: str) -> tuple[PartyKeys, PublicEntry
     return keys, gateway
 
 
-def _wal(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=5000")
-    cur.close()
-
-
 def open_db(url: str, metadata: MetaData) -> Engine:
-    if url.startswith("sqlite"):
-        from pathlib import Path
-
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False})
-        event.listen(engine, "connect", _wal)
-    else:
-        engine = create_engine(url)
+    """The partner's own database, on the same engine settings as the gateway's
+    (SQLite in WAL mode, or PostgreSQL); the reference partners create their small
+    schemas directly rather than through migrations."""
+    engine = make_engine(url)
     metadata.create_all(engine)
     return engine
 
