@@ -15,8 +15,10 @@ The tree::
     │   │   ├── WireFormatError             bytes that are not a valid veilpay message
     │   │   │   ├── InvalidPoint            a curve point that must not be used (PSI)
     │   │   │   └── ProtocolMismatch        the peer runs another version or mode
-    │   │   └── PeerAuthenticationError     TLS refused: no or wrong certificate
+    │   │   ├── PeerAuthenticationError     TLS refused: no or wrong certificate
+    │   │   └── NodesDisagree               privacy nodes hold different views of the same job
     │   └── PartyFailed                     a party of an in-process run raised (``.party``)
+    ├── NodeError                           a privacy node refused a feed or job (``.code``)
     ├── DecryptionError                     a sealed field that does not open for this key and context
     └── GatewayError                        an API exchange refused or failed (``.code``: the result code)
         ├── SignatureError                  a missing, malformed or wrong signature on a message
@@ -33,6 +35,8 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DecryptionError",
+    "NodeError",
+    "NodesDisagree",
     "GatewayError",
     "GatewayUnavailable",
     "RequestRejected",
@@ -120,6 +124,21 @@ class PartyFailed(ProtocolError):
         super().__init__(f"party {party!r} failed: {type(exc).__name__}: {exc}")
         self.party = party
         self.error = exc
+
+
+class NodesDisagree(PeerError):
+    """Privacy nodes whose inputs to one job differ (other items, groups or counts): the
+    gateway relayed different data to them, or one has not caught up. No result is revealed."""
+
+
+class NodeError(VeilpayError):
+    """A privacy node refused a feed batch or a job; ``code`` says why (``NODE_BEHIND``,
+    ``NODE_BUSY``, ``JOB_INVALID``, ``NODES_DISAGREE``, ``JOB_FAILED``, ``INVALID_SIGNATURE``)."""
+
+    def __init__(self, message: str, code: str = "JOB_FAILED", http_status: int = 409) -> None:
+        super().__init__(message)
+        self.code = code
+        self.http_status = http_status
 
 
 class DecryptionError(VeilpayError):

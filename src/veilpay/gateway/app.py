@@ -38,11 +38,15 @@ from veilpay.gateway.schemas import (
     RefundRequest,
     SettlementSummaryRequest,
 )
+from veilpay.errors import SignatureError
+from veilpay.gateway.nodes import NodeLink
 from veilpay.gateway.service import GatewayService
+from veilpay.gateway.settlement import analytics, settle
 from veilpay.gateway.store import make_engine, migrate
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.keys import PublicEntry, load_party
-from veilpay.sdk.signing import sign_headers
+from veilpay.sdk.shares import Privacy
+from veilpay.sdk.signing import sign_headers, verify_message
 
 __all__ = ["DirectoryFiles", "create_app"]
 
@@ -53,8 +57,9 @@ class DirectoryFiles:
     """The directory built from the partners' ``public.json`` files, re-read when one
     changes (key rotation, retirement), checked at most once a second."""
 
-    def __init__(self, paths: list[Path]) -> None:
+    def __init__(self, paths: list[Path], privacy: Privacy | None = None) -> None:
         self.paths = paths
+        self.privacy = privacy
         self._mtimes: tuple[float, ...] = ()
         self._checked = 0.0
         self._dir: Directory | None = None
@@ -75,7 +80,7 @@ class DirectoryFiles:
         if mtimes != self._mtimes:
             entries = [PublicEntry.from_json(json.loads(p.read_text())) for p in self.paths]
             self._version += 1
-            self._dir = Directory(self._version, {e.id: e for e in entries})
+            self._dir = Directory(self._version, {e.id: e for e in entries}, self.privacy)
             self._mtimes = mtimes
         if self._dir is None:
             raise ConfigError("no partner directory")
@@ -106,13 +111,16 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
     keys = load_party(cfg.keys)
     if keys.public.role != "gateway":
         raise ConfigError(f"{cfg.keys}: these are not gateway keys (role {keys.public.role!r})")
-    directory = DirectoryFiles(cfg.partners)
+    privacy = Privacy(cfg.privacy_protocol, tuple(cfg.privacy_nodes), cfg.privacy_dealer) \
+        if cfg.privacy_protocol else None
+    directory = DirectoryFiles(cfg.partners, privacy)
     engine = make_engine(cfg.database)
     migrate(engine)
     metrics = Metrics()
     http: PartnerLink = HttpxLink(transport) if transport is not None else AiohttpLink()
     worker = OutboxWorker(cfg, keys, directory, engine, http, metrics)
-    service = GatewayService(cfg, keys, directory, engine, http, metrics, worker.wake)
+    nodes = NodeLink(cfg, keys, directory, engine, http, privacy) if privacy is not None else None
+    service = GatewayService(cfg, keys, directory, engine, http, metrics, worker.wake, nodes)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -120,6 +128,8 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
         tasks = []
         if background:
             tasks = [asyncio.create_task(worker.run(stop)), asyncio.create_task(_resolver(service, cfg, stop))]
+            if nodes is not None:
+                tasks.append(asyncio.create_task(nodes.run(stop)))
         log.info("gateway started", extra={"event": "start"})
         try:
             yield
@@ -135,6 +145,7 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
                   description="Alipay+-shaped payments where the operator holds only tokens and ciphertext.")
     app.state.service, app.state.outbox, app.state.engine, app.state.metrics = service, worker, engine, metrics
     app.state.directory = directory
+    app.state.nodes = nodes
 
     def signed(client: str, method: str, path: str, body: dict[str, Any], status: int) -> Response:
         raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
@@ -191,6 +202,45 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
                               "parameters": [{"name": h, "in": "header", "required": True,
                                               "schema": {"type": "string"}}
                                              for h in ("Client-Id", "Request-Time", "Signature")]})
+
+    async def operator(request: Request, op: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> Response:
+        """Operator calls, signed with the gateway's own key (``veilpay gateway settle``)."""
+        path = request.url.path
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            raw = await _read_body(request, cfg.max_body_bytes)
+            try:
+                signed_req = verify_message(headers, "POST", path, raw, keys.public.verify_key, time.time(),
+                                            cfg.request_window_s)
+            except SignatureError as exc:
+                raise ApiFailure("INVALID_SIGNATURE", str(exc)) from exc
+            if signed_req.client_id != keys.id:
+                raise ApiFailure("INVALID_CLIENT", "operator calls are signed by the gateway's key")
+            try:
+                obj = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ApiFailure("MALFORMED_REQUEST") from exc
+            if not isinstance(obj, dict):
+                raise ApiFailure("MALFORMED_REQUEST")
+            body, status = {"result": result("SUCCESS"), **(await op(obj))}, 200
+        except ApiFailure as exc:
+            body, status = {"result": exc.result}, exc.http_status
+        return signed(keys.id, "POST", path, body, status)
+
+    @app.post("/admin/v1/settle", summary="Settle one day in MPC (operator; signed with the gateway key)",
+              response_class=Response)
+    async def admin_settle(request: Request) -> Response:
+        return await operator(request, lambda o: settle(service, str(o.get("settlementDate", ""))))
+
+    @app.post("/admin/v1/analytics", summary="Corridor totals above a count threshold, in MPC (operator)",
+              response_class=Response)
+    async def admin_analytics(request: Request) -> Response:
+        async def op(o: dict[str, Any]) -> dict[str, Any]:
+            k = o.get("minCount")
+            if k is not None and (not isinstance(k, int) or k < 1):
+                raise ApiFailure("PARAM_ILLEGAL", "minCount must be a positive integer")
+            return await analytics(service, str(o.get("day", "")), k)
+        return await operator(request, op)
 
     @app.get("/v1/directory", summary="The partner directory, signed by the gateway", response_class=Response)
     async def get_directory(request: Request) -> Response:

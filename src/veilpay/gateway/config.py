@@ -12,6 +12,12 @@
     refund_window_s = 31536000
     max_body_bytes = 65536
     pets = true                           # false: accept field groups in the clear (benchmark only)
+    # Hidden amounts: partners seal amounts and secret-share them to these privacy nodes
+    # (their public.json files are listed in `partners` too). Leave out for clear amounts.
+    privacy_protocol = "semi2k"           # or "aby3"
+    privacy_nodes = ["node-a", "node-b"]  # the share holders (three for aby3)
+    privacy_dealer = "node-c"             # semi2k only
+    settlement_dir = "settlement"         # settlement summary and detail files, per day and partner
 
 Relative paths are relative to the file's folder."""
 
@@ -44,6 +50,14 @@ class GatewayConfig:
     webhook_max_attempts: int = 12
     webhook_backoff_s: float = 0.5
     resolver_interval_s: float = 0.5
+    privacy_protocol: str = ""
+    privacy_nodes: list[str] = field(default_factory=list)
+    privacy_dealer: str = ""
+    node_timeout_s: float = 5.0
+    node_job_timeout_s: float = 300.0
+    node_relay_interval_s: float = 0.5
+    settlement_dir: Path = Path("settlement")
+    analytics_min_count: int = 10
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -74,7 +88,8 @@ def load_config(path: str | Path) -> GatewayConfig:
         db = str(raw["database"])
         if db.startswith("sqlite:///") and not db.startswith("sqlite:////") and db != "sqlite:///:memory:":
             db = "sqlite:///" + str(_resolve(base, db[len("sqlite:///"):]))
-        kw = {k: v for k, v in raw.items() if k not in ("keys", "database", "partners")}
+        kw = {k: v for k, v in raw.items() if k not in ("keys", "database", "partners", "settlement_dir")}
+        kw["settlement_dir"] = _resolve(base, str(raw.get("settlement_dir", "settlement")))
         return GatewayConfig(keys=_resolve(base, str(raw["keys"])), database=db,
                              partners=[_resolve(base, str(p)) for p in raw["partners"]], **kw)
     except (KeyError, TypeError) as exc:

@@ -8,9 +8,14 @@ status and the webhook to the ACQP are written in one transaction (outbox), and 
 outbox worker delivers it at least once. A payment still unknown at its expiry is
 cancelled at the MPP (which reverses a debit it made) and closed.
 
-What the gateway reads: the route (code issuer prefix), amounts and currencies, the
-MPP's customer token and result codes. Payment code, order, device and payer details
-are HPKE envelopes between the partners; the gateway stores and forwards them."""
+What the gateway reads: the route (code issuer prefix), currencies, the MPP's customer
+token and result codes, and amounts unless the network runs privacy nodes. Payment
+code, order, device and payer details are HPKE envelopes between the partners; the
+gateway stores and forwards them. With privacy nodes (``hidden`` mode) an amount is
+an envelope to each of the two partners plus one secret share per node: the gateway
+queues each share for its node in the transaction that records the payment, the
+nodes check refund bounds and total settlements in MPC, and the gateway learns only
+the yes/no of a refund check and the settlement totals (``docs/nodes.md``)."""
 
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from veilpay.crypto.digest import sha256
 from veilpay.crypto.tokens import ct_equal, random_id
-from veilpay.errors import SignatureError
+from veilpay.errors import NodeError, SignatureError
 from veilpay.gateway.codes import CODES, ApiFailure, result
 from veilpay.gateway.link import LinkError, PartnerLink
 from veilpay.gateway.schemas import (
@@ -39,11 +44,12 @@ from veilpay.gateway.schemas import (
     RefundRequest,
     SettlementSummaryRequest,
 )
-from veilpay.gateway.store import outbox, payments, refunds, seen_requests
+from veilpay.gateway.nodes import NodeLink
+from veilpay.gateway.store import outbox, payments, refunds, seen_requests, settlement_runs, settlements
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.envelope import is_envelope
 from veilpay.sdk.keys import PartyKeys, PublicEntry
-from veilpay.sdk.money import InvalidAmount, UnsupportedCurrency, parse_amount
+from veilpay.sdk.money import MINOR_UNITS, InvalidAmount, UnsupportedCurrency, parse_amount
 from veilpay.sdk.signing import format_time, sign_headers, verify_message
 
 __all__ = ["GatewayService", "MppUnreachable"]
@@ -86,6 +92,10 @@ def _amount(currency: str, value: int) -> dict[str, str]:
     return {"currency": currency, "value": str(value)}
 
 
+def _day(ms: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ms / 1000))
+
+
 def _iso(ms: int | None) -> str | None:
     return format_time(ms / 1000) if ms else None
 
@@ -112,9 +122,44 @@ def _check_amount(obj: Any, what: str) -> tuple[str, int]:
 
 class GatewayService:
     def __init__(self, cfg: Any, keys: PartyKeys, directory: Callable[[], Directory], engine: Engine,
-                 http: PartnerLink, metrics: Any, wake_outbox: Callable[[], None]) -> None:
+                 http: PartnerLink, metrics: Any, wake_outbox: Callable[[], None],
+                 nodes: NodeLink | None = None) -> None:
         self.cfg, self.keys, self._directory, self.engine, self.http = cfg, keys, directory, engine, http
-        self.metrics, self.wake_outbox = metrics, wake_outbox
+        self.metrics, self.wake_outbox, self.nodes = metrics, wake_outbox, nodes
+
+    @property
+    def hidden(self) -> bool:
+        """Amounts are sealed and secret-shared to privacy nodes."""
+        return self.nodes is not None
+
+    # ------------------------------------------------------------------ hidden amounts
+    def _hidden_amount(self, obj: Any, what: str, acqp: str, mpp: str) -> tuple[str, str, dict[str, Any]]:
+        """(currency, sealed-values JSON, node shares) of a hidden amount; the gateway checks
+        the shape and the recipients, never the value (it cannot)."""
+        if isinstance(obj, dict) and "value" in obj:
+            raise ApiFailure("AMOUNT_NOT_HIDDEN", f"{what}: send the amount sealed and shared, not in the clear")
+        if not isinstance(obj, dict) or set(obj) != {"currency", "sealed", "shares"}:
+            raise ApiFailure("PARAM_ILLEGAL", f"{what}: expected currency, sealed and shares")
+        currency = obj["currency"]
+        if not isinstance(currency, str) or currency not in MINOR_UNITS:
+            raise ApiFailure("CURRENCY_NOT_SUPPORT", f"{what}: currency {str(currency)[:8]!r}")
+        sealed, shares = obj["sealed"], obj["shares"]
+        want_sealed, want_shares = {acqp, mpp}, set(self.nodes.privacy.nodes)  # type: ignore[union-attr]
+        if not isinstance(sealed, dict) or set(sealed) != want_sealed or not all(
+                is_envelope(e) and e["to"] == k for k, e in sealed.items()):
+            raise ApiFailure("SEALED_FIELD_INVALID", f"{what}: sealed values for exactly {sorted(want_sealed)}")
+        if not isinstance(shares, dict) or set(shares) != want_shares or not all(
+                is_envelope(e) and e["to"] == k for k, e in shares.items()):
+            raise ApiFailure("SEALED_FIELD_INVALID", f"{what}: one share for each node of {sorted(want_shares)}")
+        return currency, _dumps(sealed).decode(), shares
+
+    @staticmethod
+    def _amount_out(row: Row, reader: str) -> dict[str, Any]:
+        """A row's amount as ``reader`` may see it: clear, or the value sealed to it."""
+        if row.amount is not None:
+            return _amount(row.currency, row.amount)
+        sealed = json.loads(row.amount_sealed or "{}")
+        return {"currency": row.currency, "sealed": {reader: sealed[reader]} if reader in sealed else {}}
 
     @property
     def directory(self) -> Directory:
@@ -212,7 +257,7 @@ class GatewayService:
     def payment_body(self, row: Row, res: dict[str, str]) -> dict[str, Any]:
         body: dict[str, Any] = {
             "result": res, "paymentId": row.id, "paymentRequestId": row.payment_request_id,
-            "acquirerId": row.acqp_id, "paymentAmount": _amount(row.currency, row.amount),
+            "acquirerId": row.acqp_id, "pspId": row.mpp_id, "paymentAmount": self._amount_out(row, row.acqp_id),
         }
         if row.payment_time_ms:
             body["paymentTime"] = _iso(row.payment_time_ms)
@@ -223,10 +268,17 @@ class GatewayService:
     # ------------------------------------------------------------------ pay
     async def pay(self, acqp: PublicEntry, obj: Any) -> dict[str, Any]:
         req: PayRequest = _validate(PayRequest, obj)
-        currency, value = _check_amount(req.paymentAmount, "paymentAmount")
         mpp = self.directory.mpp_for_prefix(req.paymentMethod.codeIssuer)
         if mpp is None:
             raise ApiFailure("INVALID_CODE", f"no MPP issues payment codes with prefix {req.paymentMethod.codeIssuer}")
+        value: int | None
+        sealed: str | None = None
+        shares: dict[str, Any] = {}
+        if self.hidden:
+            currency, sealed, shares = self._hidden_amount(req.paymentAmount, "paymentAmount", acqp.id, mpp.id)
+            value = None
+        else:
+            currency, value = _check_amount(req.paymentAmount, "paymentAmount")
         forward = {"paymentMethod": req.paymentMethod.model_dump(), "order": req.order}
         if req.env is not None:
             forward["env"] = req.env
@@ -239,11 +291,17 @@ class GatewayService:
             with self.engine.begin() as conn:
                 conn.execute(insert(payments).values(
                     id=pid, acqp_id=acqp.id, payment_request_id=req.paymentRequestId, request_hash=h, mpp_id=mpp.id,
-                    code_issuer=req.paymentMethod.codeIssuer, currency=currency, amount=value, status="PROCESSING",
+                    code_issuer=req.paymentMethod.codeIssuer, currency=currency, amount=value, amount_sealed=sealed,
+                    refund_count=0, status="PROCESSING",
                     result_code="PAYMENT_IN_PROCESS", result_message="", forward=_dumps(forward).decode(),
                     refunded=0, cancel_requested=False, created_ms=now, updated_ms=now,
                     expires_ms=now + int(self.cfg.payment_expiry_s * 1000),
                     next_check_ms=now + int(2 * self.cfg.mpp_timeout_s * 1000), attempts=0))
+                if self.nodes is not None:
+                    self.nodes.enqueue(conn, {n: {"op": "share", "id": pid, "kind": "pay", "acqp": acqp.id,
+                                                  "mpp": mpp.id, "currency": currency,
+                                                  "requestId": req.paymentRequestId, "envelope": env}
+                                              for n, env in shares.items()})
         except IntegrityError:
             with self.engine.connect() as conn:
                 old = self._payment(conn, acqp.id, None, req.paymentRequestId)
@@ -252,6 +310,8 @@ class GatewayService:
             if not ct_equal(old.request_hash, h):
                 raise ApiFailure("REPEAT_REQ_INCONSISTENT") from None
             pid = old.id
+        if self.nodes is not None:
+            self.nodes.wake()
         row = await self.drive_payment(pid)
         return self.payment_body(row, self._payment_result(row))
 
@@ -281,7 +341,7 @@ class GatewayService:
                 conn.execute(update(payments).where(payments.c.id == pid).values(cancel_requested=True))
             return await self.drive_cancel(self._load_payment(pid), expired=True)
         body = {"paymentId": row.id, "paymentRequestId": row.payment_request_id, "acquirerId": row.acqp_id,
-                "paymentAmount": _amount(row.currency, row.amount), **json.loads(row.forward)}
+                "paymentAmount": self._amount_out(row, row.mpp_id), **json.loads(row.forward)}
         try:
             ans = await self.call_partner(mpp, "/mpp/v1/pay", body)
         except MppUnreachable:
@@ -319,13 +379,17 @@ class GatewayService:
                 body = {"notifyType": "PAYMENT_RESULT", "paymentId": row.id,
                         "paymentRequestId": row.payment_request_id, "acquirerId": row.acqp_id,
                         "paymentResult": result(code, message or None),
-                        "paymentAmount": _amount(row.currency, row.amount)}
+                        "paymentAmount": self._amount_out(row, row.acqp_id)}
                 if status == "SUCCESS":
                     body["paymentTime"] = _iso(now)
                 if info:
                     body["customerInfo"] = json.loads(info)
                 self._enqueue(conn, row.acqp_id, "notifyPayment", body, now)
+                if self.nodes is not None:
+                    self.nodes.enqueue_status(conn, row.id, status, _day(now) if status == "SUCCESS" else None)
         if done:
+            if self.nodes is not None:
+                self.nodes.wake()
             self.metrics.payments.labels(status=status).inc()
             log.info("payment final", extra={"event": "payment_final", "paymentId": row.id, "code": code})
             self.wake_outbox()
@@ -349,7 +413,8 @@ class GatewayService:
         body = self.payment_body(row, result("SUCCESS"))
         body["paymentResult"] = self._payment_result(row)
         body["paymentStatus"] = row.status
-        body["refundedAmount"] = _amount(row.currency, row.refunded)
+        if not self.hidden:
+            body["refundedAmount"] = _amount(row.currency, row.refunded)
         return body
 
     # ------------------------------------------------------------------ cancel
@@ -366,12 +431,12 @@ class GatewayService:
                 raise ApiFailure("CANCEL_WINDOW_EXCEED")
             with self.engine.begin() as conn:
                 n = conn.execute(update(payments).where(and_(
-                    payments.c.id == row.id, payments.c.refunded == 0,
+                    payments.c.id == row.id, payments.c.refund_count == 0,
                     payments.c.status.in_(("PROCESSING", "SUCCESS")))).values(
                     cancel_requested=True, next_check_ms=_now_ms() + int(2 * self.cfg.mpp_timeout_s * 1000))).rowcount
             if not n:
                 row = self._load_payment(row.id)
-                if row.refunded:
+                if row.refund_count:
                     raise ApiFailure("ORDER_STATUS_INVALID", "the payment has refunds; refund the rest instead")
                 return self._cancel_body(row, result("SUCCESS"))
         row = await self.drive_cancel(self._load_payment(row.id))
@@ -410,8 +475,12 @@ class GatewayService:
                 self._enqueue(conn, row.acqp_id, "notifyPayment", {
                     "notifyType": "PAYMENT_RESULT", "paymentId": row.id, "paymentRequestId": row.payment_request_id,
                     "acquirerId": row.acqp_id, "paymentResult": result(code, msg),
-                    "paymentAmount": _amount(row.currency, row.amount)}, now)
+                    "paymentAmount": self._amount_out(row, row.acqp_id)}, now)
+            if done and self.nodes is not None:
+                self.nodes.enqueue_status(conn, row.id, "CANCELLED")
         if done:
+            if self.nodes is not None:
+                self.nodes.wake()
             self.metrics.payments.labels(status="CANCELLED").inc()
             self.wake_outbox()
         return self._load_payment(row.id)
@@ -419,11 +488,18 @@ class GatewayService:
     # ------------------------------------------------------------------ refund
     async def refund(self, acqp: PublicEntry, obj: Any) -> dict[str, Any]:
         req: RefundRequest = _validate(RefundRequest, obj)
-        currency, value = _check_amount(req.refundAmount, "refundAmount")
         with self.engine.connect() as conn:
             pay = self._payment(conn, acqp.id, req.paymentId, req.paymentRequestId)
         if pay is None:
             raise ApiFailure("ORDER_NOT_EXIST")
+        value: int | None
+        sealed: str | None = None
+        shares: dict[str, Any] = {}
+        if self.hidden:
+            currency, sealed, shares = self._hidden_amount(req.refundAmount, "refundAmount", acqp.id, pay.mpp_id)
+            value = None
+        else:
+            currency, value = _check_amount(req.refundAmount, "refundAmount")
         if currency != pay.currency:
             raise ApiFailure("CURRENCY_NOT_SUPPORT", f"refund in {pay.currency}, the payment's currency")
         self._check_sealed({"refundReason": req.refundReason}, pay.mpp_id)
@@ -435,7 +511,8 @@ class GatewayService:
             with self.engine.begin() as conn:
                 conn.execute(insert(refunds).values(
                     id=rid, payment_id=pay.id, acqp_id=acqp.id, refund_request_id=req.refundRequestId,
-                    request_hash=h, currency=currency, amount=value, status="PROCESSING",
+                    request_hash=h, currency=currency, amount=value, amount_sealed=sealed, checked=False,
+                    status="PROCESSING",
                     result_code="REFUND_IN_PROCESS", result_message="", forward=_dumps(forward).decode(),
                     created_ms=now, updated_ms=now, next_check_ms=now + int(2 * self.cfg.mpp_timeout_s * 1000),
                     attempts=0))
@@ -444,11 +521,13 @@ class GatewayService:
                 if now > paid_at + self.cfg.refund_window_s * 1000:
                     code = "REFUND_WINDOW_EXCEED"
                 else:
-                    n = conn.execute(update(payments).where(and_(
-                        payments.c.id == pay.id, payments.c.status == "SUCCESS",
-                        payments.c.cancel_requested.is_(False),
-                        payments.c.refunded + value <= payments.c.amount)).values(
-                        refunded=payments.c.refunded + value, updated_ms=now)).rowcount
+                    cond = [payments.c.id == pay.id, payments.c.status == "SUCCESS",
+                            payments.c.cancel_requested.is_(False)]
+                    change: dict[str, Any] = {"refund_count": payments.c.refund_count + 1, "updated_ms": now}
+                    if value is not None:  # clear amounts: the gateway reserves; hidden: the nodes check
+                        cond.append(payments.c.refunded + value <= payments.c.amount)
+                        change["refunded"] = payments.c.refunded + value
+                    n = conn.execute(update(payments).where(and_(*cond)).values(**change)).rowcount
                     if not n:
                         cur = conn.execute(select(payments.c.status, payments.c.cancel_requested)
                                            .where(payments.c.id == pay.id)).first()
@@ -456,6 +535,11 @@ class GatewayService:
                         code = "REFUND_AMOUNT_EXCEED" if ok else "ORDER_STATUS_INVALID"
                 if code is not None:
                     conn.execute(update(refunds).where(refunds.c.id == rid).values(status="FAIL", result_code=code))
+                elif self.nodes is not None:
+                    self.nodes.enqueue(conn, {n: {"op": "share", "id": rid, "kind": "refund", "paymentId": pay.id,
+                                                  "acqp": acqp.id, "mpp": pay.mpp_id, "currency": currency,
+                                                  "requestId": req.refundRequestId, "envelope": env}
+                                              for n, env in shares.items()})
         except IntegrityError:
             with self.engine.connect() as conn:
                 old = conn.execute(select(refunds).where(and_(refunds.c.acqp_id == acqp.id,
@@ -478,7 +562,7 @@ class GatewayService:
         with self.engine.connect() as conn:
             pay = self._payment(conn, None, row.payment_id, None)
         body: dict[str, Any] = {"result": res, "refundId": row.id, "refundRequestId": row.refund_request_id,
-                                "paymentId": row.payment_id, "refundAmount": _amount(row.currency, row.amount)}
+                                "paymentId": row.payment_id, "refundAmount": self._amount_out(row, row.acqp_id)}
         if pay is not None:
             body["paymentRequestId"] = pay.payment_request_id
         if row.refund_time_ms:
@@ -490,10 +574,22 @@ class GatewayService:
         if row.status != "PROCESSING":
             return row
         pay = self._load_payment(row.payment_id)
+        if self.nodes is not None and not row.checked:
+            try:
+                ans = await self.nodes.job("refund_check", {"refundId": rid})
+            except NodeError as exc:
+                log.warning("refund check waits for the nodes", extra={"event": "node_wait", "code": exc.code})
+                self._retry_later(refunds, row)
+                return self._load_refund(rid)
+            if ans.get("ok") is not True:
+                self._finish_refund(row, pay, False, "REFUND_AMOUNT_EXCEED", notify_nodes=False)
+                return self._load_refund(rid)
+            with self.engine.begin() as conn:
+                conn.execute(update(refunds).where(refunds.c.id == rid).values(checked=True))
         mpp = self.directory.get(pay.mpp_id)
         body = {"refundId": row.id, "refundRequestId": row.refund_request_id, "paymentId": pay.id,
                 "paymentRequestId": pay.payment_request_id, "acquirerId": row.acqp_id,
-                "refundAmount": _amount(row.currency, row.amount), **json.loads(row.forward)}
+                "refundAmount": self._amount_out(row, pay.mpp_id), **json.loads(row.forward)}
         try:
             if mpp is None:
                 raise MppUnreachable("the MPP left the network")
@@ -507,26 +603,35 @@ class GatewayService:
             return self._load_refund(rid)
         ok = res["resultStatus"] == "S"
         code = "SUCCESS" if ok else (res.get("resultCode") if res.get("resultCode") in _MPP_FAIL_CODES else "PROCESS_FAIL")
+        self._finish_refund(row, pay, ok, code, notify_nodes=True)
+        return self._load_refund(rid)
+
+    def _finish_refund(self, row: Row, pay: Row, ok: bool, code: str, notify_nodes: bool) -> None:
         now = _now_ms()
         with self.engine.begin() as conn:
-            done = conn.execute(update(refunds).where(and_(refunds.c.id == rid, refunds.c.status == "PROCESSING"))
+            done = conn.execute(update(refunds).where(and_(refunds.c.id == row.id, refunds.c.status == "PROCESSING"))
                                 .values(status="SUCCESS" if ok else "FAIL", result_code=code,
                                         refund_time_ms=now if ok else None, updated_ms=now)).rowcount
             if done and not ok:
-                conn.execute(update(payments).where(payments.c.id == pay.id)
-                             .values(refunded=payments.c.refunded - row.amount, updated_ms=now))
+                back: dict[str, Any] = {"refund_count": payments.c.refund_count - 1, "updated_ms": now}
+                if row.amount is not None:
+                    back["refunded"] = payments.c.refunded - row.amount
+                conn.execute(update(payments).where(payments.c.id == pay.id).values(**back))
             if done:
                 body = {"notifyType": "REFUND_RESULT", "refundId": row.id, "refundRequestId": row.refund_request_id,
                         "paymentId": pay.id, "paymentRequestId": pay.payment_request_id, "acquirerId": row.acqp_id,
-                        "refundResult": result(code), "refundAmount": _amount(row.currency, row.amount)}
+                        "refundResult": result(code), "refundAmount": self._amount_out(row, row.acqp_id)}
                 if ok:
                     body["refundTime"] = _iso(now)
                 self._enqueue(conn, row.acqp_id, "notifyRefund", body, now)
+                if notify_nodes and self.nodes is not None:
+                    self.nodes.enqueue_status(conn, row.id, "SUCCESS" if ok else "FAIL", _day(now) if ok else None)
         if done:
             self.metrics.refunds.labels(status="SUCCESS" if ok else "FAIL").inc()
-            log.info("refund final", extra={"event": "refund_final", "refundId": rid, "code": code})
+            log.info("refund final", extra={"event": "refund_final", "refundId": row.id, "code": code})
             self.wake_outbox()
-        return self._load_refund(rid)
+            if self.nodes is not None:
+                self.nodes.wake()
 
     async def inquiry_refund(self, acqp: PublicEntry, obj: Any) -> dict[str, Any]:
         req: InquiryRefundRequest = _validate(InquiryRefundRequest, obj)
@@ -558,18 +663,22 @@ class GatewayService:
             rows = conn.execute(q).all()
         page = rows[:req.pageSize]
         out = [{"paymentId": r.id, "paymentRequestId": r.payment_request_id,
-                "paymentAmount": _amount(r.currency, r.amount), "paymentStatus": r.status,
+                "paymentAmount": self._amount_out(r, r.acqp_id), "paymentStatus": r.status,
                 "paymentResult": self._payment_result(r), "createTime": _iso(r.created_ms),
-                "paymentTime": _iso(r.payment_time_ms), "refundedAmount": _amount(r.currency, r.refunded)}
+                "paymentTime": _iso(r.payment_time_ms), "refundCount": r.refund_count}
                for r in page]
+        if not self.hidden:
+            for o, r in zip(out, page, strict=True):
+                o["refundedAmount"] = _amount(r.currency, r.refunded)
         body: dict[str, Any] = {"result": result("SUCCESS"), "payments": out}
         if len(rows) > req.pageSize:
             body["nextPageToken"] = f"{page[-1].created_ms}:{page[-1].id}"
         return body
 
     async def settlement_summary(self, acqp: PublicEntry, obj: Any) -> dict[str, Any]:
-        """Per currency, this acquirer's successful payments and refunds of one UTC day.
-        The gateway adds clear amounts here; the privacy-nodes issue moves this into MPC."""
+        """Per currency, this acquirer's successful payments and refunds of one UTC day:
+        summed by the gateway from clear amounts, or, with privacy nodes, the totals the
+        nodes revealed in the day's settlement (SETTLEMENT_PENDING until it has run)."""
         import datetime as dt
 
         req: SettlementSummaryRequest = _validate(SettlementSummaryRequest, obj)
@@ -580,6 +689,20 @@ class GatewayService:
         lo = int(day.timestamp() * 1000)
         hi = lo + 86_400_000
         sums: dict[str, dict[str, int]] = {}
+        if self.hidden:
+            with self.engine.connect() as conn:
+                run = conn.execute(select(settlement_runs).where(settlement_runs.c.day == req.settlementDate)).first()
+                if run is None or run.status != "DONE":
+                    raise ApiFailure("SETTLEMENT_PENDING", run.message if run is not None else None)
+                rows = conn.execute(select(settlements).where(and_(settlements.c.day == req.settlementDate,
+                                                                   settlements.c.acqp_id == acqp.id))).all()
+            for r in rows:
+                s = sums.setdefault(r.currency, {"pc": 0, "pt": 0, "rc": 0, "rt": 0})
+                s["pc"] += r.payment_count
+                s["pt"] += r.payment_total
+                s["rc"] += r.refund_count
+                s["rt"] += r.refund_total
+            return self._summary_body(req.settlementDate, sums)
         with self.engine.connect() as conn:
             prow = conn.execute(select(payments.c.currency, func.count(), func.sum(payments.c.amount))
                                 .where(and_(payments.c.acqp_id == acqp.id, payments.c.status == "SUCCESS",
@@ -593,7 +716,11 @@ class GatewayService:
             sums.setdefault(cur, {"pc": 0, "pt": 0, "rc": 0, "rt": 0}).update(pc=int(n), pt=int(total or 0))
         for cur, n, total in rrow:
             sums.setdefault(cur, {"pc": 0, "pt": 0, "rc": 0, "rt": 0}).update(rc=int(n), rt=int(total or 0))
-        return {"result": result("SUCCESS"), "settlementDate": req.settlementDate, "summaries": [
+        return self._summary_body(req.settlementDate, sums)
+
+    @staticmethod
+    def _summary_body(day: str, sums: dict[str, dict[str, int]]) -> dict[str, Any]:
+        return {"result": result("SUCCESS"), "settlementDate": day, "summaries": [
             {"currency": cur, "paymentCount": s["pc"], "paymentTotal": _amount(cur, s["pt"]),
              "refundCount": s["rc"], "refundTotal": _amount(cur, s["rt"]), "netTotal": _amount(cur, s["pt"] - s["rt"])}
             for cur, s in sorted(sums.items())]}

@@ -22,13 +22,12 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    create_engine,
-    event,
 )
 
-from veilpay.errors import ConfigError
+from veilpay.db import make_engine
 
-__all__ = ["make_engine", "metadata", "migrate", "outbox", "payments", "refunds", "seen_requests"]
+__all__ = ["make_engine", "metadata", "migrate", "node_cursor", "node_feed", "outbox", "payments", "refunds",
+           "seen_requests", "settlement_runs", "settlements"]
 
 metadata = MetaData()
 
@@ -41,7 +40,9 @@ payments = Table(
     Column("mpp_id", String(64), nullable=False),
     Column("code_issuer", String(8), nullable=False),
     Column("currency", String(3), nullable=False),
-    Column("amount", BigInteger, nullable=False),
+    Column("amount", BigInteger),                          # NULL when amounts are hidden (privacy nodes)
+    Column("amount_sealed", Text),                         # hidden mode: the amount sealed to the MPP and ACQP
+    Column("refund_count", Integer, nullable=False, default=0),  # refunds reserved or made
     Column("status", String(16), nullable=False),          # PROCESSING, SUCCESS, FAIL, CANCELLED
     Column("result_code", String(48), nullable=False),
     Column("result_message", String(256), nullable=False, default=""),
@@ -68,7 +69,9 @@ refunds = Table(
     Column("refund_request_id", String(64), nullable=False),
     Column("request_hash", String(64), nullable=False),
     Column("currency", String(3), nullable=False),
-    Column("amount", BigInteger, nullable=False),
+    Column("amount", BigInteger),
+    Column("amount_sealed", Text),
+    Column("checked", Boolean, nullable=False, default=False),  # hidden mode: the nodes found it within bounds
     Column("status", String(16), nullable=False),          # PROCESSING, SUCCESS, FAIL
     Column("result_code", String(48), nullable=False),
     Column("result_message", String(256), nullable=False, default=""),
@@ -99,35 +102,51 @@ outbox = Table(
     Index("ix_outbox_due", "status", "next_attempt_ms"),
 )
 
+node_feed = Table(
+    "node_feed", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("node", String(64), nullable=False),
+    Column("item", Text, nullable=False),                  # JSON: a share envelope or a status change
+    Column("created_ms", BigInteger, nullable=False),
+    Index("ix_node_feed_node", "node", "seq"),
+)
+
+node_cursor = Table(
+    "node_cursor", metadata,
+    Column("node", String(64), primary_key=True),
+    Column("delivered", BigInteger, nullable=False),       # the node has applied every item up to this seq
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_ms", BigInteger, nullable=False),
+    Column("last_error", String(200), nullable=False),
+)
+
+settlement_runs = Table(
+    "settlement_runs", metadata,
+    Column("day", String(10), primary_key=True),
+    Column("status", String(16), nullable=False),          # WAITING, DONE
+    Column("message", String(300), nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+settlements = Table(
+    "settlements", metadata,
+    Column("day", String(10), primary_key=True),
+    Column("acqp_id", String(64), primary_key=True),
+    Column("mpp_id", String(64), primary_key=True),
+    Column("currency", String(3), primary_key=True),
+    Column("payment_count", Integer, nullable=False),
+    Column("payment_total", BigInteger, nullable=False),
+    Column("refund_count", Integer, nullable=False),
+    Column("refund_total", BigInteger, nullable=False),
+    Column("excluded", Text, nullable=False),              # JSON: ids left out (share refused or out of range)
+)
+
 seen_requests = Table(
     "seen_requests", metadata,
     Column("client_id", String(64), primary_key=True),
     Column("digest", String(64), primary_key=True),        # SHA-256 of the request's signature
     Column("expires_ms", BigInteger, nullable=False, index=True),
 )
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")   # durable across process crashes; WAL fsync at checkpoints
-    cur.execute("PRAGMA busy_timeout=5000")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
-
-
-def make_engine(url: str) -> Engine:
-    """An engine for ``sqlite:///path`` or ``postgresql+psycopg://...``."""
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    if url.startswith("postgresql"):
-        return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
-    raise ConfigError(f"database URL must be sqlite:/// or postgresql+psycopg://, not {url.split(':', 1)[0]!r}")
 
 
 def migrate(engine: Engine) -> None:

@@ -21,11 +21,12 @@ from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Tex
 from sqlalchemy.exc import IntegrityError
 
 from veilpay.crypto.tokens import random_id
-from veilpay.errors import SignatureError, VeilpayError
+from veilpay.errors import DecryptionError, SignatureError, VeilpayError
 from veilpay.partners._common import admin_ok, json_response, load_identity, open_db
 from veilpay.partners.config import PartnerConfig
 from veilpay.sdk.client import AsyncGatewayClient
 from veilpay.sdk.partner import GatewayCalls
+from veilpay.sdk.shares import reveal_amounts
 
 __all__ = ["create_acqp_app"]
 
@@ -64,7 +65,9 @@ def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | No
         try:
             obj = calls.verify("POST", "/notify", dict(request.headers), raw)
             nid = str(obj["notifyId"])
-        except (SignatureError, KeyError) as exc:
+            if cfg.pets:
+                obj = reveal_amounts(obj, keys)  # amounts sealed to us on networks with privacy nodes
+        except (SignatureError, KeyError, DecryptionError) as exc:
             code = exc.code if isinstance(exc, SignatureError) else "PARAM_ILLEGAL"
             body, h = calls.answer("POST", "/notify", {"result": {"resultCode": code, "resultStatus": "F",
                                                                   "resultMessage": str(exc)}})

@@ -32,6 +32,7 @@ from veilpay.sdk.envelope import open_fields, seal_fields
 from veilpay.sdk.keys import customer_token
 from veilpay.sdk.money import MINOR_UNITS
 from veilpay.sdk.partner import GatewayCalls
+from veilpay.sdk.shares import open_amount
 
 __all__ = ["create_mpp_app"]
 
@@ -116,6 +117,12 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
         body, h = calls.answer("POST", path, answer)
         return json_response(body, h)
 
+    def _amount_of(amount: dict[str, Any], kind: str, acqp_id: str, request_id: str) -> tuple[str, int]:
+        """A clear amount, or one sealed to this MPP (networks with privacy nodes)."""
+        if "sealed" in amount:
+            return open_amount(amount, keys, kind, acqp_id, request_id)
+        return str(amount["currency"]), int(amount["value"])
+
     async def pay(obj: dict[str, Any]) -> dict[str, Any]:
         await released.wait()
         pid, acqp_id = str(obj["paymentId"]), str(obj["acquirerId"])
@@ -124,9 +131,10 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
         if old is not None:
             return json.loads(old)
         ctx = f"{acqp_id}/{obj['paymentRequestId']}"
-        currency, value = obj["paymentAmount"]["currency"], int(obj["paymentAmount"]["value"])
+        currency, value = str(obj["paymentAmount"]["currency"]), 0
         acqp = await acqp_entry(acqp_id)
         try:
+            currency, value = _amount_of(obj["paymentAmount"], "pay", acqp_id, str(obj["paymentRequestId"]))
             pm = obj["paymentMethod"]["paymentMethodId"]
             code = str((open_fields(pm, keys, "paymentCode", ctx) if cfg.pets else pm)["code"])
             order = open_fields(obj["order"], keys, "order", ctx) if cfg.pets else obj["order"]
@@ -210,7 +218,10 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
 
     async def refund(obj: dict[str, Any]) -> dict[str, Any]:
         rid, pid = str(obj["refundId"]), str(obj["paymentId"])
-        value = int(obj["refundAmount"]["value"])
+        try:
+            _, value = _amount_of(obj["refundAmount"], "refund", str(obj["acquirerId"]), str(obj["refundRequestId"]))
+        except DecryptionError:
+            return {"result": _res("PROCESS_FAIL", "F", "refund amount does not open")}
         if obj.get("refundReason") is not None and cfg.pets:
             try:
                 open_fields(obj["refundReason"], keys, "refundReason", f"{obj['acquirerId']}/{obj['refundRequestId']}")

@@ -6,6 +6,11 @@ response (and on the directory), and retries safely: a retry of ``pay`` or ``ref
 re-sends the same ``paymentRequestId`` / ``refundRequestId`` (freshly signed), which the
 gateway answers from its idempotency record, so a retry never pays twice.
 
+When the directory announces privacy nodes, amounts leave the SDK hidden: sealed to
+the MPP and to this ACQP, and secret-shared to the nodes (``veilpay.sdk.shares``);
+amounts in answers come back sealed to us and are opened here, so callers see
+``{currency, value}`` either way.
+
 ``pets=False`` sends the same requests with the field groups in the clear; it exists
 only to measure what the privacy features cost (``bench/gateway.py``)."""
 
@@ -24,6 +29,7 @@ from veilpay.sdk.directory import Directory
 from veilpay.sdk.envelope import open_fields, seal_fields
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.money import parse_amount
+from veilpay.sdk.shares import reveal_amounts, seal_amount
 from veilpay.sdk.signing import sign_headers, verify_message
 
 __all__ = ["ApiResponse", "AsyncGatewayClient", "GatewayClient", "PAY_PATH"]
@@ -109,7 +115,8 @@ class _Core:
             raise InvalidInput("payment code: no MPP in the directory issues codes with its prefix")
         prefix, mpp = found
         ctx = f"{self.keys.id}/{payment_request_id}"
-        body: dict[str, Any] = {"paymentRequestId": payment_request_id, "paymentAmount": amount}
+        body: dict[str, Any] = {"paymentRequestId": payment_request_id,
+                                "paymentAmount": self._amount(d, amount, "pay", payment_request_id, mpp)}
         if self.pets:
             body["paymentMethod"] = {"paymentMethodType": "CONNECT_WALLET", "codeIssuer": prefix,
                                      "paymentMethodId": seal_fields({"code": payment_code}, mpp, "paymentCode", ctx)}
@@ -124,10 +131,23 @@ class _Core:
                 body["env"] = env
         return body
 
+    def _amount(self, d: Directory, amount: dict[str, str], kind: str, request_id: str,
+                mpp: PublicEntry | None) -> dict[str, Any]:
+        """The amount as this network takes it: clear, or hidden when it runs privacy nodes."""
+        if d.privacy is None or not self.pets:
+            return amount
+        if mpp is None:
+            raise InvalidInput("a hidden amount needs the MPP it is sealed to")
+        return seal_amount(amount, kind, self.keys.id, request_id, [mpp, self.keys.public], d.nodes(), d.privacy)
+
     def _refund_body(self, d: Directory, refund_request_id: str, amount: dict[str, str], payment_id: str | None,
                      payment_request_id: str | None, reason: str | None, mpp_id: str | None) -> dict[str, Any]:
         parse_amount(amount, "refundAmount")
-        body: dict[str, Any] = {"refundRequestId": refund_request_id, "refundAmount": amount}
+        mpp_entry = d.get(mpp_id) if mpp_id else None
+        if mpp_id and mpp_entry is None:
+            raise InvalidInput(f"MPP {mpp_id!r} is not in the directory")
+        body: dict[str, Any] = {"refundRequestId": refund_request_id,
+                                "refundAmount": self._amount(d, amount, "refund", refund_request_id, mpp_entry)}
         body.update(_one_of(payment_id=payment_id, payment_request_id=payment_request_id))
         if reason is not None:
             if mpp_id is None:
@@ -140,10 +160,23 @@ class _Core:
         return body
 
     def _answer(self, path: str, resp: httpx.Response, attempts: int) -> ApiResponse:
-        return ApiResponse(path, self._verify("POST", path, resp), resp.status_code, attempts, self)
+        body = self._verify("POST", path, resp)
+        if self.pets:
+            body = reveal_amounts(body, self.keys)
+        return ApiResponse(path, body, resp.status_code, attempts, self)
+
+    def _needs_mpp(self, d: Directory, mpp_id: str | None) -> bool:
+        return d.privacy is not None and self.pets and mpp_id is None
 
     def _retryable(self, ans: ApiResponse) -> bool:
         return ans.result.get("resultStatus") == "U" and ans.code in _RETRY_CODES
+
+
+def _psp_of(ans: ApiResponse) -> str | None:
+    """The MPP of a payment, from an inquiry; None when the payment is unknown (the
+    refund then answers with that inquiry's ORDER_NOT_EXIST)."""
+    psp = ans.body.get("pspId")
+    return str(psp) if isinstance(psp, str) else None
 
 
 def _one_of(**named: str | None) -> dict[str, str]:
@@ -224,8 +257,13 @@ class GatewayClient(_Core):
 
     def refund(self, refund_request_id: str, amount: dict[str, str], *, payment_id: str | None = None,
                payment_request_id: str | None = None, reason: str | None = None, mpp_id: str | None = None) -> ApiResponse:
-        body = self._refund_body(self.directory(), refund_request_id, amount, payment_id, payment_request_id, reason,
-                                 mpp_id)
+        d = self.directory()
+        if self._needs_mpp(d, mpp_id):
+            inq = self.inquiry_payment(payment_id=payment_id, payment_request_id=payment_request_id)
+            mpp_id = _psp_of(inq)
+            if mpp_id is None:
+                return inq
+        body = self._refund_body(d, refund_request_id, amount, payment_id, payment_request_id, reason, mpp_id)
         return self.call("/v1/payments/refund", body)
 
     def inquiry_refund(self, *, refund_id: str | None = None, refund_request_id: str | None = None) -> ApiResponse:
@@ -296,6 +334,11 @@ class AsyncGatewayClient(_Core):
                      payment_request_id: str | None = None, reason: str | None = None,
                      mpp_id: str | None = None) -> ApiResponse:
         d = await self.directory()
+        if self._needs_mpp(d, mpp_id):
+            inq = await self.inquiry_payment(payment_id=payment_id, payment_request_id=payment_request_id)
+            mpp_id = _psp_of(inq)
+            if mpp_id is None:
+                return inq
         body = self._refund_body(d, refund_request_id, amount, payment_id, payment_request_id, reason, mpp_id)
         return await self.call("/v1/payments/refund", body)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from veilpay.errors import ConfigError
 from veilpay.sdk.keys import PublicEntry
+from veilpay.sdk.shares import Privacy
 
 __all__ = ["Directory"]
 
@@ -21,8 +22,13 @@ __all__ = ["Directory"]
 class Directory:
     version: int
     partners: dict[str, PublicEntry]
+    privacy: Privacy | None = None  # set when amounts are secret-shared to privacy nodes
 
     def __post_init__(self) -> None:
+        if self.privacy is not None:
+            for n in self.privacy.parties:
+                if n not in self.partners or self.partners[n].role != "node":
+                    raise ConfigError(f"privacy node {n!r} is not a node in the directory")
         self._prefixes: dict[str, str] = {}
         for p in self.partners.values():
             for pre in p.code_prefixes:
@@ -47,8 +53,15 @@ class Directory:
         pid = self._prefixes.get(prefix)
         return self.partners[pid] if pid else None
 
+    def nodes(self) -> dict[str, PublicEntry]:
+        return {p.id: p for p in self.partners.values() if p.role == "node"}
+
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "partners": [p.to_json() for _, p in sorted(self.partners.items())]}
+        out: dict[str, Any] = {"version": self.version,
+                               "partners": [p.to_json() for _, p in sorted(self.partners.items())]}
+        if self.privacy is not None:
+            out["privacy"] = self.privacy.to_json()
+        return out
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True).encode()
@@ -61,4 +74,5 @@ class Directory:
         ids = [e.id for e in entries]
         if len(set(ids)) != len(ids):
             raise ConfigError("a directory lists a partner twice")
-        return cls(int(obj.get("version", 0)), {e.id: e for e in entries})
+        privacy = Privacy.from_json(obj["privacy"]) if obj.get("privacy") else None
+        return cls(int(obj.get("version", 0)), {e.id: e for e in entries}, privacy)

@@ -2,7 +2,8 @@
 
 An envelope is ``{"v": 1, "to": <party>, "kv": <HPKE key version>, "suite": ...,
 "ct": <base64url enc||ciphertext>}``. The HPKE ``info`` binds the ciphertext to the
-field group's purpose (``order``, ``paymentCode``, ``env``, ``customerInfo``), the
+field group's purpose (``order``, ``paymentCode``, ``env``, ``customerInfo``,
+``refundReason``, and ``amount`` / ``share`` for hidden amounts), the
 payment or refund it belongs to and the recipient, so the gateway (which stores and
 forwards envelopes) cannot move one from one payment or purpose to another."""
 
@@ -18,7 +19,7 @@ from veilpay.sdk.keys import PartyKeys, PublicEntry
 
 __all__ = ["PURPOSES", "is_envelope", "open_fields", "seal_fields"]
 
-PURPOSES = ("order", "paymentCode", "env", "customerInfo", "refundReason")
+PURPOSES = ("order", "paymentCode", "env", "customerInfo", "refundReason", "amount", "share")
 _KEYS = {"v", "to", "kv", "suite", "ct"}
 MAX_CT = 16 * 1024
 

@@ -23,7 +23,8 @@ from veilpay.files import atomic_write
 
 __all__ = ["ROLES", "PartyKeys", "PublicEntry", "create_party", "customer_token", "load_party", "retire_key", "rotate_keys"]
 
-ROLES = ("mpp", "acqp", "gateway")
+ROLES = ("mpp", "acqp", "gateway", "node")
+_REGION = re.compile(r"^([A-Z]{2})?$")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _PREFIX = re.compile(r"^[0-9]{2,8}$")
 
@@ -40,6 +41,7 @@ class PublicEntry:
     signing: dict[int, VerifyKey] = field(default_factory=dict)
     retired: set[int] = field(default_factory=set)
     hpke: dict[int, HpkePublicKey] = field(default_factory=dict)
+    region: str = ""  # ISO 3166 alpha-2 country of the partner, for corridor analytics
 
     @property
     def hpke_version(self) -> int:
@@ -56,7 +58,7 @@ class PublicEntry:
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "role": self.role, "endpoint": self.endpoint, "notifyUrl": self.notify_url,
-            "codePrefixes": list(self.code_prefixes),
+            "codePrefixes": list(self.code_prefixes), "region": self.region,
             "signingKeys": [{"version": v, "public": b64e(k.to_bytes()),
                              "status": "retired" if v in self.retired else "active"}
                             for v, k in sorted(self.signing.items())],
@@ -75,6 +77,9 @@ class PublicEntry:
                 if not _PREFIX.match(p):
                     raise ConfigError(f"party {pid!r}: code prefix {p!r} is not 2-8 digits")
             entry = cls(pid, role, str(obj.get("endpoint", "")), str(obj.get("notifyUrl", "")), prefixes)
+            entry.region = str(obj.get("region", ""))
+            if not _REGION.match(entry.region):
+                raise ConfigError(f"party {pid!r}: region {entry.region!r} is not an ISO 3166 alpha-2 code")
             for k in obj["signingKeys"]:
                 v = int(k["version"])
                 entry.signing[v] = VerifyKey.from_bytes(b64d(k["public"]))
@@ -166,7 +171,7 @@ def load_party(folder: str | Path) -> PartyKeys:
 
 
 def create_party(folder: str | Path, party_id: str, role: str, *, endpoint: str = "", notify_url: str = "",
-                 code_prefixes: list[str] | None = None, suite: str = "x25519") -> PartyKeys:
+                 code_prefixes: list[str] | None = None, suite: str = "x25519", region: str = "") -> PartyKeys:
     """New keys (version 1) for a partner or the gateway, written to ``folder``."""
     import secrets
 
@@ -178,7 +183,8 @@ def create_party(folder: str | Path, party_id: str, role: str, *, endpoint: str 
         raise ConfigError(f"party id {party_id!r}: letters, digits, '_', '.', '-' (max 64)")
     sk = SigningKey.generate()
     hk = HpkePrivateKey.generate(suite) if role != "gateway" else None
-    public = PublicEntry(party_id, role, endpoint, notify_url, list(code_prefixes or []), {1: sk.public()})
+    public = PublicEntry(party_id, role, endpoint, notify_url, list(code_prefixes or []), {1: sk.public()},
+                         region=region)
     if hk is not None:
         public.hpke[1] = hk.public()
     PublicEntry.from_json(public.to_json())  # validates prefixes and ids

@@ -1,0 +1,212 @@
+"""The gateway's side of the privacy nodes: a durable, ordered feed to each node and the
+jobs it submits to all of them.
+
+The feed: every share envelope and every status change a node must know is a row of
+``node_feed`` for that node, written in the same transaction as the payment or refund
+it belongs to. A worker posts each node its rows in sequence order; the node applies
+each once and answers the position it reached, which the gateway records in
+``node_cursor``. A node that is down misses nothing: its rows wait (the payment
+itself does not) and the worker retries with backoff until it is back.
+
+Jobs: the gateway brings every share holder up to date, then posts the same signed
+job to all nodes at once (they run it together over their own TLS mesh) and accepts
+the answer only when the share holders reveal the same thing. One job runs at a time
+(the nodes compute in lock step)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Engine, func, insert, select, update
+
+from veilpay.crypto.tokens import random_id
+from veilpay.errors import NodeError, SignatureError
+from veilpay.gateway.link import LinkError, PartnerLink
+from veilpay.gateway.store import node_cursor, node_feed
+from veilpay.sdk.directory import Directory
+from veilpay.sdk.keys import PartyKeys, PublicEntry
+from veilpay.sdk.shares import Privacy
+from veilpay.sdk.signing import sign_headers, verify_message
+
+__all__ = ["NodeLink"]
+
+log = logging.getLogger("veilpay.gateway")
+_BATCH = 500
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class NodeLink:
+    def __init__(self, cfg: Any, keys: PartyKeys, directory: Callable[[], Directory], engine: Engine,
+                 http: PartnerLink, privacy: Privacy) -> None:
+        self.cfg, self.keys, self._directory, self.engine, self.http = cfg, keys, directory, engine, http
+        self.privacy = privacy
+        self._job_lock = asyncio.Lock()
+        self._flush_locks = {n: asyncio.Lock() for n in privacy.nodes}
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------------ feed
+    def enqueue(self, conn: Any, per_node: dict[str, dict[str, Any]]) -> None:
+        """Queue one item for each share-holding node (inside the caller's transaction)."""
+        now = _now_ms()
+        conn.execute(insert(node_feed), [{"node": n, "item": json.dumps(item, separators=(",", ":")),
+                                          "created_ms": now} for n, item in per_node.items()])
+
+    def enqueue_status(self, conn: Any, item_id: str, status: str, day: str | None = None) -> None:
+        item: dict[str, Any] = {"op": "status", "id": item_id, "status": status}
+        if day is not None:
+            item["day"] = day
+        self.enqueue(conn, {n: item for n in self.privacy.nodes})
+
+    def _entry(self, node: str) -> PublicEntry:
+        entry = self._directory().get(node)
+        if entry is None or entry.role != "node":
+            raise NodeError(f"privacy node {node!r} is not in the directory", "NODE_UNAVAILABLE", 503)
+        return entry
+
+    async def _post(self, node: str, path: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        entry = self._entry(node)
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        v, key = self.keys.signer()
+        headers = sign_headers(key, v, "POST", path, node, raw, time.time())
+        headers["Content-Type"] = "application/json"
+        try:
+            status, hdrs, content = await self.http.post(entry.endpoint.rstrip("/") + path, raw, headers, timeout)
+        except LinkError as exc:
+            raise NodeError(f"node {node}: unreachable ({exc})", "NODE_UNAVAILABLE", 503) from exc
+        try:
+            signed = verify_message(hdrs, "POST", path, content, entry.verify_key, time.time(),
+                                    self.cfg.request_window_s, "Response-Time")
+            if signed.client_id != node:
+                raise SignatureError("answer signed for another party")
+            obj = json.loads(content)
+            if not isinstance(obj, dict):
+                raise ValueError("not an object")
+        except (SignatureError, ValueError) as exc:
+            raise NodeError(f"node {node}: unverifiable answer", "NODE_UNAVAILABLE", 503) from exc
+        if status != 200:
+            err = obj.get("error") or {}
+            raise NodeError(f"node {node}: {err.get('message', status)}", str(err.get("code", "JOB_FAILED")),
+                            status)
+        return obj
+
+    def _cursor(self, node: str) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(select(node_cursor).where(node_cursor.c.node == node)).first()
+
+    def pending(self, node: str) -> int:
+        """Feed rows for ``node`` not yet applied there."""
+        cur = self._cursor(node)
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(node_feed).where(
+                node_feed.c.node == node, node_feed.c.seq > (cur.delivered if cur else 0))).scalar() or 0)
+
+    def _save_cursor(self, node: str, delivered: int | None, error: str = "") -> None:
+        cur = self._cursor(node)
+        now = _now_ms()
+        attempts = 0 if not error else (cur.attempts + 1 if cur else 1)
+        backoff = 0 if not error else int(min(0.2 * 2 ** min(attempts, 8), 30.0) * 1000 * (0.5 + random.random() / 2))
+        values = {"attempts": attempts, "next_attempt_ms": now + backoff, "last_error": error[:200]}
+        with self.engine.begin() as conn:
+            if cur is None:
+                conn.execute(insert(node_cursor).values(node=node, delivered=delivered or 0, **values))
+            else:
+                if delivered is not None:
+                    values["delivered"] = delivered
+                conn.execute(update(node_cursor).where(node_cursor.c.node == node).values(**values))
+
+    async def flush(self, node: str) -> int:
+        """Deliver every queued row to ``node``; returns the position it reached.
+        NodeError when the node cannot be reached (rows stay queued)."""
+        async with self._flush_locks[node]:
+            cur = self._cursor(node)
+            delivered = cur.delivered if cur else 0
+            while True:
+                with self.engine.connect() as conn:
+                    rows = conn.execute(select(node_feed.c.seq, node_feed.c.item).where(
+                        node_feed.c.node == node, node_feed.c.seq > delivered)
+                        .order_by(node_feed.c.seq).limit(_BATCH)).all()
+                if not rows:
+                    return delivered
+                batch = [{"seq": r.seq, **json.loads(r.item)} for r in rows]
+                try:
+                    ans = await self._post(node, "/node/v1/feed", {"items": batch}, self.cfg.node_timeout_s)
+                except NodeError as exc:
+                    self._save_cursor(node, None, str(exc))
+                    raise
+                got = ans.get("applied")
+                if not isinstance(got, int) or got < rows[-1].seq:
+                    self._save_cursor(node, None, "node did not apply the batch")
+                    raise NodeError(f"node {node}: did not apply the batch", "NODE_UNAVAILABLE", 503)
+                for rej in ans.get("rejected") or []:
+                    log.warning("node refused a share", extra={"event": "share_refused", "node": node,
+                                                               "code": str(rej.get("code"))[:40]})
+                delivered = rows[-1].seq
+                self._save_cursor(node, delivered)
+
+    async def run_once(self) -> int:
+        """One pass over the nodes that have rows due; returns how many nodes it reached."""
+        now, reached = _now_ms(), 0
+        for node in self.privacy.nodes:
+            cur = self._cursor(node)
+            if cur is not None and cur.next_attempt_ms > now:
+                continue
+            if self.pending(node) == 0:
+                continue
+            try:
+                await self.flush(node)
+                reached += 1
+            except NodeError:
+                pass
+        return reached
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.run_once()
+            except Exception:  # noqa: BLE001 - keep relaying after a database hiccup
+                log.exception("node relay failed", extra={"event": "node_relay_error"})
+            self._wake.clear()
+            waiter = asyncio.ensure_future(self._wake.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({waiter, stopper}, timeout=self.cfg.node_relay_interval_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+
+    # ------------------------------------------------------------------ jobs
+    async def job(self, kind: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Run ``kind`` at every node; the share holders' common answer. NodeError when a
+        node is down or behind, or the holders disagree."""
+        async with self._job_lock:
+            through = {}
+            for n in self.privacy.nodes:
+                through[n] = await self.flush(n)
+            body = {"jobId": random_id("job_"), "kind": kind, "params": params, "through": through}
+            answers = await asyncio.gather(*[self._post(n, "/node/v1/jobs", body, self.cfg.node_job_timeout_s)
+                                             for n in self.privacy.parties], return_exceptions=True)
+        for a in answers:
+            if isinstance(a, BaseException):
+                if isinstance(a, NodeError):
+                    raise a
+                raise NodeError(f"{kind}: {type(a).__name__}", "JOB_FAILED", 502) from a
+        held = [dict(a) for n, a in zip(self.privacy.parties, answers, strict=True)  # type: ignore[call-overload]
+                if n in self.privacy.nodes]
+        stats = {"bytesSent": sum(int(a.pop("bytesSent", 0)) for a in answers),  # type: ignore[union-attr]
+                 "rounds": max(int(h.pop("rounds", 0)) for h in held)}
+        for h in held:
+            h.pop("bytesSent", None)
+        if any(h != held[0] for h in held[1:]):
+            raise NodeError(f"{kind}: the nodes revealed different results", "NODES_DISAGREE", 502)
+        return {**held[0], **stats}
