@@ -1,6 +1,9 @@
 """An in-process payment network for tests: the gateway, two MPPs and two ACQPs as
 ASGI apps joined by a routing transport (no sockets), each with its own keys and
-SQLite file. ``down`` makes a host unreachable, as a crashed or partitioned peer."""
+SQLite file. ``down`` makes a host unreachable, as a crashed or partitioned peer.
+
+``privacy="semi2k"`` or ``"aby3"`` adds three privacy nodes (control APIs in the
+router; their MPC mesh over real TCP + mutual TLS on loopback) and hides amounts."""
 
 from __future__ import annotations
 
@@ -11,7 +14,11 @@ from typing import Any
 
 import httpx
 
+from veilpay.cli.demo import _free_port_base
+from veilpay.errors import NodeError
 from veilpay.gateway import create_app
+from veilpay.net import provision_network
+from veilpay.node.app import create_node_app
 from veilpay.gateway.config import GatewayConfig
 from veilpay.partners import create_acqp_app, create_mpp_app
 from veilpay.partners.config import PartnerConfig
@@ -38,20 +45,40 @@ class Router(httpx.AsyncBaseTransport):
 
 class Net:
     def __init__(self, tmp: Path, database: str | None = None, pets: bool = True, suite: str = "x25519",
-                 **gw: Any) -> None:
+                 privacy: str = "", **gw: Any) -> None:
         self.tmp = tmp
         k = tmp / "keys"
         self.gateway_keys = create_party(k / "gateway", "gateway", "gateway")
-        create_party(k / "mpp-1", "mpp-1", "mpp", endpoint="http://mpp-1.test", code_prefixes=["2810"], suite=suite)
-        create_party(k / "mpp-2", "mpp-2", "mpp", endpoint="http://mpp-2.test", code_prefixes=["2820"])
-        create_party(k / "acqp-1", "acqp-1", "acqp", notify_url="http://acqp-1.test/notify", suite=suite)
-        create_party(k / "acqp-2", "acqp-2", "acqp", notify_url="http://acqp-2.test/notify")
+        create_party(k / "mpp-1", "mpp-1", "mpp", endpoint="http://mpp-1.test", code_prefixes=["2810"], suite=suite,
+                     region="PH")
+        create_party(k / "mpp-2", "mpp-2", "mpp", endpoint="http://mpp-2.test", code_prefixes=["2820"], region="KR")
+        create_party(k / "acqp-1", "acqp-1", "acqp", notify_url="http://acqp-1.test/notify", suite=suite,
+                     region="JP")
+        create_party(k / "acqp-2", "acqp-2", "acqp", notify_url="http://acqp-2.test/notify", region="SG")
         self.router = Router()
+        partners = [k / p / "public.json" for p in ("mpp-1", "mpp-2", "acqp-1", "acqp-2")]
+        self.node_ids = ["node-a", "node-b", "node-c"] if privacy else []
+        if privacy:
+            for n in self.node_ids:
+                create_party(k / n, n, "node", endpoint=f"http://{n}.test")
+            partners += [k / n / "public.json" for n in self.node_ids]
+            holders = self.node_ids[:2] if privacy == "semi2k" else self.node_ids
+            gw.update(privacy_protocol=privacy, privacy_nodes=holders,
+                      privacy_dealer=self.node_ids[2] if privacy == "semi2k" else "",
+                      settlement_dir=tmp / "settlement", node_relay_interval_s=0.05)
         self.cfg = GatewayConfig(keys=k / "gateway", database=database or f"sqlite:///{tmp}/gw/gateway.db",
-                                 partners=[k / p / "public.json" for p in ("mpp-1", "mpp-2", "acqp-1", "acqp-2")],
-                                 pets=pets, **gw)
+                                 partners=partners, pets=pets, **gw)
         self.gateway = create_app(self.cfg, transport=self.router, background=False)
         self.router.apps["gateway.test"] = httpx.ASGITransport(self.gateway)
+        self.node_apps: dict[str, Any] = {}
+        if privacy:
+            net = provision_network(tmp / "mpcnet", self.node_ids, base_port=_free_port_base(3), name="privacy")
+            with net.open("a") as fh:
+                fh.write(f'[privacy]\nprotocol = "{privacy}"\nnodes = {json.dumps(holders)}\n'
+                         + (f'dealer = "{self.node_ids[2]}"\n' if privacy == "semi2k" else ""))
+            self.network_file = net
+            for n in self.node_ids:
+                self.add_node(n)
         self.partner_apps: dict[str, Any] = {}
         for pid, fx in (("mpp-1", {"JPY/PHP": "0.38", "SGD/PHP": "42.5"}), ("mpp-2", {"JPY/KRW": "9.1"})):
             pc = self._pcfg(pid, fx, pets)
@@ -61,6 +88,37 @@ class Net:
             self.partner_apps[pid] = create_acqp_app(self._pcfg(pid, {}, pets), transport=self.router)
             self.router.apps[f"{pid}.test"] = httpx.ASGITransport(self.partner_apps[pid])
         self.gw_public = PublicEntry.from_json(json.loads((k / "gateway" / "public.json").read_text()))
+
+    def add_node(self, n: str) -> Any:
+        """(Re)start node ``n`` on its database (a restart after a crash)."""
+        app = create_node_app(self.tmp / "keys" / n, self.network_file, self.tmp / "keys" / "gateway" / "public.json",
+                              f"sqlite:///{self.tmp}/{n}/node.db", min_count=2, job_timeout=30, connect_timeout=5)
+        self.node_apps[n] = app
+        self.router.apps[f"{n}.test"] = httpx.ASGITransport(app)
+        return app
+
+    async def relay(self) -> None:
+        """Deliver every queued feed row to every reachable node now (no backoff wait)."""
+        link = self.gateway.state.nodes
+        for n in link.privacy.nodes:
+            try:
+                await link.flush(n)
+            except NodeError:
+                pass
+
+    async def operator(self, path: str, body: dict[str, Any]) -> Any:
+        """An operator call signed with the gateway's own key (``veilpay gateway settle``)."""
+        import time as _time
+
+        from veilpay.sdk.signing import sign_headers
+
+        raw = json.dumps(body).encode()
+        v, key = self.gateway_keys.signer()
+        h = sign_headers(key, v, "POST", path, "gateway", raw, _time.time())
+        h["Content-Type"] = "application/json"
+        async with httpx.AsyncClient(transport=self.router) as c:
+            r = await c.post(f"http://gateway.test{path}", content=raw, headers=h)
+        return r.json()
 
     def _pcfg(self, pid: str, fx: dict[str, str], pets: bool) -> PartnerConfig:
         from decimal import Decimal

@@ -144,12 +144,11 @@ def group_totals(rt: Protocol, items: Items | None, min_count: int = 1) -> list[
     order = np.argsort(inverse[keep], kind="stable")
     sel = np.flatnonzero(keep)[order]
     gid = inverse[sel]
-    starts = np.searchsorted(gid, shown)
-    words = items.words[sel]  # type: ignore[union-attr]
-    sums = np.zeros((len(shown), 2), dtype=np.uint64)
-    nonempty = counts[shown] > 0
-    if nonempty.any():
-        sums[nonempty] = np.add.reduceat(words, starts[nonempty], axis=0)
+    present = np.unique(gid)
+    every = np.zeros((len(uniq), 2), dtype=np.uint64)
+    if len(present):
+        every[present] = np.add.reduceat(items.words[sel], np.searchsorted(gid, present), axis=0)  # type: ignore[union-attr]
+    sums = every[shown]
     totals = _tensor(rt, sums, len(shown)).reveal(list(_holders(rt)))
     tot_by_group = {int(g): int(t) for g, t in zip(shown, totals, strict=True)}  # type: ignore[arg-type]
     ids = np.asarray(items.ids, dtype=object)  # type: ignore[union-attr]

@@ -1,0 +1,348 @@
+"""Privacy nodes: amounts sealed to the partners and secret-shared to the nodes, refund
+bounds and settlement computed in MPC, the feed that survives a node being down, bad
+shares, and the amount canary. The gateway, partners and nodes run in one process
+(tests/gateway_net.py); the nodes' MPC mesh is real TCP + mutual TLS on loopback."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from gateway_net import Net, run
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from veilpay.errors import ConfigError, DecryptionError, NodeError, NodesDisagree, PartyFailed, PeerDisconnected
+from veilpay.mpc.runtime import run_local
+from veilpay.node.programs import Items, group_totals, refund_bound
+from veilpay.sdk import seal_fields
+from veilpay.sdk.shares import Privacy, open_amount, open_share, seal_amount, split_value
+
+ORDER = {"orderId": "A-1", "goods": "matcha"}
+ORDER_ENV = {"ip": "198.51.100.1", "deviceId": "dev-1"}
+SEMI = Privacy("semi2k", ("a", "b"), "d")
+ABY = Privacy("aby3", ("a", "b", "c"))
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def _today() -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime())
+
+
+def _join(parts: dict[str, list[int]], privacy: Privacy) -> int:
+    if privacy.protocol == "semi2k":
+        return sum(v[0] for v in parts.values()) % 2**64
+    a, b, c = (parts[n] for n in privacy.nodes)
+    assert a[1] == b[0] and b[1] == c[0] and c[1] == a[0]  # replicated: neighbours share one component
+    return (a[0] + b[0] + c[0]) % 2**64
+
+
+# ---------------------------------------------------------------- sharing and programs
+@settings(max_examples=60, deadline=None)
+@given(st.integers(min_value=0, max_value=2**64 - 1), st.sampled_from([SEMI, ABY]))
+def test_split_value_reconstructs(value: int, privacy: Privacy) -> None:
+    parts = split_value(value, privacy)
+    assert set(parts) == set(privacy.nodes)
+    assert _join(parts, privacy) == value
+
+
+def test_privacy_config_checks_roles() -> None:
+    with pytest.raises(ConfigError):
+        Privacy("semi2k", ("a", "b"), "")
+    with pytest.raises(ConfigError):
+        Privacy("aby3", ("a", "b"), "")
+    with pytest.raises(ConfigError):
+        Privacy("spdz", ("a", "b", "c"))
+    assert Privacy.from_json(SEMI.to_json()) == SEMI
+
+
+def _items(values: list[int], keys: list[str], privacy: Privacy, unopened: dict[str, set[int]] | None = None
+           ) -> dict[str, dict[str, Any]]:
+    shares = [split_value(v % 2**64, privacy) for v in values]
+    out = {}
+    for n in privacy.nodes:
+        w = np.zeros((len(values), 2), dtype=np.uint64)
+        for i, s in enumerate(shares):
+            w[i, :len(s[n])] = s[n]
+        opened = np.ones(len(values), dtype=bool)
+        for i in (unopened or {}).get(n, set()):
+            opened[i] = False
+            w[i] = 0
+        out[n] = {"items": Items([f"t{i:03d}" for i in range(len(values))], list(keys), w, opened)}
+    return out
+
+
+@pytest.mark.parametrize("privacy", [SEMI, ABY], ids=["semi2k", "aby3"])
+def test_group_totals_against_plaintext(privacy: Privacy) -> None:
+    rng = np.random.default_rng(7)
+    values = [int(v) for v in rng.integers(1, 10**9, size=40)]
+    values[3] = 0                      # below the range
+    values[5] = 10**15 + 1             # above the range
+    values[8] = 2**63 + 11             # a "negative" ring value
+    values[9] = 10**15                 # the largest valid amount
+    keys = [f"g{v % 3}" for v in range(40)]
+    kw = _items(values, keys, privacy, {privacy.nodes[1]: {12}})
+    res = run_local(lambda rt, items=None: group_totals(rt, items), protocol=privacy.protocol,
+                    parties=privacy.parties, kwargs=kw)
+    first = res[privacy.nodes[0]]
+    assert all(res[n] == first for n in privacy.nodes)
+    for g in first:
+        members = [i for i in range(40) if keys[i] == g.key]
+        bad = {i for i in members if not 1 <= values[i] <= 10**15}
+        good = [i for i in members if i not in bad and i != 12]
+        assert g.total == sum(values[i] for i in good)
+        assert g.count == len(good)
+        assert g.out_of_range == sorted(f"t{i:03d}" for i in bad)
+        assert g.rejected == (["t012"] if 12 in members else [])
+
+
+def test_group_totals_hold_back_small_groups() -> None:
+    values, keys = [5, 6, 7, 8], ["big", "big", "big", "small"]
+    res = run_local(lambda rt, items=None: group_totals(rt, items, 3), protocol="semi2k", parties=SEMI.parties,
+                    kwargs=_items(values, keys, SEMI))
+    got = {g.key: g for g in res["a"]}
+    assert got["big"].total == 18 and got["small"].total is None and got["small"].count == 1
+
+
+def test_nodes_with_different_items_refuse_to_compute() -> None:
+    kw = _items([5, 6], ["k", "k"], SEMI)
+    kw["b"]["items"].keys[1] = "other"  # the gateway told node b another group for one item
+    with pytest.raises(PartyFailed) as info:
+        run_local(lambda rt, items=None: group_totals(rt, items), protocol="semi2k", parties=SEMI.parties, kwargs=kw)
+    assert isinstance(info.value.__cause__, NodesDisagree | PeerDisconnected)
+
+
+@pytest.mark.parametrize("privacy", [SEMI, ABY], ids=["semi2k", "aby3"])
+@pytest.mark.parametrize(("pay", "others", "refund", "ok"), [
+    (100, 30, 70, True), (100, 30, 71, False), (100, 0, 100, True), (100, 0, 0, False),
+    (100, 0, 2**63 + 1, False), (10**15 + 1, 0, 5, False), (10**15, 10**15 - 1, 1, True)])
+def test_refund_bound(privacy: Privacy, pay: int, others: int, refund: int, ok: bool) -> None:
+    def words(v: int) -> dict[str, np.ndarray]:
+        s = split_value(v % 2**64, privacy)
+        return {n: np.array(s[n] + [0] * (2 - len(s[n])), dtype=np.uint64) for n in privacy.nodes}
+
+    p, o, r = words(pay), words(others), words(refund)
+    kw = {n: {"p": p[n], "o": o[n], "r": r[n]} for n in privacy.nodes}
+    res = run_local(lambda rt, p=None, o=None, r=None: refund_bound(rt, p, o, r, "tag", True),
+                    protocol=privacy.protocol, parties=privacy.parties, kwargs=kw)
+    assert all(res[n] is ok for n in privacy.nodes)
+
+
+# ---------------------------------------------------------------- the network
+async def _pay(net: Net, c: Any, req: str, value: int, user: str = "u1", currency: str = "JPY") -> Any:
+    code = await net.code(user)
+    return await c.pay(req, {"currency": currency, "value": str(value)}, code, ORDER, ORDER_ENV)
+
+
+def _gateway_bytes(net: Net) -> bytes:
+    out = b""
+    for p in (net.tmp / "gw").glob("gateway.db*"):
+        out += p.read_bytes()
+    return out
+
+
+@pytest.mark.parametrize("privacy", ["semi2k", "aby3"])
+def test_hidden_amounts_end_to_end(tmp_path: Path, privacy: str) -> None:
+    """Pays, refunds (one refused by the nodes' bound check), a cancel; settlement in MPC
+    equals the partners' own books; the gateway's database holds no amount."""
+    net = Net(tmp_path, privacy=privacy)
+
+    async def go() -> None:
+        c = net.client()
+        await net.wallet("u1", 10**9)
+        amounts = [731_947, 402_213, 99_173, 55_501]
+        answers = [await _pay(net, c, f"p{i}", v) for i, v in enumerate(amounts)]
+        assert [a.code for a in answers] == ["SUCCESS"] * 4
+        assert answers[0].body["paymentAmount"] == {"currency": "JPY", "value": "731947"}  # opened by the SDK
+        part = await c.refund("r1", {"currency": "JPY", "value": "31947"}, payment_request_id="p0")
+        assert part.code == "SUCCESS", part.body
+        over = await c.refund("r2", {"currency": "JPY", "value": "700001"}, payment_request_id="p0")
+        assert over.code == "REFUND_AMOUNT_EXCEED"
+        rest = await c.refund("r3", {"currency": "JPY", "value": "700000"}, payment_request_id="p0")
+        assert rest.code == "SUCCESS"
+        assert (await c.cancel_payment(payment_request_id="p3")).code == "SUCCESS"
+        await net.deliver()
+        notes = (await net.notifications())["notifications"]
+        assert len(notes) >= 4
+        done = await net.operator("/admin/v1/settle", {"settlementDate": _today()})
+        assert done["status"] == "DONE", done
+        (s,) = done["summaries"]
+        assert (s["paymentCount"], int(s["paymentTotal"])) == (3, 731_947 + 402_213 + 99_173)
+        assert (s["refundCount"], int(s["refundTotal"])) == (2, 731_947)
+        # the ACQP's own books, and the settlement summary API, agree
+        summary = await c.settlement_summary(_today())
+        (cur,) = summary.body["summaries"]
+        assert cur["paymentTotal"]["value"] == str(731_947 + 402_213 + 99_173)
+        assert cur["netTotal"]["value"] == str(402_213 + 99_173)
+        # files: the ACQP's detail rows carry amounts only it can open
+        folder = tmp_path / "settlement" / _today()
+        rows = list(_csv(folder / "acqp-1" / "detail.csv"))
+        assert len(rows) == 5
+        me = net.keys("acqp-1")
+        opened = sorted(open_amount({"currency": r["currency"], "sealed": {"acqp-1": json.loads(r["sealedAmount"])}},
+                                    me, "pay" if r["transactionType"] == "PAYMENT" else "refund", "acqp-1",
+                                    r["transactionRequestId"])[1] for r in rows)
+        assert opened == sorted([731_947, 402_213, 99_173, 31_947, 700_000])
+        mpp_rows = list(_csv(folder / "mpp-1" / "summary.csv"))
+        assert mpp_rows[0]["netSettlementAmount"] == str(402_213 + 99_173)
+        # analytics: one corridor PH -> JP with 3 payments, threshold 2 at the nodes
+        an = await net.operator("/admin/v1/analytics", {"day": _today(), "minCount": 2})
+        assert an["corridors"] == [{"from": "PH", "to": "JP", "currency": "JPY", "count": 3,
+                                    "total": str(731_947 + 402_213 + 99_173)}]
+        # the canary: no amount reached the gateway's database in any encoding
+        blob = _gateway_bytes(net)
+        for v in amounts + [31_947, 700_000, 700_001]:
+            assert str(v).encode() not in blob
+            assert int(v).to_bytes(8, "little") not in blob and int(v).to_bytes(8, "big") not in blob
+        await c.aclose()
+
+    run(go())
+
+
+def test_clear_amount_refused_when_amounts_are_hidden(tmp_path: Path) -> None:
+    net = Net(tmp_path, privacy="semi2k")
+
+    async def go() -> None:
+        c = net.client()
+        await net.wallet("u1", 10**6)
+        code = await net.code("u1")
+        d = await c.directory()
+        body = c._pay_body(d, "plain", {"currency": "JPY", "value": "100"}, code, ORDER, None)
+        body["paymentAmount"] = {"currency": "JPY", "value": "100"}
+        ans = await c.call("/v1/payments/pay", body)
+        assert ans.code == "AMOUNT_NOT_HIDDEN"
+        body = c._pay_body(d, "wrong", {"currency": "JPY", "value": "100"}, code, ORDER, None)
+        shares = body["paymentAmount"]["shares"]
+        shares["node-a"], shares["node-b"] = shares["node-b"], shares["node-a"]  # each share to the wrong node
+        assert (await c.call("/v1/payments/pay", body)).code == "SEALED_FIELD_INVALID"
+        await c.aclose()
+
+    run(go())
+
+
+def test_node_down_at_payment_and_at_settlement(tmp_path: Path) -> None:
+    """A node that is down does not stop payments; its feed waits. Settlement waits
+    with a clear status while it is down and gives the right totals once it is back."""
+    net = Net(tmp_path, privacy="semi2k")
+
+    async def go() -> None:
+        c = net.client()
+        await net.wallet("u1", 10**9)
+        net.router.down.add("node-b.test")
+        assert (await _pay(net, c, "d1", 1234)).code == "SUCCESS"
+        assert (await _pay(net, c, "d2", 4321)).code == "SUCCESS"
+        await net.relay()
+        assert net.gateway.state.nodes.pending("node-b") > 0
+        assert net.gateway.state.nodes.pending("node-a") == 0
+        # a refund needs the nodes: it waits (U), never guesses
+        waiting = await c.refund("dr", {"currency": "JPY", "value": "34"}, payment_request_id="d1")
+        assert waiting.status == "U"
+        wait = await net.operator("/admin/v1/settle", {"settlementDate": _today()})
+        assert wait["status"] == "WAITING" and "NODE_UNAVAILABLE" in wait["message"]
+        assert (await c.settlement_summary(_today())).code == "SETTLEMENT_PENDING"
+        # node-b comes back (restarted on its own database) and catches up
+        net.router.down.discard("node-b.test")
+        net.add_node("node-b")
+        await net.relay()
+        assert net.gateway.state.nodes.pending("node-b") == 0
+        svc = net.gateway.state.service
+        with svc.engine.begin() as conn:
+            from veilpay.gateway.store import refunds
+            conn.execute(refunds.update().values(next_check_ms=0))
+        await svc.resolve_pending()
+        again = await c.inquiry_refund(refund_request_id="dr")
+        assert again.body["refundStatus"] == "SUCCESS"
+        done = await net.operator("/admin/v1/settle", {"settlementDate": _today()})
+        assert done["status"] == "DONE"
+        (s,) = done["summaries"]
+        assert int(s["paymentTotal"]) == 1234 + 4321 and int(s["refundTotal"]) == 34
+        await c.aclose()
+
+    run(go())
+
+
+def test_bad_shares_are_left_out_and_named(tmp_path: Path) -> None:
+    """A cheating ACQP: shares that add up outside 1..10^15, and a share that does not
+    open at its node. The payments complete (the MPP debits what it was sealed); the
+    settlement leaves both out and says why."""
+    net = Net(tmp_path, privacy="semi2k")
+
+    async def go() -> None:
+        c = net.client()
+        await net.wallet("u1", 10**9)
+        assert (await _pay(net, c, "ok", 500)).code == "SUCCESS"
+        d = await c.directory()
+        code = await net.code("u1")
+        body = c._pay_body(d, "huge", {"currency": "JPY", "value": "600"}, code, ORDER, None)
+        fake = seal_amount({"currency": "JPY", "value": "1"}, "pay", "acqp-1", "huge", [], d.nodes(), d.privacy)
+        # re-share 2^62 under the same context: a valid envelope for each node, an invalid amount
+        for n, w in split_value(2**62, d.privacy).items():
+            fake["shares"][n] = seal_fields({"s": [str(x) for x in w]}, d.get(n), "share", "acqp-1/pay/huge/JPY")
+        body["paymentAmount"]["shares"] = fake["shares"]
+        assert (await c.call("/v1/payments/pay", body)).code == "SUCCESS"
+        code = await net.code("u1")
+        body = c._pay_body(d, "garbled", {"currency": "JPY", "value": "700"}, code, ORDER, None)
+        other = c._pay_body(d, "elsewhere", {"currency": "JPY", "value": "700"}, code, ORDER, None)
+        body["paymentAmount"]["shares"]["node-b"] = other["paymentAmount"]["shares"]["node-b"]  # another payment's
+        assert (await c.call("/v1/payments/pay", body)).code == "SUCCESS"
+        done = await net.operator("/admin/v1/settle", {"settlementDate": _today()})
+        assert done["status"] == "DONE"
+        (s,) = done["summaries"]
+        assert (s["paymentCount"], int(s["paymentTotal"])) == (1, 500)
+        assert len(s["excluded"]) == 2
+        rows = {r["transactionRequestId"]: r["settlementStatus"]
+                for r in _csv(tmp_path / "settlement" / _today() / "acqp-1" / "detail.csv")}
+        assert rows == {"ok": "SETTLED", "huge": "EXCLUDED_OUT_OF_RANGE", "garbled": "EXCLUDED_SHARE_REFUSED"}
+        await c.aclose()
+
+    run(go())
+
+
+def test_node_control_api_refuses_bad_calls(tmp_path: Path) -> None:
+    net = Net(tmp_path, privacy="semi2k")
+    svc = net.node_apps["node-a"].state.service
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=net.router) as h:
+            r = await h.post("http://node-a.test/node/v1/feed", json={"items": []})
+            assert r.status_code == 401 and r.json()["error"]["code"] == "INVALID_SIGNATURE"
+        c = net.client()
+        await net.wallet("u1", 10**6)
+        assert (await _pay(net, c, "x1", 77)).code == "SUCCESS"
+        await net.relay()
+        await c.aclose()
+
+    run(go())
+    with pytest.raises(NodeError) as bad:
+        svc.ingest([{"seq": 10**6, "op": "share", "id": "pay_x"}])
+    assert bad.value.code == "FEED_INVALID"
+    with pytest.raises(NodeError):
+        svc.ingest([{"seq": 10**6, "op": "launch"}])
+    with pytest.raises(NodeError) as job:
+        svc.run_job({"jobId": "short", "kind": "settle", "params": {}})
+    assert job.value.code == "JOB_INVALID"
+    # a replay: the same acquirer request shared again under another payment id
+    from sqlalchemy import select
+
+    from veilpay.node.store import items
+    with svc.engine.connect() as conn:
+        row = conn.execute(select(items)).first()
+    keys = net.keys("acqp-1")
+    d_nodes = {n: net.keys(n).public for n in ("node-a", "node-b")}
+    env = seal_amount({"currency": "JPY", "value": "77"}, "pay", "acqp-1", row.request_id, [keys.public], d_nodes,
+                      Privacy("semi2k", ("node-a", "node-b"), "node-c"))["shares"]["node-a"]
+    got = svc.ingest([{"seq": 10**6, "op": "share", "id": "pay_" + "0" * 32, "kind": "pay", "acqp": "acqp-1",
+                       "mpp": "mpp-1", "currency": "JPY", "requestId": row.request_id, "envelope": env}])
+    assert got["rejected"] == [{"seq": 10**6, "id": "pay_" + "0" * 32, "code": "REPLAYED_SHARE"}]
+    with pytest.raises(DecryptionError):
+        open_share(env, net.keys("node-b"), "pay", "acqp-1", row.request_id, "JPY", 1)
