@@ -8,6 +8,7 @@ router; their MPC mesh over real TCP + mutual TLS on loopback) and hides amounts
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,9 @@ import httpx
 from veilpay.cli.demo import _free_port_base
 from veilpay.errors import NodeError
 from veilpay.gateway import create_app
+from veilpay.gateway.config import GatewayConfig
 from veilpay.net import provision_network
 from veilpay.node.app import create_node_app
-from veilpay.gateway.config import GatewayConfig
 from veilpay.partners import create_acqp_app, create_mpp_app
 from veilpay.partners.config import PartnerConfig
 from veilpay.sdk import AsyncGatewayClient, create_party, load_party
@@ -101,10 +102,8 @@ class Net:
         """Deliver every queued feed row to every reachable node now (no backoff wait)."""
         link = self.gateway.state.nodes
         for n in link.privacy.nodes:
-            try:
+            with contextlib.suppress(NodeError):
                 await link.flush(n)
-            except NodeError:
-                pass
 
     async def operator(self, path: str, body: dict[str, Any]) -> Any:
         """An operator call signed with the gateway's own key (``veilpay gateway settle``)."""

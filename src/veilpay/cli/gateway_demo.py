@@ -1,8 +1,10 @@
-"""The payment part of the demo: the gateway, a wallet (MPP) and a merchant acquirer
-(ACQP), each its own process on loopback with SQLite, run a batch of cross-border
-payments (Japanese and Singaporean merchants, Philippine wallets), refunds, a
-cancel and a decline, then print what each party saw. The gateway's view shows
-tokens and ciphertext only; the amounts it still sees move to privacy nodes later."""
+"""The payment part of the demo: the gateway, three privacy nodes (semi2k: two share
+holders and a dealer), a wallet (MPP) and a merchant acquirer (ACQP), each its own
+process on loopback with SQLite, run a batch of cross-border payments (Japanese and
+Singaporean merchants, Philippine wallets), refunds (one refused by the nodes' bound
+check in MPC), a cancel and a decline; the nodes then settle the day in MPC. The demo
+prints what each party saw: the gateway holds tokens, ciphertext and share envelopes,
+never an amount; each node holds one random-looking share word per amount."""
 
 from __future__ import annotations
 
@@ -34,13 +36,14 @@ def _short(v: Any, n: int = 36) -> str:
 
 def run_gateway_demo(out: Path | None = None) -> dict[str, Any]:
     root = Path(out) / "gateway" if out else Path(tempfile.mkdtemp(prefix="veilpay-gw-demo-"))
-    with LocalNet(root) as net:
+    with LocalNet(root, privacy="semi2k") as net:
         t0 = time.perf_counter()
         net.start_all()
         for uid, name, bal in WALLETS:
             net.admin("mpp-1", "POST", "/admin/wallets", {"userId": uid, "name": name, "currency": "PHP", "balance": bal})
-        print("veilpay demo, part 1: an encrypted payment gateway, a wallet (mpp-1) and an acquirer (acqp-1),")
-        print(f"each its own process on loopback with its own SQLite file, under {root}\n")
+        print("veilpay demo, part 1: an encrypted payment gateway, three privacy nodes (node-a, node-b hold shares,")
+        print("node-c deals correlated randomness), a wallet (mpp-1) and an acquirer (acqp-1), each its own process")
+        print(f"on loopback with its own SQLite file, under {root}\n")
         print("[acqp-1] checkouts at its merchants (the till scans the code shown in the payer's wallet app):")
         done: list[dict[str, Any]] = []
         with httpx.Client(timeout=20) as http:
@@ -77,20 +80,54 @@ def run_gateway_demo(out: Path | None = None) -> dict[str, Any]:
               f"(received on the wire: {notes['wire']}, each notifyId applied once)")
         elapsed = time.perf_counter() - t0
 
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        settled = net.operator("/admin/v1/settle", {"settlementDate": day})
         con = sqlite3.connect(f"file:{root}/gateway/gateway.db?mode=ro", uri=True)
         rows = con.execute("SELECT id, mpp_id, code_issuer, currency, amount, status, result_code, customer_token, "
-                           "forward, customer_info FROM payments ORDER BY created_ms").fetchall()
+                           "forward, customer_info, amount_sealed FROM payments ORDER BY created_ms").fetchall()
         con.close()
-        print("\n[gateway] what the operator holds for each payment (route, amount, status, pseudonym, ciphertext):")
-        for pid, mpp, pre, cur, amt, st, code, tok, _fwd, _info in rows:
-            print(f"  {pid[:16]}.. via {mpp} (prefix {pre})  {cur} {amt:>6}  {st:<9} {code:<24} "
-                  f"token {_short(tok or '-', 14)}")
+        print("\n[gateway] what the operator holds for each payment (route, currency, amount, status, pseudonym):")
+        for pid, mpp, pre, cur, amt, st, code, tok, _fwd, _info, _sealed in rows:
+            print(f"  {pid[:16]}.. via {mpp} (prefix {pre})  {cur} {'hidden' if amt is None else amt:>6}  {st:<9} "
+                  f"{code:<24} token {_short(tok or '-', 14)}")
+        first = rows[0][0]
         f = json.loads(rows[0][8])
-        print("  the first payment's field groups, as the gateway stores them:")
+        sealed = json.loads(rows[0][10] or "{}")
+        print(f"  payment {first}, everything the gateway stores about it:")
+        print(f"    amount:      {_short(sealed.get('mpp-1'), 100)} (to mpp-1)")
+        print(f"                 {_short(sealed.get('acqp-1'), 100)} (to acqp-1)")
         print(f"    paymentCode: {_short(f['paymentMethod']['paymentMethodId'], 100)}")
         print(f"    order:       {_short(f['order'], 100)}")
         print(f"    env:         {_short(f['env'], 100)}")
         print(f"    customerInfo (from the MPP, for acqp-1 only): {_short(rows[0][9] or '-', 88)}")
+        con = sqlite3.connect(f"file:{root}/gateway/gateway.db?mode=ro", uri=True)
+        feed = con.execute("SELECT node, item FROM node_feed WHERE item LIKE ? ORDER BY seq",
+                           (f'%"id":"{first}"%share%',)).fetchall()
+        con.close()
+        for node, item in feed:
+            print(f"    share for {node}: {_short(json.loads(item)['envelope'], 92)}")
+        for n in net.nodes:
+            nc = sqlite3.connect(f"file:{root}/{n}/node.db?mode=ro", uri=True)
+            r = nc.execute("SELECT w0, w1, status FROM items WHERE id = ?", (first,)).fetchone()
+            nc.close()
+            held = "nothing (the dealer holds no data; it sends correlated randomness)" if r is None else \
+                f"share word {int(r[0]) % 2**64:>20} (status {r[2]}), a uniformly random-looking ring element"
+            print(f"[{n}] holds for {first[:16]}..: {held}")
+        print(f"\n[gateway] settlement of {day}, totals revealed by the nodes in MPC: {settled.get('status')}, "
+              f"{settled.get('bytesBetweenNodes')} bytes between the nodes")
+        for s in settled.get("summaries", []):
+            print(f"  {s['acquirerId']} <- {s['pspId']} {s['currency']}: {s['paymentCount']} payments "
+                  f"{s['paymentTotal']}, {s['refundCount']} refunds {s['refundTotal']}, "
+                  f"net {int(s['paymentTotal']) - int(s['refundTotal'])}")
+        books: dict[str, int] = {}
+        for d in done:
+            if d["result"]["resultStatus"] == "S" and d["paymentRequestId"] != ok[2]["paymentRequestId"]:
+                cur, value = d["amount"].split()
+                books[cur] = books.get(cur, 0) + int(value)
+        books["JPY"] = books.get("JPY", 0) - 3200 - 3400
+        nets = {s["currency"]: int(s["paymentTotal"]) - int(s["refundTotal"]) for s in settled.get("summaries", [])}
+        print(f"  acqp-1's own books, net per currency: {books}; equal to the MPC totals: {books == nets}")
+        print(f"  settlement files (summary.csv, detail.csv with amounts sealed per partner): {root}/settlement/{day}/")
 
         ledger = net.admin("mpp-1", "GET", "/admin/ledger")["payments"]
         print("\n[mpp-1] its own books: who paid, debited in the wallet's currency (PHP centavos):")

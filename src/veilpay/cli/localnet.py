@@ -1,7 +1,8 @@
 """A payment network on loopback: the gateway, one MPP and one ACQP, each its own
 process (``veilpay gateway serve`` / ``veilpay partner serve``) with its own keys,
-config and SQLite file under one folder. Used by the demo, the live tests and
-``bench/gateway.py``."""
+config and SQLite file under one folder; with ``privacy="semi2k"`` (or ``"aby3"``)
+also three privacy nodes (``veilpay node serve``) and hidden amounts. Used by the
+demo, the live tests and ``bench/gateway.py``."""
 
 from __future__ import annotations
 
@@ -42,20 +43,38 @@ def _toml_value(v: Any) -> str:
 
 class LocalNet:
     def __init__(self, root: str | Path, pets: bool = True, database: str | None = None,
-                 gateway_options: dict[str, Any] | None = None, fx: dict[str, str] | None = None) -> None:
+                 gateway_options: dict[str, Any] | None = None, fx: dict[str, str] | None = None,
+                 privacy: str = "") -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.pets = pets
-        self.ports = {"gateway": free_port(), "mpp-1": free_port(), "acqp-1": free_port()}
+        self.nodes = ["node-a", "node-b", "node-c"] if privacy else []
+        self.ports = {n: free_port() for n in ["gateway", "mpp-1", "acqp-1", *self.nodes]}
         self.url = {k: f"http://127.0.0.1:{p}" for k, p in self.ports.items()}
         k = self.root / "keys"
         create_party(k / "gateway", "gateway", "gateway")
-        create_party(k / "mpp-1", "mpp-1", "mpp", endpoint=self.url["mpp-1"], code_prefixes=["2810"])
-        create_party(k / "acqp-1", "acqp-1", "acqp", notify_url=self.url["acqp-1"] + "/notify")
+        create_party(k / "mpp-1", "mpp-1", "mpp", endpoint=self.url["mpp-1"], code_prefixes=["2810"], region="PH")
+        create_party(k / "acqp-1", "acqp-1", "acqp", notify_url=self.url["acqp-1"] + "/notify", region="JP")
+        partners = ["keys/mpp-1/public.json", "keys/acqp-1/public.json"]
+        privacy_opts: dict[str, Any] = {}
+        if privacy:
+            from veilpay.cli.demo import _free_port_base
+            from veilpay.net import provision_network
+
+            for n in self.nodes:
+                create_party(k / n, n, "node", endpoint=self.url[n])
+            partners += [f"keys/{n}/public.json" for n in self.nodes]
+            holders = self.nodes[:2] if privacy == "semi2k" else self.nodes
+            dealer = self.nodes[2] if privacy == "semi2k" else ""
+            self.network = provision_network(self.root / "mpcnet", self.nodes, base_port=_free_port_base(3),
+                                             name="privacy")
+            with self.network.open("a") as fh:
+                fh.write(f'[privacy]\nprotocol = "{privacy}"\nnodes = {_toml_value(holders)}\n'
+                         + (f'dealer = "{dealer}"\n' if dealer else ""))
+            privacy_opts = {"privacy_protocol": privacy, "privacy_nodes": holders, "privacy_dealer": dealer}
         opts = {"keys": "keys/gateway", "database": database or "sqlite:///gateway/gateway.db",
-                "listen": f"127.0.0.1:{self.ports['gateway']}",
-                "partners": ["keys/mpp-1/public.json", "keys/acqp-1/public.json"], "pets": pets,
-                **(gateway_options or {})}
+                "listen": f"127.0.0.1:{self.ports['gateway']}", "partners": partners, "pets": pets,
+                **privacy_opts, **(gateway_options or {})}
         gw_text = "".join(f"{a} = {_toml_value(b)}\n" for a, b in opts.items())
         (self.root / "gateway.toml").write_text("[gateway]\n" + gw_text)
         for pid in ("mpp-1", "acqp-1"):
@@ -71,6 +90,11 @@ class LocalNet:
 
     # ------------------------------------------------------------ processes
     def _argv(self, name: str) -> list[str]:
+        if name in self.nodes:
+            return [sys.executable, "-m", "veilpay.cli.main", "node", "serve", "--network", str(self.network),
+                    "--party", name, "--keys", str(self.root / "keys" / name), "--gateway-key",
+                    str(self.root / "keys" / "gateway" / "public.json"), "--database",
+                    f"sqlite:///{self.root / name / 'node.db'}", "--min-count", "2", "--log", str(self.root / f"{name}.log")]
         if name == "gateway":
             return [sys.executable, "-m", "veilpay.cli.main", "gateway", "serve", "--config",
                     str(self.root / "gateway.toml"), "--log", str(self.root / "gateway.log")]
@@ -84,7 +108,7 @@ class LocalNet:
             self.procs[name] = subprocess.Popen(self._argv(name), cwd=self.root, env=env, stdout=subprocess.DEVNULL,
                                                 stderr=err)
         deadline = time.monotonic() + wait
-        probe = "/healthz" if name == "gateway" else "/docs-none"
+        probe = "/healthz" if name == "gateway" or name in self.nodes else "/docs-none"
         while time.monotonic() < deadline:
             if self.procs[name].poll() is not None:
                 raise ConfigError(f"{name} exited with {self.procs[name].returncode}; see {self.root}/{name}.stderr")
@@ -95,8 +119,21 @@ class LocalNet:
         raise ConfigError(f"{name} did not start within {wait} s")
 
     def start_all(self) -> None:
-        for name in ("gateway", "mpp-1", "acqp-1"):
+        for name in (*self.nodes, "gateway", "mpp-1", "acqp-1"):
             self.start(name)
+
+    def operator(self, path: str, body: dict[str, Any]) -> Any:
+        """An operator call (settle, analytics) signed with the gateway's own key."""
+        import json
+
+        from veilpay.sdk import sign_headers
+
+        keys = self.keys("gateway")
+        raw = json.dumps(body).encode()
+        v, key = keys.signer()
+        h = sign_headers(key, v, "POST", path, keys.id, raw, time.time())
+        h["Content-Type"] = "application/json"
+        return httpx.post(self.url["gateway"] + path, content=raw, headers=h, timeout=600).json()
 
     def stop(self, name: str, kill: bool = False) -> None:
         p = self.procs.pop(name, None)

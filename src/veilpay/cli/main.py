@@ -35,7 +35,8 @@ def _cmd_party_keys(a: argparse.Namespace) -> int:
         if role is None or not a.id:
             raise ConfigError("keys partner: --id and --role are required")
         keys = create_party(a.out, a.id, role, endpoint=a.endpoint or "", notify_url=a.notify_url or "",
-                            code_prefixes=[p for p in (a.code_prefix or "").split(",") if p], suite=a.suite)
+                            code_prefixes=[p for p in (a.code_prefix or "").split(",") if p], suite=a.suite,
+                            region=a.region or "")
         print(f"wrote {a.out}/public.json and {a.out}/secret.json (mode 0600) for {role} {keys.id!r}")
     elif a.kind == "rotate":
         print(f"new key version {rotate_keys(a.out)} in {a.out}; it signs from now on")
@@ -55,6 +56,15 @@ def _cmd_gateway(a: argparse.Namespace) -> int:
         migrate(make_engine(cfg.database))
         print("schema is at the newest revision")
         return 0
+    if a.action == "settle":
+        if not a.date:
+            raise ConfigError("gateway settle: --date YYYY-MM-DD is required")
+        return _cmd_settle(a, "/admin/v1/settle", {"settlementDate": a.date})
+    if a.action == "analytics":
+        if not a.date:
+            raise ConfigError("gateway analytics: --date YYYY-MM-DD is required")
+        return _cmd_settle(a, "/admin/v1/analytics", {"day": a.date, **({"minCount": a.min_count} if a.min_count
+                                                                          else {})})
     import uvicorn
 
     from veilpay.gateway import create_app
@@ -106,8 +116,12 @@ def _cmd_mcp(a: argparse.Namespace) -> int:
 
 
 def _cmd_node(a: argparse.Namespace) -> int:
+    if a.action == "serve":
+        return _node_serve(a)
     from veilpay.mpc import load_program, run_party
 
+    if not a.program:
+        raise ConfigError("node run: --program is required")
     kwargs = json.loads(a.args_json) if a.args_json else {}
     if not isinstance(kwargs, dict):
         raise VeilpayError("--args-json must be a JSON object")
@@ -119,6 +133,53 @@ def _cmd_node(a: argparse.Namespace) -> int:
     )
     print(json.dumps(result))
     return 0
+
+
+def _node_serve(a: argparse.Namespace) -> int:
+    """A long-running privacy node: its control API for the gateway on the endpoint in
+    its public.json, its MPC channels on its address in the network file."""
+    import uvicorn
+
+    from veilpay.gateway.observe import configure_logging
+    from veilpay.node.app import create_node_app
+    from veilpay.sdk import load_party
+
+    if not (a.keys and a.gateway_key):
+        raise ConfigError("node serve: --keys and --gateway-key are required")
+    keys = load_party(a.keys)
+    if keys.id != a.party:
+        raise ConfigError(f"node serve: {a.keys} holds keys of {keys.id!r}, not of --party {a.party!r}")
+    listen = a.listen or keys.public.endpoint.split("://", 1)[-1].rstrip("/")
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit():
+        raise ConfigError("node serve: give --listen host:port, or an endpoint with a port in its public.json")
+    app = create_node_app(a.keys, a.network, a.gateway_key, a.database or f"sqlite:///{a.party}-node.db",
+                          min_count=a.min_count)
+    configure_logging(a.log)
+    uvicorn.run(app, host=host or "127.0.0.1", port=int(port), log_config=None, access_log=False, loop="uvloop",
+                http="httptools", timeout_graceful_shutdown=5)
+    return 0
+
+
+def _cmd_settle(a: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
+    """An operator call to the running gateway, signed with the gateway's own key."""
+    import time
+
+    import httpx
+
+    from veilpay.gateway import load_config
+    from veilpay.sdk import load_party, sign_headers
+
+    cfg = load_config(a.config)
+    keys = load_party(cfg.keys)
+    raw = json.dumps(body).encode()
+    v, key = keys.signer()
+    h = sign_headers(key, v, "POST", path, keys.id, raw, time.time())
+    h["Content-Type"] = "application/json"
+    host, port = cfg.host_port
+    r = httpx.post(f"http://{host}:{port}{path}", content=raw, headers=h, timeout=cfg.node_job_timeout_s + 30)
+    print(json.dumps(r.json(), indent=2))
+    return 0 if r.status_code == 200 and r.json().get("status", "DONE") == "DONE" else 1
 
 
 def _cmd_launch(a: argparse.Namespace) -> int:
@@ -203,9 +264,9 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-def _mpc_options(p: argparse.ArgumentParser) -> None:
+def _mpc_options(p: argparse.ArgumentParser, program_required: bool = True) -> None:
     p.add_argument("--network", required=True, help="network file (TOML), see `veilpay keys`")
-    p.add_argument("--program", required=True, help="the SPMD program, as package.module:function")
+    p.add_argument("--program", required=program_required, help="the SPMD program, as package.module:function")
     p.add_argument("--protocol", choices=["semi2k", "aby3"], default="semi2k")
     p.add_argument("--compute", help="roles, comma separated: semi2k P0,P1,dealer; aby3 P0,P1,P2")
     p.add_argument("--trunc", choices=["exact", "local"], default="exact", help="semi2k truncation")
@@ -228,8 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", help="directory to write into (partner, gateway, rotate, retire: the party's key folder)")
     k.add_argument("--parties", help="network: party ids, comma separated")
     k.add_argument("--id", help="partner / gateway: the party's id")
-    k.add_argument("--role", choices=["mpp", "acqp"], help="partner: payer-side wallet (mpp) or acquirer (acqp)")
-    k.add_argument("--endpoint", help="partner: base URL where the gateway reaches it (MPP)")
+    k.add_argument("--role", choices=["mpp", "acqp", "node"],
+                   help="partner: payer-side wallet (mpp), acquirer (acqp) or privacy node (node)")
+    k.add_argument("--endpoint", help="partner: base URL where the gateway reaches it (MPP, privacy node)")
+    k.add_argument("--region", help="partner: ISO 3166 alpha-2 country, for corridor analytics")
     k.add_argument("--notify-url", help="partner: webhook URL (ACQP)")
     k.add_argument("--code-prefix", help="MPP: payment code prefixes it issues, comma separated")
     k.add_argument("--suite", choices=["x25519", "mlkem768-x25519"], default="x25519", help="HPKE suite")
@@ -239,9 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--name", default="veilpay")
     k.set_defaults(fn=_cmd_keys)
 
-    n = sub.add_parser("node", help="run one party of an MPC program over TCP + mutual TLS")
-    _mpc_options(n)
+    n = sub.add_parser("node", help="run: one party of an MPC program over TCP + mutual TLS; "
+                       "serve: a long-running privacy node for the gateway")
+    n.add_argument("action", nargs="?", default="run", choices=["run", "serve"])
+    _mpc_options(n, program_required=False)
     n.add_argument("--party", required=True, help="this party's id in the network file")
+    n.add_argument("--keys", help="serve: the node's key folder (`veilpay keys partner --role node`)")
+    n.add_argument("--gateway-key", help="serve: the gateway's public.json (only it may call the node)")
+    n.add_argument("--database", help="serve: sqlite:///path (default ./PARTY-node.db) or postgresql+psycopg://...")
+    n.add_argument("--listen", help="serve: host:port of the control API (default: from its public.json endpoint)")
+    n.add_argument("--min-count", type=int, default=10, help="serve: fewest payments a revealed analytics total may have")
+    n.add_argument("--log", help="serve: write JSON log lines to this file (default: stderr)")
     n.add_argument("--session", help="session id (32 hex digits), the same at every party")
     n.add_argument("--frac-bits", type=int, default=16)
     n.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for any message")
@@ -298,8 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.set_defaults(fn=_cmd_score)
 
     g = sub.add_parser("gateway", help="the encrypted payment gateway (FastAPI on uvicorn)")
-    g.add_argument("action", choices=["serve", "migrate"])
+    g.add_argument("action", choices=["serve", "migrate", "settle", "analytics"])
     g.add_argument("--config", required=True, help="gateway config (TOML), see docs/gateway.md")
+    g.add_argument("--date", help="settle / analytics: the UTC day, YYYY-MM-DD")
+    g.add_argument("--min-count", type=int, help="analytics: fewest payments a revealed corridor total may have")
     g.add_argument("--log", help="write JSON log lines to this file (default: stderr)")
     g.set_defaults(fn=_cmd_gateway)
 

@@ -23,10 +23,11 @@ from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from veilpay.errors import ConfigError
+from veilpay.errors import ConfigError, SignatureError
 from veilpay.gateway.codes import ApiFailure, result
 from veilpay.gateway.config import GatewayConfig
 from veilpay.gateway.link import AiohttpLink, HttpxLink, PartnerLink
+from veilpay.gateway.nodes import NodeLink
 from veilpay.gateway.observe import Metrics
 from veilpay.gateway.outbox import OutboxWorker
 from veilpay.gateway.schemas import (
@@ -38,8 +39,6 @@ from veilpay.gateway.schemas import (
     RefundRequest,
     SettlementSummaryRequest,
 )
-from veilpay.errors import SignatureError
-from veilpay.gateway.nodes import NodeLink
 from veilpay.gateway.service import GatewayService
 from veilpay.gateway.settlement import analytics, settle
 from veilpay.gateway.store import make_engine, migrate

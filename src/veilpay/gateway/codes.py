@@ -40,7 +40,7 @@ CODES: dict[str, tuple[str, int, str]] = {
     "REQUEST_TOO_LARGE": ("F", 413, "the body is larger than allowed"),  # veilpay
     "MEDIA_TYPE_NOT_ACCEPTABLE": ("F", 415, "send Content-Type: application/json"),
     "INVALID_API": ("F", 404, "no such API"),
-    "AMOUNT_NOT_HIDDEN": ("F", 400, "this gateway takes amounts only sealed and secret-shared to its privacy nodes"),  # veilpay
+    "AMOUNT_NOT_HIDDEN": ("F", 400, "amounts must be sealed and secret-shared to the privacy nodes"),  # veilpay
     "SETTLEMENT_PENDING": ("U", 200, "settlement of this day has not finished; ask again later"),  # veilpay
     "NODE_UNAVAILABLE": ("U", 503, "a privacy node is unreachable or behind; retry later"),  # veilpay
 }

@@ -201,9 +201,9 @@ class NodeLink:
                 if isinstance(a, NodeError):
                     raise a
                 raise NodeError(f"{kind}: {type(a).__name__}", "JOB_FAILED", 502) from a
-        held = [dict(a) for n, a in zip(self.privacy.parties, answers, strict=True)  # type: ignore[call-overload]
-                if n in self.privacy.nodes]
-        stats = {"bytesSent": sum(int(a.pop("bytesSent", 0)) for a in answers),  # type: ignore[union-attr]
+        ok: list[dict[str, Any]] = [a for a in answers if isinstance(a, dict)]
+        held = [dict(a) for n, a in zip(self.privacy.parties, ok, strict=True) if n in self.privacy.nodes]
+        stats = {"bytesSent": sum(int(a.get("bytesSent", 0)) for a in ok),
                  "rounds": max(int(h.pop("rounds", 0)) for h in held)}
         for h in held:
             h.pop("bytesSent", None)

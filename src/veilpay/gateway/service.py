@@ -35,6 +35,7 @@ from veilpay.crypto.tokens import ct_equal, random_id
 from veilpay.errors import NodeError, SignatureError
 from veilpay.gateway.codes import CODES, ApiFailure, result
 from veilpay.gateway.link import LinkError, PartnerLink
+from veilpay.gateway.nodes import NodeLink
 from veilpay.gateway.schemas import (
     CancelRequest,
     InquiryPaymentRequest,
@@ -44,7 +45,6 @@ from veilpay.gateway.schemas import (
     RefundRequest,
     SettlementSummaryRequest,
 )
-from veilpay.gateway.nodes import NodeLink
 from veilpay.gateway.store import outbox, payments, refunds, seen_requests, settlement_runs, settlements
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.envelope import is_envelope
@@ -415,6 +415,13 @@ class GatewayService:
         body["paymentStatus"] = row.status
         if not self.hidden:
             body["refundedAmount"] = _amount(row.currency, row.refunded)
+        else:  # the gateway cannot add hidden amounts: it lists the refunds, each amount sealed to the ACQP
+            with self.engine.connect() as conn:
+                refs = conn.execute(select(refunds).where(and_(refunds.c.payment_id == row.id,
+                                                               refunds.c.status.in_(("SUCCESS", "PROCESSING"))))
+                                    .order_by(refunds.c.created_ms)).all()
+            body["refunds"] = [{"refundId": r.id, "refundRequestId": r.refund_request_id, "refundStatus": r.status,
+                                "refundAmount": self._amount_out(r, row.acqp_id)} for r in refs]
         return body
 
     # ------------------------------------------------------------------ cancel

@@ -97,7 +97,8 @@ class PaymentLine(BaseModel):
     amount: Money
     paymentStatus: str  # noqa: N815
     resultCode: str  # noqa: N815
-    refundedAmount: Money  # noqa: N815
+    refundedAmount: Money | None = None  # noqa: N815 - absent where amounts are hidden from the gateway
+    refundCount: int | None = None  # noqa: N815
     createTime: str | None = None  # noqa: N815
 
 
@@ -386,7 +387,10 @@ def build_server(cfg: McpConfig, tools: set[str] | None = None, read_only: bool 
             if pay.code != "SUCCESS":
                 raise refuse(tool, f"payment not found ({pay.code})", ctx)
             amount = int(pay.body["paymentAmount"]["value"])
-            refunded = int(pay.body.get("refundedAmount", {}).get("value", "0"))
+            if "refundedAmount" in pay.body:
+                refunded = int(pay.body["refundedAmount"]["value"])
+            else:  # hidden amounts: the payment's refunds, each opened by the SDK
+                refunded = sum(int(r["refundAmount"]["value"]) for r in pay.body.get("refunds", []))
             if pay.body["paymentAmount"]["currency"] != currency:
                 raise refuse(tool, f"refund in {pay.body['paymentAmount']['currency']}, the payment's currency", ctx)
             limit = int(amount * cfg.refund_share)
@@ -429,7 +433,8 @@ def build_server(cfg: McpConfig, tools: set[str] | None = None, read_only: bool 
         return PaymentPage(payments=[PaymentLine(
             paymentId=p["paymentId"], paymentRequestId=p["paymentRequestId"], amount=Money(**p["paymentAmount"]),
             paymentStatus=p["paymentStatus"], resultCode=p["paymentResult"]["resultCode"],
-            refundedAmount=Money(**p["refundedAmount"]), createTime=p.get("createTime"))
+            refundedAmount=Money(**p["refundedAmount"]) if "refundedAmount" in p else None,
+            refundCount=p.get("refundCount"), createTime=p.get("createTime"))
             for p in ans.body.get("payments", [])], nextPageToken=ans.body.get("nextPageToken"))
 
     async def settlement_summary(settlement_date: Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",

@@ -13,12 +13,12 @@ NodesDisagree before anything is revealed."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from veilpay.crypto.digest import sha256
 from veilpay.errors import NodesDisagree, WireFormatError
 from veilpay.mpc.nonlinear import msb
 from veilpay.mpc.protocol import Protocol
@@ -62,25 +62,21 @@ def _is_holder(rt: Protocol) -> bool:
 
 
 def _digest(*parts: Sequence[str]) -> np.ndarray:
-    h = hashlib.sha256()
-    for seq in parts:
-        for s in seq:
-            h.update(s.encode())
-            h.update(b"\x00")
-        h.update(b"\x01")
-    return np.frombuffer(h.digest(), dtype=np.uint64)
+    data = b"\x01".join(b"".join(s.encode() + b"\x00" for s in seq) for seq in parts)
+    return np.frombuffer(sha256(data), dtype=np.uint64)
 
 
-def agree(rt: Protocol, label: str, n: int | None, digest: np.ndarray | None, flags: np.ndarray | None) -> tuple[int, np.ndarray | None]:
+def agree(rt: Protocol, label: str, n: int | None, digest: np.ndarray | None,
+          flags: np.ndarray | None) -> tuple[int, np.ndarray | None]:
     """Share holders exchange (count, digest) with every party and their per-item flags
     with each other. Returns the count (the dealer learns it here) and, at holders, the
     AND of all holders' flags. NodesDisagree when two holders differ."""
     me_holds = _is_holder(rt)
     head = np.concatenate([np.array([n or 0], dtype=np.uint64), digest]) if me_holds else None
-    send = {}
-    if me_holds:
+    send: dict[str, list[np.ndarray]] = {}
+    if head is not None and flags is not None:
         for p in rt.comm.peers:
-            send[p] = [head] if p not in _holders(rt) else [head, flags.astype(np.uint8)]  # type: ignore[union-attr]
+            send[p] = [head] if p not in _holders(rt) else [head, flags.astype(np.uint8)]
     recv = {p: (2 if me_holds else 1) for p in _holders(rt) if p != rt.me}
     got = rt.comm.exchange(label, send, recv)
     ref = head

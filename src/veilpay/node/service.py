@@ -10,17 +10,17 @@ of its choosing. Analytics reveal a group's total only when it has at least
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, and_, insert, select, update
 
 from veilpay.crypto import label_digest
+from veilpay.crypto.digest import sha256
 from veilpay.errors import DecryptionError, NodeError, NodesDisagree, ProtocolError
 from veilpay.mpc.runtime import make_protocol, ring_errstate
 from veilpay.net import Communicator
@@ -42,7 +42,7 @@ def _signed(w: int) -> int:
     return w - _MOD if w >= 1 << 63 else w
 
 
-def _words(rows: list[Any]) -> np.ndarray:
+def _words(rows: Sequence[Any]) -> np.ndarray:
     arr = np.array([(r.w0, r.w1) for r in rows], dtype=np.int64).reshape(-1, 2)
     return arr.view(np.uint64)
 
@@ -162,7 +162,7 @@ class NodeService:
         jid, kind, params = job.get("jobId"), job.get("kind"), job.get("params")
         if not isinstance(jid, str) or not 8 <= len(jid) <= 64 or kind not in JOB_KINDS or not isinstance(params, dict):
             raise NodeError(f"a job needs jobId (8..64 chars), kind in {JOB_KINDS} and params", "JOB_INVALID", 400)
-        digest = hashlib.sha256(json.dumps([kind, params], sort_keys=True).encode()).hexdigest()
+        digest = sha256(json.dumps([kind, params], sort_keys=True).encode()).hex()
         with self.engine.connect() as conn:
             old = conn.execute(select(jobs).where(jobs.c.id == jid)).first()
         if old is not None:

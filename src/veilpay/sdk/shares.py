@@ -28,7 +28,7 @@ from typing import Any
 from veilpay.errors import ConfigError, DecryptionError, InvalidInput
 from veilpay.sdk.envelope import is_envelope, open_fields, seal_fields
 from veilpay.sdk.keys import PartyKeys, PublicEntry
-from veilpay.sdk.money import MAX_VALUE, parse_amount
+from veilpay.sdk.money import parse_amount
 
 __all__ = ["KINDS", "Privacy", "amount_context", "open_amount", "open_share", "reveal_amounts", "seal_amount",
            "split_value"]
