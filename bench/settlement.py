@@ -1,0 +1,153 @@
+"""Settlement of N payments by the privacy nodes, each its own OS process over TCP +
+mutual TLS on loopback (semi2k: two share holders and a dealer; or aby3).
+
+Setup (not timed): N payments' amounts are split into shares and written straight
+into each node's SQLite store, spread over 20 (acquirer, MPP) pairs and 3
+currencies, as the feed would leave them. Timed: the settle job at every node
+(select the day's items, agree, the exact range check of every amount in MPC,
+group sums, reveal), which is what `veilpay gateway settle` waits for. The plaintext
+baseline is a numpy group-by sum of the same amounts. Prints one JSON line.
+
+    python bench/settlement.py --payments 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DAY = "2026-11-20"
+
+
+def _node(root: Path, me: str, protocol: str) -> None:
+    from veilpay.net import connect_mesh, load_network
+    from veilpay.node.app import load_privacy
+    from veilpay.node.service import NodeService
+    from veilpay.node.store import open_store
+    from veilpay.sdk import load_party
+
+    net_file = root / "mpcnet" / "network.toml"
+    network, privacy = load_network(net_file), load_privacy(net_file)
+    keys = load_party(root / "keys" / me)
+
+    def mesh(session: bytes):  # type: ignore[no-untyped-def]
+        return connect_mesh(network, me, session, timeout=600, connect_timeout=60, parties=list(privacy.parties))
+
+    svc = NodeService(keys, privacy, open_store(f"sqlite:///{root / me / 'node.db'}"), mesh)
+    t = time.perf_counter()
+    res = svc.run_job({"jobId": "bench-settle-0001", "kind": "settle", "params": {"day": DAY}})
+    wall = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    print(json.dumps({"node": me, "wall_s": round(wall, 3), "bytes_sent": res["bytesSent"], "rounds": res["rounds"],
+                      "groups": res["groups"], "peak_rss_mib": rss}))
+
+
+def _setup(root: Path, n: int, protocol: str, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from sqlalchemy import insert
+
+    from veilpay.cli.demo import _free_port_base
+    from veilpay.net import provision_network
+    from veilpay.node.store import items, open_store, state
+    from veilpay.sdk import create_party
+
+    nodes = ["node-a", "node-b", "node-c"]
+    holders = nodes[:2] if protocol == "semi2k" else nodes
+    net = provision_network(root / "mpcnet", nodes, base_port=_free_port_base(3), name="bench")
+    with net.open("a") as fh:
+        fh.write(f'[privacy]\nprotocol = "{protocol}"\nnodes = {json.dumps(holders)}\n'
+                 + ('dealer = "node-c"\n' if protocol == "semi2k" else ""))
+    for node in nodes:
+        create_party(root / "keys" / node, node, "node", endpoint="http://127.0.0.1:1")
+    rng = np.random.default_rng(seed)  # test data only
+    amounts = rng.integers(100, 5_000_000, size=n, dtype=np.int64)
+    group = rng.integers(0, 60, size=n)
+    keys = [f"acqp-{g % 10}|mpp-{g % 2}|{['JPY', 'SGD', 'USD'][g % 3]}" for g in range(60)]
+    # shares from an OS-seeded generator, as the SDK makes them
+    sec = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
+    r0 = sec.integers(0, 2**64, size=n, dtype=np.uint64)
+    r1 = sec.integers(0, 2**64, size=n, dtype=np.uint64)
+    x = amounts.astype(np.uint64)
+    if protocol == "semi2k":
+        words = {"node-a": (r0, np.zeros(n, np.uint64)), "node-b": (x - r0, np.zeros(n, np.uint64))}
+    else:
+        c = [r0, r1, x - r0 - r1]
+        words = {nd: (c[i], c[(i + 1) % 3]) for i, nd in enumerate(nodes)}
+    ids = [f"pay_{i:032x}" for i in range(n)]
+    for node, (w0, w1) in words.items():
+        engine = open_store(f"sqlite:///{root / node / 'node.db'}")
+        a0, a1 = w0.view(np.int64).tolist(), w1.view(np.int64).tolist()
+        with engine.begin() as conn:
+            step = 50_000
+            for lo in range(0, n, step):
+                conn.execute(insert(items), [
+                    {"id": ids[i], "kind": "pay", "payment_id": None, "acqp_id": keys[group[i]].split("|")[0],
+                     "mpp_id": keys[group[i]].split("|")[1], "currency": keys[group[i]].split("|")[2],
+                     "request_id": f"r{i}", "w0": a0[i], "w1": a1[i], "opened": True, "error": "", "status": "SUCCESS",
+                     "day": DAY, "seq": i + 1} for i in range(lo, min(n, lo + step))])
+            conn.execute(insert(state).values(key="applied_seq", value=n))
+        engine.dispose()
+    return amounts, group, keys
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--payments", type=int, default=1_000_000)
+    ap.add_argument("--protocol", choices=["semi2k", "aby3"], default="semi2k")
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--node", help=argparse.SUPPRESS)
+    ap.add_argument("--root", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.node:
+        _node(Path(a.root), a.node, a.protocol)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        t = time.perf_counter()
+        amounts, group, keys = _setup(root, a.payments, a.protocol, a.seed)
+        setup_s = time.perf_counter() - t
+        t = time.perf_counter()
+        plain = np.bincount(group, weights=amounts.astype(np.float64), minlength=60)
+        counts = np.bincount(group, minlength=60)
+        plain_s = time.perf_counter() - t
+        nodes = ["node-a", "node-b", "node-c"]
+        t = time.perf_counter()
+        procs = {nd: subprocess.Popen([sys.executable, __file__, "--node", nd, "--root", tmp, "--protocol", a.protocol],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE) for nd in nodes}
+        out = {}
+        for nd, p in procs.items():
+            so, se = p.communicate(timeout=900)
+            if p.returncode != 0:
+                raise SystemExit(f"{nd} failed: {se.decode()[-2000:]}")
+            out[nd] = json.loads(so.decode().strip().splitlines()[-1])
+        wall = time.perf_counter() - t
+        holder = out["node-a"]
+        by_key = {f"{g['acqp']}|{g['mpp']}|{g['currency']}": g for g in holder["groups"]}
+        want: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            w = want.setdefault(k, [0, 0])
+            w[0] += int(plain[i])
+            w[1] += int(counts[i])
+        ok = set(want) == set(by_key) and all(
+            int(by_key[k]["total"]) == t and by_key[k]["count"] == c for k, (t, c) in want.items())
+        print(json.dumps({
+            "bench": "settlement", "protocol": a.protocol, "transport": "tcp+tls, one process per node",
+            "payments": a.payments, "groups": len(by_key), "totals_equal_plaintext": ok,
+            "wall_s": round(wall, 2), "job_s": {nd: o["wall_s"] for nd, o in out.items()},
+            "bytes_between_nodes": sum(o["bytes_sent"] for o in out.values()),
+            "bytes_sent": {nd: o["bytes_sent"] for nd, o in out.items()}, "rounds": holder["rounds"],
+            "peak_rss_mib": {nd: o["peak_rss_mib"] for nd, o in out.items()},
+            "plaintext_groupby_s": round(plain_s, 4), "setup_not_timed_s": round(setup_s, 1),
+            "target_s": 30, "cores": os.cpu_count()}))
+
+
+if __name__ == "__main__":
+    main()
