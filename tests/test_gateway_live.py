@@ -177,3 +177,34 @@ def test_canary_personal_data_never_reaches_the_gateway(tmp_path: Path) -> None:
             assert opened["customerName"].startswith("Q*")
             fwd = json.loads(forward)
             assert fwd["order"]["to"] == "mpp-1" and set(fwd["order"]) == {"v", "to", "kv", "suite", "ct"}
+
+
+def test_privacy_nodes_as_processes_survive_a_killed_node(tmp_path: Path) -> None:
+    """Gateway, MPP, ACQP and three privacy nodes as processes: SIGKILL a share holder,
+    keep paying, restart it; it catches up and the MPC settlement equals the ACQP's
+    own books. No amount is in the gateway's database or log."""
+    with LocalNet(tmp_path, privacy="semi2k") as net:
+        net.start_all()
+        net.admin("mpp-1", "POST", "/admin/wallets", {"userId": "u1", "name": "Ana Cruz", "currency": "PHP",
+                                                       "balance": 10**12})
+        amounts = [918_273, 645_231, 372_819, 281_736]
+        with net.client() as c:
+            for i, v in enumerate(amounts):
+                if i == 2:
+                    net.stop("node-b", kill=True)
+                code = net.admin("mpp-1", "POST", "/admin/codes", {"userId": "u1"})["code"]
+                ans = c.pay(f"live-{i}", {"currency": "JPY", "value": str(v)}, code, {"goods": "tea"})
+                assert ans.code == "SUCCESS" and ans.body["paymentAmount"]["value"] == str(v)
+            day = time.strftime("%Y-%m-%d", time.gmtime())
+            waiting = net.operator("/admin/v1/settle", {"settlementDate": day})
+            assert waiting["status"] == "WAITING"
+            net.start("node-b")
+            _wait(lambda: net.operator("/admin/v1/settle", {"settlementDate": day})["status"] == "DONE", 30,
+                  "settlement after the node came back")
+            summary = c.settlement_summary(day)
+        (s,) = summary.body["summaries"]
+        assert s["paymentTotal"]["value"] == str(sum(amounts)) and s["paymentCount"] == 4
+        blob = b"".join(p.read_bytes() for p in (tmp_path / "gateway").glob("gateway.db*"))
+        blob += (tmp_path / "gateway.log").read_bytes()
+        for v in amounts:
+            assert str(v).encode() not in blob
