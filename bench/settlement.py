@@ -71,7 +71,7 @@ def _setup(root: Path, n: int, protocol: str, seed: int) -> tuple[np.ndarray, np
     amounts = rng.integers(100, 5_000_000, size=n, dtype=np.int64)
     group = rng.integers(0, 60, size=n)
     keys = [f"acqp-{g % 10}|mpp-{g % 2}|{['JPY', 'SGD', 'USD'][g % 3]}" for g in range(60)]
-    # shares from an OS-seeded generator, as the SDK makes them
+    # benchmark data: a numpy generator seeded from os.urandom (the SDK itself draws shares from secrets)
     sec = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
     r0 = sec.integers(0, 2**64, size=n, dtype=np.uint64)
     r1 = sec.integers(0, 2**64, size=n, dtype=np.uint64)

@@ -107,14 +107,10 @@ class Net:
 
     async def operator(self, path: str, body: dict[str, Any]) -> Any:
         """An operator call signed with the gateway's own key (``veilpay gateway settle``)."""
-        import time as _time
-
-        from veilpay.sdk.signing import sign_headers
+        from veilpay.sdk.signing import post_headers
 
         raw = json.dumps(body).encode()
-        v, key = self.gateway_keys.signer()
-        h = sign_headers(key, v, "POST", path, "gateway", raw, _time.time())
-        h["Content-Type"] = "application/json"
+        h = post_headers(self.gateway_keys.signer(), path, "gateway", raw)
         async with httpx.AsyncClient(transport=self.router) as c:
             r = await c.post(f"http://gateway.test{path}", content=raw, headers=h)
         return r.json()

@@ -126,13 +126,11 @@ class LocalNet:
         """An operator call (settle, analytics) signed with the gateway's own key."""
         import json
 
-        from veilpay.sdk import sign_headers
+        from veilpay.sdk.signing import post_headers
 
         keys = self.keys("gateway")
         raw = json.dumps(body).encode()
-        v, key = keys.signer()
-        h = sign_headers(key, v, "POST", path, keys.id, raw, time.time())
-        h["Content-Type"] = "application/json"
+        h = post_headers(keys.signer(), path, keys.id, raw)
         return httpx.post(self.url["gateway"] + path, content=raw, headers=h, timeout=600).json()
 
     def stop(self, name: str, kill: bool = False) -> None:

@@ -59,11 +59,11 @@ def _cmd_gateway(a: argparse.Namespace) -> int:
     if a.action == "settle":
         if not a.date:
             raise ConfigError("gateway settle: --date YYYY-MM-DD is required")
-        return _cmd_settle(a, "/admin/v1/settle", {"settlementDate": a.date})
+        return _operator_call(a, "/admin/v1/settle", {"settlementDate": a.date})
     if a.action == "analytics":
         if not a.date:
             raise ConfigError("gateway analytics: --date YYYY-MM-DD is required")
-        return _cmd_settle(a, "/admin/v1/analytics", {"day": a.date, **({"minCount": a.min_count} if a.min_count
+        return _operator_call(a, "/admin/v1/analytics", {"day": a.date, **({"minCount": a.min_count} if a.min_count
                                                                           else {})})
     import uvicorn
 
@@ -161,21 +161,18 @@ def _node_serve(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_settle(a: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
+def _operator_call(a: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
     """An operator call to the running gateway, signed with the gateway's own key."""
-    import time
-
     import httpx
 
     from veilpay.gateway import load_config
-    from veilpay.sdk import load_party, sign_headers
+    from veilpay.sdk import load_party
+    from veilpay.sdk.signing import post_headers
 
     cfg = load_config(a.config)
     keys = load_party(cfg.keys)
     raw = json.dumps(body).encode()
-    v, key = keys.signer()
-    h = sign_headers(key, v, "POST", path, keys.id, raw, time.time())
-    h["Content-Type"] = "application/json"
+    h = post_headers(keys.signer(), path, keys.id, raw)
     host, port = cfg.host_port
     r = httpx.post(f"http://{host}:{port}{path}", content=raw, headers=h, timeout=cfg.node_job_timeout_s + 30)
     print(json.dumps(r.json(), indent=2))

@@ -16,9 +16,9 @@ the answer only when the share holders reveal the same thing. One job runs at a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,11 +28,12 @@ from sqlalchemy import Engine, func, insert, select, update
 from veilpay.crypto.tokens import random_id
 from veilpay.errors import NodeError, SignatureError
 from veilpay.gateway.link import LinkError, PartnerLink
+from veilpay.gateway.outbox import retry_delay_s
 from veilpay.gateway.store import node_cursor, node_feed
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.shares import Privacy
-from veilpay.sdk.signing import sign_headers, verify_message
+from veilpay.sdk.signing import post_headers, verify_message
 
 __all__ = ["NodeLink"]
 
@@ -78,9 +79,7 @@ class NodeLink:
     async def _post(self, node: str, path: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         entry = self._entry(node)
         raw = json.dumps(body, separators=(",", ":")).encode()
-        v, key = self.keys.signer()
-        headers = sign_headers(key, v, "POST", path, node, raw, time.time())
-        headers["Content-Type"] = "application/json"
+        headers = post_headers(self.keys.signer(), path, node, raw)
         try:
             status, hdrs, content = await self.http.post(entry.endpoint.rstrip("/") + path, raw, headers, timeout)
         except LinkError as exc:
@@ -105,9 +104,9 @@ class NodeLink:
         with self.engine.connect() as conn:
             return conn.execute(select(node_cursor).where(node_cursor.c.node == node)).first()
 
-    def pending(self, node: str) -> int:
-        """Feed rows for ``node`` not yet applied there."""
-        cur = self._cursor(node)
+    def pending(self, node: str, cursor: Any = None) -> int:
+        """Feed rows for ``node`` not yet applied there (``cursor``: its row, when read)."""
+        cur = cursor or self._cursor(node)
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(node_feed).where(
                 node_feed.c.node == node, node_feed.c.seq > (cur.delivered if cur else 0))).scalar() or 0)
@@ -116,7 +115,7 @@ class NodeLink:
         cur = self._cursor(node)
         now = _now_ms()
         attempts = 0 if not error else (cur.attempts + 1 if cur else 1)
-        backoff = 0 if not error else int(min(0.2 * 2 ** min(attempts, 8), 30.0) * 1000 * (0.5 + random.random() / 2))
+        backoff = int(retry_delay_s(0.2, attempts, 30.0) * 1000) if error else 0
         values = {"attempts": attempts, "next_attempt_ms": now + backoff, "last_error": error[:200]}
         with self.engine.begin() as conn:
             if cur is None:
@@ -162,7 +161,7 @@ class NodeLink:
             cur = self._cursor(node)
             if cur is not None and cur.next_attempt_ms > now:
                 continue
-            if self.pending(node) == 0:
+            if self.pending(node, cur) == 0:
                 continue
             try:
                 await self.flush(node)
@@ -178,12 +177,8 @@ class NodeLink:
             except Exception:  # noqa: BLE001 - keep relaying after a database hiccup
                 log.exception("node relay failed", extra={"event": "node_relay_error"})
             self._wake.clear()
-            waiter = asyncio.ensure_future(self._wake.wait())
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({waiter, stopper}, timeout=self.cfg.node_relay_interval_s,
-                               return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.cfg.node_relay_interval_s)
 
     # ------------------------------------------------------------------ jobs
     async def job(self, kind: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from veilpay.sdk.directory import Directory
 from veilpay.sdk.keys import PartyKeys
 from veilpay.sdk.signing import sign_headers
 
-__all__ = ["OutboxWorker"]
+__all__ = ["OutboxWorker", "retry_delay_s"]
 
 log = logging.getLogger("veilpay.gateway")
 LEASE_MS = 30_000
@@ -35,6 +35,13 @@ LEASE_MS = 30_000
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
+
+
+def retry_delay_s(base: float, attempts: int, cap: float) -> float:
+    """Exponential backoff with +-25 % jitter (from ``secrets``) before retry number
+    ``attempts`` (1 for the first), at most ``cap`` seconds."""
+    jitter = 0.75 + 0.5 * secrets.randbelow(1000) / 1000
+    return min(base * 2 ** min(attempts - 1, 16) * jitter, cap)
 
 class OutboxWorker:
     def __init__(self, cfg: Any, keys: PartyKeys, directory: Any, engine: Engine, http: PartnerLink,
@@ -92,11 +99,10 @@ class OutboxWorker:
             else:
                 attempts = row.attempts + 1
                 dead = attempts >= self.cfg.webhook_max_attempts
-                jitter = 0.75 + 0.5 * secrets.randbelow(1000) / 1000
-                delay = self.cfg.webhook_backoff_s * 2 ** min(attempts - 1, 16) * jitter
+                delay = retry_delay_s(self.cfg.webhook_backoff_s, attempts, 3600.0)
                 conn.execute(update(outbox).where(outbox.c.id == row.id).values(
                     status="DEAD" if dead else "PENDING", attempts=attempts, lease_until_ms=0,
-                    next_attempt_ms=now + int(min(delay, 3600.0) * 1000), last_error=err[:200]))
+                    next_attempt_ms=now + int(delay * 1000), last_error=err[:200]))
         dead = not ok and row.attempts + 1 >= self.cfg.webhook_max_attempts
         outcome = "delivered" if ok else ("dead" if dead else "retry")
         self.metrics.webhooks.labels(kind=row.kind, outcome=outcome).inc()

@@ -50,7 +50,7 @@ from veilpay.sdk.directory import Directory
 from veilpay.sdk.envelope import is_envelope
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.money import MINOR_UNITS, InvalidAmount, UnsupportedCurrency, parse_amount
-from veilpay.sdk.signing import format_time, sign_headers, verify_message
+from veilpay.sdk.signing import format_time, post_headers, verify_message
 
 __all__ = ["GatewayService", "MppUnreachable"]
 
@@ -153,6 +153,21 @@ class GatewayService:
             raise ApiFailure("SEALED_FIELD_INVALID", f"{what}: one share for each node of {sorted(want_shares)}")
         return currency, _dumps(sealed).decode(), shares
 
+    def _amount_in(self, obj: Any, what: str, acqp: str, mpp: str
+                   ) -> tuple[str, int | None, str | None, dict[str, Any]]:
+        """(currency, clear value or None, sealed-values JSON or None, node shares) of a
+        request's amount, as this gateway takes it."""
+        if self.hidden:
+            currency, sealed, shares = self._hidden_amount(obj, what, acqp, mpp)
+            return currency, None, sealed, shares
+        currency, value = _check_amount(obj, what)
+        return currency, value, None, {}
+
+    def _queue_shares(self, conn: Any, shares: dict[str, Any], meta: dict[str, Any]) -> None:
+        """One feed row per node: its share envelope and the item's public metadata."""
+        if self.nodes is not None:
+            self.nodes.enqueue(conn, {n: {"op": "share", **meta, "envelope": env} for n, env in shares.items()})
+
     @staticmethod
     def _amount_out(row: Row, reader: str) -> dict[str, Any]:
         """A row's amount as ``reader`` may see it: clear, or the value sealed to it."""
@@ -194,9 +209,7 @@ class GatewayService:
     # ------------------------------------------------------------------ MPP link
     async def call_partner(self, partner: PublicEntry, path: str, body: dict[str, Any]) -> dict[str, Any]:
         raw = _dumps(body)
-        v, key = self.keys.signer()
-        headers = sign_headers(key, v, "POST", path, partner.id, raw, time.time())
-        headers["Content-Type"] = "application/json"
+        headers = post_headers(self.keys.signer(), path, partner.id, raw)
         try:
             status, hdrs, content = await self.http.post(partner.endpoint.rstrip("/") + path, raw, headers,
                                                          self.cfg.mpp_timeout_s)
@@ -271,14 +284,7 @@ class GatewayService:
         mpp = self.directory.mpp_for_prefix(req.paymentMethod.codeIssuer)
         if mpp is None:
             raise ApiFailure("INVALID_CODE", f"no MPP issues payment codes with prefix {req.paymentMethod.codeIssuer}")
-        value: int | None
-        sealed: str | None = None
-        shares: dict[str, Any] = {}
-        if self.hidden:
-            currency, sealed, shares = self._hidden_amount(req.paymentAmount, "paymentAmount", acqp.id, mpp.id)
-            value = None
-        else:
-            currency, value = _check_amount(req.paymentAmount, "paymentAmount")
+        currency, value, sealed, shares = self._amount_in(req.paymentAmount, "paymentAmount", acqp.id, mpp.id)
         forward = {"paymentMethod": req.paymentMethod.model_dump(), "order": req.order}
         if req.env is not None:
             forward["env"] = req.env
@@ -297,11 +303,8 @@ class GatewayService:
                     refunded=0, cancel_requested=False, created_ms=now, updated_ms=now,
                     expires_ms=now + int(self.cfg.payment_expiry_s * 1000),
                     next_check_ms=now + int(2 * self.cfg.mpp_timeout_s * 1000), attempts=0))
-                if self.nodes is not None:
-                    self.nodes.enqueue(conn, {n: {"op": "share", "id": pid, "kind": "pay", "acqp": acqp.id,
-                                                  "mpp": mpp.id, "currency": currency,
-                                                  "requestId": req.paymentRequestId, "envelope": env}
-                                              for n, env in shares.items()})
+                self._queue_shares(conn, shares, {"id": pid, "kind": "pay", "acqp": acqp.id, "mpp": mpp.id,
+                                                  "currency": currency, "requestId": req.paymentRequestId})
         except IntegrityError:
             with self.engine.connect() as conn:
                 old = self._payment(conn, acqp.id, None, req.paymentRequestId)
@@ -499,14 +502,7 @@ class GatewayService:
             pay = self._payment(conn, acqp.id, req.paymentId, req.paymentRequestId)
         if pay is None:
             raise ApiFailure("ORDER_NOT_EXIST")
-        value: int | None
-        sealed: str | None = None
-        shares: dict[str, Any] = {}
-        if self.hidden:
-            currency, sealed, shares = self._hidden_amount(req.refundAmount, "refundAmount", acqp.id, pay.mpp_id)
-            value = None
-        else:
-            currency, value = _check_amount(req.refundAmount, "refundAmount")
+        currency, value, sealed, shares = self._amount_in(req.refundAmount, "refundAmount", acqp.id, pay.mpp_id)
         if currency != pay.currency:
             raise ApiFailure("CURRENCY_NOT_SUPPORT", f"refund in {pay.currency}, the payment's currency")
         self._check_sealed({"refundReason": req.refundReason}, pay.mpp_id)
@@ -542,11 +538,10 @@ class GatewayService:
                         code = "REFUND_AMOUNT_EXCEED" if ok else "ORDER_STATUS_INVALID"
                 if code is not None:
                     conn.execute(update(refunds).where(refunds.c.id == rid).values(status="FAIL", result_code=code))
-                elif self.nodes is not None:
-                    self.nodes.enqueue(conn, {n: {"op": "share", "id": rid, "kind": "refund", "paymentId": pay.id,
-                                                  "acqp": acqp.id, "mpp": pay.mpp_id, "currency": currency,
-                                                  "requestId": req.refundRequestId, "envelope": env}
-                                              for n, env in shares.items()})
+                else:
+                    self._queue_shares(conn, shares, {"id": rid, "kind": "refund", "paymentId": pay.id,
+                                                      "acqp": acqp.id, "mpp": pay.mpp_id, "currency": currency,
+                                                      "requestId": req.refundRequestId})
         except IntegrityError:
             with self.engine.connect() as conn:
                 old = conn.execute(select(refunds).where(and_(refunds.c.acqp_id == acqp.id,

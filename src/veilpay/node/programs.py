@@ -147,14 +147,11 @@ def group_totals(rt: Protocol, items: Items | None, min_count: int = 1) -> list[
     sums = every[shown]
     totals = _tensor(rt, sums, len(shown)).reveal(list(_holders(rt)))
     tot_by_group = {int(g): int(t) for g, t in zip(shown, totals, strict=True)}  # type: ignore[arg-type]
-    ids = np.asarray(items.ids, dtype=object)  # type: ignore[union-attr]
-    out = []
-    for g, key in enumerate(uniq):
-        in_g = inverse == g
-        out.append(GroupResult(str(key), int(counts[g]), tot_by_group.get(g),
-                               sorted(ids[in_g & ~opened].tolist()),  # type: ignore[operator]
-                               sorted(ids[in_g & opened & bad].tolist())))  # type: ignore[operator]
-    return out
+    left_out: list[tuple[list[str], list[str]]] = [([], []) for _ in uniq]
+    for i in np.flatnonzero(~keep):  # few: shares that did not open or add up out of range
+        left_out[inverse[i]][0 if not opened[i] else 1].append(items.ids[i])  # type: ignore[index, union-attr]
+    return [GroupResult(str(key), int(counts[g]), tot_by_group.get(g), sorted(left_out[g][0]), sorted(left_out[g][1]))
+            for g, key in enumerate(uniq)]
 
 
 def refund_bound(rt: Protocol, payment: np.ndarray | None, others: np.ndarray | None, refund: np.ndarray | None,

@@ -30,7 +30,7 @@ from veilpay.sdk.envelope import open_fields, seal_fields
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.money import parse_amount
 from veilpay.sdk.shares import reveal_amounts, seal_amount
-from veilpay.sdk.signing import sign_headers, verify_message
+from veilpay.sdk.signing import post_headers, verify_message
 
 __all__ = ["ApiResponse", "AsyncGatewayClient", "GatewayClient", "PAY_PATH"]
 
@@ -84,10 +84,7 @@ class _Core:
 
     # ------------------------------------------------------------ requests
     def _headers(self, path: str, body: bytes) -> dict[str, str]:
-        v, key = self.keys.signer()
-        h = sign_headers(key, v, "POST", path, self.keys.id, body, time.time())
-        h["Content-Type"] = "application/json"
-        return h
+        return post_headers(self.keys.signer(), path, self.keys.id, body)
 
     def _verify(self, method: str, path: str, resp: httpx.Response) -> dict[str, Any]:
         hdrs = {k.lower(): v for k, v in resp.headers.items()}

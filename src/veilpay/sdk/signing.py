@@ -13,13 +13,14 @@ answer to the gateway is signed by that partner."""
 from __future__ import annotations
 
 import re
+import time as _clock
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from veilpay.crypto.signing import SigningKey, b64d, b64e
 from veilpay.errors import SignatureError
 
-__all__ = ["SignedHeaders", "format_time", "parse_signature", "parse_time", "sign_headers", "signed_content",
+__all__ = ["SignedHeaders", "format_time", "parse_signature", "parse_time", "post_headers", "sign_headers", "signed_content",
            "verify_message"]
 
 _SIG = re.compile(r"^algorithm=ED25519,keyVersion=([0-9]{1,6}),signature=([A-Za-z0-9_-]{86})$")
@@ -69,6 +70,15 @@ def sign_headers(key: SigningKey, version: int, method: str, path: str, client_i
     sig = key.sign(signed_content(method, path, client_id, t, body))
     return {"Client-Id": client_id, time_header: t,
             "Signature": f"algorithm=ED25519,keyVersion={version},signature={b64e(sig)}"}
+
+
+def post_headers(signer: tuple[int, SigningKey], path: str, client_id: str, body: bytes) -> dict[str, str]:
+    """The headers of a signed JSON POST to ``client_id`` (or from it), timed now;
+    ``signer`` is ``PartyKeys.signer()``."""
+    version, key = signer
+    h = sign_headers(key, version, "POST", path, client_id, body, _clock.time())
+    h["Content-Type"] = "application/json"
+    return h
 
 
 def verify_message(headers: dict[str, str], method: str, path: str, body: bytes, verify_key_of: object,
