@@ -205,7 +205,7 @@ def _cmd_psi(a: argparse.Namespace) -> int:
         summary = run_psi_files(
             comm, peer, a.role, a.input, a.key, a.output, a.columns.split(",") if a.columns else None,
             mode=a.mode, reveal=a.reveal, normalise=a.normalise, on_null=a.on_null, sort_by=a.sort_by,
-            workers=a.workers, cache=a.cache,
+            workers=a.workers, cache=a.cache, protocol=a.protocol,
         )
     finally:
         comm.close()
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     la.set_defaults(fn=_cmd_launch)
 
     ps = sub.add_parser("psi", help="private set intersection with one peer over mutual TLS "
-                        "(ECDH on X25519; unbalanced: OPRF on P-256)")
+                        "(KKRT OT extension or ECDH on X25519; unbalanced: OPRF on P-256)")
     ps.add_argument("--role", required=True, choices=["receiver", "sender"])
     ps.add_argument("--network", required=True, help="network file (TOML) naming both parties")
     ps.add_argument("--party", required=True, help="this party's id")
@@ -334,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--sort-by", help="sort output rows by this column (default: input order)")
     ps.add_argument("--mode", choices=["intersection", "cardinality", "unbalanced"], default="intersection",
                     help="unbalanced: the sender answers from a set prepared by `veilpay psi-setup`")
+    ps.add_argument("--protocol", choices=["kkrt", "ecdh"],
+                    help="intersection: kkrt (OT extension, default) or ecdh; cardinality needs ecdh")
     ps.add_argument("--cache", help="unbalanced mode: the sender's prepared set, or the receiver's copy of it")
     ps.add_argument("--reveal", choices=["receiver", "both"], default="receiver", help="who learns the result")
     _key_options(ps)

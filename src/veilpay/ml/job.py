@@ -93,6 +93,7 @@ class Job:
     model_to: list[str] = field(default_factory=list)
     frac_bits: int = 20
     timeout: float = 600.0
+    psi: str = "kkrt"
 
     @property
     def data_parties(self) -> list[str]:
@@ -179,6 +180,7 @@ def load_job(path: str | Path) -> Job:
         seed=_get(j, "seed", int, where, default=0), model_to=_get(j, "model_to", list, where, default=[]) or [],
         frac_bits=_get(j, "frac_bits", int, where, default=20),
         timeout=float(_get(j, "timeout", (int, float), where, default=600.0)),
+        psi=_get(j, "psi", str, where, default="kkrt"),
     )
     _validate(job, where)
     return job
@@ -191,6 +193,8 @@ def _validate(job: Job, where: str) -> None:
             raise ConfigError(f"{where}: party {p!r} is not one of [parties] ({', '.join(sorted(names))})")
     if job.protocol not in ("semi2k", "aby3") or len(job.compute) != 3 or len(set(job.compute)) != 3:
         raise ConfigError(f"{where}: protocol must be semi2k or aby3 with three distinct compute parties")
+    if job.psi not in ("kkrt", "ecdh"):
+        raise ConfigError(f"{where}: psi must be kkrt or ecdh, not {job.psi!r}")
     if len(job.data_parties) != 2 or job.label_party not in job.data_parties:
         raise ConfigError(f"{where}: exactly two parties hold data (vertical partition), one of them the label party")
     if not job.key or not all(isinstance(k, str) for k in job.key):

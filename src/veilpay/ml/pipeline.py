@@ -43,7 +43,7 @@ from veilpay.ml.sstree import Bins, SecureTree, fit_bins, predict_trees, train_t
 from veilpay.mpc import Protocol, SharedTensor, concatenate
 from veilpay.mpc.tensor import share
 from veilpay.progress import progress
-from veilpay.psi import ecdh_psi
+from veilpay.psi import ecdh_psi, kkrt_psi
 from veilpay.psi.data import join_key, normalise_key
 
 __all__ = ["JobFailed", "plaintext_views", "run_training"]
@@ -147,7 +147,10 @@ def align_rows(job: Job, me: str, local: LocalTable, comm_psi: Any, stats: dict[
     """PSI with the other data party, then keep the common rows sorted by id."""
     other = job.partner if me == job.label_party else job.label_party
     role = "receiver" if me == job.label_party else "sender"
-    res = ecdh_psi(comm_psi, other, role, local.ids, reveal="both")
+    if job.psi == "kkrt":
+        res = kkrt_psi(comm_psi, other, role, local.ids, reveal="both")
+    else:
+        res = ecdh_psi(comm_psi, other, role, local.ids, reveal="both")
     keep_rows(local, np.asarray(res.indices, dtype=np.int64))
     stats.update(peer_size=res.peer_size, common=len(local.ids))
 

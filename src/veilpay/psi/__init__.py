@@ -1,17 +1,23 @@
-"""Private set intersection: ECDH-PSI on X25519, unbalanced PSI (an OPRF on P-256)
-against a set prepared offline, and their data plumbing."""
+"""Private set intersection: KKRT (OT extension, the default), ECDH-PSI on X25519,
+unbalanced PSI (an OPRF on P-256) against a set prepared offline, and their data
+plumbing."""
 
 from veilpay.psi.data import IdTable, read_ids, write_rows
 from veilpay.psi.ecdh import MODES, PSI_VERSION, PsiResult, ecdh_psi
-from veilpay.psi.run import run_psi_files, setup_psi_file
+from veilpay.psi.kkrt import KKRT_VERSION, kkrt_psi
+from veilpay.psi.run import PROTOCOLS, choose_protocol, run_psi_files, setup_psi_file
 from veilpay.psi.unbalanced import load_server_set, setup_server, unbalanced_psi
 
 __all__ = [
+    "KKRT_VERSION",
     "MODES",
+    "PROTOCOLS",
     "PSI_VERSION",
     "IdTable",
     "PsiResult",
+    "choose_protocol",
     "ecdh_psi",
+    "kkrt_psi",
     "load_server_set",
     "read_ids",
     "run_psi_files",

@@ -13,9 +13,29 @@ from veilpay.errors import InvalidInput
 from veilpay.net import Communicator
 from veilpay.psi.data import read_ids, read_rows, write_rows
 from veilpay.psi.ecdh import ecdh_psi
+from veilpay.psi.kkrt import kkrt_psi
 from veilpay.psi.unbalanced import setup_server, unbalanced_psi
 
-__all__ = ["run_psi_files", "setup_psi_file"]
+__all__ = ["PROTOCOLS", "choose_protocol", "run_psi_files", "setup_psi_file"]
+
+PROTOCOLS = ("kkrt", "ecdh")
+
+
+def choose_protocol(protocol: str | None, mode: str) -> str:
+    """The protocol for ``mode``: KKRT (OT extension, the fast one) for intersections
+    unless ECDH is asked for; ECDH for cardinality, whose shuffled answer KKRT cannot
+    give; P-256 OPRF for unbalanced mode."""
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise InvalidInput(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
+    if mode == "unbalanced":
+        if protocol not in (None, "ecdh"):
+            raise InvalidInput("unbalanced mode runs its own OPRF on P-256: leave --protocol out")
+        return "oprf-p256"
+    if mode == "cardinality":
+        if protocol == "kkrt":
+            raise InvalidInput("cardinality mode needs --protocol ecdh: KKRT tells the receiver which ids matched")
+        return "ecdh"
+    return protocol or "kkrt"
 
 
 def setup_psi_file(
@@ -50,6 +70,7 @@ def run_psi_files(
     workers: int | None = None,
     show_progress: bool | None = None,
     cache: str | Path | None = None,
+    protocol: str | None = None,
 ) -> dict[str, Any]:
     """Returns a summary (counts, seconds, bytes); writes ``output_path`` only when this
     party learns the intersection. Output rows keep this party's file order, or are
@@ -57,7 +78,11 @@ def run_psi_files(
 
     ``mode='unbalanced'``: the sender is the server and answers from the set prepared
     in ``cache`` by `setup_psi_file` (no input file); the receiver is a client that
-    keeps its copy of the server's set in its own ``cache`` folder."""
+    keeps its copy of the server's set in its own ``cache`` folder.
+
+    ``protocol``: 'kkrt' (default for intersections) or 'ecdh'; see `choose_protocol`.
+    ``workers`` only applies to the curve work of ECDH and unbalanced mode."""
+    protocol = choose_protocol(protocol, mode)
     if mode == "unbalanced":
         if cache is None:
             raise InvalidInput("unbalanced mode needs a cache folder: the server's prepared set (veilpay psi-setup), "
@@ -67,7 +92,7 @@ def run_psi_files(
         if role == "sender":
             t0 = time.perf_counter()
             res = unbalanced_psi(comm, peer, "server", cache, workers=workers, show_progress=show_progress)
-            return {"role": role, "mode": mode, "peer_size": res.peer_size, "intersection_size": None,
+            return {"role": role, "mode": mode, "protocol": protocol, "peer_size": res.peer_size, "intersection_size": None,
                     "seconds": round(time.perf_counter() - t0, 3), "bytes_sent": comm.total().bytes_sent,
                     "bytes_received": comm.total().bytes_recv}
     if input_path is None:
@@ -83,12 +108,14 @@ def run_psi_files(
     t0 = time.perf_counter()
     if mode == "unbalanced":
         res = unbalanced_psi(comm, peer, "client", cache or "", table.ids, workers=workers, show_progress=show_progress)
+    elif protocol == "kkrt":
+        res = kkrt_psi(comm, peer, role, table.ids, reveal=reveal, show_progress=show_progress)
     else:
         res = ecdh_psi(comm, peer, role, table.ids, mode=mode, reveal=reveal, workers=workers,
                        show_progress=show_progress)
     seconds = time.perf_counter() - t0
     summary: dict[str, Any] = {
-        "role": role, "mode": mode, "rows": table.rows, "distinct_ids": len(table.ids),
+        "role": role, "mode": mode, "protocol": protocol, "rows": table.rows, "distinct_ids": len(table.ids),
         "duplicates": table.duplicates, "null_keys_dropped": table.nulls, "peer_size": res.peer_size,
         "intersection_size": res.size if res.size >= 0 else None, "seconds": round(seconds, 3),
         "bytes_sent": comm.total().bytes_sent, "bytes_received": comm.total().bytes_recv,
