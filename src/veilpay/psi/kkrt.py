@@ -307,11 +307,11 @@ def _sender(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_pee
             np.bitwise_xor(u, gs.next((hi - lo) // 8), out=u)
             q_rows = transpose(u)
             e = order[bounds[k] : bounds[k + 1]]
-            t, who = e // n, e % n
-            word = codewords(keys.code, items[who], np.minimum(t, HASHES).astype(np.int8))
+            ent_set, who = e // n, e % n
+            word = codewords(keys.code, items[who], np.minimum(ent_set, HASHES).astype(np.int8))
             np.bitwise_and(word, s_row, out=word)
             np.bitwise_xor(word, q_rows[ent_bin[e] - lo], out=word)
-            values[t, ent_pos[e]] = correlation_robust_hash(keys.pi, word, ent_bin[e], size)
+            values[ent_set, ent_pos[e]] = correlation_robust_hash(keys.pi, word, ent_bin[e], size)
             bar.update(hi - lo)
     for t in range(sets):
         comm.exchange("kkrt.V", {peer: [values[t]]})
