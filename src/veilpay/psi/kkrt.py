@@ -321,9 +321,9 @@ def _sender(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_pee
     if answer.dtype != np.uint64 or answer.ndim != 1 or (len(answer) and int(answer.max()) >= sets * n):
         raise ProtocolMismatch(peer, "match positions out of range")
     codes = answer.astype(np.int64)
-    t, pos = codes // n, codes % n
+    in_set, pos = codes // n, codes % n
     inverse = np.argsort(perms, axis=1)
-    mine = np.unique(inverse[t, pos])
+    mine = np.unique(inverse[in_set, pos])
     return PsiResult(mine.astype(np.int64), len(mine), n_peer)
 
 
