@@ -252,7 +252,7 @@ def test_parquet_input_with_composite_key(tmp_path: Path) -> None:
 def test_failed_run_leaves_no_output(tmp_path: Path) -> None:
     fr = write(tmp_path / "r.csv", "cid\na\nb\n")
     out = tmp_path / "common.csv"
-    r, _ = two_party(lambda c: run_psi_files(c, "s", "receiver", fr, ["cid"], out),
+    r, _ = two_party(lambda c: run_psi_files(c, "s", "receiver", fr, ["cid"], out, protocol="ecdh"),
                      _fake_sender(lambda n: np.zeros((n, 32), np.uint8)))
     assert isinstance(r, InvalidPoint)
     assert list(tmp_path.iterdir()) == [fr]

@@ -29,7 +29,7 @@ HKDF over nonce_R || nonce_S, so neither party picks them alone.
 
 What each side learns: R learns |Y| and which of its ids are in Y, S learns |X| (and
 the common ids with reveal='both'). S's values for ids outside X are pseudorandom to
-R; each set V_t is shuffled, so R learns nothing of S's order or bin loads. S learns
+R; each set V_t is sorted by value, so R learns nothing of S's order or bin loads. S learns
 nothing of X beyond |X| and the attempt number (an attempt > 0 happens with
 probability about 2^-stat_sec). Parameters and their failure probabilities are in
 docs/psi.md.
@@ -46,7 +46,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from veilpay.crypto import Prg, derive_seed, item_digests, random_seed
+from veilpay.crypto import derive_seed, item_digests
 from veilpay.crypto.ot import AesEcb, BaseOtReceiver, BaseOtSender, ColumnPrgs, correlation_robust_hash
 from veilpay.crypto.points import InvalidPointError
 from veilpay.errors import InvalidInput, InvalidPoint, ProtocolMismatch
@@ -266,7 +266,7 @@ def _receiver(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_p
             raise ProtocolMismatch(peer, f"OPRF value set {t} should be ({n_peer}, {size}) bytes, "
                                          f"got {theirs.dtype} {theirs.shape}")
         mine_idx = np.flatnonzero(which == t)
-        i, j = match_pairs(own[mine_idx], theirs)
+        i, j = _match_sorted(peer, own[mine_idx], theirs)
         hits.append(mine_idx[i])
         codes.append(t * n_peer + j)
     found = np.concatenate(hits)
@@ -286,10 +286,8 @@ def _sender(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_pee
         raise ProtocolMismatch(peer, "bad cuckoo attempt number")
     sets = HASHES + stash
     bins = hash_bins(keys.hash_fns(int(got[0])), items, m)
-    # entry e = (id, set t): its OT row, and where its value goes in the shuffled set t
+    # entry e = t * n + id: id under set t (hash function t, or stash slot t - 3), and its OT row
     ent_bin = np.concatenate([bins.T.reshape(-1), np.repeat(m + np.arange(stash, dtype=np.int64), n)])
-    perms = np.stack([_permutation(n) for _ in range(sets)])
-    ent_pos = perms.reshape(-1)
     order = np.argsort(ent_bin // chunk, kind="stable")
     bounds = np.searchsorted(ent_bin[order] // chunk, np.arange(-(-rows // chunk) + 1))
     size = oprf_bytes(n_peer, n, stat_sec)
@@ -311,10 +309,14 @@ def _sender(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_pee
             word = codewords(keys.code, items[who], np.minimum(ent_set, HASHES).astype(np.int8))
             np.bitwise_and(word, s_row, out=word)
             np.bitwise_xor(word, q_rows[ent_bin[e] - lo], out=word)
-            values[ent_set, ent_pos[e]] = correlation_robust_hash(keys.pi, word, ent_bin[e], size)
+            values[ent_set, who] = correlation_robust_hash(keys.pi, word, ent_bin[e], size)
             bar.update(hi - lo)
+    # each set goes out sorted by value: an order that says nothing of S's ids, and
+    # R finds its values by binary search
+    orders = []
     for t in range(sets):
-        comm.exchange("kkrt.V", {peer: [values[t]]})
+        orders.append(np.argsort(_lookup_keys(values[t]), kind="stable"))
+        comm.exchange("kkrt.V", {peer: [values[t][orders[-1]]]})
     if reveal == "receiver":
         return PsiResult(None, -1, n_peer)
     answer = comm.exchange("kkrt.matches", recv={peer: 1})[peer][0]
@@ -322,11 +324,28 @@ def _sender(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_pee
         raise ProtocolMismatch(peer, "match positions out of range")
     codes = answer.astype(np.int64)
     in_set, pos = codes // n, codes % n
-    inverse = np.argsort(perms, axis=1)
-    mine = np.unique(inverse[in_set, pos])
+    mine = np.unique(np.stack(orders)[in_set, pos])
     return PsiResult(mine.astype(np.int64), len(mine), n_peer)
 
 
-def _permutation(n: int) -> np.ndarray:
-    """A random permutation from an AES-CTR PRG seeded by OS entropy."""
-    return np.argsort(Prg(random_seed()).uint64((n,)), kind="stable")
+def _lookup_keys(values: np.ndarray) -> np.ndarray:
+    """The first 8 bytes of each OPRF value as a uint64: the sort and search key."""
+    return np.ascontiguousarray(values[:, :8]).view("<u8").ravel()
+
+
+def _match_sorted(peer: str, mine: np.ndarray, theirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) with mine[i] == theirs[j] for ``theirs`` sorted by `_lookup_keys`; equal
+    keys among theirs (probability n^2 / 2^65) fall back to `match_pairs`."""
+    keys = _lookup_keys(theirs)
+    if len(keys) > 1 and bool((keys[1:] < keys[:-1]).any()):
+        raise ProtocolMismatch(peer, "OPRF values are not sorted")
+    if len(keys) > 1 and bool((keys[1:] == keys[:-1]).any()):
+        return match_pairs(mine, theirs)
+    none = np.zeros(0, dtype=np.int64)
+    if not len(mine) or not len(theirs):
+        return none, none
+    probe = _lookup_keys(mine)
+    pos = np.minimum(np.searchsorted(keys, probe), len(keys) - 1)
+    cand = np.flatnonzero(keys[pos] == probe)
+    same = (theirs[pos[cand]] == mine[cand]).all(axis=1)
+    return cand[same].astype(np.int64), pos[cand[same]].astype(np.int64)

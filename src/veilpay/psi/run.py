@@ -11,7 +11,7 @@ import numpy as np
 
 from veilpay.errors import InvalidInput
 from veilpay.net import Communicator
-from veilpay.psi.data import read_ids, read_rows, write_rows
+from veilpay.psi.data import copy_rows, read_ids, read_rows, write_rows
 from veilpay.psi.ecdh import ecdh_psi
 from veilpay.psi.kkrt import kkrt_psi
 from veilpay.psi.unbalanced import setup_server, unbalanced_psi
@@ -122,9 +122,10 @@ def run_psi_files(
     }
     if learns and res.indices is not None and output_path is not None:
         wanted = np.asarray(table.first_row, dtype=np.int64)[res.indices]  # ascending: indices are sorted
-        rows = read_rows(table.path, wanted, cols + ([sort_by] if sort_by else []))
-        if sort_by:
-            rows.sort(key=lambda r: r[-1])
-        write_rows(output_path, cols, [r[: len(cols)] for r in rows])
+        if sort_by or cols != table.header or not copy_rows(table.path, wanted, output_path):
+            rows = read_rows(table.path, wanted, cols + ([sort_by] if sort_by else []))
+            if sort_by:
+                rows.sort(key=lambda r: r[-1])
+            write_rows(output_path, cols, [r[: len(cols)] for r in rows])
         summary["output"] = str(output_path)
     return summary
