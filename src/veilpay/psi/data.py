@@ -20,7 +20,8 @@ import numpy as np
 from veilpay.errors import DataError, InvalidInput
 from veilpay.files import atomic_write
 
-__all__ = ["IdTable", "copy_rows", "join_key", "normalise_key", "split_key", "open_rows", "read_ids", "read_rows", "write_rows"]
+__all__ = ["IdTable", "copy_rows", "join_key", "normalise_key", "split_key", "open_rows", "read_ids", "read_rows",
+           "write_rows"]
 
 NORMALISE = ("none", "trim", "casefold")
 _BATCH = 1 << 16  # rows per batch in read_ids
