@@ -259,7 +259,8 @@ def test_failed_run_leaves_no_output(tmp_path: Path) -> None:
 
 
 @pytest.mark.tcp
-def test_psi_cli_two_processes_over_tls(tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", [[], ["--protocol", "ecdh"]], ids=["kkrt-default", "ecdh"])
+def test_psi_cli_two_processes_over_tls(tmp_path: Path, protocol: list[str]) -> None:
     from veilpay.cli.demo import _free_port_base
     from veilpay.net import provision_network
 
@@ -267,7 +268,7 @@ def test_psi_cli_two_processes_over_tls(tmp_path: Path) -> None:
     fr = write(tmp_path / "r.csv", "customer_id,country,v\n" + "".join(f"c{i},SG,{i}\n" for i in range(300)))
     fs = write(tmp_path / "s.csv", "customer_id,country\n" + "".join(f"c{i},SG\n" for i in range(150, 600)))
     base = [sys.executable, "-m", "veilpay.cli.main", "psi", "--network", str(net), "--key", "customer_id",
-            "--key", "country", "--reveal", "both", "--timeout", "60"]
+            "--key", "country", "--reveal", "both", "--timeout", "60", *protocol]
     procs = [
         subprocess.Popen(base + ["--role", "receiver", "--party", "wallet", "--input", str(fr), "--output",
                                  str(tmp_path / "r_out.csv"), "--columns", "customer_id,v"],
@@ -280,6 +281,7 @@ def test_psi_cli_two_processes_over_tls(tmp_path: Path) -> None:
     rows = (tmp_path / "r_out.csv").read_text().splitlines()
     assert rows[0] == "customer_id,v" and rows[1:] == [f"c{i},{i}" for i in range(150, 300)]
     assert len((tmp_path / "s_out.csv").read_text().splitlines()) == 151
+    assert json.loads(outs[0][0].splitlines()[-1])["protocol"] == (protocol[-1] if protocol else "kkrt")
 
 
 @pytest.mark.tcp

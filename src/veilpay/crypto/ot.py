@@ -18,9 +18,10 @@ receiver that samples pk_{1-c} some other way (malicious) is out of scope.
 
 The correlation-robust hash H(b, r) of a 512-bit row r = r_0..r_3 uses a fixed-key
 AES permutation pi (the key is public, per session):
-    z = XOR_i (pi(r_i) xor r_i),    H(b, r) = pi(z xor b) xor z xor b
+    w_i = r_i xor tau_i,   z = XOR_i (pi(w_i) xor w_i),   H(b, r) = pi(z xor b) xor z xor b
 It is the shape of the AES hashing in libOTe's KKRT encoder (MMO per block, then MMO
-again), with the OT index b as a tweak (Guo et al. 2020, TCCR). Since
+again) with tweaks in the style of Guo et al. 2020 (TCCR): tau_i = i + 1 in the upper
+half of block i, so H is not symmetric in the block order, and the OT index b. Since
 x -> pi(x) xor x is one-way for a random permutation, checking a guess means guessing
 every unknown bit of r at once: no meet-in-the-middle across the four blocks.
 """
@@ -52,6 +53,10 @@ P25519 = 2**255 - 19
 _A24 = 486662  # Curve25519: v^2 = u^3 + A u^2 + u
 _DST = b"veilpay/ot/x25519-gkm/v1"
 KEY_BYTES = 16
+# block i of a hashed row is tweaked by i + 1 in its upper 8 bytes (the OT index goes
+# in the lower 8 of the final block), so that reordering blocks changes the hash
+_BLOCK_TWEAKS = np.zeros((8, 16), dtype=np.uint8)
+_BLOCK_TWEAKS[:, 8] = np.arange(1, 9, dtype=np.uint8)
 
 
 def _on_curve(u: int) -> bool:
@@ -195,7 +200,7 @@ def correlation_robust_hash(pi: AesEcb, rows: np.ndarray, index: np.ndarray, nby
         raise InvalidInput("rows must be (n, 16k) uint8")
     if not 1 <= nbytes <= 16 or index.shape != (len(rows),):
         raise InvalidInput("nbytes must be 1..16 and index one per row")
-    blocks = rows.reshape(len(rows), -1, 16)
+    blocks = rows.reshape(len(rows), rows.shape[1] // 16, 16) ^ _BLOCK_TWEAKS[: rows.shape[1] // 16]
     mixed = pi(blocks)
     np.bitwise_xor(mixed, blocks, out=mixed)
     z = np.bitwise_xor.reduce(mixed.view(np.uint64), axis=1)  # (n, 2) words

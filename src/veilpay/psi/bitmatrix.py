@@ -51,7 +51,9 @@ def transpose(m: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         hi = min(rows, lo + _STEP)
         groups = (hi - lo) // 8
         # (groups, 8 rows, cbytes) -> (cbytes, groups, 8 rows): one uint64 per 8 x 8 block
-        blocks = np.ascontiguousarray(m[lo:hi].reshape(groups, 8, cbytes).transpose(2, 0, 1))
+        # a copy always: with one byte per row the regrouped view is already contiguous,
+        # and the swaps below must not write into the caller's array
+        blocks = m[lo:hi].reshape(groups, 8, cbytes).transpose(2, 0, 1).copy()
         words = blocks.view(np.uint64).reshape(cbytes, groups)
         _transpose8(words)
         # byte k of a block is now column bit k of those 8 rows
