@@ -328,7 +328,7 @@ def test_receiver_refuses_bad_value_sets() -> None:
         def after(c: Communicator, n: int) -> None:
             c.exchange("kkrt.attempt", recv={"r": 1})
             rows = -(-(kkrt_mod.bin_count(n, 40)) // 8) * 8
-            for lo in range(0, rows, 1 << 15):
+            for _ in range(0, rows, 1 << 15):
                 c.exchange("kkrt.U", recv={"r": 1})
             c.exchange("kkrt.V", {"r": [shape_fix(n)]})
         return _hello_then(after)
