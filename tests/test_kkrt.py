@@ -327,7 +327,7 @@ def test_receiver_refuses_bad_value_sets() -> None:
     def values(shape_fix: Callable[[int], np.ndarray]) -> Callable[[Communicator], None]:
         def after(c: Communicator, n: int) -> None:
             c.exchange("kkrt.attempt", recv={"r": 1})
-            rows = -(-(kkrt_mod.bin_count(n, 40)) // 8) * 8
+            rows = -(-(bin_count(n, 40)) // 8) * 8
             for _ in range(0, rows, 1 << 15):
                 c.exchange("kkrt.U", recv={"r": 1})
             c.exchange("kkrt.V", {"r": [shape_fix(n)]})
