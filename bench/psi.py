@@ -1,8 +1,9 @@
-"""ECDH-PSI benchmark: both parties as separate processes (`veilpay psi`) over TCP +
-mutual TLS on loopback, 50 % overlap. Prints one JSON line per size: wall seconds,
-bytes each way, peak RSS per party (from the OS), the plaintext set intersection's
-time, and this machine's X25519 cost with the floor it sets (4n scalar
-multiplications spread over every core).
+"""PSI benchmark: both parties as separate processes (`veilpay psi`) over TCP + mutual
+TLS on loopback, 50 % overlap. Prints one JSON line per size and protocol (KKRT, our
+default, and ECDH): wall seconds (process start to exit, reading the CSV and writing
+the common rows included), bytes each way, peak RSS per party (from the OS), the
+plaintext set intersection's time; for ECDH also this machine's X25519 cost with the
+floor it sets (4n scalar multiplications spread over every core).
 
 Peers on the same files in the same run, from the environments `make bench-peers`
 makes: SecretFlow's PSI (`spu.psi` 0.9.5: ECDH on Curve25519, KKRT, RR22; two
@@ -12,7 +13,8 @@ process, both roles; bench/peers/openmined_psi.py), each with our wall time / th
 Unbalanced mode in the same run: a 100k server set prepared once, then 1k-id client
 queries (the first downloads the prepared set, the second reuses it).
 
-    python bench/psi.py [--sizes 100000,1000000] [--no-peers] [--unbalanced 100000,1000]
+    python bench/psi.py [--sizes 100000,1000000] [--protocols kkrt,ecdh] [--no-peers]
+                        [--unbalanced 100000,1000]
 """
 
 from __future__ import annotations
@@ -70,14 +72,14 @@ def x25519_us_per_op() -> float:
     return 1e6 * (time.perf_counter() - t0) / len(pts)
 
 
-def run_size(n: int, work: Path, op_us: float) -> dict[str, Any]:
+def run_size(n: int, work: Path, op_us: float, protocol: str) -> dict[str, Any]:
     from veilpay.cli.demo import _free_port_base
     from veilpay.net import provision_network
 
-    net = provision_network(work / f"net{n}", ["receiver", "sender"], base_port=_free_port_base())
+    net = provision_network(work / f"net{n}{protocol}", ["receiver", "sender"], base_port=_free_port_base())
     fr, fs = work / f"r{n}.csv", work / f"s{n}.csv"
     base = [sys.executable, "-m", "veilpay.cli.main", "psi", "--network", str(net), "--key", "customer_id",
-            "--timeout", "1800"]
+            "--timeout", "1800", "--protocol", protocol]
     wall, summ, rss = _run_together({
         "receiver": base + ["--role", "receiver", "--party", "receiver", "--input", str(fr),
                             "--output", str(work / "o.csv")],
@@ -88,13 +90,17 @@ def run_size(n: int, work: Path, op_us: float) -> dict[str, Any]:
     _ = a & b
     plain = time.perf_counter() - t1
     cores = os.cpu_count() or 1
-    return {"bench": "psi", "protocol": "ecdh-x25519", "transport": "tcp+tls, 2 processes", "n_each": n,
-            "intersection": summ["receiver"]["intersection_size"], "wall_seconds": round(wall, 2),
-            "protocol_seconds": summ["receiver"]["seconds"], "bytes_receiver_to_sender": summ["receiver"]["bytes_sent"],
-            "bytes_sender_to_receiver": summ["sender"]["bytes_sent"], "peak_rss_mib": rss,
-            "plaintext_seconds": round(plain, 4), "ms_per_id": round(1000 * wall / n, 4),
-            "x25519_us_per_op": round(op_us, 1), "cores": cores,
-            "floor_seconds": round(4 * n * op_us / 1e6 / cores, 1)}
+    row = {"bench": "psi", "protocol": "kkrt (ot extension)" if protocol == "kkrt" else "ecdh-x25519",
+           "transport": "tcp+tls, 2 processes", "n_each": n,
+           "intersection": summ["receiver"]["intersection_size"], "wall_seconds": round(wall, 2),
+           "protocol_seconds": summ["receiver"]["seconds"], "bytes_receiver_to_sender": summ["receiver"]["bytes_sent"],
+           "bytes_sender_to_receiver": summ["sender"]["bytes_sent"], "peak_rss_mib": rss,
+           "plaintext_seconds": round(plain, 4), "ms_per_id": round(1000 * wall / n, 4), "cores": cores}
+    if protocol == "ecdh":
+        row |= {"x25519_us_per_op": round(op_us, 1), "floor_seconds": round(4 * n * op_us / 1e6 / cores, 1)}
+    else:
+        row |= {"target_seconds_1m": 7.5, "target_rss_mib": 1536}
+    return row
 
 
 def run_spu(n: int, work: Path, protocol: str) -> dict[str, Any]:
@@ -171,6 +177,7 @@ def peer_rows(n: int, work: Path) -> Iterator[dict[str, Any]]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--protocols", default="kkrt,ecdh", help="ours, comma separated: kkrt, ecdh")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--unbalanced", default="100000,1000", help="server,client sizes; '' skips it")
     a = ap.parse_args()
@@ -180,13 +187,16 @@ def main() -> None:
         for n in (int(v) for v in a.sizes.split(",") if v):
             _write(work / f"r{n}.csv", range(n))
             _write(work / f"s{n}.csv", range(n // 2, n + n // 2))
-            ours = run_size(n, work, op_us)
-            print(json.dumps(ours), flush=True)
+            ours = {}
+            for protocol in (p for p in a.protocols.split(",") if p):
+                ours[protocol] = run_size(n, work, op_us, protocol)
+                print(json.dumps(ours[protocol]), flush=True)
             if a.no_peers:
                 continue
             for row in peer_rows(n, work):
                 if "wall_seconds" in row:
-                    row["ours_over_peer_wall"] = round(ours["wall_seconds"] / row["wall_seconds"], 3)
+                    for protocol, mine in ours.items():
+                        row[f"{protocol}_over_peer_wall"] = round(mine["wall_seconds"] / row["wall_seconds"], 3)
                 print(json.dumps(row), flush=True)
         if a.unbalanced:
             n_server, n_client = (int(v) for v in a.unbalanced.split(","))
