@@ -154,16 +154,24 @@ def random_permutation(n: int) -> np.ndarray:
 
 
 def match_pairs(mine: np.ndarray, theirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(i, j) with mine[i] == theirs[j], i ascending; both are (n, 32) uint8 arrays of
-    distinct rows. Sorted 64-bit prefixes find candidates, full rows confirm them;
-    equal prefixes among ``theirs`` (probability n^2 / 2^65) fall back to an exact
-    dictionary."""
+    """(i, j) with mine[i] == theirs[j], i ascending; both are (n, w >= 8) uint8 arrays
+    of distinct rows."""
+    if not len(theirs):
+        return match_sorted(mine, theirs, np.zeros(0, dtype="<u8"), np.zeros(0, dtype=np.int64))
+    keys = np.ascontiguousarray(theirs[:, :8]).view("<u8").ravel()
+    order = np.argsort(keys, kind="stable")
+    return match_sorted(mine, theirs, keys[order], order)
+
+
+def match_sorted(mine: np.ndarray, theirs: np.ndarray, sorted_keys: np.ndarray,
+                 order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`match_pairs` where ``sorted_keys`` are the 64-bit prefixes of ``theirs`` in
+    ascending order and ``order`` their positions in ``theirs``. Sorted prefixes find
+    candidates, full rows confirm them; equal prefixes among ``theirs`` (probability
+    n^2 / 2^65) fall back to an exact dictionary."""
     none = np.zeros(0, dtype=np.int64)
     if not len(mine) or not len(theirs):
         return none, none
-    keys = np.ascontiguousarray(theirs[:, :8]).view("<u8").ravel()
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
     if len(sorted_keys) > 1 and bool((sorted_keys[1:] == sorted_keys[:-1]).any()):
         table = {row.tobytes(): j for j, row in enumerate(theirs)}
         pairs = [(i, table[row.tobytes()]) for i, row in enumerate(mine) if row.tobytes() in table]

@@ -54,7 +54,7 @@ from veilpay.net import Communicator
 from veilpay.progress import progress
 from veilpay.psi.bitmatrix import transpose
 from veilpay.psi.cuckoo import HASHES, CuckooFailure, bin_count, hash_bins, place
-from veilpay.psi.ecdh import REVEAL, PsiResult, match_pairs
+from veilpay.psi.ecdh import REVEAL, PsiResult, match_sorted, spans
 
 __all__ = ["CHUNK", "KKRT_VERSION", "WIDTH", "kkrt_psi", "oprf_bytes"]
 
@@ -151,10 +151,6 @@ def _ot_rows(n_receiver: int, stash: int, stat_sec: int) -> tuple[int, int]:
     return m, -(-(m + stash) // 8) * 8
 
 
-def _spans(total: int, chunk: int) -> list[tuple[int, int]]:
-    return [(lo, min(lo + chunk, total)) for lo in range(0, total, chunk)]
-
-
 def kkrt_psi(
     comm: Communicator,
     peer: str,
@@ -239,7 +235,7 @@ def _receiver(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_p
     own = np.empty((n, size), dtype=np.uint8)
     g0, g1 = ColumnPrgs(k0), ColumnPrgs(k1)
     with progress(rows, "kkrt receiver", unit="ot", enabled=show_progress) as bar:
-        for lo, hi in _spans(rows, chunk):
+        for lo, hi in spans(rows, chunk):
             who = row_item[lo:hi]
             occ = np.flatnonzero(who >= 0)
             c = np.zeros((hi - lo, _WBYTES), dtype=np.uint8)
@@ -288,15 +284,16 @@ def _sender(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_pee
     bins = hash_bins(keys.hash_fns(int(got[0])), items, m)
     # entry e = t * n + id: id under set t (hash function t, or stash slot t - 3), and its OT row
     ent_bin = np.concatenate([bins.T.reshape(-1), np.repeat(m + np.arange(stash, dtype=np.int64), n)])
-    order = np.argsort(ent_bin // chunk, kind="stable")
-    bounds = np.searchsorted(ent_bin[order] // chunk, np.arange(-(-rows // chunk) + 1))
+    ent_chunk = ent_bin // chunk
+    order = np.argsort(ent_chunk, kind="stable")
+    bounds = np.searchsorted(ent_chunk[order], np.arange(-(-rows // chunk) + 1))
     size = oprf_bytes(n_peer, n, stat_sec)
     values = np.empty((sets, n, size), dtype=np.uint8)
     s_row = choices.copy()  # s as a 64-byte row
     col_mask = (s_bits.astype(np.uint8) * np.uint8(0xFF))[:, None]
     gs = ColumnPrgs(ks)
     with progress(rows, "kkrt sender", unit="ot", enabled=show_progress) as bar:
-        for k, (lo, hi) in enumerate(_spans(rows, chunk)):
+        for k, (lo, hi) in enumerate(spans(rows, chunk)):
             u = comm.exchange("kkrt.U", recv={peer: 1})[peer][0]
             if u.dtype != np.uint8 or u.shape != (WIDTH, (hi - lo) // 8):
                 raise ProtocolMismatch(peer, f"correction matrix {k} should be ({WIDTH}, {(hi - lo) // 8}) "
@@ -334,18 +331,8 @@ def _lookup_keys(values: np.ndarray) -> np.ndarray:
 
 
 def _match_sorted(peer: str, mine: np.ndarray, theirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(i, j) with mine[i] == theirs[j] for ``theirs`` sorted by `_lookup_keys`; equal
-    keys among theirs (probability n^2 / 2^65) fall back to `match_pairs`."""
+    """(i, j) with mine[i] == theirs[j] for ``theirs`` sorted by `_lookup_keys`."""
     keys = _lookup_keys(theirs)
     if len(keys) > 1 and bool((keys[1:] < keys[:-1]).any()):
         raise ProtocolMismatch(peer, "OPRF values are not sorted")
-    if len(keys) > 1 and bool((keys[1:] == keys[:-1]).any()):
-        return match_pairs(mine, theirs)
-    none = np.zeros(0, dtype=np.int64)
-    if not len(mine) or not len(theirs):
-        return none, none
-    probe = _lookup_keys(mine)
-    pos = np.minimum(np.searchsorted(keys, probe), len(keys) - 1)
-    cand = np.flatnonzero(keys[pos] == probe)
-    same = (theirs[pos[cand]] == mine[cand]).all(axis=1)
-    return cand[same].astype(np.int64), pos[cand[same]].astype(np.int64)
+    return match_sorted(mine, theirs, keys, np.arange(len(keys)))
