@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from parties import run_threads
 
-from veilpay.crypto.ot import AesEcb, BaseOtReceiver, BaseOtSender, ColumnPrgs, correlation_robust_hash
+from veilpay.crypto.ot import AesEcb, BaseOtReceiver, BaseOtSender, ColumnPrgs, correlation_robust_hash, id_prf
 from veilpay.errors import InvalidInput, PeerDisconnected, ProtocolMismatch, ProtocolTimeout, WireFormatError
 from veilpay.net import Communicator
 from veilpay.psi import choose_protocol, ecdh_psi, kkrt_psi, run_psi_files
@@ -377,3 +377,14 @@ def test_failed_kkrt_run_leaves_no_output(tmp_path: Path) -> None:
                      _hello_then(lambda c, n: None, stat_sec=41))
     assert isinstance(r, ProtocolMismatch)
     assert list(tmp_path.iterdir()) == [fr]
+
+
+def test_id_prf_known_answers_and_mixed_lengths() -> None:
+    vecs = load_json_vectors("kkrt/id_prf.json")
+    key = bytes.fromhex(vecs[0]["key"])
+    ids = [bytes.fromhex(v["id"]) for v in vecs]
+    got = id_prf(key, ids)  # mixed lengths
+    assert [g.tobytes().hex() for g in got] == [v["mac"] for v in vecs]
+    same = [b"cust-%012d" % i for i in range(50)]  # one length: the fast path
+    assert np.array_equal(id_prf(key, same), np.concatenate([id_prf(key, [i]) for i in same]))
+    assert len({r.tobytes() for r in id_prf(key, same)}) == 50 and id_prf(key, []).shape == (0, 16)

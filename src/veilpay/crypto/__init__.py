@@ -2,7 +2,7 @@
 certificates and TLS contexts. Everything above uses these wrappers."""
 
 from veilpay.crypto.certs import Identity, issue_party_certificate, make_ca, write_identity
-from veilpay.crypto.digest import item_digests, sha256, sha256_file
+from veilpay.crypto.digest import sha256, sha256_file
 from veilpay.crypto.keyagree import SeedAgreement
 from veilpay.crypto.p256_oprf import OprfKey, check_p256_points, hash_to_p256
 from veilpay.crypto.points import InvalidPointError
@@ -26,7 +26,6 @@ __all__ = [
     "client_context",
     "derive_seed",
     "issue_party_certificate",
-    "item_digests",
     "label_digest",
     "make_ca",
     "peer_common_name",

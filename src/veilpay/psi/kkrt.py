@@ -46,8 +46,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from veilpay.crypto import derive_seed, item_digests
-from veilpay.crypto.ot import AesEcb, BaseOtReceiver, BaseOtSender, ColumnPrgs, correlation_robust_hash
+from veilpay.crypto import derive_seed
+from veilpay.crypto.ot import AesEcb, BaseOtReceiver, BaseOtSender, ColumnPrgs, correlation_robust_hash, id_prf
 from veilpay.crypto.points import InvalidPointError
 from veilpay.errors import InvalidInput, InvalidPoint, ProtocolMismatch
 from veilpay.net import Communicator
@@ -124,11 +124,12 @@ def _check_hello(peer: str, got: np.ndarray, role: str, reveal: str, stat_sec: i
 
 
 class _Keys:
-    """The session's public keys, from both nonces: code, cuckoo hash functions,
-    fixed-key AES of the hash, random-walk seed."""
+    """The session's public keys, from both nonces: ids to items, code, cuckoo hash
+    functions, fixed-key AES of the hash, random-walk seed."""
 
     def __init__(self, nonce_r: bytes, nonce_s: bytes) -> None:
         self.joint = DST + nonce_r + nonce_s
+        self.id_key = derive_seed(self.joint, "kkrt/ids")[:16]
         self.code = AesEcb(derive_seed(self.joint, "kkrt/code")[:16])
         self.pi = AesEcb(derive_seed(self.joint, "kkrt/cr-hash")[:16])
 
@@ -189,7 +190,7 @@ def kkrt_psi(
         except InvalidPointError as exc:
             raise InvalidPoint(peer, f"base OT {exc.index}: small-order key") from exc
         keys = _Keys(nonce, nonce_peer)
-        items = item_digests(ids, DST)
+        items = id_prf(keys.id_key, ids)
         if not len(ids) or not n_peer:
             return PsiResult(np.zeros(0, dtype=np.int64), 0, n_peer)
         return _receiver(comm, peer, keys, items, n_peer, k0, k1, reveal, stat_sec, stash, chunk, show_progress)
@@ -204,7 +205,7 @@ def kkrt_psi(
     except InvalidPointError as exc:
         raise InvalidPoint(peer, "small-order base OT sender key") from exc
     keys = _Keys(nonce_peer, nonce)
-    items = item_digests(ids, DST)
+    items = id_prf(keys.id_key, ids)
     if not len(ids) or not n_peer:
         return PsiResult(np.zeros(0, dtype=np.int64) if reveal == "both" else None,
                          0 if reveal == "both" else -1, n_peer)
