@@ -24,7 +24,7 @@ q_i = PRG(k_{s_i}) ^ s_i u_i = t0_i ^ s_i c_i, so row b is q_b = t0_b ^ (C(x_b) 
 R's output for bin b is H(b, t0_b); S's value for y in bin b is
 H(b, q_b ^ (C(y) & s)), equal exactly when C(y) = C(x_b). C is a pseudorandom code of
 width 512 (AES of the id under four tweaks), H the correlation-robust hash of
-`veilpay.crypto.ot`. Public keys (code, hash functions, fixed-key AES) come from
+`veilpay.crypto.ot`. Public keys (id PRF, code, hash functions, fixed-key AES) come from
 HKDF over nonce_R || nonce_S, so neither party picks them alone.
 
 What each side learns: R learns |Y| and which of its ids are in Y, S learns |X| (and
