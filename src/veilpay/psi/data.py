@@ -162,7 +162,7 @@ def read_ids(path: str | Path, keys: Sequence[str], normalise: str = "trim", on_
             start = table.rows
             table.rows += len(batch)
             parts = [_norm_all([row[c] for row in batch], normalise) for c in cols]
-            keep = range(start, table.rows)
+            keep: Sequence[int] = range(start, table.rows)
             if any("" in col for col in parts):
                 empty = [i for i in range(len(batch)) if any(col[i] == "" for col in parts)]
                 if on_null == "error":
@@ -173,7 +173,7 @@ def read_ids(path: str | Path, keys: Sequence[str], normalise: str = "trim", on_
                 dropped = set(empty)
                 kept = [i for i in range(len(batch)) if i not in dropped]
                 parts = [[col[i] for i in kept] for col in parts]
-                keep = [start + i for i in kept]  # type: ignore[assignment]
+                keep = [start + i for i in kept]
             if len(parts) == 1:
                 ids.extend([f"{len(p)}{_SEP}{p}".encode() for p in parts[0]])
             else:
