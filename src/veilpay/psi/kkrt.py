@@ -230,8 +230,10 @@ def _receiver(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_p
     row_item = np.full(rows, -1, dtype=np.int64)
     row_item[:m] = table.item
     row_item[m : m + stash] = table.stash
-    row_fn = np.full(rows, HASHES, dtype=np.int8)  # stash rows use the stash tweak
-    row_fn[:m] = table.fn
+    # the set of S's values each OT row is compared with: its hash function, or 3 + its stash slot
+    row_set = np.full(rows, -1, dtype=np.int64)
+    row_set[:m] = table.fn
+    row_set[m : m + stash] = HASHES + np.arange(stash)
     size = oprf_bytes(n, n_peer, stat_sec)
     own = np.empty((n, size), dtype=np.uint8)
     g0, g1 = ColumnPrgs(k0), ColumnPrgs(k1)
@@ -240,7 +242,7 @@ def _receiver(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_p
             who = row_item[lo:hi]
             occ = np.flatnonzero(who >= 0)
             c = np.zeros((hi - lo, _WBYTES), dtype=np.uint8)
-            c[occ] = codewords(keys.code, items[who[occ]], row_fn[lo:hi][occ])
+            c[occ] = codewords(keys.code, items[who[occ]], np.minimum(row_set[lo:hi][occ], HASHES))
             t0 = g0.next((hi - lo) // 8)
             u = transpose(c)
             np.bitwise_xor(u, t0, out=u)
@@ -249,12 +251,9 @@ def _receiver(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_p
             t0_rows = transpose(t0)
             own[who[occ]] = correlation_robust_hash(keys.pi, t0_rows[occ], lo + occ, size)
             bar.update(hi - lo)
-    # which of S's sets each id is compared with: its hash function, or 3 + its stash slot
     which = np.empty(n, dtype=np.int64)
-    placed = np.flatnonzero(table.item >= 0)
-    which[table.item[placed]] = table.fn[placed]
-    slots = np.flatnonzero(table.stash >= 0)
-    which[table.stash[slots]] = HASHES + slots
+    used = np.flatnonzero(row_item >= 0)
+    which[row_item[used]] = row_set[used]
     hits: list[np.ndarray] = []
     codes: list[np.ndarray] = []
     for t in range(HASHES + stash):
