@@ -18,14 +18,31 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from veilpay.host import keep_freed_memory
 
-from veilpay.mpc import Protocol, nonlinear, run_local, share
+
+def _blas_arg(argv: list[str]) -> str:
+    for i, arg in enumerate(argv):
+        if arg == "--blas" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--blas="):
+            return arg.split("=", 1)[1]
+    return "auto"
+
+
+if __name__ == "__main__" and _blas_arg(sys.argv) == "auto":
+    # The in-memory runs use this process's BLAS, which reads the pin at numpy's import.
+    os.environ.pop("OPENBLAS_CORETYPE", None)
+
+import numpy as np  # noqa: E402
+
+from veilpay.mpc import Protocol, nonlinear, run_local, share  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -120,44 +137,62 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--quick", action="store_true", help="core ops only (no less_than/sigmoid)")
     ap.add_argument("--mpyc-n", type=int, default=10_000, help="elements for MPyC's element-wise ops")
+    ap.add_argument("--ops", help="comma-separated subset of the ops (default: all)")
+    ap.add_argument("--no-peers", action="store_true", help="skip SPU and MPyC")
+    ap.add_argument("--blas", choices=["auto", "inherit"], default="auto",
+                    help="auto (default): lift an OPENBLAS_CORETYPE pin so OpenBLAS picks this CPU's kernels; "
+                    "inherit: keep it")
     a = ap.parse_args()
+    keep_freed_memory()
     from veilpay.cli.demo import _free_port_base
     from veilpay.cli.launch import launch
     from veilpay.net import provision_network
 
+    coretype = os.environ.get("OPENBLAS_CORETYPE", "auto") if a.blas == "inherit" else "auto"
     ops = ["fxp_mul", "int_mul", "matmul_100", "matmul_1000"] + ([] if a.quick else ["less_than", "sigmoid"])
+    if a.ops:
+        unknown = set(a.ops.split(",")) - set(_ALL_OPS)
+        if unknown:
+            raise SystemExit(f"unknown ops: {sorted(unknown)}; choose from {_ALL_OPS}")
+        ops = a.ops.split(",")
     plain = {op: plaintext_seconds(op, a.n) for op in ops}
     ours: dict[tuple[str, str], float] = {}
     work = Path(tempfile.mkdtemp(prefix="veilpay-bench-"))
     env = {"PYTHONPATH": str(HERE.parent)}
-    runs = [("semi2k", "exact", ops), ("semi2k", "local", ["fxp_mul"]), ("aby3", "exact", ops)]
+    runs = [("semi2k", "exact", ops), ("aby3", "exact", ops)]
+    if "fxp_mul" in ops:
+        runs.insert(1, ("semi2k", "local", ["fxp_mul"]))
     try:
         for protocol, trunc, run_ops in runs:
             net = provision_network(work / f"{protocol}-{trunc}", ["p0", "p1", "p2"], base_port=_free_port_base())
             args = {p: {"n": a.n, "ops": run_ops} for p in ("p0", "p1", "p2")}
-            res = launch(str(net), "bench.mpc:bench_program", protocol, args, trunc=trunc, timeout=1800, extra_env=env)
+            res = launch(str(net), "bench.mpc:bench_program", protocol, args, trunc=trunc, timeout=1800,
+                         extra_env=env, blas=a.blas)
             for i, fig in enumerate(res["p0"]):
                 slowest = max(res[p][i]["seconds"] for p in res)
                 if trunc == "exact":
                     ours[(protocol, fig["op"])] = slowest
                 print(json.dumps({
                     "bench": "mpc", "protocol": protocol, "trunc": _TRUNC[protocol, trunc],
-                    "transport": "tcp+tls, 3 processes", "n": a.n, **fig, "seconds": slowest,
+                    "transport": "tcp+tls, 3 processes", "blas_coretype": coretype, "n": a.n, **fig, "seconds": slowest,
                     "bytes_sent_all": sum(res[p][i]["bytes_sent_this_party"] for p in res),
                     "plaintext_seconds": round(plain[fig["op"]], 6),
                     "slowdown_vs_plaintext": round(slowest / max(plain[fig["op"]], 1e-9), 1),
                 }), flush=True)
             if trunc == "exact":
                 mem = run_local(bench_program, protocol, timeout=600,
-                                kwargs={p: {"n": a.n, "ops": ops[:4]} for p in ("p0", "p1", "p2")})
+                                kwargs={p: {"n": a.n, "ops": [o for o in ops if o in _ALL_OPS[:4]]}
+                                        for p in ("p0", "p1", "p2")})
                 for fig in mem["p0"]:
                     print(json.dumps({"bench": "mpc", "protocol": protocol, "transport": "in-memory threads",
                                       "n": a.n, **fig}), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    _peers(ops, a.n, a.mpyc_n, ours)
+    if not a.no_peers:
+        _peers(ops, a.n, a.mpyc_n, ours)
 
 
+_ALL_OPS = ["fxp_mul", "int_mul", "matmul_100", "matmul_1000", "less_than", "sigmoid"]
 _TRUNC = {("semi2k", "exact"): "exact (dealer pair, 1 round)", ("semi2k", "local"): "local (SecureML)",
           ("aby3", "exact"): "exact (P0 as dealer, fused with the product)"}
 

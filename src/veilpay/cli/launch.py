@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from veilpay.errors import ProtocolError
+from veilpay.host import blas_env
 from veilpay.mpc.runtime import new_session
 from veilpay.net import load_network
 
@@ -35,12 +36,15 @@ def launch(
     trunc: str = "exact",
     timeout: float = 120.0,
     extra_env: dict[str, str] | None = None,
+    blas: str = "inherit",
 ) -> dict[str, Any]:
+    """Run ``program`` at every party; ``blas`` is `veilpay.host.blas_env`'s choice
+    for the party processes."""
     network = load_network(network_file)
     parties = parties or network.party_ids
     session = new_session().hex()
     procs = {}
-    env = {**os.environ, **_blas_threads(len(parties)), **(extra_env or {})}
+    env = {**blas_env(os.environ, blas), **_blas_threads(len(parties)), **(extra_env or {})}
     for p in parties:
         cmd = [
             sys.executable, "-m", "veilpay.cli.main", "node", "--network", network_file, "--party", p,

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from veilpay.errors import ConfigError, VeilpayError
+from veilpay.host import BLAS_CHOICES
 
 
 def _cmd_keys(a: argparse.Namespace) -> int:
@@ -118,7 +119,10 @@ def _cmd_mcp(a: argparse.Namespace) -> int:
 def _cmd_node(a: argparse.Namespace) -> int:
     if a.action == "serve":
         return _node_serve(a)
+    from veilpay.host import keep_freed_memory
     from veilpay.mpc import load_program, run_party
+
+    keep_freed_memory()
 
     if not a.program:
         raise ConfigError("node run: --program is required")
@@ -184,7 +188,7 @@ def _cmd_launch(a: argparse.Namespace) -> int:
 
     args = json.loads(a.args_json) if a.args_json else {}
     results = launch(a.network, a.program, a.protocol, args, compute=a.compute.split(",") if a.compute else None,
-                     trunc=a.trunc)
+                     trunc=a.trunc, blas=a.blas)
     print(json.dumps(results, indent=2))
     return 0
 
@@ -319,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     la = sub.add_parser("launch", help="start every party of the network as a local process")
     _mpc_options(la)
     la.add_argument("--args-json", help='per-party arguments: {"party": {...}}')
+    la.add_argument("--blas", choices=BLAS_CHOICES, default="inherit",
+                    help="the parties' OpenBLAS kernels: inherit OPENBLAS_CORETYPE, or auto (drop a pin; "
+                    "ring products are exact whatever the kernel)")
     la.set_defaults(fn=_cmd_launch)
 
     ps = sub.add_parser("psi", help="private set intersection with one peer over mutual TLS "

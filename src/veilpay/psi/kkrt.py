@@ -37,8 +37,6 @@ docs/psi.md.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import math
 import secrets
 import struct
@@ -50,6 +48,7 @@ from veilpay.crypto import derive_seed
 from veilpay.crypto.ot import AesEcb, BaseOtReceiver, BaseOtSender, ColumnPrgs, correlation_robust_hash, id_prf
 from veilpay.crypto.points import InvalidPointError
 from veilpay.errors import InvalidInput, InvalidPoint, ProtocolMismatch
+from veilpay.host import keep_freed_memory
 from veilpay.net import Communicator
 from veilpay.progress import progress
 from veilpay.psi.bitmatrix import transpose
@@ -77,21 +76,6 @@ def oprf_bytes(n_receiver: int, n_sender: int, stat_sec: int) -> int:
     keys on 8 bytes), at most 16."""
     bits = stat_sec + math.ceil(math.log2(max(2, n_receiver * n_sender)))
     return min(16, max(8, math.ceil(bits / 8)))
-
-
-def _keep_freed_memory() -> None:
-    """Ask glibc to reuse freed big buffers instead of returning them to the OS: on a
-    VM the first touch of a fresh page costs microseconds, and the protocol works in
-    chunks that free and allocate the same sizes over and over."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    try:
-        libc = ctypes.CDLL(name)
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: big blocks from the heap
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB free
-    except (OSError, AttributeError):
-        return
 
 
 def _hello(role: str, reveal: str, n: int, stat_sec: int, stash: int, chunk: int, nonce: bytes,
@@ -177,7 +161,7 @@ def kkrt_psi(
         raise InvalidInput("chunk must be a multiple of 128 between 128 and 2^20")
     if len(set(ids)) != len(ids):
         raise InvalidInput("ids must be distinct: deduplicate first")
-    _keep_freed_memory()
+    keep_freed_memory()
     nonce = secrets.token_bytes(_NONCE)
     if role == "receiver":
         ot_send = BaseOtSender()
