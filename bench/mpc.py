@@ -79,6 +79,7 @@ def bench_program(
         table[name]()  # warm-up: first-use costs (page faults, TCP windows) are not the op's
         rt.comm.reset_stats()
         times = []
+        cpu0 = time.process_time()
         for _ in range(repeats):
             _sync(rt)
             t0 = time.perf_counter()
@@ -86,12 +87,14 @@ def bench_program(
                 table[name]()
             _sync(rt)
             times.append((time.perf_counter() - t0) / inner)
+        cpu = (time.process_time() - cpu0) / (inner * repeats)
         total = rt.comm.total()
         sync = rt.comm.stats()["sync"]
         out.append({
             "op": name, "seconds": round(float(np.median(times)), 5), "repeats": repeats,
             "rounds": (total.rounds - sync.rounds) // (inner * repeats),
             "bytes_sent_this_party": (total.bytes_sent - sync.bytes_sent) // (inner * repeats),
+            "cpu_seconds_this_party": round(cpu, 5),
         })
     return out
 
@@ -176,6 +179,7 @@ def main() -> None:
                     "bench": "mpc", "protocol": protocol, "trunc": _TRUNC[protocol, trunc],
                     "transport": "tcp+tls, 3 processes", "blas_coretype": coretype, "n": a.n, **fig, "seconds": slowest,
                     "bytes_sent_all": sum(res[p][i]["bytes_sent_this_party"] for p in res),
+                    "cpu_seconds_all": round(sum(res[p][i]["cpu_seconds_this_party"] for p in res), 5),
                     "plaintext_seconds": round(plain[fig["op"]], 6),
                     "slowdown_vs_plaintext": round(slowest / max(plain[fig["op"]], 1e-9), 1),
                 }), flush=True)

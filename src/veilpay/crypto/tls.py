@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import Any, Protocol
 
 from veilpay.errors import ConfigError
 
@@ -37,7 +38,11 @@ def client_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
-def peer_common_name(sock: ssl.SSLSocket) -> str | None:
+class _HasPeerCert(Protocol):
+    def getpeercert(self) -> dict[str, Any] | None: ...
+
+
+def peer_common_name(sock: _HasPeerCert) -> str | None:
     """The common name of the verified peer certificate, or None."""
     cert = sock.getpeercert()
     if not cert:

@@ -28,6 +28,7 @@ from veilpay.errors import (
 from veilpay.net.channel import Channel, read_message, write_message
 from veilpay.net.communicator import Communicator
 from veilpay.net.config import NetworkConfig
+from veilpay.net.tlsstream import TlsStream
 from veilpay.net.wire import encode_header
 
 __all__ = ["connect_mesh"]
@@ -49,7 +50,7 @@ def _listen(host: str, port: int) -> socket.socket:
     return srv
 
 
-def _tune(sock: socket.socket) -> None:
+def _tune(sock: socket.socket | TlsStream) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
@@ -72,7 +73,7 @@ def connect_mesh(
     cctx = client_context(network.ca, entry.cert, entry.key)
     peers = [p for p in parties if p != me]
     deadline = time.monotonic() + connect_timeout
-    incoming: dict[str, ssl.SSLSocket] = {}
+    incoming: dict[str, TlsStream] = {}
     errors: list[BaseException] = []
     srv = _listen(entry.host, entry.port)
 
@@ -88,11 +89,10 @@ def connect_mesh(
             except OSError as exc:
                 errors.append(exc)
                 return
-            tls: ssl.SSLSocket | None = None
+            tls: TlsStream | None = None
             try:
-                raw.settimeout(max(0.1, deadline - time.monotonic()))
-                tls = sctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
-                tls.do_handshake()  # separately, so that a failed handshake still closes this socket
+                tls = TlsStream(raw, sctx, server_side=True)
+                tls.do_handshake(max(time.monotonic() + 0.1, deadline))
                 name = peer_common_name(tls)
                 hello, _ = read_message(tls, name or "?", session, _HELLO, 0, deadline, max_payload=256)
                 claimed = bytes(hello).decode()
@@ -108,11 +108,11 @@ def connect_mesh(
             except (ssl.SSLError, OSError, VeilpayError, UnicodeDecodeError) as exc:
                 # A stranger with no valid certificate does not stop the party.
                 log.warning("refused an incoming connection: %s", type(exc).__name__)
-                (tls or raw).close()  # after wrap_socket the TLS socket owns the descriptor
+                (tls or raw).close()  # the TLS stream owns the descriptor
 
     acceptor = threading.Thread(target=accept_loop, name=f"accept-{me}", daemon=True)
     acceptor.start()
-    outgoing: dict[str, ssl.SSLSocket] = {}
+    outgoing: dict[str, TlsStream] = {}
     try:
         for peer in peers:
             target = network.parties[peer]
@@ -125,12 +125,15 @@ def connect_mesh(
                 except OSError:
                     time.sleep(0.05)
                     continue
-                tls = cctx.wrap_socket(raw, server_hostname=peer, do_handshake_on_connect=False)
+                tls = TlsStream(raw, cctx, server_side=False, server_hostname=peer)
                 try:
-                    tls.do_handshake()
+                    tls.do_handshake(deadline)
                 except ssl.SSLError as exc:
                     tls.close()
                     raise PeerAuthenticationError(peer, f"TLS handshake refused: {exc.reason}") from exc
+                except TimeoutError as exc:
+                    tls.close()
+                    raise ProtocolTimeout(peer, f"TLS handshake did not finish within {connect_timeout:g} s") from exc
                 except OSError as exc:
                     # TLS 1.3 checks the client certificate after the client's
                     # Finished: a refusal shows up here as a reset connection.
