@@ -221,13 +221,15 @@ def test_mul_costs(protocol: str, trunc: str) -> None:
         # Beaver: one round, e and f to the peer; the dealer sends only c1 to P1.
         assert res["p0"][0]["mul"] == (1, 2 * (n * 8 + HDR + 3))
         assert res["p2"][0]["mul"] == (1, n * 8 + HDR + 3)
-        # exact truncation: one more round, x + r to the peer; dealer: r>>d, msb(r) to P1.
+        # exact truncation: one more round, x + r to the peer; dealer: r>>d and, mod 2^16
+        # (u16, f = 16), msb(r) to P1.
         assert res["p0"][0]["trunc"] == (1, n * 8 + HDR + 5)
-        assert res["p2"][0]["trunc"] == (1, 2 * (n * 8 + HDR + 5))
+        assert res["p2"][0]["trunc"] == (1, (n * 8 + HDR + 5) + (n * 2 + HDR + 5))
     elif trunc == "exact":
         # fused: round 1 opens z + r to P1, P2 (P0 sends u to P1; u', r>>d, msb r to P2;
         # P1 and P2 swap one masked element); round 2 reshares y2 between P1 and P2.
-        assert res["p0"][0]["mul"] == (1, 4 * (msg + 3))
+        # msb r travels mod 2^16 (u16, f = 16).
+        assert res["p0"][0]["mul"] == (1, 3 * (msg + 3) + (n * 2 + HDR + 3))
         assert res["p1"][0]["mul"] == res["p2"][0]["mul"] == (1, msg + 3)
         assert res["p0"][0]["mul.trunc"] == (1, 0)
         assert res["p1"][0]["mul.trunc"] == res["p2"][0]["mul.trunc"] == (1, msg + 9)
@@ -396,3 +398,28 @@ def test_shared_tensor_has_no_truth_value_and_hides_shares() -> None:
 
     r = run("aby3", prog, np.array([1.0, 2.0]))
     assert r == "SharedTensor(shape=(2,), fixed, protocol=aby3)"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("frac_bits", [8, 20, 28])
+def test_exact_truncation_at_other_fraction_widths(protocol: str, frac_bits: int) -> None:
+    """msb(r) travels mod 2^d in a u8 or u32: the product is still floor or +1."""
+    n = 2000
+    ulp = 2.0**-frac_bits
+
+    def prog(rt: Protocol, x: Any = None, y: Any = None) -> Any:
+        a, b = two_inputs(rt, x, y, (n,))
+        return (a * b).reveal()
+
+    x, y = data(n, -4, 4, 21), data(n, -4, 4, 22)  # |xy| 2^(2f) < 2^62 up to f = 28
+    res = run_local(prog, protocol, frac_bits=frac_bits, kwargs={"p0": {"x": x}, "p1": {"y": y}})
+    xq, yq = np.round(x / ulp) * ulp, np.round(y / ulp) * ulp
+    err = (res["p0"] - np.floor(xq * yq / ulp) * ulp) / ulp
+    assert set(np.round(err).astype(int).tolist()) <= {0, 1}
+
+
+def test_residue_dtype_is_the_narrowest_that_holds_the_bits() -> None:
+    from veilpay.mpc.protocol import residue_dtype
+
+    assert [residue_dtype(b) for b in (1, 8, 9, 16, 17, 32, 33, 62)] == [
+        np.uint8, np.uint8, np.uint16, np.uint16, np.uint32, np.uint32, np.uint64, np.uint64]

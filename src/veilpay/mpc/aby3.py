@@ -32,7 +32,7 @@ import numpy as np
 
 from veilpay.errors import InvalidInput
 from veilpay.mpc.fixedpoint import FixedPoint
-from veilpay.mpc.protocol import Protocol, Shares, check_array, need_shares
+from veilpay.mpc.protocol import Protocol, Shares, check_array, need_shares, residue_dtype
 from veilpay.mpc.ring import ring_matmul
 from veilpay.net import Communicator
 
@@ -230,7 +230,7 @@ class Aby3(Protocol):
             rt1, rm1 = t1.uint64(shape), t1.uint64(shape)
             base = z + r + np.uint64(1 << 62)
             rt2 = (r >> d) - rt1
-            rm2 = (r >> _63) - rm1
+            rm2 = ((r >> _63) - rm1).astype(residue_dtype(bits))  # used mod 2^d only: see semi2k
             self.comm.exchange(label, {p1: [base - s2], p2: [base - s1, rt2, rm2]})
             y0, y1 = t2.uint64(shape), t1.uint64(shape)
             self.comm.exchange(f"{label}.trunc")
@@ -244,7 +244,8 @@ class Aby3(Protocol):
             c = check_array(got[p0][0], shape, p0) + z + check_array(got[other][0], shape, other)
         else:
             got = self.comm.exchange(label, {other: [z + s_mine]}, {p0: 3, other: 1})
-            u, rt, rm = (check_array(a, shape, p0) for a in got[p0])
+            u, rt = (check_array(a, shape, p0) for a in got[p0][:2])
+            rm = check_array(got[p0][2], shape, p0, residue_dtype(bits)).astype(np.uint64)
             c = u + z + check_array(got[other][0], shape, other)
         wrap_weight = ((c >> _63) ^ _ONE) << np.uint64(64 - bits)
         part = rm * wrap_weight - rt

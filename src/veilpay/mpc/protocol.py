@@ -20,7 +20,7 @@ from veilpay.errors import InvalidInput, WireFormatError
 from veilpay.mpc.fixedpoint import FixedPoint
 from veilpay.net import Communicator
 
-__all__ = ["Protocol", "Shares", "check_array", "map_shares", "need_shares"]
+__all__ = ["Protocol", "Shares", "check_array", "map_shares", "need_shares", "residue_dtype"]
 
 Shares = tuple[np.ndarray, ...] | None
 
@@ -42,6 +42,16 @@ def check_array(arr: np.ndarray, shape: tuple[int, ...], peer: str, dtype: type 
     if arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
         raise WireFormatError(peer, f"expected {np.dtype(dtype)} {tuple(shape)}, got {arr.dtype} {arr.shape}")
     return arr
+
+
+def residue_dtype(bits: int) -> type:
+    """The narrowest unsigned dtype that holds residues mod 2^bits: what a share needs
+    on the wire when only its value mod 2^bits matters (a value later multiplied by
+    a multiple of 2^(64 - bits))."""
+    for dt, width in ((np.uint8, 8), (np.uint16, 16), (np.uint32, 32)):
+        if bits <= width:
+            return dt
+    return np.uint64
 
 
 class Protocol(ABC):

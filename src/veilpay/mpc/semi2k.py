@@ -29,7 +29,7 @@ import numpy as np
 
 from veilpay.errors import InvalidInput
 from veilpay.mpc.fixedpoint import FixedPoint
-from veilpay.mpc.protocol import Protocol, Shares, check_array, need_shares
+from veilpay.mpc.protocol import Protocol, Shares, check_array, need_shares, residue_dtype
 from veilpay.mpc.ring import ring_matmul
 from veilpay.net import Communicator
 
@@ -270,11 +270,14 @@ class Semi2k(Protocol):
             need_shares(x)
             s = x[0]  # type: ignore[index]
             return (s >> d,) if self.index == 0 else (-((-s) >> d),)
+        # msb(r) is only ever multiplied by a multiple of 2^(64-d): its shares travel
+        # mod 2^d, in the narrowest dtype that holds them.
+        small = residue_dtype(bits)
         if self.is_dealer:
             g0, g1 = self._for
             r = g0.uint64(shape) + g1.uint64(shape)
             rt1 = (r >> d) - g0.uint64(shape)
-            rm1 = (r >> _63) - g0.uint64(shape)
+            rm1 = ((r >> _63) - g0.uint64(shape)).astype(small)
             self.comm.exchange("trunc", {self.p1: [rt1, rm1]})
             return None
         if not self.is_compute:
@@ -292,7 +295,8 @@ class Semi2k(Protocol):
             mine = x[0] + r  # type: ignore[index]
             got = self.comm.exchange("trunc", {self.p0: [mine]}, {self.p0: 1, self.dealer: 2})
             c = mine + got[self.p0][0]
-            rt, rm = got[self.dealer]
+            rt = check_array(got[self.dealer][0], shape, self.dealer)
+            rm = check_array(got[self.dealer][1], shape, self.dealer, small).astype(np.uint64)
         # x + 2^62 + r wrapped past 2^64 exactly when msb(r) = 1 and msb(c) = 0.
         wrap_weight = ((c >> _63) ^ _ONE) << np.uint64(64 - bits)
         y = rm * wrap_weight - rt

@@ -40,6 +40,7 @@ DTYPES: dict[int, np.dtype] = {
     4: np.dtype("<f8"),
     5: np.dtype("<u4"),
     6: np.dtype("<i4"),
+    7: np.dtype("<u2"),
 }
 _CODES = {dt: code for code, dt in DTYPES.items()}
 
