@@ -165,6 +165,7 @@ def main() -> None:
     runs = [("semi2k", "exact", ops), ("aby3", "exact", ops)]
     if "fxp_mul" in ops:
         runs.insert(1, ("semi2k", "local", ["fxp_mul"]))
+        runs.append(("aby3", "local", ["fxp_mul"]))
     try:
         for protocol, trunc, run_ops in runs:
             net = provision_network(work / f"{protocol}-{trunc}", ["p0", "p1", "p2"], base_port=_free_port_base())
@@ -198,7 +199,8 @@ def main() -> None:
 
 _ALL_OPS = ["fxp_mul", "int_mul", "matmul_100", "matmul_1000", "less_than", "sigmoid"]
 _TRUNC = {("semi2k", "exact"): "exact (dealer pair, 1 round)", ("semi2k", "local"): "local (SecureML)",
-          ("aby3", "exact"): "exact (P0 as dealer, fused with the product)"}
+          ("aby3", "exact"): "exact (P0 as dealer, fused with the product)",
+          ("aby3", "local"): "local (ABY3 Pi_trunc1)"}
 
 
 def _peers(ops: list[str], n: int, mpyc_n: int, ours: dict[tuple[str, str], float]) -> None:
