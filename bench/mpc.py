@@ -8,7 +8,11 @@ line says they were not measured): SPU 0.9.5 SEMI2K/ABY3 through its simulator l
 (bench/peers/spu_mpc.py) and MPyC 0.11 as 3 processes (bench/peers/mpyc_mpc.py),
 each with veilpay's TCP+TLS figure and the speed-up beside it.
 
-    python bench/mpc.py [--n 1000000] [--quick]
+By default the party processes run OpenBLAS's kernels for this CPU even where the
+environment pins OPENBLAS_CORETYPE (`--blas inherit` keeps the pin); every line
+names the choice in `blas_coretype`. The ring product is exact whatever the kernel.
+
+    python bench/mpc.py [--n 1000000] [--quick] [--ops fxp_mul,matmul_1000] [--no-peers]
 """
 
 from __future__ import annotations
@@ -152,7 +156,7 @@ def main() -> None:
     from veilpay.net import provision_network
 
     coretype = os.environ.get("OPENBLAS_CORETYPE", "auto") if a.blas == "inherit" else "auto"
-    ops = ["fxp_mul", "int_mul", "matmul_100", "matmul_1000"] + ([] if a.quick else ["less_than", "sigmoid"])
+    ops = list(_CORE_OPS if a.quick else _ALL_OPS)
     if a.ops:
         unknown = set(a.ops.split(",")) - set(_ALL_OPS)
         if unknown:
@@ -186,7 +190,7 @@ def main() -> None:
                 }), flush=True)
             if trunc == "exact":
                 mem = run_local(bench_program, protocol, timeout=600,
-                                kwargs={p: {"n": a.n, "ops": [o for o in ops if o in _ALL_OPS[:4]]}
+                                kwargs={p: {"n": a.n, "ops": [o for o in ops if o in _CORE_OPS]}
                                         for p in ("p0", "p1", "p2")})
                 for fig in mem["p0"]:
                     print(json.dumps({"bench": "mpc", "protocol": protocol, "transport": "in-memory threads",
@@ -197,7 +201,8 @@ def main() -> None:
         _peers(ops, a.n, a.mpyc_n, ours)
 
 
-_ALL_OPS = ["fxp_mul", "int_mul", "matmul_100", "matmul_1000", "less_than", "sigmoid"]
+_CORE_OPS = ["fxp_mul", "int_mul", "matmul_100", "matmul_1000"]
+_ALL_OPS = [*_CORE_OPS, "less_than", "sigmoid"]
 _TRUNC = {("semi2k", "exact"): "exact (dealer pair, 1 round)", ("semi2k", "local"): "local (SecureML)",
           ("aby3", "exact"): "exact (P0 as dealer, fused with the product)",
           ("aby3", "local"): "local (ABY3 Pi_trunc1)"}
