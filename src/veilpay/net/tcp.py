@@ -3,8 +3,11 @@
 Every ordered pair of parties has its own connection: a party connects to each peer
 for what it sends and accepts one connection from each peer for what it receives.
 The server requires a client certificate from the network CA; the client checks the
-server's certificate names the peer id; the first message names the sender, which
-must equal the common name of its certificate, and the session id.
+server's certificate names the peer id; the first message (the hello, inside TLS)
+names the sender, which must equal the common name of its certificate, and the
+session id. With the network's ``records = "frames"`` (the default) the hello also
+carries a fresh 32-byte secret, and the link then leaves TLS for AES-256-GCM frames
+keyed from it (`veilpay.net.frames`); with "tls" it stays on TLS records.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import time
 
 import numpy as np
 
-from veilpay.crypto import client_context, peer_common_name, server_context
+from veilpay.crypto import client_context, peer_common_name, random_seed, server_context
+from veilpay.crypto.frames import FrameCipher, frame_key
 from veilpay.errors import (
     ConfigError,
     PeerAuthenticationError,
@@ -27,7 +31,8 @@ from veilpay.errors import (
 )
 from veilpay.net.channel import Channel, read_message, write_message
 from veilpay.net.communicator import Communicator
-from veilpay.net.config import NetworkConfig
+from veilpay.net.config import RECORDS, NetworkConfig
+from veilpay.net.frames import FrameStream
 from veilpay.net.tlsstream import TlsStream
 from veilpay.net.wire import encode_header
 
@@ -35,6 +40,24 @@ __all__ = ["connect_mesh"]
 
 log = logging.getLogger(__name__)
 _HELLO = "hello"
+_SECRET = 32
+
+
+def _hello_payload(records: str, secret: bytes, me: str) -> np.ndarray:
+    """The hello: the records mode (its index in RECORDS), the link secret (frames
+    only) and the sender's id."""
+    body = bytes([RECORDS.index(records)]) + (secret if records == "frames" else b"") + me.encode()
+    return np.frombuffer(body, dtype=np.uint8)
+
+
+def _parse_hello(payload: bytes, records: str) -> tuple[str, bytes]:
+    """(claimed sender, link secret); ValueError if the hello is not for ``records``."""
+    if not payload or payload[0] != RECORDS.index(records):
+        raise ValueError("the peer's network file names another records mode")
+    start = 1 + (_SECRET if records == "frames" else 0)
+    if len(payload) <= start:
+        raise ValueError("short hello")
+    return payload[start:].decode(), payload[1:start]
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -73,7 +96,8 @@ def connect_mesh(
     cctx = client_context(network.ca, entry.cert, entry.key)
     peers = [p for p in parties if p != me]
     deadline = time.monotonic() + connect_timeout
-    incoming: dict[str, TlsStream] = {}
+    records = network.records
+    incoming: dict[str, TlsStream | FrameStream] = {}
     errors: list[BaseException] = []
     srv = _listen(entry.host, entry.port)
 
@@ -95,7 +119,7 @@ def connect_mesh(
                 tls.do_handshake(max(time.monotonic() + 0.1, deadline))
                 name = peer_common_name(tls)
                 hello, _ = read_message(tls, name or "?", session, _HELLO, 0, deadline, max_payload=256)
-                claimed = bytes(hello).decode()
+                claimed, secret = _parse_hello(bytes(hello), records)
                 if name is None or claimed != name or name not in peers or name in incoming:
                     log.warning("refused a connection whose certificate does not match a pending peer")
                     tls.close()
@@ -104,15 +128,19 @@ def connect_mesh(
                 if stopped.is_set():  # the mesh was given up while this one was shaking hands
                     tls.close()
                     return
-                incoming[name] = tls
-            except (ssl.SSLError, OSError, VeilpayError, UnicodeDecodeError) as exc:
+                if records == "frames":
+                    raw_in, rest = tls.detach()
+                    incoming[name] = FrameStream(raw_in, FrameCipher(frame_key(secret, session, name, me)), name, rest)
+                else:
+                    incoming[name] = tls
+            except (ssl.SSLError, OSError, VeilpayError, ValueError) as exc:
                 # A stranger with no valid certificate does not stop the party.
                 log.warning("refused an incoming connection: %s", type(exc).__name__)
                 (tls or raw).close()  # the TLS stream owns the descriptor
 
     acceptor = threading.Thread(target=accept_loop, name=f"accept-{me}", daemon=True)
     acceptor.start()
-    outgoing: dict[str, TlsStream] = {}
+    outgoing: dict[str, TlsStream | FrameStream] = {}
     try:
         for peer in peers:
             target = network.parties[peer]
@@ -142,9 +170,13 @@ def connect_mesh(
                 _tune(tls)
                 outgoing[peer] = tls
                 break
-            name = np.frombuffer(me.encode(), dtype=np.uint8)
+            secret = random_seed()
+            hello = _hello_payload(records, secret, me)
             try:
-                write_message(tls, encode_header(name, 0, session, _HELLO), name)
+                write_message(tls, encode_header(hello, 0, session, _HELLO), hello)
+                if records == "frames":
+                    raw_out, _ = tls.detach()
+                    outgoing[peer] = FrameStream(raw_out, FrameCipher(frame_key(secret, session, me, peer)), peer)
             except OSError as exc:
                 raise PeerError(peer, f"peer closed the connection during the hello: {exc}") from exc
         acceptor.join(timeout=max(0.0, deadline - time.monotonic()) + 0.5)

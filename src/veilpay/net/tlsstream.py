@@ -105,5 +105,12 @@ class TlsStream:
     def setsockopt(self, level: int, option: int, value: int, /) -> None:
         self._raw.setsockopt(level, option, value)
 
+    def detach(self) -> tuple[socket.socket, bytes]:
+        """Stop using TLS here: the socket, and the bytes already read from it past the
+        last TLS record. ConnectionError if TLS data is still unread or unsent."""
+        if self._tls.pending() or self._outgoing.pending:
+            raise ConnectionError("TLS data is left on a link that leaves TLS")
+        return self._raw, self._incoming.read()
+
     def close(self) -> None:
         self._raw.close()
