@@ -8,12 +8,25 @@ from veilpay.crypto import Prg, SeedAgreement, derive_seed, random_seed
 from veilpay.errors import InvalidInput
 
 
-def test_aes_ctr_keystream_matches_sp800_38a() -> None:
-    (v,) = load_vectors("aes_ctr/sp800-38a-f51.txt")
+@pytest.mark.parametrize("case", ["gcm-spec-tc2-keystream.txt", "gcm-spec-tc3-keystream.txt"])
+def test_prg_keystream_matches_the_gcm_spec_counter_blocks(case: str) -> None:
+    (v,) = load_vectors(f"aes_gcm/{case}")
     pt, ct = bytes.fromhex(v["PLAINTEXT"]), bytes.fromhex(v["CIPHERTEXT"])
-    prg = Prg.from_key_iv(bytes.fromhex(v["KEY"]), bytes.fromhex(v["IV"]))
+    prg = Prg.from_key_segment(bytes.fromhex(v["KEY"]), int(v["IV"], 16))
     stream = prg.uint64(len(pt) // 8).tobytes()
     assert bytes(a ^ b for a, b in zip(stream, pt, strict=True)) == ct
+
+
+def test_prg_draws_continue_across_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    import veilpay.crypto.prg as prg_module
+
+    monkeypatch.setattr(prg_module, "_SEGMENT", 64)  # a segment of 4 blocks
+    key = bytes(range(16))
+    whole = Prg.from_key_segment(key).bytes(200)
+    pieces = b"".join(Prg.from_key_segment(key, seg).bytes(64) for seg in range(4))[:200]
+    assert whole == pieces
+    drip = Prg.from_key_segment(key)
+    assert b"".join(drip.bytes(7) for _ in range(29))[:200] == whole
 
 
 def test_x25519_matches_rfc7748_and_seeds_agree() -> None:

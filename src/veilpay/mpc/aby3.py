@@ -173,8 +173,21 @@ class Aby3(Protocol):
             return None
         need_shares(x)
         need_shares(y)
-        z = ring_matmul(x[0], y[0] + y[1]) + ring_matmul(x[1], y[0]) + self._zero((m, n))  # type: ignore[index]
+        z = self._matmul_local(x, y) + self._zero((m, n))
         return self._reshare("matmul", z, (m, n))
+
+    def _matmul_local(self, x: Shares, y: Shares) -> np.ndarray:
+        """This party's part of a 3-out-of-3 sharing of X @ Y, five ring products in
+        all instead of the textbook six: with (x_i, x_i+1) held by P_i,
+        P0: (x0 + x1)(y0 + y1), P1: (x1 + x2)(y1 + y2) - x1 y1, P2: x0 y2 + x2 y0 --
+        every x_i y_j exactly once."""
+        a, b = x  # type: ignore[misc]
+        c, d = y  # type: ignore[misc]
+        if self.index == 0:
+            return ring_matmul(a + b, c + d)
+        if self.index == 1:
+            return ring_matmul(a + b, c + d) - ring_matmul(a, c)
+        return ring_matmul(b, c) + ring_matmul(a, d)
 
     def and_(self, x: Shares, y: Shares, shape: tuple[int, ...]) -> Shares:
         if not self.is_compute:
@@ -193,7 +206,9 @@ class Aby3(Protocol):
         if self.is_compute:
             need_shares(x)
             need_shares(y)
-            z = x[0] * (y[0] + y[1]) + x[1] * y[0]  # type: ignore[index]
+            z = y[0] + y[1]  # type: ignore[index]
+            z *= x[0]  # type: ignore[index]
+            z += x[1] * y[0]  # type: ignore[index]
         return self._trunc_additive("mul", z, shape, bits)
 
     def matmul_trunc(self, x: Shares, y: Shares, m: int, k: int, n: int, bits: int) -> Shares:
@@ -204,7 +219,7 @@ class Aby3(Protocol):
         if self.is_compute:
             need_shares(x)
             need_shares(y)
-            z = ring_matmul(x[0], y[0] + y[1]) + ring_matmul(x[1], y[0])  # type: ignore[index]
+            z = self._matmul_local(x, y)
         return self._trunc_additive("matmul", z, (m, n), bits)
 
     def _trunc_additive(self, label: str, z: np.ndarray | None, shape: tuple[int, ...], bits: int) -> Shares:
@@ -228,33 +243,46 @@ class Aby3(Protocol):
             r = self.private.uint64(shape)
             s1, s2 = t1.uint64(shape), t2.uint64(shape)
             rt1, rm1 = t1.uint64(shape), t1.uint64(shape)
-            base = z + r + np.uint64(1 << 62)
-            rt2 = (r >> d) - rt1
-            rm2 = ((r >> _63) - rm1).astype(residue_dtype(bits))  # used mod 2^d only: see semi2k
-            self.comm.exchange(label, {p1: [base - s2], p2: [base - s1, rt2, rm2]})
+            rt2 = r >> d
+            rt2 -= rt1
+            rm1 -= r >> _63
+            rm2 = (-rm1).astype(residue_dtype(bits))  # used mod 2^d only: see semi2k
+            r += z  # r becomes the base z0 + 2^62 + r; in place, as below
+            r += np.uint64(1 << 62)
+            np.subtract(r, s2, out=s2)
+            np.subtract(r, s1, out=s1)
+            self.comm.exchange(label, {p1: [s2], p2: [s1, rt2, rm2]})
             y0, y1 = t2.uint64(shape), t1.uint64(shape)
             self.comm.exchange(f"{label}.trunc")
             return (y0, y1)
         t = self._t[0]
         other = p2 if self.index == 1 else p1
         s_mine = t.uint64(shape)  # P1: s1; P2: s2
+        s_mine += z
         if self.index == 1:
             rt, rm = t.uint64(shape), t.uint64(shape)
-            got = self.comm.exchange(label, {other: [z + s_mine]}, {p0: 1, other: 1})
-            c = check_array(got[p0][0], shape, p0) + z + check_array(got[other][0], shape, other)
+            got = self.comm.exchange(label, {other: [s_mine]}, {p0: 1, other: 1})
+            c = check_array(got[p0][0], shape, p0)
         else:
-            got = self.comm.exchange(label, {other: [z + s_mine]}, {p0: 3, other: 1})
-            u, rt = (check_array(a, shape, p0) for a in got[p0][:2])
+            got = self.comm.exchange(label, {other: [s_mine]}, {p0: 3, other: 1})
+            c, rt = (check_array(a, shape, p0) for a in got[p0][:2])
             rm = check_array(got[p0][2], shape, p0, residue_dtype(bits)).astype(np.uint64)
-            c = u + z + check_array(got[other][0], shape, other)
-        wrap_weight = ((c >> _63) ^ _ONE) << np.uint64(64 - bits)
-        part = rm * wrap_weight - rt
+        c += z  # received buffers are ours to update; sent ones are not
+        c += check_array(got[other][0], shape, other)
+        wrap_weight = c >> _63
+        wrap_weight ^= _ONE
+        wrap_weight <<= np.uint64(64 - bits)
+        rm *= wrap_weight
+        rm -= rt
         if self.index == 1:
-            part += (c >> d) - np.uint64(1 << (62 - bits))
+            c >>= d
+            c -= np.uint64(1 << (62 - bits))
+            rm += c
         y_known = t.uint64(shape)  # P1: y1, P2: y0, each shared with P0
-        mine = part - y_known
-        got = self.comm.exchange(f"{label}.trunc", {other: [mine]}, {other: 1})
-        y2 = mine + check_array(got[other][0], shape, other)
+        rm -= y_known  # this party's part of y2 = y - y0 - y1
+        got = self.comm.exchange(f"{label}.trunc", {other: [rm]}, {other: 1})
+        y2 = check_array(got[other][0], shape, other)
+        y2 += rm
         return (y_known, y2) if self.index == 1 else (y2, y_known)
 
     def trunc(self, x: Shares, shape: tuple[int, ...], bits: int) -> Shares:

@@ -148,18 +148,24 @@ class Semi2k(Protocol):
         if self.index == 1 and dealer:
             recv[self.dealer] = 1
         got = self.comm.exchange(label, {other: mine}, recv)
-        opened = [m + check_array(g, m.shape, other) for m, g in zip(mine, got[other], strict=True)]
+        opened = []
+        for m, g in zip(mine, got[other], strict=True):
+            g = check_array(g, m.shape, other)
+            g += m  # received buffers are ours: open in place (sent ones are not)
+            opened.append(g)
         if self.index == 1 and dealer:
-            opened.append(got[self.dealer][0])
+            opened.append(check_array(got[self.dealer][0], mine[0].shape, self.dealer))
         return opened
 
     def mul(self, x: Shares, y: Shares, shape: tuple[int, ...]) -> Shares:
         if self.is_dealer:
             g0, g1 = self._for
             a0, b0, c0 = g0.uint64(shape), g0.uint64(shape), g0.uint64(shape)
-            a1, b1 = g1.uint64(shape), g1.uint64(shape)
-            c1 = (a0 + a1) * (b0 + b1) - c0
-            self.comm.exchange("mul", {self.p1: [c1]})
+            a0 += g1.uint64(shape)
+            b0 += g1.uint64(shape)
+            a0 *= b0
+            a0 -= c0  # c1 = (a0 + a1)(b0 + b1) - c0, in place (numpy ops cost memory passes)
+            self.comm.exchange("mul", {self.p1: [a0]})
             return None
         if not self.is_compute:
             self.comm.exchange("mul")
@@ -171,9 +177,16 @@ class Semi2k(Protocol):
         need_shares(y)
         opened = self._open_masked("mul", [x[0] - a, y[0] - b])  # type: ignore[index]
         e, f = opened[0], opened[1]
+        # z0 = c0 + e (b0 + f) + f a0 and z1 = c1 + e b1 + f a1, in place
         if self.index == 0:
-            return (c + e * (b + f) + f * a,)  # type: ignore[operator]
-        return (opened[2] + e * b + f * a,)
+            b += f
+        else:
+            c = opened[2]
+        b *= e
+        c += b  # type: ignore[operator]
+        f *= a
+        c += f  # type: ignore[operator]
+        return (c,)  # type: ignore[return-value]
 
     def matmul(self, x: Shares, y: Shares, m: int, k: int, n: int) -> Shares:
         if self.is_dealer:
@@ -275,34 +288,43 @@ class Semi2k(Protocol):
         small = residue_dtype(bits)
         if self.is_dealer:
             g0, g1 = self._for
-            r = g0.uint64(shape) + g1.uint64(shape)
-            rt1 = (r >> d) - g0.uint64(shape)
-            rm1 = ((r >> _63) - g0.uint64(shape)).astype(small)
-            self.comm.exchange("trunc", {self.p1: [rt1, rm1]})
+            r = g0.uint64(shape)
+            r += g1.uint64(shape)
+            rt1 = r >> d
+            rt1 -= g0.uint64(shape)
+            r >>= _63
+            r -= g0.uint64(shape)
+            self.comm.exchange("trunc", {self.p1: [rt1, r.astype(small)]})
             return None
         if not self.is_compute:
             self.comm.exchange("trunc")
             return None
         need_shares(x)
         g = self._dprg
-        r = g.uint64(shape)
+        mine = g.uint64(shape)  # r, then this party's part of c = x + 2^62 + r
+        mine += x[0]  # type: ignore[index]
         if self.index == 0:
             rt, rm = g.uint64(shape), g.uint64(shape)
-            mine = x[0] + r + np.uint64(1 << 62)  # type: ignore[index]
+            mine += np.uint64(1 << 62)
             got = self.comm.exchange("trunc", {self.p1: [mine]}, {self.p1: 1})
-            c = mine + got[self.p1][0]
+            c = check_array(got[self.p1][0], shape, self.p1)
         else:
-            mine = x[0] + r  # type: ignore[index]
             got = self.comm.exchange("trunc", {self.p0: [mine]}, {self.p0: 1, self.dealer: 2})
-            c = mine + got[self.p0][0]
+            c = check_array(got[self.p0][0], shape, self.p0)
             rt = check_array(got[self.dealer][0], shape, self.dealer)
             rm = check_array(got[self.dealer][1], shape, self.dealer, small).astype(np.uint64)
+        c += mine  # in the received buffer; ``mine`` was sent and stays as it is
         # x + 2^62 + r wrapped past 2^64 exactly when msb(r) = 1 and msb(c) = 0.
-        wrap_weight = ((c >> _63) ^ _ONE) << np.uint64(64 - bits)
-        y = rm * wrap_weight - rt
+        wrap_weight = c >> _63
+        wrap_weight ^= _ONE
+        wrap_weight <<= np.uint64(64 - bits)
+        rm *= wrap_weight
+        rm -= rt
         if self.index == 0:
-            y += (c >> d) - np.uint64(1 << (62 - bits))
-        return (y,)
+            c >>= d
+            c -= np.uint64(1 << (62 - bits))
+            rm += c
+        return (rm,)
 
     def and_(self, x: Shares, y: Shares, shape: tuple[int, ...]) -> Shares:
         if self.is_dealer:
