@@ -246,7 +246,7 @@ class Aby3(Protocol):
             rt2 = r >> d
             rt2 -= rt1
             rm1 -= r >> _63
-            rm2 = (-rm1).astype(residue_dtype(bits))  # used mod 2^d only: see semi2k
+            rm2: np.ndarray = (-rm1).astype(residue_dtype(bits))  # used mod 2^d only: see semi2k
             r += z  # r becomes the base z0 + 2^62 + r; in place, as below
             r += np.uint64(1 << 62)
             np.subtract(r, s2, out=s2)
