@@ -286,15 +286,17 @@ class Semi2k(Protocol):
         # msb(r) is only ever multiplied by a multiple of 2^(64-d): its shares travel
         # mod 2^d, in the narrowest dtype that holds them.
         small = residue_dtype(bits)
+        # The dealer's corrections here go to P0 (the product's went to P1), so the
+        # two compute parties receive about the same number of bytes.
         if self.is_dealer:
             g0, g1 = self._for
             r = g0.uint64(shape)
             r += g1.uint64(shape)
-            rt1 = r >> d
-            rt1 -= g0.uint64(shape)
+            rt0 = r >> d
+            rt0 -= g1.uint64(shape)
             r >>= _63
-            r -= g0.uint64(shape)
-            self.comm.exchange("trunc", {self.p1: [rt1, r.astype(small)]})
+            r -= g1.uint64(shape)
+            self.comm.exchange("trunc", {self.p0: [rt0, r.astype(small)]})
             return None
         if not self.is_compute:
             self.comm.exchange("trunc")
@@ -304,15 +306,15 @@ class Semi2k(Protocol):
         mine = g.uint64(shape)  # r, then this party's part of c = x + 2^62 + r
         mine += x[0]  # type: ignore[index]
         if self.index == 0:
-            rt, rm = g.uint64(shape), g.uint64(shape)
             mine += np.uint64(1 << 62)
-            got = self.comm.exchange("trunc", {self.p1: [mine]}, {self.p1: 1})
+            got = self.comm.exchange("trunc", {self.p1: [mine]}, {self.p1: 1, self.dealer: 2})
             c = check_array(got[self.p1][0], shape, self.p1)
-        else:
-            got = self.comm.exchange("trunc", {self.p0: [mine]}, {self.p0: 1, self.dealer: 2})
-            c = check_array(got[self.p0][0], shape, self.p0)
             rt = check_array(got[self.dealer][0], shape, self.dealer)
             rm = check_array(got[self.dealer][1], shape, self.dealer, small).astype(np.uint64)
+        else:
+            rt, rm = g.uint64(shape), g.uint64(shape)
+            got = self.comm.exchange("trunc", {self.p0: [mine]}, {self.p0: 1})
+            c = check_array(got[self.p0][0], shape, self.p0)
         c += mine  # in the received buffer; ``mine`` was sent and stays as it is
         # x + 2^62 + r wrapped past 2^64 exactly when msb(r) = 1 and msb(c) = 0.
         wrap_weight = c >> _63
