@@ -423,3 +423,32 @@ def test_residue_dtype_is_the_narrowest_that_holds_the_bits() -> None:
 
     assert [residue_dtype(b) for b in (1, 8, 9, 16, 17, 32, 33, 62)] == [
         np.uint8, np.uint8, np.uint16, np.uint16, np.uint32, np.uint32, np.uint64, np.uint64]
+
+
+@pytest.mark.parametrize("protocol", ["semi2k", "aby3"])
+def test_a_matmul_takes_five_ring_products_across_the_parties(protocol: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import veilpay.mpc.aby3 as aby3_mod
+    import veilpay.mpc.semi2k as semi2k_mod
+    from veilpay.mpc.ring import ring_matmul
+
+    calls: list[tuple[int, ...]] = []
+    lock = threading.Lock()
+
+    def counting(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        with lock:
+            calls.append(a.shape + b.shape)
+        return ring_matmul(a, b)
+
+    monkeypatch.setattr(semi2k_mod if protocol == "semi2k" else aby3_mod, "ring_matmul", counting)
+    rng = np.random.default_rng(4)
+    x, y = rng.uniform(-2, 2, size=(30, 40)), rng.uniform(-2, 2, size=(40, 20))
+
+    def prog(rt: Protocol, x: np.ndarray | None = None, y: np.ndarray | None = None) -> np.ndarray | None:
+        xs, ys = share(rt, "p0", x, shape=(30, 40)), share(rt, "p1", y, shape=(40, 20))
+        return (xs @ ys).reveal(to=["p0"])
+
+    res = run_local(prog, protocol, kwargs={"p0": {"x": x}, "p1": {"y": y}})
+    np.testing.assert_allclose(res["p0"], x @ y, atol=1e-3)
+    assert calls == [(30, 40, 40, 20)] * 5

@@ -2,8 +2,8 @@
 
 Follows SPU's SEMI2K / the "trusted dealer" model of Beaver (1991): the dealer only
 ever sends correlated randomness, never sees a share of data, and never receives
-anything. Its streams with P0 and P1 are AES-CTR PRGs seeded by X25519 agreement,
-so P0's whole triple and P1's (a1, b1) are derived locally and the dealer sends
+anything. Its streams with P0 and P1 are AES counter-mode PRGs seeded by X25519
+agreement, so P0's whole triple and P1's (a1, b1) are derived locally and the dealer sends
 just c1 (one ring element per product). Security: semi-honest, no collusion between
 the dealer and a compute party.
 
