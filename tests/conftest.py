@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 VECTORS = Path(__file__).parent / "vectors"
 
@@ -109,3 +113,12 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
         with admin.connect() as c, contextlib.suppress(Exception):
             c.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
         admin.dispose()
+
+
+def send_async(stream: Any, header: bytes, arr: np.ndarray) -> threading.Thread:
+    """Write one message on a thread (a test's receiver reads it on the main one)."""
+    from veilpay.net.channel import write_message
+
+    t = threading.Thread(target=write_message, args=(stream, header, arr))
+    t.start()
+    return t

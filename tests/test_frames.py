@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_vectors
+from conftest import load_vectors, send_async
 
 from veilpay.crypto.frames import FrameCipher, FrameOpenError, frame_key
 from veilpay.errors import ConfigError, PeerDisconnected, ProtocolTimeout, WireFormatError
 from veilpay.net import load_network, provision_network
-from veilpay.net.channel import read_message, write_message
+from veilpay.net.channel import read_message
 from veilpay.net.frames import FRAME_MAX, FrameStream
 from veilpay.net.tcp import connect_mesh
 from veilpay.net.wire import encode_header
@@ -80,22 +80,16 @@ def link() -> Iterator[tuple[FrameStream, FrameStream, socket.socket]]:
     receiver.close()
 
 
-def _send_async(stream: FrameStream, header: bytes, arr: np.ndarray) -> threading.Thread:
-    t = threading.Thread(target=write_message, args=(stream, header, arr))
-    t.start()
-    return t
-
-
 @pytest.mark.parametrize("size", [0, 1, FRAME_MAX - 1, FRAME_MAX, FRAME_MAX + 1, (3 << 20) + 7])
 def test_messages_of_any_size_arrive_intact(link: tuple[FrameStream, FrameStream, socket.socket], size: int) -> None:
     sender, receiver, _ = link
     rng = np.random.default_rng(size)
     arrays = [rng.integers(0, 256, size=size, dtype=np.uint8), rng.integers(0, 2**63, size=5, dtype=np.uint64)]
-    threads = [_send_async(sender, encode_header(arr, i, SESSION, "x"), arr) for i, arr in enumerate(arrays[:1])]
+    threads = [send_async(sender, encode_header(arr, i, SESSION, "x"), arr) for i, arr in enumerate(arrays[:1])]
     got, nbytes = read_message(receiver, "p0", SESSION, "x", 0, time.monotonic() + 10)
     for t in threads:
         t.join(10)
-    t2 = _send_async(sender, encode_header(arrays[1], 1, SESSION, "y"), arrays[1])
+    t2 = send_async(sender, encode_header(arrays[1], 1, SESSION, "y"), arrays[1])
     got2, _ = read_message(receiver, "p0", SESSION, "y", 1, time.monotonic() + 10)
     t2.join(10)
     assert np.array_equal(got, arrays[0]) and np.array_equal(got2, arrays[1])

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import send_async
 
 from veilpay.crypto import client_context, peer_common_name, server_context
 from veilpay.errors import PeerDisconnected, ProtocolTimeout, WireFormatError
 from veilpay.net import load_network, provision_network
-from veilpay.net.channel import read_message, write_message
+from veilpay.net.channel import read_message
 from veilpay.net.tlsstream import TlsStream
 from veilpay.net.wire import encode_header
 
@@ -52,17 +53,11 @@ def pair(tmp_path: Path) -> Iterator[tuple[TlsStream, TlsStream]]:
     server.close()
 
 
-def _send_async(stream: TlsStream, header: bytes, arr: np.ndarray) -> threading.Thread:
-    t = threading.Thread(target=write_message, args=(stream, header, arr))
-    t.start()
-    return t
-
-
 @pytest.mark.parametrize("size", [0, 1, 16383, 16385, (3 << 20) + 7])
 def test_messages_of_any_size_arrive_intact(pair: tuple[TlsStream, TlsStream], size: int) -> None:
     client, server = pair
     arr = np.random.default_rng(size).integers(0, 256, size=size, dtype=np.uint8)
-    t = _send_async(client, encode_header(arr, 5, SESSION, "x"), arr)
+    t = send_async(client, encode_header(arr, 5, SESSION, "x"), arr)
     got, nbytes = read_message(server, "p0", SESSION, "x", 5, time.monotonic() + 10)
     t.join(10)
     assert np.array_equal(got, arr)
