@@ -134,8 +134,10 @@ def connect_mesh(
                 else:
                     incoming[name] = tls
             except (ssl.SSLError, OSError, VeilpayError, ValueError) as exc:
-                # A stranger with no valid certificate does not stop the party.
-                log.warning("refused an incoming connection: %s", type(exc).__name__)
+                # A stranger with no valid certificate does not stop the party. A hello
+                # for another records mode says so (our own message, no peer data).
+                why = str(exc) if isinstance(exc, ValueError) and not isinstance(exc, UnicodeDecodeError) else ""
+                log.warning("refused an incoming connection: %s %s", type(exc).__name__, why)
                 (tls or raw).close()  # the TLS stream owns the descriptor
 
     acceptor = threading.Thread(target=accept_loop, name=f"accept-{me}", daemon=True)
