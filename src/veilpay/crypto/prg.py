@@ -74,6 +74,9 @@ class Prg:
 
     def _start(self, key: bytes, segment: int) -> None:
         self._aes = algorithms.AES(key)
+        self._open_segment(segment)
+
+    def _open_segment(self, segment: int) -> None:
         self._segment = segment
         self._enc = Cipher(self._aes, modes.GCM(segment.to_bytes(12, "big"))).encryptor()
         self._left = _SEGMENT
@@ -87,9 +90,7 @@ class Prg:
         pos = 0
         while pos < n:
             if self._left == 0:
-                self._segment += 1
-                self._enc = Cipher(self._aes, modes.GCM(self._segment.to_bytes(12, "big"))).encryptor()
-                self._left = _SEGMENT
+                self._open_segment(self._segment + 1)
             step = min(_CHUNK, n - pos, self._left)
             self._enc.update_into(memoryview(_ZEROS)[:step], out[pos : pos + step + 15])
             pos += step

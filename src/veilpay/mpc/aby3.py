@@ -32,14 +32,11 @@ import numpy as np
 
 from veilpay.errors import InvalidInput
 from veilpay.mpc.fixedpoint import FixedPoint
-from veilpay.mpc.protocol import Protocol, Shares, check_array, need_shares, residue_dtype
+from veilpay.mpc.protocol import Protocol, Shares, check_array, finish_trunc, need_shares, residue_dtype, trunc_pair_share
 from veilpay.mpc.ring import ring_matmul
 from veilpay.net import Communicator
 
 __all__ = ["Aby3"]
-
-_ONE = np.uint64(1)
-_63 = np.uint64(63)
 
 
 def _check_bits(bits: int) -> None:
@@ -236,17 +233,13 @@ class Aby3(Protocol):
             return None
         if z is None:
             raise InvalidInput("a compute party must hold a share")
-        d = np.uint64(bits)
         p0, p1, p2 = self.compute
         if self.index == 0:
             t1, t2 = self._t[1], self._t[2]
             r = self.private.uint64(shape)
             s1, s2 = t1.uint64(shape), t2.uint64(shape)
             rt1, rm1 = t1.uint64(shape), t1.uint64(shape)
-            rt2 = r >> d
-            rt2 -= rt1
-            rm1 -= r >> _63
-            rm2: np.ndarray = (-rm1).astype(residue_dtype(bits))  # used mod 2^d only: see semi2k
+            rt2, rm2 = trunc_pair_share(r, bits, rt1, rm1)
             r += z  # r becomes the base z0 + 2^62 + r; in place, as below
             r += np.uint64(1 << 62)
             np.subtract(r, s2, out=s2)
@@ -269,15 +262,7 @@ class Aby3(Protocol):
             rm = check_array(got[p0][2], shape, p0, residue_dtype(bits)).astype(np.uint64)
         c += z  # received buffers are ours to update; sent ones are not
         c += check_array(got[other][0], shape, other)
-        wrap_weight = c >> _63
-        wrap_weight ^= _ONE
-        wrap_weight <<= np.uint64(64 - bits)
-        rm *= wrap_weight
-        rm -= rt
-        if self.index == 1:
-            c >>= d
-            c -= np.uint64(1 << (62 - bits))
-            rm += c
+        rm = finish_trunc(c, rt, rm, bits, first=self.index == 1)
         y_known = t.uint64(shape)  # P1: y1, P2: y0, each shared with P0
         rm -= y_known  # this party's part of y2 = y - y0 - y1
         got = self.comm.exchange(f"{label}.trunc", {other: [rm]}, {other: 1})

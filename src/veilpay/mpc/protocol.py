@@ -20,7 +20,10 @@ from veilpay.errors import InvalidInput, WireFormatError
 from veilpay.mpc.fixedpoint import FixedPoint
 from veilpay.net import Communicator
 
-__all__ = ["Protocol", "Shares", "check_array", "map_shares", "need_shares", "residue_dtype"]
+__all__ = [
+    "Protocol", "Shares", "check_array", "finish_trunc", "map_shares", "need_shares", "residue_dtype",
+    "trunc_pair_share",
+]
 
 Shares = tuple[np.ndarray, ...] | None
 
@@ -52,6 +55,39 @@ def residue_dtype(bits: int) -> type:
         if bits <= width:
             return dt
     return np.uint64
+
+
+_ONE = np.uint64(1)
+_63 = np.uint64(63)
+
+
+def trunc_pair_share(r: np.ndarray, bits: int, rt_mask: np.ndarray, rm_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the helper of exact truncation (semi2k's dealer, aby3's P0) sends: the
+    shares of r >> bits and msb(r) that complement the receiver-side masks drawn from
+    a common stream. msb(r) is only ever multiplied by a multiple of 2^(64 - bits),
+    so its share travels mod 2^bits in the narrowest dtype (`residue_dtype`)."""
+    rt = r >> np.uint64(bits)
+    rt -= rt_mask
+    rm = r >> _63
+    rm -= rm_mask
+    return rt, rm.astype(residue_dtype(bits))
+
+
+def finish_trunc(c: np.ndarray, rt: np.ndarray, rm: np.ndarray, bits: int, first: bool) -> np.ndarray:
+    """A share of (x >> bits) from the opened c = x + 2^62 + r and this party's shares
+    rt of r >> bits and rm of msb(r) (uint64); ``first``: the one party that adds the
+    public terms. Works in place on ``rm`` and ``c``, which the caller gives up."""
+    # x + 2^62 + r wrapped past 2^64 exactly when msb(r) = 1 and msb(c) = 0.
+    wrap_weight = c >> _63
+    wrap_weight ^= _ONE
+    wrap_weight <<= np.uint64(64 - bits)
+    rm *= wrap_weight
+    rm -= rt
+    if first:
+        c >>= np.uint64(bits)
+        c -= np.uint64(1 << (62 - bits))
+        rm += c
+    return rm
 
 
 class Protocol(ABC):

@@ -29,7 +29,7 @@ import numpy as np
 
 from veilpay.errors import InvalidInput
 from veilpay.mpc.fixedpoint import FixedPoint
-from veilpay.mpc.protocol import Protocol, Shares, check_array, need_shares, residue_dtype
+from veilpay.mpc.protocol import Protocol, Shares, check_array, finish_trunc, need_shares, residue_dtype, trunc_pair_share
 from veilpay.mpc.ring import ring_matmul
 from veilpay.net import Communicator
 
@@ -55,7 +55,6 @@ class _Masked:
 
 
 _ONE = np.uint64(1)
-_63 = np.uint64(63)
 
 
 class Semi2k(Protocol):
@@ -283,8 +282,6 @@ class Semi2k(Protocol):
             need_shares(x)
             s = x[0]  # type: ignore[index]
             return (s >> d,) if self.index == 0 else (-((-s) >> d),)
-        # msb(r) is only ever multiplied by a multiple of 2^(64-d): its shares travel
-        # mod 2^d, in the narrowest dtype that holds them.
         small = residue_dtype(bits)
         # The dealer's corrections here go to P0 (the product's went to P1), so the
         # two compute parties receive about the same number of bytes.
@@ -292,11 +289,7 @@ class Semi2k(Protocol):
             g0, g1 = self._for
             r = g0.uint64(shape)
             r += g1.uint64(shape)
-            rt0 = r >> d
-            rt0 -= g1.uint64(shape)
-            r >>= _63
-            r -= g1.uint64(shape)
-            self.comm.exchange("trunc", {self.p0: [rt0, r.astype(small)]})
+            self.comm.exchange("trunc", {self.p0: list(trunc_pair_share(r, bits, g1.uint64(shape), g1.uint64(shape)))})
             return None
         if not self.is_compute:
             self.comm.exchange("trunc")
@@ -316,17 +309,7 @@ class Semi2k(Protocol):
             got = self.comm.exchange("trunc", {self.p0: [mine]}, {self.p0: 1})
             c = check_array(got[self.p0][0], shape, self.p0)
         c += mine  # in the received buffer; ``mine`` was sent and stays as it is
-        # x + 2^62 + r wrapped past 2^64 exactly when msb(r) = 1 and msb(c) = 0.
-        wrap_weight = c >> _63
-        wrap_weight ^= _ONE
-        wrap_weight <<= np.uint64(64 - bits)
-        rm *= wrap_weight
-        rm -= rt
-        if self.index == 0:
-            c >>= d
-            c -= np.uint64(1 << (62 - bits))
-            rm += c
-        return (rm,)
+        return (finish_trunc(c, rt, rm, bits, first=self.index == 0),)
 
     def and_(self, x: Shares, y: Shares, shape: tuple[int, ...]) -> Shares:
         if self.is_dealer:

@@ -60,6 +60,13 @@ def _parse_hello(payload: bytes, records: str) -> tuple[str, bytes]:
     return payload[start:].decode(), payload[1:start]
 
 
+def _leave_tls(tls: TlsStream, secret: bytes, session: bytes, sender: str, receiver: str, peer: str) -> FrameStream:
+    """The link from ``sender`` to ``receiver`` after its hello: frames on the socket
+    under the key both ends derive from the hello's secret."""
+    raw, rest = tls.detach()
+    return FrameStream(raw, FrameCipher(frame_key(secret, session, sender, receiver)), peer, rest)
+
+
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     srv = socket.socket(family, socket.SOCK_STREAM)
@@ -128,11 +135,7 @@ def connect_mesh(
                 if stopped.is_set():  # the mesh was given up while this one was shaking hands
                     tls.close()
                     return
-                if records == "frames":
-                    raw_in, rest = tls.detach()
-                    incoming[name] = FrameStream(raw_in, FrameCipher(frame_key(secret, session, name, me)), name, rest)
-                else:
-                    incoming[name] = tls
+                incoming[name] = _leave_tls(tls, secret, session, name, me, name) if records == "frames" else tls
             except (ssl.SSLError, OSError, VeilpayError, ValueError) as exc:
                 # A stranger with no valid certificate does not stop the party. A hello
                 # for another records mode says so (our own message, no peer data).
@@ -177,8 +180,7 @@ def connect_mesh(
             try:
                 write_message(tls, encode_header(hello, 0, session, _HELLO), hello)
                 if records == "frames":
-                    raw_out, _ = tls.detach()
-                    outgoing[peer] = FrameStream(raw_out, FrameCipher(frame_key(secret, session, me, peer)), peer)
+                    outgoing[peer] = _leave_tls(tls, secret, session, me, peer, peer)
             except OSError as exc:
                 raise PeerError(peer, f"peer closed the connection during the hello: {exc}") from exc
         acceptor.join(timeout=max(0.0, deadline - time.monotonic()) + 0.5)
