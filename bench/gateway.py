@@ -17,6 +17,9 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import uvloop
 
 from veilpay.cli.localnet import LocalNet
 from veilpay.sdk import AsyncGatewayClient
@@ -47,6 +50,12 @@ async def _load(net: LocalNet, codes: list[str], concurrency: int, tag: str) -> 
     return wall, lat, codes_seen
 
 
+def _run(coro: Any) -> Any:
+    """Run the load generator on uvloop, as the services run."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -61,11 +70,11 @@ def run_mode(pets: bool, n: int, concurrency: int, warmup: int, privacy: str = "
         seq = 200
         codes = net.admin("mpp-1", "POST", "/admin/codes", {"userId": "bench-user", "count": n + warmup + seq,
                                                              "ttlSeconds": 3600})["codes"]
-        asyncio.run(_load(net, codes[:warmup], concurrency, "warm"))
-        _, one, _ = asyncio.run(_load(net, codes[warmup:warmup + seq], 1, "seq"))
+        _run(_load(net, codes[:warmup], concurrency, "warm"))
+        _, one, _ = _run(_load(net, codes[warmup:warmup + seq], 1, "seq"))
         cpu0 = {name: _cpu_s(p.pid) for name, p in net.procs.items()}
         me0 = time.process_time()
-        wall, lat, results = asyncio.run(_load(net, codes[warmup + seq:], concurrency, "run"))
+        wall, lat, results = _run(_load(net, codes[warmup + seq:], concurrency, "run"))
         me1 = time.process_time()
         t = time.perf_counter()
         while True:
@@ -107,13 +116,22 @@ def main() -> None:
     ap.add_argument("--payments", type=int, default=3000)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--modes", default="off,on,nodes",
+                    help="comma-separated: off (PETs off), on (PETs on), nodes (PETs on, amounts shared)")
     a = ap.parse_args()
-    rows = []
-    for pets, privacy in ((False, ""), (True, ""), (True, "semi2k")):
+    modes = {"off": (False, ""), "on": (True, ""), "nodes": (True, "semi2k")}
+    chosen = a.modes.split(",")
+    if not set(chosen) <= set(modes):
+        ap.error(f"--modes: choose from {', '.join(modes)}")
+    rows = {}
+    for m in chosen:
+        pets, privacy = modes[m]
         row = run_mode(pets, a.payments, a.concurrency, a.warmup, privacy)
         print(json.dumps(row), flush=True)
-        rows.append(row)
-    off, on, nodes = rows
+        rows[m] = row
+    if set(rows) != set(modes):
+        return
+    off, on, nodes = rows["off"], rows["on"], rows["nodes"]
     print(json.dumps({"bench": "gateway_summary", "pets_on_per_s": on["pay_per_s"], "pets_off_per_s": off["pay_per_s"],
                       "pets_ratio": round(on["pay_per_s"] / off["pay_per_s"], 3), "target_per_s": 1000,
                       "target_ratio": 0.8, "shared_amounts_per_s": nodes["pay_per_s"],

@@ -18,7 +18,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Engine, and_, select, update
+from sqlalchemy import Engine, and_, bindparam, select, update
 
 from veilpay.gateway.link import LinkError, PartnerLink
 from veilpay.gateway.store import outbox
@@ -30,6 +30,18 @@ __all__ = ["OutboxWorker", "retry_delay_s"]
 
 log = logging.getLogger("veilpay.gateway")
 LEASE_MS = 30_000
+# Built once (see service.py): the worker runs them for every webhook.
+_DUE = select(outbox).where(and_(outbox.c.status == "PENDING", outbox.c.next_attempt_ms <= bindparam("b_now"),
+                                 outbox.c.lease_until_ms < bindparam("b_now"))).order_by(outbox.c.id) \
+    .limit(bindparam("b_limit"))
+_LEASE = update(outbox).where(and_(outbox.c.id == bindparam("b_id"), outbox.c.lease_until_ms < bindparam("b_now"))) \
+    .values(lease_until_ms=bindparam("b_until"))
+_DELIVERED = update(outbox).where(outbox.c.id == bindparam("b_id")).values(
+    status="DELIVERED", attempts=bindparam("b_attempts"), delivered_ms=bindparam("b_now"), lease_until_ms=0,
+    last_error="")
+_NOT_DELIVERED = update(outbox).where(outbox.c.id == bindparam("b_id")).values(
+    status=bindparam("b_status"), attempts=bindparam("b_attempts"), lease_until_ms=0,
+    next_attempt_ms=bindparam("b_next"), last_error=bindparam("b_error"))
 
 
 def _now_ms() -> int:
@@ -56,18 +68,16 @@ class OutboxWorker:
     def _claim(self, limit: int) -> list[Any]:
         now = _now_ms()
         with self.engine.begin() as conn:
-            rows = conn.execute(select(outbox).where(and_(
-                outbox.c.status == "PENDING", outbox.c.next_attempt_ms <= now, outbox.c.lease_until_ms < now))
-                .order_by(outbox.c.id).limit(limit)).all()
+            rows = conn.execute(_DUE, {"b_now": now, "b_limit": limit}).all()
             claimed = []
             for r in rows:
-                n = conn.execute(update(outbox).where(and_(outbox.c.id == r.id, outbox.c.lease_until_ms < now))
-                                 .values(lease_until_ms=now + LEASE_MS)).rowcount
+                n = conn.execute(_LEASE, {"b_id": r.id, "b_now": now, "b_until": now + LEASE_MS}).rowcount
                 if n:
                     claimed.append(r)
         return claimed
 
-    async def _deliver(self, row: Any) -> None:
+    async def _deliver(self, row: Any) -> tuple[Any, bool, str]:
+        """Post one webhook; (row, delivered, error)."""
         d: Directory = self._directory()
         partner = d.get(row.partner_id)
         err = ""
@@ -91,29 +101,36 @@ class OutboxWorker:
                     err = f"HTTP {status}"
             except (LinkError, ValueError, AttributeError) as exc:
                 err = type(exc).__name__
+        return row, ok, err
+
+    def _record(self, outcomes: list[tuple[Any, bool, str]]) -> None:
+        """Write the outcomes of a round of deliveries in one transaction."""
         now = _now_ms()
+        delivered = [{"b_id": r.id, "b_attempts": r.attempts + 1, "b_now": now} for r, ok, _ in outcomes if ok]
         with self.engine.begin() as conn:
-            if ok:
-                conn.execute(update(outbox).where(outbox.c.id == row.id).values(
-                    status="DELIVERED", attempts=row.attempts + 1, delivered_ms=now, lease_until_ms=0, last_error=""))
-            else:
+            if delivered:
+                conn.execute(_DELIVERED, delivered)
+            for row, ok, err in outcomes:
+                if ok:
+                    continue
                 attempts = row.attempts + 1
                 dead = attempts >= self.cfg.webhook_max_attempts
                 delay = retry_delay_s(self.cfg.webhook_backoff_s, attempts, 3600.0)
-                conn.execute(update(outbox).where(outbox.c.id == row.id).values(
-                    status="DEAD" if dead else "PENDING", attempts=attempts, lease_until_ms=0,
-                    next_attempt_ms=now + int(delay * 1000), last_error=err[:200]))
-        dead = not ok and row.attempts + 1 >= self.cfg.webhook_max_attempts
-        outcome = "delivered" if ok else ("dead" if dead else "retry")
-        self.metrics.webhooks.labels(kind=row.kind, outcome=outcome).inc()
-        if not ok:
-            log.info("webhook not delivered", extra={"event": "webhook_retry", "notifyId": row.notify_id,
-                                                     "partner": row.partner_id, "error": err[:80]})
+                conn.execute(_NOT_DELIVERED, {"b_id": row.id, "b_status": "DEAD" if dead else "PENDING",
+                                              "b_attempts": attempts, "b_next": now + int(delay * 1000),
+                                              "b_error": err[:200]})
+        for row, ok, err in outcomes:
+            dead = not ok and row.attempts + 1 >= self.cfg.webhook_max_attempts
+            outcome = "delivered" if ok else ("dead" if dead else "retry")
+            self.metrics.webhooks.labels(kind=row.kind, outcome=outcome).inc()
+            if not ok:
+                log.info("webhook not delivered", extra={"event": "webhook_retry", "notifyId": row.notify_id,
+                                                         "partner": row.partner_id, "error": err[:80]})
 
     async def run_once(self, limit: int = 64) -> int:
         rows = self._claim(limit)
         if rows:
-            await asyncio.gather(*[self._deliver(r) for r in rows])
+            self._record(list(await asyncio.gather(*[self._deliver(r) for r in rows])))
         return len(rows)
 
     async def run(self, stop: asyncio.Event) -> None:

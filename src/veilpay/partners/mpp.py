@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request, Response
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, insert, select, update
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from veilpay.errors import ConfigError, DecryptionError, SignatureError
@@ -49,6 +49,14 @@ mpp_payments = Table("payments", md, Column("payment_id", String(40), primary_ke
 mpp_refunds = Table("refunds", md, Column("refund_id", String(40), primary_key=True), Column("payment_id", String(40)),
                     Column("amount", BigInteger), Column("credit", BigInteger), Column("status", String(16)),
                     Column("answer", Text))
+# The pay path's statements, built once (building one per call costs more than running it).
+_ANSWER_OF = select(mpp_payments.c.answer).where(mpp_payments.c.payment_id == bindparam("b_pid"))
+_CODE = select(codes).where(codes.c.code == bindparam("b_code"))
+_WALLET = select(wallets).where(wallets.c.user_id == bindparam("b_user"))
+_INSERT_PAYMENT = insert(mpp_payments)
+_DEBIT = update(wallets).where(wallets.c.user_id == bindparam("b_user")).values(
+    balance=wallets.c.balance - bindparam("b_debit"))
+_USE_CODE = update(codes).where(codes.c.code == bindparam("b_code")).values(used_by=bindparam("b_pid"))
 
 
 def _res(code: str, status: str, msg: str = "") -> dict[str, str]:
@@ -127,7 +135,7 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
         await released.wait()
         pid, acqp_id = str(obj["paymentId"]), str(obj["acquirerId"])
         with engine.connect() as conn:
-            old = conn.execute(select(mpp_payments.c.answer).where(mpp_payments.c.payment_id == pid)).scalar()
+            old = conn.execute(_ANSWER_OF, {"b_pid": pid}).scalar()
         if old is not None:
             return json.loads(old)
         ctx = f"{acqp_id}/{obj['paymentRequestId']}"
@@ -144,7 +152,7 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
             return _store_fail(pid, acqp_id, currency, value, _res("PROCESS_FAIL", "F", "sealed fields do not open"))
         now = int(time.time() * 1000)
         with engine.begin() as conn:
-            crow = conn.execute(select(codes).where(codes.c.code == code)).first()
+            crow = conn.execute(_CODE, {"b_code": code}).first()
             if crow is None or crow.expires_ms < now or (crow.used_by and crow.used_by != pid) or acqp is None:
                 invalid = ({"result": _res("INVALID_CODE", "F", "unknown, expired or used payment code")} if acqp
                            else {"result": _res("PROCESS_FAIL", "F", "acquirer not in the directory")})
@@ -152,7 +160,7 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
                                                          amount=value, status="FAIL", answer=json.dumps(invalid),
                                                          refunded=0, credited=0, debit=0, created_ms=now))
                 return invalid
-            w = conn.execute(select(wallets).where(wallets.c.user_id == crow.user_id)).first()
+            w = conn.execute(_WALLET, {"b_user": crow.user_id}).first()
             debit = convert(value, currency, w.currency, cfg.fx) if w is not None else None
             refusal: dict[str, Any] | None = None
             if w is None or debit is None:
@@ -172,18 +180,16 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
                       "customerInfo": seal_fields(info, acqp, "customerInfo", ctx) if cfg.pets else info,
                       "walletAmount": {"currency": w.currency, "value": str(debit)}}
             try:
-                conn.execute(insert(mpp_payments).values(
-                    payment_id=pid, acqp_id=acqp_id, user_id=w.user_id, currency=currency, amount=value,
-                    wallet_currency=w.currency, debit=debit, refunded=0, credited=0, status="SUCCESS",
-                    answer=json.dumps(answer), created_ms=now))
+                conn.execute(_INSERT_PAYMENT, {
+                    "payment_id": pid, "acqp_id": acqp_id, "user_id": w.user_id, "currency": currency,
+                    "amount": value, "wallet_currency": w.currency, "debit": debit, "refunded": 0, "credited": 0,
+                    "status": "SUCCESS", "answer": json.dumps(answer), "created_ms": now})
             except IntegrityError:
                 conn.rollback()
                 with engine.connect() as c2:
-                    return json.loads(c2.execute(select(mpp_payments.c.answer)
-                                                 .where(mpp_payments.c.payment_id == pid)).scalar_one())
-            conn.execute(update(wallets).where(wallets.c.user_id == w.user_id)
-                         .values(balance=wallets.c.balance - debit))
-            conn.execute(update(codes).where(codes.c.code == code).values(used_by=pid))
+                    return json.loads(c2.execute(_ANSWER_OF, {"b_pid": pid}).scalar_one())
+            conn.execute(_DEBIT, {"b_user": w.user_id, "b_debit": debit})
+            conn.execute(_USE_CODE, {"b_code": code, "b_pid": pid})
         answer.pop("walletAmount", None)
         return answer
 
