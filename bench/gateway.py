@@ -3,8 +3,8 @@ partners (separate processes on loopback, SQLite), PETs on vs the same code with
 field groups in the clear, in one run. Prints one JSON line per mode and a summary.
 
 The load generator is the ACQP's payment front: it uses the partner SDK (signing,
-HPKE sealing to the MPP, verifying the gateway's answers) with a fixed number of
-payments in flight. Payment codes are issued by the MPP before the timed part.
+HPKE sealing to the MPP, verifying the gateway's answers) over the SDK's aiohttp
+transport with a fixed number of payments in flight. Payment codes are issued by the MPP before the timed part.
 Webhooks are counted as delivered when the ACQP's service has applied all of them."""
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ import uvloop
 
 from veilpay.cli.localnet import LocalNet
 from veilpay.sdk import AsyncGatewayClient
+from veilpay.sdk.transport import AiohttpTransport
 
 
 async def _load(net: LocalNet, codes: list[str], concurrency: int, tag: str) -> tuple[float, list[float], dict]:
     client = AsyncGatewayClient(net.keys("acqp-1"), net.url["gateway"], net.gateway_entry(), pets=net.pets,
-                                max_connections=concurrency, timeout=30.0)
+                                timeout=30.0, transport=AiohttpTransport(concurrency))
     await client.directory()
     lat: list[float] = []
     codes_seen: dict[str, int] = {}

@@ -54,7 +54,8 @@ class LocalNet:
         k = self.root / "keys"
         create_party(k / "gateway", "gateway", "gateway")
         create_party(k / "mpp-1", "mpp-1", "mpp", endpoint=self.url["mpp-1"], code_prefixes=["2810"], region="PH")
-        create_party(k / "acqp-1", "acqp-1", "acqp", notify_url=self.url["acqp-1"] + "/notify", region="JP")
+        create_party(k / "acqp-1", "acqp-1", "acqp", notify_url=self.url["acqp-1"] + "/notify", region="JP",
+                     notify_batch_url=self.url["acqp-1"] + "/notifyBatch")
         partners = ["keys/mpp-1/public.json", "keys/acqp-1/public.json"]
         privacy_opts: dict[str, Any] = {}
         if privacy:

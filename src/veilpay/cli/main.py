@@ -37,7 +37,7 @@ def _cmd_party_keys(a: argparse.Namespace) -> int:
             raise ConfigError("keys partner: --id and --role are required")
         keys = create_party(a.out, a.id, role, endpoint=a.endpoint or "", notify_url=a.notify_url or "",
                             code_prefixes=[p for p in (a.code_prefix or "").split(",") if p], suite=a.suite,
-                            region=a.region or "")
+                            region=a.region or "", notify_batch_url=a.notify_batch_url or "")
         print(f"wrote {a.out}/public.json and {a.out}/secret.json (mode 0600) for {role} {keys.id!r}")
     elif a.kind == "rotate":
         print(f"new key version {rotate_keys(a.out)} in {a.out}; it signs from now on")
@@ -295,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--endpoint", help="partner: base URL where the gateway reaches it (MPP, privacy node)")
     k.add_argument("--region", help="partner: ISO 3166 alpha-2 country, for corridor analytics")
     k.add_argument("--notify-url", help="partner: webhook URL (ACQP)")
+    k.add_argument("--notify-batch-url", help="partner: URL that takes several webhooks in one call (ACQP, optional)")
     k.add_argument("--code-prefix", help="MPP: payment code prefixes it issues, comma separated")
     k.add_argument("--suite", choices=["x25519", "mlkem768-x25519"], default="x25519", help="HPKE suite")
     k.add_argument("--retire", type=int, help="retire: the signing key version to retire")

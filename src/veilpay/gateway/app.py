@@ -137,6 +137,8 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if service.pay_calls is not None:
+                await service.pay_calls.aclose()
             await http.aclose()
             engine.dispose()
 

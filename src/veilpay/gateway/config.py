@@ -11,6 +11,7 @@
     cancel_window_s = 86400
     refund_window_s = 31536000
     max_body_bytes = 65536
+    forward_batch = 64                    # payments per call to an MPP (/mpp/v1/payBatch); 1: one per call (/mpp/v1/pay)
     pets = true                           # false: accept field groups in the clear (benchmark only)
     # Hidden amounts: partners seal amounts and secret-share them to these privacy nodes
     # (their public.json files are listed in `partners` too). Leave out for clear amounts.
@@ -45,6 +46,7 @@ class GatewayConfig:
     cancel_window_s: float = 86400.0
     refund_window_s: float = 365 * 86400.0
     max_body_bytes: int = 65536
+    forward_batch: int = 64
     pets: bool = True
     webhook_timeout_s: float = 5.0
     webhook_max_attempts: int = 12

@@ -5,7 +5,12 @@ A row is written in the same transaction as the payment or refund result it repo
 so a crash cannot lose a notification; it can only repeat one, which the receiver
 de-duplicates by ``notifyId``. A delivery counts when the ACQP answers 2xx with
 ``result.resultStatus == "S"``; after ``webhook_max_attempts`` the row is DEAD and
-counted in the metrics."""
+counted in the metrics.
+
+An ACQP whose directory entry names a ``notifyBatchUrl`` gets the notifications that
+are due together in one signed call, ``{"notifications": [...]}``, and answers each
+by ``notifyId`` (``{"result": ..., "answers": [{"notifyId", "result"}]}``); each
+counts as delivered on its own answer. Others get one call per notification."""
 
 from __future__ import annotations
 
@@ -76,6 +81,36 @@ class OutboxWorker:
                     claimed.append(r)
         return claimed
 
+    async def _post(self, partner: Any, url: str, raw: bytes) -> tuple[Any, str]:
+        """The JSON answer of a signed webhook post (None when refused), and why not."""
+        path = urlsplit(url).path or "/"
+        v, key = self.keys.signer()
+        headers = sign_headers(key, v, "POST", path, partner.id, raw, time.time())
+        headers["Content-Type"] = "application/json"
+        try:
+            status, _, content = await self.http.post(url, raw, headers, self.cfg.webhook_timeout_s)
+            if status // 100 != 2:
+                return None, f"HTTP {status}"
+            return json.loads(content), ""
+        except (LinkError, ValueError) as exc:
+            return None, type(exc).__name__
+
+    async def _deliver_batch(self, partner: Any, rows: list[Any]) -> list[tuple[Any, bool, str]]:
+        """Post ``rows`` to ``partner``'s notifyBatchUrl in one call."""
+        raw = ('{"notifications":[' + ",".join(r.body for r in rows) + "]}").encode()
+        ans, err = await self._post(partner, partner.notify_batch_url, raw)
+        by_id: dict[str, Any] = {}
+        if isinstance(ans, dict) and isinstance(ans.get("answers"), list):
+            by_id = {str(a.get("notifyId")): a.get("result") for a in ans["answers"] if isinstance(a, dict)}
+        elif not err:
+            err = "answer has no answers list"
+        out = []
+        for r in rows:
+            res = by_id.get(r.notify_id)
+            ok = isinstance(res, dict) and res.get("resultStatus") == "S"
+            out.append((r, ok, "" if ok else (err or "answer is not resultStatus S")))
+        return out
+
     async def _deliver(self, row: Any) -> tuple[Any, bool, str]:
         """Post one webhook; (row, delivered, error)."""
         d: Directory = self._directory()
@@ -85,22 +120,11 @@ class OutboxWorker:
         if partner is None or not partner.notify_url:
             err = "partner has no notifyUrl in the directory"
         else:
-            raw = row.body.encode()
-            path = urlsplit(partner.notify_url).path or "/"
-            v, key = self.keys.signer()
-            headers = sign_headers(key, v, "POST", path, partner.id, raw, time.time())
-            headers["Content-Type"] = "application/json"
-            try:
-                status, _, content = await self.http.post(partner.notify_url, raw, headers,
-                                                          self.cfg.webhook_timeout_s)
-                if status // 100 == 2:
-                    ans = json.loads(content)
-                    ok = ans.get("result", {}).get("resultStatus") == "S"
-                    err = "" if ok else "answer is not resultStatus S"
-                else:
-                    err = f"HTTP {status}"
-            except (LinkError, ValueError, AttributeError) as exc:
-                err = type(exc).__name__
+            ans, err = await self._post(partner, partner.notify_url, row.body.encode())
+            if ans is not None:
+                res = ans.get("result") if isinstance(ans, dict) else None
+                ok = isinstance(res, dict) and res.get("resultStatus") == "S"
+                err = "" if ok else "answer is not resultStatus S"
         return row, ok, err
 
     def _record(self, outcomes: list[tuple[Any, bool, str]]) -> None:
@@ -129,8 +153,20 @@ class OutboxWorker:
 
     async def run_once(self, limit: int = 64) -> int:
         rows = self._claim(limit)
-        if rows:
-            self._record(list(await asyncio.gather(*[self._deliver(r) for r in rows])))
+        if not rows:
+            return 0
+        d: Directory = self._directory()
+        batched: dict[str, list[Any]] = {}
+        single = []
+        for r in rows:
+            partner = d.get(r.partner_id)
+            if partner is not None and partner.notify_batch_url:
+                batched.setdefault(r.partner_id, []).append(r)
+            else:
+                single.append(r)
+        done = await asyncio.gather(*[self._deliver(r) for r in single],
+                                    *[self._deliver_batch(d.get(p), rs) for p, rs in batched.items()])
+        self._record([o for x in done for o in (x if isinstance(x, list) else [x])])
         return len(rows)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -33,7 +33,8 @@ from sqlalchemy.exc import IntegrityError
 
 from veilpay.crypto.digest import sha256
 from veilpay.crypto.tokens import ct_equal, random_id
-from veilpay.errors import NodeError, SignatureError
+from veilpay.errors import ConfigError, NodeError, SignatureError
+from veilpay.gateway.batch import Coalescer
 from veilpay.gateway.codes import CODES, ApiFailure, result
 from veilpay.gateway.link import LinkError, PartnerLink
 from veilpay.gateway.nodes import NodeLink
@@ -146,6 +147,9 @@ class GatewayService:
                  nodes: NodeLink | None = None) -> None:
         self.cfg, self.keys, self._directory, self.engine, self.http = cfg, keys, directory, engine, http
         self.metrics, self.wake_outbox, self.nodes = metrics, wake_outbox, nodes
+        if cfg.forward_batch < 1:
+            raise ConfigError("forward_batch must be at least 1")
+        self.pay_calls = Coalescer(self._pay_batch, cfg.forward_batch) if cfg.forward_batch > 1 else None
 
     @property
     def hidden(self) -> bool:
@@ -252,6 +256,32 @@ class GatewayService:
             raise MppUnreachable("unverifiable answer") from exc
         self.metrics.mpp_calls.labels(outcome=res["resultStatus"]).inc()
         return obj
+
+    async def forward_pay(self, mpp: PublicEntry, body: dict[str, Any]) -> dict[str, Any]:
+        """The MPP's answer to one payment: through ``/mpp/v1/payBatch`` together with the
+        payments that wait for the same MPP, or alone through ``/mpp/v1/pay``."""
+        if self.pay_calls is None:
+            return await self.call_partner(mpp, "/mpp/v1/pay", body)
+        return await self.pay_calls.call(mpp.id, body)
+
+    async def _pay_batch(self, mpp_id: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One payBatch call; an item whose answer is missing or malformed is answered
+        U, so it is resolved later like a payment whose call timed out."""
+        mpp = self.directory.get(mpp_id)
+        if mpp is None:
+            raise MppUnreachable("the MPP left the network")
+        obj = await self.call_partner(mpp, "/mpp/v1/payBatch", {"payments": items})
+        answers = obj.get("answers")
+        if obj["result"]["resultStatus"] != "S" or not isinstance(answers, list) or len(answers) != len(items):
+            raise MppUnreachable(f"payBatch answered {obj['result'].get('resultCode')!s:.48}")
+        out = []
+        for item, ans in zip(items, answers, strict=True):
+            res = ans.get("result") if isinstance(ans, dict) else None
+            if (not isinstance(res, dict) or res.get("resultStatus") not in ("S", "F", "U")
+                    or ans.get("paymentId") != item["paymentId"]):
+                ans = {"result": result("UNKNOWN_EXCEPTION")}
+            out.append(ans)
+        return out
 
     def _backoff_ms(self, attempts: int) -> int:
         return int(min(self.cfg.mpp_timeout_s * 2 ** min(attempts, 6), 300.0) * 1000)
@@ -372,7 +402,7 @@ class GatewayService:
         body = {"paymentId": row.id, "paymentRequestId": row.payment_request_id, "acquirerId": row.acqp_id,
                 "paymentAmount": self._amount_out(row, row.mpp_id), **json.loads(row.forward)}
         try:
-            ans = await self.call_partner(mpp, "/mpp/v1/pay", body)
+            ans = await self.forward_pay(mpp, body)
         except MppUnreachable:
             self._retry_later(payments, row)
             return self._load_payment(pid)

@@ -3,8 +3,8 @@
 ``POST /merchant/checkout`` takes a scanned payment code and an order from a
 merchant's till and pays through the gateway with the partner SDK (which seals the
 code, order and device data to the issuing MPP); ``/merchant/refund`` refunds.
-``POST /notify`` receives the gateway's signed webhooks and applies each
-``notifyId`` once: deliveries are at least once on the wire, exactly once here.
+``POST /notify`` (one) and ``POST /notifyBatch`` (several in one call) receive the
+gateway's signed webhooks and apply each ``notifyId`` once: deliveries are at least once on the wire, exactly once here.
 Admin endpoints show what arrived and can fail deliveries on purpose (tests)."""
 
 from __future__ import annotations
@@ -62,29 +62,20 @@ def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | No
     app = FastAPI(title=f"veilpay reference ACQP {keys.id}", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.engine, app.state.client = engine, client
 
-    @app.post("/notify")
-    async def notify(request: Request) -> Response:
-        raw = await request.body()
-        wire["count"] += 1
+    def apply(obj: dict[str, Any], text: str) -> dict[str, str]:
+        """Apply one verified notification once (by notifyId); its answer's result."""
         try:
-            obj = calls.verify("POST", "/notify", dict(request.headers), raw)
             nid = str(obj["notifyId"])
             if cfg.pets:
                 obj = reveal_amounts(obj, keys)  # amounts sealed to us on networks with privacy nodes
-        except (SignatureError, KeyError, DecryptionError) as exc:
-            code = exc.code if isinstance(exc, SignatureError) else "PARAM_ILLEGAL"
-            body, h = calls.answer("POST", "/notify", {"result": {"resultCode": code, "resultStatus": "F",
-                                                                  "resultMessage": str(exc)}})
-            return json_response(body, h, 401)
-        if faults["drop_before"] > 0:
-            faults["drop_before"] -= 1
-            return Response(status_code=503)
+        except (KeyError, DecryptionError) as exc:
+            return {"resultCode": "PARAM_ILLEGAL", "resultStatus": "F", "resultMessage": str(exc)}
         res = obj.get("paymentResult") or obj.get("refundResult") or {}
         try:
             with engine.begin() as conn:  # the notification and its effect on the order in one transaction
                 conn.execute(_INSERT_NOTIFICATION, {
                     "notify_id": nid, "kind": str(obj.get("notifyType")), "payment_id": obj.get("paymentId"),
-                    "refund_id": obj.get("refundId"), "code": str(res.get("resultCode")), "body": raw.decode(),
+                    "refund_id": obj.get("refundId"), "code": str(res.get("resultCode")), "body": text,
                     "received_ms": int(time.time() * 1000), "deliveries": 1})
                 if obj.get("notifyType") == "PAYMENT_RESULT":
                     conn.execute(_PAID, {"b_request": obj.get("paymentRequestId"),
@@ -92,18 +83,63 @@ def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | No
                 elif obj.get("notifyType") == "REFUND_RESULT" and res.get("resultStatus") == "S":
                     conn.execute(update(orders).where(orders.c.payment_request_id == obj.get("paymentRequestId"))
                                  .values(refunded=orders.c.refunded + int(obj["refundAmount"]["value"])))
-            fresh = True
-        except IntegrityError:
-            fresh = False
-        if not fresh:
+        except IntegrityError:  # seen before: count the delivery, apply nothing
             with engine.begin() as conn:
                 conn.execute(update(notifications).where(notifications.c.notify_id == nid)
                              .values(deliveries=notifications.c.deliveries + 1))
+        return {"resultCode": "SUCCESS", "resultStatus": "S", "resultMessage": "Success"}
+
+    def refused(path: str, exc: SignatureError) -> Response:
+        body, h = calls.answer("POST", path, {"result": {"resultCode": exc.code, "resultStatus": "F",
+                                                         "resultMessage": str(exc)}})
+        return json_response(body, h, 401)
+
+    @app.post("/notify")
+    async def notify(request: Request) -> Response:
+        raw = await request.body()
+        wire["count"] += 1
+        try:
+            obj = calls.verify("POST", "/notify", dict(request.headers), raw)
+        except SignatureError as exc:
+            return refused("/notify", exc)
+        if faults["drop_before"] > 0:
+            faults["drop_before"] -= 1
+            return Response(status_code=503)
+        res = apply(obj, raw.decode())
+        if res["resultStatus"] != "S":
+            body, h = calls.answer("POST", "/notify", {"result": res})
+            return json_response(body, h, 401)
         if faults["drop_after"] > 0:  # applied, but the answer is "lost": the gateway will send it again
             faults["drop_after"] -= 1
             return Response(status_code=503)
-        body, h = calls.answer("POST", "/notify", {"result": {"resultCode": "SUCCESS", "resultStatus": "S",
-                                                              "resultMessage": "Success"}})
+        body, h = calls.answer("POST", "/notify", {"result": res})
+        return json_response(body, h)
+
+    @app.post("/notifyBatch")
+    async def notify_batch(request: Request) -> Response:
+        """Several notifications in one call (``notifyBatchUrl`` in our directory entry);
+        each is applied as ``/notify`` would and answered by its notifyId."""
+        raw = await request.body()
+        try:
+            obj = calls.verify("POST", "/notifyBatch", dict(request.headers), raw)
+            items = obj["notifications"]
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise SignatureError("notifications: a list of objects", "PARAM_ILLEGAL")
+        except KeyError:
+            return refused("/notifyBatch", SignatureError("no notifications list", "PARAM_ILLEGAL"))
+        except SignatureError as exc:
+            return refused("/notifyBatch", exc)
+        wire["count"] += len(items)
+        if faults["drop_before"] > 0:
+            faults["drop_before"] -= 1
+            return Response(status_code=503)
+        answers = [{"notifyId": i.get("notifyId"), "result": apply(i, json.dumps(i, separators=(",", ":")))}
+                   for i in items]
+        if faults["drop_after"] > 0:
+            faults["drop_after"] -= 1
+            return Response(status_code=503)
+        body, h = calls.answer("POST", "/notifyBatch", {"result": {"resultCode": "SUCCESS", "resultStatus": "S",
+                                                                   "resultMessage": "Success"}, "answers": answers})
         return json_response(body, h)
 
     @app.post("/merchant/checkout")

@@ -1,7 +1,7 @@
 """The reference MPP: a small e-wallet with balances in its own SQLite ledger.
 
-It answers the gateway's signed calls (pay, cancel, refund), each idempotent on the
-gateway's id, so the gateway may re-send after a timeout or a crash without a second
+It answers the gateway's signed calls (pay, payBatch, cancel, refund), each
+idempotent on the gateway's id, so the gateway may re-send after a timeout or a crash without a second
 debit. It opens the payment code, order and device envelopes the ACQP sealed to it,
 turns the payer's account id into a pseudonymous token with its own PRF key, and
 seals the payer details it shares with the merchant to the ACQP. Admin endpoints
@@ -49,6 +49,7 @@ mpp_payments = Table("payments", md, Column("payment_id", String(40), primary_ke
 mpp_refunds = Table("refunds", md, Column("refund_id", String(40), primary_key=True), Column("payment_id", String(40)),
                     Column("amount", BigInteger), Column("credit", BigInteger), Column("status", String(16)),
                     Column("answer", Text))
+MAX_BATCH = 256  # payments in one payBatch call
 # The pay path's statements, built once (building one per call costs more than running it).
 _ANSWER_OF = select(mpp_payments.c.answer).where(mpp_payments.c.payment_id == bindparam("b_pid"))
 _CODE = select(codes).where(codes.c.code == bindparam("b_code"))
@@ -255,7 +256,25 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
                          .values(balance=wallets.c.balance + credit))
         return answer
 
-    for path, h in (("/mpp/v1/pay", pay), ("/mpp/v1/cancel", cancel), ("/mpp/v1/refund", refund)):
+    async def pay_batch(obj: dict[str, Any]) -> dict[str, Any]:
+        """Several payments in one call (the gateway coalesces them); each is handled
+        as ``/mpp/v1/pay`` would handle it, and answered in order with its paymentId."""
+        items = obj["payments"]
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+            return {"result": _res("PARAM_ILLEGAL", "F", f"payments: a list of 1 to {MAX_BATCH}")}
+        answers = []
+        for item in items:
+            try:
+                if not isinstance(item, dict):
+                    raise TypeError("payment")
+                ans = await pay(item)
+            except (KeyError, TypeError, ValueError) as exc:
+                ans = {"result": _res("PARAM_ILLEGAL", "F", f"malformed payment: {type(exc).__name__}")}
+            answers.append({"paymentId": item.get("paymentId") if isinstance(item, dict) else None, **ans})
+        return {"result": _res("SUCCESS", "S"), "answers": answers}
+
+    for path, h in (("/mpp/v1/pay", pay), ("/mpp/v1/payBatch", pay_batch), ("/mpp/v1/cancel", cancel),
+                    ("/mpp/v1/refund", refund)):
         app.add_api_route(path, _route(signed_call, h), methods=["POST"], response_class=Response)
 
     def denied() -> Response:

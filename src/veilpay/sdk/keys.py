@@ -42,6 +42,7 @@ class PublicEntry:
     retired: set[int] = field(default_factory=set)
     hpke: dict[int, HpkePublicKey] = field(default_factory=dict)
     region: str = ""  # ISO 3166 alpha-2 country of the partner, for corridor analytics
+    notify_batch_url: str = ""  # ACQP: takes several webhooks in one call (optional)
 
     @property
     def hpke_version(self) -> int:
@@ -56,8 +57,9 @@ class PublicEntry:
         return self.signing.get(version)
 
     def to_json(self) -> dict[str, Any]:
+        extra = {"notifyBatchUrl": self.notify_batch_url} if self.notify_batch_url else {}
         return {
-            "id": self.id, "role": self.role, "endpoint": self.endpoint, "notifyUrl": self.notify_url,
+            "id": self.id, "role": self.role, "endpoint": self.endpoint, "notifyUrl": self.notify_url, **extra,
             "codePrefixes": list(self.code_prefixes), "region": self.region,
             "signingKeys": [{"version": v, "public": b64e(k.to_bytes()),
                              "status": "retired" if v in self.retired else "active"}
@@ -78,6 +80,7 @@ class PublicEntry:
                     raise ConfigError(f"party {pid!r}: code prefix {p!r} is not 2-8 digits")
             entry = cls(pid, role, str(obj.get("endpoint", "")), str(obj.get("notifyUrl", "")), prefixes)
             entry.region = str(obj.get("region", ""))
+            entry.notify_batch_url = str(obj.get("notifyBatchUrl", ""))
             if not _REGION.match(entry.region):
                 raise ConfigError(f"party {pid!r}: region {entry.region!r} is not an ISO 3166 alpha-2 code")
             for k in obj["signingKeys"]:
@@ -171,7 +174,8 @@ def load_party(folder: str | Path) -> PartyKeys:
 
 
 def create_party(folder: str | Path, party_id: str, role: str, *, endpoint: str = "", notify_url: str = "",
-                 code_prefixes: list[str] | None = None, suite: str = "x25519", region: str = "") -> PartyKeys:
+                 code_prefixes: list[str] | None = None, suite: str = "x25519", region: str = "",
+                 notify_batch_url: str = "") -> PartyKeys:
     """New keys (version 1) for a partner or the gateway, written to ``folder``."""
     import secrets
 
@@ -184,7 +188,7 @@ def create_party(folder: str | Path, party_id: str, role: str, *, endpoint: str 
     sk = SigningKey.generate()
     hk = HpkePrivateKey.generate(suite) if role != "gateway" else None
     public = PublicEntry(party_id, role, endpoint, notify_url, list(code_prefixes or []), {1: sk.public()},
-                         region=region)
+                         region=region, notify_batch_url=notify_batch_url)
     if hk is not None:
         public.hpke[1] = hk.public()
     PublicEntry.from_json(public.to_json())  # validates prefixes and ids

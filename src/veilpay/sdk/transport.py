@@ -1,0 +1,58 @@
+"""An httpx transport that sends through aiohttp's connection pool.
+
+``AsyncGatewayClient(..., transport=AiohttpTransport())`` keeps the SDK's httpx
+interface (requests, responses, errors) and swaps only the wire. httpcore's pool
+checks every idle connection with a ``poll`` call and re-scans its queue on every
+request; at 16 requests in flight that was most of a load generator's CPU per
+payment (bench/gateway.py). aiohttp's pool does neither. Errors come back as the
+httpx exceptions the SDK already handles (``httpx.TimeoutException``,
+``httpx.ConnectError``, ``httpx.TransportError``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import httpx
+
+__all__ = ["AiohttpTransport"]
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    def __init__(self, connections: int = 100, keepalive_s: float = 30.0) -> None:
+        if connections < 1:
+            raise ValueError("connections must be at least 1")
+        self._connections, self._keepalive = connections, keepalive_s
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._connections, keepalive_timeout=self._keepalive),
+                skip_auto_headers=("User-Agent", "Accept-Encoding"), auto_decompress=False)
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        t: dict[str, Any] = request.extensions.get("timeout") or {}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.get("connect"), sock_read=t.get("read"))
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
+                   if k.lower() not in (b"host", b"content-length", b"transfer-encoding")]
+        body = await request.aread()
+        try:
+            async with self._get().request(request.method, str(request.url), data=body or None, headers=headers,
+                                           timeout=timeout, allow_redirects=False) as r:
+                content = await r.read()
+                return httpx.Response(r.status, headers=[(k.decode("latin-1"), v.decode("latin-1"))
+                                                         for k, v in r.raw_headers], content=content,
+                                      request=request)
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout(str(exc) or "timed out", request=request) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise httpx.ConnectError(str(exc), request=request) from exc
+        except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
+            raise httpx.TransportError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
