@@ -2,8 +2,9 @@
 ASGI apps joined by a routing transport (no sockets), each with its own keys and
 SQLite file. ``down`` makes a host unreachable, as a crashed or partitioned peer.
 
-``privacy="semi2k"`` or ``"aby3"`` adds three privacy nodes (control APIs in the
-router; their MPC mesh over real TCP + mutual TLS on loopback) and hides amounts."""
+``batch_notify`` gives acqp-1 a ``notifyBatchUrl``. ``privacy="semi2k"`` or ``"aby3"``
+adds three privacy nodes (control APIs in the router; their MPC mesh over real TCP +
+mutual TLS on loopback) and hides amounts."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ class Router(httpx.AsyncBaseTransport):
 
 class Net:
     def __init__(self, tmp: Path, database: str | None = None, pets: bool = True, suite: str = "x25519",
-                 privacy: str = "", **gw: Any) -> None:
+                 privacy: str = "", batch_notify: bool = False, **gw: Any) -> None:
         self.tmp = tmp
         k = tmp / "keys"
         self.gateway_keys = create_party(k / "gateway", "gateway", "gateway")
@@ -54,7 +55,7 @@ class Net:
                      region="PH")
         create_party(k / "mpp-2", "mpp-2", "mpp", endpoint="http://mpp-2.test", code_prefixes=["2820"], region="KR")
         create_party(k / "acqp-1", "acqp-1", "acqp", notify_url="http://acqp-1.test/notify", suite=suite,
-                     region="JP")
+                     region="JP", notify_batch_url="http://acqp-1.test/notifyBatch" if batch_notify else "")
         create_party(k / "acqp-2", "acqp-2", "acqp", notify_url="http://acqp-2.test/notify", region="SG")
         self.router = Router()
         partners = [k / p / "public.json" for p in ("mpp-1", "mpp-2", "acqp-1", "acqp-2")]

