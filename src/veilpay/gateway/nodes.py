@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, bindparam, func, insert, select, update
 
 from veilpay.crypto.tokens import random_id
 from veilpay.errors import NodeError, SignatureError
@@ -45,6 +45,16 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# Built once: the gateway queues two or three rows per payment and relays them often.
+_INSERT_FEED = insert(node_feed)
+_CURSOR = select(node_cursor).where(node_cursor.c.node == bindparam("b_node"))
+_PENDING = select(func.count()).select_from(node_feed).where(
+    node_feed.c.node == bindparam("b_node"), node_feed.c.seq > bindparam("b_after"))
+_FEED = select(node_feed.c.seq, node_feed.c.item).where(
+    node_feed.c.node == bindparam("b_node"), node_feed.c.seq > bindparam("b_after")) \
+    .order_by(node_feed.c.seq).limit(bindparam("b_limit"))
+
+
 class NodeLink:
     def __init__(self, cfg: Any, keys: PartyKeys, directory: Callable[[], Directory], engine: Engine,
                  http: PartnerLink, privacy: Privacy) -> None:
@@ -61,8 +71,8 @@ class NodeLink:
     def enqueue(self, conn: Any, per_node: dict[str, dict[str, Any]]) -> None:
         """Queue one item for each share-holding node (inside the caller's transaction)."""
         now = _now_ms()
-        conn.execute(insert(node_feed), [{"node": n, "item": json.dumps(item, separators=(",", ":")),
-                                          "created_ms": now} for n, item in per_node.items()])
+        conn.execute(_INSERT_FEED, [{"node": n, "item": json.dumps(item, separators=(",", ":")),
+                                     "created_ms": now} for n, item in per_node.items()])
 
     def enqueue_status(self, conn: Any, item_id: str, status: str, day: str | None = None) -> None:
         item: dict[str, Any] = {"op": "status", "id": item_id, "status": status}
@@ -102,14 +112,13 @@ class NodeLink:
 
     def _cursor(self, node: str) -> Any:
         with self.engine.connect() as conn:
-            return conn.execute(select(node_cursor).where(node_cursor.c.node == node)).first()
+            return conn.execute(_CURSOR, {"b_node": node}).first()
 
     def pending(self, node: str, cursor: Any = None) -> int:
         """Feed rows for ``node`` not yet applied there (``cursor``: its row, when read)."""
         cur = cursor or self._cursor(node)
         with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(node_feed).where(
-                node_feed.c.node == node, node_feed.c.seq > (cur.delivered if cur else 0))).scalar() or 0)
+            return int(conn.execute(_PENDING, {"b_node": node, "b_after": cur.delivered if cur else 0}).scalar() or 0)
 
     def _save_cursor(self, node: str, delivered: int | None, error: str = "") -> None:
         cur = self._cursor(node)
@@ -133,9 +142,7 @@ class NodeLink:
             delivered = cur.delivered if cur else 0
             while True:
                 with self.engine.connect() as conn:
-                    rows = conn.execute(select(node_feed.c.seq, node_feed.c.item).where(
-                        node_feed.c.node == node, node_feed.c.seq > delivered)
-                        .order_by(node_feed.c.seq).limit(_BATCH)).all()
+                    rows = conn.execute(_FEED, {"b_node": node, "b_after": delivered, "b_limit": _BATCH}).all()
                 if not rows:
                     return delivered
                 batch = [{"seq": r.seq, **json.loads(r.item)} for r in rows]

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, and_, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, insert, select, update
 
 from veilpay.crypto import label_digest
 from veilpay.crypto.digest import sha256
@@ -36,6 +36,16 @@ _PAY_STATUS = {"SUCCESS", "FAIL", "CANCELLED"}
 _REFUND_STATUS = {"SUCCESS": "SUCCESS", "FAIL": "RELEASED"}
 _DAY = 10
 _MOD = 1 << 64
+# The feed's statements, built once: building one per item cost SQLAlchemy more CPU
+# than running it (bench/gateway.py, shared amounts).
+_ITEM_EXISTS = select(items.c.id).where(items.c.id == bindparam("b_id"))
+_OPENED_REQUEST = select(items.c.id).where(and_(
+    items.c.acqp_id == bindparam("b_acqp"), items.c.kind == bindparam("b_kind"),
+    items.c.request_id == bindparam("b_req"), items.c.opened.is_(True)))
+_INSERT_ITEM = insert(items)
+_ITEM_STATE = select(items.c.kind, items.c.status).where(items.c.id == bindparam("b_id"))
+_SET_STATUS = update(items).where(items.c.id == bindparam("b_id")).values(status=bindparam("b_status"),
+                                                                         day=bindparam("b_day"))
 
 
 def _signed(w: int) -> int:
@@ -114,11 +124,10 @@ class NodeService:
         if kind not in KINDS:
             raise NodeError(f"feed item {seq}: kind must be one of {KINDS}", "FEED_INVALID", 400)
         payment = _text(it, "paymentId", 40) if kind == "refund" else None
-        if conn.execute(select(items.c.id).where(items.c.id == iid)).first() is not None:
+        if conn.execute(_ITEM_EXISTS, {"b_id": iid}).first() is not None:
             return ""
         words, err = [0, 0], ""
-        dup = conn.execute(select(items.c.id).where(and_(
-            items.c.acqp_id == acqp, items.c.kind == kind, items.c.request_id == req, items.c.opened.is_(True)))).first()
+        dup = conn.execute(_OPENED_REQUEST, {"b_acqp": acqp, "b_kind": kind, "b_req": req}).first()
         env = it.get("envelope")
         if dup is not None:
             err = "REPLAYED_SHARE"
@@ -130,9 +139,10 @@ class NodeService:
                 words[:len(got)] = got
             except DecryptionError:
                 err = "SHARE_INVALID"
-        conn.execute(insert(items).values(
-            id=iid, kind=kind, payment_id=payment, acqp_id=acqp, mpp_id=mpp, currency=currency, request_id=req,
-            w0=_signed(words[0]), w1=_signed(words[1]), opened=not err, error=err, status="NEW", day=None, seq=seq))
+        conn.execute(_INSERT_ITEM, {
+            "id": iid, "kind": kind, "payment_id": payment, "acqp_id": acqp, "mpp_id": mpp, "currency": currency,
+            "request_id": req, "w0": _signed(words[0]), "w1": _signed(words[1]), "opened": not err, "error": err,
+            "status": "NEW", "day": None, "seq": seq})
         return err
 
     def _set_status(self, conn: Any, it: dict[str, Any]) -> str:
@@ -140,7 +150,7 @@ class NodeService:
         day = it.get("day")
         if day is not None and (not isinstance(day, str) or len(day) != _DAY):
             raise NodeError("feed item: 'day' must be YYYY-MM-DD", "FEED_INVALID", 400)
-        row = conn.execute(select(items.c.kind, items.c.status).where(items.c.id == iid)).first()
+        row = conn.execute(_ITEM_STATE, {"b_id": iid}).first()
         if row is None:
             return "UNKNOWN_ITEM"
         if row.kind == "pay":
@@ -151,7 +161,7 @@ class NodeService:
             if status not in _REFUND_STATUS:
                 raise NodeError(f"feed item: refund status {status!r}", "FEED_INVALID", 400)
             new = _REFUND_STATUS[status]
-        conn.execute(update(items).where(items.c.id == iid).values(status=new, day=day if new == "SUCCESS" else None))
+        conn.execute(_SET_STATUS, {"b_id": iid, "b_status": new, "b_day": day if new == "SUCCESS" else None})
         return ""
 
     # ------------------------------------------------------------------ jobs
