@@ -48,12 +48,10 @@ class AiohttpLink:
         self._session: object | None = None
 
     def _get(self) -> object:
-        import aiohttp
+        from veilpay.sdk.transport import aiohttp_session
 
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connections, keepalive_timeout=30),
-                skip_auto_headers=("User-Agent",), auto_decompress=False)
+            self._session = aiohttp_session(self._connections)
         return self._session
 
     async def post(self, url: str, content: bytes, headers: dict[str, str],

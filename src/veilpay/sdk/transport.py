@@ -16,7 +16,16 @@ from typing import Any
 import aiohttp
 import httpx
 
-__all__ = ["AiohttpTransport"]
+__all__ = ["AiohttpTransport", "aiohttp_session"]
+
+
+def aiohttp_session(connections: int, keepalive_s: float = 30.0) -> aiohttp.ClientSession:
+    """A pooled aiohttp session that adds no headers of its own and leaves bodies as sent
+    (signatures cover the exact bytes); the SDK's transport and the gateway's partner
+    link both use it."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=connections, keepalive_timeout=keepalive_s),
+        skip_auto_headers=("User-Agent", "Accept-Encoding"), auto_decompress=False)
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -28,9 +37,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def _get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connections, keepalive_timeout=self._keepalive),
-                skip_auto_headers=("User-Agent", "Accept-Encoding"), auto_decompress=False)
+            self._session = aiohttp_session(self._connections, self._keepalive)
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
