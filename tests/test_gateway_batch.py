@@ -175,6 +175,44 @@ def test_paybatch_answers_each_item_and_refuses_bad_lists(tmp_path: Path) -> Non
     run(body())
 
 
+def test_paybatch_ledger_steps_commit_together_each_on_its_own_terms(tmp_path: Path) -> None:
+    """The MPP runs a batch's items at once and commits their ledger steps in one
+    transaction; a duplicate item, a used code and a sealed field that does not open
+    are each answered as they would be alone, and only the good payments debit."""
+    async def body() -> None:
+        net = Net(tmp_path)
+        codes = await _codes(net, 3)
+        c = net.client()
+        d = await c.directory()
+
+        def item(n: int, code: str) -> dict[str, Any]:
+            b = c._pay_body(d, f"t-{n}", JPY, code, ORDER, None)
+            return {"paymentId": f"pay_t{n}", "paymentRequestId": f"t-{n}", "acquirerId": "acqp-1", **b}
+
+        good0, good1, reused = item(0, codes[0]), item(1, codes[1]), item(2, codes[0])
+        broken = item(3, codes[2])
+        env = broken["order"]
+        broken["order"] = {**env, "ct": env["ct"][:-4] + ("AAAA" if env["ct"][-4:] != "AAAA" else "BBBB")}
+        writes = net.partner_apps["mpp-1"].state.writes
+        before = writes.groups
+        status, ans = await _signed_to(net, "mpp-1", "/mpp/v1/payBatch",
+                                       {"payments": [good0, good1, good0, reused, broken]})
+        assert status == 200 and ans["result"]["resultStatus"] == "S"
+        a = ans["answers"]
+        assert [x["paymentId"] for x in a] == ["pay_t0", "pay_t1", "pay_t0", "pay_t2", "pay_t3"]
+        assert [x["result"]["resultCode"] for x in a] == ["SUCCESS", "SUCCESS", "SUCCESS", "INVALID_CODE",
+                                                          "PROCESS_FAIL"]
+        assert a[0] == a[2]  # the re-sent item gets the first answer, not a second debit
+        assert "walletAmount" not in a[0]
+        assert writes.groups == before + 1
+        assert await net.balance("u1") == 10**7 - 2 * 38000
+        ledger = {p["payment_id"]: p for p in (await net.admin("mpp-1", "GET", "/admin/ledger"))["payments"]}
+        assert [ledger[f"pay_t{i}"]["status"] for i in range(4)] == ["SUCCESS", "SUCCESS", "FAIL", "FAIL"]
+        # the code left unused by the broken item still pays
+        assert (await c.pay("t-9", JPY, codes[2], ORDER)).code == "SUCCESS"
+    run(body())
+
+
 # ---------------------------------------------------------------- notifyBatch
 def test_notify_batch_delivers_together_and_applies_each_once(tmp_path: Path) -> None:
     async def body() -> None:

@@ -164,7 +164,7 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
             if ctype != "application/json":
                 raise ApiFailure("MEDIA_TYPE_NOT_ACCEPTABLE")
             raw = await _read_body(request, cfg.max_body_bytes)
-            acqp = service.authenticate("POST", path, headers, raw)
+            acqp = await service.authenticate("POST", path, headers, raw)
             try:
                 obj = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:

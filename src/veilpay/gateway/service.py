@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 
 from veilpay.crypto.digest import sha256
 from veilpay.crypto.tokens import ct_equal, random_id
+from veilpay.db import GroupCommit
 from veilpay.errors import ConfigError, NodeError, SignatureError
 from veilpay.gateway.batch import Coalescer
 from veilpay.gateway.codes import CODES, ApiFailure, result
@@ -151,6 +152,9 @@ class GatewayService:
             raise ConfigError("forward_batch and forward_in_flight must be at least 1")
         self.pay_calls = Coalescer(self._pay_batch, cfg.forward_batch, cfg.forward_in_flight) \
             if cfg.forward_batch > 1 else None
+        # The pay path's writes (replay guard, new payment, final status with its webhook)
+        # commit together with those of the other requests handled in the same loop turn.
+        self.writes = GroupCommit(engine)
 
     @property
     def hidden(self) -> bool:
@@ -206,7 +210,7 @@ class GatewayService:
         return self._directory()
 
     # ------------------------------------------------------------------ auth
-    def authenticate(self, method: str, path: str, headers: dict[str, str], body: bytes) -> PublicEntry:
+    async def authenticate(self, method: str, path: str, headers: dict[str, str], body: bytes) -> PublicEntry:
         """The ACQP that signed this request; ApiFailure for an unknown client, a bad or
         stale signature, or a replay of a request already seen."""
         client = headers.get("client-id", "")
@@ -218,11 +222,10 @@ class GatewayService:
                                     self.cfg.request_window_s)
         except SignatureError as exc:
             raise ApiFailure(exc.code if exc.code in CODES else "INVALID_SIGNATURE", str(exc)) from exc
-        expires = _now_ms() + int(2 * self.cfg.request_window_s * 1000)
+        seen = {"client_id": entry.id, "digest": sha256(signed.signature).hex(),
+                "expires_ms": _now_ms() + int(2 * self.cfg.request_window_s * 1000)}
         try:
-            with self.engine.begin() as conn:
-                conn.execute(_INSERT_SEEN, {"client_id": entry.id, "digest": sha256(signed.signature).hex(),
-                                            "expires_ms": expires})
+            await self.writes.run(lambda conn: conn.execute(_INSERT_SEEN, seen))
         except IntegrityError as exc:
             raise ApiFailure("REPLAYED_REQUEST") from exc
         return entry
@@ -355,11 +358,15 @@ class GatewayService:
                "expires_ms": now + int(self.cfg.payment_expiry_s * 1000),
                "next_check_ms": now + int(2 * self.cfg.mpp_timeout_s * 1000), "attempts": 0}
         row: Any = SimpleNamespace(**new)
+        meta = {"id": pid, "kind": "pay", "acqp": acqp.id, "mpp": mpp.id, "currency": currency,
+                "requestId": req.paymentRequestId}
+
+        def record(conn: Any) -> None:
+            conn.execute(_INSERT_PAYMENT, new)
+            self._queue_shares(conn, shares, meta)
+
         try:
-            with self.engine.begin() as conn:
-                conn.execute(_INSERT_PAYMENT, new)
-                self._queue_shares(conn, shares, {"id": pid, "kind": "pay", "acqp": acqp.id, "mpp": mpp.id,
-                                                  "currency": currency, "requestId": req.paymentRequestId})
+            await self.writes.run(record)
         except IntegrityError:
             with self.engine.connect() as conn:
                 old = self._payment(conn, acqp.id, None, req.paymentRequestId)
@@ -394,7 +401,7 @@ class GatewayService:
             return row
         mpp = self.directory.get(row.mpp_id)
         if mpp is None:
-            self._finish_payment(row, "FAIL", "PROCESS_FAIL", "the MPP left the network")
+            await self._finish_payment(row, "FAIL", "PROCESS_FAIL", "the MPP left the network")
             return self._load_payment(pid)
         if _now_ms() > row.expires_ms:
             with self.engine.begin() as conn:
@@ -411,11 +418,11 @@ class GatewayService:
         if res["resultStatus"] == "S":
             token = ans.get("customerToken")
             info = ans.get("customerInfo")
-            done = self._finish_payment(row, "SUCCESS", "SUCCESS", "", token=str(token)[:64] if token else None,
+            done = await self._finish_payment(row, "SUCCESS", "SUCCESS", "", token=str(token)[:64] if token else None,
                                         info=_dumps(info).decode() if isinstance(info, dict) else None)
         elif res["resultStatus"] == "F":
             code = res.get("resultCode") if res.get("resultCode") in _MPP_FAIL_CODES else "PROCESS_FAIL"
-            done = self._finish_payment(row, "FAIL", code, "")
+            done = await self._finish_payment(row, "FAIL", code, "")
         else:
             self._retry_later(payments, row)
             done = None
@@ -427,14 +434,15 @@ class GatewayService:
                 attempts=row.attempts + 1, next_check_ms=_now_ms() + self._backoff_ms(row.attempts),
                 updated_ms=_now_ms()))
 
-    def _finish_payment(self, row: Any, status: str, code: str, message: str, token: str | None = None,
-                        info: str | None = None) -> Any:
+    async def _finish_payment(self, row: Any, status: str, code: str, message: str, token: str | None = None,
+                              info: str | None = None) -> Any:
         """Record the payment's final status and queue its webhook; returns the row as
         written, or None when it was no longer PROCESSING (another step got there first)."""
         now = _now_ms()
         paid = now if status == "SUCCESS" else None
-        with self.engine.begin() as conn:
-            done = conn.execute(_FINISH_PAYMENT, {
+
+        def record(conn: Any) -> int:
+            done: int = conn.execute(_FINISH_PAYMENT, {
                 "b_id": row.id, "b_status": status, "b_code": code, "b_message": message, "b_token": token,
                 "b_info": info, "b_paid": paid, "b_now": now}).rowcount
             if done:
@@ -449,6 +457,9 @@ class GatewayService:
                 self._enqueue(conn, row.acqp_id, "notifyPayment", body, now)
                 if self.nodes is not None:
                     self.nodes.enqueue_status(conn, row.id, status, _day(now) if status == "SUCCESS" else None)
+            return done
+
+        done = await self.writes.run(record)
         if not done:
             return None
         if self.nodes is not None:

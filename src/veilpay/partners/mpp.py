@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request, Response
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError
 
+from veilpay.db import GroupCommit
 from veilpay.errors import ConfigError, DecryptionError, SignatureError
 from veilpay.partners._common import admin_ok, json_response, load_identity, open_db
 from veilpay.partners.config import PartnerConfig
@@ -92,6 +92,7 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
         raise ConfigError(f"{cfg.keys}: the MPP's secret file has no token key")
     calls = GatewayCalls(keys, gateway, cfg.request_window_s)
     engine = open_db(cfg.database, md)
+    writes = GroupCommit(engine)
     client = AsyncGatewayClient(keys, cfg.gateway_url, gateway, pets=cfg.pets, transport=transport)
     released = asyncio.Event()
     released.set()
@@ -102,7 +103,7 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
         engine.dispose()
 
     app = FastAPI(title=f"veilpay reference MPP {keys.id}", docs_url=None, redoc_url=None, lifespan=lifespan)
-    app.state.engine = engine
+    app.state.engine, app.state.writes = engine, writes
 
     async def acqp_entry(acqp_id: str) -> Any:
         d = await client.directory()
@@ -135,13 +136,11 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
     async def pay(obj: dict[str, Any]) -> dict[str, Any]:
         await released.wait()
         pid, acqp_id = str(obj["paymentId"]), str(obj["acquirerId"])
-        with engine.connect() as conn:
-            old = conn.execute(_ANSWER_OF, {"b_pid": pid}).scalar()
-        if old is not None:
-            return json.loads(old)
         ctx = f"{acqp_id}/{obj['paymentRequestId']}"
         currency, value = str(obj["paymentAmount"]["currency"]), 0
         acqp = await acqp_entry(acqp_id)
+        code, unopened = "", False
+        order: dict[str, Any] = {}
         try:
             currency, value = _amount_of(obj["paymentAmount"], "pay", acqp_id, str(obj["paymentRequestId"]))
             pm = obj["paymentMethod"]["paymentMethodId"]
@@ -150,59 +149,51 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
             if obj.get("env") is not None and cfg.pets:
                 open_fields(obj["env"], keys, "env", ctx)  # device data: opened for the MPP's own risk checks
         except DecryptionError:
-            return _store_fail(pid, acqp_id, currency, value, _res("PROCESS_FAIL", "F", "sealed fields do not open"))
+            unopened = True
         now = int(time.time() * 1000)
-        with engine.begin() as conn:
+        row = {"payment_id": pid, "acqp_id": acqp_id, "user_id": None, "currency": currency, "amount": value,
+               "wallet_currency": None, "debit": 0, "refunded": 0, "credited": 0, "status": "FAIL",
+               "created_ms": now}
+
+        def fail(conn: Any, answer: dict[str, Any], **more: Any) -> dict[str, Any]:
+            conn.execute(_INSERT_PAYMENT, {**row, **more, "answer": json.dumps(answer)})
+            return answer
+
+        def ledger(conn: Any) -> dict[str, Any]:
+            """The payment's ledger step, in the transaction of the payments around it;
+            the first answer stored for a paymentId is the answer to every re-send."""
+            old = conn.execute(_ANSWER_OF, {"b_pid": pid}).scalar()
+            if old is not None:
+                return dict(json.loads(old))
+            if unopened:
+                return fail(conn, {"result": _res("PROCESS_FAIL", "F", "sealed fields do not open")})
+            if acqp is None:
+                return fail(conn, {"result": _res("PROCESS_FAIL", "F", "acquirer not in the directory")})
             crow = conn.execute(_CODE, {"b_code": code}).first()
-            if crow is None or crow.expires_ms < now or (crow.used_by and crow.used_by != pid) or acqp is None:
-                invalid = ({"result": _res("INVALID_CODE", "F", "unknown, expired or used payment code")} if acqp
-                           else {"result": _res("PROCESS_FAIL", "F", "acquirer not in the directory")})
-                conn.execute(insert(mpp_payments).values(payment_id=pid, acqp_id=acqp_id, currency=currency,
-                                                         amount=value, status="FAIL", answer=json.dumps(invalid),
-                                                         refunded=0, credited=0, debit=0, created_ms=now))
-                return invalid
+            if crow is None or crow.expires_ms < now or (crow.used_by and crow.used_by != pid):
+                return fail(conn, {"result": _res("INVALID_CODE", "F", "unknown, expired or used payment code")})
             w = conn.execute(_WALLET, {"b_user": crow.user_id}).first()
             debit = convert(value, currency, w.currency, cfg.fx) if w is not None else None
-            refusal: dict[str, Any] | None = None
             if w is None or debit is None:
-                refusal = {"result": _res("CURRENCY_NOT_SUPPORT", "F", "no rate for this corridor")}
-            elif w.balance < debit:
-                refusal = {"result": _res("USER_BALANCE_NOT_ENOUGH", "F")}
-            if refusal is not None or w is None or debit is None:
-                failed = refusal or {}
-                conn.execute(insert(mpp_payments).values(payment_id=pid, acqp_id=acqp_id, user_id=crow.user_id,
-                                                         currency=currency, amount=value, status="FAIL", debit=0,
-                                                         refunded=0, credited=0, answer=json.dumps(failed),
-                                                         created_ms=now))
-                return failed
+                return fail(conn, {"result": _res("CURRENCY_NOT_SUPPORT", "F", "no rate for this corridor")},
+                            user_id=crow.user_id)
+            if w.balance < debit:
+                return fail(conn, {"result": _res("USER_BALANCE_NOT_ENOUGH", "F")}, user_id=crow.user_id)
             info: dict[str, Any] = {"pspName": cfg.name or keys.id, "customerName": _mask(w.name or ""),
-                    "displayCustomerId": "*" * 4 + w.user_id[-4:], "orderEcho": str(order.get("orderId", ""))[:64]}
-            answer: dict[str, Any] = {"result": _res("SUCCESS", "S"), "customerToken": customer_token(keys, w.user_id),
-                      "customerInfo": seal_fields(info, acqp, "customerInfo", ctx) if cfg.pets else info,
-                      "walletAmount": {"currency": w.currency, "value": str(debit)}}
-            try:
-                conn.execute(_INSERT_PAYMENT, {
-                    "payment_id": pid, "acqp_id": acqp_id, "user_id": w.user_id, "currency": currency,
-                    "amount": value, "wallet_currency": w.currency, "debit": debit, "refunded": 0, "credited": 0,
-                    "status": "SUCCESS", "answer": json.dumps(answer), "created_ms": now})
-            except IntegrityError:
-                conn.rollback()
-                with engine.connect() as c2:
-                    return json.loads(c2.execute(_ANSWER_OF, {"b_pid": pid}).scalar_one())
+                                    "displayCustomerId": "*" * 4 + w.user_id[-4:],
+                                    "orderEcho": str(order.get("orderId", ""))[:64]}
+            answer: dict[str, Any] = {
+                "result": _res("SUCCESS", "S"), "customerToken": customer_token(keys, w.user_id),
+                "customerInfo": seal_fields(info, acqp, "customerInfo", ctx) if cfg.pets else info,
+                "walletAmount": {"currency": w.currency, "value": str(debit)}}
+            conn.execute(_INSERT_PAYMENT, {**row, "user_id": w.user_id, "wallet_currency": w.currency,
+                                           "debit": debit, "status": "SUCCESS", "answer": json.dumps(answer)})
             conn.execute(_DEBIT, {"b_user": w.user_id, "b_debit": debit})
             conn.execute(_USE_CODE, {"b_code": code, "b_pid": pid})
-        answer.pop("walletAmount", None)
-        return answer
+            return answer
 
-    def _store_fail(pid: str, acqp_id: str, currency: str, value: int, res: dict[str, str]) -> dict[str, Any]:
-        answer = {"result": res}
-        try:
-            with engine.begin() as conn:
-                conn.execute(insert(mpp_payments).values(payment_id=pid, acqp_id=acqp_id, currency=currency,
-                                                         amount=value, status="FAIL", debit=0, refunded=0, credited=0,
-                                                         answer=json.dumps(answer), created_ms=int(time.time() * 1000)))
-        except IntegrityError:
-            pass
+        answer = await writes.run(ledger)
+        answer.pop("walletAmount", None)  # the wallet's side of the debit stays in the ledger
         return answer
 
     async def cancel(obj: dict[str, Any]) -> dict[str, Any]:
@@ -262,16 +253,19 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
         items = obj["payments"]
         if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
             return {"result": _res("PARAM_ILLEGAL", "F", f"payments: a list of 1 to {MAX_BATCH}")}
-        answers = []
-        for item in items:
+
+        async def one(item: Any) -> dict[str, Any]:
             try:
                 if not isinstance(item, dict):
                     raise TypeError("payment")
                 ans = await pay(item)
             except (KeyError, TypeError, ValueError) as exc:
                 ans = {"result": _res("PARAM_ILLEGAL", "F", f"malformed payment: {type(exc).__name__}")}
-            answers.append({"paymentId": item.get("paymentId") if isinstance(item, dict) else None, **ans})
-        return {"result": _res("SUCCESS", "S"), "answers": answers}
+            return {"paymentId": item.get("paymentId") if isinstance(item, dict) else None, **ans}
+
+        # concurrently, so that their ledger steps commit in one transaction
+        answers = await asyncio.gather(*(one(item) for item in items))
+        return {"result": _res("SUCCESS", "S"), "answers": list(answers)}
 
     for path, h in (("/mpp/v1/pay", pay), ("/mpp/v1/payBatch", pay_batch), ("/mpp/v1/cancel", cancel),
                     ("/mpp/v1/refund", refund)):

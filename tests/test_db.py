@@ -1,0 +1,113 @@
+"""GroupCommit: the writes of one event-loop turn in one transaction, each unit's
+failure kept to its own caller, and a result only once its transaction committed."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from veilpay.db import GroupCommit, make_engine
+
+md = MetaData()
+items = Table("items", md, Column("k", String(16), primary_key=True), Column("v", Integer, nullable=False))
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Any:
+    eng = make_engine(f"sqlite:///{tmp_path / 'g.db'}")
+    md.create_all(eng)
+    yield eng
+    eng.dispose()
+
+
+def _put(k: str, v: int) -> Any:
+    def work(conn: Any) -> str:
+        conn.execute(insert(items), {"k": k, "v": v})
+        return k
+    return work
+
+
+def _count(engine: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(items)).scalar_one())
+
+
+def test_units_of_one_turn_share_a_transaction(engine: Any) -> None:
+    g = GroupCommit(engine)
+
+    async def main() -> list[str]:
+        return list(await asyncio.gather(*(g.run(_put(f"k{i}", i)) for i in range(20))))
+
+    assert asyncio.run(main()) == [f"k{i}" for i in range(20)]
+    assert (g.groups, g.units) == (1, 20)
+    assert _count(engine) == 20
+
+
+def test_units_of_separate_turns_commit_separately_and_are_visible_when_answered(engine: Any) -> None:
+    g = GroupCommit(engine)
+
+    async def main() -> None:
+        for i in range(3):
+            await g.run(_put(f"k{i}", i))
+            assert _count(engine) == i + 1  # committed: another connection sees it
+
+    asyncio.run(main())
+    assert (g.groups, g.units) == (3, 3)
+
+
+def test_a_failing_unit_fails_alone(engine: Any) -> None:
+    with engine.begin() as conn:
+        conn.execute(insert(items), {"k": "taken", "v": 0})
+    g = GroupCommit(engine)
+
+    def boom(conn: Any) -> None:
+        conn.execute(insert(items), {"k": "half", "v": 1})
+        raise ValueError("bad unit")
+
+    async def main() -> list[Any]:
+        return list(await asyncio.gather(g.run(_put("a", 1)), g.run(_put("taken", 2)), g.run(boom),
+                                         g.run(_put("b", 3)), return_exceptions=True))
+
+    a, dup, bad, b = asyncio.run(main())
+    assert (a, b) == ("a", "b")
+    assert isinstance(dup, IntegrityError)
+    assert isinstance(bad, ValueError)
+    with engine.connect() as conn:
+        rows = dict(conn.execute(select(items.c.k, items.c.v)).all())
+    assert rows == {"taken": 0, "a": 1, "b": 3}  # nothing of the failed units, the rest as if alone
+    assert g.groups == 1 and g.units == 4
+
+
+def test_max_group_splits_a_turn(engine: Any) -> None:
+    g = GroupCommit(engine, max_group=4)
+
+    async def main() -> None:
+        await asyncio.gather(*(g.run(_put(f"k{i}", i)) for i in range(10)))
+
+    asyncio.run(main())
+    assert (g.groups, g.units) == (3, 10)
+    assert _count(engine) == 10
+    with pytest.raises(ValueError, match="max_group"):
+        GroupCommit(engine, max_group=0)
+
+
+def test_a_cancelled_caller_writes_nothing(engine: Any) -> None:
+    g = GroupCommit(engine)
+
+    async def main() -> None:
+        t = asyncio.ensure_future(g.run(_put("gone", 1)))
+        kept = asyncio.ensure_future(g.run(_put("kept", 2)))
+        await asyncio.sleep(0)  # both units queued, the flush not yet run
+        t.cancel()
+        assert await kept == "kept"
+        with pytest.raises(asyncio.CancelledError):
+            await t
+
+    asyncio.run(main())
+    with engine.connect() as conn:
+        assert conn.execute(select(items.c.k)).scalars().all() == ["kept"]
