@@ -389,6 +389,32 @@ def test_webhook_gives_up_after_max_attempts(tmp_path: Path) -> None:
     run(body())
 
 
+def test_outbox_claims_due_rows_oldest_first_and_never_twice(tmp_path: Path, database: str | None) -> None:
+    """Two workers on one database (two gateway replicas) never hold the same row: a
+    claim leases the oldest due rows, and a leased row comes back only when its lease
+    has run out."""
+    from veilpay.gateway.outbox import OutboxWorker
+
+    async def body() -> None:
+        net = Net(tmp_path, database=database)
+        for i in range(5):
+            assert (await _pay(net, f"r{i}", user=f"u{i}")).code == "SUCCESS"
+        engine = net.gateway.state.engine
+        first = net.gateway.state.outbox
+        second = OutboxWorker(net.cfg, first.keys, first._directory, engine, first.http, first.metrics)
+        a = first._claim(3)
+        b = second._claim(10)
+        assert len(a) == 3 and len(b) == 2
+        with engine.connect() as conn:
+            ids = conn.execute(select(outbox.c.id).order_by(outbox.c.id)).scalars().all()
+        assert [r.id for r in a] == ids[:3] and [r.id for r in b] == ids[3:]
+        assert first._claim(10) == [] and second._claim(10) == []
+        with engine.begin() as conn:  # the first replica died holding its rows: the lease runs out
+            conn.execute(outbox.update().where(outbox.c.id.in_([r.id for r in a])).values(lease_until_ms=0))
+        assert [r.id for r in second._claim(10)] == ids[:3]
+    run(body())
+
+
 async def _get(net: Net, path: str) -> httpx.Response:
     async with httpx.AsyncClient(transport=net.router) as c:
         return await c.get("http://gateway.test" + path)

@@ -241,11 +241,22 @@ def test_notify_batch_refuses_a_bad_item_alone(tmp_path: Path) -> None:
         net = Net(tmp_path, batch_notify=True)
         item = {"notifyId": "ntf_1", "notifyType": "PAYMENT_RESULT", "paymentId": "pay_1",
                 "paymentRequestId": "r", "paymentResult": {"resultCode": "SUCCESS", "resultStatus": "S"}}
-        status, ans = await _signed_to(net, "acqp-1", "/notifyBatch", {"notifications": [item, {"no": "id"}, item]})
+        no_amount = {"notifyId": "ntf_2", "notifyType": "REFUND_RESULT", "refundId": "rfd_1", "paymentRequestId": "r",
+                     "refundResult": {"resultCode": "SUCCESS", "resultStatus": "S"}}
+        status, ans = await _signed_to(net, "acqp-1", "/notifyBatch",
+                                       {"notifications": [item, {"no": "id"}, item, no_amount]})
         assert status == 200
-        assert [a["result"]["resultStatus"] for a in ans["answers"]] == ["S", "F", "S"]
+        assert [a["result"]["resultStatus"] for a in ans["answers"]] == ["S", "F", "S", "F"]
         got = await net.notifications()
         assert [(n["notify_id"], n["deliveries"]) for n in got["notifications"]] == [("ntf_1", 2)]
+        # distinct notifications of one call are applied in one transaction
+        writes = net.partner_apps["acqp-1"].state.writes
+        before = writes.groups
+        fresh = [{**item, "notifyId": f"ntf_{i}"} for i in range(10, 15)]
+        status, ans = await _signed_to(net, "acqp-1", "/notifyBatch", {"notifications": fresh})
+        assert [a["result"]["resultStatus"] for a in ans["answers"]] == ["S"] * 5
+        assert writes.groups == before + 1
+        assert len((await net.notifications())["notifications"]) == 6
         status, ans = await _signed_to(net, "acqp-1", "/notifyBatch", {"notifications": "x"})
         assert status == 401 and ans["result"]["resultCode"] == "PARAM_ILLEGAL"
     run(body())

@@ -36,11 +36,15 @@ __all__ = ["OutboxWorker", "retry_delay_s"]
 log = logging.getLogger("veilpay.gateway")
 LEASE_MS = 30_000
 # Built once (see service.py): the worker runs them for every webhook.
-_DUE = select(outbox).where(and_(outbox.c.status == "PENDING", outbox.c.next_attempt_ms <= bindparam("b_now"),
-                                 outbox.c.lease_until_ms < bindparam("b_now"))).order_by(outbox.c.id) \
-    .limit(bindparam("b_limit"))
-_LEASE = update(outbox).where(and_(outbox.c.id == bindparam("b_id"), outbox.c.lease_until_ms < bindparam("b_now"))) \
-    .values(lease_until_ms=bindparam("b_until"))
+# Claiming is one statement: lease the oldest due rows and return those this call
+# leased. The lease condition is checked again on each row as it is updated, so two
+# replicas never both claim a row (PostgreSQL re-evaluates it under concurrent updates).
+_DUE_IDS = select(outbox.c.id).where(and_(
+    outbox.c.status == "PENDING", outbox.c.next_attempt_ms <= bindparam("b_now"),
+    outbox.c.lease_until_ms < bindparam("b_now"))).order_by(outbox.c.id).limit(bindparam("b_limit"))
+_CLAIM = update(outbox).where(and_(outbox.c.id.in_(_DUE_IDS.scalar_subquery()),
+                                   outbox.c.lease_until_ms < bindparam("b_now"))) \
+    .values(lease_until_ms=bindparam("b_until")).returning(*outbox.c)
 _DELIVERED = update(outbox).where(outbox.c.id == bindparam("b_id")).values(
     status="DELIVERED", attempts=bindparam("b_attempts"), delivered_ms=bindparam("b_now"), lease_until_ms=0,
     last_error="")
@@ -73,13 +77,8 @@ class OutboxWorker:
     def _claim(self, limit: int) -> list[Any]:
         now = _now_ms()
         with self.engine.begin() as conn:
-            rows = conn.execute(_DUE, {"b_now": now, "b_limit": limit}).all()
-            claimed = []
-            for r in rows:
-                n = conn.execute(_LEASE, {"b_id": r.id, "b_now": now, "b_until": now + LEASE_MS}).rowcount
-                if n:
-                    claimed.append(r)
-        return claimed
+            rows = conn.execute(_CLAIM, {"b_now": now, "b_limit": limit, "b_until": now + LEASE_MS}).all()
+        return sorted(rows, key=lambda r: r.id)
 
     async def _post(self, partner: Any, url: str, raw: bytes) -> tuple[Any, str]:
         """The JSON answer of a signed webhook post (None when refused), and why not."""

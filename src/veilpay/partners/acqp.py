@@ -9,6 +9,7 @@ Admin endpoints show what arrived and can fail deliveries on purpose (tests)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -21,6 +22,7 @@ from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Tex
 from sqlalchemy.exc import IntegrityError
 
 from veilpay.crypto.tokens import random_id
+from veilpay.db import GroupCommit
 from veilpay.errors import DecryptionError, SignatureError, VeilpayError
 from veilpay.partners._common import admin_ok, json_response, load_identity, open_db
 from veilpay.partners.config import PartnerConfig
@@ -42,6 +44,10 @@ orders = Table("orders", md, Column("payment_request_id", String(64), primary_ke
 _INSERT_NOTIFICATION = insert(notifications)
 _PAID = update(orders).where(orders.c.payment_request_id == bindparam("b_request")).values(
     status=bindparam("b_status"), payment_id=bindparam("b_payment"))
+_REFUNDED = update(orders).where(orders.c.payment_request_id == bindparam("b_request")).values(
+    refunded=orders.c.refunded + bindparam("b_value"))
+_REDELIVERED = update(notifications).where(notifications.c.notify_id == bindparam("b_nid")).values(
+    deliveries=notifications.c.deliveries + 1)
 
 
 def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
@@ -49,6 +55,7 @@ def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | No
     keys, gateway = load_identity(cfg, "acqp")
     calls = GatewayCalls(keys, gateway, cfg.request_window_s)
     engine = open_db(cfg.database, md)
+    writes = GroupCommit(engine)
     client = AsyncGatewayClient(keys, cfg.gateway_url, gateway, pets=cfg.pets, transport=transport)
     faults = {"drop_before": 0, "drop_after": 0}
     wire = {"count": 0}
@@ -60,33 +67,38 @@ def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | No
         engine.dispose()
 
     app = FastAPI(title=f"veilpay reference ACQP {keys.id}", docs_url=None, redoc_url=None, lifespan=lifespan)
-    app.state.engine, app.state.client = engine, client
+    app.state.engine, app.state.client, app.state.writes = engine, client, writes
 
-    def apply(obj: dict[str, Any], text: str) -> dict[str, str]:
-        """Apply one verified notification once (by notifyId); its answer's result."""
+    async def apply(obj: dict[str, Any], text: str) -> dict[str, str]:
+        """Apply one verified notification once (by notifyId); its answer's result. The
+        notification and its effect on the order commit in one transaction, shared with
+        the notifications applied at the same time (a notifyBatch)."""
         try:
             nid = str(obj["notifyId"])
             if cfg.pets:
                 obj = reveal_amounts(obj, keys)  # amounts sealed to us on networks with privacy nodes
-        except (KeyError, DecryptionError) as exc:
+            res = obj.get("paymentResult") or obj.get("refundResult") or {}
+            refunded = int(obj["refundAmount"]["value"]) \
+                if obj.get("notifyType") == "REFUND_RESULT" and res.get("resultStatus") == "S" else None
+        except (KeyError, TypeError, ValueError, AttributeError, DecryptionError) as exc:
             return {"resultCode": "PARAM_ILLEGAL", "resultStatus": "F", "resultMessage": str(exc)}
-        res = obj.get("paymentResult") or obj.get("refundResult") or {}
+        row = {"notify_id": nid, "kind": str(obj.get("notifyType")), "payment_id": obj.get("paymentId"),
+               "refund_id": obj.get("refundId"), "code": str(res.get("resultCode")), "body": text,
+               "received_ms": int(time.time() * 1000), "deliveries": 1}
+
+        def record(conn: Any) -> None:
+            conn.execute(_INSERT_NOTIFICATION, row)
+            if obj.get("notifyType") == "PAYMENT_RESULT":
+                conn.execute(_PAID, {"b_request": obj.get("paymentRequestId"),
+                                     "b_status": res.get("resultStatus"), "b_payment": obj.get("paymentId")})
+            elif refunded is not None:
+                conn.execute(_REFUNDED, {"b_request": obj.get("paymentRequestId"), "b_value": refunded})
+
         try:
-            with engine.begin() as conn:  # the notification and its effect on the order in one transaction
-                conn.execute(_INSERT_NOTIFICATION, {
-                    "notify_id": nid, "kind": str(obj.get("notifyType")), "payment_id": obj.get("paymentId"),
-                    "refund_id": obj.get("refundId"), "code": str(res.get("resultCode")), "body": text,
-                    "received_ms": int(time.time() * 1000), "deliveries": 1})
-                if obj.get("notifyType") == "PAYMENT_RESULT":
-                    conn.execute(_PAID, {"b_request": obj.get("paymentRequestId"),
-                                         "b_status": res.get("resultStatus"), "b_payment": obj.get("paymentId")})
-                elif obj.get("notifyType") == "REFUND_RESULT" and res.get("resultStatus") == "S":
-                    conn.execute(update(orders).where(orders.c.payment_request_id == obj.get("paymentRequestId"))
-                                 .values(refunded=orders.c.refunded + int(obj["refundAmount"]["value"])))
+            await writes.run(record)
         except IntegrityError:  # seen before: count the delivery, apply nothing
             with engine.begin() as conn:
-                conn.execute(update(notifications).where(notifications.c.notify_id == nid)
-                             .values(deliveries=notifications.c.deliveries + 1))
+                conn.execute(_REDELIVERED, {"b_nid": nid})
         return {"resultCode": "SUCCESS", "resultStatus": "S", "resultMessage": "Success"}
 
     def refused(path: str, exc: SignatureError) -> Response:
@@ -105,7 +117,7 @@ def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | No
         if faults["drop_before"] > 0:
             faults["drop_before"] -= 1
             return Response(status_code=503)
-        res = apply(obj, raw.decode())
+        res = await apply(obj, raw.decode())
         if res["resultStatus"] != "S":
             body, h = calls.answer("POST", "/notify", {"result": res})
             return json_response(body, h, 401)
@@ -133,8 +145,8 @@ def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | No
         if faults["drop_before"] > 0:
             faults["drop_before"] -= 1
             return Response(status_code=503)
-        answers = [{"notifyId": i.get("notifyId"), "result": apply(i, json.dumps(i, separators=(",", ":")))}
-                   for i in items]
+        results = await asyncio.gather(*(apply(i, json.dumps(i, separators=(",", ":"))) for i in items))
+        answers = [{"notifyId": i.get("notifyId"), "result": r} for i, r in zip(items, results, strict=True)]
         if faults["drop_after"] > 0:
             faults["drop_after"] -= 1
             return Response(status_code=503)
