@@ -5,7 +5,9 @@ resolving payments whose outcome is not yet known.
 Every request is read as raw bytes, size-capped, authenticated (signature, time
 window, replay) and only then parsed; every answer, error or not, is signed by the
 gateway for the Client-Id that asked. Domain errors become answers in one place
-(``_handle``)."""
+(``answer``). The signed POST endpoints are served by a small ASGI front
+(``SignedApiFront``) ahead of FastAPI's routing; FastAPI serves the rest and the
+OpenAPI document."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import httpx
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from veilpay.errors import ConfigError, SignatureError
 from veilpay.gateway.codes import ApiFailure, result
@@ -47,7 +50,7 @@ from veilpay.sdk.keys import PublicEntry, load_party
 from veilpay.sdk.shares import Privacy
 from veilpay.sdk.signing import sign_headers, verify_message
 
-__all__ = ["DirectoryFiles", "create_app"]
+__all__ = ["DirectoryFiles", "SignedApiFront", "create_app"]
 
 log = logging.getLogger("veilpay.gateway")
 
@@ -86,17 +89,65 @@ class DirectoryFiles:
         return self._dir
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+async def _read_asgi_body(headers: dict[str, str], receive: Receive, limit: int) -> bytes:
+    """A request body from the ASGI ``receive`` channel, refused past ``limit`` bytes
+    (by its Content-Length or as it streams in)."""
+    declared = headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise ApiFailure("REQUEST_TOO_LARGE", f"body over {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = msg.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise ApiFailure("REQUEST_TOO_LARGE", f"body over {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not msg.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    return await _read_asgi_body(headers, request.receive, limit)
+
+
+Op = Callable[[PublicEntry, Any], Awaitable[dict[str, Any]]]
+# (path, lower-cased headers, the body's reader, op) -> (HTTP status, body, headers)
+Handler = Callable[[str, dict[str, str], Callable[[], Awaitable[bytes]], Op],
+                   Awaitable[tuple[int, bytes, dict[str, str]]]]
+
+
+class SignedApiFront:
+    """The signed API's POST endpoints served straight from ASGI, ahead of FastAPI's
+    routing, dependency solving and request objects (about 40 us of CPU a request,
+    a few percent of a payment's). Same handler, same answers: FastAPI keeps the
+    routes for the OpenAPI document and for any request this front passes on."""
+
+    def __init__(self, app: ASGIApp, routes: dict[str, Op], handler: Handler, limit: int) -> None:
+        self.app, self.routes, self.handler, self.limit = app, routes, handler, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        op = self.routes.get(scope.get("path", "")) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if op is None:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}  # ASGI: names lower-case
+        try:
+            status, raw, out = await self.handler(scope["path"], headers,
+                                                  lambda: _read_asgi_body(headers, receive, self.limit), op)
+        except ClientGone:
+            return
+        hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+        hdrs += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in out.items()]
+        await send({"type": "http.response.start", "status": status, "headers": hdrs})
+        await send({"type": "http.response.body", "body": raw})
 
 
 def _schema(model: Any) -> dict[str, Any]:
@@ -148,22 +199,26 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
     app.state.directory = directory
     app.state.nodes = nodes
 
-    def signed(client: str, method: str, path: str, body: dict[str, Any], status: int) -> Response:
+    def sign_body(client: str, method: str, path: str, body: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
         raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         v, key = keys.signer()
-        headers = sign_headers(key, v, method, path, client[:64] or "anonymous", raw, time.time(), "Response-Time")
+        return raw, sign_headers(key, v, method, path, client[:64] or "anonymous", raw, time.time(), "Response-Time")
+
+    def signed(client: str, method: str, path: str, body: dict[str, Any], status: int) -> Response:
+        raw, headers = sign_body(client, method, path, body)
         return Response(raw, status_code=status, headers=headers, media_type="application/json")
 
-    async def handle(request: Request, op: Callable[[PublicEntry, Any], Awaitable[dict[str, Any]]]) -> Response:
+    async def answer(path: str, headers: dict[str, str], read: Callable[[], Awaitable[bytes]],
+                     op: Op) -> tuple[int, bytes, dict[str, str]]:
+        """One signed API call: authenticate, parse, run ``op``, and sign the answer
+        (errors included) for the Client-Id that asked."""
         started = time.perf_counter()
-        path = request.url.path
-        headers = {k.lower(): v for k, v in request.headers.items()}
         client = headers.get("client-id", "")
         try:
             ctype = headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype != "application/json":
                 raise ApiFailure("MEDIA_TYPE_NOT_ACCEPTABLE")
-            raw = await _read_body(request, cfg.max_body_bytes)
+            raw = await read()
             acqp = await service.authenticate("POST", path, headers, raw)
             try:
                 obj = json.loads(raw)
@@ -174,6 +229,8 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
             body, status = await op(acqp, obj), 200
         except ApiFailure as exc:
             body, status = {"result": exc.result}, exc.http_status
+        except ClientGone:
+            raise
         except Exception:  # noqa: BLE001 - an unexpected error is answered U, never a stack trace
             log.exception("request failed", extra={"event": "request_error", "path": path})
             body, status = {"result": result("UNKNOWN_EXCEPTION")}, 500
@@ -182,9 +239,19 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
         log.info("request", extra={"event": "request", "path": path, "client": client[:64], "code": code,
                                    "ms": round((time.perf_counter() - started) * 1000, 2),
                                    "paymentId": body.get("paymentId"), "refundId": body.get("refundId")})
-        return signed(client, "POST", path, body, status)
+        raw_answer, out = sign_body(client, "POST", path, body)
+        return status, raw_answer, out
 
-    routes: list[tuple[str, Any, Callable[[PublicEntry, Any], Awaitable[dict[str, Any]]], str]] = [
+    async def handle(request: Request, op: Op) -> Response:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            status, raw, out = await answer(request.url.path, headers,
+                                            lambda: _read_asgi_body(headers, request.receive, cfg.max_body_bytes), op)
+        except ClientGone:
+            return Response(status_code=499)
+        return Response(raw, status_code=status, headers=out, media_type="application/json")
+
+    routes: list[tuple[str, Any, Op, str]] = [
         ("/v1/payments/pay", PayRequest, service.pay, "Pay with a customer's payment code (user-presented)"),
         ("/v1/payments/inquiryPayment", InquiryPaymentRequest, service.inquiry_payment, "The status of a payment"),
         ("/v1/payments/cancelPayment", CancelRequest, service.cancel, "Cancel a payment within the cancel window"),
@@ -226,6 +293,8 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
             body, status = {"result": result("SUCCESS"), **(await op(obj))}, 200
         except ApiFailure as exc:
             body, status = {"result": exc.result}, exc.http_status
+        except ClientGone:
+            return Response(status_code=499)
         return signed(keys.id, "POST", path, body, status)
 
     @app.post("/admin/v1/settle", summary="Settle one day in MPC (operator; signed with the gateway key)",
@@ -270,6 +339,8 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(SignedApiFront, routes={path: op for path, _, op, _ in routes}, handler=answer,
+                       limit=cfg.max_body_bytes)
     return app
 
 
