@@ -236,6 +236,38 @@ def test_notify_batch_delivers_together_and_applies_each_once(tmp_path: Path) ->
     run(body())
 
 
+def test_outbox_worker_lingers_so_that_webhooks_share_a_call(tmp_path: Path) -> None:
+    """The running worker waits webhook_linger_s after a webhook falls due: the
+    webhooks of payments that finish meanwhile go in the same notifyBatch call, and
+    the payments themselves do not wait for it."""
+    async def run_with(linger: float, sub: str) -> tuple[list[int], float]:
+        net = Net(tmp_path / sub, batch_notify=True, webhook_linger_s=linger)
+        codes = await _codes(net, 4)
+        c = net.client()
+        stop = asyncio.Event()
+        worker = asyncio.create_task(net.gateway.state.outbox.run(stop))
+        t = asyncio.get_running_loop().time()
+        for i, code in enumerate(codes):  # one after another: each finishes before the next starts
+            assert (await c.pay(f"l-{i}", JPY, code, ORDER)).code == "SUCCESS"
+        paid = asyncio.get_running_loop().time() - t
+        for _ in range(200):
+            if len((await net.notifications())["notifications"]) == 4:
+                break
+            await asyncio.sleep(0.02)
+        stop.set()
+        await worker
+        sizes = [len(json.loads(b)["notifications"]) for _, p, b, _ in net.router.log if p == "/notifyBatch"]
+        return sizes, paid
+
+    async def body() -> None:
+        sizes, paid = await run_with(2.0, "long")
+        assert sizes == [4]  # all four in one call
+        assert paid < 2.0    # the payments did not wait for the linger
+        sizes, _ = await run_with(0.0, "none")
+        assert sum(sizes) == 4 and len(sizes) > 1  # without it, a call as soon as each is due
+    run(body())
+
+
 def test_notify_batch_refuses_a_bad_item_alone(tmp_path: Path) -> None:
     async def body() -> None:
         net = Net(tmp_path, batch_notify=True)

@@ -13,6 +13,7 @@
     max_body_bytes = 65536
     forward_batch = 64                    # payments per call to an MPP (/mpp/v1/payBatch); 1: one per call (/mpp/v1/pay)
     forward_in_flight = 1                 # payBatch calls open at once per MPP; the next batch queues meanwhile
+    webhook_linger_s = 0.02               # wait this long after a webhook is due, so that more share its call
     pets = true                           # false: accept field groups in the clear (benchmark only)
     # Hidden amounts: partners seal amounts and secret-share them to these privacy nodes
     # (their public.json files are listed in `partners` too). Leave out for clear amounts.
@@ -53,6 +54,7 @@ class GatewayConfig:
     webhook_timeout_s: float = 5.0
     webhook_max_attempts: int = 12
     webhook_backoff_s: float = 0.5
+    webhook_linger_s: float = 0.02
     resolver_interval_s: float = 0.5
     privacy_protocol: str = ""
     privacy_nodes: list[str] = field(default_factory=list)
