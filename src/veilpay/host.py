@@ -11,6 +11,10 @@ Two things can cost veilpay's party processes more than their arithmetic:
 
 `keep_freed_memory` acts on this process at once; `blas_env` edits the environment
 of a child process (OpenBLAS reads it only when numpy is first imported).
+
+`FASTAPI_TELEMETRY_OFF` is for the HTTP services: they export Prometheus metrics
+and JSON logs, not OpenTelemetry, and FastAPI's native OpenTelemetry hooks, left
+on, ask the global OTel providers on every request whether they are configured.
 """
 
 from __future__ import annotations
@@ -18,10 +22,17 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final
 
 from veilpay.errors import InvalidInput
 
-__all__ = ["BLAS_CHOICES", "blas_env", "keep_freed_memory"]
+if TYPE_CHECKING:
+    from fastapi.telemetry import TelemetryConfig
+
+__all__ = ["BLAS_CHOICES", "FASTAPI_TELEMETRY_OFF", "blas_env", "keep_freed_memory"]
+
+# FastAPI(telemetry=...): no OpenTelemetry spans, metrics or logs from FastAPI itself.
+FASTAPI_TELEMETRY_OFF: Final[TelemetryConfig] = {"tracing": False, "metrics": False, "logs": False}
 
 BLAS_CHOICES = ("inherit", "auto")
 

@@ -45,6 +45,7 @@ from veilpay.gateway.schemas import (
 from veilpay.gateway.service import GatewayService
 from veilpay.gateway.settlement import analytics, settle
 from veilpay.gateway.store import make_engine, migrate
+from veilpay.host import FASTAPI_TELEMETRY_OFF
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.keys import PublicEntry, load_party
 from veilpay.sdk.shares import Privacy
@@ -193,7 +194,7 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
             await http.aclose()
             engine.dispose()
 
-    app = FastAPI(title="veilpay gateway", version="1", lifespan=lifespan,
+    app = FastAPI(title="veilpay gateway", version="1", lifespan=lifespan, telemetry=FASTAPI_TELEMETRY_OFF,
                   description="Alipay+-shaped payments where the operator holds only tokens and ciphertext.")
     app.state.service, app.state.outbox, app.state.engine, app.state.metrics = service, worker, engine, metrics
     app.state.directory = directory

@@ -30,6 +30,7 @@ import anyio
 from fastapi import FastAPI, Request, Response
 
 from veilpay.errors import ConfigError, NodeError, SignatureError
+from veilpay.host import FASTAPI_TELEMETRY_OFF
 from veilpay.net import connect_mesh, load_network
 from veilpay.node.service import NodeService
 from veilpay.node.store import open_store
@@ -74,7 +75,8 @@ def create_node_app(keys_dir: str | Path, network_file: str | Path, gateway_key:
 
     service = NodeService(keys, privacy, engine, mesh, min_count)
     calls = GatewayCalls(keys, gateway, window)
-    app = FastAPI(title=f"veilpay privacy node {keys.id}", docs_url=None, redoc_url=None)
+    app = FastAPI(title=f"veilpay privacy node {keys.id}", docs_url=None, redoc_url=None,
+                  telemetry=FASTAPI_TELEMETRY_OFF)
     app.state.service = service
     app.state.engine = engine
 

@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from veilpay.crypto.tokens import random_id
 from veilpay.db import GroupCommit
 from veilpay.errors import DecryptionError, SignatureError, VeilpayError
+from veilpay.host import FASTAPI_TELEMETRY_OFF
 from veilpay.partners._common import admin_ok, json_response, load_identity, open_db
 from veilpay.partners.config import PartnerConfig
 from veilpay.sdk.client import AsyncGatewayClient
@@ -66,7 +67,8 @@ def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | No
         await client.aclose()
         engine.dispose()
 
-    app = FastAPI(title=f"veilpay reference ACQP {keys.id}", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(title=f"veilpay reference ACQP {keys.id}", docs_url=None, redoc_url=None, lifespan=lifespan,
+                  telemetry=FASTAPI_TELEMETRY_OFF)
     app.state.engine, app.state.client, app.state.writes = engine, client, writes
 
     async def apply(obj: dict[str, Any], text: str) -> dict[str, str]:

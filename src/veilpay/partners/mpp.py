@@ -25,6 +25,7 @@ from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, bindpa
 
 from veilpay.db import GroupCommit
 from veilpay.errors import ConfigError, DecryptionError, SignatureError
+from veilpay.host import FASTAPI_TELEMETRY_OFF
 from veilpay.partners._common import admin_ok, json_response, load_identity, open_db
 from veilpay.partners.config import PartnerConfig
 from veilpay.sdk.client import AsyncGatewayClient
@@ -102,7 +103,8 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
         await client.aclose()
         engine.dispose()
 
-    app = FastAPI(title=f"veilpay reference MPP {keys.id}", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(title=f"veilpay reference MPP {keys.id}", docs_url=None, redoc_url=None, lifespan=lifespan,
+                  telemetry=FASTAPI_TELEMETRY_OFF)
     app.state.engine, app.state.writes = engine, writes
 
     async def acqp_entry(acqp_id: str) -> Any:
