@@ -271,6 +271,67 @@ def test_node_down_at_payment_and_at_settlement(tmp_path: Path) -> None:
     run(go())
 
 
+def test_node_relay_backs_off_a_down_node_and_lingers_to_batch(tmp_path: Path) -> None:
+    """The background relay: a node that failed is retried only when its backoff is
+    due (its cursor says why and when); rows queued while the relay lingers travel in
+    one feed call; the cursor ends at the last row."""
+    import asyncio
+
+    from sqlalchemy import select
+
+    from veilpay.gateway.store import node_cursor, node_feed
+
+    net = Net(tmp_path, privacy="semi2k", node_relay_linger_s=1.5, node_relay_interval_s=0.05)
+    link = net.gateway.state.nodes
+    engine = net.gateway.state.engine
+
+    def cursor(node: str) -> Any:
+        with engine.connect() as conn:
+            return conn.execute(select(node_cursor).where(node_cursor.c.node == node)).first()
+
+    def feed_calls(node: str) -> list[int]:
+        return [len(json.loads(b)["items"]) for h, p, b, _ in net.router.log if h == f"{node}.test" and p == "/node/v1/feed"]
+
+    async def go() -> None:
+        c = net.client()
+        await net.wallet("u1", 10**9)
+        net.router.down.add("node-b.test")
+        assert (await _pay(net, c, "b1", 100)).code == "SUCCESS"
+        assert await link.run_once() == 1  # node-a reached; node-b down
+        down = cursor("node-b")
+        assert down.attempts == 1 and down.last_error and down.next_attempt_ms > time.time() * 1000
+        tries = len([1 for h, p, _, _ in net.router.log if h == "node-b.test"])
+        assert await link.run_once() == 1  # node-b's retry is not yet due: not tried
+        assert len([1 for h, p, _, _ in net.router.log if h == "node-b.test"]) == tries
+        net.router.down.discard("node-b.test")
+        with engine.begin() as conn:  # the backoff runs out
+            conn.execute(node_cursor.update().where(node_cursor.c.node == "node-b").values(next_attempt_ms=0))
+        assert await link.run_once() == 2
+        up = cursor("node-b")
+        assert (up.attempts, up.last_error) == (0, "")
+        # the running relay lingers: four payments' rows go to each node in one call
+        before = {n: len(feed_calls(n)) for n in ("node-a", "node-b")}
+        stop = asyncio.Event()
+        relay = asyncio.create_task(link.run(stop))
+        for i in range(4):
+            assert (await _pay(net, c, f"l{i}", 100 + i)).code == "SUCCESS"
+        for _ in range(400):
+            if link.pending("node-a") == 0 and link.pending("node-b") == 0:
+                break
+            await asyncio.sleep(0.02)
+        stop.set()
+        await relay
+        for n in ("node-a", "node-b"):
+            new_calls = feed_calls(n)[before[n]:]
+            assert new_calls == [8]  # a share row and a status row per payment, in one call
+            with engine.connect() as conn:
+                last = conn.execute(select(node_feed.c.seq).where(node_feed.c.node == n)
+                                    .order_by(node_feed.c.seq.desc())).scalars().first()
+            assert cursor(n).delivered == last
+
+    run(go())
+
+
 def test_bad_shares_are_left_out_and_named(tmp_path: Path) -> None:
     """A cheating ACQP: shares that add up outside 1..10^15, and a share that does not
     open at its node. The payments complete (the MPP debits what it was sealed); the

@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, func, insert, select, update
@@ -53,6 +54,11 @@ _PENDING = select(func.count()).select_from(node_feed).where(
 _FEED = select(node_feed.c.seq, node_feed.c.item).where(
     node_feed.c.node == bindparam("b_node"), node_feed.c.seq > bindparam("b_after")) \
     .order_by(node_feed.c.seq).limit(bindparam("b_limit"))
+_INSERT_CURSOR = insert(node_cursor)
+_CURSOR_ADVANCED = update(node_cursor).where(node_cursor.c.node == bindparam("b_node")).values(
+    delivered=bindparam("b_delivered"), attempts=0, next_attempt_ms=bindparam("b_next"), last_error="")
+_CURSOR_FAILED = update(node_cursor).where(node_cursor.c.node == bindparam("b_node")).values(
+    attempts=bindparam("b_attempts"), next_attempt_ms=bindparam("b_next"), last_error=bindparam("b_error"))
 
 
 class NodeLink:
@@ -120,25 +126,34 @@ class NodeLink:
         with self.engine.connect() as conn:
             return int(conn.execute(_PENDING, {"b_node": node, "b_after": cur.delivered if cur else 0}).scalar() or 0)
 
-    def _save_cursor(self, node: str, delivered: int | None, error: str = "") -> None:
-        cur = self._cursor(node)
+    def _save_cursor(self, node: str, cur: Any, delivered: int | None, error: str = "") -> Any:
+        """Record how far ``node`` got (``delivered``) or why it did not (``error``, which
+        backs its next attempt off); ``cur`` is its cursor row as last read or saved.
+        Returns the cursor as saved."""
         now = _now_ms()
         attempts = 0 if not error else (cur.attempts + 1 if cur else 1)
-        backoff = int(retry_delay_s(0.2, attempts, 30.0) * 1000) if error else 0
-        values = {"attempts": attempts, "next_attempt_ms": now + backoff, "last_error": error[:200]}
+        nxt = now + (int(retry_delay_s(0.2, attempts, 30.0) * 1000) if error else 0)
+        position = delivered if delivered is not None else (cur.delivered if cur else 0)
         with self.engine.begin() as conn:
             if cur is None:
-                conn.execute(insert(node_cursor).values(node=node, delivered=delivered or 0, **values))
+                conn.execute(_INSERT_CURSOR, {"node": node, "delivered": position, "attempts": attempts,
+                                              "next_attempt_ms": nxt, "last_error": error[:200]})
+            elif error:
+                conn.execute(_CURSOR_FAILED, {"b_node": node, "b_attempts": attempts, "b_next": nxt,
+                                              "b_error": error[:200]})
             else:
-                if delivered is not None:
-                    values["delivered"] = delivered
-                conn.execute(update(node_cursor).where(node_cursor.c.node == node).values(**values))
+                conn.execute(_CURSOR_ADVANCED, {"b_node": node, "b_delivered": position, "b_next": nxt})
+        return SimpleNamespace(node=node, delivered=position, attempts=attempts, next_attempt_ms=nxt,
+                               last_error=error[:200])
 
-    async def flush(self, node: str) -> int:
-        """Deliver every queued row to ``node``; returns the position it reached.
-        NodeError when the node cannot be reached (rows stay queued)."""
+    async def flush(self, node: str, due_only: bool = False) -> int | None:
+        """Deliver every row queued for ``node`` so far; returns the position it reached,
+        or None when ``due_only`` and the node's retry is not yet due. NodeError when
+        the node cannot be reached (rows stay queued)."""
         async with self._flush_locks[node]:
             cur = self._cursor(node)
+            if due_only and cur is not None and cur.next_attempt_ms > _now_ms():
+                return None
             delivered = cur.delivered if cur else 0
             while True:
                 with self.engine.connect() as conn:
@@ -149,41 +164,44 @@ class NodeLink:
                 try:
                     ans = await self._post(node, "/node/v1/feed", {"items": batch}, self.cfg.node_timeout_s)
                 except NodeError as exc:
-                    self._save_cursor(node, None, str(exc))
+                    self._save_cursor(node, cur, None, str(exc))
                     raise
                 got = ans.get("applied")
                 if not isinstance(got, int) or got < rows[-1].seq:
-                    self._save_cursor(node, None, "node did not apply the batch")
+                    self._save_cursor(node, cur, None, "node did not apply the batch")
                     raise NodeError(f"node {node}: did not apply the batch", "NODE_UNAVAILABLE", 503)
                 for rej in ans.get("rejected") or []:
                     log.warning("node refused a share", extra={"event": "share_refused", "node": node,
                                                                "code": str(rej.get("code"))[:40]})
                 delivered = rows[-1].seq
-                self._save_cursor(node, delivered)
+                cur = self._save_cursor(node, cur, delivered)
+                if len(rows) < _BATCH:  # every row queued when we read was delivered
+                    return delivered
 
     async def run_once(self) -> int:
-        """One pass over the nodes that have rows due; returns how many nodes it reached."""
-        now, reached = _now_ms(), 0
+        """One pass over the nodes whose retry is due; returns how many it reached."""
+        reached = 0
         for node in self.privacy.nodes:
-            cur = self._cursor(node)
-            if cur is not None and cur.next_attempt_ms > now:
-                continue
-            if self.pending(node, cur) == 0:
-                continue
             try:
-                await self.flush(node)
-                reached += 1
+                if await self.flush(node, due_only=True) is not None:
+                    reached += 1
             except NodeError:
                 pass
         return reached
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Relay until ``stop``. Like the webhook outbox, the relay lingers
+        ``node_relay_linger_s`` after it is woken, so that the rows of the payments
+        finishing meanwhile travel in the same feed call; payments do not wait for it."""
         while not stop.is_set():
+            if self.cfg.node_relay_linger_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.cfg.node_relay_linger_s)
+            self._wake.clear()  # before the pass: a row queued during it wakes the next one
             try:
                 await self.run_once()
             except Exception:  # noqa: BLE001 - keep relaying after a database hiccup
                 log.exception("node relay failed", extra={"event": "node_relay_error"})
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.cfg.node_relay_interval_s)
 
