@@ -676,3 +676,31 @@ def test_list_payments_and_settlement_summary(tmp_path: Path) -> None:
         assert (await c.settlement_summary("2001-01-01")).body["summaries"] == []
         assert (await c.settlement_summary("2001-13-45")).code == "PARAM_ILLEGAL"
     run(body())
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20)
+
+
+@given(_json_values)
+@settings(max_examples=300, deadline=None)
+def test_wirejson_writes_what_the_standard_encoder_writes(value: Any) -> None:
+    from veilpay.sdk import wirejson
+
+    raw = wirejson.dumps(value)
+    assert raw == json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    assert wirejson.loads(raw) == value == wirejson.loads(raw.decode())
+    assert wirejson.dumps_text(value) == raw.decode()
+
+
+def test_wirejson_refuses_what_json_cannot_carry() -> None:
+    from veilpay.sdk import wirejson
+
+    for bad in (b"{", b"", b"\xff\xfe", b'{"a":1}x', b"NaN"):
+        with pytest.raises(json.JSONDecodeError):
+            wirejson.loads(bad)
+    for unencodable in ({"big": 2**64}, {1: "non-str key"}, {"set": {1}}):
+        with pytest.raises(TypeError):
+            wirejson.dumps(unencodable)

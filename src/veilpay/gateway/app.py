@@ -46,6 +46,7 @@ from veilpay.gateway.service import GatewayService
 from veilpay.gateway.settlement import analytics, settle
 from veilpay.gateway.store import make_engine, migrate
 from veilpay.host import FASTAPI_TELEMETRY_OFF
+from veilpay.sdk import wirejson
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.keys import PublicEntry, load_party
 from veilpay.sdk.shares import Privacy
@@ -201,7 +202,7 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
     app.state.nodes = nodes
 
     def sign_body(client: str, method: str, path: str, body: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
-        raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        raw = wirejson.dumps(body)
         v, key = keys.signer()
         return raw, sign_headers(key, v, method, path, client[:64] or "anonymous", raw, time.time(), "Response-Time")
 
@@ -222,7 +223,7 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
             raw = await read()
             acqp = await service.authenticate("POST", path, headers, raw)
             try:
-                obj = json.loads(raw)
+                obj = wirejson.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ApiFailure("MALFORMED_REQUEST", "the body is not valid JSON") from exc
             if not isinstance(obj, dict):
@@ -286,7 +287,7 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
             if signed_req.client_id != keys.id:
                 raise ApiFailure("INVALID_CLIENT", "operator calls are signed by the gateway's key")
             try:
-                obj = json.loads(raw)
+                obj = wirejson.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ApiFailure("MALFORMED_REQUEST") from exc
             if not isinstance(obj, dict):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from veilpay.errors import NodeError, SignatureError
 from veilpay.gateway.link import LinkError, PartnerLink
 from veilpay.gateway.outbox import retry_delay_s
 from veilpay.gateway.store import node_cursor, node_feed
+from veilpay.sdk import wirejson
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.shares import Privacy
@@ -77,7 +77,7 @@ class NodeLink:
     def enqueue(self, conn: Any, per_node: dict[str, dict[str, Any]]) -> None:
         """Queue one item for each share-holding node (inside the caller's transaction)."""
         now = _now_ms()
-        conn.execute(_INSERT_FEED, [{"node": n, "item": json.dumps(item, separators=(",", ":")),
+        conn.execute(_INSERT_FEED, [{"node": n, "item": wirejson.dumps_text(item),
                                      "created_ms": now} for n, item in per_node.items()])
 
     def enqueue_status(self, conn: Any, item_id: str, status: str, day: str | None = None) -> None:
@@ -94,7 +94,7 @@ class NodeLink:
 
     async def _post(self, node: str, path: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         entry = self._entry(node)
-        raw = json.dumps(body, separators=(",", ":")).encode()
+        raw = wirejson.dumps(body)
         headers = post_headers(self.keys.signer(), path, node, raw)
         try:
             status, hdrs, content = await self.http.post(entry.endpoint.rstrip("/") + path, raw, headers, timeout)
@@ -105,7 +105,7 @@ class NodeLink:
                                     self.cfg.request_window_s, "Response-Time")
             if signed.client_id != node:
                 raise SignatureError("answer signed for another party")
-            obj = json.loads(content)
+            obj = wirejson.loads(content)
             if not isinstance(obj, dict):
                 raise ValueError("not an object")
         except (SignatureError, ValueError) as exc:
@@ -160,7 +160,7 @@ class NodeLink:
                     rows = conn.execute(_FEED, {"b_node": node, "b_after": delivered, "b_limit": _BATCH}).all()
                 if not rows:
                     return delivered
-                batch = [{"seq": r.seq, **json.loads(r.item)} for r in rows]
+                batch = [{"seq": r.seq, **wirejson.loads(r.item)} for r in rows]
                 try:
                     ans = await self._post(node, "/node/v1/feed", {"items": batch}, self.cfg.node_timeout_s)
                 except NodeError as exc:

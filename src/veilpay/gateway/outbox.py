@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -27,6 +26,7 @@ from sqlalchemy import Engine, and_, bindparam, select, update
 
 from veilpay.gateway.link import LinkError, PartnerLink
 from veilpay.gateway.store import outbox
+from veilpay.sdk import wirejson
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.keys import PartyKeys
 from veilpay.sdk.signing import sign_headers
@@ -90,7 +90,7 @@ class OutboxWorker:
             status, _, content = await self.http.post(url, raw, headers, self.cfg.webhook_timeout_s)
             if status // 100 != 2:
                 return None, f"HTTP {status}"
-            return json.loads(content), ""
+            return wirejson.loads(content), ""
         except (LinkError, ValueError) as exc:
             return None, type(exc).__name__
 

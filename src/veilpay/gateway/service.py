@@ -49,6 +49,7 @@ from veilpay.gateway.schemas import (
     SettlementSummaryRequest,
 )
 from veilpay.gateway.store import outbox, payments, refunds, seen_requests, settlement_runs, settlements
+from veilpay.sdk import wirejson
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.envelope import is_envelope
 from veilpay.sdk.keys import PartyKeys, PublicEntry
@@ -91,7 +92,7 @@ def _now_ms() -> int:
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    return wirejson.dumps(obj)
 
 
 def _strip_ciphertext(obj: Any) -> Any:
@@ -202,7 +203,7 @@ class GatewayService:
         """A row's amount as ``reader`` may see it: clear, or the value sealed to it."""
         if row.amount is not None:
             return _amount(row.currency, row.amount)
-        sealed = json.loads(row.amount_sealed or "{}")
+        sealed = wirejson.loads(row.amount_sealed or "{}")
         return {"currency": row.currency, "sealed": {reader: sealed[reader]} if reader in sealed else {}}
 
     @property
@@ -249,7 +250,7 @@ class GatewayService:
                                     self.cfg.request_window_s, "Response-Time")
             if signed.client_id != partner.id:
                 raise SignatureError("answer signed for another partner")
-            obj = json.loads(content)
+            obj = wirejson.loads(content)
             res = obj["result"]
             if res["resultStatus"] not in ("S", "F", "U"):
                 raise ValueError("resultStatus")
@@ -331,7 +332,7 @@ class GatewayService:
         if row.payment_time_ms:
             body["paymentTime"] = _iso(row.payment_time_ms)
         if row.customer_info:
-            body["customerInfo"] = json.loads(row.customer_info)
+            body["customerInfo"] = wirejson.loads(row.customer_info)
         return body
 
     # ------------------------------------------------------------------ pay
@@ -408,7 +409,7 @@ class GatewayService:
                 conn.execute(update(payments).where(payments.c.id == pid).values(cancel_requested=True))
             return await self.drive_cancel(self._load_payment(pid), expired=True)
         body = {"paymentId": row.id, "paymentRequestId": row.payment_request_id, "acquirerId": row.acqp_id,
-                "paymentAmount": self._amount_out(row, row.mpp_id), **json.loads(row.forward)}
+                "paymentAmount": self._amount_out(row, row.mpp_id), **wirejson.loads(row.forward)}
         try:
             ans = await self.forward_pay(mpp, body)
         except MppUnreachable:
@@ -453,7 +454,7 @@ class GatewayService:
                 if status == "SUCCESS":
                     body["paymentTime"] = _iso(now)
                 if info:
-                    body["customerInfo"] = json.loads(info)
+                    body["customerInfo"] = wirejson.loads(info)
                 self._enqueue(conn, row.acqp_id, "notifyPayment", body, now)
                 if self.nodes is not None:
                     self.nodes.enqueue_status(conn, row.id, status, _day(now) if status == "SUCCESS" else None)
@@ -665,7 +666,7 @@ class GatewayService:
         mpp = self.directory.get(pay.mpp_id)
         body = {"refundId": row.id, "refundRequestId": row.refund_request_id, "paymentId": pay.id,
                 "paymentRequestId": pay.payment_request_id, "acquirerId": row.acqp_id,
-                "refundAmount": self._amount_out(row, pay.mpp_id), **json.loads(row.forward)}
+                "refundAmount": self._amount_out(row, pay.mpp_id), **wirejson.loads(row.forward)}
         try:
             if mpp is None:
                 raise MppUnreachable("the MPP left the network")

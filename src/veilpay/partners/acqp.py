@@ -27,6 +27,7 @@ from veilpay.errors import DecryptionError, SignatureError, VeilpayError
 from veilpay.host import FASTAPI_TELEMETRY_OFF
 from veilpay.partners._common import admin_ok, json_response, load_identity, open_db
 from veilpay.partners.config import PartnerConfig
+from veilpay.sdk import wirejson
 from veilpay.sdk.client import AsyncGatewayClient
 from veilpay.sdk.partner import GatewayCalls
 from veilpay.sdk.shares import reveal_amounts
@@ -147,7 +148,7 @@ def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | No
         if faults["drop_before"] > 0:
             faults["drop_before"] -= 1
             return Response(status_code=503)
-        results = await asyncio.gather(*(apply(i, json.dumps(i, separators=(",", ":"))) for i in items))
+        results = await asyncio.gather(*(apply(i, wirejson.dumps_text(i)) for i in items))
         answers = [{"notifyId": i.get("notifyId"), "result": r} for i, r in zip(items, results, strict=True)]
         if faults["drop_after"] > 0:
             faults["drop_after"] -= 1

@@ -28,6 +28,7 @@ from veilpay.errors import ConfigError, DecryptionError, SignatureError
 from veilpay.host import FASTAPI_TELEMETRY_OFF
 from veilpay.partners._common import admin_ok, json_response, load_identity, open_db
 from veilpay.partners.config import PartnerConfig
+from veilpay.sdk import wirejson
 from veilpay.sdk.client import AsyncGatewayClient
 from veilpay.sdk.envelope import open_fields, seal_fields
 from veilpay.sdk.keys import customer_token
@@ -158,7 +159,7 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
                "created_ms": now}
 
         def fail(conn: Any, answer: dict[str, Any], **more: Any) -> dict[str, Any]:
-            conn.execute(_INSERT_PAYMENT, {**row, **more, "answer": json.dumps(answer)})
+            conn.execute(_INSERT_PAYMENT, {**row, **more, "answer": wirejson.dumps_text(answer)})
             return answer
 
         def ledger(conn: Any) -> dict[str, Any]:
@@ -166,7 +167,7 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
             the first answer stored for a paymentId is the answer to every re-send."""
             old = conn.execute(_ANSWER_OF, {"b_pid": pid}).scalar()
             if old is not None:
-                return dict(json.loads(old))
+                return dict(wirejson.loads(old))
             if unopened:
                 return fail(conn, {"result": _res("PROCESS_FAIL", "F", "sealed fields do not open")})
             if acqp is None:
@@ -189,7 +190,7 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
                 "customerInfo": seal_fields(info, acqp, "customerInfo", ctx) if cfg.pets else info,
                 "walletAmount": {"currency": w.currency, "value": str(debit)}}
             conn.execute(_INSERT_PAYMENT, {**row, "user_id": w.user_id, "wallet_currency": w.currency,
-                                           "debit": debit, "status": "SUCCESS", "answer": json.dumps(answer)})
+                                           "debit": debit, "status": "SUCCESS", "answer": wirejson.dumps_text(answer)})
             conn.execute(_DEBIT, {"b_user": w.user_id, "b_debit": debit})
             conn.execute(_USE_CODE, {"b_code": code, "b_pid": pid})
             return answer

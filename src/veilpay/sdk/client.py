@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from veilpay.errors import ConfigError, GatewayUnavailable, InvalidInput, SignatureError
+from veilpay.sdk import wirejson
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.envelope import open_fields, seal_fields
 from veilpay.sdk.keys import PartyKeys, PublicEntry
@@ -93,7 +94,7 @@ class _Core:
         if signed.client_id != self.keys.id:
             raise SignatureError(f"response signed for {signed.client_id!r}, not for us")
         try:
-            body = json.loads(resp.content)
+            body = wirejson.loads(resp.content)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise SignatureError("signed response is not JSON") from exc
         if not isinstance(body, dict):
@@ -193,7 +194,7 @@ def _page(size: int, token: str | None) -> dict[str, Any]:
 
 
 def _dumps(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return wirejson.dumps(body)
 
 
 class GatewayClient(_Core):

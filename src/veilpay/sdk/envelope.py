@@ -15,6 +15,7 @@ from typing import Any
 from veilpay.crypto.hpke import HpkeOpenError
 from veilpay.crypto.signing import b64d, b64e
 from veilpay.errors import DecryptionError, InvalidInput
+from veilpay.sdk import wirejson
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 
 __all__ = ["PURPOSES", "is_envelope", "open_fields", "seal_fields"]
@@ -38,7 +39,7 @@ def seal_fields(fields: dict[str, Any], recipient: PublicEntry, purpose: str, co
     """Encrypt ``fields`` to ``recipient``'s newest HPKE key."""
     kv = recipient.hpke_version
     key = recipient.hpke[kv]
-    pt = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+    pt = wirejson.dumps(fields)
     return {"v": 1, "to": recipient.id, "kv": kv, "suite": key.suite,
             "ct": b64e(key.seal(pt, _info(purpose, context, recipient.id, kv)))}
 
@@ -61,7 +62,7 @@ def open_fields(envelope: Any, me: PartyKeys, purpose: str, context: str) -> dic
     if len(ct) > MAX_CT:
         raise DecryptionError(f"{purpose}: ciphertext larger than {MAX_CT} bytes")
     try:
-        obj = json.loads(key.open(ct, _info(purpose, context, me.id, kv)))
+        obj = wirejson.loads(key.open(ct, _info(purpose, context, me.id, kv)))
     except HpkeOpenError as exc:
         raise DecryptionError(f"{purpose}: does not open (wrong key, context or tampered)") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

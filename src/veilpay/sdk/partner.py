@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from veilpay.errors import SignatureError
+from veilpay.sdk import wirejson
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.signing import sign_headers, verify_message
 
@@ -27,7 +28,7 @@ class GatewayCalls:
         if signed.client_id != self.me.id:
             raise SignatureError(f"request signed for {signed.client_id!r}, not for {self.me.id!r}")
         try:
-            obj = json.loads(body)
+            obj = wirejson.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise SignatureError("signed body is not JSON", "PARAM_ILLEGAL") from exc
         if not isinstance(obj, dict):
@@ -36,7 +37,7 @@ class GatewayCalls:
 
     def answer(self, method: str, path: str, body: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
         """(raw body, headers) of our signed answer."""
-        raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        raw = wirejson.dumps(body)
         v, key = self.me.signer()
         h = sign_headers(key, v, method, path, self.me.id, raw, time.time(), "Response-Time")
         h["Content-Type"] = "application/json"
