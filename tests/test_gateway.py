@@ -693,6 +693,9 @@ def test_wirejson_writes_what_the_standard_encoder_writes(value: Any) -> None:
     assert raw == json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
     assert wirejson.loads(raw) == value == wirejson.loads(raw.decode())
     assert wirejson.dumps_text(value) == raw.decode()
+    # the idempotency fingerprint's encoding: unchanged from the standard library's
+    assert wirejson.dumps_sorted(value) == json.dumps(value, separators=(",", ":"), sort_keys=True,
+                                                      ensure_ascii=False).encode()
 
 
 def test_wirejson_refuses_what_json_cannot_carry() -> None:

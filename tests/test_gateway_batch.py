@@ -191,23 +191,24 @@ def test_paybatch_ledger_steps_commit_together_each_on_its_own_terms(tmp_path: P
 
         good0, good1, reused = item(0, codes[0]), item(1, codes[1]), item(2, codes[0])
         broken = item(3, codes[2])
+        no_wallet = item(4, await net.code("ghost"))  # a code whose holder has no wallet
         env = broken["order"]
         broken["order"] = {**env, "ct": env["ct"][:-4] + ("AAAA" if env["ct"][-4:] != "AAAA" else "BBBB")}
         writes = net.partner_apps["mpp-1"].state.writes
         before = writes.groups
         status, ans = await _signed_to(net, "mpp-1", "/mpp/v1/payBatch",
-                                       {"payments": [good0, good1, good0, reused, broken]})
+                                       {"payments": [good0, good1, good0, reused, broken, no_wallet]})
         assert status == 200 and ans["result"]["resultStatus"] == "S"
         a = ans["answers"]
-        assert [x["paymentId"] for x in a] == ["pay_t0", "pay_t1", "pay_t0", "pay_t2", "pay_t3"]
+        assert [x["paymentId"] for x in a] == ["pay_t0", "pay_t1", "pay_t0", "pay_t2", "pay_t3", "pay_t4"]
         assert [x["result"]["resultCode"] for x in a] == ["SUCCESS", "SUCCESS", "SUCCESS", "INVALID_CODE",
-                                                          "PROCESS_FAIL"]
+                                                          "PROCESS_FAIL", "CURRENCY_NOT_SUPPORT"]
         assert a[0] == a[2]  # the re-sent item gets the first answer, not a second debit
         assert "walletAmount" not in a[0]
         assert writes.groups == before + 1
         assert await net.balance("u1") == 10**7 - 2 * 38000
         ledger = {p["payment_id"]: p for p in (await net.admin("mpp-1", "GET", "/admin/ledger"))["payments"]}
-        assert [ledger[f"pay_t{i}"]["status"] for i in range(4)] == ["SUCCESS", "SUCCESS", "FAIL", "FAIL"]
+        assert [ledger[f"pay_t{i}"]["status"] for i in range(5)] == ["SUCCESS", "SUCCESS", "FAIL", "FAIL", "FAIL"]
         # the code left unused by the broken item still pays
         assert (await c.pay("t-9", JPY, codes[2], ORDER)).code == "SUCCESS"
     run(body())

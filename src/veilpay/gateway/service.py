@@ -20,7 +20,6 @@ the yes/no of a refund check and the settlement totals (``docs/nodes.md``)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -107,8 +106,7 @@ def _canonical_hash(obj: Any) -> str:
     """The idempotency fingerprint of a request: every field the gateway can read, and
     for sealed groups their recipient and key version but not the ciphertext (HPKE is
     randomised, so an application that re-sends the same payment seals it anew)."""
-    return sha256(json.dumps(_strip_ciphertext(obj), separators=(",", ":"), sort_keys=True,
-                             ensure_ascii=False).encode()).hex()
+    return sha256(wirejson.dumps_sorted(_strip_ciphertext(obj))).hex()
 
 
 def _amount(currency: str, value: int) -> dict[str, str]:

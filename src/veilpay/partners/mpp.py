@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from decimal import ROUND_HALF_UP, Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -54,8 +55,11 @@ mpp_refunds = Table("refunds", md, Column("refund_id", String(40), primary_key=T
 MAX_BATCH = 256  # payments in one payBatch call
 # The pay path's statements, built once (building one per call costs more than running it).
 _ANSWER_OF = select(mpp_payments.c.answer).where(mpp_payments.c.payment_id == bindparam("b_pid"))
-_CODE = select(codes).where(codes.c.code == bindparam("b_code"))
-_WALLET = select(wallets).where(wallets.c.user_id == bindparam("b_user"))
+# the code and its holder's wallet in one read (no wallet: its columns are NULL)
+_CODE_AND_WALLET = select(codes.c.user_id, codes.c.expires_ms, codes.c.used_by, wallets.c.user_id.label("w_user"),
+                          wallets.c.name, wallets.c.currency, wallets.c.balance) \
+    .select_from(codes.outerjoin(wallets, wallets.c.user_id == codes.c.user_id)) \
+    .where(codes.c.code == bindparam("b_code"))
 _INSERT_PAYMENT = insert(mpp_payments)
 _DEBIT = update(wallets).where(wallets.c.user_id == bindparam("b_user")).values(
     balance=wallets.c.balance - bindparam("b_debit"))
@@ -172,10 +176,11 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
                 return fail(conn, {"result": _res("PROCESS_FAIL", "F", "sealed fields do not open")})
             if acqp is None:
                 return fail(conn, {"result": _res("PROCESS_FAIL", "F", "acquirer not in the directory")})
-            crow = conn.execute(_CODE, {"b_code": code}).first()
+            crow = conn.execute(_CODE_AND_WALLET, {"b_code": code}).first()
             if crow is None or crow.expires_ms < now or (crow.used_by and crow.used_by != pid):
                 return fail(conn, {"result": _res("INVALID_CODE", "F", "unknown, expired or used payment code")})
-            w = conn.execute(_WALLET, {"b_user": crow.user_id}).first()
+            w = SimpleNamespace(user_id=crow.w_user, name=crow.name, currency=crow.currency, balance=crow.balance) \
+                if crow.w_user is not None else None
             debit = convert(value, currency, w.currency, cfg.fx) if w is not None else None
             if w is None or debit is None:
                 return fail(conn, {"result": _res("CURRENCY_NOT_SUPPORT", "F", "no rate for this corridor")},
