@@ -116,6 +116,81 @@ def test_envelopes_bind_recipient_purpose_and_payment(tmp_path: Path) -> None:
             open_fields(env, who, purpose, ctx)
 
 
+def test_a_group_opens_with_one_hpke_open_and_its_links_cannot_move(tmp_path: Path, monkeypatch: Any) -> None:
+    """seal_group: one HPKE seal and one open for a payment's code, order and device
+    data; a linked group opens only beside its own first, in its own payment, for its
+    own purpose; single envelopes still open through open_group."""
+    from veilpay.crypto.hpke import HpkePrivateKey, HpkePublicKey
+    from veilpay.sdk import open_group, seal_group
+
+    net = Net(tmp_path)
+    mpp, acqp = net.keys("mpp-1"), net.keys("acqp-1")
+    groups = {"paymentCode": {"code": "281012"}, "order": {"orderId": "A-1"}, "env": {"ip": "198.51.100.7"}}
+    calls = {"seal": 0, "open": 0}
+    seal, open_ = HpkePublicKey.seal, HpkePrivateKey.open
+
+    def counting_seal(self: Any, pt: bytes, info: bytes) -> bytes:
+        calls["seal"] += 1
+        return seal(self, pt, info)
+
+    def counting_open(self: Any, ct: bytes, info: bytes) -> bytes:
+        calls["open"] += 1
+        return open_(self, ct, info)
+
+    monkeypatch.setattr(HpkePublicKey, "seal", counting_seal)
+    monkeypatch.setattr(HpkePrivateKey, "open", counting_open)
+    a = seal_group(groups, mpp.public, "acqp-1/r1")
+    assert [e.get("with") for e in a.values()] == [None, "paymentCode", "paymentCode"]
+    assert open_group(a, mpp, "acqp-1/r1") == groups
+    assert calls == {"seal": 1, "open": 1}
+    b = seal_group(groups, mpp.public, "acqp-1/r2")
+    bad_groups: list[dict[str, Any]] = [
+        {**a, "order": b["order"]},                                    # linked group of another payment
+        {"order": a["order"], "env": a["env"]},                        # no first
+        {**a, "order": {**a["order"], "with": "env"}},                 # linked to another purpose
+        {"paymentCode": a["paymentCode"], "env": a["order"]},          # moved to another purpose
+    ]
+    for bad in bad_groups:
+        with pytest.raises(DecryptionError):
+            open_group(bad, mpp, "acqp-1/r1")
+    for ctx, who in (("acqp-1/r2", mpp), ("acqp-1/r1", acqp)):
+        with pytest.raises(DecryptionError):
+            open_group(a, who, ctx)
+    with pytest.raises(DecryptionError):
+        open_fields(a["order"], mpp, "order", "acqp-1/r1")  # a linked group alone
+    assert open_fields(a["paymentCode"], mpp, "paymentCode", "acqp-1/r1") == groups["paymentCode"]
+    singles = {p: seal_fields(f, mpp.public, p, "acqp-1/r1") for p, f in groups.items()}
+    assert open_group(singles, mpp, "acqp-1/r1") == groups
+
+
+def test_gateway_and_mpp_take_grouped_and_single_envelopes(tmp_path: Path) -> None:
+    """The SDK sends a payment's groups linked; a partner on single envelopes (the
+    earlier SDK) still pays; a linked group beside a single first, or under another
+    key version, is refused by the gateway before it reaches the MPP."""
+    async def body() -> None:
+        net = Net(tmp_path)
+        await net.wallet("u1", 10**6)
+        c = net.client()
+        d = await c.directory()
+        mpp = d.get("mpp-1")
+        sent = c._pay_body(d, "g-1", JPY, await net.code("u1"), ORDER, {"ip": "198.51.100.1"})
+        assert sent["order"]["with"] == "paymentCode" and sent["env"]["with"] == "paymentCode"
+        assert (await c.call("/v1/payments/pay", sent)).code == "SUCCESS"
+        single = {**sent, "paymentRequestId": "g-2",
+                  "paymentMethod": {**sent["paymentMethod"], "paymentMethodId": seal_fields(
+                      {"code": await net.code("u1")}, mpp, "paymentCode", "acqp-1/g-2")},
+                  "order": seal_fields(ORDER, mpp, "order", "acqp-1/g-2")}
+        del single["env"]
+        assert (await c.call("/v1/payments/pay", single)).code == "SUCCESS"
+        mixed = {**sent, "paymentRequestId": "g-3",
+                 "paymentMethod": {**sent["paymentMethod"], "paymentMethodId": single["paymentMethod"]["paymentMethodId"]}}
+        other_kv = {**sent, "paymentRequestId": "g-4", "env": {**sent["env"], "kv": sent["env"]["kv"] + 1}}
+        for bad in (mixed, other_kv):
+            assert (await c.call("/v1/payments/pay", bad)).code == "SEALED_FIELD_INVALID"
+        assert _count(net, payments) == 2
+    run(body())
+
+
 # ---------------------------------------------------------------- helpers
 async def _pay(net: Net, req: str = "r1", amount: dict[str, str] = JPY, user: str = "u1", balance: int = 10**6,
                client: Any = None) -> Any:

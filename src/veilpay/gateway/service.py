@@ -50,7 +50,7 @@ from veilpay.gateway.schemas import (
 from veilpay.gateway.store import outbox, payments, refunds, seen_requests, settlement_runs, settlements
 from veilpay.sdk import wirejson
 from veilpay.sdk.directory import Directory
-from veilpay.sdk.envelope import is_envelope
+from veilpay.sdk.envelope import is_envelope, is_linked
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.money import MINOR_UNITS, InvalidAmount, UnsupportedCurrency, parse_amount
 from veilpay.sdk.signing import format_time, post_headers, verify_message
@@ -380,14 +380,22 @@ class GatewayService:
         return self.payment_body(row, self._payment_result(row))
 
     def _check_sealed(self, groups: dict[str, Any], recipient: str) -> None:
-        for name, g in groups.items():
-            if g is None:
-                continue
+        """Each field group an envelope for ``recipient`` (with PETs); linked groups only
+        beside the group's first, which must be the first field named here."""
+        present = {name: g for name, g in groups.items() if g is not None}
+        for name, g in present.items():
             if self.cfg.pets:
                 if not is_envelope(g) or g["to"] != recipient:
                     raise ApiFailure("SEALED_FIELD_INVALID", f"{name} must be an envelope sealed to {recipient}")
             elif is_envelope(g):
                 raise ApiFailure("SEALED_FIELD_INVALID", f"{name}: this gateway runs without PETs")
+        if not self.cfg.pets or not present:
+            return
+        head_name, head = next(iter(present.items()))
+        if any(is_linked(g) for g in present.values()) and (head["v"] != 2 or is_linked(head) or any(
+                g["v"] != 2 or (n != head_name and (not is_linked(g) or g["kv"] != head["kv"]))
+                for n, g in present.items())):
+            raise ApiFailure("SEALED_FIELD_INVALID", f"linked field groups must all be linked to {head_name}")
 
     async def drive_payment(self, pid: str, row: Any = None) -> Any:
         """Take a PROCESSING payment one step further; returns the row as it is now

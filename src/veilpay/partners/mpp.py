@@ -31,7 +31,7 @@ from veilpay.partners._common import admin_ok, json_response, load_identity, ope
 from veilpay.partners.config import PartnerConfig
 from veilpay.sdk import wirejson
 from veilpay.sdk.client import AsyncGatewayClient
-from veilpay.sdk.envelope import open_fields, seal_fields
+from veilpay.sdk.envelope import open_fields, open_group, seal_fields
 from veilpay.sdk.keys import customer_token
 from veilpay.sdk.money import MINOR_UNITS
 from veilpay.sdk.partner import GatewayCalls
@@ -151,10 +151,14 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
         try:
             currency, value = _amount_of(obj["paymentAmount"], "pay", acqp_id, str(obj["paymentRequestId"]))
             pm = obj["paymentMethod"]["paymentMethodId"]
-            code = str((open_fields(pm, keys, "paymentCode", ctx) if cfg.pets else pm)["code"])
-            order = open_fields(obj["order"], keys, "order", ctx) if cfg.pets else obj["order"]
-            if obj.get("env") is not None and cfg.pets:
-                open_fields(obj["env"], keys, "env", ctx)  # device data: opened for the MPP's own risk checks
+            if cfg.pets:  # a group (one HPKE open) or single envelopes; device data for the MPP's own risk checks
+                sealed = {"paymentCode": pm, "order": obj["order"]}
+                if obj.get("env") is not None:
+                    sealed["env"] = obj["env"]
+                opened = open_group(sealed, keys, ctx)
+                code, order = str(opened["paymentCode"]["code"]), opened["order"]
+            else:
+                code, order = str(pm["code"]), obj["order"]
         except DecryptionError:
             unopened = True
         now = int(time.time() * 1000)

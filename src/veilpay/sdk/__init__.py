@@ -3,7 +3,7 @@ directory and the gateway client."""
 
 from veilpay.sdk.client import ApiResponse, AsyncGatewayClient, GatewayClient
 from veilpay.sdk.directory import Directory
-from veilpay.sdk.envelope import is_envelope, open_fields, seal_fields
+from veilpay.sdk.envelope import is_envelope, open_fields, open_group, seal_fields, seal_group
 from veilpay.sdk.keys import (
     PartyKeys,
     PublicEntry,
@@ -33,10 +33,12 @@ __all__ = [
     "is_envelope",
     "load_party",
     "open_fields",
+    "open_group",
     "parse_amount",
     "retire_key",
     "rotate_keys",
     "seal_fields",
+    "seal_group",
     "sign_headers",
     "verify_message",
 ]

@@ -27,7 +27,7 @@ import httpx
 from veilpay.errors import ConfigError, GatewayUnavailable, InvalidInput, SignatureError
 from veilpay.sdk import wirejson
 from veilpay.sdk.directory import Directory
-from veilpay.sdk.envelope import open_fields, seal_fields
+from veilpay.sdk.envelope import open_fields, seal_fields, seal_group
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.money import parse_amount
 from veilpay.sdk.shares import reveal_amounts, seal_amount
@@ -115,12 +115,16 @@ class _Core:
         ctx = f"{self.keys.id}/{payment_request_id}"
         body: dict[str, Any] = {"paymentRequestId": payment_request_id,
                                 "paymentAmount": self._amount(d, amount, "pay", payment_request_id, mpp)}
-        if self.pets:
-            body["paymentMethod"] = {"paymentMethodType": "CONNECT_WALLET", "codeIssuer": prefix,
-                                     "paymentMethodId": seal_fields({"code": payment_code}, mpp, "paymentCode", ctx)}
-            body["order"] = seal_fields(order, mpp, "order", ctx)
+        if self.pets:  # one group for the MPP: one HPKE seal for the code, the order and the device data
+            groups = {"paymentCode": {"code": payment_code}, "order": order}
             if env is not None:
-                body["env"] = seal_fields(env, mpp, "env", ctx)
+                groups["env"] = env
+            sealed = seal_group(groups, mpp, ctx)
+            body["paymentMethod"] = {"paymentMethodType": "CONNECT_WALLET", "codeIssuer": prefix,
+                                     "paymentMethodId": sealed["paymentCode"]}
+            body["order"] = sealed["order"]
+            if env is not None:
+                body["env"] = sealed["env"]
         else:
             body["paymentMethod"] = {"paymentMethodType": "CONNECT_WALLET", "codeIssuer": prefix,
                                      "paymentMethodId": {"code": payment_code}}

@@ -5,34 +5,62 @@ An envelope is ``{"v": 1, "to": <party>, "kv": <HPKE key version>, "suite": ...,
 field group's purpose (``order``, ``paymentCode``, ``env``, ``customerInfo``,
 ``refundReason``, and ``amount`` / ``share`` for hidden amounts), the
 payment or refund it belongs to and the recipient, so the gateway (which stores and
-forwards envelopes) cannot move one from one payment or purpose to another."""
+forwards envelopes) cannot move one from one payment or purpose to another.
+
+Several groups for the same recipient in one message (a payment's code, order and
+device data, all for the MPP) are sealed as one **group** (``"v": 2``): the first
+group's envelope is an HPKE envelope whose plaintext starts with a fresh 32-byte
+group key; every other group's envelope carries ``"with": <the first group's
+purpose>`` and is AES-256-GCM under a key derived from the group key for its own
+purpose, message and recipient (``veilpay.crypto.groupkey``). One HPKE seal and one
+open per message instead of one per group; the wire shape (one envelope per field)
+is unchanged. Only the sender and the recipient hold the group key, so a relay can
+neither open nor forge a linked group. Single envelopes (``"v": 1``) are still read.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from veilpay.crypto.hpke import HpkeOpenError
+from veilpay.crypto.groupkey import GROUP_KEY_BYTES, GroupKey, GroupOpenError
+from veilpay.crypto.hpke import HpkeOpenError, HpkePrivateKey
 from veilpay.crypto.signing import b64d, b64e
 from veilpay.errors import DecryptionError, InvalidInput
 from veilpay.sdk import wirejson
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 
-__all__ = ["PURPOSES", "is_envelope", "open_fields", "seal_fields"]
+__all__ = ["PURPOSES", "is_envelope", "is_linked", "open_fields", "open_group", "seal_fields", "seal_group"]
 
 PURPOSES = ("order", "paymentCode", "env", "customerInfo", "refundReason", "amount", "share")
 _KEYS = {"v", "to", "kv", "suite", "ct"}
+_LINKED = _KEYS | {"with"}
 MAX_CT = 16 * 1024
 
 
-def _info(purpose: str, context: str, to: str, kv: int) -> bytes:
+def _info(purpose: str, context: str, to: str, kv: int, version: int = 1) -> bytes:
     if purpose not in PURPOSES:
         raise InvalidInput(f"unknown field group {purpose!r}")
-    return f"veilpay/sealed/v1\x00{purpose}\x00{context}\x00{to}\x00{kv}".encode()
+    return f"veilpay/sealed/v{version}\x00{purpose}\x00{context}\x00{to}\x00{kv}".encode()
+
+
+def _linked_info(purpose: str, first: str, context: str, to: str, kv: int) -> bytes:
+    return _info(purpose, context, to, kv, 2) + f"\x00with\x00{first}".encode()
 
 
 def is_envelope(obj: Any) -> bool:
-    return isinstance(obj, dict) and set(obj) == _KEYS and obj.get("v") == 1
+    """A single envelope, or one of a group (its first or a linked one)."""
+    if not isinstance(obj, dict):
+        return False
+    keys = set(obj)
+    if keys == _KEYS:
+        return obj.get("v") in (1, 2)
+    return keys == _LINKED and obj.get("v") == 2 and isinstance(obj.get("with"), str)
+
+
+def is_linked(obj: Any) -> bool:
+    """An envelope of a group other than its first (it names the first in ``with``)."""
+    return is_envelope(obj) and "with" in obj
 
 
 def seal_fields(fields: dict[str, Any], recipient: PublicEntry, purpose: str, context: str) -> dict[str, Any]:
@@ -44,9 +72,27 @@ def seal_fields(fields: dict[str, Any], recipient: PublicEntry, purpose: str, co
             "ct": b64e(key.seal(pt, _info(purpose, context, recipient.id, kv)))}
 
 
-def open_fields(envelope: Any, me: PartyKeys, purpose: str, context: str) -> dict[str, Any]:
-    """Decrypt an envelope addressed to ``me``; DecryptionError when it is not ours,
-    names an unknown key version, or was sealed for another purpose or payment."""
+def seal_group(groups: dict[str, dict[str, Any]], recipient: PublicEntry, context: str) -> dict[str, dict[str, Any]]:
+    """One envelope per purpose in ``groups``, all for ``recipient``, with a single HPKE
+    seal: the first purpose's envelope carries the group key, the others are linked to it."""
+    if not groups:
+        raise InvalidInput("a group needs at least one field group")
+    kv = recipient.hpke_version
+    key = recipient.hpke[kv]
+    gk = GroupKey.generate()
+    first, *rest = groups
+    head = {"v": 2, "to": recipient.id, "kv": kv, "suite": key.suite,
+            "ct": b64e(key.seal(gk.to_bytes() + wirejson.dumps(groups[first]),
+                                _info(first, context, recipient.id, kv, 2)))}
+    out = {first: head}
+    for purpose in rest:
+        ct = gk.seal(wirejson.dumps(groups[purpose]), _linked_info(purpose, first, context, recipient.id, kv))
+        out[purpose] = {"v": 2, "to": recipient.id, "kv": kv, "suite": key.suite, "ct": b64e(ct), "with": first}
+    return out
+
+
+def _my_key(envelope: Any, me: PartyKeys, purpose: str) -> tuple[HpkePrivateKey, int, bytes]:
+    """The HPKE key an envelope for ``me`` names, its version and the raw ciphertext."""
     if not is_envelope(envelope):
         raise DecryptionError(f"{purpose}: not a sealed envelope")
     if envelope["to"] != me.id:
@@ -61,12 +107,66 @@ def open_fields(envelope: Any, me: PartyKeys, purpose: str, context: str) -> dic
         raise DecryptionError(f"{purpose}: ciphertext is not base64url") from exc
     if len(ct) > MAX_CT:
         raise DecryptionError(f"{purpose}: ciphertext larger than {MAX_CT} bytes")
+    return key, kv, ct
+
+
+def _object(raw: bytes, purpose: str) -> dict[str, Any]:
     try:
-        obj = wirejson.loads(key.open(ct, _info(purpose, context, me.id, kv)))
-    except HpkeOpenError as exc:
-        raise DecryptionError(f"{purpose}: does not open (wrong key, context or tampered)") from exc
+        obj = wirejson.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DecryptionError(f"{purpose}: opened, but is not JSON") from exc
     if not isinstance(obj, dict):
         raise DecryptionError(f"{purpose}: opened, but is not a JSON object")
     return obj
+
+
+def _open_head(envelope: Any, me: PartyKeys, purpose: str, context: str) -> tuple[GroupKey | None, dict[str, Any]]:
+    """A single envelope or a group's first: (its group key or None, its fields)."""
+    key, kv, ct = _my_key(envelope, me, purpose)
+    if "with" in envelope:
+        raise DecryptionError(f"{purpose}: a linked group opens only with the group's first")
+    version = envelope["v"]
+    try:
+        pt = key.open(ct, _info(purpose, context, me.id, kv, version))
+    except HpkeOpenError as exc:
+        raise DecryptionError(f"{purpose}: does not open (wrong key, context or tampered)") from exc
+    if version == 1:
+        return None, _object(pt, purpose)
+    if len(pt) < GROUP_KEY_BYTES:
+        raise DecryptionError(f"{purpose}: opened, but carries no group key")
+    return GroupKey(pt[:GROUP_KEY_BYTES]), _object(pt[GROUP_KEY_BYTES:], purpose)
+
+
+def open_fields(envelope: Any, me: PartyKeys, purpose: str, context: str) -> dict[str, Any]:
+    """Decrypt an envelope addressed to ``me`` (a single one, or a group's first);
+    DecryptionError when it is not ours, names an unknown key version, or was sealed
+    for another purpose or payment."""
+    return _open_head(envelope, me, purpose, context)[1]
+
+
+def open_group(envelopes: dict[str, Any], me: PartyKeys, context: str) -> dict[str, dict[str, Any]]:
+    """Decrypt a message's envelopes for ``me`` by purpose: a group (one HPKE open for
+    all) or single envelopes (one each). DecryptionError when any of them does not
+    open, or when a linked group names a first that is not among them."""
+    gk: GroupKey | None = None
+    first = next((p for p, e in envelopes.items() if is_envelope(e) and e["v"] == 2 and "with" not in e), None)
+    out: dict[str, dict[str, Any]] = {}
+    if first is not None:
+        gk, out[first] = _open_head(envelopes[first], me, first, context)
+    for purpose, env in envelopes.items():
+        if purpose == first:
+            continue
+        if not is_linked(env):
+            out[purpose] = open_fields(env, me, purpose, context)
+            continue
+        if gk is None or first is None or env["with"] != first:
+            raise DecryptionError(f"{purpose}: linked to {str(env['with'])[:24]!r}, which is not in this message")
+        _, kv, ct = _my_key(env, me, purpose)
+        head = envelopes[first]
+        if kv != head["kv"] or env["suite"] != head["suite"]:
+            raise DecryptionError(f"{purpose}: linked group under another key than its first")
+        try:
+            out[purpose] = _object(gk.open(ct, _linked_info(purpose, first, context, me.id, kv)), purpose)
+        except GroupOpenError as exc:
+            raise DecryptionError(f"{purpose}: does not open (moved, altered or from another message)") from exc
+    return out

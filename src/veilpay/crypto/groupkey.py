@@ -1,0 +1,75 @@
+"""A group key: one HPKE encapsulation for several field groups to the same recipient.
+
+When a partner seals several field groups of one message to the same recipient (the
+payment code, the order and the device data of a payment, all for the MPP), it draws
+one fresh 32-byte group key, puts it inside the first group's HPKE envelope, and
+seals every other group with AES-256-GCM under a key derived from it with
+HKDF-SHA256, whose ``info`` names the group and the message. This is age's design
+(a file key carried by the recipient stanza, the payload under HKDF-derived keys):
+one public-key operation per message instead of one per group (an HPKE seal costs
+about 63 us here, an open 41 us; the derived-key seal about 5 us).
+
+Each derived key seals exactly one group, so the all-zero GCM nonce is never reused
+under a key; a ``GroupKey`` refuses a second seal under the same ``info``. A group
+moved to another message, purpose or recipient derives another key and fails to
+open; only the holders of the group key (sender and recipient) can make a group
+that opens, so a relay cannot substitute one.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from veilpay.errors import DecryptionError, InvalidInput
+
+__all__ = ["GROUP_KEY_BYTES", "GroupKey", "GroupOpenError"]
+
+GROUP_KEY_BYTES = 32
+_LABEL = b"veilpay/group/v1\x00"
+_NONCE = bytes(12)
+
+
+class GroupOpenError(DecryptionError):
+    """A group that does not open under this group key and context."""
+
+
+class GroupKey:
+    __slots__ = ("_raw", "_sealed")
+
+    def __init__(self, raw: bytes) -> None:
+        if len(raw) != GROUP_KEY_BYTES:
+            raise InvalidInput(f"a group key is {GROUP_KEY_BYTES} bytes")
+        self._raw = bytes(raw)
+        self._sealed: set[bytes] = set()
+
+    @classmethod
+    def generate(cls) -> GroupKey:
+        return cls(secrets.token_bytes(GROUP_KEY_BYTES))
+
+    def to_bytes(self) -> bytes:
+        return self._raw
+
+    def __repr__(self) -> str:
+        return "GroupKey(<secret>)"
+
+    def _aead(self, info: bytes) -> AESGCM:
+        return AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_LABEL + info).derive(self._raw))
+
+    def seal(self, plaintext: bytes, info: bytes) -> bytes:
+        """``ciphertext || tag`` of ``plaintext`` under the key derived for ``info``
+        (also the additional data); each ``info`` seals once."""
+        if info in self._sealed:
+            raise InvalidInput("this group key already sealed a group under this context")
+        self._sealed.add(info)
+        return self._aead(info).encrypt(_NONCE, plaintext, info)
+
+    def open(self, sealed: bytes, info: bytes) -> bytes:
+        try:
+            return self._aead(info).decrypt(_NONCE, sealed, info)
+        except InvalidTag as exc:
+            raise GroupOpenError("group does not open with this key and context") from exc
