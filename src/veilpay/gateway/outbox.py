@@ -35,6 +35,7 @@ __all__ = ["OutboxWorker", "retry_delay_s"]
 
 log = logging.getLogger("veilpay.gateway")
 LEASE_MS = 30_000
+CLAIM_LIMIT = 128  # rows per round (per notifyBatch call, for an ACQP that takes them)
 # Built once (see service.py): the worker runs them for every webhook.
 # Claiming is one statement: lease the oldest due rows and return those this call
 # leased. The lease condition is checked again on each row as it is updated, so two
@@ -150,7 +151,7 @@ class OutboxWorker:
                 log.info("webhook not delivered", extra={"event": "webhook_retry", "notifyId": row.notify_id,
                                                          "partner": row.partner_id, "error": err[:80]})
 
-    async def run_once(self, limit: int = 64) -> int:
+    async def run_once(self, limit: int = CLAIM_LIMIT) -> int:
         rows = self._claim(limit)
         if not rows:
             return 0
@@ -173,9 +174,11 @@ class OutboxWorker:
         ``webhook_linger_s`` before it claims, so that the webhooks of the payments
         finishing meanwhile travel in the same notifyBatch call: a call costs both
         sides a signature, a verification and an HTTP exchange, a few times what one
-        more item in it costs. Payments do not wait for their webhooks."""
+        more item in it costs. Payments do not wait for their webhooks. A round that
+        claimed a full batch is followed at once: there is a backlog to clear."""
+        n = 0
         while not stop.is_set():
-            if self.cfg.webhook_linger_s > 0:
+            if self.cfg.webhook_linger_s > 0 and n < CLAIM_LIMIT:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.cfg.webhook_linger_s)
             try:
