@@ -149,6 +149,7 @@ def test_a_group_opens_with_one_hpke_open_and_its_links_cannot_move(tmp_path: Pa
         {"order": a["order"], "env": a["env"]},                        # no first
         {**a, "order": {**a["order"], "with": "env"}},                 # linked to another purpose
         {"paymentCode": a["paymentCode"], "env": a["order"]},          # moved to another purpose
+        {**a, "order": seal_fields(groups["order"], mpp.public, "order", "acqp-1/r1")},  # a single substitute
     ]
     for bad in bad_groups:
         with pytest.raises(DecryptionError):

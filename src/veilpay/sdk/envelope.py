@@ -146,8 +146,9 @@ def open_fields(envelope: Any, me: PartyKeys, purpose: str, context: str) -> dic
 
 def open_group(envelopes: dict[str, Any], me: PartyKeys, context: str) -> dict[str, dict[str, Any]]:
     """Decrypt a message's envelopes for ``me`` by purpose: a group (one HPKE open for
-    all) or single envelopes (one each). DecryptionError when any of them does not
-    open, or when a linked group names a first that is not among them."""
+    all) or single envelopes (one each), never a mix. DecryptionError when any of
+    them does not open, when a linked group names a first that is not among them, or
+    when a single envelope stands beside a group."""
     gk: GroupKey | None = None
     first = next((p for p, e in envelopes.items() if is_envelope(e) and e["v"] == 2 and "with" not in e), None)
     out: dict[str, dict[str, Any]] = {}
@@ -157,6 +158,8 @@ def open_group(envelopes: dict[str, Any], me: PartyKeys, context: str) -> dict[s
         if purpose == first:
             continue
         if not is_linked(env):
+            if gk is not None:  # beside a group, a single envelope could be anyone's substitute
+                raise DecryptionError(f"{purpose}: a single envelope beside a group; it must be linked")
             out[purpose] = open_fields(env, me, purpose, context)
             continue
         if gk is None or first is None or env["with"] != first:
