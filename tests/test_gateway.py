@@ -186,7 +186,8 @@ def test_gateway_and_mpp_take_grouped_and_single_envelopes(tmp_path: Path) -> No
         mixed = {**sent, "paymentRequestId": "g-3",
                  "paymentMethod": {**sent["paymentMethod"], "paymentMethodId": single["paymentMethod"]["paymentMethodId"]}}
         other_kv = {**sent, "paymentRequestId": "g-4", "env": {**sent["env"], "kv": sent["env"]["kv"] + 1}}
-        for bad in (mixed, other_kv):
+        single_beside = {**sent, "paymentRequestId": "g-5", "env": seal_fields({"ip": "x"}, mpp, "env", "acqp-1/g-5")}
+        for bad in (mixed, other_kv, single_beside):
             assert (await c.call("/v1/payments/pay", bad)).code == "SEALED_FIELD_INVALID"
         assert _count(net, payments) == 2
     run(body())

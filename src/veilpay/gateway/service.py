@@ -389,13 +389,14 @@ class GatewayService:
                     raise ApiFailure("SEALED_FIELD_INVALID", f"{name} must be an envelope sealed to {recipient}")
             elif is_envelope(g):
                 raise ApiFailure("SEALED_FIELD_INVALID", f"{name}: this gateway runs without PETs")
-        if not self.cfg.pets or not present:
+        if not self.cfg.pets or not present or all(g["v"] == 1 for g in present.values()):
             return
+        # A group: its first is the first field named, and every other field is linked
+        # to it under the same key version (the MPP opens nothing else beside a group).
         head_name, head = next(iter(present.items()))
-        if any(is_linked(g) for g in present.values()) and (head["v"] != 2 or is_linked(head) or any(
-                g["v"] != 2 or (n != head_name and (not is_linked(g) or g["kv"] != head["kv"]))
-                for n, g in present.items())):
-            raise ApiFailure("SEALED_FIELD_INVALID", f"linked field groups must all be linked to {head_name}")
+        if is_linked(head) or head["v"] != 2 or not all(
+                is_linked(g) and g["kv"] == head["kv"] for n, g in present.items() if n != head_name):
+            raise ApiFailure("SEALED_FIELD_INVALID", f"the other field groups must all be linked to {head_name}")
 
     async def drive_payment(self, pid: str, row: Any = None) -> Any:
         """Take a PROCESSING payment one step further; returns the row as it is now
