@@ -94,3 +94,15 @@ def test_group_key_refuses_reuse_tampering_and_other_contexts() -> None:
     with pytest.raises(InvalidInput):
         GroupKey(b"short")
     assert "secret" in repr(gk) and gk.to_bytes().hex() not in repr(gk)
+
+
+def test_group_key_random_nonces_for_a_session() -> None:
+    from veilpay.crypto.groupkey import GroupKey, GroupOpenError
+
+    gk = GroupKey.generate()
+    a, b = gk.seal_random(b"same", b"ctx"), gk.seal_random(b"same", b"ctx")
+    assert a != b and a[:12] != b[:12]  # a fresh nonce each time: one key may seal many messages
+    assert gk.open_random(a, b"ctx") == gk.open_random(b, b"ctx") == b"same"
+    for bad, info in ((a, b"other"), (a[:12] + bytes([a[12] ^ 1]) + a[13:], b"ctx"), (a[:20], b"ctx")):
+        with pytest.raises(GroupOpenError):
+            gk.open_random(bad, info)

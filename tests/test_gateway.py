@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from veilpay.crypto.hpke import HpkePrivateKey
 from veilpay.crypto.signing import SigningKey
 from veilpay.crypto.tokens import TokenKey, ct_equal, hmac_sha256
-from veilpay.errors import ConfigError, DecryptionError, SignatureError
+from veilpay.errors import ConfigError, DecryptionError, InvalidInput, SignatureError
 from veilpay.gateway.store import outbox, payments, refunds
 from veilpay.sdk import MINOR_UNITS, open_fields, parse_amount, retire_key, rotate_keys, seal_fields, sign_headers
 from veilpay.sdk.money import InvalidAmount, UnsupportedCurrency
@@ -162,6 +162,56 @@ def test_a_group_opens_with_one_hpke_open_and_its_links_cannot_move(tmp_path: Pa
     assert open_fields(a["paymentCode"], mpp, "paymentCode", "acqp-1/r1") == groups["paymentCode"]
     singles = {p: seal_fields(f, mpp.public, p, "acqp-1/r1") for p, f in groups.items()}
     assert open_group(singles, mpp, "acqp-1/r1") == groups
+
+
+def test_a_session_seals_many_messages_under_one_hpke_seal(tmp_path: Path) -> None:
+    """SessionSealer (the MPP's customerInfo): one HPKE seal per recipient per session,
+    each message opening alone, bound to its payment and recipient; a new session after
+    max_uses and when the recipient's key version changes."""
+    from veilpay.crypto.signing import b64d, b64e
+    from veilpay.sdk import SessionSealer
+
+    net = Net(tmp_path)
+    mpp, acqp, acqp2 = net.keys("mpp-1"), net.keys("acqp-1"), net.keys("acqp-2")
+    sealer = SessionSealer(max_uses=3)
+    envs = [sealer.seal({"n": i}, acqp.public, "customerInfo", f"acqp-1/r{i}") for i in range(3)]
+    assert sealer.heads == 1 and len({e["head"] for e in envs}) == 1 and len({e["ct"] for e in envs}) == 3
+    for i, e in enumerate(envs):
+        assert open_fields(e, acqp, "customerInfo", f"acqp-1/r{i}") == {"n": i}
+    head = bytearray(b64d(envs[0]["head"]))
+    head[-1] ^= 1
+    for env, who, ctx in ((envs[0], acqp, "acqp-1/r1"),                   # moved to another payment
+                          (envs[0], acqp2, "acqp-1/r0"),                  # another recipient
+                          (envs[0], mpp, "acqp-1/r0"),
+                          ({**envs[0], "head": b64e(bytes(head))}, acqp, "acqp-1/r0"),  # altered head
+                          ({**envs[0], "sid": envs[1]["sid"] + "x"}, acqp, "acqp-1/r0"),  # another session id
+                          ({**envs[0], "ct": envs[1]["ct"]}, acqp, "acqp-1/r0")):  # another message's body
+        with pytest.raises(DecryptionError):
+            open_fields(env, who, "customerInfo", ctx)
+    with pytest.raises(DecryptionError):
+        open_fields(envs[0], acqp, "order", "acqp-1/r0")  # another purpose
+    fourth = sealer.seal({"n": 3}, acqp.public, "customerInfo", "acqp-1/r3")
+    assert sealer.heads == 2 and fourth["sid"] != envs[0]["sid"]  # max_uses reached: a new session
+    assert rotate_keys(tmp_path / "keys" / "acqp-1") == 2
+    rotated = net.keys("acqp-1")
+    fifth = sealer.seal({"n": 4}, rotated.public, "customerInfo", "acqp-1/r4")
+    assert sealer.heads == 3 and fifth["kv"] == 2
+    assert open_fields(fifth, rotated, "customerInfo", "acqp-1/r4") == {"n": 4}
+    with pytest.raises(InvalidInput):
+        SessionSealer(max_uses=0)
+
+
+def test_mpp_seals_customer_info_once_per_session(tmp_path: Path) -> None:
+    async def body() -> None:
+        net = Net(tmp_path)
+        await net.wallet("u1", 10**7)
+        c = net.client()
+        answers = [await c.pay(f"s-{i}", JPY, await net.code("u1"), ORDER) for i in range(4)]
+        assert [a.code for a in answers] == ["SUCCESS"] * 4
+        assert [a.customer_info()["orderEcho"] for a in answers] == ["A-1"] * 4
+        assert net.partner_apps["mpp-1"].state.sessions.heads == 1
+        assert len({a.body["customerInfo"]["head"] for a in answers}) == 1
+    run(body())
 
 
 def test_gateway_and_mpp_take_grouped_and_single_envelopes(tmp_path: Path) -> None:

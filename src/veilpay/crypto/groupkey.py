@@ -73,3 +73,18 @@ class GroupKey:
             return self._aead(info).decrypt(_NONCE, sealed, info)
         except InvalidTag as exc:
             raise GroupOpenError("group does not open with this key and context") from exc
+
+    def seal_random(self, plaintext: bytes, info: bytes) -> bytes:
+        """``nonce || ciphertext || tag`` under the key derived for ``info``, with a
+        random 96-bit nonce: for a key that seals many messages, where an ``info``
+        might come twice (a session key; at most 2^32 seals per key)."""
+        nonce = secrets.token_bytes(12)
+        return nonce + self._aead(info).encrypt(nonce, plaintext, info)
+
+    def open_random(self, sealed: bytes, info: bytes) -> bytes:
+        if len(sealed) < 12 + 16:
+            raise GroupOpenError("sealed message too short")
+        try:
+            return self._aead(info).decrypt(sealed[:12], sealed[12:], info)
+        except InvalidTag as exc:
+            raise GroupOpenError("message does not open with this key and context") from exc

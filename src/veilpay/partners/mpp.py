@@ -31,7 +31,7 @@ from veilpay.partners._common import admin_ok, json_response, load_identity, ope
 from veilpay.partners.config import PartnerConfig
 from veilpay.sdk import wirejson
 from veilpay.sdk.client import AsyncGatewayClient
-from veilpay.sdk.envelope import open_fields, open_group, seal_fields
+from veilpay.sdk.envelope import SessionSealer, open_fields, open_group
 from veilpay.sdk.keys import customer_token
 from veilpay.sdk.money import MINOR_UNITS
 from veilpay.sdk.partner import GatewayCalls
@@ -99,6 +99,7 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
     calls = GatewayCalls(keys, gateway, cfg.request_window_s)
     engine = open_db(cfg.database, md)
     writes = GroupCommit(engine)
+    sessions = SessionSealer()  # customerInfo: one HPKE seal per ACQP per session, not per payment
     client = AsyncGatewayClient(keys, cfg.gateway_url, gateway, pets=cfg.pets, transport=transport)
     released = asyncio.Event()
     released.set()
@@ -110,7 +111,7 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
 
     app = FastAPI(title=f"veilpay reference MPP {keys.id}", docs_url=None, redoc_url=None, lifespan=lifespan,
                   telemetry=FASTAPI_TELEMETRY_OFF)
-    app.state.engine, app.state.writes = engine, writes
+    app.state.engine, app.state.writes, app.state.sessions = engine, writes, sessions
 
     async def acqp_entry(acqp_id: str) -> Any:
         d = await client.directory()
@@ -196,7 +197,7 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
                                     "orderEcho": str(order.get("orderId", ""))[:64]}
             answer: dict[str, Any] = {
                 "result": _res("SUCCESS", "S"), "customerToken": customer_token(keys, w.user_id),
-                "customerInfo": seal_fields(info, acqp, "customerInfo", ctx) if cfg.pets else info,
+                "customerInfo": sessions.seal(info, acqp, "customerInfo", ctx) if cfg.pets else info,
                 "walletAmount": {"currency": w.currency, "value": str(debit)}}
             conn.execute(_INSERT_PAYMENT, {**row, "user_id": w.user_id, "wallet_currency": w.currency,
                                            "debit": debit, "status": "SUCCESS", "answer": wirejson.dumps_text(answer)})

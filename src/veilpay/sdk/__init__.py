@@ -3,7 +3,7 @@ directory and the gateway client."""
 
 from veilpay.sdk.client import ApiResponse, AsyncGatewayClient, GatewayClient
 from veilpay.sdk.directory import Directory
-from veilpay.sdk.envelope import is_envelope, open_fields, open_group, seal_fields, seal_group
+from veilpay.sdk.envelope import SessionSealer, is_envelope, open_fields, open_group, seal_fields, seal_group
 from veilpay.sdk.keys import (
     PartyKeys,
     PublicEntry,
@@ -27,6 +27,7 @@ __all__ = [
     "InvalidAmount",
     "PartyKeys",
     "PublicEntry",
+    "SessionSealer",
     "UnsupportedCurrency",
     "create_party",
     "customer_token",

@@ -16,25 +16,39 @@ purpose, message and recipient (``veilpay.crypto.groupkey``). One HPKE seal and 
 open per message instead of one per group; the wire shape (one envelope per field)
 is unchanged. Only the sender and the recipient hold the group key, so a relay can
 neither open nor forge a linked group. Single envelopes (``"v": 1``) are still read.
+
+A partner that seals the same kind of group to the same recipient many times (the
+MPP's ``customerInfo`` for an ACQP, once per payment) uses a **session**
+(``"v": 3``, ``SessionSealer``): one HPKE seal of a fresh session key per recipient
+per session (10,000 messages or five minutes), carried in each envelope as
+``"head"`` with the session's id ``"sid"``; each message is AES-256-GCM under a key
+derived for its own purpose, payment and recipient, with a random nonce. The
+recipient opens the head (one HPKE open, as before) and then the message; the
+sender saves an HPKE seal per message.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Any
 
 from veilpay.crypto.groupkey import GROUP_KEY_BYTES, GroupKey, GroupOpenError
 from veilpay.crypto.hpke import HpkeOpenError, HpkePrivateKey
 from veilpay.crypto.signing import b64d, b64e
+from veilpay.crypto.tokens import random_id
 from veilpay.errors import DecryptionError, InvalidInput
 from veilpay.sdk import wirejson
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 
-__all__ = ["PURPOSES", "is_envelope", "is_linked", "open_fields", "open_group", "seal_fields", "seal_group"]
+__all__ = ["PURPOSES", "SessionSealer", "is_envelope", "is_linked", "open_fields", "open_group", "seal_fields",
+           "seal_group"]
 
 PURPOSES = ("order", "paymentCode", "env", "customerInfo", "refundReason", "amount", "share")
 _KEYS = {"v", "to", "kv", "suite", "ct"}
 _LINKED = _KEYS | {"with"}
+_SESSION = _KEYS | {"head", "sid"}
 MAX_CT = 16 * 1024
 
 
@@ -48,14 +62,21 @@ def _linked_info(purpose: str, first: str, context: str, to: str, kv: int) -> by
     return _info(purpose, context, to, kv, 2) + f"\x00with\x00{first}".encode()
 
 
+def _session_info(purpose: str, context: str, to: str, kv: int, sid: str) -> bytes:
+    return _info(purpose, context, to, kv, 3) + f"\x00session\x00{sid}".encode()
+
+
 def is_envelope(obj: Any) -> bool:
-    """A single envelope, or one of a group (its first or a linked one)."""
+    """A single envelope, one of a group (its first or a linked one), or one of a session."""
     if not isinstance(obj, dict):
         return False
     keys = set(obj)
     if keys == _KEYS:
         return obj.get("v") in (1, 2)
-    return keys == _LINKED and obj.get("v") == 2 and isinstance(obj.get("with"), str)
+    if keys == _LINKED:
+        return obj.get("v") == 2 and isinstance(obj.get("with"), str)
+    return keys == _SESSION and obj.get("v") == 3 and isinstance(obj.get("head"), str) \
+        and isinstance(obj.get("sid"), str) and 0 < len(obj["sid"]) <= 48
 
 
 def is_linked(obj: Any) -> bool:
@@ -89,6 +110,43 @@ def seal_group(groups: dict[str, dict[str, Any]], recipient: PublicEntry, contex
         ct = gk.seal(wirejson.dumps(groups[purpose]), _linked_info(purpose, first, context, recipient.id, kv))
         out[purpose] = {"v": 2, "to": recipient.id, "kv": kv, "suite": key.suite, "ct": b64e(ct), "with": first}
     return out
+
+
+class SessionSealer:
+    """Seals one kind of group to many recipients, each under a session key that one
+    HPKE seal carries (the envelope's ``head``) and that is replaced after
+    ``max_uses`` messages or ``max_age_s`` seconds, or when the recipient's key
+    version changes. Thread-safe."""
+
+    def __init__(self, max_uses: int = 10_000, max_age_s: float = 300.0) -> None:
+        if max_uses < 1 or max_age_s <= 0:
+            raise InvalidInput("a session needs max_uses >= 1 and max_age_s > 0")
+        self.max_uses, self.max_age_s = max_uses, max_age_s
+        self._sessions: dict[tuple[str, int, str], list[Any]] = {}  # -> [key, head, sid, uses, started]
+        self._lock = threading.Lock()
+        self.heads = 0  # HPKE seals made (sessions opened), for tests
+
+    def _session(self, recipient: PublicEntry, purpose: str) -> tuple[GroupKey, str, str, int]:
+        kv = recipient.hpke_version
+        k = (recipient.id, kv, purpose)
+        now = time.monotonic()
+        with self._lock:
+            s = self._sessions.get(k)
+            if s is None or s[3] >= self.max_uses or now - s[4] > self.max_age_s:
+                gk, sid = GroupKey.generate(), random_id("ses_", 12)
+                head = b64e(recipient.hpke[kv].seal(gk.to_bytes(), _info(purpose, f"session/{sid}", recipient.id,
+                                                                           kv, 3)))
+                s = self._sessions[k] = [gk, head, sid, 0, now]
+                self.heads += 1
+            s[3] += 1
+            return s[0], s[1], s[2], kv
+
+    def seal(self, fields: dict[str, Any], recipient: PublicEntry, purpose: str, context: str) -> dict[str, Any]:
+        """``fields`` sealed to ``recipient`` for ``purpose`` in ``context`` (the payment)."""
+        gk, head, sid, kv = self._session(recipient, purpose)
+        ct = gk.seal_random(wirejson.dumps(fields), _session_info(purpose, context, recipient.id, kv, sid))
+        return {"v": 3, "to": recipient.id, "kv": kv, "suite": recipient.hpke[kv].suite, "ct": b64e(ct),
+                "head": head, "sid": sid}
 
 
 def _my_key(envelope: Any, me: PartyKeys, purpose: str) -> tuple[HpkePrivateKey, int, bytes]:
@@ -126,6 +184,8 @@ def _open_head(envelope: Any, me: PartyKeys, purpose: str, context: str) -> tupl
     if "with" in envelope:
         raise DecryptionError(f"{purpose}: a linked group opens only with the group's first")
     version = envelope["v"]
+    if version == 3:
+        return None, _open_session(envelope, key, kv, ct, me, purpose, context)
     try:
         pt = key.open(ct, _info(purpose, context, me.id, kv, version))
     except HpkeOpenError as exc:
@@ -135,6 +195,27 @@ def _open_head(envelope: Any, me: PartyKeys, purpose: str, context: str) -> tupl
     if len(pt) < GROUP_KEY_BYTES:
         raise DecryptionError(f"{purpose}: opened, but carries no group key")
     return GroupKey(pt[:GROUP_KEY_BYTES]), _object(pt[GROUP_KEY_BYTES:], purpose)
+
+
+def _open_session(envelope: dict[str, Any], key: HpkePrivateKey, kv: int, ct: bytes, me: PartyKeys, purpose: str,
+                  context: str) -> dict[str, Any]:
+    sid = envelope["sid"]
+    try:
+        head = b64d(envelope["head"])
+    except ValueError as exc:
+        raise DecryptionError(f"{purpose}: session head is not base64url") from exc
+    if len(head) > MAX_CT:
+        raise DecryptionError(f"{purpose}: session head larger than {MAX_CT} bytes")
+    try:
+        raw = key.open(head, _info(purpose, f"session/{sid}", me.id, kv, 3))
+    except HpkeOpenError as exc:
+        raise DecryptionError(f"{purpose}: session head does not open (wrong key, session or tampered)") from exc
+    if len(raw) != GROUP_KEY_BYTES:
+        raise DecryptionError(f"{purpose}: session head holds no session key")
+    try:
+        return _object(GroupKey(raw).open_random(ct, _session_info(purpose, context, me.id, kv, sid)), purpose)
+    except GroupOpenError as exc:
+        raise DecryptionError(f"{purpose}: does not open (moved, altered or from another session)") from exc
 
 
 def open_fields(envelope: Any, me: PartyKeys, purpose: str, context: str) -> dict[str, Any]:
