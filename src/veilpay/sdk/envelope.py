@@ -159,13 +159,18 @@ def _my_key(envelope: Any, me: PartyKeys, purpose: str) -> tuple[HpkePrivateKey,
     key = me.hpke.get(kv) if isinstance(kv, int) else None
     if key is None or key.suite != envelope["suite"]:
         raise DecryptionError(f"{purpose}: no HPKE key version {kv!r} of suite {envelope['suite']!r}")
+    return key, kv, _bytes(envelope, "ct", purpose, "ciphertext")
+
+
+def _bytes(envelope: dict[str, Any], field: str, purpose: str, what: str) -> bytes:
+    """An envelope's base64url field, size-capped."""
     try:
-        ct = b64d(envelope["ct"])
+        raw = b64d(envelope[field])
     except ValueError as exc:
-        raise DecryptionError(f"{purpose}: ciphertext is not base64url") from exc
-    if len(ct) > MAX_CT:
-        raise DecryptionError(f"{purpose}: ciphertext larger than {MAX_CT} bytes")
-    return key, kv, ct
+        raise DecryptionError(f"{purpose}: {what} is not base64url") from exc
+    if len(raw) > MAX_CT:
+        raise DecryptionError(f"{purpose}: {what} larger than {MAX_CT} bytes")
+    return raw
 
 
 def _object(raw: bytes, purpose: str) -> dict[str, Any]:
@@ -200,12 +205,7 @@ def _open_head(envelope: Any, me: PartyKeys, purpose: str, context: str) -> tupl
 def _open_session(envelope: dict[str, Any], key: HpkePrivateKey, kv: int, ct: bytes, me: PartyKeys, purpose: str,
                   context: str) -> dict[str, Any]:
     sid = envelope["sid"]
-    try:
-        head = b64d(envelope["head"])
-    except ValueError as exc:
-        raise DecryptionError(f"{purpose}: session head is not base64url") from exc
-    if len(head) > MAX_CT:
-        raise DecryptionError(f"{purpose}: session head larger than {MAX_CT} bytes")
+    head = _bytes(envelope, "head", purpose, "session head")
     try:
         raw = key.open(head, _info(purpose, f"session/{sid}", me.id, kv, 3))
     except HpkeOpenError as exc:
