@@ -14,6 +14,11 @@ under a key; a ``GroupKey`` refuses a second seal under the same ``info``. A gro
 moved to another message, purpose or recipient derives another key and fails to
 open; only the holders of the group key (sender and recipient) can make a group
 that opens, so a relay cannot substitute one.
+
+A session key (the same construction, kept for many messages to one recipient:
+``veilpay.sdk.SessionSealer``) seals with ``seal_random`` instead: a random 96-bit
+nonce per message, sent with it, so that a context that comes twice cannot repeat a
+nonce; sessions end long before 2^32 messages.
 """
 
 from __future__ import annotations
