@@ -151,6 +151,29 @@ def _gateway_bytes(net: Net) -> bytes:
     return out
 
 
+def test_hidden_amounts_are_sealed_in_sessions(tmp_path: Path) -> None:
+    """The SDK seals a payment's hidden amount to the MPP, to itself and to each node in
+    its sessions with them: four HPKE seals for any number of payments, and every
+    recipient still opens its own envelope (the MPP debits the right amount, the nodes
+    take their shares, the ACQP reads the amount back)."""
+    net = Net(tmp_path, privacy="semi2k")
+
+    async def go() -> None:
+        c = net.client()
+        await net.wallet("u1", 10**9)
+        answers = [await _pay(net, c, f"ss-{i}", 1000 + i) for i in range(3)]
+        assert [a.code for a in answers] == ["SUCCESS"] * 3
+        assert c._sessions.heads == 4  # mpp-1, acqp-1, node-a, node-b
+        assert all(a.body["paymentAmount"] == {"currency": "JPY", "value": str(1000 + i)}
+                   for i, a in enumerate(answers))
+        assert await net.balance("u1") == 10**9 - sum(int((1000 + i) * 38) for i in range(3))
+        await net.relay()
+        assert net.gateway.state.nodes.pending("node-a") == 0 == net.gateway.state.nodes.pending("node-b")
+        await c.aclose()
+
+    run(go())
+
+
 @pytest.mark.parametrize("privacy", ["semi2k", "aby3"])
 def test_hidden_amounts_end_to_end(tmp_path: Path, privacy: str) -> None:
     """Pays, refunds (one refused by the nodes' bound check), a cancel; settlement in MPC

@@ -27,7 +27,7 @@ import httpx
 from veilpay.errors import ConfigError, GatewayUnavailable, InvalidInput, SignatureError
 from veilpay.sdk import wirejson
 from veilpay.sdk.directory import Directory
-from veilpay.sdk.envelope import open_fields, seal_fields, seal_group
+from veilpay.sdk.envelope import SessionSealer, open_fields, seal_fields, seal_group
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.money import parse_amount
 from veilpay.sdk.shares import reveal_amounts, seal_amount
@@ -82,6 +82,9 @@ class _Core:
         self.keys, self.gateway, self.url = keys, gateway, gateway_url.rstrip("/")
         self.timeout, self.retries, self.backoff, self.pets, self.window = timeout, retries, backoff, pets, window
         self._directory: Directory | None = None
+        # hidden amounts: sealed to the MPP, to us and to each node in sessions (one HPKE
+        # seal per recipient per session instead of four per payment)
+        self._sessions = SessionSealer()
 
     # ------------------------------------------------------------ requests
     def _headers(self, path: str, body: bytes) -> dict[str, str]:
@@ -140,7 +143,8 @@ class _Core:
             return amount
         if mpp is None:
             raise InvalidInput("a hidden amount needs the MPP it is sealed to")
-        return seal_amount(amount, kind, self.keys.id, request_id, [mpp, self.keys.public], d.nodes(), d.privacy)
+        return seal_amount(amount, kind, self.keys.id, request_id, [mpp, self.keys.public], d.nodes(), d.privacy,
+                           self._sessions)
 
     def _refund_body(self, d: Directory, refund_request_id: str, amount: dict[str, str], payment_id: str | None,
                      payment_request_id: str | None, reason: str | None, mpp_id: str | None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from veilpay.errors import ConfigError, DecryptionError, InvalidInput
-from veilpay.sdk.envelope import is_envelope, open_fields, seal_fields
+from veilpay.sdk.envelope import SessionSealer, is_envelope, open_fields, seal_fields
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.money import parse_amount
 
@@ -96,18 +96,21 @@ def amount_context(acqp: str, kind: str, request_id: str, currency: str) -> str:
 
 
 def seal_amount(amount: dict[str, str], kind: str, acqp: str, request_id: str, readers: list[PublicEntry],
-                nodes: dict[str, PublicEntry], privacy: Privacy) -> dict[str, Any]:
+                nodes: dict[str, PublicEntry], privacy: Privacy,
+                sessions: SessionSealer | None = None) -> dict[str, Any]:
     """The hidden form of ``amount`` (checked first): sealed to ``readers``, shared to
-    the privacy nodes."""
+    the privacy nodes. With ``sessions`` each envelope is sealed in the sender's session
+    with its recipient (one HPKE seal per recipient per session, not per payment)."""
     currency, value = parse_amount(amount, "amount")
     ctx = amount_context(acqp, kind, request_id, currency)
     missing = [n for n in privacy.nodes if n not in nodes or nodes[n].role != "node"]
     if missing:
         raise ConfigError(f"privacy node {missing[0]!r} is not in the directory")
+    seal = sessions.seal if sessions is not None else seal_fields
     return {
         "currency": currency,
-        "sealed": {r.id: seal_fields({"value": str(value)}, r, "amount", ctx) for r in readers},
-        "shares": {n: seal_fields({"s": [str(w) for w in ws]}, nodes[n], "share", ctx)
+        "sealed": {r.id: seal({"value": str(value)}, r, "amount", ctx) for r in readers},
+        "shares": {n: seal({"s": [str(w) for w in ws]}, nodes[n], "share", ctx)
                    for n, ws in split_value(value, privacy).items()},
     }
 
