@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from veilpay.errors import ConfigError, SignatureError
+from veilpay.gateway.batch import pause
 from veilpay.gateway.codes import ApiFailure, result
 from veilpay.gateway.config import GatewayConfig
 from veilpay.gateway.link import AiohttpLink, HttpxLink, PartnerLink
@@ -362,5 +363,4 @@ async def _resolver(service: GatewayService, cfg: GatewayConfig, stop: asyncio.E
                 last_purge = time.monotonic()
         except Exception:  # noqa: BLE001 - keep resolving after a database hiccup
             log.exception("resolver failed", extra={"event": "resolver_error"})
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=cfg.resolver_interval_s)
+        await pause(stop, cfg.resolver_interval_s)

@@ -16,17 +16,26 @@ caller then treats like a single call that failed (outcome unknown, resolved lat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["Coalescer"]
+__all__ = ["Coalescer", "pause"]
 
 log = logging.getLogger("veilpay.gateway")
 
 # send(partner_id, items) -> one answer per item, in order; raises for the whole call.
 Send = Callable[[str, list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
+
+
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Wait ``seconds``, or less if ``stop`` is set meanwhile (the background workers'
+    lingers and intervals)."""
+    if seconds > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 class _Queue:

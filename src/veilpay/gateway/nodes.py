@@ -27,6 +27,7 @@ from sqlalchemy import Engine, bindparam, func, insert, select, update
 
 from veilpay.crypto.tokens import random_id
 from veilpay.errors import NodeError, SignatureError
+from veilpay.gateway.batch import pause
 from veilpay.gateway.link import LinkError, PartnerLink
 from veilpay.gateway.outbox import retry_delay_s
 from veilpay.gateway.store import node_cursor, node_feed
@@ -194,9 +195,7 @@ class NodeLink:
         ``node_relay_linger_s`` after it is woken, so that the rows of the payments
         finishing meanwhile travel in the same feed call; payments do not wait for it."""
         while not stop.is_set():
-            if self.cfg.node_relay_linger_s > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.cfg.node_relay_linger_s)
+            await pause(stop, self.cfg.node_relay_linger_s)
             self._wake.clear()  # before the pass: a row queued during it wakes the next one
             try:
                 await self.run_once()

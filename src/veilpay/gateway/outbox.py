@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, and_, bindparam, select, update
 
+from veilpay.gateway.batch import pause
 from veilpay.gateway.link import LinkError, PartnerLink
 from veilpay.gateway.store import outbox
 from veilpay.sdk import wirejson
@@ -111,43 +112,41 @@ class OutboxWorker:
             out.append((r, ok, "" if ok else (err or "answer is not resultStatus S")))
         return out
 
-    async def _deliver(self, row: Any) -> tuple[Any, bool, str]:
-        """Post one webhook; (row, delivered, error)."""
-        d: Directory = self._directory()
-        partner = d.get(row.partner_id)
-        err = ""
-        ok = False
+    async def _deliver(self, partner: Any, row: Any) -> list[tuple[Any, bool, str]]:
+        """Post one webhook; [(row, delivered, error)]."""
         if partner is None or not partner.notify_url:
-            err = "partner has no notifyUrl in the directory"
-        else:
-            ans, err = await self._post(partner, partner.notify_url, row.body.encode())
-            if ans is not None:
-                res = ans.get("result") if isinstance(ans, dict) else None
-                ok = isinstance(res, dict) and res.get("resultStatus") == "S"
-                err = "" if ok else "answer is not resultStatus S"
-        return row, ok, err
+            return [(row, False, "partner has no notifyUrl in the directory")]
+        ans, err = await self._post(partner, partner.notify_url, row.body.encode())
+        ok = False
+        if ans is not None:
+            res = ans.get("result") if isinstance(ans, dict) else None
+            ok = isinstance(res, dict) and res.get("resultStatus") == "S"
+            err = "" if ok else "answer is not resultStatus S"
+        return [(row, ok, err)]
 
     def _record(self, outcomes: list[tuple[Any, bool, str]]) -> None:
         """Write the outcomes of a round of deliveries in one transaction."""
         now = _now_ms()
-        delivered = [{"b_id": r.id, "b_attempts": r.attempts + 1, "b_now": now} for r, ok, _ in outcomes if ok]
+        delivered, failed, fates = [], [], []
+        for row, ok, err in outcomes:
+            attempts = row.attempts + 1
+            if ok:
+                delivered.append({"b_id": row.id, "b_attempts": attempts, "b_now": now})
+                fates.append((row, "delivered", err))
+                continue
+            dead = attempts >= self.cfg.webhook_max_attempts
+            delay = retry_delay_s(self.cfg.webhook_backoff_s, attempts, 3600.0)
+            failed.append({"b_id": row.id, "b_status": "DEAD" if dead else "PENDING", "b_attempts": attempts,
+                           "b_next": now + int(delay * 1000), "b_error": err[:200]})
+            fates.append((row, "dead" if dead else "retry", err))
         with self.engine.begin() as conn:
             if delivered:
                 conn.execute(_DELIVERED, delivered)
-            for row, ok, err in outcomes:
-                if ok:
-                    continue
-                attempts = row.attempts + 1
-                dead = attempts >= self.cfg.webhook_max_attempts
-                delay = retry_delay_s(self.cfg.webhook_backoff_s, attempts, 3600.0)
-                conn.execute(_NOT_DELIVERED, {"b_id": row.id, "b_status": "DEAD" if dead else "PENDING",
-                                              "b_attempts": attempts, "b_next": now + int(delay * 1000),
-                                              "b_error": err[:200]})
-        for row, ok, err in outcomes:
-            dead = not ok and row.attempts + 1 >= self.cfg.webhook_max_attempts
-            outcome = "delivered" if ok else ("dead" if dead else "retry")
+            if failed:
+                conn.execute(_NOT_DELIVERED, failed)
+        for row, outcome, err in fates:
             self.metrics.webhooks.labels(kind=row.kind, outcome=outcome).inc()
-            if not ok:
+            if outcome != "delivered":
                 log.info("webhook not delivered", extra={"event": "webhook_retry", "notifyId": row.notify_id,
                                                          "partner": row.partner_id, "error": err[:80]})
 
@@ -163,10 +162,10 @@ class OutboxWorker:
             if partner is not None and partner.notify_batch_url:
                 batched.setdefault(r.partner_id, []).append(r)
             else:
-                single.append(r)
-        done = await asyncio.gather(*[self._deliver(r) for r in single],
+                single.append((partner, r))
+        done = await asyncio.gather(*[self._deliver(p, r) for p, r in single],
                                     *[self._deliver_batch(d.get(p), rs) for p, rs in batched.items()])
-        self._record([o for x in done for o in (x if isinstance(x, list) else [x])])
+        self._record([o for outcomes in done for o in outcomes])
         return len(rows)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -178,9 +177,8 @@ class OutboxWorker:
         claimed a full batch is followed at once: there is a backlog to clear."""
         n = 0
         while not stop.is_set():
-            if self.cfg.webhook_linger_s > 0 and n < CLAIM_LIMIT:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.cfg.webhook_linger_s)
+            if n < CLAIM_LIMIT:
+                await pause(stop, self.cfg.webhook_linger_s)
             try:
                 n = await self.run_once()
             except Exception:  # noqa: BLE001 - the worker must survive a database hiccup

@@ -90,10 +90,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _dumps(obj: Any) -> bytes:
-    return wirejson.dumps(obj)
-
-
 def _strip_ciphertext(obj: Any) -> Any:
     if is_envelope(obj):
         return {k: v for k, v in obj.items() if k != "ct"}
@@ -179,7 +175,7 @@ class GatewayService:
         if not isinstance(shares, dict) or set(shares) != want_shares or not all(
                 is_envelope(e) and e["to"] == k for k, e in shares.items()):
             raise ApiFailure("SEALED_FIELD_INVALID", f"{what}: one share for each node of {sorted(want_shares)}")
-        return currency, _dumps(sealed).decode(), shares
+        return currency, wirejson.dumps_text(sealed), shares
 
     def _amount_in(self, obj: Any, what: str, acqp: str, mpp: str
                    ) -> tuple[str, int | None, str | None, dict[str, Any]]:
@@ -235,7 +231,7 @@ class GatewayService:
 
     # ------------------------------------------------------------------ MPP link
     async def call_partner(self, partner: PublicEntry, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        raw = _dumps(body)
+        raw = wirejson.dumps(body)
         headers = post_headers(self.keys.signer(), path, partner.id, raw)
         try:
             status, hdrs, content = await self.http.post(partner.endpoint.rstrip("/") + path, raw, headers,
@@ -352,7 +348,7 @@ class GatewayService:
                "mpp_id": mpp.id, "code_issuer": req.paymentMethod.codeIssuer, "currency": currency, "amount": value,
                "amount_sealed": sealed, "refund_count": 0, "status": "PROCESSING",
                "result_code": "PAYMENT_IN_PROCESS", "result_message": "", "customer_token": None,
-               "forward": _dumps(forward).decode(), "customer_info": None, "refunded": 0, "cancel_requested": False,
+               "forward": wirejson.dumps_text(forward), "customer_info": None, "refunded": 0, "cancel_requested": False,
                "created_ms": now, "updated_ms": now, "payment_time_ms": None,
                "expires_ms": now + int(self.cfg.payment_expiry_s * 1000),
                "next_check_ms": now + int(2 * self.cfg.mpp_timeout_s * 1000), "attempts": 0}
@@ -427,7 +423,7 @@ class GatewayService:
             token = ans.get("customerToken")
             info = ans.get("customerInfo")
             done = await self._finish_payment(row, "SUCCESS", "SUCCESS", "", token=str(token)[:64] if token else None,
-                                        info=_dumps(info).decode() if isinstance(info, dict) else None)
+                                              info=info if isinstance(info, dict) else None)
         elif res["resultStatus"] == "F":
             code = res.get("resultCode") if res.get("resultCode") in _MPP_FAIL_CODES else "PROCESS_FAIL"
             done = await self._finish_payment(row, "FAIL", code, "")
@@ -443,16 +439,18 @@ class GatewayService:
                 updated_ms=_now_ms()))
 
     async def _finish_payment(self, row: Any, status: str, code: str, message: str, token: str | None = None,
-                              info: str | None = None) -> Any:
-        """Record the payment's final status and queue its webhook; returns the row as
-        written, or None when it was no longer PROCESSING (another step got there first)."""
+                              info: dict[str, Any] | None = None) -> Any:
+        """Record the payment's final status and queue its webhook (``info``: the MPP's
+        sealed customerInfo); returns the row as written, or None when it was no longer
+        PROCESSING (another step got there first)."""
         now = _now_ms()
         paid = now if status == "SUCCESS" else None
+        info_text = wirejson.dumps_text(info) if info is not None else None
 
         def record(conn: Any) -> int:
             done: int = conn.execute(_FINISH_PAYMENT, {
                 "b_id": row.id, "b_status": status, "b_code": code, "b_message": message, "b_token": token,
-                "b_info": info, "b_paid": paid, "b_now": now}).rowcount
+                "b_info": info_text, "b_paid": paid, "b_now": now}).rowcount
             if done:
                 body = {"notifyType": "PAYMENT_RESULT", "paymentId": row.id,
                         "paymentRequestId": row.payment_request_id, "acquirerId": row.acqp_id,
@@ -460,8 +458,8 @@ class GatewayService:
                         "paymentAmount": self._amount_out(row, row.acqp_id)}
                 if status == "SUCCESS":
                     body["paymentTime"] = _iso(now)
-                if info:
-                    body["customerInfo"] = wirejson.loads(info)
+                if info is not None:
+                    body["customerInfo"] = info
                 self._enqueue(conn, row.acqp_id, "notifyPayment", body, now)
                 if self.nodes is not None:
                     self.nodes.enqueue_status(conn, row.id, status, _day(now) if status == "SUCCESS" else None)
@@ -476,13 +474,13 @@ class GatewayService:
         log.info("payment final", extra={"event": "payment_final", "paymentId": row.id, "code": code})
         self.wake_outbox()
         return _with(row, status=status, result_code=code, result_message=message, customer_token=token,
-                     customer_info=info, payment_time_ms=paid, updated_ms=now)
+                     customer_info=info_text, payment_time_ms=paid, updated_ms=now)
 
     def _enqueue(self, conn: Any, partner: str, kind: str, body: dict[str, Any], now: int) -> None:
         nid = random_id("ntf_")
         body = {"notifyId": nid, **body}
         conn.execute(_INSERT_OUTBOX, {"notify_id": nid, "partner_id": partner, "kind": kind,
-                                      "body": _dumps(body).decode(), "status": "PENDING", "attempts": 0,
+                                      "body": wirejson.dumps_text(body), "status": "PENDING", "attempts": 0,
                                       "next_attempt_ms": now, "lease_until_ms": 0, "last_error": "",
                                       "created_ms": now})
 
@@ -598,7 +596,7 @@ class GatewayService:
                     id=rid, payment_id=pay.id, acqp_id=acqp.id, refund_request_id=req.refundRequestId,
                     request_hash=h, currency=currency, amount=value, amount_sealed=sealed, checked=False,
                     status="PROCESSING",
-                    result_code="REFUND_IN_PROCESS", result_message="", forward=_dumps(forward).decode(),
+                    result_code="REFUND_IN_PROCESS", result_message="", forward=wirejson.dumps_text(forward),
                     created_ms=now, updated_ms=now, next_check_ms=now + int(2 * self.cfg.mpp_timeout_s * 1000),
                     attempts=0))
                 code = None

@@ -17,7 +17,6 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from decimal import ROUND_HALF_UP, Decimal
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -184,24 +183,24 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
             crow = conn.execute(_CODE_AND_WALLET, {"b_code": code}).first()
             if crow is None or crow.expires_ms < now or (crow.used_by and crow.used_by != pid):
                 return fail(conn, {"result": _res("INVALID_CODE", "F", "unknown, expired or used payment code")})
-            w = SimpleNamespace(user_id=crow.w_user, name=crow.name, currency=crow.currency, balance=crow.balance) \
-                if crow.w_user is not None else None
-            debit = convert(value, currency, w.currency, cfg.fx) if w is not None else None
-            if w is None or debit is None:
+            # the wallet's columns (name, currency, balance) are NULL when the holder has none
+            user = crow.user_id
+            debit = convert(value, currency, crow.currency, cfg.fx) if crow.w_user is not None else None
+            if debit is None:
                 return fail(conn, {"result": _res("CURRENCY_NOT_SUPPORT", "F", "no rate for this corridor")},
-                            user_id=crow.user_id)
-            if w.balance < debit:
-                return fail(conn, {"result": _res("USER_BALANCE_NOT_ENOUGH", "F")}, user_id=crow.user_id)
-            info: dict[str, Any] = {"pspName": cfg.name or keys.id, "customerName": _mask(w.name or ""),
-                                    "displayCustomerId": "*" * 4 + w.user_id[-4:],
+                            user_id=user)
+            if crow.balance < debit:
+                return fail(conn, {"result": _res("USER_BALANCE_NOT_ENOUGH", "F")}, user_id=user)
+            info: dict[str, Any] = {"pspName": cfg.name or keys.id, "customerName": _mask(crow.name or ""),
+                                    "displayCustomerId": "*" * 4 + user[-4:],
                                     "orderEcho": str(order.get("orderId", ""))[:64]}
             answer: dict[str, Any] = {
-                "result": _res("SUCCESS", "S"), "customerToken": customer_token(keys, w.user_id),
+                "result": _res("SUCCESS", "S"), "customerToken": customer_token(keys, user),
                 "customerInfo": sessions.seal(info, acqp, "customerInfo", ctx) if cfg.pets else info,
-                "walletAmount": {"currency": w.currency, "value": str(debit)}}
-            conn.execute(_INSERT_PAYMENT, {**row, "user_id": w.user_id, "wallet_currency": w.currency,
+                "walletAmount": {"currency": crow.currency, "value": str(debit)}}
+            conn.execute(_INSERT_PAYMENT, {**row, "user_id": user, "wallet_currency": crow.currency,
                                            "debit": debit, "status": "SUCCESS", "answer": wirejson.dumps_text(answer)})
-            conn.execute(_DEBIT, {"b_user": w.user_id, "b_debit": debit})
+            conn.execute(_DEBIT, {"b_user": user, "b_debit": debit})
             conn.execute(_USE_CODE, {"b_code": code, "b_pid": pid})
             return answer
 

@@ -201,10 +201,6 @@ def _page(size: int, token: str | None) -> dict[str, Any]:
     return body
 
 
-def _dumps(body: dict[str, Any]) -> bytes:
-    return wirejson.dumps(body)
-
-
 class GatewayClient(_Core):
     """Blocking client. ``transport`` lets tests route to an in-process app."""
 
@@ -234,7 +230,7 @@ class GatewayClient(_Core):
     def call(self, path: str, body: dict[str, Any]) -> ApiResponse:
         """POST ``body``, signed, and verify the answer; retries transport failures and
         in-process answers with the same body (so the same idempotency key)."""
-        raw = _dumps(body)
+        raw = wirejson.dumps(body)
         last: ApiResponse | None = None
         for attempt in range(1, self.retries + 2):
             try:
@@ -322,7 +318,7 @@ class AsyncGatewayClient(_Core):
         return self._directory
 
     async def call(self, path: str, body: dict[str, Any]) -> ApiResponse:
-        raw = _dumps(body)
+        raw = wirejson.dumps(body)
         last: ApiResponse | None = None
         for attempt in range(1, self.retries + 2):
             try:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from veilpay.crypto.groupkey import GROUP_KEY_BYTES, GroupKey, GroupOpenError
@@ -112,6 +113,15 @@ def seal_group(groups: dict[str, dict[str, Any]], recipient: PublicEntry, contex
     return out
 
 
+@dataclass
+class _Session:
+    key: GroupKey
+    head: str        # the session key HPKE-sealed to the recipient, base64url
+    sid: str
+    started: float   # time.monotonic()
+    uses: int = 0
+
+
 class SessionSealer:
     """Seals one kind of group to many recipients, each under a session key that one
     HPKE seal carries (the envelope's ``head``) and that is replaced after
@@ -122,31 +132,31 @@ class SessionSealer:
         if max_uses < 1 or max_age_s <= 0:
             raise InvalidInput("a session needs max_uses >= 1 and max_age_s > 0")
         self.max_uses, self.max_age_s = max_uses, max_age_s
-        self._sessions: dict[tuple[str, int, str], list[Any]] = {}  # -> [key, head, sid, uses, started]
+        self._sessions: dict[tuple[str, int, str], _Session] = {}  # by (recipient, key version, purpose)
         self._lock = threading.Lock()
         self.heads = 0  # HPKE seals made (sessions opened), for tests
 
-    def _session(self, recipient: PublicEntry, purpose: str) -> tuple[GroupKey, str, str, int]:
-        kv = recipient.hpke_version
+    def _session(self, recipient: PublicEntry, kv: int, purpose: str) -> _Session:
         k = (recipient.id, kv, purpose)
         now = time.monotonic()
         with self._lock:
             s = self._sessions.get(k)
-            if s is None or s[3] >= self.max_uses or now - s[4] > self.max_age_s:
+            if s is None or s.uses >= self.max_uses or now - s.started > self.max_age_s:
                 gk, sid = GroupKey.generate(), random_id("ses_", 12)
                 head = b64e(recipient.hpke[kv].seal(gk.to_bytes(), _info(purpose, f"session/{sid}", recipient.id,
                                                                            kv, 3)))
-                s = self._sessions[k] = [gk, head, sid, 0, now]
+                s = self._sessions[k] = _Session(gk, head, sid, now)
                 self.heads += 1
-            s[3] += 1
-            return s[0], s[1], s[2], kv
+            s.uses += 1
+            return s
 
     def seal(self, fields: dict[str, Any], recipient: PublicEntry, purpose: str, context: str) -> dict[str, Any]:
         """``fields`` sealed to ``recipient`` for ``purpose`` in ``context`` (the payment)."""
-        gk, head, sid, kv = self._session(recipient, purpose)
-        ct = gk.seal_random(wirejson.dumps(fields), _session_info(purpose, context, recipient.id, kv, sid))
+        kv = recipient.hpke_version
+        s = self._session(recipient, kv, purpose)
+        ct = s.key.seal_random(wirejson.dumps(fields), _session_info(purpose, context, recipient.id, kv, s.sid))
         return {"v": 3, "to": recipient.id, "kv": kv, "suite": recipient.hpke[kv].suite, "ct": b64e(ct),
-                "head": head, "sid": sid}
+                "head": s.head, "sid": s.sid}
 
 
 def _my_key(envelope: Any, me: PartyKeys, purpose: str) -> tuple[HpkePrivateKey, int, bytes]:
