@@ -201,6 +201,60 @@ def test_a_session_seals_many_messages_under_one_hpke_seal(tmp_path: Path) -> No
         SessionSealer(max_uses=0)
 
 
+def test_session_groups_open_together_and_heads_open_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SessionSealer.seal_group: a message's groups share their session's head; the
+    recipient opens a session's head once (its key cache) and every message after
+    that with no HPKE open; open_group refuses groups of two sessions or a session's
+    group beside a single envelope; an altered head is not served from the cache."""
+    from veilpay.crypto.hpke import HpkePrivateKey
+    from veilpay.crypto.signing import b64d, b64e
+    from veilpay.sdk import SessionSealer, open_group
+
+    net = Net(tmp_path)
+    mpp = net.keys("mpp-1")
+    opens = {"n": 0}
+    open_ = HpkePrivateKey.open
+
+    def counting_open(self: Any, ct: bytes, info: bytes) -> bytes:
+        opens["n"] += 1
+        return open_(self, ct, info)
+
+    monkeypatch.setattr(HpkePrivateKey, "open", counting_open)
+    sealer = SessionSealer()
+    groups = {"paymentCode": {"code": "281012"}, "order": {"orderId": "A-1"}, "env": {"ip": "198.51.100.7"}}
+    msgs = [sealer.seal_group(groups, mpp.public, f"acqp-1/r{i}") for i in range(5)]
+    assert sealer.heads == 1 and len({e["head"] for m in msgs for e in m.values()}) == 1
+    assert all(open_group(m, mpp, f"acqp-1/r{i}") == groups for i, m in enumerate(msgs))
+    assert opens["n"] == 1 and len(mpp.opened) == 1
+    other = SessionSealer().seal_group(groups, mpp.public, "acqp-1/r0")
+    head = bytearray(b64d(msgs[0]["order"]["head"]))
+    head[-1] ^= 1
+    for bad in ({**msgs[0], "env": other["env"]},                                         # two sessions
+                {**msgs[0], "env": seal_fields(groups["env"], mpp.public, "env", "acqp-1/r0")},  # beside a single
+                {**msgs[0], "env": msgs[1]["env"]},                                       # another message's
+                {p: {**e, "head": b64e(bytes(head))} for p, e in msgs[0].items()}):       # altered head
+        with pytest.raises(DecryptionError):
+            open_group(bad, mpp, "acqp-1/r0")
+    assert len(mpp.opened) == 1 and opens["n"] == 2  # only the altered head was tried, and it kept nothing
+
+
+def test_session_key_cache_is_bounded_and_forgets() -> None:
+    from veilpay.crypto.groupkey import GroupKey, SessionKeys
+
+    cache = SessionKeys(max_entries=2, max_age_s=60)
+    keys = [GroupKey.generate() for _ in range(3)]
+    for i, k in enumerate(keys):
+        cache.put(1, f"s{i}", b"head", k)
+    assert cache.get(1, "s0", b"head") is None and cache.get(1, "s2", b"head") is keys[2]
+    assert cache.get(2, "s2", b"head") is None and cache.get(1, "s2", b"head!") is None
+    assert "secret" in repr(cache) and len(cache) == 2
+    stale = SessionKeys(max_age_s=1e-9)
+    stale.put(1, "s", b"h", keys[0])
+    assert stale.get(1, "s", b"h") is None and len(stale) == 0
+    with pytest.raises(InvalidInput):
+        SessionKeys(max_entries=0)
+
+
 def test_mpp_seals_customer_info_once_per_session(tmp_path: Path) -> None:
     async def body() -> None:
         net = Net(tmp_path)
@@ -215,9 +269,13 @@ def test_mpp_seals_customer_info_once_per_session(tmp_path: Path) -> None:
 
 
 def test_gateway_and_mpp_take_grouped_and_single_envelopes(tmp_path: Path) -> None:
-    """The SDK sends a payment's groups linked; a partner on single envelopes (the
-    earlier SDK) still pays; a linked group beside a single first, or under another
-    key version, is refused by the gateway before it reaches the MPP."""
+    """The SDK sends a payment's groups in its session with the MPP; a partner on
+    linked groups or single envelopes (earlier SDKs) still pays; groups of two
+    sessions, a session's group beside a single envelope, a linked group beside a
+    single first, or under another key version, are refused by the gateway before they
+    reach the MPP."""
+    from veilpay.sdk import SessionSealer, seal_group
+
     async def body() -> None:
         net = Net(tmp_path)
         await net.wallet("u1", 10**6)
@@ -225,21 +283,33 @@ def test_gateway_and_mpp_take_grouped_and_single_envelopes(tmp_path: Path) -> No
         d = await c.directory()
         mpp = d.get("mpp-1")
         sent = c._pay_body(d, "g-1", JPY, await net.code("u1"), ORDER, {"ip": "198.51.100.1"})
-        assert sent["order"]["with"] == "paymentCode" and sent["env"]["with"] == "paymentCode"
+        envs = (sent["paymentMethod"]["paymentMethodId"], sent["order"], sent["env"])
+        assert {e["v"] for e in envs} == {3} and len({(e["sid"], e["head"]) for e in envs}) == 1
         assert (await c.call("/v1/payments/pay", sent)).code == "SUCCESS"
-        single = {**sent, "paymentRequestId": "g-2",
+        g = seal_group({"paymentCode": {"code": await net.code("u1")}, "order": ORDER, "env": {"ip": "198.51.100.1"}},
+                       mpp, "acqp-1/g-2")
+        linked = {**sent, "paymentRequestId": "g-2", "order": g["order"], "env": g["env"],
+                  "paymentMethod": {**sent["paymentMethod"], "paymentMethodId": g["paymentCode"]}}
+        assert linked["order"]["with"] == "paymentCode" and linked["env"]["with"] == "paymentCode"
+        assert (await c.call("/v1/payments/pay", linked)).code == "SUCCESS"
+        single = {**sent, "paymentRequestId": "g-3",
                   "paymentMethod": {**sent["paymentMethod"], "paymentMethodId": seal_fields(
-                      {"code": await net.code("u1")}, mpp, "paymentCode", "acqp-1/g-2")},
-                  "order": seal_fields(ORDER, mpp, "order", "acqp-1/g-2")}
+                      {"code": await net.code("u1")}, mpp, "paymentCode", "acqp-1/g-3")},
+                  "order": seal_fields(ORDER, mpp, "order", "acqp-1/g-3")}
         del single["env"]
         assert (await c.call("/v1/payments/pay", single)).code == "SUCCESS"
-        mixed = {**sent, "paymentRequestId": "g-3",
+        mixed = {**linked, "paymentRequestId": "g-4",
                  "paymentMethod": {**sent["paymentMethod"], "paymentMethodId": single["paymentMethod"]["paymentMethodId"]}}
-        other_kv = {**sent, "paymentRequestId": "g-4", "env": {**sent["env"], "kv": sent["env"]["kv"] + 1}}
-        single_beside = {**sent, "paymentRequestId": "g-5", "env": seal_fields({"ip": "x"}, mpp, "env", "acqp-1/g-5")}
-        for bad in (mixed, other_kv, single_beside):
+        other_kv = {**linked, "paymentRequestId": "g-5", "env": {**linked["env"], "kv": linked["env"]["kv"] + 1}}
+        single_beside = {**linked, "paymentRequestId": "g-6", "env": seal_fields({"ip": "x"}, mpp, "env", "acqp-1/g-6")}
+        two_sessions = {**sent, "paymentRequestId": "g-7",
+                        "env": SessionSealer().seal({"ip": "x"}, mpp, "env", "acqp-1/g-7")}
+        session_beside_single = {**sent, "paymentRequestId": "g-8",
+                                 "order": seal_fields(ORDER, mpp, "order", "acqp-1/g-8")}
+        session_beside_linked = {**sent, "paymentRequestId": "g-9", "order": linked["order"]}
+        for bad in (mixed, other_kv, single_beside, two_sessions, session_beside_single, session_beside_linked):
             assert (await c.call("/v1/payments/pay", bad)).code == "SEALED_FIELD_INVALID"
-        assert _count(net, payments) == 2
+        assert _count(net, payments) == 3
     run(body())
 
 
@@ -330,6 +400,9 @@ def test_idempotency(tmp_path: Path, database: str | None) -> None:
         # the application sends the same payment again: new ciphertexts, same visible fields
         again = await c.pay("same", JPY, code, ORDER)
         assert again.body["paymentId"] == first.body["paymentId"] and again.code == "SUCCESS"
+        # ... or after a restart, in a new session with the MPP
+        restarted = await net.client().pay("same", JPY, code, ORDER)
+        assert restarted.body["paymentId"] == first.body["paymentId"] and restarted.code == "SUCCESS"
         assert await net.balance("u1") == 10**6 - 38000
         other = await c.pay("same", {"currency": "JPY", "value": "999"}, code, ORDER)
         assert other.code == "REPEAT_REQ_INCONSISTENT"

@@ -18,12 +18,17 @@ that opens, so a relay cannot substitute one.
 A session key (the same construction, kept for many messages to one recipient:
 ``veilpay.sdk.SessionSealer``) seals with ``seal_random`` instead: a random 96-bit
 nonce per message, sent with it, so that a context that comes twice cannot repeat a
-nonce; sessions end long before 2^32 messages.
+nonce; sessions end long before 2^32 messages. A recipient keeps the session keys it
+has opened in a ``SessionKeys`` cache, so a session's later messages skip the HPKE
+open of the same head.
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
+import time
+from collections import OrderedDict
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -32,7 +37,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from veilpay.errors import DecryptionError, InvalidInput
 
-__all__ = ["GROUP_KEY_BYTES", "GroupKey", "GroupOpenError"]
+__all__ = ["GROUP_KEY_BYTES", "GroupKey", "GroupOpenError", "SessionKeys"]
 
 GROUP_KEY_BYTES = 32
 _LABEL = b"veilpay/group/v1\x00"
@@ -93,3 +98,42 @@ class GroupKey:
             return self._aead(info).decrypt(sealed[:12], sealed[12:], info)
         except InvalidTag as exc:
             raise GroupOpenError("message does not open with this key and context") from exc
+
+
+class SessionKeys:
+    """Session keys a recipient has opened, by (key version, session id, head): the
+    exact head bytes are part of the key, so a hit is what the HPKE open of that head
+    would give. At most ``max_entries`` (least recently used dropped first), each
+    forgotten ``max_age_s`` after it was opened. Thread-safe."""
+
+    def __init__(self, max_entries: int = 1024, max_age_s: float = 900.0) -> None:
+        if max_entries < 1 or max_age_s <= 0:
+            raise InvalidInput("a session key cache needs max_entries >= 1 and max_age_s > 0")
+        self.max_entries, self.max_age_s = max_entries, max_age_s
+        self._keys: OrderedDict[tuple[int, str, bytes], tuple[GroupKey, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SessionKeys(<{len(self._keys)} secret>)"
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def get(self, kv: int, sid: str, head: bytes) -> GroupKey | None:
+        k = (kv, sid, head)
+        with self._lock:
+            hit = self._keys.get(k)
+            if hit is None:
+                return None
+            if time.monotonic() - hit[1] > self.max_age_s:
+                del self._keys[k]
+                return None
+            self._keys.move_to_end(k)
+            return hit[0]
+
+    def put(self, kv: int, sid: str, head: bytes, key: GroupKey) -> None:
+        with self._lock:
+            self._keys[(kv, sid, head)] = (key, time.monotonic())
+            self._keys.move_to_end((kv, sid, head))
+            while len(self._keys) > self.max_entries:
+                self._keys.popitem(last=False)

@@ -90,9 +90,12 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_RANDOMISED = frozenset({"ct", "head", "sid"})  # what sealing anew changes in an envelope
+
+
 def _strip_ciphertext(obj: Any) -> Any:
     if is_envelope(obj):
-        return {k: v for k, v in obj.items() if k != "ct"}
+        return {k: v for k, v in obj.items() if k not in _RANDOMISED}
     if isinstance(obj, dict):
         return {k: _strip_ciphertext(v) for k, v in obj.items()}
     return obj
@@ -100,8 +103,9 @@ def _strip_ciphertext(obj: Any) -> Any:
 
 def _canonical_hash(obj: Any) -> str:
     """The idempotency fingerprint of a request: every field the gateway can read, and
-    for sealed groups their recipient and key version but not the ciphertext (HPKE is
-    randomised, so an application that re-sends the same payment seals it anew)."""
+    for sealed groups their recipient and key version but not the ciphertext or the
+    session (sealing is randomised, and an application that re-sends the same payment
+    seals it anew, perhaps in a new session)."""
     return sha256(wirejson.dumps_sorted(_strip_ciphertext(obj))).hex()
 
 
@@ -377,7 +381,8 @@ class GatewayService:
 
     def _check_sealed(self, groups: dict[str, Any], recipient: str) -> None:
         """Each field group an envelope for ``recipient`` (with PETs); linked groups only
-        beside the group's first, which must be the first field named here."""
+        beside the group's first, which must be the first field named here; groups in a
+        session only all together, in one session."""
         present = {name: g for name, g in groups.items() if g is not None}
         for name, g in present.items():
             if self.cfg.pets:
@@ -386,6 +391,12 @@ class GatewayService:
             elif is_envelope(g):
                 raise ApiFailure("SEALED_FIELD_INVALID", f"{name}: this gateway runs without PETs")
         if not self.cfg.pets or not present or all(g["v"] == 1 for g in present.values()):
+            return
+        one = next(iter(present.values()))
+        if one["v"] == 3:  # the MPP opens a message's session groups only together
+            if not all(g["v"] == 3 and g["sid"] == one["sid"] and g["head"] == one["head"] and g["kv"] == one["kv"]
+                       for g in present.values()):
+                raise ApiFailure("SEALED_FIELD_INVALID", "the field groups in a session must all be of one session")
             return
         # A group: its first is the first field named, and every other field is linked
         # to it under the same key version (the MPP opens nothing else beside a group).

@@ -27,7 +27,7 @@ import httpx
 from veilpay.errors import ConfigError, GatewayUnavailable, InvalidInput, SignatureError
 from veilpay.sdk import wirejson
 from veilpay.sdk.directory import Directory
-from veilpay.sdk.envelope import SessionSealer, open_fields, seal_fields, seal_group
+from veilpay.sdk.envelope import SessionSealer, open_fields, seal_fields
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.money import parse_amount
 from veilpay.sdk.shares import reveal_amounts, seal_amount
@@ -82,8 +82,9 @@ class _Core:
         self.keys, self.gateway, self.url = keys, gateway, gateway_url.rstrip("/")
         self.timeout, self.retries, self.backoff, self.pets, self.window = timeout, retries, backoff, pets, window
         self._directory: Directory | None = None
-        # hidden amounts: sealed to the MPP, to us and to each node in sessions (one HPKE
-        # seal per recipient per session instead of four per payment)
+        # a payment's code, order and device data for the MPP, and its hidden amount to
+        # the MPP, to us and to each node, sealed in sessions: one HPKE seal per
+        # recipient per session instead of one to five per payment
         self._sessions = SessionSealer()
 
     # ------------------------------------------------------------ requests
@@ -118,11 +119,11 @@ class _Core:
         ctx = f"{self.keys.id}/{payment_request_id}"
         body: dict[str, Any] = {"paymentRequestId": payment_request_id,
                                 "paymentAmount": self._amount(d, amount, "pay", payment_request_id, mpp)}
-        if self.pets:  # one group for the MPP: one HPKE seal for the code, the order and the device data
+        if self.pets:  # the code, the order and the device data for the MPP, in our session with it
             groups = {"paymentCode": {"code": payment_code}, "order": order}
             if env is not None:
                 groups["env"] = env
-            sealed = seal_group(groups, mpp, ctx)
+            sealed = self._sessions.seal_group(groups, mpp, ctx)
             body["paymentMethod"] = {"paymentMethodType": "CONNECT_WALLET", "codeIssuer": prefix,
                                      "paymentMethodId": sealed["paymentCode"]}
             body["order"] = sealed["order"]

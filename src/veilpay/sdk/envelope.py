@@ -17,14 +17,17 @@ open per message instead of one per group; the wire shape (one envelope per fiel
 is unchanged. Only the sender and the recipient hold the group key, so a relay can
 neither open nor forge a linked group. Single envelopes (``"v": 1``) are still read.
 
-A partner that seals the same kind of group to the same recipient many times (the
-MPP's ``customerInfo`` for an ACQP, once per payment) uses a **session**
-(``"v": 3``, ``SessionSealer``): one HPKE seal of a fresh session key per recipient
-per session (10,000 messages or five minutes), carried in each envelope as
-``"head"`` with the session's id ``"sid"``; each message is AES-256-GCM under a key
-derived for its own purpose, payment and recipient, with a random nonce. The
-recipient opens the head (one HPKE open, as before) and then the message; the
-sender saves an HPKE seal per message.
+A partner that seals to the same recipient many times (the SDK's payment groups and
+hidden amounts for an MPP, the MPP's ``customerInfo`` for an ACQP, once per payment)
+uses a **session** (``"v": 3``, ``SessionSealer``): one HPKE seal of a fresh session
+key per recipient per session (10,000 messages or five minutes), carried in each
+envelope as ``"head"`` with the session's id ``"sid"``; each message is AES-256-GCM
+under a key derived for its own purpose, payment and recipient, with a random nonce.
+A message's groups in a session (``SessionSealer.seal_group``) all carry the same
+head, and ``open_group`` takes them only together. The recipient opens a session's
+head once (one HPKE open) and keeps the key (``PartyKeys.opened``, by key version,
+session id and the head's exact bytes); every later message of the session costs it
+one derived-key open.
 """
 
 from __future__ import annotations
@@ -65,6 +68,12 @@ def _linked_info(purpose: str, first: str, context: str, to: str, kv: int) -> by
 
 def _session_info(purpose: str, context: str, to: str, kv: int, sid: str) -> bytes:
     return _info(purpose, context, to, kv, 3) + f"\x00session\x00{sid}".encode()
+
+
+def _head_info(to: str, kv: int, sid: str) -> bytes:
+    """A session head's HPKE info: the session, its recipient and key version (every
+    message's own info names its purpose and payment)."""
+    return f"veilpay/sealed/v3\x00session\x00{sid}\x00{to}\x00{kv}".encode()
 
 
 def is_envelope(obj: Any) -> bool:
@@ -123,8 +132,8 @@ class _Session:
 
 
 class SessionSealer:
-    """Seals one kind of group to many recipients, each under a session key that one
-    HPKE seal carries (the envelope's ``head``) and that is replaced after
+    """Seals messages to many recipients, each under a session key that one HPKE seal
+    carries (the envelope's ``head``) and that is replaced after
     ``max_uses`` messages or ``max_age_s`` seconds, or when the recipient's key
     version changes. Thread-safe."""
 
@@ -132,19 +141,18 @@ class SessionSealer:
         if max_uses < 1 or max_age_s <= 0:
             raise InvalidInput("a session needs max_uses >= 1 and max_age_s > 0")
         self.max_uses, self.max_age_s = max_uses, max_age_s
-        self._sessions: dict[tuple[str, int, str], _Session] = {}  # by (recipient, key version, purpose)
+        self._sessions: dict[tuple[str, int], _Session] = {}  # by (recipient, key version)
         self._lock = threading.Lock()
         self.heads = 0  # HPKE seals made (sessions opened), for tests
 
-    def _session(self, recipient: PublicEntry, kv: int, purpose: str) -> _Session:
-        k = (recipient.id, kv, purpose)
+    def _session(self, recipient: PublicEntry, kv: int) -> _Session:
+        k = (recipient.id, kv)
         now = time.monotonic()
         with self._lock:
             s = self._sessions.get(k)
             if s is None or s.uses >= self.max_uses or now - s.started > self.max_age_s:
                 gk, sid = GroupKey.generate(), random_id("ses_", 12)
-                head = b64e(recipient.hpke[kv].seal(gk.to_bytes(), _info(purpose, f"session/{sid}", recipient.id,
-                                                                           kv, 3)))
+                head = b64e(recipient.hpke[kv].seal(gk.to_bytes(), _head_info(recipient.id, kv, sid)))
                 s = self._sessions[k] = _Session(gk, head, sid, now)
                 self.heads += 1
             s.uses += 1
@@ -152,11 +160,23 @@ class SessionSealer:
 
     def seal(self, fields: dict[str, Any], recipient: PublicEntry, purpose: str, context: str) -> dict[str, Any]:
         """``fields`` sealed to ``recipient`` for ``purpose`` in ``context`` (the payment)."""
+        return self.seal_group({purpose: fields}, recipient, context)[purpose]
+
+    def seal_group(self, groups: dict[str, dict[str, Any]], recipient: PublicEntry,
+                   context: str) -> dict[str, dict[str, Any]]:
+        """One envelope per purpose in ``groups``, all for ``recipient`` in one message
+        (``context``), all in the same session (one use of it)."""
+        if not groups:
+            raise InvalidInput("a group needs at least one field group")
         kv = recipient.hpke_version
-        s = self._session(recipient, kv, purpose)
-        ct = s.key.seal_random(wirejson.dumps(fields), _session_info(purpose, context, recipient.id, kv, s.sid))
-        return {"v": 3, "to": recipient.id, "kv": kv, "suite": recipient.hpke[kv].suite, "ct": b64e(ct),
-                "head": s.head, "sid": s.sid}
+        suite = recipient.hpke[kv].suite
+        s = self._session(recipient, kv)
+        out = {}
+        for purpose, fields in groups.items():
+            ct = s.key.seal_random(wirejson.dumps(fields), _session_info(purpose, context, recipient.id, kv, s.sid))
+            out[purpose] = {"v": 3, "to": recipient.id, "kv": kv, "suite": suite, "ct": b64e(ct), "head": s.head,
+                            "sid": s.sid}
+        return out
 
 
 def _my_key(envelope: Any, me: PartyKeys, purpose: str) -> tuple[HpkePrivateKey, int, bytes]:
@@ -216,14 +236,18 @@ def _open_session(envelope: dict[str, Any], key: HpkePrivateKey, kv: int, ct: by
                   context: str) -> dict[str, Any]:
     sid = envelope["sid"]
     head = _bytes(envelope, "head", purpose, "session head")
+    sk = me.opened.get(kv, sid, head)
+    if sk is None:
+        try:
+            raw = key.open(head, _head_info(me.id, kv, sid))
+        except HpkeOpenError as exc:
+            raise DecryptionError(f"{purpose}: session head does not open (wrong key, session or tampered)") from exc
+        if len(raw) != GROUP_KEY_BYTES:
+            raise DecryptionError(f"{purpose}: session head holds no session key")
+        sk = GroupKey(raw)
+        me.opened.put(kv, sid, head, sk)
     try:
-        raw = key.open(head, _info(purpose, f"session/{sid}", me.id, kv, 3))
-    except HpkeOpenError as exc:
-        raise DecryptionError(f"{purpose}: session head does not open (wrong key, session or tampered)") from exc
-    if len(raw) != GROUP_KEY_BYTES:
-        raise DecryptionError(f"{purpose}: session head holds no session key")
-    try:
-        return _object(GroupKey(raw).open_random(ct, _session_info(purpose, context, me.id, kv, sid)), purpose)
+        return _object(sk.open_random(ct, _session_info(purpose, context, me.id, kv, sid)), purpose)
     except GroupOpenError as exc:
         raise DecryptionError(f"{purpose}: does not open (moved, altered or from another session)") from exc
 
@@ -238,8 +262,16 @@ def open_fields(envelope: Any, me: PartyKeys, purpose: str, context: str) -> dic
 def open_group(envelopes: dict[str, Any], me: PartyKeys, context: str) -> dict[str, dict[str, Any]]:
     """Decrypt a message's envelopes for ``me`` by purpose: a group (one HPKE open for
     all) or single envelopes (one each), never a mix. DecryptionError when any of
-    them does not open, when a linked group names a first that is not among them, or
-    when a single envelope stands beside a group."""
+    them does not open, when a linked group names a first that is not among them, when
+    a single envelope stands beside a group, or when a session's groups are not all of
+    one session."""
+    in_session = [e for e in envelopes.values() if is_envelope(e) and e["v"] == 3]
+    if in_session:
+        one = in_session[0]
+        if len(in_session) != len(envelopes) or any(
+                e["sid"] != one["sid"] or e["head"] != one["head"] or e["kv"] != one["kv"] for e in in_session):
+            raise DecryptionError("a message's groups in a session must all be of that one session")
+        return {purpose: open_fields(env, me, purpose, context) for purpose, env in envelopes.items()}
     gk: GroupKey | None = None
     first = next((p for p, e in envelopes.items() if is_envelope(e) and e["v"] == 2 and "with" not in e), None)
     out: dict[str, dict[str, Any]] = {}

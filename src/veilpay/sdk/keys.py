@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from veilpay.crypto.groupkey import SessionKeys
 from veilpay.crypto.hpke import SUITES, HpkePrivateKey, HpkePublicKey
 from veilpay.crypto.signing import SigningKey, VerifyKey, b64d, b64e
 from veilpay.crypto.tokens import TokenKey
@@ -104,6 +105,8 @@ class PartyKeys:
     hpke: dict[int, HpkePrivateKey]
     token_key: TokenKey | None = None
     admin_token: str = ""
+    # session keys this party has opened (veilpay.sdk.envelope): one HPKE open per session
+    opened: SessionKeys = field(default_factory=SessionKeys, repr=False, compare=False)
 
     @property
     def id(self) -> str:
