@@ -907,3 +907,29 @@ def test_wirejson_refuses_what_json_cannot_carry() -> None:
     for unencodable in ({"big": 2**64}, {1: "non-str key"}, {"set": {1}}):
         with pytest.raises(TypeError):
             wirejson.dumps(unencodable)
+
+
+def test_log_lines_hold_only_the_fixed_fields() -> None:
+    """The gateway's JSON log formatter keeps its fixed fields and drops anything else
+    passed in ``extra`` (a careless call cannot log a personal field); an exception
+    appears by its type only, never its message."""
+    import logging
+
+    from veilpay.gateway.observe import JsonFormatter
+
+    lg = logging.getLogger("veilpay.test")
+    try:
+        raise ValueError("buyer@example.com")
+    except ValueError:
+        import sys
+        exc = sys.exc_info()
+    rec = lg.makeRecord("veilpay.test", logging.WARNING, __file__, 1, "payment final", (), exc,
+                        extra={"event": "payment_final", "paymentId": "pay_1", "code": "SUCCESS",
+                               "email": "buyer@example.com", "amount": 38000})
+    line = JsonFormatter().format(rec)
+    out = json.loads(line)
+    assert {k: out[k] for k in ("event", "paymentId", "code", "level", "msg", "exception")} == {
+        "event": "payment_final", "paymentId": "pay_1", "code": "SUCCESS", "level": "WARNING", "msg": "payment final",
+        "exception": "ValueError"}
+    assert set(out) == {"ts", "level", "logger", "msg", "event", "paymentId", "code", "exception"}
+    assert "buyer@example.com" not in line and "38000" not in line

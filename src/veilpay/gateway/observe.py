@@ -6,12 +6,13 @@ dropped, so a careless call cannot leak a field. Metrics live in a registry per 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from veilpay.sdk import wirejson
 
 __all__ = ["JsonFormatter", "Metrics", "configure_logging"]
 
@@ -28,10 +29,18 @@ class JsonFormatter(logging.Formatter):
                 out[f] = record.__dict__[f]
         if record.exc_info and record.exc_info[0] is not None:
             out["exception"] = record.exc_info[0].__name__  # the type only: messages may quote data
-        return json.dumps(out, separators=(",", ":"))
+        return wirejson.dumps_text(out)
 
 
 def configure_logging(path: str | None = None, level: int = logging.INFO) -> None:
+    """A service's logging (once, at its start): JSON lines to ``path`` or stderr. The
+    records carry nothing the formatter drops anyway: no calling frame, thread or
+    process (the logging HOWTO's "Optimization"; a third of each record's cost, with
+    two records per payment)."""
+    logging._srcfile = None  # type: ignore[attr-defined]  # documented: skips sys._getframe per record
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     for name in ("veilpay", "uvicorn", "uvicorn.error"):
