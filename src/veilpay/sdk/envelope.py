@@ -22,12 +22,13 @@ hidden amounts for an MPP, the MPP's ``customerInfo`` for an ACQP, once per paym
 uses a **session** (``"v": 3``, ``SessionSealer``): one HPKE seal of a fresh session
 key per recipient per session (10,000 messages or five minutes), carried in each
 envelope as ``"head"`` with the session's id ``"sid"``; each message is AES-256-GCM
-under a key derived for its own purpose, payment and recipient, with a random nonce.
+under the session's key with a random nonce, its purpose, payment, recipient and
+session as additional data.
 A message's groups in a session (``SessionSealer.seal_group``) all carry the same
 head, and ``open_group`` takes them only together. The recipient opens a session's
 head once (one HPKE open) and keeps the key (``PartyKeys.opened``, by key version,
 session id and the head's exact bytes); every later message of the session costs it
-one derived-key open.
+one AES-GCM open.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from veilpay.crypto.groupkey import GROUP_KEY_BYTES, GroupKey, GroupOpenError
+from veilpay.crypto.groupkey import GROUP_KEY_BYTES, GroupKey, GroupOpenError, SessionKey
 from veilpay.crypto.hpke import HpkeOpenError, HpkePrivateKey
 from veilpay.crypto.signing import b64d, b64e
 from veilpay.crypto.tokens import random_id
@@ -124,7 +125,7 @@ def seal_group(groups: dict[str, dict[str, Any]], recipient: PublicEntry, contex
 
 @dataclass
 class _Session:
-    key: GroupKey
+    key: SessionKey
     head: str        # the session key HPKE-sealed to the recipient, base64url
     sid: str
     started: float   # time.monotonic()
@@ -151,7 +152,7 @@ class SessionSealer:
         with self._lock:
             s = self._sessions.get(k)
             if s is None or s.uses >= self.max_uses or now - s.started > self.max_age_s:
-                gk, sid = GroupKey.generate(), random_id("ses_", 12)
+                gk, sid = SessionKey.generate(), random_id("ses_", 12)
                 head = b64e(recipient.hpke[kv].seal(gk.to_bytes(), _head_info(recipient.id, kv, sid)))
                 s = self._sessions[k] = _Session(gk, head, sid, now)
                 self.heads += 1
@@ -173,7 +174,7 @@ class SessionSealer:
         s = self._session(recipient, kv)
         out = {}
         for purpose, fields in groups.items():
-            ct = s.key.seal_random(wirejson.dumps(fields), _session_info(purpose, context, recipient.id, kv, s.sid))
+            ct = s.key.seal(wirejson.dumps(fields), _session_info(purpose, context, recipient.id, kv, s.sid))
             out[purpose] = {"v": 3, "to": recipient.id, "kv": kv, "suite": suite, "ct": b64e(ct), "head": s.head,
                             "sid": s.sid}
         return out
@@ -244,10 +245,10 @@ def _open_session(envelope: dict[str, Any], key: HpkePrivateKey, kv: int, ct: by
             raise DecryptionError(f"{purpose}: session head does not open (wrong key, session or tampered)") from exc
         if len(raw) != GROUP_KEY_BYTES:
             raise DecryptionError(f"{purpose}: session head holds no session key")
-        sk = GroupKey(raw)
+        sk = SessionKey(raw)
         me.opened.put(kv, sid, head, sk)
     try:
-        return _object(sk.open_random(ct, _session_info(purpose, context, me.id, kv, sid)), purpose)
+        return _object(sk.open(ct, _session_info(purpose, context, me.id, kv, sid)), purpose)
     except GroupOpenError as exc:
         raise DecryptionError(f"{purpose}: does not open (moved, altered or from another session)") from exc
 
