@@ -176,11 +176,11 @@ def test_canary_personal_data_never_reaches_the_gateway(tmp_path: Path) -> None:
             assert MARKERS["device ip"] not in text and MARKERS["wallet user id"] not in text
             assert opened["customerName"].startswith("Q*")
             fwd = json.loads(forward)
-            # one group for the MPP: the payment code's envelope carries the group key, the order is linked to it
-            head = fwd["paymentMethod"]["paymentMethodId"]
-            assert head["to"] == "mpp-1" and head["v"] == 2 and set(head) == {"v", "to", "kv", "suite", "ct"}
-            assert fwd["order"]["to"] == "mpp-1" and fwd["order"]["with"] == "paymentCode"
-            assert set(fwd["order"]) == {"v", "to", "kv", "suite", "ct", "with"}
+            # the code and the order for the MPP, in the ACQP's session with it: one head for both
+            code, order = fwd["paymentMethod"]["paymentMethodId"], fwd["order"]
+            for env in (code, order):
+                assert env["to"] == "mpp-1" and env["v"] == 3 and set(env) == {"v", "to", "kv", "suite", "ct", "head", "sid"}
+            assert (code["head"], code["sid"]) == (order["head"], order["sid"]) and code["ct"] != order["ct"]
 
 
 def test_privacy_nodes_as_processes_survive_a_killed_node(tmp_path: Path) -> None:
