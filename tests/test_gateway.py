@@ -574,6 +574,46 @@ def test_webhooks_at_least_once_on_the_wire_once_in_the_application(tmp_path: Pa
     run(body())
 
 
+def test_webhook_counts_only_an_answer_the_acqp_signed(tmp_path: Path) -> None:
+    """An acknowledgement that the ACQP did not sign (forged on the way, or from another
+    partner's key) does not end the deliveries; the ACQP's own signed answer does."""
+    from veilpay.sdk.partner import GatewayCalls
+
+    async def body() -> None:
+        net = Net(tmp_path, webhook_backoff_s=0.0)
+        real = net.router.apps["acqp-1.test"]
+        sign_as: dict[str, Any] = {"keys": None}
+
+        async def fake(scope: Any, receive: Any, send: Any) -> None:  # acknowledges everything
+            while (await receive()).get("more_body"):
+                pass
+            raw = json.dumps({"result": {"resultCode": "SUCCESS", "resultStatus": "S", "resultMessage": "ok"}}).encode()
+            headers = {"Content-Type": "application/json"}
+            if sign_as["keys"] is not None:
+                raw, headers = GatewayCalls(sign_as["keys"], net.gateway_keys.public).answer("POST", "/notify",
+                                                                                             json.loads(raw))
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]})
+            await send({"type": "http.response.body", "body": raw})
+
+        net.router.apps["acqp-1.test"] = httpx.ASGITransport(fake)
+        assert (await _pay(net)).code == "SUCCESS"
+        for keys in (None, net.keys("acqp-2")):  # unsigned; signed by another ACQP
+            sign_as["keys"] = keys
+            assert await net.gateway.state.outbox.run_once() == 1
+            with net.gateway.state.engine.connect() as conn:
+                row = conn.execute(select(outbox)).one()
+            assert row.status == "PENDING" and ("not signed by the ACQP" in row.last_error or
+                                                "another partner" in row.last_error)
+        net.router.apps["acqp-1.test"] = real
+        await net.deliver()
+        with net.gateway.state.engine.connect() as conn:
+            row = conn.execute(select(outbox)).one()
+        assert (row.status, row.attempts) == ("DELIVERED", 3)
+        assert len((await net.notifications())["notifications"]) == 1
+    run(body())
+
+
 def test_webhook_gives_up_after_max_attempts(tmp_path: Path) -> None:
     async def body() -> None:
         net = Net(tmp_path, webhook_backoff_s=0.0, webhook_max_attempts=3)

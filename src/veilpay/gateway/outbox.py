@@ -24,13 +24,14 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, and_, bindparam, select, update
 
+from veilpay.errors import SignatureError
 from veilpay.gateway.batch import pause
 from veilpay.gateway.link import LinkError, PartnerLink
 from veilpay.gateway.store import outbox
 from veilpay.sdk import wirejson
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.keys import PartyKeys
-from veilpay.sdk.signing import sign_headers
+from veilpay.sdk.signing import sign_headers, verify_message
 
 __all__ = ["OutboxWorker", "retry_delay_s"]
 
@@ -83,16 +84,23 @@ class OutboxWorker:
         return sorted(rows, key=lambda r: r.id)
 
     async def _post(self, partner: Any, url: str, raw: bytes) -> tuple[Any, str]:
-        """The JSON answer of a signed webhook post (None when refused), and why not."""
+        """The JSON answer of a signed webhook post (None when refused or not signed by
+        the ACQP, so that a forged acknowledgement cannot end the deliveries), and why not."""
         path = urlsplit(url).path or "/"
         v, key = self.keys.signer()
         headers = sign_headers(key, v, "POST", path, partner.id, raw, time.time())
         headers["Content-Type"] = "application/json"
         try:
-            status, _, content = await self.http.post(url, raw, headers, self.cfg.webhook_timeout_s)
+            status, hdrs, content = await self.http.post(url, raw, headers, self.cfg.webhook_timeout_s)
             if status // 100 != 2:
                 return None, f"HTTP {status}"
+            signed = verify_message(hdrs, "POST", path, content, partner.verify_key, time.time(),
+                                    self.cfg.request_window_s, "Response-Time")
+            if signed.client_id != partner.id:
+                return None, "answer signed for another partner"
             return wirejson.loads(content), ""
+        except SignatureError as exc:
+            return None, f"answer not signed by the ACQP ({exc.code})"
         except (LinkError, ValueError) as exc:
             return None, type(exc).__name__
 
