@@ -33,6 +33,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -53,24 +54,38 @@ class GroupOpenError(DecryptionError):
     """A group that does not open under this group key and context."""
 
 
-class GroupKey:
-    __slots__ = ("_raw", "_sealed")
+class _RawKey:
+    """32 secret bytes, never shown in a repr."""
+
+    __slots__ = ("_raw",)
+    _WHAT = "key"
 
     def __init__(self, raw: bytes) -> None:
         if len(raw) != GROUP_KEY_BYTES:
-            raise InvalidInput(f"a group key is {GROUP_KEY_BYTES} bytes")
+            raise InvalidInput(f"a {self._WHAT} is {GROUP_KEY_BYTES} bytes")
         self._raw = bytes(raw)
-        self._sealed: set[bytes] = set()
 
     @classmethod
-    def generate(cls) -> GroupKey:
+    def generate(cls: type[_K]) -> _K:
         return cls(secrets.token_bytes(GROUP_KEY_BYTES))
 
     def to_bytes(self) -> bytes:
         return self._raw
 
     def __repr__(self) -> str:
-        return "GroupKey(<secret>)"
+        return f"{type(self).__name__}(<secret>)"
+
+
+_K = TypeVar("_K", bound=_RawKey)
+
+
+class GroupKey(_RawKey):
+    __slots__ = ("_sealed",)
+    _WHAT = "group key"
+
+    def __init__(self, raw: bytes) -> None:
+        super().__init__(raw)
+        self._sealed: set[bytes] = set()
 
     def _aead(self, info: bytes) -> AESGCM:
         return AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_LABEL + info).derive(self._raw))
@@ -90,28 +105,16 @@ class GroupKey:
             raise GroupOpenError("group does not open with this key and context") from exc
 
 
-
-class SessionKey:
+class SessionKey(_RawKey):
     """A session's AES-256-GCM key (HKDF-SHA256 of the 32 raw bytes the session head
     carries), random 96-bit nonces, the message's context as additional data."""
 
-    __slots__ = ("_aead", "_raw")
+    __slots__ = ("_aead",)
+    _WHAT = "session key"
 
     def __init__(self, raw: bytes) -> None:
-        if len(raw) != GROUP_KEY_BYTES:
-            raise InvalidInput(f"a session key is {GROUP_KEY_BYTES} bytes")
-        self._raw = bytes(raw)
+        super().__init__(raw)
         self._aead = AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_SESSION_LABEL).derive(raw))
-
-    @classmethod
-    def generate(cls) -> SessionKey:
-        return cls(secrets.token_bytes(GROUP_KEY_BYTES))
-
-    def to_bytes(self) -> bytes:
-        return self._raw
-
-    def __repr__(self) -> str:
-        return "SessionKey(<secret>)"
 
     def seal(self, plaintext: bytes, ad: bytes) -> bytes:
         """``nonce || ciphertext || tag``, with a fresh random nonce and ``ad`` (the

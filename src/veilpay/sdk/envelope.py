@@ -23,12 +23,11 @@ uses a **session** (``"v": 3``, ``SessionSealer``): one HPKE seal of a fresh ses
 key per recipient per session (10,000 messages or five minutes), carried in each
 envelope as ``"head"`` with the session's id ``"sid"``; each message is AES-256-GCM
 under the session's key with a random nonce, its purpose, payment, recipient and
-session as additional data.
-A message's groups in a session (``SessionSealer.seal_group``) all carry the same
-head, and ``open_group`` takes them only together. The recipient opens a session's
-head once (one HPKE open) and keeps the key (``PartyKeys.opened``, by key version,
-session id and the head's exact bytes); every later message of the session costs it
-one AES-GCM open.
+session as additional data. A message's groups in a session
+(``SessionSealer.seal_group``) all carry the same head, and ``open_group`` takes
+them only together. The recipient opens a session's head once (one HPKE open) and
+keeps the key (``PartyKeys.opened``, by key version, session id and the head's exact
+bytes); every later message of the session costs it one AES-GCM open.
 """
 
 from __future__ import annotations
@@ -152,9 +151,9 @@ class SessionSealer:
         with self._lock:
             s = self._sessions.get(k)
             if s is None or s.uses >= self.max_uses or now - s.started > self.max_age_s:
-                gk, sid = SessionKey.generate(), random_id("ses_", 12)
-                head = b64e(recipient.hpke[kv].seal(gk.to_bytes(), _head_info(recipient.id, kv, sid)))
-                s = self._sessions[k] = _Session(gk, head, sid, now)
+                sk, sid = SessionKey.generate(), random_id("ses_", 12)
+                head = b64e(recipient.hpke[kv].seal(sk.to_bytes(), _head_info(recipient.id, kv, sid)))
+                s = self._sessions[k] = _Session(sk, head, sid, now)
                 self.heads += 1
             s.uses += 1
             return s
@@ -261,8 +260,9 @@ def open_fields(envelope: Any, me: PartyKeys, purpose: str, context: str) -> dic
 
 
 def open_group(envelopes: dict[str, Any], me: PartyKeys, context: str) -> dict[str, dict[str, Any]]:
-    """Decrypt a message's envelopes for ``me`` by purpose: a group (one HPKE open for
-    all) or single envelopes (one each), never a mix. DecryptionError when any of
+    """Decrypt a message's envelopes for ``me`` by purpose: the groups of one session
+    (one HPKE open per session, none once its key is kept), a group (one HPKE open
+    for all) or single envelopes (one each), never a mix. DecryptionError when any of
     them does not open, when a linked group names a first that is not among them, when
     a single envelope stands beside a group, or when a session's groups are not all of
     one session."""
