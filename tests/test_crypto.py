@@ -114,7 +114,7 @@ def test_session_key_random_nonces_and_context() -> None:
 
 
 @pytest.mark.parametrize("vec", load_json_vectors("groupkey/session_v1.json"))
-def test_session_key_vectors(vec: dict) -> None:
+def test_session_key_vectors(vec: dict[str, str]) -> None:
     """Pinned session-key messages; the construction checked with cryptography's HKDF
     and AESGCM called directly."""
     from cryptography.hazmat.primitives import hashes

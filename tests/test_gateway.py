@@ -239,10 +239,10 @@ def test_session_groups_open_together_and_heads_open_once(tmp_path: Path, monkey
 
 
 def test_session_key_cache_is_bounded_and_forgets() -> None:
-    from veilpay.crypto.groupkey import GroupKey, SessionKeys
+    from veilpay.crypto.groupkey import SessionKey, SessionKeys
 
     cache = SessionKeys(max_entries=2, max_age_s=60)
-    keys = [GroupKey.generate() for _ in range(3)]
+    keys = [SessionKey.generate() for _ in range(3)]
     for i, k in enumerate(keys):
         cache.put(1, f"s{i}", b"head", k)
     assert cache.get(1, "s0", b"head") is None and cache.get(1, "s2", b"head") is keys[2]
@@ -954,6 +954,7 @@ def test_log_lines_hold_only_the_fixed_fields() -> None:
     passed in ``extra`` (a careless call cannot log a personal field); an exception
     appears by its type only, never its message."""
     import logging
+    import sys
 
     from veilpay.gateway.observe import JsonFormatter
 
@@ -961,7 +962,6 @@ def test_log_lines_hold_only_the_fixed_fields() -> None:
     try:
         raise ValueError("buyer@example.com")
     except ValueError:
-        import sys
         exc = sys.exc_info()
     rec = lg.makeRecord("veilpay.test", logging.WARNING, __file__, 1, "payment final", (), exc,
                         extra={"event": "payment_final", "paymentId": "pay_1", "code": "SUCCESS",
