@@ -50,7 +50,7 @@ from veilpay.gateway.schemas import (
 from veilpay.gateway.store import outbox, payments, refunds, seen_requests, settlement_runs, settlements
 from veilpay.sdk import wirejson
 from veilpay.sdk.directory import Directory
-from veilpay.sdk.envelope import is_envelope, is_linked
+from veilpay.sdk.envelope import is_envelope, is_linked, one_session
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.money import MINOR_UNITS, InvalidAmount, UnsupportedCurrency, parse_amount
 from veilpay.sdk.signing import format_time, post_headers, verify_message
@@ -392,10 +392,8 @@ class GatewayService:
                 raise ApiFailure("SEALED_FIELD_INVALID", f"{name}: this gateway runs without PETs")
         if not self.cfg.pets or not present or all(g["v"] == 1 for g in present.values()):
             return
-        one = next(iter(present.values()))
-        if one["v"] == 3:  # the MPP opens a message's session groups only together
-            if not all(g["v"] == 3 and g["sid"] == one["sid"] and g["head"] == one["head"] and g["kv"] == one["kv"]
-                       for g in present.values()):
+        if next(iter(present.values()))["v"] == 3:  # the MPP opens a message's session groups only together
+            if not one_session(list(present.values())):
                 raise ApiFailure("SEALED_FIELD_INVALID", "the field groups in a session must all be of one session")
             return
         # A group: its first is the first field named, and every other field is linked

@@ -46,8 +46,8 @@ from veilpay.errors import DecryptionError, InvalidInput
 from veilpay.sdk import wirejson
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 
-__all__ = ["PURPOSES", "SessionSealer", "is_envelope", "is_linked", "open_fields", "open_group", "seal_fields",
-           "seal_group"]
+__all__ = ["PURPOSES", "SessionSealer", "is_envelope", "is_linked", "one_session", "open_fields", "open_group",
+           "seal_fields", "seal_group"]
 
 PURPOSES = ("order", "paymentCode", "env", "customerInfo", "refundReason", "amount", "share")
 _KEYS = {"v", "to", "kv", "suite", "ct"}
@@ -87,6 +87,16 @@ def is_envelope(obj: Any) -> bool:
         return obj.get("v") == 2 and isinstance(obj.get("with"), str)
     return keys == _SESSION and obj.get("v") == 3 and isinstance(obj.get("head"), str) \
         and isinstance(obj.get("sid"), str) and 0 < len(obj["sid"]) <= 48
+
+
+def one_session(envelopes: list[Any]) -> bool:
+    """Every one of ``envelopes`` a session envelope of the same session (head, id and
+    key version): how a message's groups in a session must travel."""
+    if not envelopes or not is_envelope(envelopes[0]) or envelopes[0]["v"] != 3:
+        return False
+    one = envelopes[0]
+    return all(is_envelope(e) and e["v"] == 3 and e["sid"] == one["sid"] and e["head"] == one["head"]
+               and e["kv"] == one["kv"] for e in envelopes)
 
 
 def is_linked(obj: Any) -> bool:
@@ -266,11 +276,8 @@ def open_group(envelopes: dict[str, Any], me: PartyKeys, context: str) -> dict[s
     them does not open, when a linked group names a first that is not among them, when
     a single envelope stands beside a group, or when a session's groups are not all of
     one session."""
-    in_session = [e for e in envelopes.values() if is_envelope(e) and e["v"] == 3]
-    if in_session:
-        one = in_session[0]
-        if len(in_session) != len(envelopes) or any(
-                e["sid"] != one["sid"] or e["head"] != one["head"] or e["kv"] != one["kv"] for e in in_session):
+    if any(is_envelope(e) and e["v"] == 3 for e in envelopes.values()):
+        if not one_session(list(envelopes.values())):
             raise DecryptionError("a message's groups in a session must all be of that one session")
         return {purpose: open_fields(env, me, purpose, context) for purpose, env in envelopes.items()}
     gk: GroupKey | None = None
