@@ -4,13 +4,16 @@ SQLite file. ``down`` makes a host unreachable, as a crashed or partitioned peer
 
 ``batch_notify`` gives acqp-1 a ``notifyBatchUrl``. ``privacy="semi2k"`` or ``"aby3"``
 adds three privacy nodes (control APIs in the router; their MPC mesh over real TCP +
-mutual TLS on loopback) and hides amounts."""
+mutual TLS on loopback) and hides amounts. The nodes pin the four partners' keys and
+run ``node_policy``; their clock is the system's plus ``node_offset_ms``, which
+``close_today`` moves past today's close so that today can be settled."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from veilpay.gateway import create_app
 from veilpay.gateway.config import GatewayConfig
 from veilpay.net import provision_network
 from veilpay.node.app import create_node_app
+from veilpay.node.config import NodeConfig, NodePolicy
 from veilpay.partners import create_acqp_app, create_mpp_app
 from veilpay.partners.config import PartnerConfig
 from veilpay.sdk import AsyncGatewayClient, create_party, load_party
@@ -47,8 +51,11 @@ class Router(httpx.AsyncBaseTransport):
 
 class Net:
     def __init__(self, tmp: Path, database: str | None = None, pets: bool = True, suite: str = "x25519",
-                 privacy: str = "", batch_notify: bool = False, **gw: Any) -> None:
+                 privacy: str = "", batch_notify: bool = False, node_policy: dict[str, Any] | None = None,
+                 **gw: Any) -> None:
         self.tmp = tmp
+        self.node_policy = NodePolicy(**{"min_count": 2, "close_margin_s": 60.0, **(node_policy or {})})
+        self.node_offset_ms = 0
         k = tmp / "keys"
         self.gateway_keys = create_party(k / "gateway", "gateway", "gateway")
         create_party(k / "mpp-1", "mpp-1", "mpp", endpoint="http://mpp-1.test", code_prefixes=["2810"], suite=suite,
@@ -91,10 +98,28 @@ class Net:
             self.router.apps[f"{pid}.test"] = httpx.ASGITransport(self.partner_apps[pid])
         self.gw_public = PublicEntry.from_json(json.loads((k / "gateway" / "public.json").read_text()))
 
-    def add_node(self, n: str) -> Any:
+    def node_config(self, n: str, **changes: Any) -> NodeConfig:
+        k = self.tmp / "keys"
+        kw: dict[str, Any] = {
+            "party": n, "keys": k / n, "network": self.network_file, "gateway_key": k / "gateway" / "public.json",
+            "database": f"sqlite:///{self.tmp}/{n}/node.db", "job_timeout_s": 30, "connect_timeout_s": 5,
+            "partner_keys": [k / p / "public.json" for p in ("mpp-1", "mpp-2", "acqp-1", "acqp-2")],
+            "policy": self.node_policy, **changes}
+        return NodeConfig(**kw)
+
+    def node_clock(self) -> int:
+        return int(time.time() * 1000) + self.node_offset_ms
+
+    def close_today(self) -> None:
+        """Move the nodes' clocks past the close of today's period (and its margin)."""
+        now = int(time.time() * 1000)
+        step = self.node_policy.cycle_s * 1000
+        end = now - now % step + step
+        self.node_offset_ms = end + int(self.node_policy.close_margin_s * 1000) + 1000 - now
+
+    def add_node(self, n: str, **changes: Any) -> Any:
         """(Re)start node ``n`` on its database (a restart after a crash)."""
-        app = create_node_app(self.tmp / "keys" / n, self.network_file, self.tmp / "keys" / "gateway" / "public.json",
-                              f"sqlite:///{self.tmp}/{n}/node.db", min_count=2, job_timeout=30, connect_timeout=5)
+        app = create_node_app(self.node_config(n, **changes), clock=self.node_clock)
         self.node_apps[n] = app
         self.router.apps[f"{n}.test"] = httpx.ASGITransport(app)
         return app

@@ -186,8 +186,11 @@ def test_canary_personal_data_never_reaches_the_gateway(tmp_path: Path) -> None:
 def test_privacy_nodes_as_processes_survive_a_killed_node(tmp_path: Path) -> None:
     """Gateway, MPP, ACQP and three privacy nodes as processes: SIGKILL a share holder,
     keep paying, restart it; it catches up and the MPC settlement equals the ACQP's
-    own books. No amount is in the gateway's database or log."""
-    with LocalNet(tmp_path, privacy="semi2k") as net:
+    own books. No amount is in the gateway's database or log. The nodes settle in
+    4-second cycles, so that a period closes within the test."""
+    from veilpay.sdk.periods import Period
+
+    with LocalNet(tmp_path, privacy="semi2k", node_policy={"cycle_s": 4, "close_margin_s": 0.5}) as net:
         net.start_all()
         net.admin("mpp-1", "POST", "/admin/wallets", {"userId": "u1", "name": "Ana Cruz", "currency": "PHP",
                                                        "balance": 10**12})
@@ -199,7 +202,9 @@ def test_privacy_nodes_as_processes_survive_a_killed_node(tmp_path: Path) -> Non
                 code = net.admin("mpp-1", "POST", "/admin/codes", {"userId": "u1"})["code"]
                 ans = c.pay(f"live-{i}", {"currency": "JPY", "value": str(v)}, code, {"goods": "tea"})
                 assert ans.code == "SUCCESS" and ans.body["paymentAmount"]["value"] == str(v)
-            day = time.strftime("%Y-%m-%d", time.gmtime())
+            last = Period.of(int(time.time() * 1000), 4)  # settling it takes every earlier period's items too
+            time.sleep(max(0.0, (last.end_ms + 600) / 1000 - time.time()))
+            day = last.label
             waiting = net.operator("/admin/v1/settle", {"settlementDate": day})
             assert waiting["status"] == "WAITING"
             net.start("node-b")

@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 
 from veilpay.errors import ConfigError, DecryptionError, NodeError, NodesDisagree, PartyFailed, PeerDisconnected
 from veilpay.mpc.runtime import run_local
-from veilpay.node.programs import Items, group_totals, refund_bound
+from veilpay.node.programs import Items, agree_items, noisy_totals, refund_bound, valid_groups
 from veilpay.sdk import seal_fields
-from veilpay.sdk.shares import Privacy, open_amount, open_share, seal_amount, split_value
+from veilpay.sdk.settlement import assemble
+from veilpay.sdk.shares import Privacy, open_share, seal_amount, sign_bundle, split_value
 
 ORDER = {"orderId": "A-1", "goods": "matcha"}
 ORDER_ENV = {"ip": "198.51.100.1", "deviceId": "dev-1"}
@@ -66,8 +67,8 @@ def test_privacy_config_checks_roles() -> None:
     assert Privacy.from_json(SEMI.to_json()) == SEMI
 
 
-def _items(values: list[int], keys: list[str], privacy: Privacy, unopened: dict[str, set[int]] | None = None
-           ) -> dict[str, dict[str, Any]]:
+def _items(values: list[int], keys: list[str], privacy: Privacy, unopened: dict[str, set[int]] | None = None,
+           caps: list[int] | None = None) -> dict[str, dict[str, Any]]:
     shares = [split_value(v % 2**64, privacy) for v in values]
     out = {}
     for n in privacy.nodes:
@@ -78,12 +79,27 @@ def _items(values: list[int], keys: list[str], privacy: Privacy, unopened: dict[
         for i in (unopened or {}).get(n, set()):
             opened[i] = False
             w[i] = 0
-        out[n] = {"items": Items([f"t{i:03d}" for i in range(len(values))], list(keys), w, opened)}
+        out[n] = {"items": Items([f"t{i:03d}" for i in range(len(values))], list(keys), w, opened,
+                                 None if caps is None else np.array(caps, dtype=np.int64))}
     return out
 
 
+def _groups(rt: Any, items: Items | None = None) -> Any:
+    n, opened = agree_items(rt, items)
+    return valid_groups(rt, items, n, opened)[0]
+
+
+def _join_words(per_node: dict[str, Any], g: int, privacy: Privacy) -> int:
+    """A group's total from the holders' share words of it (what a partner does: each
+    holder's first word is its additive part, s_i for semi2k and c_i for aby3)."""
+    return int(sum(int(per_node[n].words[g][0]) for n in privacy.nodes) % 2**64)
+
+
 @pytest.mark.parametrize("privacy", [SEMI, ABY], ids=["semi2k", "aby3"])
-def test_group_totals_against_plaintext(privacy: Privacy) -> None:
+def test_valid_groups_against_plaintext(privacy: Privacy) -> None:
+    """The range check leaves out exactly the invalid items, and the holders' share
+    words of each group's sum add up to the plaintext sum of its valid items; no node
+    learns a total (the sums stay shared)."""
     rng = np.random.default_rng(7)
     values = [int(v) for v in rng.integers(1, 10**9, size=40)]
     values[3] = 0                      # below the range
@@ -92,33 +108,48 @@ def test_group_totals_against_plaintext(privacy: Privacy) -> None:
     values[9] = 10**15                 # the largest valid amount
     keys = [f"g{v % 3}" for v in range(40)]
     kw = _items(values, keys, privacy, {privacy.nodes[1]: {12}})
-    res = run_local(lambda rt, items=None: group_totals(rt, items), protocol=privacy.protocol,
-                    parties=privacy.parties, kwargs=kw)
+    res = run_local(_groups, protocol=privacy.protocol, parties=privacy.parties, kwargs=kw)
     first = res[privacy.nodes[0]]
-    assert all(res[n] == first for n in privacy.nodes)
-    for g in first:
-        members = [i for i in range(40) if keys[i] == g.key]
+    assert all(res[n].keys == first.keys and res[n].ids == first.ids for n in privacy.nodes)
+    for g, key in enumerate(first.keys):
+        members = [i for i in range(40) if keys[i] == key]
         bad = {i for i in members if not 1 <= values[i] <= 10**15}
         good = [i for i in members if i not in bad and i != 12]
-        assert g.total == sum(values[i] for i in good)
-        assert g.count == len(good)
-        assert g.out_of_range == sorted(f"t{i:03d}" for i in bad)
-        assert g.rejected == (["t012"] if 12 in members else [])
+        assert _join_words(res, g, privacy) == sum(values[i] for i in good)
+        assert first.ids[g] == [f"t{i:03d}" for i in good]
+        assert first.out_of_range[g] == sorted(f"t{i:03d}" for i in bad)
+        assert first.rejected[g] == (["t012"] if 12 in members else [])
+        assert all(int(res[n].words[g][0]) != sum(values[i] for i in good) for n in privacy.nodes)
 
 
-def test_group_totals_hold_back_small_groups() -> None:
-    values, keys = [5, 6, 7, 8], ["big", "big", "big", "small"]
-    res = run_local(lambda rt, items=None: group_totals(rt, items, 3), protocol="semi2k", parties=SEMI.parties,
-                    kwargs=_items(values, keys, SEMI))
-    got = {g.key: g for g in res["a"]}
-    assert got["big"].total == 18 and got["small"].total is None and got["small"].count == 1
+@pytest.mark.parametrize("privacy", [SEMI, ABY], ids=["semi2k", "aby3"])
+def test_noisy_totals_clip_and_add_every_holders_noise(privacy: Privacy) -> None:
+    """Analytics in MPC: each amount capped at its item's cap, the shown groups' sums
+    revealed only with every holder's own noise added."""
+    values = [5, 70, 300, 40, 1000, 9]
+    keys, caps = ["a", "a", "a", "b", "b", "c"], [100, 100, 100, 500, 500, 100]
+    kw = _items(values, keys, privacy, caps=caps)
+    noise = {n: np.array([3 * (i + 1), -2], dtype=np.int64) for i, n in enumerate(privacy.nodes)}
+    for n in privacy.nodes:
+        kw[n]["noise"] = noise[n]
+
+    def prog(rt: Any, items: Items | None = None, noise: Any = None) -> Any:
+        n, opened = agree_items(rt, items)
+        groups, sums = valid_groups(rt, items, n, opened, clip=True)
+        shown = np.array([0, 1]) if groups is not None else None  # groups a and b; c is "suppressed"
+        return noisy_totals(rt, sums, shown, noise)
+
+    res = run_local(prog, protocol=privacy.protocol, parties=privacy.parties, kwargs=kw)
+    extra = sum(noise[n] for n in privacy.nodes)
+    want = np.array([5 + 70 + 100, 40 + 500]) + extra
+    assert all(np.array_equal(res[n], want) for n in privacy.nodes)
 
 
 def test_nodes_with_different_items_refuse_to_compute() -> None:
     kw = _items([5, 6], ["k", "k"], SEMI)
     kw["b"]["items"].keys[1] = "other"  # the gateway told node b another group for one item
     with pytest.raises(PartyFailed) as info:
-        run_local(lambda rt, items=None: group_totals(rt, items), protocol="semi2k", parties=SEMI.parties, kwargs=kw)
+        run_local(_groups, protocol="semi2k", parties=SEMI.parties, kwargs=kw)
     assert isinstance(info.value.__cause__, NodesDisagree | PeerDisconnected)
 
 
@@ -174,11 +205,23 @@ def test_hidden_amounts_are_sealed_in_sessions(tmp_path: Path) -> None:
     run(go())
 
 
+def _node_entries(net: Net) -> dict[str, Any]:
+    return {n: net.keys(n).public for n in net.node_ids}
+
+
+def _assemble(net: Net, pid: str, period: str) -> Any:
+    doc = json.loads((net.tmp / "settlement" / period / pid / "settlement.json").read_text())
+    return assemble(doc, net.keys(pid), _node_entries(net), Privacy.from_json(doc["privacy"]))
+
+
 @pytest.mark.parametrize("privacy", ["semi2k", "aby3"])
 def test_hidden_amounts_end_to_end(tmp_path: Path, privacy: str) -> None:
-    """Pays, refunds (one refused by the nodes' bound check), a cancel; settlement in MPC
-    equals the partners' own books; the gateway's database holds no amount."""
-    net = Net(tmp_path, privacy=privacy)
+    """Pays, refunds (one refused by the nodes' bound check), a cancel; today's
+    settlement only once today has closed by the nodes' clocks; the totals reach the
+    ACQP and the MPP sealed, never the gateway, and equal the partners' own books;
+    the gateway's database and files hold no amount and no total."""
+    net = Net(tmp_path, privacy=privacy, node_policy={"epsilon": "1000000000", "monthly_budget": "1000000000",
+                                                         "default_clip": 10**6})
 
     async def go() -> None:
         c = net.client()
@@ -191,40 +234,44 @@ def test_hidden_amounts_end_to_end(tmp_path: Path, privacy: str) -> None:
         assert part.code == "SUCCESS", part.body
         over = await c.refund("r2", {"currency": "JPY", "value": "700001"}, payment_request_id="p0")
         assert over.code == "REFUND_AMOUNT_EXCEED"
-        rest = await c.refund("r3", {"currency": "JPY", "value": "700000"}, payment_request_id="p0")
+        rest = await c.refund("r3", {"currency": "JPY", "value": "700000"}, payment_id=answers[0].body["paymentId"])
         assert rest.code == "SUCCESS"
         assert (await c.cancel_payment(payment_request_id="p3")).code == "SUCCESS"
         await net.deliver()
         notes = (await net.notifications())["notifications"]
         assert len(notes) >= 4
+        early = await net.operator("/admin/v1/settle", {"settlementDate": _today()})
+        assert early["status"] == "WAITING" and "PERIOD_OPEN" in early["message"], early
+        net.close_today()
         done = await net.operator("/admin/v1/settle", {"settlementDate": _today()})
         assert done["status"] == "DONE", done
-        (s,) = done["summaries"]
-        assert (s["paymentCount"], int(s["paymentTotal"])) == (3, 731_947 + 402_213 + 99_173)
-        assert (s["refundCount"], int(s["refundTotal"])) == (2, 731_947)
-        # the ACQP's own books, and the settlement summary API, agree
+        counts = {g["kind"]: g["count"] for g in done["groups"]}
+        assert counts == {"pay": 3, "refund": 2}
+        assert "Total" not in json.dumps(done)  # the operator gets counts, never a total
+        # the ACQP's SDK opens the totals the nodes sealed to it
         summary = await c.settlement_summary(_today())
         (cur,) = summary.body["summaries"]
-        assert cur["paymentTotal"]["value"] == str(731_947 + 402_213 + 99_173)
+        assert (cur["paymentCount"], cur["paymentTotal"]["value"]) == (3, str(731_947 + 402_213 + 99_173))
+        assert (cur["refundCount"], cur["refundTotal"]["value"]) == (2, str(731_947))
         assert cur["netTotal"]["value"] == str(402_213 + 99_173)
-        # files: the ACQP's detail rows carry amounts only it can open
-        folder = tmp_path / "settlement" / _today()
-        rows = list(_csv(folder / "acqp-1" / "detail.csv"))
-        assert len(rows) == 5
-        me = net.keys("acqp-1")
-        opened = sorted(open_amount({"currency": r["currency"], "sealed": {"acqp-1": json.loads(r["sealedAmount"])}},
-                                    me, "pay" if r["transactionType"] == "PAYMENT" else "refund", "acqp-1",
-                                    r["transactionRequestId"])[1] for r in rows)
-        assert opened == sorted([731_947, 402_213, 99_173, 31_947, 700_000])
-        mpp_rows = list(_csv(folder / "mpp-1" / "summary.csv"))
-        assert mpp_rows[0]["netSettlementAmount"] == str(402_213 + 99_173)
-        # analytics: one corridor PH -> JP with 3 payments, threshold 2 at the nodes
-        an = await net.operator("/admin/v1/analytics", {"day": _today(), "minCount": 2})
+        # each partner assembles its own files from its sealed document
+        acq = _assemble(net, "acqp-1", _today())
+        assert acq.mismatches == []
+        assert sorted(r[7] for r in acq.detail) == sorted([731_947, 402_213, 99_173, 31_947, 700_000])
+        (row,) = acq.summary
+        assert row[4:] == [3, 731_947 + 402_213 + 99_173, 2, 731_947, 402_213 + 99_173]
+        mpp = _assemble(net, "mpp-1", _today())
+        assert mpp.summary == acq.summary and mpp.mismatches == []
+        mpp.write(tmp_path / "mpp-files")
+        assert _csv(tmp_path / "mpp-files" / "summary.csv")[0]["netSettlementAmount"] == str(402_213 + 99_173)
+        # analytics: one corridor PH -> JP with 3 payments (noise negligible at this epsilon)
+        an = await net.operator("/admin/v1/analytics", {"period": _today()})
         assert an["corridors"] == [{"from": "PH", "to": "JP", "currency": "JPY", "count": 3,
-                                    "total": str(731_947 + 402_213 + 99_173)}]
-        # the canary: no amount reached the gateway's database in any encoding
-        blob = _gateway_bytes(net)
-        for v in amounts + [31_947, 700_000, 700_001]:
+                                    "total": str(731_947 + 402_213 + 99_173), "clip": 10**6}]
+        assert an["epsilon"] == "1000000000" and an["minCount"] == 2
+        # the canary: no amount and no settlement total reached the gateway's database or files
+        blob = _gateway_bytes(net) + b"".join(p.read_bytes() for p in (tmp_path / "settlement").rglob("*.json"))
+        for v in amounts + [31_947, 700_000, 700_001, 731_947 + 402_213 + 99_173, 402_213 + 99_173]:
             assert str(v).encode() not in blob
             assert int(v).to_bytes(8, "little") not in blob and int(v).to_bytes(8, "big") not in blob
         await c.aclose()
@@ -270,6 +317,7 @@ def test_node_down_at_payment_and_at_settlement(tmp_path: Path) -> None:
         # a refund needs the nodes: it waits (U), never guesses
         waiting = await c.refund("dr", {"currency": "JPY", "value": "34"}, payment_request_id="d1")
         assert waiting.status == "U"
+        net.close_today()
         wait = await net.operator("/admin/v1/settle", {"settlementDate": _today()})
         assert wait["status"] == "WAITING" and "NODE_UNAVAILABLE" in wait["message"]
         assert (await c.settlement_summary(_today())).code == "SETTLEMENT_PENDING"
@@ -287,8 +335,8 @@ def test_node_down_at_payment_and_at_settlement(tmp_path: Path) -> None:
         assert again.body["refundStatus"] == "SUCCESS"
         done = await net.operator("/admin/v1/settle", {"settlementDate": _today()})
         assert done["status"] == "DONE"
-        (s,) = done["summaries"]
-        assert int(s["paymentTotal"]) == 1234 + 4321 and int(s["refundTotal"]) == 34
+        (s,) = (await c.settlement_summary(_today())).body["summaries"]
+        assert int(s["paymentTotal"]["value"]) == 1234 + 4321 and int(s["refundTotal"]["value"]) == 34
         await c.aclose()
 
     run(go())
@@ -368,24 +416,28 @@ def test_bad_shares_are_left_out_and_named(tmp_path: Path) -> None:
         d = await c.directory()
         code = await net.code("u1")
         body = c._pay_body(d, "huge", {"currency": "JPY", "value": "600"}, code, ORDER, None)
-        fake = seal_amount({"currency": "JPY", "value": "1"}, "pay", "acqp-1", "huge", [], d.nodes(), d.privacy)
-        # re-share 2^62 under the same context: a valid envelope for each node, an invalid amount
-        for n, w in split_value(2**62, d.privacy).items():
-            fake["shares"][n] = seal_fields({"s": [str(x) for x in w]}, d.get(n), "share", "acqp-1/pay/huge/JPY")
-        body["paymentAmount"]["shares"] = fake["shares"]
+        me = net.keys("acqp-1")
+        # re-share 2^62 under the same context, signed: a valid envelope for each node, an invalid amount
+        shares = {n: seal_fields({"s": [str(x) for x in w]}, d.get(n), "share", "acqp-1/pay/huge/JPY")
+                  for n, w in split_value(2**62, d.privacy).items()}
+        body["paymentAmount"]["shares"] = shares
+        body["paymentAmount"]["bundle"] = sign_bundle(me, "mpp-1", "pay", "huge", "JPY", shares)
         assert (await c.call("/v1/payments/pay", body)).code == "SUCCESS"
         code = await net.code("u1")
         body = c._pay_body(d, "garbled", {"currency": "JPY", "value": "700"}, code, ORDER, None)
         other = c._pay_body(d, "elsewhere", {"currency": "JPY", "value": "700"}, code, ORDER, None)
-        body["paymentAmount"]["shares"]["node-b"] = other["paymentAmount"]["shares"]["node-b"]  # another payment's
+        shares = {**body["paymentAmount"]["shares"], "node-b": other["paymentAmount"]["shares"]["node-b"]}
+        body["paymentAmount"]["shares"] = shares  # another payment's share, signed as this one's
+        body["paymentAmount"]["bundle"] = sign_bundle(me, "mpp-1", "pay", "garbled", "JPY", shares)
         assert (await c.call("/v1/payments/pay", body)).code == "SUCCESS"
+        net.close_today()
         done = await net.operator("/admin/v1/settle", {"settlementDate": _today()})
-        assert done["status"] == "DONE"
-        (s,) = done["summaries"]
-        assert (s["paymentCount"], int(s["paymentTotal"])) == (1, 500)
-        assert len(s["excluded"]) == 2
-        rows = {r["transactionRequestId"]: r["settlementStatus"]
-                for r in _csv(tmp_path / "settlement" / _today() / "acqp-1" / "detail.csv")}
+        assert done["status"] == "DONE", done
+        (g,) = done["groups"]
+        assert g["count"] == 1 and len(g["excluded"]) == 2
+        (s,) = (await c.settlement_summary(_today())).body["summaries"]
+        assert (s["paymentCount"], s["paymentTotal"]["value"]) == (1, "500")
+        rows = {r[1]: r[8] for r in _assemble(net, "acqp-1", _today()).detail}
         assert rows == {"ok": "SETTLED", "huge": "EXCLUDED_OUT_OF_RANGE", "garbled": "EXCLUDED_SHARE_REFUSED"}
         await c.aclose()
 
@@ -407,11 +459,11 @@ def test_node_control_api_refuses_bad_calls(tmp_path: Path) -> None:
         await c.aclose()
 
     run(go())
-    with pytest.raises(NodeError) as bad:
-        svc.ingest([{"seq": 10**6, "op": "share", "id": "pay_x"}])
-    assert bad.value.code == "FEED_INVALID"
-    with pytest.raises(NodeError):
-        svc.ingest([{"seq": 10**6, "op": "launch"}])
+    bad = svc.ingest([{"seq": 10**6, "op": "share", "id": "pay_x"}, {"seq": 10**6 + 1, "op": "launch"}])
+    assert [r["code"] for r in bad["rejected"]] == ["BUNDLE_INVALID", "FEED_INVALID"]
+    with pytest.raises(NodeError) as no_seq:
+        svc.ingest([{"op": "status"}])
+    assert no_seq.value.code == "FEED_INVALID"
     with pytest.raises(NodeError) as job:
         svc.run_job({"jobId": "short", "kind": "settle", "params": {}})
     assert job.value.code == "JOB_INVALID"
@@ -423,10 +475,10 @@ def test_node_control_api_refuses_bad_calls(tmp_path: Path) -> None:
         row = conn.execute(select(items)).first()
     keys = net.keys("acqp-1")
     d_nodes = {n: net.keys(n).public for n in ("node-a", "node-b")}
-    env = seal_amount({"currency": "JPY", "value": "77"}, "pay", "acqp-1", row.request_id, [keys.public], d_nodes,
-                      Privacy("semi2k", ("node-a", "node-b"), "node-c"))["shares"]["node-a"]
-    got = svc.ingest([{"seq": 10**6, "op": "share", "id": "pay_" + "0" * 32, "kind": "pay", "acqp": "acqp-1",
-                       "mpp": "mpp-1", "currency": "JPY", "requestId": row.request_id, "envelope": env}])
-    assert got["rejected"] == [{"seq": 10**6, "id": "pay_" + "0" * 32, "code": "REPLAYED_SHARE"}]
+    amt = seal_amount({"currency": "JPY", "value": "77"}, "pay", keys, row.request_id, net.keys("mpp-1").public,
+                      d_nodes, Privacy("semi2k", ("node-a", "node-b"), "node-c"))
+    got = svc.ingest([{"seq": 10**6 + 2, "op": "share", "id": "pay_" + "0" * 32, "bundle": amt["bundle"],
+                       "envelope": amt["shares"]["node-a"]}])
+    assert got["rejected"] == [{"seq": 10**6 + 2, "id": "pay_" + "0" * 32, "code": "REPLAYED_SHARE"}]
     with pytest.raises(DecryptionError):
-        open_share(env, net.keys("node-b"), "pay", "acqp-1", row.request_id, "JPY", 1)
+        open_share(amt["shares"]["node-a"], net.keys("node-b"), "pay", "acqp-1", row.request_id, "JPY", 1)

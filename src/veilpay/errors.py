@@ -17,8 +17,10 @@ The tree::
     │   │   │   └── ProtocolMismatch        the peer runs another version or mode
     │   │   ├── PeerAuthenticationError     TLS refused: no or wrong certificate
     │   │   └── NodesDisagree               privacy nodes hold different views of the same job
+    │   │       └── LedgerMismatch          ... of the disclosure ledger: heads or entries differ
     │   └── PartyFailed                     a party of an in-process run raised (``.party``)
     ├── NodeError                           a privacy node refused a feed or job (``.code``)
+    ├── LedgerError                         a copy of a disclosure ledger that does not verify
     ├── DecryptionError                     a sealed field that does not open for this key and context
     └── GatewayError                        an API exchange refused or failed (``.code``: the result code)
         ├── SignatureError                  a missing, malformed or wrong signature on a message
@@ -38,6 +40,8 @@ __all__ = [
     "NodeError",
     "NodesDisagree",
     "GatewayError",
+    "LedgerError",
+    "LedgerMismatch",
     "GatewayUnavailable",
     "RequestRejected",
     "SignatureError",
@@ -129,6 +133,20 @@ class PartyFailed(ProtocolError):
 class NodesDisagree(PeerError):
     """Privacy nodes whose inputs to one job differ (other items, groups or counts): the
     gateway relayed different data to them, or one has not caught up. No result is revealed."""
+
+
+class LedgerMismatch(NodesDisagree):
+    """Privacy nodes whose disclosure ledgers differ before a reveal (a node skipped or
+    changed an entry, or was fed another history): nothing is revealed."""
+
+
+class LedgerError(VeilpayError):
+    """A disclosure ledger copy that does not verify: a broken hash chain, a gap, a
+    signature that is not the node's, or two copies that fork (``.seq``: where)."""
+
+    def __init__(self, message: str, seq: int = 0) -> None:
+        super().__init__(message)
+        self.seq = seq
 
 
 class NodeError(VeilpayError):

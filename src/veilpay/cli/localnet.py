@@ -44,7 +44,7 @@ def _toml_value(v: Any) -> str:
 class LocalNet:
     def __init__(self, root: str | Path, pets: bool = True, database: str | None = None,
                  gateway_options: dict[str, Any] | None = None, fx: dict[str, str] | None = None,
-                 privacy: str = "") -> None:
+                 privacy: str = "", node_policy: dict[str, Any] | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.pets = pets
@@ -73,6 +73,15 @@ class LocalNet:
                 fh.write(f'[privacy]\nprotocol = "{privacy}"\nnodes = {_toml_value(holders)}\n'
                          + (f'dealer = "{dealer}"\n' if dealer else ""))
             privacy_opts = {"privacy_protocol": privacy, "privacy_nodes": holders, "privacy_dealer": dealer}
+            policy = {"min_count": 2, **(node_policy or {})}
+            for n in self.nodes:  # each node pins the partners' keys itself, and runs the same policy
+                node = {"party": n, "keys": f"keys/{n}", "network": str(self.network),
+                        "gateway_key": "keys/gateway/public.json",
+                        "partner_keys": ["keys/mpp-1/public.json", "keys/acqp-1/public.json"],
+                        "database": f"sqlite:///{n}/node.db"}
+                (self.root / f"{n}.toml").write_text(
+                    "[node]\n" + "".join(f"{a} = {_toml_value(b)}\n" for a, b in node.items())
+                    + "[node.policy]\n" + "".join(f"{a} = {_toml_value(b)}\n" for a, b in policy.items()))
         opts = {"keys": "keys/gateway", "database": database or "sqlite:///gateway/gateway.db",
                 "listen": f"127.0.0.1:{self.ports['gateway']}", "partners": partners, "pets": pets,
                 **privacy_opts, **(gateway_options or {})}
@@ -92,10 +101,8 @@ class LocalNet:
     # ------------------------------------------------------------ processes
     def _argv(self, name: str) -> list[str]:
         if name in self.nodes:
-            return [sys.executable, "-m", "veilpay.cli.main", "node", "serve", "--network", str(self.network),
-                    "--party", name, "--keys", str(self.root / "keys" / name), "--gateway-key",
-                    str(self.root / "keys" / "gateway" / "public.json"), "--database",
-                    f"sqlite:///{self.root / name / 'node.db'}", "--min-count", "2", "--log", str(self.root / f"{name}.log")]
+            return [sys.executable, "-m", "veilpay.cli.main", "node", "serve", "--config", str(self.root / f"{name}.toml"),
+                    "--log", str(self.root / f"{name}.log")]
         if name == "gateway":
             return [sys.executable, "-m", "veilpay.cli.main", "gateway", "serve", "--config",
                     str(self.root / "gateway.toml"), "--log", str(self.root / "gateway.log")]

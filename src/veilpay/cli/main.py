@@ -59,13 +59,12 @@ def _cmd_gateway(a: argparse.Namespace) -> int:
         return 0
     if a.action == "settle":
         if not a.date:
-            raise ConfigError("gateway settle: --date YYYY-MM-DD is required")
+            raise ConfigError("gateway settle: --date YYYY-MM-DD (a closed period) is required")
         return _operator_call(a, "/admin/v1/settle", {"settlementDate": a.date})
     if a.action == "analytics":
         if not a.date:
-            raise ConfigError("gateway analytics: --date YYYY-MM-DD is required")
-        return _operator_call(a, "/admin/v1/analytics", {"day": a.date, **({"minCount": a.min_count} if a.min_count
-                                                                          else {})})
+            raise ConfigError("gateway analytics: --date YYYY-MM-DD (a closed period) is required")
+        return _operator_call(a, "/admin/v1/analytics", {"period": a.date})
     import uvicorn
 
     from veilpay.gateway import create_app
@@ -79,12 +78,16 @@ def _cmd_gateway(a: argparse.Namespace) -> int:
 
 
 def _cmd_partner(a: argparse.Namespace) -> int:
+    if a.action == "settlement":
+        return _partner_settlement(a)
     import uvicorn
 
     from veilpay.gateway.observe import configure_logging
     from veilpay.partners import create_acqp_app, create_mpp_app, load_partner_config
     from veilpay.sdk import load_party
 
+    if not a.config:
+        raise ConfigError("partner serve: --config is required")
     cfg = load_partner_config(a.config)
     role = load_party(cfg.keys).public.role
     app = create_mpp_app(cfg) if role == "mpp" else create_acqp_app(cfg) if role == "acqp" else None
@@ -95,6 +98,33 @@ def _cmd_partner(a: argparse.Namespace) -> int:
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, loop="uvloop", http="httptools",
                 timeout_graceful_shutdown=5)
     return 0
+
+
+def _partner_settlement(a: argparse.Namespace) -> int:
+    """A partner's settlement files from the gateway's sealed settlement document."""
+    from pathlib import Path
+
+    from veilpay.sdk import load_party
+    from veilpay.sdk.keys import PublicEntry
+    from veilpay.sdk.settlement import assemble
+    from veilpay.sdk.shares import Privacy
+
+    if not (a.keys and a.input and a.out and a.node_key):
+        raise ConfigError("partner settlement: --keys, --input, --out and --node-key (each node's public.json) are required")
+    me = load_party(a.keys)
+    try:
+        doc = json.loads(Path(a.input).read_text())
+        nodes = {e.id: e for e in (PublicEntry.from_json(json.loads(Path(p).read_text())) for p in a.node_key)}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"partner settlement: {exc}") from exc
+    privacy = Privacy.from_json(doc.get("privacy") if isinstance(doc, dict) else None)
+    done = assemble(doc, me, nodes, privacy)
+    done.write(a.out)
+    print(f"wrote {a.out}/summary.csv ({len(done.summary)} rows) and detail.csv ({len(done.detail)} rows) "
+          f"for {me.id}, period {done.period}")
+    for m in done.mismatches:
+        print(f"MISMATCH {m}", file=sys.stderr)
+    return 1 if done.mismatches else 0
 
 
 def _cmd_mcp(a: argparse.Namespace) -> int:
@@ -119,6 +149,10 @@ def _cmd_mcp(a: argparse.Namespace) -> int:
 def _cmd_node(a: argparse.Namespace) -> int:
     if a.action == "serve":
         return _node_serve(a)
+    if a.action == "ledger":
+        return _node_ledger(a)
+    if not a.party or not a.network:
+        raise ConfigError("node run: --party and --network are required")
     from veilpay.host import keep_freed_memory
     from veilpay.mpc import load_program, run_party
 
@@ -140,28 +174,101 @@ def _cmd_node(a: argparse.Namespace) -> int:
 
 
 def _node_serve(a: argparse.Namespace) -> int:
-    """A long-running privacy node: its control API for the gateway on the endpoint in
-    its public.json, its MPC channels on its address in the network file."""
+    """A long-running privacy node: its API for the gateway on the endpoint in its
+    public.json (or ``listen``), its MPC channels on its address in the network file."""
     import uvicorn
 
     from veilpay.gateway.observe import configure_logging
     from veilpay.node.app import create_node_app
+    from veilpay.node.config import load_node_config
     from veilpay.sdk import load_party
 
-    if not (a.keys and a.gateway_key):
-        raise ConfigError("node serve: --keys and --gateway-key are required")
-    keys = load_party(a.keys)
-    if keys.id != a.party:
-        raise ConfigError(f"node serve: {a.keys} holds keys of {keys.id!r}, not of --party {a.party!r}")
-    listen = a.listen or keys.public.endpoint.split("://", 1)[-1].rstrip("/")
+    if not a.config:
+        raise ConfigError("node serve: --config node.toml is required (format: docs/nodes.md)")
+    cfg = load_node_config(a.config)
+    keys = load_party(cfg.keys)
+    listen = cfg.listen or keys.public.endpoint.split("://", 1)[-1].rstrip("/")
     host, _, port = listen.rpartition(":")
     if not port.isdigit():
-        raise ConfigError("node serve: give --listen host:port, or an endpoint with a port in its public.json")
-    app = create_node_app(a.keys, a.network, a.gateway_key, a.database or f"sqlite:///{a.party}-node.db",
-                          min_count=a.min_count)
+        raise ConfigError("node serve: give listen = host:port, or an endpoint with a port in its public.json")
+    app = create_node_app(cfg)
     configure_logging(a.log)
     uvicorn.run(app, host=host or "127.0.0.1", port=int(port), log_config=None, access_log=False, loop="uvloop",
                 http="httptools", timeout_graceful_shutdown=5)
+    return 0
+
+
+def _node_ledger(a: argparse.Namespace) -> int:
+    """``fetch``: a node's disclosure ledger, as a partner or the gateway; ``verify``:
+    check one or more copies (each against its node's key) and that they do not fork."""
+    from pathlib import Path
+
+    from veilpay.errors import LedgerError
+    from veilpay.node.ledger import compare_records, verify_records
+    from veilpay.sdk.keys import PublicEntry
+
+    if a.what == "fetch":
+        return _ledger_fetch(a)
+    if a.what != "verify" or not a.file or len(a.file) != len(a.node_key):
+        raise ConfigError("node ledger verify: one --node-key (the node's public.json) per --file")
+    copies = []
+    for f, k in zip(a.file, a.node_key, strict=True):
+        try:
+            records = [json.loads(line) for line in Path(f).read_text().splitlines() if line.strip()]
+            node = PublicEntry.from_json(json.loads(Path(k).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"node ledger verify: {exc}") from exc
+        try:
+            seq, head = verify_records(records, node)
+        except LedgerError as exc:
+            print(f"{f}: INVALID: {exc}")
+            return 1
+        print(f"{f}: {seq} entries signed by {node.id}, head {head}")
+        copies.append(records)
+    for other in copies[1:]:
+        try:
+            shared = compare_records(copies[0], other)
+        except LedgerError as exc:
+            print(f"FORK: {exc}")
+            return 1
+        print(f"the copies agree on their first {shared} entries")
+    return 0
+
+
+def _ledger_fetch(a: argparse.Namespace) -> int:
+    import httpx
+
+    from veilpay.sdk import load_party, wirejson
+    from veilpay.sdk.keys import PublicEntry
+    from veilpay.sdk.signing import post_headers, verify_message
+
+    if not (a.keys and a.node_key and a.url and a.out):
+        raise ConfigError("node ledger fetch: --keys, --node-key, --url and --out are required")
+    me = load_party(a.keys)
+    from pathlib import Path
+
+    node = PublicEntry.from_json(json.loads(Path(a.node_key[0]).read_text()))
+    path = "/node/v1/ledger"
+    records: list[Any] = []
+    while True:
+        raw = wirejson.dumps({"after": len(records), "limit": 1000})
+        try:
+            r = httpx.post(a.url.rstrip("/") + path, content=raw, headers=post_headers(me.signer(), path, me.id, raw),
+                           timeout=30)
+        except httpx.HTTPError as exc:
+            raise ConfigError(f"node ledger fetch: {a.url}: {type(exc).__name__}") from exc
+        import time
+
+        verify_message({k.lower(): v for k, v in r.headers.items()}, "POST", path, r.content, node.verify_key,
+                       time.time(), 300, "Response-Time")
+        body = r.json()
+        if r.status_code != 200:
+            raise ConfigError(f"node ledger fetch: {body.get('error')}")
+        records += body["records"]
+        if not body["records"] or len(records) >= body["head"]["seq"]:
+            break
+    Path(a.out).write_text("".join(json.dumps(rec, sort_keys=True) + "\n" for rec in records))
+    print(f"wrote {len(records)} records of {node.id}'s ledger to {a.out}")
     return 0
 
 
@@ -265,8 +372,8 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-def _mpc_options(p: argparse.ArgumentParser, program_required: bool = True) -> None:
-    p.add_argument("--network", required=True, help="network file (TOML), see `veilpay keys`")
+def _mpc_options(p: argparse.ArgumentParser, program_required: bool = True, network_required: bool = True) -> None:
+    p.add_argument("--network", required=network_required, help="network file (TOML), see `veilpay keys`")
     p.add_argument("--program", required=program_required, help="the SPMD program, as package.module:function")
     p.add_argument("--protocol", choices=["semi2k", "aby3"], default="semi2k")
     p.add_argument("--compute", help="roles, comma separated: semi2k P0,P1,dealer; aby3 P0,P1,P2")
@@ -305,16 +412,18 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(fn=_cmd_keys)
 
     n = sub.add_parser("node", help="run: one party of an MPC program over TCP + mutual TLS; "
-                       "serve: a long-running privacy node for the gateway")
-    n.add_argument("action", nargs="?", default="run", choices=["run", "serve"])
-    _mpc_options(n, program_required=False)
-    n.add_argument("--party", required=True, help="this party's id in the network file")
-    n.add_argument("--keys", help="serve: the node's key folder (`veilpay keys partner --role node`)")
-    n.add_argument("--gateway-key", help="serve: the gateway's public.json (only it may call the node)")
-    n.add_argument("--database", help="serve: sqlite:///path (default ./PARTY-node.db) or postgresql+psycopg://...")
-    n.add_argument("--listen", help="serve: host:port of the control API (default: from its public.json endpoint)")
-    n.add_argument("--min-count", type=int, default=10, help="serve: fewest payments a revealed analytics total may have")
+                       "serve: a long-running privacy node for the gateway; ledger fetch / verify: its disclosure ledger")
+    n.add_argument("action", nargs="?", default="run", choices=["run", "serve", "ledger"])
+    n.add_argument("what", nargs="?", choices=["fetch", "verify"], help="ledger: fetch a copy, or verify copies")
+    _mpc_options(n, program_required=False, network_required=False)
+    n.add_argument("--party", help="run: this party's id in the network file")
+    n.add_argument("--config", help="serve: the node's config file (TOML), see docs/nodes.md")
     n.add_argument("--log", help="serve: write JSON log lines to this file (default: stderr)")
+    n.add_argument("--file", action="append", default=[], help="ledger verify: a copy (JSON lines); repeat to compare")
+    n.add_argument("--node-key", action="append", default=[], help="ledger: the node's public.json, one per --file")
+    n.add_argument("--keys", help="ledger fetch: your key folder (the gateway's, or a partner the node pinned)")
+    n.add_argument("--url", help="ledger fetch: the node's base URL")
+    n.add_argument("--out", help="ledger fetch: where to write the copy (JSON lines)")
     n.add_argument("--session", help="session id (32 hex digits), the same at every party")
     n.add_argument("--frac-bits", type=int, default=16)
     n.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for any message")
@@ -378,14 +487,20 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gateway", help="the encrypted payment gateway (FastAPI on uvicorn)")
     g.add_argument("action", choices=["serve", "migrate", "settle", "analytics"])
     g.add_argument("--config", required=True, help="gateway config (TOML), see docs/gateway.md")
-    g.add_argument("--date", help="settle / analytics: the UTC day, YYYY-MM-DD")
-    g.add_argument("--min-count", type=int, help="analytics: fewest payments a revealed corridor total may have")
+    g.add_argument("--date", help="settle / analytics: the closed period, a UTC day YYYY-MM-DD (or a shorter "
+                   "cycle's start, YYYY-MM-DDTHH:MM:SSZ)")
     g.add_argument("--log", help="write JSON log lines to this file (default: stderr)")
     g.set_defaults(fn=_cmd_gateway)
 
-    pa = sub.add_parser("partner", help="run a reference partner: an MPP wallet or an ACQP merchant backend")
-    pa.add_argument("action", choices=["serve"])
-    pa.add_argument("--config", required=True, help="partner config (TOML), see docs/gateway.md")
+    pa = sub.add_parser("partner", help="serve: a reference partner (an MPP wallet or an ACQP merchant backend); "
+                        "settlement: a partner's settlement files from the gateway's sealed document")
+    pa.add_argument("action", choices=["serve", "settlement"])
+    pa.add_argument("--config", help="serve: partner config (TOML), see docs/gateway.md")
+    pa.add_argument("--keys", help="settlement: the partner's key folder")
+    pa.add_argument("--input", help="settlement: settlement.json the gateway wrote for this partner")
+    pa.add_argument("--node-key", action="append", default=[],
+                    help="settlement: a privacy node's public.json, pinned; repeat for every share holder")
+    pa.add_argument("--out", help="settlement: folder for summary.csv and detail.csv")
     pa.add_argument("--log", help="write JSON log lines to this file (default: stderr)")
     pa.set_defaults(fn=_cmd_partner)
 

@@ -300,19 +300,19 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
             return Response(status_code=499)
         return signed(keys.id, "POST", path, body, status)
 
-    @app.post("/admin/v1/settle", summary="Settle one day in MPC (operator; signed with the gateway key)",
+    @app.post("/admin/v1/settle", summary="Settle a closed period in MPC (operator; signed with the gateway key)",
               response_class=Response)
     async def admin_settle(request: Request) -> Response:
-        return await operator(request, lambda o: settle(service, str(o.get("settlementDate", ""))))
+        return await operator(request, lambda o: settle(service, o.get("settlementDate")))
 
-    @app.post("/admin/v1/analytics", summary="Corridor totals above a count threshold, in MPC (operator)",
+    @app.post("/admin/v1/analytics", summary="The privacy nodes' corridor release for a closed period (operator)",
               response_class=Response)
     async def admin_analytics(request: Request) -> Response:
         async def op(o: dict[str, Any]) -> dict[str, Any]:
-            k = o.get("minCount")
-            if k is not None and (not isinstance(k, int) or k < 1):
-                raise ApiFailure("PARAM_ILLEGAL", "minCount must be a positive integer")
-            return await analytics(service, str(o.get("day", "")), k)
+            if set(o) - {"period"}:
+                raise ApiFailure("PARAM_ILLEGAL", "analytics takes only 'period'; thresholds, noise and regions are "
+                                 "the privacy nodes' policy")
+            return await analytics(service, o.get("period"))
         return await operator(request, op)
 
     @app.get("/v1/directory", summary="The partner directory, signed by the gateway", response_class=Response)

@@ -43,6 +43,8 @@ CODES: dict[str, tuple[str, int, str]] = {
     "AMOUNT_NOT_HIDDEN": ("F", 400, "amounts must be sealed and secret-shared to the privacy nodes"),  # veilpay
     "SETTLEMENT_PENDING": ("U", 200, "settlement of this day has not finished; ask again later"),  # veilpay
     "NODE_UNAVAILABLE": ("U", 503, "a privacy node is unreachable or behind; retry later"),  # veilpay
+    "PERIOD_OPEN": ("F", 409, "the period has not closed by the privacy nodes' clocks; ask after it closes"),  # veilpay
+    "BUDGET_EXHAUSTED": ("F", 409, "the privacy nodes' budget for this month has no room for the release"),  # veilpay
 }
 
 

@@ -20,7 +20,7 @@
     privacy_protocol = "semi2k"           # or "aby3"
     privacy_nodes = ["node-a", "node-b"]  # the share holders (three for aby3)
     privacy_dealer = "node-c"             # semi2k only
-    settlement_dir = "settlement"         # settlement summary and detail files, per day and partner
+    settlement_dir = "settlement"         # each partner's sealed settlement document, per period
     node_relay_linger_s = 0.02            # wait this long after a share is queued, so that more share its call
 
 Relative paths are relative to the file's folder."""
@@ -65,7 +65,6 @@ class GatewayConfig:
     node_relay_interval_s: float = 0.5
     node_relay_linger_s: float = 0.02
     settlement_dir: Path = Path("settlement")
-    analytics_min_count: int = 10
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -10,8 +10,11 @@ itself does not) and the worker retries with backoff until it is back.
 
 Jobs: the gateway brings every share holder up to date, then posts the same signed
 job to all nodes at once (they run it together over their own TLS mesh) and accepts
-the answer only when the share holders reveal the same thing. One job runs at a time
-(the nodes compute in lock step)."""
+the answer only when the share holders give the same public result and ledger
+position. What a job may reveal is the nodes' policy, not the gateway's: a job names
+only its kind and subject (a period, a refund). Settlement outputs come back sealed
+to the partners they are owed to, one set per share holder, and are routed on as
+they are. One job runs at a time (the nodes compute in lock step)."""
 
 from __future__ import annotations
 
@@ -81,10 +84,8 @@ class NodeLink:
         conn.execute(_INSERT_FEED, [{"node": n, "item": wirejson.dumps_text(item),
                                      "created_ms": now} for n, item in per_node.items()])
 
-    def enqueue_status(self, conn: Any, item_id: str, status: str, day: str | None = None) -> None:
+    def enqueue_status(self, conn: Any, item_id: str, status: str) -> None:
         item: dict[str, Any] = {"op": "status", "id": item_id, "status": status}
-        if day is not None:
-            item["day"] = day
         self.enqueue(conn, {n: item for n in self.privacy.nodes})
 
     def _entry(self, node: str) -> PublicEntry:
@@ -205,27 +206,39 @@ class NodeLink:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.cfg.node_relay_interval_s)
 
     # ------------------------------------------------------------------ jobs
+    async def _post_all(self, body: dict[str, Any]) -> list[Any]:
+        return list(await asyncio.gather(*[self._post(n, "/node/v1/jobs", body, self.cfg.node_job_timeout_s)
+                                           for n in self.privacy.parties], return_exceptions=True))
+
     async def job(self, kind: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Run ``kind`` at every node; the share holders' common answer. NodeError when a
-        node is down or behind, or the holders disagree."""
+        """Run ``kind`` at every node: the share holders' common ``result`` and ``ledger``
+        position, each holder's ``outputs`` (by node), and the traffic between them.
+        NodeError when a node is down, behind or refuses, or the holders disagree."""
         async with self._job_lock:
             through = {}
             for n in self.privacy.nodes:
                 through[n] = await self.flush(n)
-            body = {"jobId": random_id("job_"), "kind": kind, "params": params, "through": through}
-            answers = await asyncio.gather(*[self._post(n, "/node/v1/jobs", body, self.cfg.node_job_timeout_s)
-                                             for n in self.privacy.parties], return_exceptions=True)
-        for a in answers:
-            if isinstance(a, BaseException):
-                if isinstance(a, NodeError):
-                    raise a
-                raise NodeError(f"{kind}: {type(a).__name__}", "JOB_FAILED", 502) from a
+            body: dict[str, Any] = {"jobId": random_id("job_"), "kind": kind, "params": params, "through": through}
+            answers = await self._post_all(body)
+            if any(isinstance(a, dict) and a.get("stored") for a in answers) and any(
+                    isinstance(a, BaseException) for a in answers):
+                # some nodes stored this release and others did not (one stopped between the
+                # reveal and storing it): the ones that stored it take part again
+                answers = await self._post_all({**body, "jobId": random_id("job_"), "rejoin": True})
+        errors = [a for a in answers if isinstance(a, BaseException)]
+        if errors:  # the most telling refusal: a holder's named code before a peer's dropped link
+            named = [e for e in errors if isinstance(e, NodeError) and e.code not in ("JOB_FAILED", "NODE_UNAVAILABLE")]
+            first = (named or errors)[0]
+            if isinstance(first, NodeError):
+                raise first
+            raise NodeError(f"{kind}: {type(first).__name__}", "JOB_FAILED", 502) from first
         ok: list[dict[str, Any]] = [a for a in answers if isinstance(a, dict)]
-        held = [dict(a) for n, a in zip(self.privacy.parties, ok, strict=True) if n in self.privacy.nodes]
-        stats = {"bytesSent": sum(int(a.get("bytesSent", 0)) for a in ok),
-                 "rounds": max(int(h.pop("rounds", 0)) for h in held)}
-        for h in held:
-            h.pop("bytesSent", None)
-        if any(h != held[0] for h in held[1:]):
-            raise NodeError(f"{kind}: the nodes revealed different results", "NODES_DISAGREE", 502)
-        return {**held[0], **stats}
+        held = {n: a for n, a in zip(self.privacy.parties, ok, strict=True) if n in self.privacy.nodes}
+        public = [(a.get("result"), a.get("ledger"), a.get("subject")) for a in held.values()]
+        if any(p != public[0] for p in public[1:]):
+            raise NodeError(f"{kind}: the nodes answered differently", "NODES_DISAGREE", 502)
+        one = next(iter(held.values()))
+        return {"result": one.get("result"), "ledger": one.get("ledger"), "stored": bool(one.get("stored")),
+                "outputs": {n: a.get("outputs") or {} for n, a in held.items()},
+                "bytesSent": sum(int(a.get("bytesSent", 0)) for a in ok),
+                "rounds": max(int(a.get("rounds", 0)) for a in held.values())}

@@ -77,4 +77,5 @@ class ListPaymentsRequest(_Strict):
 
 
 class SettlementSummaryRequest(_Strict):
-    settlementDate: Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+    # a UTC day, or the start of a shorter settlement cycle (docs/nodes.md)
+    settlementDate: Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9]{2}:[0-9]{2}:[0-9]{2}Z)?$")]

@@ -53,6 +53,7 @@ from veilpay.sdk.directory import Directory
 from veilpay.sdk.envelope import is_envelope, is_linked, one_session
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.money import MINOR_UNITS, InvalidAmount, UnsupportedCurrency, parse_amount
+from veilpay.sdk.shares import BUNDLE_FIELDS, envelope_digest
 from veilpay.sdk.signing import format_time, post_headers, verify_message
 
 __all__ = ["GatewayService", "MppUnreachable"]
@@ -113,10 +114,6 @@ def _amount(currency: str, value: int) -> dict[str, str]:
     return {"currency": currency, "value": str(value)}
 
 
-def _day(ms: int) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ms / 1000))
-
-
 def _iso(ms: int | None) -> str | None:
     return format_time(ms / 1000) if ms else None
 
@@ -161,17 +158,20 @@ class GatewayService:
         return self.nodes is not None
 
     # ------------------------------------------------------------------ hidden amounts
-    def _hidden_amount(self, obj: Any, what: str, acqp: str, mpp: str) -> tuple[str, str, dict[str, Any]]:
-        """(currency, sealed-values JSON, node shares) of a hidden amount; the gateway checks
-        the shape and the recipients, never the value (it cannot)."""
+    def _hidden_amount(self, obj: Any, what: str, acqp: str, mpp: str, kind: str, request_id: str,
+                       payment: str = "") -> tuple[str, str, dict[str, Any]]:
+        """(currency, sealed-values JSON, one feed item per node) of a hidden amount. The
+        gateway checks the shape, the recipients and that the ACQP's signed bundle
+        describes this very request and these envelopes; it cannot check the value,
+        and the nodes check the bundle's signature against keys they pinned."""
         if isinstance(obj, dict) and "value" in obj:
             raise ApiFailure("AMOUNT_NOT_HIDDEN", f"{what}: send the amount sealed and shared, not in the clear")
-        if not isinstance(obj, dict) or set(obj) != {"currency", "sealed", "shares"}:
-            raise ApiFailure("PARAM_ILLEGAL", f"{what}: expected currency, sealed and shares")
+        if not isinstance(obj, dict) or set(obj) != {"currency", "sealed", "shares", "bundle"}:
+            raise ApiFailure("PARAM_ILLEGAL", f"{what}: expected currency, sealed, shares and bundle")
         currency = obj["currency"]
         if not isinstance(currency, str) or currency not in MINOR_UNITS:
             raise ApiFailure("CURRENCY_NOT_SUPPORT", f"{what}: currency {str(currency)[:8]!r}")
-        sealed, shares = obj["sealed"], obj["shares"]
+        sealed, shares, bundle = obj["sealed"], obj["shares"], obj["bundle"]
         want_sealed, want_shares = {acqp, mpp}, set(self.nodes.privacy.nodes)  # type: ignore[union-attr]
         if not isinstance(sealed, dict) or set(sealed) != want_sealed or not all(
                 is_envelope(e) and e["to"] == k for k, e in sealed.items()):
@@ -179,22 +179,30 @@ class GatewayService:
         if not isinstance(shares, dict) or set(shares) != want_shares or not all(
                 is_envelope(e) and e["to"] == k for k, e in shares.items()):
             raise ApiFailure("SEALED_FIELD_INVALID", f"{what}: one share for each node of {sorted(want_shares)}")
-        return currency, wirejson.dumps_text(sealed), shares
+        expect = {"acqp": acqp, "mpp": mpp, "kind": kind, "requestId": request_id, "currency": currency,
+                  "payment": payment}
+        if not isinstance(bundle, dict) or set(bundle) != set(BUNDLE_FIELDS) or any(
+                bundle[k] != v for k, v in expect.items()) or not isinstance(bundle["shares"], dict) or bundle[
+                "shares"] != {n: envelope_digest(e) for n, e in shares.items()}:
+            raise ApiFailure("SEALED_FIELD_INVALID", f"{what}: the share bundle must describe this request "
+                             "(acquirer, MPP, kind, request id, currency, refunded payment) and these shares")
+        return currency, wirejson.dumps_text(sealed), {
+            n: {"op": "share", "bundle": bundle, "envelope": env} for n, env in shares.items()}
 
-    def _amount_in(self, obj: Any, what: str, acqp: str, mpp: str
+    def _amount_in(self, obj: Any, what: str, acqp: str, mpp: str, kind: str, request_id: str, payment: str = ""
                    ) -> tuple[str, int | None, str | None, dict[str, Any]]:
-        """(currency, clear value or None, sealed-values JSON or None, node shares) of a
-        request's amount, as this gateway takes it."""
+        """(currency, clear value or None, sealed-values JSON or None, node feed items) of
+        a request's amount, as this gateway takes it."""
         if self.hidden:
-            currency, sealed, shares = self._hidden_amount(obj, what, acqp, mpp)
+            currency, sealed, shares = self._hidden_amount(obj, what, acqp, mpp, kind, request_id, payment)
             return currency, None, sealed, shares
         currency, value = _check_amount(obj, what)
         return currency, value, None, {}
 
-    def _queue_shares(self, conn: Any, shares: dict[str, Any], meta: dict[str, Any]) -> None:
-        """One feed row per node: its share envelope and the item's public metadata."""
+    def _queue_shares(self, conn: Any, shares: dict[str, Any], item_id: str) -> None:
+        """One feed row per node: its share envelope and the ACQP's signed bundle."""
         if self.nodes is not None:
-            self.nodes.enqueue(conn, {n: {"op": "share", **meta, "envelope": env} for n, env in shares.items()})
+            self.nodes.enqueue(conn, {n: {**item, "id": item_id} for n, item in shares.items()})
 
     @staticmethod
     def _amount_out(row: Row, reader: str) -> dict[str, Any]:
@@ -339,7 +347,8 @@ class GatewayService:
         mpp = self.directory.mpp_for_prefix(req.paymentMethod.codeIssuer)
         if mpp is None:
             raise ApiFailure("INVALID_CODE", f"no MPP issues payment codes with prefix {req.paymentMethod.codeIssuer}")
-        currency, value, sealed, shares = self._amount_in(req.paymentAmount, "paymentAmount", acqp.id, mpp.id)
+        currency, value, sealed, shares = self._amount_in(req.paymentAmount, "paymentAmount", acqp.id, mpp.id, "pay",
+                                                          req.paymentRequestId)
         forward = {"paymentMethod": req.paymentMethod.model_dump(), "order": req.order}
         if req.env is not None:
             forward["env"] = req.env
@@ -357,12 +366,10 @@ class GatewayService:
                "expires_ms": now + int(self.cfg.payment_expiry_s * 1000),
                "next_check_ms": now + int(2 * self.cfg.mpp_timeout_s * 1000), "attempts": 0}
         row: Any = SimpleNamespace(**new)
-        meta = {"id": pid, "kind": "pay", "acqp": acqp.id, "mpp": mpp.id, "currency": currency,
-                "requestId": req.paymentRequestId}
 
         def record(conn: Any) -> None:
             conn.execute(_INSERT_PAYMENT, new)
-            self._queue_shares(conn, shares, meta)
+            self._queue_shares(conn, shares, pid)
 
         try:
             await self.writes.run(record)
@@ -471,7 +478,7 @@ class GatewayService:
                     body["customerInfo"] = info
                 self._enqueue(conn, row.acqp_id, "notifyPayment", body, now)
                 if self.nodes is not None:
-                    self.nodes.enqueue_status(conn, row.id, status, _day(now) if status == "SUCCESS" else None)
+                    self.nodes.enqueue_status(conn, row.id, status)
             return done
 
         done = await self.writes.run(record)
@@ -591,7 +598,8 @@ class GatewayService:
             pay = self._payment(conn, acqp.id, req.paymentId, req.paymentRequestId)
         if pay is None:
             raise ApiFailure("ORDER_NOT_EXIST")
-        currency, value, sealed, shares = self._amount_in(req.refundAmount, "refundAmount", acqp.id, pay.mpp_id)
+        currency, value, sealed, shares = self._amount_in(req.refundAmount, "refundAmount", acqp.id, pay.mpp_id,
+                                                          "refund", req.refundRequestId, pay.payment_request_id)
         if currency != pay.currency:
             raise ApiFailure("CURRENCY_NOT_SUPPORT", f"refund in {pay.currency}, the payment's currency")
         self._check_sealed({"refundReason": req.refundReason}, pay.mpp_id)
@@ -628,9 +636,7 @@ class GatewayService:
                 if code is not None:
                     conn.execute(update(refunds).where(refunds.c.id == rid).values(status="FAIL", result_code=code))
                 else:
-                    self._queue_shares(conn, shares, {"id": rid, "kind": "refund", "paymentId": pay.id,
-                                                      "acqp": acqp.id, "mpp": pay.mpp_id, "currency": currency,
-                                                      "requestId": req.refundRequestId})
+                    self._queue_shares(conn, shares, rid)
         except IntegrityError:
             with self.engine.connect() as conn:
                 old = conn.execute(select(refunds).where(and_(refunds.c.acqp_id == acqp.id,
@@ -672,7 +678,7 @@ class GatewayService:
                 log.warning("refund check waits for the nodes", extra={"event": "node_wait", "code": exc.code})
                 self._retry_later(refunds, row)
                 return self._load_refund(rid)
-            if ans.get("ok") is not True:
+            if (ans.get("result") or {}).get("ok") is not True:
                 self._finish_refund(row, pay, False, "REFUND_AMOUNT_EXCEED", notify_nodes=False)
                 return self._load_refund(rid)
             with self.engine.begin() as conn:
@@ -716,7 +722,7 @@ class GatewayService:
                     body["refundTime"] = _iso(now)
                 self._enqueue(conn, row.acqp_id, "notifyRefund", body, now)
                 if notify_nodes and self.nodes is not None:
-                    self.nodes.enqueue_status(conn, row.id, "SUCCESS" if ok else "FAIL", _day(now) if ok else None)
+                    self.nodes.enqueue_status(conn, row.id, "SUCCESS" if ok else "FAIL")
         if done:
             self.metrics.refunds.labels(status="SUCCESS" if ok else "FAIL").inc()
             log.info("refund final", extra={"event": "refund_final", "refundId": row.id, "code": code})
@@ -767,19 +773,13 @@ class GatewayService:
         return body
 
     async def settlement_summary(self, acqp: PublicEntry, obj: Any) -> dict[str, Any]:
-        """Per currency, this acquirer's successful payments and refunds of one UTC day:
-        summed by the gateway from clear amounts, or, with privacy nodes, the totals the
-        nodes revealed in the day's settlement (SETTLEMENT_PENDING until it has run)."""
+        """Per currency, this acquirer's successful payments and refunds of one UTC day,
+        summed by the gateway from clear amounts; or, with privacy nodes, the period's
+        settlement groups of this acquirer as the nodes sealed them to it (the SDK opens
+        the totals; SETTLEMENT_PENDING until the period is settled)."""
         import datetime as dt
 
         req: SettlementSummaryRequest = _validate(SettlementSummaryRequest, obj)
-        try:
-            day = dt.datetime.strptime(req.settlementDate, "%Y-%m-%d").replace(tzinfo=dt.UTC)
-        except ValueError as exc:
-            raise ApiFailure("PARAM_ILLEGAL", "settlementDate is not a date") from exc
-        lo = int(day.timestamp() * 1000)
-        hi = lo + 86_400_000
-        sums: dict[str, dict[str, int]] = {}
         if self.hidden:
             with self.engine.connect() as conn:
                 run = conn.execute(select(settlement_runs).where(settlement_runs.c.day == req.settlementDate)).first()
@@ -787,13 +787,19 @@ class GatewayService:
                     raise ApiFailure("SETTLEMENT_PENDING", run.message if run is not None else None)
                 rows = conn.execute(select(settlements).where(and_(settlements.c.day == req.settlementDate,
                                                                    settlements.c.acqp_id == acqp.id))).all()
-            for r in rows:
-                s = sums.setdefault(r.currency, {"pc": 0, "pt": 0, "rc": 0, "rt": 0})
-                s["pc"] += r.payment_count
-                s["pt"] += r.payment_total
-                s["rc"] += r.refund_count
-                s["rt"] += r.refund_total
-            return self._summary_body(req.settlementDate, sums)
+            groups = []
+            for r in sorted(rows, key=lambda r: (r.mpp_id, r.currency, r.kind)):
+                outs = wirejson.loads(r.outputs)
+                groups.append({"acqp": r.acqp_id, "mpp": r.mpp_id, "currency": r.currency, "kind": r.kind,
+                               "count": r.count, "outputs": {n: o[acqp.id] for n, o in outs.items()}})
+            return {"result": result("SUCCESS"), "settlementDate": req.settlementDate, "groups": groups}
+        try:
+            day = dt.datetime.strptime(req.settlementDate, "%Y-%m-%d").replace(tzinfo=dt.UTC)
+        except ValueError as exc:
+            raise ApiFailure("PARAM_ILLEGAL", "settlementDate is not a date") from exc
+        lo = int(day.timestamp() * 1000)
+        hi = lo + 86_400_000
+        sums: dict[str, dict[str, int]] = {}
         with self.engine.connect() as conn:
             prow = conn.execute(select(payments.c.currency, func.count(), func.sum(payments.c.amount))
                                 .where(and_(payments.c.acqp_id == acqp.id, payments.c.status == "SUCCESS",

@@ -121,23 +121,26 @@ node_cursor = Table(
 
 settlement_runs = Table(
     "settlement_runs", metadata,
-    Column("day", String(10), primary_key=True),
+    Column("day", String(20), primary_key=True),           # the period: a UTC day, or a shorter cycle's start
     Column("status", String(16), nullable=False),          # WAITING, DONE
     Column("message", String(300), nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
 )
 
+# One settlement group of a period: what the nodes owe its acquirer and MPP. The
+# gateway keeps the count and the transactions it routed, and the nodes' outputs
+# sealed to the two partners; no total.
 settlements = Table(
     "settlements", metadata,
-    Column("day", String(10), primary_key=True),
+    Column("day", String(20), primary_key=True),
     Column("acqp_id", String(64), primary_key=True),
     Column("mpp_id", String(64), primary_key=True),
     Column("currency", String(3), primary_key=True),
-    Column("payment_count", Integer, nullable=False),
-    Column("payment_total", BigInteger, nullable=False),
-    Column("refund_count", Integer, nullable=False),
-    Column("refund_total", BigInteger, nullable=False),
-    Column("excluded", Text, nullable=False),              # JSON: ids left out (share refused or out of range)
+    Column("kind", String(8), primary_key=True),           # pay, refund, reversal
+    Column("count", Integer, nullable=False),
+    Column("ids", Text, nullable=False),                   # JSON: the transactions totalled
+    Column("excluded", Text, nullable=False),              # JSON: id -> why it was left out
+    Column("outputs", Text, nullable=False),               # JSON: node -> partner -> sealed output
 )
 
 seen_requests = Table(

@@ -1,15 +1,20 @@
-"""The privacy node's control API (FastAPI), which only the gateway may call.
+"""The privacy node's HTTP API (FastAPI).
 
-- ``POST /node/v1/feed``: ``{"items": [...]}``, the share envelopes and status changes
-  relayed by the gateway, applied in sequence order; answers the applied position.
-- ``POST /node/v1/jobs``: ``{"jobId", "kind", "params", "through"}``; runs the MPC job
-  with the other nodes and answers what it revealed.
+- ``POST /node/v1/feed``: ``{"items": [...]}``, the share envelopes (each with its
+  ACQP's signed bundle) and status changes relayed by the gateway, applied in
+  sequence order; answers the applied position and the items refused, with codes.
+- ``POST /node/v1/jobs``: ``{"jobId", "kind", "params", "through"}``; runs the job
+  with the other nodes under this node's policy, or answers it from its stored
+  release.
+- ``POST /node/v1/ledger``: ``{"after", "limit"}``; the disclosure ledger's records,
+  for the gateway and the partners this node pinned (signed by the caller, Client-Id
+  the caller's id).
+- ``GET /metrics``: Prometheus metrics (refusals by code, jobs by outcome).
 - ``GET /healthz``: liveness and the applied feed position.
 
-Every request must carry the gateway's signature (the Alipay+-style headers the
-partners use, checked against the pinned gateway key, within the time window), and
-every answer is signed with the node's key. Errors answer
-``{"error": {"code", "message"}}``.
+Feed and job requests must carry the gateway's signature (the Alipay+-style headers,
+checked against the pinned gateway key within the time window); every answer is
+signed with the node's key. Errors answer ``{"error": {"code", "message"}}``.
 
 The network file names the MPC peers and carries the privacy section::
 
@@ -22,21 +27,27 @@ The network file names the MPC peers and carries the privacy section::
 from __future__ import annotations
 
 import json
+import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from veilpay.errors import ConfigError, NodeError, SignatureError
 from veilpay.host import FASTAPI_TELEMETRY_OFF
 from veilpay.net import connect_mesh, load_network
-from veilpay.node.service import NodeService
+from veilpay.node.config import NodeConfig
+from veilpay.node.service import NodeService, PinnedPartners
 from veilpay.node.store import open_store
+from veilpay.sdk import wirejson
 from veilpay.sdk.keys import PublicEntry, load_party
 from veilpay.sdk.partner import GatewayCalls
 from veilpay.sdk.shares import Privacy
+from veilpay.sdk.signing import verify_message
 
 __all__ = ["create_node_app", "load_privacy"]
 
@@ -52,33 +63,38 @@ def load_privacy(network_file: str | Path) -> Privacy:
     return Privacy.from_json(raw)
 
 
-def create_node_app(keys_dir: str | Path, network_file: str | Path, gateway_key: str | Path, database: str,
-                    min_count: int = 10, job_timeout: float = 120.0, connect_timeout: float = 10.0,
-                    window: float = 300.0) -> FastAPI:
-    keys = load_party(keys_dir)
-    if keys.public.role != "node":
-        raise ConfigError(f"{keys_dir}: role {keys.public.role!r}, expected 'node'")
+def create_node_app(cfg: NodeConfig, clock: Callable[[], int] | None = None) -> FastAPI:
+    """The node's app for ``cfg``; ``clock`` (ms) replaces the system clock in tests."""
+    keys = load_party(cfg.keys)
+    if keys.public.role != "node" or keys.id != cfg.party:
+        raise ConfigError(f"{cfg.keys}: keys of {keys.public.role} {keys.id!r}, expected node {cfg.party!r}")
     try:
-        gateway = PublicEntry.from_json(json.loads(Path(gateway_key).read_text()))
+        gateway = PublicEntry.from_json(json.loads(Path(cfg.gateway_key).read_text()))
     except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{gateway_key}: {exc}") from exc
-    network = load_network(network_file)
-    privacy = load_privacy(network_file)
+        raise ConfigError(f"{cfg.gateway_key}: {exc}") from exc
+    network = load_network(cfg.network)
+    privacy = load_privacy(cfg.network)
     missing = [p for p in privacy.parties if p not in network.parties]
     if missing:
-        raise ConfigError(f"{network_file}: privacy node {missing[0]!r} has no [parties] entry")
-    engine = open_store(database)
+        raise ConfigError(f"{cfg.network}: privacy node {missing[0]!r} has no [parties] entry")
+    engine = open_store(cfg.database)
+    partners = PinnedPartners(cfg.partner_keys)
 
     def mesh(session: bytes) -> Any:
-        return connect_mesh(network, keys.id, session, timeout=job_timeout, connect_timeout=connect_timeout,
-                            parties=list(privacy.parties))
+        return connect_mesh(network, keys.id, session, timeout=cfg.job_timeout_s,
+                            connect_timeout=cfg.connect_timeout_s, parties=list(privacy.parties))
 
-    service = NodeService(keys, privacy, engine, mesh, min_count)
-    calls = GatewayCalls(keys, gateway, window)
+    service = NodeService(keys, privacy, engine, mesh, partners, cfg.policy) if clock is None else \
+        NodeService(keys, privacy, engine, mesh, partners, cfg.policy, clock)
+    calls = GatewayCalls(keys, gateway, cfg.request_window_s)
     app = FastAPI(title=f"veilpay privacy node {keys.id}", docs_url=None, redoc_url=None,
                   telemetry=FASTAPI_TELEMETRY_OFF)
     app.state.service = service
     app.state.engine = engine
+
+    def reply(path: str, body: dict[str, Any], status: int) -> Response:
+        raw_out, headers = calls.answer("POST", path, body)
+        return Response(raw_out, status_code=status, headers=headers, media_type="application/json")
 
     async def signed(request: Request, op: Any) -> Response:
         path = request.url.path
@@ -88,11 +104,12 @@ def create_node_app(keys_dir: str | Path, network_file: str | Path, gateway_key:
             obj = calls.verify("POST", path, dict(request.headers), raw)
             body = await anyio.to_thread.run_sync(op, obj)
         except SignatureError as exc:
+            service.metrics.refused("INVALID_SIGNATURE")
             body, status = {"error": {"code": "INVALID_SIGNATURE", "message": str(exc)}}, 401
         except NodeError as exc:
+            service.metrics.refused(exc.code)
             body, status = {"error": {"code": exc.code, "message": str(exc)}}, exc.http_status
-        raw_out, headers = calls.answer("POST", path, body)
-        return Response(raw_out, status_code=status, headers=headers, media_type="application/json")
+        return reply(path, body, status)
 
     @app.post("/node/v1/feed")
     async def feed(request: Request) -> Response:
@@ -101,6 +118,33 @@ def create_node_app(keys_dir: str | Path, network_file: str | Path, gateway_key:
     @app.post("/node/v1/jobs")
     async def run_job(request: Request) -> Response:
         return await signed(request, service.run_job)
+
+    @app.post("/node/v1/ledger")
+    async def get_ledger(request: Request) -> Response:
+        path = request.url.path
+        raw = await request.body()
+        hdrs = {k.lower(): v for k, v in request.headers.items()}
+        caller = hdrs.get("client-id", "")
+        entry = gateway if caller == gateway.id else partners().get(caller)
+        try:
+            if entry is None:
+                raise SignatureError("the ledger is for the gateway and the partners this node pinned", "INVALID_CLIENT")
+            verify_message(hdrs, "POST", path, raw, entry.verify_key, time.time(), cfg.request_window_s)
+            obj = wirejson.loads(raw)
+            if not isinstance(obj, dict):
+                raise NodeError("a JSON object with 'after' and 'limit'", "LEDGER_INVALID", 400)
+            body, status = service.ledger_page(obj.get("after", 0), obj.get("limit", 1000)), 200
+        except SignatureError as exc:
+            service.metrics.refused(exc.code)
+            body, status = {"error": {"code": exc.code, "message": str(exc)}}, 401
+        except (NodeError, ValueError) as exc:
+            code = exc.code if isinstance(exc, NodeError) else "LEDGER_INVALID"
+            body, status = {"error": {"code": code, "message": str(exc)}}, 400
+        return reply(path, body, status)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

@@ -9,11 +9,21 @@ a clear most significant bit, which ``msb`` computes by bit decomposition
 Before any arithmetic the share-holding nodes agree on what they compute over: they
 exchange the item count and a SHA-256 of the item ids, kinds and group keys, and the
 per-item "my share opened" flags. Nodes that were fed different metadata stop with
-NodesDisagree before anything is revealed."""
+NodesDisagree before anything is revealed. A job then records what it is about to
+reveal in the disclosure ledger (``node.ledger.agree_heads``) before its first reveal.
+
+What each program reveals, and to whom:
+- ``valid_groups``: to the share holders, one bit per item (its shares add up
+  outside 1..MAX_VALUE); the group sums stay shared, and the settlement job seals
+  each holder's words of them to the partners the group's total is owed to.
+- ``noisy_totals`` (analytics): to the share holders, each shown group's sum of
+  min(amount, cap) plus every holder's discrete Laplace noise; no node knows the
+  noise of another, so none sees an exact total.
+- ``refund_bound``: one bit to the share holders (and through them the gateway)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,22 +32,24 @@ from veilpay.crypto.digest import sha256
 from veilpay.errors import NodesDisagree, WireFormatError
 from veilpay.mpc.nonlinear import msb
 from veilpay.mpc.protocol import Protocol
-from veilpay.mpc.tensor import SharedTensor, concatenate
+from veilpay.mpc.tensor import SharedTensor, concatenate, share
 from veilpay.sdk.money import MAX_VALUE
 
-__all__ = ["GroupResult", "Items", "group_totals", "refund_bound"]
+__all__ = ["Groups", "Items", "agree_items", "noisy_totals", "refund_bound", "valid_groups"]
 
 
 @dataclass
 class Items:
     """A share-holding node's view of the items of a job, sorted by id. ``words`` is
     (n, 2) uint64: one ring element per item for semi2k (the second column unused),
-    two for aby3; rows whose share did not open are zero and ``opened`` is False."""
+    two for aby3; rows whose share did not open are zero and ``opened`` is False.
+    ``caps``: analytics only, the public cap on each item's contribution."""
 
     ids: list[str]
     keys: list[str]              # the public group key of each item
     words: np.ndarray
     opened: np.ndarray           # bool (n,)
+    caps: np.ndarray | None = None
 
     @classmethod
     def empty(cls) -> Items:
@@ -45,12 +57,22 @@ class Items:
 
 
 @dataclass
-class GroupResult:
-    key: str
-    count: int
-    total: int | None            # None where the group was below the reveal threshold
-    rejected: list[str]          # items left out: share did not open at some node
-    out_of_range: list[str]      # items left out: shares add up outside 1..MAX_VALUE
+class Groups:
+    """A share holder's view of a job's groups after the range check, in key order:
+    the valid items of each group (``ids``), those left out because a share did not
+    open at some node (``rejected``) or because the shares add up outside
+    1..MAX_VALUE (``out_of_range``), and this holder's share words of each group's sum
+    of valid items (``words``, (groups, 2) uint64)."""
+
+    keys: list[str]
+    ids: list[list[str]]
+    rejected: list[list[str]]
+    out_of_range: list[list[str]]
+    words: np.ndarray
+
+    @property
+    def counts(self) -> list[int]:
+        return [len(i) for i in self.ids]
 
 
 def _holders(rt: Protocol) -> tuple[str, ...]:
@@ -107,64 +129,102 @@ def _tensor(rt: Protocol, words: np.ndarray | None, n: int) -> SharedTensor:
     return SharedTensor(rt, (np.ascontiguousarray(words[:, 0]), np.ascontiguousarray(words[:, 1])), (n,), 0)
 
 
-def out_of_range(x: SharedTensor) -> SharedTensor:
-    """1 where x is outside 1..MAX_VALUE (exactly, for any ring value), else 0."""
-    n = x.shape[0]
-    m = msb(concatenate([x - 1, MAX_VALUE - x]))
-    lo, hi = m[:n], m[n:]
-    return lo + hi - lo * hi
+def agree_items(rt: Protocol, items: Items | None) -> tuple[int, np.ndarray | None]:
+    """The job's item count (every node learns it) and, at the share holders, which
+    items opened at every holder. NodesDisagree when the holders were fed different
+    items, groups or flags."""
+    if not _is_holder(rt):
+        return agree(rt, "agree", None, None, None)
+    items = items or Items.empty()
+    return agree(rt, "agree", len(items.ids), _digest(items.ids, items.keys), items.opened)
 
 
-def group_totals(rt: Protocol, items: Items | None, min_count: int = 1) -> list[GroupResult]:
-    """Per group key: the count and, where the count reaches ``min_count``, the total of
-    the items whose shares opened at every node and add up to 1..MAX_VALUE. Totals are
-    revealed to the share holders only; the dealer (semi2k) returns an empty list."""
+def _reduce(words: np.ndarray, sel: np.ndarray, gid: np.ndarray, groups: int) -> np.ndarray:
+    """Per group, the sum (mod 2^64) of ``words[sel]`` whose group is ``gid``."""
+    out = np.zeros((groups,) + words.shape[1:], dtype=np.uint64)
+    if len(sel):
+        order = np.argsort(gid, kind="stable")
+        g, rows = gid[order], words[sel[order]]
+        present = np.unique(g)
+        out[present] = np.add.reduceat(rows, np.searchsorted(g, present), axis=0)
+    return out
+
+
+def valid_groups(rt: Protocol, items: Items | None, n: int, opened: np.ndarray | None,
+                 clip: bool = False) -> tuple[Groups | None, SharedTensor | None]:
+    """Range-check every item in MPC, revealing the per-item "outside 1..MAX_VALUE" bits
+    to the share holders, and group the valid items by key. With ``clip`` also each
+    group's sum of min(amount, cap) (``items.caps``), still shared: the second result,
+    one element per group. The dealer gets (None, None)."""
     holder = _is_holder(rt)
-    if holder and items is None:
-        items = Items.empty()
-    digest = _digest(items.ids, items.keys) if holder else None  # type: ignore[union-attr]
-    n, opened = agree(rt, "agree", len(items.ids) if holder else None, digest,  # type: ignore[union-attr]
-                      items.opened if holder else None)  # type: ignore[union-attr]
+    if holder:
+        items = items or Items.empty()
     if n == 0:
-        return []
+        return (Groups([], [], [], [], np.zeros((0, 2), dtype=np.uint64)) if holder else None), None
     x = _tensor(rt, items.words if holder else None, n)  # type: ignore[union-attr]
-    bad_t = out_of_range(x).reveal(list(_holders(rt)))
+    caps = np.zeros(n, dtype=np.int64)
+    if clip and holder:
+        if items.caps is None or items.caps.shape != (n,):  # type: ignore[union-attr]
+            raise ValueError("clipping needs one cap per item")
+        caps = items.caps  # type: ignore[union-attr]
+    parts = [x - 1, MAX_VALUE - x] + ([-x + caps] if clip else [])
+    m = msb(concatenate(parts))
+    lo, hi = m[:n], m[n:2 * n]
+    bad_t = (lo + hi - lo * hi).reveal(list(_holders(rt)))
+    clipped = x - (x - caps) * m[2 * n:] if clip else None  # min(x, cap): x - (x - cap) * [x > cap]
     if not holder:
-        return []
+        return None, None
     bad = bad_t.astype(bool)  # type: ignore[union-attr]
     keep = opened & ~bad  # type: ignore[operator]
     keys = np.asarray(items.keys, dtype=object)  # type: ignore[union-attr]
-    uniq, inverse = np.unique(keys, return_inverse=True)
-    counts = np.bincount(inverse[keep], minlength=len(uniq))
-    shown = np.flatnonzero(counts >= min_count)
-    order = np.argsort(inverse[keep], kind="stable")
-    sel = np.flatnonzero(keep)[order]
-    gid = inverse[sel]
-    present = np.unique(gid)
-    every = np.zeros((len(uniq), 2), dtype=np.uint64)
-    if len(present):
-        every[present] = np.add.reduceat(items.words[sel], np.searchsorted(gid, present), axis=0)  # type: ignore[union-attr]
-    sums = every[shown]
-    totals = _tensor(rt, sums, len(shown)).reveal(list(_holders(rt)))
-    tot_by_group = {int(g): int(t) for g, t in zip(shown, totals, strict=True)}  # type: ignore[arg-type]
-    left_out: list[tuple[list[str], list[str]]] = [([], []) for _ in uniq]
-    for i in np.flatnonzero(~keep):  # few: shares that did not open or add up out of range
-        left_out[inverse[i]][0 if not opened[i] else 1].append(items.ids[i])  # type: ignore[index, union-attr]
-    return [GroupResult(str(key), int(counts[g]), tot_by_group.get(g), sorted(left_out[g][0]), sorted(left_out[g][1]))
-            for g, key in enumerate(uniq)]
+    uniq, inverse = np.unique(keys, return_inverse=True) if n else (np.array([], dtype=object), np.zeros(0, int))
+    g = len(uniq)
+    ids: list[list[str]] = [[] for _ in range(g)]
+    rejected: list[list[str]] = [[] for _ in range(g)]
+    out_rng: list[list[str]] = [[] for _ in range(g)]
+    for i, iid in enumerate(items.ids):  # type: ignore[union-attr]
+        (ids if keep[i] else rejected if not opened[i] else out_rng)[inverse[i]].append(iid)  # type: ignore[index]
+    sel = np.flatnonzero(keep)
+    groups = Groups([str(k) for k in uniq], ids, rejected, out_rng,
+                    _reduce(items.words, sel, inverse[sel], g))  # type: ignore[union-attr]
+    if clipped is None:
+        return groups, None
+    sums = tuple(_reduce(np.ascontiguousarray(s), sel, inverse[sel], g) for s in clipped.sh)  # type: ignore[union-attr]
+    return groups, SharedTensor(rt, sums, (g,), 0)
+
+
+def noisy_totals(rt: Protocol, sums: SharedTensor | None, shown: np.ndarray | None,
+                 noise: np.ndarray | None) -> np.ndarray | None:
+    """The share holders' common view of each shown group's sum plus every holder's
+    ``noise`` (int64, one per shown group; each holder inputs its own): only the noisy
+    values are revealed, to the holders. The dealer takes no part (None)."""
+    if not _is_holder(rt):
+        return None
+    g = len(shown)  # type: ignore[arg-type]
+    picked = sums[shown] if g else None  # type: ignore[index]
+    if g == 0:
+        return np.zeros(0, dtype=np.int64)
+    total = picked
+    for h in _holders(rt):
+        total = total + share(rt, h, noise if h == rt.me else None, shape=(g,), fixed=False)  # type: ignore[operator]
+    return total.reveal(list(_holders(rt)))  # type: ignore[union-attr]
 
 
 def refund_bound(rt: Protocol, payment: np.ndarray | None, others: np.ndarray | None, refund: np.ndarray | None,
-                 tag: str, opened: bool) -> bool:
+                 tag: str, opened: bool, before_reveal: Callable[[], object] | None = None) -> bool:
     """One bit for the gateway: the refund is 1..MAX_VALUE, the payment is 1..MAX_VALUE,
     and payment - (refunds already reserved or made) - refund >= 0. ``payment``,
     ``others`` (the sum of the earlier refunds' shares) and ``refund`` are this node's
     share words (2,); ``tag`` names the refund and payment (the nodes agree on it);
-    ``opened`` is False where this node could not open one of the shares."""
+    ``opened`` is False where this node could not open one of the shares.
+    ``before_reveal`` runs at every node after the nodes agree and before the bit is
+    revealed (the ledger entry)."""
     holder = _is_holder(rt)
     digest = _digest([tag]) if holder else None
     _, flags = agree(rt, "agree", 1 if holder else None, digest,
                      np.array([opened]) if holder else None)
+    if before_reveal is not None:
+        before_reveal()
     if holder:
         p, o, r = (np.asarray(a, dtype=np.uint64).reshape(1, 2) for a in (payment, others, refund))
         words = np.concatenate([p, p - o - r, r])

@@ -30,6 +30,7 @@ from veilpay.sdk.directory import Directory
 from veilpay.sdk.envelope import SessionSealer, open_fields, seal_fields
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.money import parse_amount
+from veilpay.sdk.settlement import summaries
 from veilpay.sdk.shares import reveal_amounts, seal_amount
 from veilpay.sdk.signing import post_headers, verify_message
 
@@ -138,23 +139,30 @@ class _Core:
         return body
 
     def _amount(self, d: Directory, amount: dict[str, str], kind: str, request_id: str,
-                mpp: PublicEntry | None) -> dict[str, Any]:
-        """The amount as this network takes it: clear, or hidden when it runs privacy nodes."""
+                mpp: PublicEntry | None, payment: str = "") -> dict[str, Any]:
+        """The amount as this network takes it: clear, or hidden when it runs privacy nodes
+        (``payment``: for a refund, the paymentRequestId it refunds, which its signed
+        share bundle names)."""
         if d.privacy is None or not self.pets:
             return amount
         if mpp is None:
             raise InvalidInput("a hidden amount needs the MPP it is sealed to")
-        return seal_amount(amount, kind, self.keys.id, request_id, [mpp, self.keys.public], d.nodes(), d.privacy,
-                           self._sessions)
+        if kind == "refund" and not payment:
+            raise InvalidInput("a hidden refund amount needs the paymentRequestId of the payment it refunds")
+        return seal_amount(amount, kind, self.keys, request_id, mpp, d.nodes(), d.privacy, self._sessions, payment)
 
     def _refund_body(self, d: Directory, refund_request_id: str, amount: dict[str, str], payment_id: str | None,
-                     payment_request_id: str | None, reason: str | None, mpp_id: str | None) -> dict[str, Any]:
+                     payment_request_id: str | None, reason: str | None, mpp_id: str | None,
+                     paid_request_id: str | None = None) -> dict[str, Any]:
+        """``paid_request_id``: the refunded payment's paymentRequestId when the caller
+        names it by its paymentId (a hidden amount's bundle names the request)."""
         parse_amount(amount, "refundAmount")
         mpp_entry = d.get(mpp_id) if mpp_id else None
         if mpp_id and mpp_entry is None:
             raise InvalidInput(f"MPP {mpp_id!r} is not in the directory")
+        paid = payment_request_id or paid_request_id or ""
         body: dict[str, Any] = {"refundRequestId": refund_request_id,
-                                "refundAmount": self._amount(d, amount, "refund", refund_request_id, mpp_entry)}
+                                "refundAmount": self._amount(d, amount, "refund", refund_request_id, mpp_entry, paid)}
         body.update(_one_of(payment_id=payment_id, payment_request_id=payment_request_id))
         if reason is not None:
             if mpp_id is None:
@@ -172,18 +180,33 @@ class _Core:
             body = reveal_amounts(body, self.keys)
         return ApiResponse(path, body, resp.status_code, attempts, self)
 
-    def _needs_mpp(self, d: Directory, mpp_id: str | None) -> bool:
-        return d.privacy is not None and self.pets and mpp_id is None
+    def _settled(self, d: Directory, ans: ApiResponse) -> ApiResponse:
+        """A settlement summary with the privacy nodes' totals opened: the gateway answers
+        the period's groups with each node's share of each total sealed to us; the
+        answer becomes per-currency summaries (DecryptionError or SignatureError when a
+        node's output does not verify)."""
+        groups = ans.body.get("groups")
+        if groups is None or d.privacy is None:
+            return ans
+        body = {k: v for k, v in ans.body.items() if k != "groups"}
+        body["summaries"] = summaries(groups, self.keys, d.nodes(), d.privacy)
+        ans.body = body
+        return ans
+
+    def _needs_inquiry(self, d: Directory, mpp_id: str | None, payment_request_id: str | None) -> bool:
+        """A hidden refund amount is sealed to the payment's MPP and its bundle names the
+        payment's request id: ask the gateway for whichever the caller did not give."""
+        return d.privacy is not None and self.pets and (mpp_id is None or payment_request_id is None)
 
     def _retryable(self, ans: ApiResponse) -> bool:
         return ans.result.get("resultStatus") == "U" and ans.code in _RETRY_CODES
 
 
-def _psp_of(ans: ApiResponse) -> str | None:
-    """The MPP of a payment, from an inquiry; None when the payment is unknown (the
-    refund then answers with that inquiry's ORDER_NOT_EXIST)."""
-    psp = ans.body.get("pspId")
-    return str(psp) if isinstance(psp, str) else None
+def _payment_of(ans: ApiResponse) -> tuple[str, str] | None:
+    """(MPP, paymentRequestId) of a payment, from an inquiry; None when the payment is
+    unknown (the refund then answers with that inquiry's ORDER_NOT_EXIST)."""
+    psp, req = ans.body.get("pspId"), ans.body.get("paymentRequestId")
+    return (psp, req) if isinstance(psp, str) and isinstance(req, str) else None
 
 
 def _one_of(**named: str | None) -> dict[str, str]:
@@ -261,12 +284,14 @@ class GatewayClient(_Core):
     def refund(self, refund_request_id: str, amount: dict[str, str], *, payment_id: str | None = None,
                payment_request_id: str | None = None, reason: str | None = None, mpp_id: str | None = None) -> ApiResponse:
         d = self.directory()
-        if self._needs_mpp(d, mpp_id):
+        paid = None
+        if self._needs_inquiry(d, mpp_id, payment_request_id):
             inq = self.inquiry_payment(payment_id=payment_id, payment_request_id=payment_request_id)
-            mpp_id = _psp_of(inq)
-            if mpp_id is None:
+            found = _payment_of(inq)
+            if found is None:
                 return inq
-        body = self._refund_body(d, refund_request_id, amount, payment_id, payment_request_id, reason, mpp_id)
+            mpp_id, paid = mpp_id or found[0], found[1]
+        body = self._refund_body(d, refund_request_id, amount, payment_id, payment_request_id, reason, mpp_id, paid)
         return self.call("/v1/payments/refund", body)
 
     def inquiry_refund(self, *, refund_id: str | None = None, refund_request_id: str | None = None) -> ApiResponse:
@@ -276,7 +301,8 @@ class GatewayClient(_Core):
         return self.call("/v1/payments/listPayments", _page(page_size, page_token))
 
     def settlement_summary(self, settlement_date: str) -> ApiResponse:
-        return self.call("/v1/payments/settlementSummary", {"settlementDate": settlement_date})
+        d = self.directory()
+        return self._settled(d, self.call("/v1/payments/settlementSummary", {"settlementDate": settlement_date}))
 
 
 class AsyncGatewayClient(_Core):
@@ -354,12 +380,14 @@ class AsyncGatewayClient(_Core):
                      payment_request_id: str | None = None, reason: str | None = None,
                      mpp_id: str | None = None) -> ApiResponse:
         d = await self.directory()
-        if self._needs_mpp(d, mpp_id):
+        paid = None
+        if self._needs_inquiry(d, mpp_id, payment_request_id):
             inq = await self.inquiry_payment(payment_id=payment_id, payment_request_id=payment_request_id)
-            mpp_id = _psp_of(inq)
-            if mpp_id is None:
+            found = _payment_of(inq)
+            if found is None:
                 return inq
-        body = self._refund_body(d, refund_request_id, amount, payment_id, payment_request_id, reason, mpp_id)
+            mpp_id, paid = mpp_id or found[0], found[1]
+        body = self._refund_body(d, refund_request_id, amount, payment_id, payment_request_id, reason, mpp_id, paid)
         return await self.call("/v1/payments/refund", body)
 
     async def inquiry_refund(self, *, refund_id: str | None = None,
@@ -371,4 +399,5 @@ class AsyncGatewayClient(_Core):
         return await self.call("/v1/payments/listPayments", _page(page_size, page_token))
 
     async def settlement_summary(self, settlement_date: str) -> ApiResponse:
-        return await self.call("/v1/payments/settlementSummary", {"settlementDate": settlement_date})
+        d = await self.directory()
+        return self._settled(d, await self.call("/v1/payments/settlementSummary", {"settlementDate": settlement_date}))

@@ -3,7 +3,8 @@
 An envelope is ``{"v": 1, "to": <party>, "kv": <HPKE key version>, "suite": ...,
 "ct": <base64url enc||ciphertext>}``. The HPKE ``info`` binds the ciphertext to the
 field group's purpose (``order``, ``paymentCode``, ``env``, ``customerInfo``,
-``refundReason``, and ``amount`` / ``share`` for hidden amounts), the
+``refundReason``, ``amount`` / ``share`` for hidden amounts, and ``settlement`` for
+a node's share of a settlement total owed to a partner), the
 payment or refund it belongs to and the recipient, so the gateway (which stores and
 forwards envelopes) cannot move one from one payment or purpose to another.
 
@@ -49,7 +50,7 @@ from veilpay.sdk.keys import PartyKeys, PublicEntry
 __all__ = ["PURPOSES", "SessionSealer", "is_envelope", "is_linked", "one_session", "open_fields", "open_group",
            "seal_fields", "seal_group"]
 
-PURPOSES = ("order", "paymentCode", "env", "customerInfo", "refundReason", "amount", "share")
+PURPOSES = ("order", "paymentCode", "env", "customerInfo", "refundReason", "amount", "share", "settlement")
 _KEYS = {"v", "to", "kv", "suite", "ct"}
 _LINKED = _KEYS | {"with"}
 _SESSION = _KEYS | {"head", "sid"}
