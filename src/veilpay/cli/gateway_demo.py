@@ -2,9 +2,14 @@
 holders and a dealer), a wallet (MPP) and a merchant acquirer (ACQP), each its own
 process on loopback with SQLite, run a batch of cross-border payments (Japanese and
 Singaporean merchants, Philippine wallets), refunds (one refused by the nodes' bound
-check in MPC), a cancel and a decline; the nodes then settle the day in MPC. The demo
-prints what each party saw: the gateway holds tokens, ciphertext and share envelopes,
-never an amount; each node holds one random-looking share word per amount."""
+check in MPC), a cancel and a decline. The nodes settle in 10-second cycles here (a
+network settles daily by default), so that a period closes while the demo runs: they
+refuse to settle it while it is open, then settle it once, sealing each total to the
+acquirer and the MPP it is owed to; each partner assembles its own settlement files;
+the operator gets a noisy, thresholded corridor release; every reveal is in the
+nodes' signed ledger, which the acquirer fetches and verifies. The demo prints what
+each party saw: the gateway holds tokens, ciphertext, share envelopes and counts,
+never an amount or a total; each node holds one random-looking share word per amount."""
 
 from __future__ import annotations
 
@@ -18,6 +23,10 @@ from typing import Any
 import httpx
 
 from veilpay.cli.localnet import LocalNet
+from veilpay.sdk.ledger import compare_records, fetch_ledger, verify_records
+from veilpay.sdk.periods import Period
+from veilpay.sdk.settlement import assemble
+from veilpay.sdk.shares import Privacy
 
 WALLETS = [("w-1001", "Maria Santos", 5_000_000), ("w-1002", "Jun Reyes", 150_000), ("w-1003", "Ana Cruz", 2_000_000)]
 # (wallet, merchant currency, amount in minor units, goods)
@@ -29,6 +38,14 @@ PAYMENTS = [
 ]
 
 
+# The nodes' disclosure policy in this demo: 10-second settlement cycles (instead of
+# the UTC day) so that a period closes while it runs; corridors of 2 or more
+# payments; epsilon 1 a release, each payment counted up to JPY 50000 or SGD 200.
+CYCLE_S = 10
+NODE_POLICY = {"cycle_s": CYCLE_S, "close_margin_s": 1.0, "min_count": 2, "epsilon": "1", "monthly_budget": "100",
+               "clip": {"JPY": 50_000, "SGD": 20_000}}
+
+
 def _short(v: Any, n: int = 36) -> str:
     s = v if isinstance(v, str) else json.dumps(v)
     return s if len(s) <= n else s[:n] + "..."
@@ -36,7 +53,7 @@ def _short(v: Any, n: int = 36) -> str:
 
 def run_gateway_demo(out: Path | None = None) -> dict[str, Any]:
     root = Path(out) / "gateway" if out else Path(tempfile.mkdtemp(prefix="veilpay-gw-demo-"))
-    with LocalNet(root, privacy="semi2k") as net:
+    with LocalNet(root, privacy="semi2k", node_policy=NODE_POLICY) as net:
         t0 = time.perf_counter()
         net.start_all()
         for uid, name, bal in WALLETS:
@@ -80,8 +97,8 @@ def run_gateway_demo(out: Path | None = None) -> dict[str, Any]:
               f"(received on the wire: {notes['wire']}, each notifyId applied once)")
         elapsed = time.perf_counter() - t0
 
-        day = time.strftime("%Y-%m-%d", time.gmtime())
-        settled = net.operator("/admin/v1/settle", {"settlementDate": day})
+        period = Period.of(int(time.time() * 1000), CYCLE_S)  # the last period with payments in it
+        early = net.operator("/admin/v1/settle", {"settlementDate": period.label})
         con = sqlite3.connect(f"file:{root}/gateway/gateway.db?mode=ro", uri=True)
         rows = con.execute("SELECT id, mpp_id, code_issuer, currency, amount, status, result_code, customer_token, "
                            "forward, customer_info, amount_sealed FROM payments ORDER BY created_ms").fetchall()
@@ -102,10 +119,13 @@ def run_gateway_demo(out: Path | None = None) -> dict[str, Any]:
         print(f"    customerInfo (from the MPP, for acqp-1 only): {_short(rows[0][9] or '-', 88)}")
         con = sqlite3.connect(f"file:{root}/gateway/gateway.db?mode=ro", uri=True)
         feed = con.execute("SELECT node, item FROM node_feed WHERE item LIKE ? ORDER BY seq",
-                           (f'%"id":"{first}"%share%',)).fetchall()
+                           (f'%"id":"{first}"%',)).fetchall()
         con.close()
         for node, item in feed:
-            print(f"    share for {node}: {_short(json.loads(item)['envelope'], 92)}")
+            it = json.loads(item)
+            if it.get("op") == "share":
+                print(f"    share for {node}: {_short(it['envelope'], 92)}, in acqp-1's signed bundle "
+                      f"(signature {it['bundle']['sig'][:16]}..)")
         for n in net.nodes:
             nc = sqlite3.connect(f"file:{root}/{n}/node.db?mode=ro", uri=True)
             r = nc.execute("SELECT w0, w1, status FROM items WHERE id = ?", (first,)).fetchone()
@@ -113,21 +133,55 @@ def run_gateway_demo(out: Path | None = None) -> dict[str, Any]:
             held = "nothing (the dealer holds no data; it sends correlated randomness)" if r is None else \
                 f"share word {int(r[0]) % 2**64:>20} (status {r[2]}), a uniformly random-looking ring element"
             print(f"[{n}] holds for {first[:16]}..: {held}")
-        print(f"\n[gateway] settlement of {day}, totals revealed by the nodes in MPC: {settled.get('status')}, "
-              f"{settled.get('bytesBetweenNodes')} bytes between the nodes")
-        for s in settled.get("summaries", []):
-            print(f"  {s['acquirerId']} <- {s['pspId']} {s['currency']}: {s['paymentCount']} payments "
-                  f"{s['paymentTotal']}, {s['refundCount']} refunds {s['refundTotal']}, "
-                  f"net {int(s['paymentTotal']) - int(s['refundTotal'])}")
+
+        print(f"\n[gateway] asks the nodes to settle period {period} while it is still open: {early.get('status')} "
+              f"({early.get('message', '')[:60]}..)")
+        time.sleep(max(0.0, (period.end_ms + 1200) / 1000 - time.time()))
+        settled = net.operator("/admin/v1/settle", {"settlementDate": period.label})
+        again = net.operator("/admin/v1/settle", {"settlementDate": period.label})
+        print(f"[gateway] settles {period} once it has closed: {settled.get('status')}, "
+              f"{settled.get('bytesBetweenNodes')} bytes between the nodes; the operator sees counts only:")
+        for g in settled.get("groups", []):
+            print(f"  {g['acquirerId']} <- {g['pspId']} {g['currency']} {g['kind']:<6} {g['count']} transactions "
+                  "(total sealed to the acquirer and the MPP)")
+        print(f"  asked again: the same sealed answer ({again.get('message') == settled.get('message')}), "
+              f"ledger entry {again.get('ledger', {}).get('seq')} both times")
+        nodes = {n: net.keys(n).public for n in net.nodes}
         books: dict[str, int] = {}
         for d in done:
             if d["result"]["resultStatus"] == "S" and d["paymentRequestId"] != ok[2]["paymentRequestId"]:
                 cur, value = d["amount"].split()
                 books[cur] = books.get(cur, 0) + int(value)
         books["JPY"] = books.get("JPY", 0) - 3200 - 3400
-        nets = {s["currency"]: int(s["paymentTotal"]) - int(s["refundTotal"]) for s in settled.get("summaries", [])}
+        nets: dict[str, int] = {}
+        for pid in ("acqp-1", "mpp-1"):
+            doc = json.loads((root / "settlement" / period.label.replace(":", "") / pid / "settlement.json")
+                             .read_text())
+            mine = assemble(doc, net.keys(pid), nodes, Privacy.from_json(doc["privacy"]))
+            mine.write(root / f"{pid}-settlement" / period.label.replace(":", ""))
+            print(f"[{pid}] opens what the nodes sealed to it and writes summary.csv and detail.csv "
+                  f"({len(mine.detail)} transactions, {len(mine.mismatches)} mismatches):")
+            for r in mine.summary:
+                print(f"  {r[1]} <- {r[2]} {r[3]}: {r[4]} payments {r[5]}, {r[6]} refunds {r[7]}, net {r[8]}")
+                if pid == "acqp-1":
+                    nets[r[3]] = nets.get(r[3], 0) + int(r[8])
         print(f"  acqp-1's own books, net per currency: {books}; equal to the MPC totals: {books == nets}")
-        print(f"  settlement files (summary.csv, detail.csv with amounts sealed per partner): {root}/settlement/{day}/")
+        an = net.operator("/admin/v1/analytics", {"period": period.label})
+        print(f"[gateway] the operator's corridor release for {period} (epsilon {an.get('epsilon')}, cells under "
+              f"{an.get('minCount')} payments suppressed, each payment counted up to the clip):")
+        for c in an.get("corridors", []):
+            print(f"  {c['from']} -> {c['to']} {c['currency']}: {c['count']} payments, total "
+                  f"{c['total'] if c['total'] is not None else 'suppressed'} (noisy; clip {c['clip']})")
+        copies = [fetch_ledger(net.url[n], net.keys("acqp-1"), nodes[n]) for n in net.nodes]
+        heads = [verify_records(cp, nodes[n]) for cp, n in zip(copies, net.nodes, strict=True)]
+        for other in copies[1:]:
+            compare_records(copies[0], other)
+        print(f"[acqp-1] fetches the nodes' disclosure ledgers: {heads[0][0]} entries each, every signature and "
+              f"hash verifies, the three copies agree (head {heads[0][1][:16]}..):")
+        for rec in copies[0]:
+            b = rec["body"]
+            print(f"  #{rec['seq']} {b['function']:<12} {b['subject'][:32]:<32} to {','.join(b['recipients'])[:30]:<30}"
+                  f" cells {b['cells']} epsilon {b['epsilon']}")
 
         ledger = net.admin("mpp-1", "GET", "/admin/ledger")["payments"]
         print("\n[mpp-1] its own books: who paid, debited in the wallet's currency (PHP centavos):")
@@ -139,5 +193,5 @@ def run_gateway_demo(out: Path | None = None) -> dict[str, Any]:
         print(f"\npart 1 took {elapsed:.1f} s including process start-up; logs and databases are in {root}\n")
         from veilpay.cli.mcp_demo import run_mcp_demo
 
-        run_mcp_demo(net)
+        run_mcp_demo(net, period.label)
         return {"payments": len(done), "succeeded": len(ok), "notifications": len(notes["notifications"])}

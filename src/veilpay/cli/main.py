@@ -204,8 +204,8 @@ def _node_ledger(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from veilpay.errors import LedgerError
-    from veilpay.node.ledger import compare_records, verify_records
     from veilpay.sdk.keys import PublicEntry
+    from veilpay.sdk.ledger import compare_records, verify_records
 
     if a.what == "fetch":
         return _ledger_fetch(a)
@@ -236,37 +236,19 @@ def _node_ledger(a: argparse.Namespace) -> int:
 
 
 def _ledger_fetch(a: argparse.Namespace) -> int:
-    import httpx
-
-    from veilpay.sdk import load_party, wirejson
-    from veilpay.sdk.keys import PublicEntry
-    from veilpay.sdk.signing import post_headers, verify_message
-
-    if not (a.keys and a.node_key and a.url and a.out):
-        raise ConfigError("node ledger fetch: --keys, --node-key, --url and --out are required")
-    me = load_party(a.keys)
     from pathlib import Path
 
-    node = PublicEntry.from_json(json.loads(Path(a.node_key[0]).read_text()))
-    path = "/node/v1/ledger"
-    records: list[Any] = []
-    while True:
-        raw = wirejson.dumps({"after": len(records), "limit": 1000})
-        try:
-            r = httpx.post(a.url.rstrip("/") + path, content=raw, headers=post_headers(me.signer(), path, me.id, raw),
-                           timeout=30)
-        except httpx.HTTPError as exc:
-            raise ConfigError(f"node ledger fetch: {a.url}: {type(exc).__name__}") from exc
-        import time
+    from veilpay.sdk import load_party
+    from veilpay.sdk.keys import PublicEntry
+    from veilpay.sdk.ledger import fetch_ledger
 
-        verify_message({k.lower(): v for k, v in r.headers.items()}, "POST", path, r.content, node.verify_key,
-                       time.time(), 300, "Response-Time")
-        body = r.json()
-        if r.status_code != 200:
-            raise ConfigError(f"node ledger fetch: {body.get('error')}")
-        records += body["records"]
-        if not body["records"] or len(records) >= body["head"]["seq"]:
-            break
+    if not (a.keys and len(a.node_key) == 1 and a.url and a.out):
+        raise ConfigError("node ledger fetch: --keys, one --node-key, --url and --out are required")
+    try:
+        node = PublicEntry.from_json(json.loads(Path(a.node_key[0]).read_text()))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"node ledger fetch: {exc}") from exc
+    records = fetch_ledger(a.url, load_party(a.keys), node)
     Path(a.out).write_text("".join(json.dumps(rec, sort_keys=True) + "\n" for rec in records))
     print(f"wrote {len(records)} records of {node.id}'s ledger to {a.out}")
     return 0

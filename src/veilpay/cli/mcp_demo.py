@@ -4,7 +4,6 @@ MCP client, over stdio, against ``veilpay mcp`` acting for the demo's acquirer."
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import sys
 from typing import Any
@@ -24,7 +23,7 @@ def _show(r: Any) -> str:
     return json.dumps(keep)
 
 
-async def _session(net: LocalNet, config: str, code: str, code2: str) -> None:
+async def _session(net: LocalNet, config: str, code: str, code2: str, period: str) -> None:
     import mcp_types as types
     from mcp import Client
     from mcp.client.stdio import StdioServerParameters
@@ -58,14 +57,15 @@ async def _session(net: LocalNet, config: str, code: str, code2: str) -> None:
             ("create_refund", {"payment_id": paid["paymentId"], "currency": "JPY", "value": "3000"}),
             ("create_refund", {"payment_id": paid["paymentId"], "currency": "JPY", "value": "12000"}),
             ("create_refund", {"payment_id": paid["paymentId"], "currency": "JPY", "value": "2500"}),
-            ("settlement_summary", {"settlement_date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")}),
+            ("settlement_summary", {"settlement_date": period}),
         ]
         for name, args in more:
             print(f"  assistant -> {name}({', '.join(f'{k}={v}' for k, v in args.items())})")
             print(f"    server  -> {_show(await c.call_tool(name, args))}")
 
 
-def run_mcp_demo(net: LocalNet) -> None:
+def run_mcp_demo(net: LocalNet, period: str) -> None:
+    """``period``: a settled period, whose summary the assistant asks for."""
     root = net.root
     net.admin("mpp-1", "POST", "/admin/wallets", {"userId": "w-2001", "name": "Lea Tan", "currency": "PHP",
                                                    "balance": 10_000_000})
@@ -78,6 +78,6 @@ def run_mcp_demo(net: LocalNet) -> None:
     print("veilpay demo, part 2: an AI assistant takes a payment and refunds through `veilpay mcp` (stdio, real MCP "
           "client)")
     print("  limits: JPY 50000 a call, JPY 200000 a day, refunds up to 90% of a payment, human yes above JPY 10000")
-    asyncio.run(_session(net, str(cfg), codes[0], codes[1]))
+    asyncio.run(_session(net, str(cfg), codes[0], codes[1], period))
     lines = (root / "mcp" / "audit.log").read_text().splitlines()
     print(f"  audit log ({len(lines)} lines, no payment codes or order text), last one: {lines[-1]}\n")

@@ -437,10 +437,11 @@ def build_server(cfg: McpConfig, tools: set[str] | None = None, read_only: bool 
             refundCount=p.get("refundCount"), createTime=p.get("createTime"))
             for p in ans.body.get("payments", [])], nextPageToken=ans.body.get("nextPageToken"))
 
-    async def settlement_summary(settlement_date: Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
-                                                                       description="UTC day, YYYY-MM-DD")],
+    async def settlement_summary(settlement_date: Annotated[str, Field(
+            pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9]{2}:[0-9]{2}:[0-9]{2}Z)?$",
+            description="settlement period: a UTC day YYYY-MM-DD, or a shorter cycle's start YYYY-MM-DDTHH:MM:SSZ")],
                                  ctx: Context | None = None) -> Settlement:
-        """Per currency: count and totals of one day's successful payments and refunds, and the net."""
+        """Per currency: count and totals of one settled period's successful payments and refunds, and the net."""
         ans = await gateway_call("settlement_summary", ctx, client.settlement_summary, settlement_date)
         audit.write(tool="settlement_summary", outcome="ok", code=ans.code, client=who(ctx))
         if ans.code != "SUCCESS":

@@ -18,15 +18,12 @@ when this node recorded it). A node that crashed between appending and revealing
 finds the same entry as its last one when the job runs again and does not append it
 twice.
 
-``verify_records`` checks an exported copy (``veilpay node ledger verify``): the
-chain from the first entry, every hash, every signature against the node's key.
-``compare_records`` checks two nodes' copies against each other: a fork (the same
-position, different entries) is an error naming where."""
+Reading a copy, as a partner or an auditor does, is ``veilpay.sdk.ledger``
+(``veilpay node ledger fetch`` / ``verify``)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -35,20 +32,16 @@ import numpy as np
 from sqlalchemy import Engine, func, insert, select
 
 from veilpay.crypto.digest import sha256
-from veilpay.crypto.signing import b64d, b64e
-from veilpay.errors import LedgerError, LedgerMismatch, WireFormatError
+from veilpay.crypto.signing import b64e
+from veilpay.errors import LedgerMismatch, WireFormatError
 from veilpay.mpc.protocol import Protocol
 from veilpay.node.store import ledger
 from veilpay.sdk import wirejson
-from veilpay.sdk.keys import PartyKeys, PublicEntry
+from veilpay.sdk.keys import PartyKeys
+from veilpay.sdk.ledger import CONTENT, GENESIS, entry_hash, signed_message
 
-__all__ = ["GENESIS", "Ledger", "Proposal", "agree_heads", "compare_records", "entry_hash", "verify_records"]
+__all__ = ["Ledger", "Proposal", "agree_heads"]
 
-GENESIS = "0" * 64
-_HASH_LABEL = b"veilpay/ledger/v1\n"
-_SIG_LABEL = b"veilpay/ledger-signature/v1\n"
-_CONTENT = ("function", "subject", "recipients", "cells", "epsilon", "month", "params")
-_RECORD = ("seq", "prev", "hash", "body", "node", "at", "kv", "sig")
 
 
 @dataclass(frozen=True)
@@ -74,20 +67,12 @@ class Proposal:
     def from_bytes(cls, raw: bytes, peer: str) -> Proposal:
         try:
             c = wirejson.loads(raw)
-            if not isinstance(c, dict) or set(c) != set(_CONTENT):
+            if not isinstance(c, dict) or set(c) != set(CONTENT):
                 raise ValueError("fields")
             return cls(str(c["function"]), str(c["subject"]), tuple(str(r) for r in c["recipients"]),
                        tuple(int(n) for n in c["cells"]), str(c["epsilon"]), str(c["month"]), str(c["params"]))
         except (ValueError, TypeError) as exc:
             raise WireFormatError(peer, "malformed ledger proposal") from exc
-
-
-def entry_hash(body: dict[str, Any]) -> str:
-    return sha256(_HASH_LABEL + wirejson.dumps_sorted(body)).hex()
-
-
-def _sig_message(node: str, h: str, at_ms: int) -> bytes:
-    return _SIG_LABEL + f"{node}\n{h}\n{at_ms}".encode()
 
 
 class Ledger:
@@ -110,7 +95,7 @@ class Ledger:
         if row is None:
             return 1, GENESIS, False
         last = wirejson.loads(row.body)
-        if {k: last.get(k) for k in _CONTENT} == proposal.content():
+        if {k: last.get(k) for k in CONTENT} == proposal.content():
             return int(row.seq), str(row.prev), True
         return int(row.seq) + 1, str(row.hash), False
 
@@ -120,7 +105,7 @@ class Ledger:
         h = entry_hash(body)
         at = int(time.time() * 1000)
         kv, key = self.keys.signer()
-        sig = b64e(key.sign(_sig_message(self.keys.id, h, at)))
+        sig = b64e(key.sign(signed_message(self.keys.id, h, at)))
         with self.engine.begin() as conn:
             row = conn.execute(select(ledger.c.seq, ledger.c.hash).order_by(ledger.c.seq.desc()).limit(1)).first()
             if ((0, GENESIS) if row is None else (int(row.seq), str(row.hash))) != (seq - 1, prev):
@@ -152,44 +137,6 @@ class Ledger:
             out.append({"seq": int(r.seq), "prev": r.prev, "hash": r.hash, "body": wirejson.loads(r.body),
                         "node": self.keys.id, "at": int(r.at_ms), "kv": int(kv), "sig": sig})
         return out
-
-
-def verify_records(records: Sequence[Any], node: PublicEntry) -> tuple[int, str]:
-    """Check a node's exported ledger from its first entry: every record's body, hash,
-    link to the one before and signature by ``node``. Returns the head (seq, hash);
-    LedgerError naming the first record that fails."""
-    prev, seq = GENESIS, 0
-    for i, r in enumerate(records):
-        if not isinstance(r, dict) or set(r) != set(_RECORD) or not isinstance(r["body"], dict):
-            raise LedgerError(f"record {i + 1}: malformed", i + 1)
-        body = r["body"]
-        if r["seq"] != seq + 1 or body.get("seq") != r["seq"]:
-            raise LedgerError(f"record {i + 1}: seq {r['seq']!r} where {seq + 1} was due (an entry is missing)", seq + 1)
-        if r["prev"] != prev or body.get("prev") != prev:
-            raise LedgerError(f"entry {r['seq']}: does not link to the entry before it", r["seq"])
-        if set(body) != {"v", "seq", "prev", *_CONTENT} or entry_hash(body) != r["hash"]:
-            raise LedgerError(f"entry {r['seq']}: its hash does not match its content (changed after it was made)",
-                              r["seq"])
-        if r["node"] != node.id:
-            raise LedgerError(f"entry {r['seq']}: recorded by {r['node']!r}, not {node.id!r}", r["seq"])
-        key = node.verify_key(r["kv"]) if isinstance(r["kv"], int) else None
-        try:
-            sig = b64d(r["sig"])
-        except ValueError:
-            sig = b""
-        if key is None or not isinstance(r["at"], int) or not key.verify(sig, _sig_message(node.id, r["hash"], r["at"])):
-            raise LedgerError(f"entry {r['seq']}: not signed by {node.id}", r["seq"])
-        prev, seq = r["hash"], r["seq"]
-    return seq, prev
-
-
-def compare_records(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> int:
-    """Two nodes' verified copies: the number of entries they share; LedgerError at the
-    first position where they hold different entries (a fork)."""
-    for ra, rb in zip(a, b, strict=False):
-        if ra["hash"] != rb["hash"]:
-            raise LedgerError(f"the ledgers of {ra['node']} and {rb['node']} fork at entry {ra['seq']}", ra["seq"])
-    return min(len(a), len(b))
 
 
 # ------------------------------------------------------------------ agreement before a reveal
