@@ -482,3 +482,67 @@ def test_node_control_api_refuses_bad_calls(tmp_path: Path) -> None:
     assert got["rejected"] == [{"seq": 10**6 + 2, "id": "pay_" + "0" * 32, "code": "REPLAYED_SHARE"}]
     with pytest.raises(DecryptionError):
         open_share(amt["shares"]["node-a"], net.keys("node-b"), "pay", "acqp-1", row.request_id, "JPY", 1)
+
+
+# ---------------------------------------------------------------- bundles, periods, config
+def test_share_bundle_signature_covers_every_field(tmp_path: Path) -> None:
+    from veilpay.errors import InvalidInput, SignatureError
+    from veilpay.sdk import create_party
+    from veilpay.sdk.shares import verify_bundle
+
+    me = create_party(tmp_path / "a", "acqp-1", "acqp")
+    other = create_party(tmp_path / "b", "acqp-2", "acqp")
+    b = sign_bundle(me, "mpp-1", "refund", "r-1", "JPY", {"node-a": {"x": 1}, "node-b": {"x": 2}}, payment="p-1")
+    assert verify_bundle(b, me.public) == b
+    for field, value in [("acqp", "acqp-2"), ("mpp", "mpp-2"), ("requestId", "r-2"), ("currency", "USD"),
+                         ("payment", "p-2"), ("ts", b["ts"] + 1), ("shares", {"node-a": "0" * 64, "node-b": "1" * 64})]:
+        with pytest.raises(SignatureError):
+            verify_bundle({**b, field: value}, me.public if field != "acqp" else other.public)
+    with pytest.raises(InvalidInput):
+        verify_bundle({**b, "kind": "pay"}, me.public)  # a payment names no refunded payment
+    with pytest.raises(SignatureError):
+        verify_bundle(b, other.public)  # not the signer the verifier pinned
+    with pytest.raises(InvalidInput):
+        verify_bundle({k: v for k, v in b.items() if k != "ts"}, me.public)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(min_value=0, max_value=4_000_000_000_000), st.sampled_from([86400, 3600, 600, 10, 1]))
+def test_periods_round_trip(ms: int, cycle: int) -> None:
+    from veilpay.sdk.periods import Period
+
+    p = Period.of(ms, cycle)
+    assert p.start_ms <= ms < p.end_ms and Period.parse(p.label, cycle) == p
+    assert p.closed(p.end_ms + 5000, 5) and not p.closed(p.end_ms + 4999, 5)
+
+
+def test_period_labels_are_checked() -> None:
+    from veilpay.errors import InvalidInput
+    from veilpay.sdk.periods import Period
+
+    for bad, cycle in [("2026-13-01", 86400), ("2026-12-05T00:00:00Z", 86400), ("2026-12-05", 10),
+                       ("2026-12-05T00:00:05Z", 10), (20261205, 86400), ("x" * 30, 86400)]:
+        with pytest.raises(InvalidInput):
+            Period.parse(bad, cycle)
+    with pytest.raises(InvalidInput):
+        Period.of(0, 7)  # does not divide a day
+
+
+def test_example_node_config_loads_and_bad_ones_do_not(tmp_path: Path) -> None:
+    from fractions import Fraction
+
+    from veilpay.node.config import load_node_config
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "node.toml"
+    cfg = load_node_config(example)
+    assert cfg.party == "node-a" and cfg.policy.clip_of("JPY") == 50_000 and cfg.policy.clip_of("USD") == 100_000
+    assert cfg.policy.eps == Fraction(1, 2) and cfg.partner_keys[0] == example.parent / "keys/acqp-1/public.json"
+    text = example.read_text()
+    for broken in (text.replace("cycle_s = 86400", "cycle_s = 7"), text.replace("min_count = 10", "min_count = 0"),
+                   text.replace('epsilon = "0.5"', 'epsilon = "9"'), text.replace("JPY = 50000", "XXX = 5"),
+                   text + "surprise = 1\n", text.replace("partner_keys", "partners"),
+                   text.replace('epsilon = "0.5"', 'epsilon = "lots"')):
+        p = tmp_path / "node.toml"
+        p.write_text(broken)
+        with pytest.raises(ConfigError):
+            load_node_config(p)
