@@ -102,6 +102,13 @@ def run_mode(pets: bool, n: int, concurrency: int, warmup: int, privacy: str = "
                 time.sleep(0.05)
             feed_drain = time.perf_counter() - t
         con.close()
+        held = {}
+        for node in net.nodes[:2] if privacy else []:  # every share taken: a signed bundle each, none refused
+            nc = sqlite3.connect(f"file:{tmp}/{node}/node.db?mode=ro", uri=True)
+            held[node] = nc.execute("SELECT COUNT(*) FROM items WHERE kind = 'pay' AND opened").fetchone()[0]
+            nc.close()
+            if held[node] != n + warmup + seq:
+                raise SystemExit(f"{node} holds {held[node]} shares of {n + warmup + seq} payments")
         cpu = {name: round(1000 * (_cpu_s(p.pid) - cpu0[name]) / n, 2) for name, p in net.procs.items()}
         cpu["load_generator"] = round(1000 * (me1 - me0) / n, 2)
         lat.sort()
@@ -112,7 +119,7 @@ def run_mode(pets: bool, n: int, concurrency: int, warmup: int, privacy: str = "
                 "p50_ms": round(1000 * statistics.median(lat), 2),
                 "p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))], 2),
                 "unloaded_p50_ms": round(1000 * statistics.median(one), 2), "cpu_ms_per_payment": cpu,
-                "results": results, "webhooks_applied": len(got["notifications"]),
+                "results": results, "webhooks_applied": len(got["notifications"]), "shares_held": held,
                 "webhook_drain_after_last_pay_s": round(drain, 3)}
 
 

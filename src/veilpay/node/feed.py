@@ -51,7 +51,8 @@ _BY_REQUEST = select(items.c.id, items.c.currency, items.c.mpp_id).where(and_(
     items.c.acqp_id == bindparam("b_acqp"), items.c.kind == bindparam("b_kind"),
     items.c.request_id == bindparam("b_req")))
 _INSERT = insert(items)
-_SET_STATUS = update(items).where(items.c.id == bindparam("b_id")).values(status=bindparam("b_status"))
+_SET_STATUS = update(items).where(items.c.id == bindparam("b_id")).values(status=bindparam("b_status"),
+                                                                         status_seq=bindparam("b_seq"))
 
 
 class Refused(Exception):
@@ -114,7 +115,7 @@ class Feed:
                     if op == "share":
                         code = self._put_share(conn, it, seq)
                     elif op == "status":
-                        self._set_status(conn, it)
+                        self._set_status(conn, it, seq)
                     else:
                         raise Refused("FEED_INVALID", f"unknown op {str(op)[:16]!r}")
                 except Refused as exc:
@@ -187,11 +188,11 @@ class Feed:
             "id": iid, "kind": kind, "payment_id": payment, "acqp_id": acqp, "mpp_id": bundle["mpp"],
             "currency": currency, "request_id": req, "w0": _signed(words[0]), "w1": _signed(words[1]),
             "opened": not err, "error": err, "status": "NEW", "ts_ms": bundle["ts"], "period_ms": period.start_ms,
-            "settled_ms": None, "reversed_ms": None, "seq": seq})
+            "settled_ms": None, "reversed_ms": None, "seq": seq, "status_seq": seq})
         return err
 
     # ------------------------------------------------------------------ statuses
-    def _set_status(self, conn: Any, it: dict[str, Any]) -> None:
+    def _set_status(self, conn: Any, it: dict[str, Any], seq: int) -> None:
         iid, status = _text(it, "id", 40), _text(it, "status", 12)
         row = conn.execute(_ITEM, {"b_id": iid}).first()
         if row is None:
@@ -209,4 +210,4 @@ class Feed:
         if new not in allowed:
             code = "REFUND_NOT_CHECKED" if row.kind == "refund" and row.status == "NEW" else "FINAL_STATE"
             raise Refused(code, f"{row.kind} {row.status} cannot become {new}")
-        conn.execute(_SET_STATUS, {"b_id": iid, "b_status": new})
+        conn.execute(_SET_STATUS, {"b_id": iid, "b_status": new, "b_seq": seq})

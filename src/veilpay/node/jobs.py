@@ -48,7 +48,7 @@ from veilpay.net import Communicator
 from veilpay.node.config import NodePolicy
 from veilpay.node.ledger import Ledger, Proposal, agree_heads
 from veilpay.node.programs import Groups, Items, agree_items, noisy_totals, refund_bound, valid_groups
-from veilpay.node.store import items, noise_key, releases
+from veilpay.node.store import items, noise_key, releases, state
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.periods import Period
 from veilpay.sdk.settlement import seal_output
@@ -232,30 +232,43 @@ class Jobs:
         return {"ok": ok}, {}, at, save
 
     # ------------------------------------------------------------------ settlement
-    def _settle_rows(self, period: Period) -> Any:
+    def _settle_where(self, period: Period, through: int | None) -> Any:
         """The items a settlement of ``period`` takes: successful ones of the period or
-        earlier not yet settled, and payments cancelled after an earlier period settled
-        them (reversals); for a rejoin, the ones this node's release of it took."""
-        cols = (items.c.id, items.c.kind, items.c.acqp_id, items.c.mpp_id, items.c.currency, items.c.w0, items.c.w1,
-                items.c.opened, items.c.status, items.c.settled_ms, items.c.reversed_ms)
+        earlier not yet settled, and (``reversal``) payments cancelled after an earlier
+        period settled them; only statuses the feed set up to position ``through``.
+        For a rejoin (``through`` None): the ones this node's release of it took."""
         p = period.start_ms
-        if self._replay is not None:
-            where = or_(items.c.settled_ms == p, items.c.reversed_ms == p)
-        else:
-            where = or_(
-                and_(items.c.status == "SUCCESS", items.c.settled_ms.is_(None), items.c.period_ms <= p),
-                and_(items.c.kind == "pay", items.c.status == "CANCELLED", items.c.settled_ms < p,
-                     items.c.reversed_ms.is_(None)))
-        with self.engine.connect() as conn:
-            return conn.execute(select(*cols).where(where).order_by(items.c.id)).all()
+        if through is None:
+            return or_(items.c.settled_ms == p, items.c.reversed_ms == p)
+        return or_(
+            and_(items.c.status == "SUCCESS", items.c.settled_ms.is_(None), items.c.period_ms <= p,
+                 items.c.status_seq <= through),
+            and_(items.c.kind == "pay", items.c.status == "CANCELLED", items.c.settled_ms < p,
+                 items.c.reversed_ms.is_(None), items.c.status_seq <= through))
+
+    def _settle_items(self, period: Period) -> tuple[Items, int | None]:
+        cols = (items.c.id, items.c.kind, items.c.acqp_id, items.c.mpp_id, items.c.currency, items.c.w0, items.c.w1,
+                items.c.opened, items.c.status, items.c.settled_ms)
+        with self.engine.connect() as conn:  # one read transaction: the feed position and the rows agree
+            through = None if self._replay is not None else int(
+                conn.execute(select(state.c.value).where(state.c.key == "applied_seq")).scalar() or 0)
+            rows = conn.execute(select(*cols).where(self._settle_where(period, through)).order_by(items.c.id)).all()
+        if not rows:
+            return Items.empty(), through
+        ids, kinds, acqp, mpp, cur, w0, w1, opened, status, settled = zip(*rows, strict=True)
+        p = period.start_ms
+        names: dict[tuple[str, ...], str] = {}
+        keys = []
+        for a, m, c, k, st, sm in zip(acqp, mpp, cur, kinds, status, settled, strict=True):
+            t = (a, m, c, "reversal" if st == "CANCELLED" and sm is not None and sm < p else k)
+            keys.append(names.get(t) or names.setdefault(t, "|".join(t)))
+        words = np.stack([np.array(w0, dtype=np.int64), np.array(w1, dtype=np.int64)], axis=1).view(np.uint64)
+        return Items(list(ids), keys, words, np.array(opened, dtype=bool)), through
 
     def _job_settle(self, rt: Any, label: str, period: Period) -> tuple[Any, ...]:
-        data, proposal = None, None
+        data, proposal, through = None, None, None
         if self.holder:
-            rows = self._settle_rows(period)
-            kinds = ["reversal" if r.status == "CANCELLED" and r.settled_ms is not None and r.settled_ms < period.start_ms
-                     else r.kind for r in rows]
-            data = _items(rows, [f"{r.acqp_id}|{r.mpp_id}|{r.currency}|{k}" for r, k in zip(rows, kinds, strict=True)])
+            data, through = self._settle_items(period)
         n, opened = agree_items(rt, data)
         if self.holder:
             cells = Counter(data.keys)  # type: ignore[union-attr]
@@ -266,9 +279,9 @@ class Jobs:
         groups, _ = valid_groups(rt, data, n, opened)
         if not self.holder:
             return {"period": label}, {}, at, lambda conn: None
-        return self._settle_outputs(label, groups, data, period, at)  # type: ignore[arg-type]
+        return self._settle_outputs(label, groups, period, through, at)  # type: ignore[arg-type]
 
-    def _settle_outputs(self, label: str, groups: Groups, data: Items, period: Period,
+    def _settle_outputs(self, label: str, groups: Groups, period: Period, through: int | None,
                         at: dict[str, Any]) -> tuple[Any, ...]:
         pinned = self.partners()
         public, outputs = [], []
@@ -285,19 +298,16 @@ class Jobs:
                     raise NodeError(f"settle: {pid!r} is no longer a pinned partner", "JOB_FAILED", 502)
                 sealed[pid] = seal_output(self.keys, entry, label, grp, groups.ids[g], words)
             outputs.append(sealed)
-        ids = set(data.ids)
 
         def save(conn: Any) -> None:
-            done = [i for i in data.ids if i in ids]
-            reversal = {i for g, key in enumerate(groups.keys) if key.endswith("|reversal")
-                        for i in groups.ids[g] + groups.rejected[g] + groups.out_of_range[g]}
-            for lo in range(0, len(done), 5000):
-                chunk = done[lo:lo + 5000]
-                conn.execute(update(items).where(and_(items.c.id.in_(chunk), items.c.settled_ms.is_(None)))
-                             .values(settled_ms=period.start_ms))
-                conn.execute(update(items).where(and_(items.c.id.in_([i for i in chunk if i in reversal]),
-                                                      items.c.reversed_ms.is_(None)))
-                             .values(reversed_ms=period.start_ms))
+            """Mark what this settlement took, by the same criteria it selected with (the
+            feed may have moved on meanwhile: later statuses are past ``through``)."""
+            if through is None:
+                return
+            p = period.start_ms
+            taken, reversals = self._settle_where(period, through).clauses
+            conn.execute(update(items).where(taken).values(settled_ms=p))
+            conn.execute(update(items).where(reversals).values(reversed_ms=p))
         return {"period": label, "groups": public}, {"groups": outputs}, at, save
 
     # ------------------------------------------------------------------ analytics

@@ -84,7 +84,7 @@ def _is_holder(rt: Protocol) -> bool:
 
 
 def _digest(*parts: Sequence[str]) -> np.ndarray:
-    data = b"\x01".join(b"".join(s.encode() + b"\x00" for s in seq) for seq in parts)
+    data = "\x01".join("".join(s + "\x00" for s in seq) for seq in parts).encode()
     return np.frombuffer(sha256(data), dtype=np.uint64)
 
 
@@ -176,17 +176,24 @@ def valid_groups(rt: Protocol, items: Items | None, n: int, opened: np.ndarray |
         return None, None
     bad = bad_t.astype(bool)  # type: ignore[union-attr]
     keep = opened & ~bad  # type: ignore[operator]
-    keys = np.asarray(items.keys, dtype=object)  # type: ignore[union-attr]
-    uniq, inverse = np.unique(keys, return_inverse=True) if n else (np.array([], dtype=object), np.zeros(0, int))
-    g = len(uniq)
-    ids: list[list[str]] = [[] for _ in range(g)]
+    index: dict[str, int] = {}
+    codes = np.fromiter((index.setdefault(k, len(index)) for k in items.keys), dtype=np.int64,  # type: ignore[union-attr]
+                        count=n)
+    names = sorted(index)
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[[index[k] for k in names]] = np.arange(len(names))
+    inverse = rank[codes]  # each item's group, in key order
+    g = len(names)
+    ids_arr = np.asarray(items.ids, dtype=object)  # type: ignore[union-attr]
+    sel = np.flatnonzero(keep)
+    order = sel[np.argsort(inverse[sel], kind="stable")]  # kept items by group, in id order within each
+    bounds = np.searchsorted(inverse[order], np.arange(g + 1))
+    ids = [ids_arr[order[bounds[j]:bounds[j + 1]]].tolist() for j in range(g)]
     rejected: list[list[str]] = [[] for _ in range(g)]
     out_rng: list[list[str]] = [[] for _ in range(g)]
-    for i, iid in enumerate(items.ids):  # type: ignore[union-attr]
-        (ids if keep[i] else rejected if not opened[i] else out_rng)[inverse[i]].append(iid)  # type: ignore[index]
-    sel = np.flatnonzero(keep)
-    groups = Groups([str(k) for k in uniq], ids, rejected, out_rng,
-                    _reduce(items.words, sel, inverse[sel], g))  # type: ignore[union-attr]
+    for i in np.flatnonzero(~keep):  # few: shares that did not open, or add up out of range
+        (rejected if not opened[i] else out_rng)[inverse[i]].append(items.ids[i])  # type: ignore[index, union-attr]
+    groups = Groups(names, ids, rejected, out_rng, _reduce(items.words, sel, inverse[sel], g))  # type: ignore[union-attr]
     if clipped is None:
         return groups, None
     sums = tuple(_reduce(np.ascontiguousarray(s), sel, inverse[sel], g) for s in clipped.sh)  # type: ignore[union-attr]

@@ -17,7 +17,7 @@ from veilpay.errors import ConfigError
 
 __all__ = ["SCHEMA", "items", "ledger", "meta", "metadata", "noise_key", "open_store", "releases", "state"]
 
-SCHEMA = "2"
+SCHEMA = "3"
 metadata = MetaData()
 
 items = Table(
@@ -39,6 +39,7 @@ items = Table(
     Column("settled_ms", BigInteger),                      # the period whose settlement took it in
     Column("reversed_ms", BigInteger),                     # payments: the period that took back a later cancel
     Column("seq", BigInteger, nullable=False),
+    Column("status_seq", BigInteger, nullable=False),      # the feed position that set the status
     Index("ix_items_request", "acqp_id", "kind", "request_id", unique=True),
     Index("ix_items_period", "period_ms", "status"),
     Index("ix_items_unsettled", "status", "settled_ms"),
