@@ -69,6 +69,7 @@ def _setup(root: Path, n: int, protocol: str, seed: int) -> tuple[np.ndarray, np
     from veilpay.net import provision_network
     from veilpay.node.store import items, open_store, state
     from veilpay.sdk import create_party
+    from veilpay.sdk.periods import Period
 
     nodes = ["node-a", "node-b", "node-c"]
     holders = nodes[:2] if protocol == "semi2k" else nodes
@@ -95,8 +96,7 @@ def _setup(root: Path, n: int, protocol: str, seed: int) -> tuple[np.ndarray, np
         c = [r0, r1, x - r0 - r1]
         words = {nd: (c[i], c[(i + 1) % 3]) for i, nd in enumerate(nodes)}
     ids = [f"pay_{i:032x}" for i in range(n)]
-    day_ms = int(__import__("datetime").datetime.strptime(DAY, "%Y-%m-%d").replace(
-        tzinfo=__import__("datetime").UTC).timestamp()) * 1000
+    day_ms = Period.parse(DAY).start_ms
     for node, (w0, w1) in words.items():
         engine = open_store(f"sqlite:///{root / node / 'node.db'}")
         a0, a1 = w0.view(np.int64).tolist(), w1.view(np.int64).tolist()
@@ -107,8 +107,8 @@ def _setup(root: Path, n: int, protocol: str, seed: int) -> tuple[np.ndarray, np
                     {"id": ids[i], "kind": "pay", "payment_id": None, "acqp_id": keys[group[i]].split("|")[0],
                      "mpp_id": keys[group[i]].split("|")[1], "currency": keys[group[i]].split("|")[2],
                      "request_id": f"r{i}", "w0": a0[i], "w1": a1[i], "opened": True, "error": "", "status": "SUCCESS",
-                     "ts_ms": day_ms + 1000, "period_ms": day_ms, "settled_ms": None, "reversed_ms": None, "status_seq": i + 1,
-                     "seq": i + 1} for i in range(lo, min(n, lo + step))])
+                     "ts_ms": day_ms + 1000, "period_ms": day_ms, "settled_ms": None, "reversed_ms": None,
+                     "status_seq": i + 1, "seq": i + 1} for i in range(lo, min(n, lo + step))])
             conn.execute(insert(state).values(key="applied_seq", value=n))
         engine.dispose()
     return amounts, group, keys

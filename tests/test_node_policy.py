@@ -261,7 +261,7 @@ def test_bad_feed_input_is_refused_by_name_and_not_stored(tmp_path: Path) -> Non
                                               ts_ms=int(time.time() * 1000) + 3_600_000), "node-a"),
             "UNKNOWN_KEY": ({**amt["bundle"], "kv": 9}, "node-a"),
         }
-        for i, (code, (bundle, node)) in enumerate(cases.items()):
+        for i, (bundle, node) in enumerate(cases.values()):
             _inject(net, {node: {"op": "share", "id": f"pay_{i:032x}", "bundle": bundle,
                                  "envelope": amt["shares"]["node-a"]}})
         await net.relay()

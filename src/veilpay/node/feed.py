@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, insert, select, update
+from sqlalchemy import Engine, bindparam, insert, select, update
 
 from veilpay.errors import DecryptionError, InvalidInput, NodeError, SignatureError
 from veilpay.node.config import NodePolicy
@@ -44,15 +44,58 @@ _MOD = 1 << 64
 _PAY_NEXT = {"NEW": {"SUCCESS", "FAIL", "CANCELLED"}, "SUCCESS": {"CANCELLED"}}
 _REFUND_NEXT = {"NEW": {"RELEASED"}, "RESERVED": {"SUCCESS", "RELEASED"}}
 _REFUND_STATUS = {"SUCCESS": "SUCCESS", "FAIL": "RELEASED"}
-# statements built once: the feed runs them for every payment
-_ITEM = select(items.c.id, items.c.kind, items.c.acqp_id, items.c.request_id, items.c.status).where(
-    items.c.id == bindparam("b_id"))
-_BY_REQUEST = select(items.c.id, items.c.currency, items.c.mpp_id).where(and_(
-    items.c.acqp_id == bindparam("b_acqp"), items.c.kind == bindparam("b_kind"),
-    items.c.request_id == bindparam("b_req")))
+# statements built once: the feed runs them for every batch
+_COLS = (items.c.id, items.c.kind, items.c.acqp_id, items.c.mpp_id, items.c.currency, items.c.request_id,
+         items.c.status)
+_BY_IDS = select(*_COLS).where(items.c.id.in_(bindparam("b_ids", expanding=True)))
+_BY_REQUESTS = select(*_COLS).where(items.c.request_id.in_(bindparam("b_reqs", expanding=True)))
 _INSERT = insert(items)
 _SET_STATUS = update(items).where(items.c.id == bindparam("b_id")).values(status=bindparam("b_status"),
                                                                          status_seq=bindparam("b_seq"))
+
+
+class _Batch:
+    """One feed batch's view of the store: the rows it touches, read up front in two
+    queries, and what it writes, applied at the end in two bulk statements; so a
+    batch of a few hundred payments costs a handful of statements, not a few per item."""
+
+    def __init__(self, conn: Any, batch: list[dict[str, Any]]) -> None:
+        ids = {str(it.get("id"))[:40] for it in batch}
+        reqs: set[str] = set()
+        for it in batch:
+            b = it.get("bundle")
+            if isinstance(b, dict):
+                reqs.update(str(b.get(k))[:64] for k in ("requestId", "payment"))
+        self.by_id: dict[str, dict[str, Any]] = {}
+        self.by_request: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for query, key, values in ((_BY_IDS, "b_ids", sorted(ids)), (_BY_REQUESTS, "b_reqs", sorted(reqs))):
+            for lo in range(0, len(values), 900):
+                for r in conn.execute(query, {key: values[lo:lo + 900]}):
+                    self._remember(dict(r._mapping))
+        self.inserts: list[dict[str, Any]] = []
+        self.new: set[str] = set()
+        self.updates: dict[str, dict[str, Any]] = {}
+
+    def _remember(self, row: dict[str, Any]) -> None:
+        self.by_id[row["id"]] = row
+        self.by_request[(row["acqp_id"], row["kind"], row["request_id"])] = row
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.inserts.append(row)
+        self.new.add(row["id"])
+        self._remember(row)
+
+    def set_status(self, iid: str, status: str, seq: int) -> None:
+        row = self.by_id[iid]
+        row["status"], row["status_seq"] = status, seq  # an item inserted in this batch changes in place
+        if iid not in self.new:
+            self.updates[iid] = {"b_id": iid, "b_status": status, "b_seq": seq}
+
+    def write(self, conn: Any) -> None:
+        if self.inserts:
+            conn.execute(_INSERT, self.inserts)
+        if self.updates:
+            conn.execute(_SET_STATUS, list(self.updates.values()))
 
 
 class Refused(Exception):
@@ -105,17 +148,17 @@ class Feed:
         with self.engine.begin() as conn:
             applied = int(conn.execute(select(state.c.value).where(state.c.key == "applied_seq")).scalar() or 0)
             start = applied
-            for it in sorted(batch, key=lambda i: int(i["seq"])):
+            todo = sorted((it for it in batch if it["seq"] > applied), key=lambda i: int(i["seq"]))
+            view = _Batch(conn, todo)
+            for it in todo:
                 seq = it["seq"]
-                if seq <= applied:
-                    continue
                 code = ""
                 try:
                     op = it.get("op")
                     if op == "share":
-                        code = self._put_share(conn, it, seq)
+                        code = self._put_share(view, it, seq)
                     elif op == "status":
-                        self._set_status(conn, it, seq)
+                        self._set_status(view, it, seq)
                     else:
                         raise Refused("FEED_INVALID", f"unknown op {str(op)[:16]!r}")
                 except Refused as exc:
@@ -124,6 +167,7 @@ class Feed:
                     self.refused(code)
                     rejected.append({"seq": seq, "id": str(it.get("id"))[:40], "code": code})
                 applied = seq
+            view.write(conn)
             if applied != start:
                 if conn.execute(select(state.c.key).where(state.c.key == "applied_seq")).first() is None:
                     conn.execute(insert(state).values(key="applied_seq", value=applied))
@@ -149,7 +193,7 @@ class Feed:
             raise Refused("UNKNOWN_KEY", "the bundle's MPP is not a partner this node pinned")
         return bundle
 
-    def _put_share(self, conn: Any, it: dict[str, Any], seq: int) -> str:
+    def _put_share(self, view: _Batch, it: dict[str, Any], seq: int) -> str:
         """Store one signed share; returns "" or SHARE_INVALID (kept, marked)."""
         iid = _text(it, "id", 40)
         env: Any = it.get("envelope")
@@ -162,21 +206,21 @@ class Feed:
         if bundle["ts"] > now + int(self.policy.max_skew_s * 1000):
             raise Refused("TIME_OUT_OF_RANGE", "the bundle's time is ahead of this node's clock")
         acqp, kind, req, currency = bundle["acqp"], bundle["kind"], bundle["requestId"], bundle["currency"]
-        old = conn.execute(_ITEM, {"b_id": iid}).first()
+        old = view.by_id.get(iid)
         if old is not None:
-            if (old.kind, old.acqp_id, old.request_id) == (kind, acqp, req):
+            if (old["kind"], old["acqp_id"], old["request_id"]) == (kind, acqp, req):
                 return ""  # the same signed item again (a retried feed row): nothing new
             raise Refused("ID_REUSED", "another item already has this id")
-        if conn.execute(_BY_REQUEST, {"b_acqp": acqp, "b_kind": kind, "b_req": req}).first() is not None:
+        if (acqp, kind, req) in view.by_request:
             raise Refused("REPLAYED_SHARE", "this signed request is already an item under another id")
         payment = None
         if kind == "refund":
-            pay = conn.execute(_BY_REQUEST, {"b_acqp": acqp, "b_kind": "pay", "b_req": bundle["payment"]}).first()
+            pay = view.by_request.get((acqp, "pay", bundle["payment"]))
             if pay is None:
                 raise Refused("UNKNOWN_PAYMENT", "the refunded payment is not held here")
-            if pay.currency != currency or pay.mpp_id != bundle["mpp"]:
+            if pay["currency"] != currency or pay["mpp_id"] != bundle["mpp"]:
                 raise Refused("BUNDLE_INVALID", "a refund's currency and MPP are its payment's")
-            payment = pay.id
+            payment = pay["id"]
         words, err = [0, 0], ""
         try:
             got = open_share(env, self.keys, kind, acqp, req, currency, self.privacy.words)
@@ -184,7 +228,7 @@ class Feed:
         except DecryptionError:
             err = "SHARE_INVALID"  # signed by the ACQP but unusable: kept, marked, left out of totals
         period = Period.of(bundle["ts"], self.policy.cycle_s)
-        conn.execute(_INSERT, {
+        view.add({
             "id": iid, "kind": kind, "payment_id": payment, "acqp_id": acqp, "mpp_id": bundle["mpp"],
             "currency": currency, "request_id": req, "w0": _signed(words[0]), "w1": _signed(words[1]),
             "opened": not err, "error": err, "status": "NEW", "ts_ms": bundle["ts"], "period_ms": period.start_ms,
@@ -192,22 +236,23 @@ class Feed:
         return err
 
     # ------------------------------------------------------------------ statuses
-    def _set_status(self, conn: Any, it: dict[str, Any], seq: int) -> None:
+    def _set_status(self, view: _Batch, it: dict[str, Any], seq: int) -> None:
         iid, status = _text(it, "id", 40), _text(it, "status", 12)
-        row = conn.execute(_ITEM, {"b_id": iid}).first()
+        row = view.by_id.get(iid)
         if row is None:
             raise Refused("UNKNOWN_ITEM", "no item with this id")
-        if row.kind == "pay":
+        kind, now = row["kind"], row["status"]
+        if kind == "pay":
             if status not in ("SUCCESS", "FAIL", "CANCELLED"):
                 raise Refused("STATUS_INVALID", f"payment status {status!r}")
-            new, allowed = status, _PAY_NEXT.get(row.status, set())
+            new, allowed = status, _PAY_NEXT.get(now, set())
         else:
             if status not in _REFUND_STATUS:
                 raise Refused("STATUS_INVALID", f"refund status {status!r}")
-            new, allowed = _REFUND_STATUS[status], _REFUND_NEXT.get(row.status, set())
-        if new == row.status:
+            new, allowed = _REFUND_STATUS[status], _REFUND_NEXT.get(now, set())
+        if new == now:
             return  # the same status again: nothing changes
         if new not in allowed:
-            code = "REFUND_NOT_CHECKED" if row.kind == "refund" and row.status == "NEW" else "FINAL_STATE"
-            raise Refused(code, f"{row.kind} {row.status} cannot become {new}")
-        conn.execute(_SET_STATUS, {"b_id": iid, "b_status": new, "b_seq": seq})
+            code = "REFUND_NOT_CHECKED" if kind == "refund" and now == "NEW" else "FINAL_STATE"
+            raise Refused(code, f"{kind} {now} cannot become {new}")
+        view.set_status(iid, new, seq)
