@@ -94,7 +94,8 @@ def open_store(url: str) -> Engine:
     existing = set(inspect(engine).get_table_names())
     if "items" in existing and "meta" not in existing:
         raise ConfigError(f"{url}: a privacy-node database of an older schema (before signed bundles and the "
-                          "disclosure ledger); give this node a new database and let the gateway replay its feed")
+                          "disclosure ledger); there are no node migrations: start every node of the network on a "
+                          "new database (docs/design.md)")
     metadata.create_all(engine)
     with engine.begin() as conn:
         have = conn.execute(select(meta.c.value).where(meta.c.key == "schema")).scalar()
