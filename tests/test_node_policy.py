@@ -71,11 +71,11 @@ def test_settle_twice_reveals_nothing_new(tmp_path: Path) -> None:
     async def go() -> None:
         c = net.client()
         await net.wallet("u1", 10**9)
-        assert (await _pay(net, c, "a", 4_321)).code == "SUCCESS"
+        assert (await _pay(net, c, "a", 4_321_987)).code == "SUCCESS"
         net.close_today()
         link = net.gateway.state.nodes
         first = await link.job("settle", {"period": _today()})
-        assert (await _pay(net, c, "b", 1_234)).code == "SUCCESS"  # signed today: today's period, now closed
+        assert (await _pay(net, c, "b", 1_234_567)).code == "SUCCESS"  # signed today: today's period, now closed
         second = await link.job("settle", {"period": _today()})
         assert second["stored"] and second["result"] == first["result"] and second["outputs"] == first["outputs"]
         assert [g["count"] for g in second["result"]["groups"]] == [1]
@@ -86,8 +86,8 @@ def test_settle_twice_reveals_nothing_new(tmp_path: Path) -> None:
         done = await net.operator("/admin/v1/settle", {"settlementDate": nxt})
         assert done["status"] == "DONE" and [g["count"] for g in done["groups"]] == [1]
         (s,) = (await c.settlement_summary(nxt)).body["summaries"]
-        assert s["paymentTotal"]["value"] == "1234"
-        for v in (4_321, 1_234, 5_555):
+        assert s["paymentTotal"]["value"] == "1234567"
+        for v in (4_321_987, 1_234_567, 5_556_554):  # seven digits: no chance match with times or base64
             assert str(v).encode() not in _gateway_view(net)
         await c.aclose()
 
@@ -102,20 +102,19 @@ def test_a_single_refund_day_reveals_nothing_to_the_operator(tmp_path: Path) -> 
     async def go() -> None:
         c = net.client()
         await net.wallet("u1", 10**9)
-        assert (await _pay(net, c, "p", 98_765)).code == "SUCCESS"
-        assert (await c.refund("r", {"currency": "JPY", "value": "37_219".replace("_", "")},
-                               payment_request_id="p")).code == "SUCCESS"
+        assert (await _pay(net, c, "p", 9_876_543)).code == "SUCCESS"
+        assert (await c.refund("r", {"currency": "JPY", "value": "3721919"}, payment_request_id="p")).code == "SUCCESS"
         net.close_today()
         done = await net.operator("/admin/v1/settle", {"settlementDate": _today()})
         assert {g["kind"]: g["count"] for g in done["groups"]} == {"pay": 1, "refund": 1}
         blob = json.dumps(done).encode() + _gateway_view(net)
-        assert b"37219" not in blob and (37219).to_bytes(8, "little") not in blob
-        assert b"61546" not in blob  # nor the net
+        assert b"3721919" not in blob and (3721919).to_bytes(8, "little") not in blob
+        assert b"6154624" not in blob  # nor the net
         for n in ("node-a", "node-b", "node-c"):  # nor any node: each holds share words only
             nb = b"".join(p.read_bytes() for p in (tmp_path / n).glob("node.db*"))
-            assert b"37219" not in nb and b"61546" not in nb
+            assert b"3721919" not in nb and b"6154624" not in nb and (3721919).to_bytes(8, "little") not in nb
         (s,) = (await c.settlement_summary(_today())).body["summaries"]
-        assert s["refundTotal"]["value"] == "37219"  # owed to the ACQP: it opens it
+        assert s["refundTotal"]["value"] == "3721919"  # owed to the ACQP: it opens it
         await c.aclose()
 
     run(go())
@@ -153,9 +152,11 @@ def test_forged_refund_shares_are_no_oracle(tmp_path: Path) -> None:
     """The forged-refund oracle: the operator seals refund shares of values it knows to
     the nodes' public keys (HPKE base mode lets anyone), attaches them to the victim's
     payment and asks the refund check, bisecting on the answer. The nodes refuse the
-    unsigned and the operator-signed bundles, store nothing, and the check of a refund
-    they do not hold is always "no": the answers do not depend on the victim's amount."""
+    unsigned and the operator-signed bundles and store nothing, and they refuse to
+    check a refund they do not hold before any computation: no bit, no ledger entry."""
     net = Net(tmp_path, privacy="semi2k")
+    for n in net.node_ids:  # the dealer waits for a mesh the holders never open: keep that short
+        net.add_node(n, connect_timeout_s=1)
 
     async def go() -> None:
         c = net.client()
@@ -181,9 +182,11 @@ def test_forged_refund_shares_are_no_oracle(tmp_path: Path) -> None:
             rid = f"rfd_{i:032x}"
             _inject(net, {n: {"op": "share", "id": rid, "bundle": bundle, "envelope": e} for n, e in shares.items()})
             await net.relay()
-            ans = await net.gateway.state.nodes.job("refund_check", {"refundId": rid})
-            answers.append(ans["result"]["ok"])
-        assert answers == [False] * 5  # no dependence on the guess: no oracle
+            with pytest.raises(NodeError) as no:
+                await net.gateway.state.nodes.job("refund_check", {"refundId": rid})
+            answers.append(no.value.code)
+        assert answers == ["REFUND_NOT_PENDING"] * 5  # no dependence on the guess: no oracle
+        assert _node(net, "node-a").ledger.export() == []  # and nothing was computed or revealed
         assert {n: len(_rows(net, n)) for n in ("node-a", "node-b")} == before  # nothing stored
         assert _refused(net, "node-a", "BUNDLE_SIGNATURE_INVALID") >= 3
         assert _refused(net, "node-a", "UNKNOWN_KEY") + _refused(net, "node-a", "BUNDLE_SIGNATURE_INVALID") == 5
@@ -523,3 +526,203 @@ def test_a_rejoin_never_computes_over_changed_inputs(tmp_path: Path) -> None:
 
     run(go())
     assert [r["body"]["function"] for r in _node(net, "node-a").ledger.export()] == ["analytics"]
+
+
+# ---------------------------------------------------------------- found by the adversary review
+def test_two_analytics_jobs_at_once_cannot_overspend_the_budget(tmp_path: Path) -> None:
+    """Two analytics jobs for two closed days of one month, posted to the nodes at once
+    with the gateway's key (bypassing the gateway's own job lock): the budget is checked
+    under each node's job lock and again in the transaction that appends the entry, so
+    at most the budget is spent."""
+    import asyncio
+
+    from veilpay.crypto.tokens import random_id
+
+    net = Net(tmp_path, privacy="semi2k", node_policy={"epsilon": "0.6", "monthly_budget": "1"})
+    for n in net.node_ids:
+        net.add_node(n, connect_timeout_s=2)
+    net.node_offset_ms = 40 * 86_400_000  # every day of this month has closed
+    month = time.strftime("%Y-%m", time.gmtime())
+
+    async def go() -> None:
+        link = net.gateway.state.nodes
+
+        async def post_all(day: str) -> list[Any]:
+            body = {"jobId": random_id("job_"), "kind": "analytics", "params": {"period": f"{month}-{day}"}, "through": {}}
+            return list(await asyncio.gather(*[link._post(n, "/node/v1/jobs", body, 60) for n in link.privacy.parties],
+                                             return_exceptions=True))
+
+        # the nodes take the two in one order (the second is refused) or in two (both fail): never both
+        first, second = await asyncio.gather(post_all("03"), post_all("04"))
+        releases = [all(isinstance(a, dict) for a in r) for r in (first, second)].count(True)
+        assert releases <= 1
+        for day in ("05", "06"):  # then one at a time, until the budget says no
+            try:
+                await link.job("analytics", {"period": f"{month}-{day}"})
+                releases += 1
+            except NodeError as exc:
+                assert exc.code == "BUDGET_EXHAUSTED"
+                break
+        assert releases == 1
+
+    run(go())
+    for n in net.node_ids:
+        assert _node(net, n).ledger.spent(month) <= 1
+
+
+def test_a_release_revealed_but_not_stored_is_never_computed_over_other_items(tmp_path: Path) -> None:
+    """Both holders stop after an analytics reveal, before either stores it; one more
+    payment of that day succeeds. The ledger entry commits the period to what it was
+    computed over, so the next attempt is refused (RELEASE_CHANGED) instead of drawing
+    the same noise over other items (which would reveal the new payment exactly)."""
+    from veilpay.errors import PeerDisconnected
+
+    net = Net(tmp_path, privacy="semi2k")
+    for n in net.node_ids:
+        net.add_node(n, connect_timeout_s=2)
+
+    def crash_after_reveal(n: str) -> None:
+        jobs = _node(net, n).jobs
+        real = jobs._job_analytics
+
+        def run_then_stop(*a: Any) -> Any:
+            real(*a)
+            del jobs._job_analytics
+            raise PeerDisconnected(n, "stopped before storing its release")
+        jobs._job_analytics = run_then_stop  # type: ignore[method-assign]
+
+    async def go() -> None:
+        c = net.client()
+        await net.wallet("u1", 10**9)
+        for i in range(3):
+            assert (await _pay(net, c, f"a{i}", 2_000_000 + i)).code == "SUCCESS"
+        net.close_today()
+        crash_after_reveal("node-a")
+        crash_after_reveal("node-b")
+        first = await net.operator("/admin/v1/analytics", {"period": _today()})
+        assert first["result"]["resultCode"] == "NODE_UNAVAILABLE"
+        assert (await _pay(net, c, "victim", 3_133_777)).code == "SUCCESS"
+        again = await net.operator("/admin/v1/analytics", {"period": _today()})
+        assert "RELEASE_CHANGED" in again["result"]["resultMessage"]
+        await c.aclose()
+
+    run(go())
+    assert [r["body"]["function"] for r in _node(net, "node-a").ledger.export()] == ["analytics"]
+
+
+def test_a_poisoned_share_does_not_stall_the_feed(tmp_path: Path) -> None:
+    """An acquirer signs a share whose ring element is "²" (str.isdigit() says yes, int()
+    says no): the node keeps it marked SHARE_INVALID and the feed goes on. Malformed
+    fields the gateway could send (a list as the currency, a huge seq) get named refusals."""
+    import veilpay.sdk.shares as shares_mod
+
+    net = Net(tmp_path, privacy="semi2k")
+
+    class Sup(int):
+        def __str__(self) -> str:
+            return "\u00b2"
+
+    async def go() -> None:
+        bad, good = net.client("acqp-1"), net.client("acqp-2")
+        await net.wallet("u1", 10**9)
+        real = shares_mod.split_value
+        shares_mod.split_value = lambda v, p: {p.nodes[0]: [Sup(0)], p.nodes[1]: [v]}
+        try:
+            assert (await _pay(net, bad, "poison", 100)).code == "SUCCESS"
+        finally:
+            shares_mod.split_value = real
+        ok = await good.pay("honest", {"currency": "JPY", "value": "5000"}, await net.code("u1"), ORDER)
+        await net.relay()
+        assert _node(net, "node-a").metrics.refusal_count("SHARE_INVALID") == 1
+        assert {r.id for r in _rows(net, "node-a")} == {r.id for r in _rows(net, "node-b")}
+        ref = await good.refund("honest-r", {"currency": "JPY", "value": "10"}, payment_request_id="honest")
+        assert ref.code == "SUCCESS" and ok.code == "SUCCESS"
+        d = await bad.directory()
+        body = bad._pay_body(d, "q", {"currency": "JPY", "value": "100"}, await net.code("u1"), ORDER, None)
+        amt = body["paymentAmount"]
+        _inject(net, {"node-a": {"op": "share", "id": "pay_" + "9" * 32, "bundle": {**amt["bundle"], "currency": ["J"]},
+                                 "envelope": amt["shares"]["node-a"]}})
+        await net.relay()
+        assert _refused(net, "node-a", "BUNDLE_INVALID") == 1
+        with pytest.raises(NodeError) as huge:
+            _node(net, "node-a").ingest([{"seq": 2**63, "op": "status", "id": "x", "status": "SUCCESS"}])
+        assert huge.value.code == "FEED_INVALID"
+        await bad.aclose()
+        await good.aclose()
+
+    run(go())
+
+
+def test_sealed_amounts_all_have_one_length(tmp_path: Path) -> None:
+    """A sealed amount's ciphertext must not tell the relay how many digits it holds."""
+    from veilpay.sdk import create_party
+    from veilpay.sdk.shares import Privacy, seal_amount
+
+    me, mpp = create_party(tmp_path / "a", "acqp-1", "acqp"), create_party(tmp_path / "m", "mpp-1", "mpp")
+    nodes = {n: create_party(tmp_path / n, n, "node").public for n in ("node-a", "node-b")}
+    privacy = Privacy("semi2k", ("node-a", "node-b"), "node-c")
+    sizes = {len(seal_amount({"currency": "JPY", "value": str(v)}, "pay", me, f"r{v}", mpp.public, nodes,
+                             privacy)["sealed"][who]["ct"])
+             for v in (7, 50_000, 12_345_678, 10**15) for who in ("mpp-1", "acqp-1")}
+    assert len(sizes) == 1
+
+
+def test_shares_swapped_between_items_stop_the_job(tmp_path: Path) -> None:
+    """The relay gives node-b payment Y's share under X's id and X's under Y's: each
+    bundle verifies alone, but the nodes agree on every item's signed request, so the
+    settlement stops with NODES_DISAGREE instead of dropping both payments."""
+    net = Net(tmp_path, privacy="semi2k")
+
+    async def go() -> None:
+        from veilpay.gateway.store import node_feed
+
+        c = net.client()
+        await net.wallet("u1", 10**9)
+        x, y = await _pay(net, c, "X", 1_000), await _pay(net, c, "Y", 2_000)
+        ix, iy = x.body["paymentId"], y.body["paymentId"]
+        with net.gateway.state.engine.begin() as conn:
+            rows = conn.execute(select(node_feed).where(node_feed.c.node == "node-b")).all()
+            sh = {json.loads(r.item)["id"]: (r.seq, json.loads(r.item)) for r in rows
+                  if json.loads(r.item)["op"] == "share"}
+            conn.execute(delete(node_feed).where(node_feed.c.seq.in_([sh[ix][0], sh[iy][0]])))
+        _inject(net, {"node-b": {**sh[iy][1], "id": ix}})
+        _inject(net, {"node-b": {**sh[ix][1], "id": iy}})
+        _inject(net, {"node-b": {"op": "status", "id": ix, "status": "SUCCESS"}})
+        _inject(net, {"node-b": {"op": "status", "id": iy, "status": "SUCCESS"}})
+        await net.relay()
+        net.close_today()
+        done = await net.operator("/admin/v1/settle", {"settlementDate": _today()})
+        assert done["status"] == "WAITING" and "NODES_DISAGREE" in done["message"]
+        await c.aclose()
+
+    run(go())
+
+
+def test_a_rejoin_of_a_stored_release_appends_nothing(tmp_path: Path) -> None:
+    """The operator sends rejoin to every node after the ledger moved on: the nodes
+    recompute the same entry, find it recorded, spend no more epsilon and add nothing."""
+    import asyncio
+
+    from veilpay.crypto.tokens import random_id
+
+    net = Net(tmp_path, privacy="semi2k", node_policy={"epsilon": "0.5", "monthly_budget": "4"})
+
+    async def go() -> None:
+        c = net.client()
+        await net.wallet("u1", 10**9)
+        for i in range(2):
+            assert (await _pay(net, c, f"a{i}", 2_000 + i)).code == "SUCCESS"
+        net.close_today()
+        first = await net.operator("/admin/v1/analytics", {"period": _today()})
+        assert (await net.operator("/admin/v1/settle", {"settlementDate": _today()}))["status"] == "DONE"
+        link = net.gateway.state.nodes
+        body = {"jobId": random_id("job_"), "kind": "analytics", "params": {"period": _today()}, "rejoin": True}
+        answers = await asyncio.gather(*[link._post(n, "/node/v1/jobs", body, 60) for n in link.privacy.parties])
+        assert all(a["stored"] for a in answers) and answers[0]["result"] == {k: v for k, v in first.items()
+                                                                             if k not in ("result", "ledger")}
+        await c.aclose()
+
+    run(go())
+    recs = _node(net, "node-a").ledger.export()
+    assert [r["body"]["function"] for r in recs].count("analytics") == 1
+    assert _node(net, "node-a").ledger.spent(time.strftime("%Y-%m", time.gmtime())) == pytest.approx(0.5)

@@ -100,7 +100,7 @@ async def _read_asgi_body(headers: dict[str, str], receive: Receive, limit: int)
     """A request body from the ASGI ``receive`` channel, refused past ``limit`` bytes
     (by its Content-Length or as it streams in)."""
     declared = headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    if declared is not None and (not (declared.isascii() and declared.isdigit()) or int(declared) > limit):
         raise ApiFailure("REQUEST_TOO_LARGE", f"body over {limit} bytes")
     chunks, size = [], 0
     while True:

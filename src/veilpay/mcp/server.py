@@ -278,7 +278,7 @@ def build_server(cfg: McpConfig, tools: set[str] | None = None, read_only: bool 
 
     def ask_refund_confirmation(currency: str, value: str, ctx: Context) -> Any:
         threshold = cfg.confirm_refund_above.get(currency)
-        if threshold is None or not value.isdigit() or int(value) <= threshold:
+        if threshold is None or not (value.isascii() and value.isdigit()) or int(value) <= threshold:
             return AcceptedElicitation(data=Confirm(confirm=True))
         caps = ctx.session.client_capabilities
         if not (caps and caps.elicitation):

@@ -142,8 +142,9 @@ class Feed:
         if self.me not in self.privacy.nodes:
             raise NodeError("feed: the dealer holds no shares", "FEED_INVALID", 400)
         for it in batch:
-            if not isinstance(it, dict) or isinstance(it.get("seq"), bool) or not isinstance(it.get("seq"), int):
-                raise NodeError("feed item without an integer 'seq'", "FEED_INVALID", 400)
+            seq = it.get("seq") if isinstance(it, dict) else None
+            if isinstance(seq, bool) or not isinstance(seq, int) or not 0 < seq < 1 << 62:
+                raise NodeError("feed item without an integer 'seq' in 1..2^62", "FEED_INVALID", 400)
         rejected: list[dict[str, Any]] = []
         with self.engine.begin() as conn:
             applied = int(conn.execute(select(state.c.value).where(state.c.key == "applied_seq")).scalar() or 0)
@@ -163,6 +164,8 @@ class Feed:
                         raise Refused("FEED_INVALID", f"unknown op {str(op)[:16]!r}")
                 except Refused as exc:
                     code = exc.code
+                except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+                    code = "FEED_INVALID"  # malformed beyond the checks above: refused, never a failed batch
                 if code:
                     self.refused(code)
                     rejected.append({"seq": seq, "id": str(it.get("id"))[:40], "code": code})

@@ -77,7 +77,8 @@ class Jobs:
         self.me = keys.id
         self.holder = self.me in privacy.nodes
         self._lock = threading.Lock()
-        self._replay: str | None = None  # a rejoined release's params: the computation must reproduce them
+        self._rejoin = False  # computing a stored release again: over the inputs it recorded
+        self._expect: str | None = None  # the params a recorded release was computed over: reproduce them
 
     # ------------------------------------------------------------------ the job
     def run(self, job: Any) -> dict[str, Any]:
@@ -101,7 +102,6 @@ class Jobs:
             self.counted(kind, "stored")
             return stored
         if stored is None:
-            self._admissible(kind, period)
             through = job.get("through") or {}
             need = through.get(self.me, 0) if isinstance(through, dict) else 0
             if self.holder and isinstance(need, int) and self.applied() < need:
@@ -110,9 +110,18 @@ class Jobs:
         if not self._lock.acquire(timeout=30):
             raise NodeError("another job is running", "NODE_BUSY", 503)
         try:
-            if stored is None and self._stored(kind, subject) is not None:  # finished while we waited
-                return self._stored(kind, subject)  # type: ignore[return-value]
-            self._replay = stored["params"] if stored is not None else None
+            stored = self._stored(kind, subject)  # again, under the lock: another job may have made it
+            if stored is not None and not rejoin:
+                return stored
+            if stored is None:
+                self._admissible(kind, subject, period)  # under the lock: two jobs never pass on one budget
+            # A subject the ledger already records is committed to what it was computed
+            # over, stored or not (a node may have stopped after the reveal): computing it
+            # again must reproduce that entry. Settlement is owed to its partners, who may
+            # receive it again over other items (late ones), so only it is exempt.
+            committed = self.book.committed(kind, subject) if kind != "settle" else None
+            self._rejoin = stored is not None
+            self._expect = stored["params"] if stored is not None else committed
             comm = self.mesh(label_digest("veilpay/node-job/" + jid))
             try:
                 with ring_errstate():
@@ -141,14 +150,14 @@ class Jobs:
             self.counted(kind, "JOB_FAILED")
             raise NodeError(f"{kind}: {type(exc).__name__}: {exc}", "JOB_FAILED", 502) from exc
         finally:
-            self._replay = None
+            self._rejoin, self._expect = False, None
             self._lock.release()
         self.counted(kind, "done")
         return {**answer, "bytesSent": stats.bytes_sent, "rounds": stats.rounds}
 
-    def _admissible(self, kind: str, period: Period | None) -> None:
-        """The policy's checks before a new release: its period has closed, and its
-        month's privacy budget has room (analytics)."""
+    def _admissible(self, kind: str, subject: str, period: Period | None) -> None:
+        """The policy's checks before a new release: its period has closed, its month's
+        privacy budget has room (analytics), the refund awaits its one check."""
         if period is not None and not period.closed(self.clock(), self.policy.close_margin_s):
             self.counted(kind, "PERIOD_OPEN")
             raise NodeError(f"period {period} has not closed by this node's clock (margin "
@@ -157,6 +166,14 @@ class Jobs:
             self.counted(kind, "BUDGET_EXHAUSTED")
             raise NodeError(f"the privacy budget of {period.month} (epsilon {self.policy.monthly_budget}) "  # type: ignore[union-attr]
                             "has no room for another release", "BUDGET_EXHAUSTED", 409)
+        if kind == "refund_check" and self.holder:
+            with self.engine.connect() as conn:
+                st = conn.execute(select(items.c.status).where(and_(items.c.id == subject,
+                                                                    items.c.kind == "refund"))).scalar()
+            if st != "NEW":
+                self.counted(kind, "REFUND_NOT_PENDING")
+                raise NodeError(f"refund {subject[:40]} is not a signed refund awaiting its check here "
+                                f"({st or 'unknown'})", "REFUND_NOT_PENDING", 409)
 
     def _subject(self, kind: str, params: dict[str, Any]) -> tuple[str, Period | None]:
         if kind == "refund_check":
@@ -187,10 +204,10 @@ class Jobs:
 
     def _record(self, rt: Any, proposal: Proposal | None) -> dict[str, Any]:
         """Agree the ledger entry with the other nodes and append it (before any reveal)."""
-        if self._replay is not None and proposal is not None and proposal.params != self._replay:
-            raise NodeError("the job's inputs changed since its release was made; it is not computed again",
+        if self._expect is not None and proposal is not None and proposal.params != self._expect:
+            raise NodeError("the job's inputs changed since its release was recorded; it is not computed again",
                             "RELEASE_CHANGED", 409)
-        at = agree_heads(rt, self.book, proposal)
+        at = agree_heads(rt, self.book, proposal, self.policy.budget)
         return {**at, "params": proposal.params if proposal is not None else self._dealer_params(at)}
 
     def _dealer_params(self, at: dict[str, Any]) -> str:
@@ -214,9 +231,10 @@ class Jobs:
                 .order_by(items.c.id)).all()
         # once per refund: a refund the nodes have checked is not checked again (a rejoin
         # recomputes the same check over the same inputs)
-        fresh = ref is not None and (ref.status == "NEW" or self._replay is not None)
+        fresh = ref is not None and (ref.status == "NEW" or self._rejoin)
         opened = fresh and pay is not None and ref.opened and pay.opened and pay.status == "SUCCESS"  # type: ignore[union-attr]
-        tag = "|".join([rid, ref.payment_id if ref is not None else "", pay.status if pay is not None else "",
+        tag = "|".join([rid, ref.request_id if ref is not None else "", ref.payment_id if ref is not None else "",
+                        pay.request_id if pay is not None else "", pay.status if pay is not None else "",
                         *[o.id for o in others]])
         p = _words([pay])[0] if pay is not None else zero
         r = _words([ref])[0] if ref is not None else zero
@@ -239,7 +257,7 @@ class Jobs:
         For a rejoin (``through`` None): the ones this node's release of it took."""
         p = period.start_ms
         if through is None:
-            return or_(items.c.settled_ms == p, items.c.reversed_ms == p)
+            return or_(items.c.settled_ms == p, items.c.reversed_ms == p)  # a rejoin
         return or_(
             and_(items.c.status == "SUCCESS", items.c.settled_ms.is_(None), items.c.period_ms <= p,
                  items.c.status_seq <= through),
@@ -248,14 +266,14 @@ class Jobs:
 
     def _settle_items(self, period: Period) -> tuple[Items, int | None]:
         cols = (items.c.id, items.c.kind, items.c.acqp_id, items.c.mpp_id, items.c.currency, items.c.w0, items.c.w1,
-                items.c.opened, items.c.status, items.c.settled_ms)
+                items.c.opened, items.c.status, items.c.settled_ms, items.c.request_id)
         with self.engine.connect() as conn:  # one read transaction: the feed position and the rows agree
-            through = None if self._replay is not None else int(
+            through = None if self._rejoin else int(
                 conn.execute(select(state.c.value).where(state.c.key == "applied_seq")).scalar() or 0)
             rows = conn.execute(select(*cols).where(self._settle_where(period, through)).order_by(items.c.id)).all()
         if not rows:
             return Items.empty(), through
-        ids, kinds, acqp, mpp, cur, w0, w1, opened, status, settled = zip(*rows, strict=True)
+        ids, kinds, acqp, mpp, cur, w0, w1, opened, status, settled, req = zip(*rows, strict=True)
         p = period.start_ms
         names: dict[tuple[str, ...], str] = {}
         keys = []
@@ -263,7 +281,8 @@ class Jobs:
             t = (a, m, c, "reversal" if st == "CANCELLED" and sm is not None and sm < p else k)
             keys.append(names.get(t) or names.setdefault(t, "|".join(t)))
         words = np.stack([np.array(w0, dtype=np.int64), np.array(w1, dtype=np.int64)], axis=1).view(np.uint64)
-        return Items(list(ids), keys, words, np.array(opened, dtype=bool)), through
+        refs = [f"{a}/{k}/{r}" for a, k, r in zip(acqp, kinds, req, strict=True)]
+        return Items(list(ids), keys, words, np.array(opened, dtype=bool), refs=refs), through
 
     def _job_settle(self, rt: Any, label: str, period: Period) -> tuple[Any, ...]:
         data, proposal, through = None, None, None
@@ -322,11 +341,12 @@ class Jobs:
 
             with self.engine.connect() as conn:
                 rows = conn.execute(select(items.c.id, items.c.acqp_id, items.c.mpp_id, items.c.currency, items.c.w0,
-                                           items.c.w1, items.c.opened).where(and_(
+                                           items.c.w1, items.c.opened, items.c.request_id).where(and_(
                     items.c.kind == "pay", items.c.status == "SUCCESS", items.c.period_ms == period.start_ms))
                     .order_by(items.c.id)).all()
             keys = [f"{region(r.mpp_id)}|{region(r.acqp_id)}|{r.currency}" for r in rows]
             data = _items(rows, keys, np.array([self.policy.clip_of(r.currency) for r in rows], dtype=np.int64))
+            data.refs = [f"{r.acqp_id}/pay/{r.request_id}" for r in rows]
         n, opened = agree_items(rt, data)
         if self.holder:
             cells = Counter(data.keys)  # type: ignore[union-attr]
@@ -341,7 +361,9 @@ class Jobs:
         shown = np.array([g for g, c in enumerate(groups.counts) if c >= k], dtype=np.int64)  # type: ignore[union-attr]
         eps = self.policy.eps
         caps = [self.policy.clip_of(key.split("|")[2]) for key in groups.keys]  # type: ignore[union-attr]
-        src = UniformSource(Prg(derive_seed(noise_key(self.engine), f"analytics/{label}")))
+        # the noise is this node's own, and a function of the release's name and of what it
+        # is computed over: the same release again draws the same noise, another does not
+        src = UniformSource(Prg(derive_seed(noise_key(self.engine), f"analytics/{label}/{proposal.params}")))  # type: ignore[union-attr]
         noise = np.array([discrete_laplace(Fraction(caps[g]) / eps, src) for g in shown], dtype=np.int64)
         totals = noisy_totals(rt, sums, shown, noise)
         tot = {int(g): int(t) for g, t in zip(shown, totals, strict=True)}  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ from sqlalchemy import Engine, func, insert, select
 
 from veilpay.crypto.digest import sha256
 from veilpay.crypto.signing import b64e
-from veilpay.errors import LedgerMismatch, WireFormatError
+from veilpay.errors import LedgerMismatch, NodeError, WireFormatError
 from veilpay.mpc.protocol import Protocol
 from veilpay.node.store import ledger
 from veilpay.sdk import wirejson
@@ -88,19 +88,30 @@ class Ledger:
         return (0, GENESIS) if row is None else (int(row.seq), str(row.hash))
 
     def position(self, proposal: Proposal) -> tuple[int, str, bool]:
-        """(seq, prev, recorded): where ``proposal`` goes, and whether it is already this
-        ledger's last entry (a job that ran again after a crash between append and reveal)."""
+        """(seq, prev, recorded): where ``proposal`` goes, or, when this ledger already
+        holds exactly this entry (a job computed again after a node stopped between
+        append and reveal), where it is."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(ledger).order_by(ledger.c.seq.desc()).limit(1)).first()
-        if row is None:
-            return 1, GENESIS, False
-        last = wirejson.loads(row.body)
-        if {k: last.get(k) for k in CONTENT} == proposal.content():
-            return int(row.seq), str(row.prev), True
-        return int(row.seq) + 1, str(row.hash), False
+            same = conn.execute(select(ledger.c.seq, ledger.c.prev, ledger.c.body).where(
+                ledger.c.function == proposal.function, ledger.c.subject == proposal.subject)).all()
+            for entry in same:
+                body = wirejson.loads(entry.body)
+                if {k: body.get(k) for k in CONTENT} == proposal.content():
+                    return int(entry.seq), str(entry.prev), True
+            head = conn.execute(select(ledger.c.seq, ledger.c.hash).order_by(ledger.c.seq.desc()).limit(1)).first()
+        return (1, GENESIS, False) if head is None else (int(head.seq) + 1, str(head.hash), False)
 
-    def append(self, proposal: Proposal, seq: int, prev: str) -> dict[str, Any]:
-        """Record ``proposal`` at ``seq`` after ``prev``; returns its record."""
+    def committed(self, function: str, subject: str) -> str | None:
+        """The params of the last entry recorded for (function, subject), if any."""
+        with self.engine.connect() as conn:
+            body = conn.execute(select(ledger.c.body).where(ledger.c.function == function, ledger.c.subject == subject)
+                                .order_by(ledger.c.seq.desc()).limit(1)).scalar()
+        return None if body is None else str(wirejson.loads(body)["params"])
+
+    def append(self, proposal: Proposal, seq: int, prev: str, budget: Fraction | None = None) -> dict[str, Any]:
+        """Record ``proposal`` at ``seq`` after ``prev``; returns its record. With
+        ``budget``, an entry that would take its month's epsilon over it is refused, in
+        the transaction that would append it."""
         body = {"v": 1, "seq": seq, "prev": prev, **proposal.content()}
         h = entry_hash(body)
         at = int(time.time() * 1000)
@@ -110,6 +121,12 @@ class Ledger:
             row = conn.execute(select(ledger.c.seq, ledger.c.hash).order_by(ledger.c.seq.desc()).limit(1)).first()
             if ((0, GENESIS) if row is None else (int(row.seq), str(row.hash))) != (seq - 1, prev):
                 raise LedgerMismatch(self.keys.id, "the ledger moved while the job ran")
+            if budget is not None and Fraction(proposal.epsilon) > 0:
+                spent = conn.execute(select(ledger.c.epsilon).where(ledger.c.month == proposal.month,
+                                                                    ledger.c.function == proposal.function)).scalars()
+                if sum((Fraction(e) for e in spent), Fraction(0)) + Fraction(proposal.epsilon) > budget:
+                    raise NodeError(f"{proposal.month}: epsilon {proposal.epsilon} more is over the privacy budget",
+                                    "BUDGET_EXHAUSTED", 409)
             conn.execute(insert(ledger).values(seq=seq, prev=prev, hash=h, body=wirejson.dumps_sorted(body).decode(),
                                                function=proposal.function, subject=proposal.subject,
                                                month=proposal.month, epsilon=proposal.epsilon, at_ms=at,
@@ -144,7 +161,8 @@ def _header(seq: int, prev: str, proposal: Proposal) -> np.ndarray:
     return np.frombuffer(seq.to_bytes(8, "big") + bytes.fromhex(prev) + sha256(proposal.to_bytes()), dtype=np.uint8)
 
 
-def agree_heads(rt: Protocol, book: Ledger, proposal: Proposal | None) -> dict[str, Any]:
+def agree_heads(rt: Protocol, book: Ledger, proposal: Proposal | None,
+                budget: Fraction | None = None) -> dict[str, Any]:
     """Every node of the job agrees on the next ledger entry and the head it follows,
     then appends it; the share holders pass the ``proposal`` (a dealer, which holds no
     items, passes None and takes the holders' proposal once they agree on it).
@@ -190,5 +208,5 @@ def agree_heads(rt: Protocol, book: Ledger, proposal: Proposal | None) -> dict[s
     if proposal is None:
         raise LedgerMismatch(rt.me, "no share holder proposed an entry")
     if recorded:
-        return {"seq": seq, "hash": book.head()[1]}
-    return book.append(proposal, seq, prev)
+        return {"seq": seq, "hash": entry_hash({"v": 1, "seq": seq, "prev": prev, **proposal.content()})}
+    return book.append(proposal, seq, prev, budget)

@@ -50,6 +50,7 @@ class Items:
     words: np.ndarray
     opened: np.ndarray           # bool (n,)
     caps: np.ndarray | None = None
+    refs: list[str] | None = None  # each item's signed request (acquirer/kind/request id): agreed on too
 
     @classmethod
     def empty(cls) -> Items:
@@ -136,7 +137,7 @@ def agree_items(rt: Protocol, items: Items | None) -> tuple[int, np.ndarray | No
     if not _is_holder(rt):
         return agree(rt, "agree", None, None, None)
     items = items or Items.empty()
-    return agree(rt, "agree", len(items.ids), _digest(items.ids, items.keys), items.opened)
+    return agree(rt, "agree", len(items.ids), _digest(items.ids, items.keys, items.refs or []), items.opened)
 
 
 def _reduce(words: np.ndarray, sel: np.ndarray, gid: np.ndarray, groups: int) -> np.ndarray:

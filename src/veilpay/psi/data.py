@@ -52,7 +52,7 @@ def split_key(ident: bytes) -> list[str]:
     text, parts = ident.decode(), []
     while text:
         length, sep, rest = text.partition(_SEP)
-        if not sep or not length.isdigit() or len(rest) < int(length):
+        if not sep or not (length.isascii() and length.isdigit()) or len(rest) < int(length):
             raise InvalidInput("not an id made by join_key")
         parts.append(rest[: int(length)])
         text = rest[int(length) :]

@@ -36,7 +36,7 @@ from veilpay.sdk import wirejson
 from veilpay.sdk.envelope import is_envelope, open_fields, seal_fields
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.money import MAX_VALUE
-from veilpay.sdk.shares import Privacy, envelope_digest, open_amount
+from veilpay.sdk.shares import RING_WORD, Privacy, envelope_digest, open_amount
 
 __all__ = ["GROUP_KINDS", "Settlement", "assemble", "ids_digest", "open_total", "output_context", "seal_output",
            "summaries"]
@@ -100,7 +100,7 @@ def _verified_words(out: Any, node: PublicEntry, me: PartyKeys, words: int) -> t
     ctx = output_context(stmt["period"], stmt["acqp"], stmt["mpp"], stmt["currency"], stmt["kind"]) + "/" + node.id
     raw = open_fields(out["env"], me, "settlement", ctx).get("s")
     if not isinstance(raw, list) or len(raw) != words or not all(
-            isinstance(w, str) and w.isdigit() and len(w) <= 20 and int(w) < _MOD for w in raw):
+            isinstance(w, str) and RING_WORD.match(w) and int(w) < _MOD for w in raw):
         raise DecryptionError(f"settlement output of {node.id}: expected {words} ring elements")
     return stmt, [int(w) for w in raw]
 

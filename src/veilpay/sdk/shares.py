@@ -114,6 +114,7 @@ def amount_context(acqp: str, kind: str, request_id: str, currency: str) -> str:
 BUNDLE_FIELDS = ("v", "acqp", "mpp", "kind", "requestId", "currency", "payment", "ts", "shares", "kv", "sig")
 _BUNDLE_LABEL = b"veilpay/share-bundle/v1\n"
 _TEXT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+RING_WORD = re.compile(r"^[0-9]{1,20}$", re.ASCII)  # a ring element in decimal (str.isdigit takes "²")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -150,7 +151,7 @@ def verify_bundle(bundle: Any, signer: PublicEntry | None) -> dict[str, Any]:
     for k in ("acqp", "mpp", "requestId"):
         if not isinstance(bundle[k], str) or not _TEXT.match(bundle[k]):
             raise InvalidInput(f"share bundle: {k!r} is not an id")
-    if bundle["kind"] not in KINDS or bundle["currency"] not in MINOR_UNITS:
+    if bundle["kind"] not in KINDS or not isinstance(bundle["currency"], str) or bundle["currency"] not in MINOR_UNITS:
         raise InvalidInput("share bundle: unknown kind or currency")
     pay = bundle["payment"]
     if not isinstance(pay, str) or (bundle["kind"] == "refund") != bool(pay) or (pay and not _TEXT.match(pay)):
@@ -162,6 +163,8 @@ def verify_bundle(bundle: Any, signer: PublicEntry | None) -> dict[str, Any]:
     if not isinstance(shares, dict) or not 1 <= len(shares) <= 3 or not all(
             isinstance(n, str) and isinstance(d, str) and _DIGEST.match(d) for n, d in shares.items()):
         raise InvalidInput("share bundle: 'shares' maps each node to its envelope's SHA-256")
+    if not isinstance(bundle["sig"], str):
+        raise InvalidInput("share bundle: 'sig' is base64url text")
     if signer is None or signer.id != bundle["acqp"] or signer.role != "acqp":
         raise SignatureError(f"share bundle: {str(bundle['acqp'])[:64]!r} is not an acquirer this party pinned",
                              "KEY_NOT_FOUND")
@@ -175,6 +178,13 @@ def verify_bundle(bundle: Any, signer: PublicEntry | None) -> dict[str, Any]:
     if not key.verify(sig, _bundle_message(bundle)):
         raise SignatureError("share bundle: the signature does not verify")
     return bundle
+
+
+def _padded(value: int) -> dict[str, str]:
+    """A value's sealed fields, padded so that every amount's plaintext has the same
+    length: a ciphertext's length must not tell the relay how many digits it holds."""
+    v = str(value)
+    return {"value": v, "pad": "0" * (16 - len(v))}
 
 
 def seal_amount(amount: dict[str, str], kind: str, me: PartyKeys, request_id: str, mpp: PublicEntry,
@@ -194,7 +204,7 @@ def seal_amount(amount: dict[str, str], kind: str, me: PartyKeys, request_id: st
     shares = {n: seal({"s": [str(w) for w in ws]}, nodes[n], "share", ctx) for n, ws in split_value(value, privacy).items()}
     return {
         "currency": currency,
-        "sealed": {r.id: seal({"value": str(value)}, r, "amount", ctx) for r in (mpp, me.public)},
+        "sealed": {r.id: seal(_padded(value), r, "amount", ctx) for r in (mpp, me.public)},
         "shares": shares,
         "bundle": sign_bundle(me, mpp.id, kind, request_id, currency, shares, payment),
     }
@@ -225,12 +235,9 @@ def open_share(env: Any, me: PartyKeys, kind: str, acqp: str, request_id: str, c
     raw = fields.get("s")
     if not isinstance(raw, list) or len(raw) != words:
         raise DecryptionError(f"share: expected {words} ring elements")
-    out = []
-    for w in raw:
-        if not isinstance(w, str) or not w.isdigit() or len(w) > 20 or int(w) >= _MOD:
-            raise DecryptionError("share: a ring element is not a decimal in [0, 2^64)")
-        out.append(int(w))
-    return out
+    if not all(isinstance(w, str) and RING_WORD.match(w) and int(w) < _MOD for w in raw):
+        raise DecryptionError("share: a ring element is not a decimal in [0, 2^64)")
+    return [int(w) for w in raw]
 
 
 _AMOUNT_FIELDS = {"paymentAmount": ("pay", "paymentRequestId"), "refundAmount": ("refund", "refundRequestId")}
