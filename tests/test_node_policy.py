@@ -62,6 +62,21 @@ def _gateway_view(net: Net) -> bytes:
     return out + b"".join(p.read_bytes() for p in (net.tmp / "settlement").rglob("*") if p.is_file())
 
 
+def _stop_after_reveal(net: Net, n: str, kind: str) -> None:
+    """Node ``n`` runs its next ``kind`` job up to the reveal, then stops before storing
+    the release (a crash); it runs normally after that."""
+    from veilpay.errors import PeerDisconnected
+
+    jobs = _node(net, n).jobs
+    real = getattr(jobs, "_job_" + kind)
+
+    def run_then_stop(*a: Any) -> Any:
+        real(*a)
+        delattr(jobs, "_job_" + kind)
+        raise PeerDisconnected(n, "stopped before storing its release")
+    setattr(jobs, "_job_" + kind, run_then_stop)
+
+
 def test_settle_twice_reveals_nothing_new(tmp_path: Path) -> None:
     """Differencing: settle, let a payment happen, settle again. The operator never
     gets a total, and the second answer is the first, byte for byte; the late payment
@@ -447,21 +462,10 @@ def test_a_node_that_stopped_between_reveal_and_store_rejoins(tmp_path: Path) ->
     stored it answer from storage, the gateway sees a mixed answer and asks them to
     rejoin: they recompute over the inputs they recorded (the same ledger entry, so
     nothing new is revealed) and the lagging node stores the release."""
-    from veilpay.errors import PeerDisconnected
 
     net = Net(tmp_path, privacy="semi2k")
     for n in net.node_ids:
         net.add_node(n, connect_timeout_s=2)
-
-    def crash_after_reveal(n: str, kind: str) -> None:
-        jobs = _node(net, n).jobs
-        real = getattr(jobs, "_job_" + kind)
-
-        def run_then_stop(*a: Any) -> Any:
-            real(*a)
-            delattr(jobs, "_job_" + kind)  # the restarted node runs normally
-            raise PeerDisconnected(n, "stopped before storing its release")
-        setattr(jobs, "_job_" + kind, run_then_stop)
 
     def rejoined(n: str, kind: str) -> float:  # noqa: E306
         return float(_node(net, n).metrics.jobs.labels(kind=kind, outcome="rejoined")._value.get())
@@ -470,14 +474,14 @@ def test_a_node_that_stopped_between_reveal_and_store_rejoins(tmp_path: Path) ->
         c = net.client()
         await net.wallet("u1", 10**9)
         assert (await _pay(net, c, "a", 800)).code == "SUCCESS"
-        crash_after_reveal("node-b", "refund_check")
+        _stop_after_reveal(net, "node-b", "refund_check")
         ref = await c.refund("r", {"currency": "JPY", "value": "80"}, payment_request_id="a")
         # the first check failed at node-b, so the gateway answered U; the SDK's retry
         # found node-a and node-c with the release stored and node-b without: a rejoin
         assert ref.code == "SUCCESS" and ref.attempts == 2
         assert rejoined("node-a", "refund_check") == 1 and rejoined("node-b", "refund_check") == 0
         net.close_today()
-        crash_after_reveal("node-a", "settle")
+        _stop_after_reveal(net, "node-a", "settle")
         first = await net.operator("/admin/v1/settle", {"settlementDate": _today()})
         assert first["status"] == "WAITING"
         done = await net.operator("/admin/v1/settle", {"settlementDate": _today()})
@@ -496,7 +500,6 @@ def test_a_rejoin_never_computes_over_changed_inputs(tmp_path: Path) -> None:
     analytics release; meanwhile one more payment of that day succeeded. The nodes
     that stored the release refuse to compute it again over other inputs
     (RELEASE_CHANGED): the release stays the one already made, and nothing is revealed."""
-    from veilpay.errors import PeerDisconnected
 
     net = Net(tmp_path, privacy="semi2k")
     for n in net.node_ids:
@@ -508,14 +511,7 @@ def test_a_rejoin_never_computes_over_changed_inputs(tmp_path: Path) -> None:
         for i in range(3):
             assert (await _pay(net, c, f"a{i}", 2_000 + i)).code == "SUCCESS"
         net.close_today()
-        jobs = _node(net, "node-b").jobs
-        real = jobs._job_analytics
-
-        def run_then_stop(*a: Any) -> Any:
-            real(*a)
-            del jobs._job_analytics
-            raise PeerDisconnected("node-b", "stopped before storing its release")
-        jobs._job_analytics = run_then_stop  # type: ignore[method-assign]
+        _stop_after_reveal(net, "node-b", "analytics")
         first = await net.operator("/admin/v1/analytics", {"period": _today()})
         assert first["result"]["resultCode"] == "NODE_UNAVAILABLE"
         assert (await _pay(net, c, "late", 90_000)).code == "SUCCESS"  # signed today: the same period
@@ -575,21 +571,10 @@ def test_a_release_revealed_but_not_stored_is_never_computed_over_other_items(tm
     payment of that day succeeds. The ledger entry commits the period to what it was
     computed over, so the next attempt is refused (RELEASE_CHANGED) instead of drawing
     the same noise over other items (which would reveal the new payment exactly)."""
-    from veilpay.errors import PeerDisconnected
 
     net = Net(tmp_path, privacy="semi2k")
     for n in net.node_ids:
         net.add_node(n, connect_timeout_s=2)
-
-    def crash_after_reveal(n: str) -> None:
-        jobs = _node(net, n).jobs
-        real = jobs._job_analytics
-
-        def run_then_stop(*a: Any) -> Any:
-            real(*a)
-            del jobs._job_analytics
-            raise PeerDisconnected(n, "stopped before storing its release")
-        jobs._job_analytics = run_then_stop  # type: ignore[method-assign]
 
     async def go() -> None:
         c = net.client()
@@ -597,8 +582,8 @@ def test_a_release_revealed_but_not_stored_is_never_computed_over_other_items(tm
         for i in range(3):
             assert (await _pay(net, c, f"a{i}", 2_000_000 + i)).code == "SUCCESS"
         net.close_today()
-        crash_after_reveal("node-a")
-        crash_after_reveal("node-b")
+        _stop_after_reveal(net, "node-a", "analytics")
+        _stop_after_reveal(net, "node-b", "analytics")
         first = await net.operator("/admin/v1/analytics", {"period": _today()})
         assert first["result"]["resultCode"] == "NODE_UNAVAILABLE"
         assert (await _pay(net, c, "victim", 3_133_777)).code == "SUCCESS"

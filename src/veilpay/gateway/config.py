@@ -21,7 +21,7 @@
     privacy_nodes = ["node-a", "node-b"]  # the share holders (three for aby3)
     privacy_dealer = "node-c"             # semi2k only
     settlement_dir = "settlement"         # each partner's sealed settlement document, per period
-    node_relay_linger_s = 0.02            # wait this long after a share is queued, so that more share its call
+    node_relay_linger_s = 0.1             # wait this long after a share is queued, so that more share its call
 
 Relative paths are relative to the file's folder."""
 
@@ -63,7 +63,7 @@ class GatewayConfig:
     node_timeout_s: float = 5.0
     node_job_timeout_s: float = 300.0
     node_relay_interval_s: float = 0.5
-    node_relay_linger_s: float = 0.02
+    node_relay_linger_s: float = 0.1
     settlement_dir: Path = Path("settlement")
     extra: dict[str, Any] = field(default_factory=dict)
 
