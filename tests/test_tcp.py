@@ -4,6 +4,7 @@ import secrets
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -115,3 +116,64 @@ def test_a_send_waits_for_a_slow_reader_as_long_as_the_timeout(tmp_path: Path) -
         t.join(timeout=60)
     assert out["p1"] is True
     assert isinstance(out["p0"], np.ndarray) and out["p0"].tolist() == [1]
+
+
+def _two_parties(good: object, rogue: object, session: bytes) -> dict[str, BaseException]:
+    errors: dict[str, BaseException] = {}
+
+    def party(net, me: str) -> None:  # type: ignore[no-untyped-def]
+        try:
+            connect_mesh(net, me, session, timeout=3, connect_timeout=3).close()
+        except BaseException as exc:  # noqa: BLE001
+            errors[me] = exc
+
+    ts = [threading.Thread(target=party, args=(good, "p0")), threading.Thread(target=party, args=(rogue, "p1"))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=20)
+    return errors
+
+
+def test_a_peer_certified_by_a_root_in_the_os_trust_store_is_refused(tmp_path: Path, monkeypatch: Any) -> None:
+    """An impostor for p1 with a certificate from a CA the operating system trusts (an
+    enterprise inspection root, say; here SSL_CERT_FILE points at it) is refused by p0
+    on both sides of the link: links trust only the network's CA."""
+    port = _free_port_base()
+    good = load_network(provision_network(tmp_path / "good", ["p0", "p1"], base_port=port))
+    rogue = load_network(provision_network(tmp_path / "rogue", ["p0", "p1"], base_port=port))
+    monkeypatch.setenv("SSL_CERT_FILE", str(rogue.ca))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "empty"))
+    # the impostor itself accepts anyone: its trust list holds the network's CA too
+    rogue.ca.write_bytes(rogue.ca.read_bytes() + good.ca.read_bytes())
+    errors = _two_parties(good, rogue, secrets.token_bytes(16))
+    assert isinstance(errors.get("p0"), PeerAuthenticationError), errors  # p0 sent the impostor nothing
+
+
+def test_a_certificate_of_another_party_at_its_address_is_refused(tmp_path: Path) -> None:
+    """p2's genuine network certificate, presented at p1's address, is not p1's: p0
+    refuses it although the network's CA signed it."""
+    port = _free_port_base()
+    path = provision_network(tmp_path, ["p0", "p1", "p2"], base_port=port)
+    honest = load_network(path)
+    swapped = load_network(path)
+    swapped.parties["p1"] = type(swapped.parties["p1"])("p1", swapped.parties["p1"].host, swapped.parties["p1"].port,
+                                                      swapped.parties["p2"].cert, swapped.parties["p2"].key)
+    errors = _two_parties(honest, swapped, secrets.token_bytes(16))
+    assert isinstance(errors["p0"], PeerAuthenticationError), errors
+    assert "names another party" in str(errors["p0"]) or "certificate" in str(errors["p0"])
+
+
+def test_certificates_name_the_party_and_no_host(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    from veilpay.errors import ConfigError
+
+    net = load_network(provision_network(tmp_path, ["p0", "p1"], base_port=_free_port_base()))
+    cert = x509.load_pem_x509_certificate(net.parties["p0"].cert.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(n.value) for n in san] == ["veilpay:party:p0"]
+    assert not san.get_values_for_type(x509.DNSName) and not san.get_values_for_type(x509.IPAddress)
+    for name in ("localhost", "ip6-localhost"):
+        with pytest.raises(ConfigError):
+            provision_network(tmp_path / name, ["p0", name])

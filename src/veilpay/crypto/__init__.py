@@ -8,7 +8,7 @@ from veilpay.crypto.p256_oprf import OprfKey, check_p256_points, hash_to_p256
 from veilpay.crypto.points import InvalidPointError
 from veilpay.crypto.pool import BlindingPool
 from veilpay.crypto.prg import Prg, derive_seed, label_digest, random_seed
-from veilpay.crypto.tls import client_context, peer_common_name, server_context
+from veilpay.crypto.tls import client_context, peer_common_name, peer_party, server_context
 from veilpay.crypto.x25519_blind import BlindingKey, check_points, hash_to_points
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "label_digest",
     "make_ca",
     "peer_common_name",
+    "peer_party",
     "random_seed",
     "server_context",
     "sha256",

@@ -1,14 +1,16 @@
 """A network certificate authority and per-party TLS certificates (X.509, ECDSA P-256).
 
 `veilpay keys` uses this to make one CA per network and one certificate per party.
-A party's certificate carries its party id as common name and as a DNS
-subjectAltName, so TLS hostname checking binds a connection to the party id.
+A party's certificate names its party id twice, as its common name and in a
+dedicated URI subjectAltName, ``veilpay:party:<id>``, which is what a link checks
+(``veilpay.crypto.tls.peer_party``). It carries no host names: no DNS or IP name
+that another party's certificate could share, and nothing a host-name check could
+match by accident.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from veilpay.crypto.tls import PARTY_URI
 from veilpay.errors import ConfigError
 
 __all__ = ["Identity", "issue_party_certificate", "make_ca", "write_identity"]
@@ -75,7 +78,7 @@ def make_ca(name: str = "veilpay network CA") -> Identity:
     return Identity(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
-def issue_party_certificate(ca: Identity, party: str, hosts: list[str]) -> Identity:
+def issue_party_certificate(ca: Identity, party: str) -> Identity:
     """A certificate for ``party`` valid as TLS client and server, signed by ``ca``."""
     try:
         ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
@@ -85,12 +88,7 @@ def issue_party_certificate(ca: Identity, party: str, hosts: list[str]) -> Ident
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise ConfigError("the CA key must be an ECDSA key")
     key = ec.generate_private_key(ec.SECP256R1())
-    alt: list[x509.GeneralName] = [x509.DNSName(party)]
-    for host in hosts:
-        try:
-            alt.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            alt.append(x509.DNSName(host))
+    alt: list[x509.GeneralName] = [x509.UniformResourceIdentifier(PARTY_URI + party)]
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()

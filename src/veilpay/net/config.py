@@ -55,11 +55,18 @@ class NetworkConfig:
         return list(self.parties)
 
 
+# Names every host resolves to itself: a party named so could pass for any machine's
+# own services in a tool that checks host names, so no party may take one.
+RESERVED_IDS = frozenset({"localhost", "localdomain", "ip6-localhost", "ip6-loopback", "broadcasthost"})
+
+
 def check_party_id(name: str) -> str:
     if not _PARTY_ID.match(name):
         raise ConfigError(
             f"party id {name!r} must be a DNS label: lower-case letters, digits and '-', starting with a letter"
         )
+    if name in RESERVED_IDS:
+        raise ConfigError(f"party id {name!r} is a host name every machine uses for itself; choose another")
     return name
 
 
@@ -113,7 +120,7 @@ def provision_network(
     write_identity(ca, out / "ca.pem", out / "ca.key")
     lines = [f'name = "{name}"', 'ca = "ca.pem"', f'records = "{records}"', ""]
     for i, p in enumerate(parties):
-        write_identity(issue_party_certificate(ca, p, [host, "localhost"]), out / f"{p}.pem", out / f"{p}.key")
+        write_identity(issue_party_certificate(ca, p), out / f"{p}.pem", out / f"{p}.key")
         lines += [
             f"[parties.{p}]",
             f'address = "{host}:{base_port + i}"',

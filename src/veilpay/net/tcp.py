@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from veilpay.crypto import client_context, peer_common_name, random_seed, server_context
+from veilpay.crypto import client_context, peer_party, random_seed, server_context
 from veilpay.crypto.frames import FrameCipher, frame_key
 from veilpay.errors import (
     ConfigError,
@@ -124,7 +124,7 @@ def connect_mesh(
             try:
                 tls = TlsStream(raw, sctx, server_side=True)
                 tls.do_handshake(max(time.monotonic() + 0.1, deadline))
-                name = peer_common_name(tls)
+                name = peer_party(tls)
                 hello, _ = read_message(tls, name or "?", session, _HELLO, 0, deadline, max_payload=256)
                 claimed, secret = _parse_hello(bytes(hello), records)
                 if name is None or claimed != name or name not in peers or name in incoming:
@@ -172,6 +172,9 @@ def connect_mesh(
                     # Finished: a refusal shows up here as a reset connection.
                     tls.close()
                     raise PeerAuthenticationError(peer, f"peer refused the TLS handshake: {exc}") from exc
+                if peer_party(tls) != peer:  # the network's CA vouches for the party its certificate names
+                    tls.close()
+                    raise PeerAuthenticationError(peer, "the certificate at its address names another party")
                 _tune(tls)
                 outgoing[peer] = tls
                 break
