@@ -22,7 +22,7 @@ from veilpay.errors import ConfigError, DecryptionError, InvalidInput, Signature
 from veilpay.gateway.store import outbox, payments, refunds
 from veilpay.sdk import MINOR_UNITS, open_fields, parse_amount, retire_key, rotate_keys, seal_fields, sign_headers
 from veilpay.sdk.money import InvalidAmount, UnsupportedCurrency
-from veilpay.sdk.signing import verify_message
+from veilpay.sdk.signing import request_digest, verify_message
 
 JPY = {"currency": "JPY", "value": "1000"}
 ORDER = {"orderId": "A-1", "goods": "matcha", "buyer": {"email": "x@example.com"}}
@@ -509,8 +509,9 @@ def test_key_rotation_and_retirement(tmp_path: Path) -> None:
         assert (await _pay(net, "k2", client=old, balance=0)).code == "SUCCESS"  # version 1 still verifies
         retire_key(tmp_path / "keys" / "acqp-1", 1)
         net.gateway.state.directory._checked = 0.0
-        refused = await old.inquiry_payment(payment_request_id="k1")
-        assert refused.code == "KEY_NOT_FOUND"
+        with pytest.raises(SignatureError) as refused:  # refused, and unsigned: the caller did not authenticate
+            await old.inquiry_payment(payment_request_id="k1")
+        assert "KEY_NOT_FOUND" in str(refused.value)
         assert (await new.inquiry_payment(payment_request_id="k1")).status == "S"
         with pytest.raises(ConfigError):
             retire_key(tmp_path / "keys" / "acqp-1", 2)  # the last active key
@@ -585,13 +586,19 @@ def test_webhook_counts_only_an_answer_the_acqp_signed(tmp_path: Path) -> None:
         sign_as: dict[str, Any] = {"keys": None}
 
         async def fake(scope: Any, receive: Any, send: Any) -> None:  # acknowledges everything
-            while (await receive()).get("more_body"):
-                pass
-            raw = json.dumps({"result": {"resultCode": "SUCCESS", "resultStatus": "S", "resultMessage": "ok"}}).encode()
-            headers = {"Content-Type": "application/json"}
-            if sign_as["keys"] is not None:
-                raw, headers = GatewayCalls(sign_as["keys"], net.gateway_keys.public).answer("POST", "/notify",
-                                                                                             json.loads(raw))
+            body = b""
+            while True:
+                msg = await receive()
+                body += msg.get("body", b"")
+                if not msg.get("more_body"):
+                    break
+            ack = {"result": {"resultCode": "SUCCESS", "resultStatus": "S", "resultMessage": "ok"},
+                   "notifyId": json.loads(body)["notifyId"]}
+            raw, headers = json.dumps(ack).encode(), {"Content-Type": "application/json"}
+            if sign_as["keys"] is not None:  # a signature over the answer to this very request, by the wrong key
+                digest = request_digest({k.decode(): v.decode() for k, v in scope["headers"]})
+                raw, headers = GatewayCalls(sign_as["keys"], net.gateway_keys.public).answer("POST", "/notify", ack,
+                                                                                             digest)
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]})
             await send({"type": "http.response.body", "body": raw})
@@ -678,9 +685,11 @@ def test_signed_api_front_reads_fragmented_bodies_and_answers_as_fastapi_would(t
             return {**h, "Content-Type": "application/json"}
 
         pieces = [raw[i:i + 97] for i in range(0, len(raw), 97)]
-        status, hdrs, ans = await _asgi(net.gateway, path, pieces, signed_headers(raw))
+        sent = signed_headers(raw)
+        status, hdrs, ans = await _asgi(net.gateway, path, pieces, sent)
         assert status == 200 and json.loads(ans)["result"]["resultCode"] == "SUCCESS"
-        verify_message(hdrs, "POST", path, ans, net.gw_public.verify_key, time.time(), 300, "Response-Time")
+        verify_message(hdrs, "POST", path, ans, net.gw_public.verify_key, time.time(), 300, "Response-Time",
+                       request_digest(sent))
         # the client leaves before its body is complete: no answer, nothing stored
         raw2 = raw.replace(b"frag-1", b"frag-2")
         assert (await _asgi(net.gateway, path, [raw2[:50], raw2[50:]], signed_headers(raw2),

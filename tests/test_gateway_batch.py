@@ -291,7 +291,7 @@ def test_notify_batch_refuses_a_bad_item_alone(tmp_path: Path) -> None:
         assert writes.groups == before + 1
         assert len((await net.notifications())["notifications"]) == 6
         status, ans = await _signed_to(net, "acqp-1", "/notifyBatch", {"notifications": "x"})
-        assert status == 401 and ans["result"]["resultCode"] == "PARAM_ILLEGAL"
+        assert status == 400 and ans["result"]["resultCode"] == "PARAM_ILLEGAL"
     run(body())
 
 
@@ -352,8 +352,11 @@ def test_sdk_over_aiohttp_transport_verifies_the_gateway(tmp_path: Path) -> None
             v, k = keys.signer()
             import time
 
-            h = sign_headers(k, v, "GET", "/v1/directory", request.headers["Client-Id"], raw, time.time(),
-                             "Response-Time")
+            from veilpay.sdk.signing import get_digest
+
+            client = request.headers["Client-Id"]
+            h = sign_headers(k, v, "GET", "/v1/directory", client, raw, time.time(), "Response-Time",
+                             get_digest("/v1/directory", client, request.headers["Request-Nonce"]))
             if tamper["on"]:
                 raw = raw.replace(b"mpp-1", b"mpp-9")
             return web.Response(body=raw, headers=h, content_type="application/json")

@@ -51,7 +51,7 @@ from veilpay.sdk import wirejson
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.keys import PublicEntry, load_party
 from veilpay.sdk.shares import Privacy
-from veilpay.sdk.signing import sign_headers, verify_message
+from veilpay.sdk.signing import NONCE_HEADER, get_digest, sign_headers, verify_message
 
 __all__ = ["DirectoryFiles", "SignedApiFront", "create_app"]
 
@@ -202,27 +202,38 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
     app.state.directory = directory
     app.state.nodes = nodes
 
-    def sign_body(client: str, method: str, path: str, body: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    def sign_body(client: str, method: str, path: str, body: dict[str, Any],
+                  answers: str | None) -> tuple[bytes, dict[str, str]]:
+        """The answer's bytes and headers: signed for ``client`` and bound to the request
+        whose digest is ``answers``; unsigned when the caller did not authenticate
+        (``answers`` None), so that no signed answer can be collected for a Client-Id by
+        someone who does not hold its key."""
         raw = wirejson.dumps(body)
+        if answers is None:
+            return raw, {}
         v, key = keys.signer()
-        return raw, sign_headers(key, v, method, path, client[:64] or "anonymous", raw, time.time(), "Response-Time")
+        return raw, sign_headers(key, v, method, path, client[:64], raw, time.time(), "Response-Time", answers)
 
-    def signed(client: str, method: str, path: str, body: dict[str, Any], status: int) -> Response:
-        raw, headers = sign_body(client, method, path, body)
+    def signed(client: str, method: str, path: str, body: dict[str, Any], status: int,
+               answers: str | None) -> Response:
+        raw, headers = sign_body(client, method, path, body, answers)
         return Response(raw, status_code=status, headers=headers, media_type="application/json")
 
     async def answer(path: str, headers: dict[str, str], read: Callable[[], Awaitable[bytes]],
                      op: Op) -> tuple[int, bytes, dict[str, str]]:
         """One signed API call: authenticate, parse, run ``op``, and sign the answer
-        (errors included) for the Client-Id that asked."""
+        (errors included) for the Client-Id that asked, bound to its request; a caller
+        that did not authenticate gets its error unsigned."""
         started = time.perf_counter()
         client = headers.get("client-id", "")
+        digest = None
         try:
             ctype = headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype != "application/json":
                 raise ApiFailure("MEDIA_TYPE_NOT_ACCEPTABLE")
             raw = await read()
-            acqp = await service.authenticate("POST", path, headers, raw)
+            acqp, signed_req = await service.authenticate("POST", path, headers, raw)
+            digest = signed_req.digest
             try:
                 obj = wirejson.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -242,7 +253,7 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
         log.info("request", extra={"event": "request", "path": path, "client": client[:64], "code": code,
                                    "ms": round((time.perf_counter() - started) * 1000, 2),
                                    "paymentId": body.get("paymentId"), "refundId": body.get("refundId")})
-        raw_answer, out = sign_body(client, "POST", path, body)
+        raw_answer, out = sign_body(client, "POST", path, body, digest)
         return status, raw_answer, out
 
     async def handle(request: Request, op: Op) -> Response:
@@ -278,6 +289,7 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
         """Operator calls, signed with the gateway's own key (``veilpay gateway settle``)."""
         path = request.url.path
         headers = {k.lower(): v for k, v in request.headers.items()}
+        digest = None
         try:
             raw = await _read_body(request, cfg.max_body_bytes)
             try:
@@ -287,6 +299,8 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
                 raise ApiFailure("INVALID_SIGNATURE", str(exc)) from exc
             if signed_req.client_id != keys.id:
                 raise ApiFailure("INVALID_CLIENT", "operator calls are signed by the gateway's key")
+            await service.guard_replay(keys.id, signed_req)  # a replayed settle or analytics call is refused
+            digest = signed_req.digest
             try:
                 obj = wirejson.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -298,7 +312,7 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
             body, status = {"result": exc.result}, exc.http_status
         except ClientGone:
             return Response(status_code=499)
-        return signed(keys.id, "POST", path, body, status)
+        return signed(keys.id, "POST", path, body, status, digest)
 
     @app.post("/admin/v1/settle", summary="Settle a closed period in MPC (operator; signed with the gateway key)",
               response_class=Response)
@@ -317,9 +331,15 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
 
     @app.get("/v1/directory", summary="The partner directory, signed by the gateway", response_class=Response)
     async def get_directory(request: Request) -> Response:
-        client = request.headers.get("client-id", "")
-        raw = directory().to_json()
-        return signed(client, "GET", "/v1/directory", raw, 200)
+        """The directory, signed for the Client-Id that asks and bound to the request's
+        fresh nonce (``Request-Nonce``), so that an old copy cannot be passed off as new."""
+        client = request.headers.get("client-id", "")[:64]
+        nonce = request.headers.get(NONCE_HEADER.lower(), "")
+        if not client or not 16 <= len(nonce) <= 64:
+            return Response(wirejson.dumps({"result": result("PARAM_ILLEGAL", f"send Client-Id and {NONCE_HEADER}")}),
+                            status_code=400, media_type="application/json")
+        return signed(client, "GET", "/v1/directory", directory().to_json(), 200,
+                      get_digest("/v1/directory", client, nonce))
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def get_metrics() -> Response:

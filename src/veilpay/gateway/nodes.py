@@ -38,7 +38,7 @@ from veilpay.sdk import wirejson
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.shares import Privacy
-from veilpay.sdk.signing import post_headers, verify_message
+from veilpay.sdk.signing import post_headers, request_digest, verify_message
 
 __all__ = ["NodeLink"]
 
@@ -104,7 +104,7 @@ class NodeLink:
             raise NodeError(f"node {node}: unreachable ({exc})", "NODE_UNAVAILABLE", 503) from exc
         try:
             signed = verify_message(hdrs, "POST", path, content, entry.verify_key, time.time(),
-                                    self.cfg.request_window_s, "Response-Time")
+                                    self.cfg.request_window_s, "Response-Time", request_digest(headers))
             if signed.client_id != node:
                 raise SignatureError("answer signed for another party")
             obj = wirejson.loads(content)

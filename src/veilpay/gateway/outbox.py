@@ -31,7 +31,7 @@ from veilpay.gateway.store import outbox
 from veilpay.sdk import wirejson
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.keys import PartyKeys
-from veilpay.sdk.signing import sign_headers, verify_message
+from veilpay.sdk.signing import request_digest, sign_headers, verify_message
 
 __all__ = ["OutboxWorker", "retry_delay_s"]
 
@@ -95,7 +95,7 @@ class OutboxWorker:
             if status // 100 != 2:
                 return None, f"HTTP {status}"
             signed = verify_message(hdrs, "POST", path, content, partner.verify_key, time.time(),
-                                    self.cfg.request_window_s, "Response-Time")
+                                    self.cfg.request_window_s, "Response-Time", request_digest(headers))
             if signed.client_id != partner.id:
                 return None, "answer signed for another partner"
             return wirejson.loads(content), ""
@@ -128,8 +128,8 @@ class OutboxWorker:
         ok = False
         if ans is not None:
             res = ans.get("result") if isinstance(ans, dict) else None
-            ok = isinstance(res, dict) and res.get("resultStatus") == "S"
-            err = "" if ok else "answer is not resultStatus S"
+            ok = isinstance(res, dict) and res.get("resultStatus") == "S" and ans.get("notifyId") == row.notify_id
+            err = "" if ok else "answer is not resultStatus S for this notifyId"
         return [(row, ok, err)]
 
     def _record(self, outcomes: list[tuple[Any, bool, str]]) -> None:

@@ -54,7 +54,7 @@ from veilpay.sdk.envelope import is_envelope, is_linked, one_session
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.money import MINOR_UNITS, InvalidAmount, UnsupportedCurrency, parse_amount
 from veilpay.sdk.shares import BUNDLE_FIELDS, envelope_digest
-from veilpay.sdk.signing import format_time, post_headers, verify_message
+from veilpay.sdk.signing import SignedHeaders, format_time, post_headers, request_digest, verify_message
 
 __all__ = ["GatewayService", "MppUnreachable"]
 
@@ -217,9 +217,12 @@ class GatewayService:
         return self._directory()
 
     # ------------------------------------------------------------------ auth
-    async def authenticate(self, method: str, path: str, headers: dict[str, str], body: bytes) -> PublicEntry:
-        """The ACQP that signed this request; ApiFailure for an unknown client, a bad or
-        stale signature, or a replay of a request already seen."""
+    async def authenticate(self, method: str, path: str, headers: dict[str, str], body: bytes
+                           ) -> tuple[PublicEntry, SignedHeaders]:
+        """The ACQP that signed this request, and the request's signed headers (its answer
+        names their digest); ApiFailure for an unknown client, a bad or stale signature,
+        or a replay of a request already seen (by its signed nonce: two genuine requests,
+        identical to the byte and sent in the same millisecond, have two nonces)."""
         client = headers.get("client-id", "")
         entry = self.directory.get(client)
         if entry is None or entry.role != "acqp":
@@ -229,13 +232,17 @@ class GatewayService:
                                     self.cfg.request_window_s)
         except SignatureError as exc:
             raise ApiFailure(exc.code if exc.code in CODES else "INVALID_SIGNATURE", str(exc)) from exc
-        seen = {"client_id": entry.id, "digest": sha256(signed.signature).hex(),
+        await self.guard_replay(entry.id, signed)
+        return entry, signed
+
+    async def guard_replay(self, client: str, signed: SignedHeaders) -> None:
+        """REPLAYED_REQUEST for a request whose nonce this client used before (in the window)."""
+        seen = {"client_id": client, "digest": sha256(signed.nonce.encode()).hex(),
                 "expires_ms": _now_ms() + int(2 * self.cfg.request_window_s * 1000)}
         try:
             await self.writes.run(lambda conn: conn.execute(_INSERT_SEEN, seen))
         except IntegrityError as exc:
             raise ApiFailure("REPLAYED_REQUEST") from exc
-        return entry
 
     def purge_seen(self) -> int:
         with self.engine.begin() as conn:
@@ -243,6 +250,8 @@ class GatewayService:
 
     # ------------------------------------------------------------------ MPP link
     async def call_partner(self, partner: PublicEntry, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The partner's answer to ``body``: signed by the partner, as the answer to this
+        very request, and echoing its ids (paymentId, refundId); MppUnreachable otherwise."""
         raw = wirejson.dumps(body)
         headers = post_headers(self.keys.signer(), path, partner.id, raw)
         try:
@@ -253,13 +262,15 @@ class GatewayService:
             raise MppUnreachable(str(exc)) from exc
         try:
             signed = verify_message(hdrs, "POST", path, content, partner.verify_key, time.time(),
-                                    self.cfg.request_window_s, "Response-Time")
+                                    self.cfg.request_window_s, "Response-Time", request_digest(headers))
             if signed.client_id != partner.id:
                 raise SignatureError("answer signed for another partner")
             obj = wirejson.loads(content)
             res = obj["result"]
             if res["resultStatus"] not in ("S", "F", "U"):
                 raise ValueError("resultStatus")
+            if any(obj.get(k) != body[k] for k in ("paymentId", "refundId") if k in body):
+                raise ValueError("the answer names another payment or refund")
         except (SignatureError, ValueError, KeyError, TypeError) as exc:
             self.metrics.mpp_calls.labels(outcome="bad_answer").inc()
             log.warning("bad answer from partner", extra={"event": "partner_bad_answer", "partner": partner.id,

@@ -92,16 +92,17 @@ def create_node_app(cfg: NodeConfig, clock: Callable[[], int] | None = None) -> 
     app.state.service = service
     app.state.engine = engine
 
-    def reply(path: str, body: dict[str, Any], status: int) -> Response:
-        raw_out, headers = calls.answer("POST", path, body)
+    def reply(path: str, body: dict[str, Any], status: int, answers: str | None) -> Response:
+        """Signed, bound to the request it answers; unsigned to a caller that did not authenticate."""
+        raw_out, headers = calls.answer("POST", path, body, answers) if answers else calls.refuse(body)
         return Response(raw_out, status_code=status, headers=headers, media_type="application/json")
 
     async def signed(request: Request, op: Any) -> Response:
         path = request.url.path
         raw = await request.body()
-        status = 200
+        status, digest = 200, None
         try:
-            obj = calls.verify("POST", path, dict(request.headers), raw)
+            obj, digest = calls.verify("POST", path, dict(request.headers), raw)
             body = await anyio.to_thread.run_sync(op, obj)
         except SignatureError as exc:
             service.metrics.refused("INVALID_SIGNATURE")
@@ -109,7 +110,7 @@ def create_node_app(cfg: NodeConfig, clock: Callable[[], int] | None = None) -> 
         except NodeError as exc:
             service.metrics.refused(exc.code)
             body, status = {"error": {"code": exc.code, "message": str(exc)}}, exc.http_status
-        return reply(path, body, status)
+        return reply(path, body, status, digest)
 
     @app.post("/node/v1/feed")
     async def feed(request: Request) -> Response:
@@ -126,10 +127,12 @@ def create_node_app(cfg: NodeConfig, clock: Callable[[], int] | None = None) -> 
         hdrs = {k.lower(): v for k, v in request.headers.items()}
         caller = hdrs.get("client-id", "")
         entry = gateway if caller == gateway.id else partners().get(caller)
+        digest = None
         try:
             if entry is None:
                 raise SignatureError("the ledger is for the gateway and the partners this node pinned", "INVALID_CLIENT")
-            verify_message(hdrs, "POST", path, raw, entry.verify_key, time.time(), cfg.request_window_s)
+            digest = verify_message(hdrs, "POST", path, raw, entry.verify_key, time.time(),
+                                    cfg.request_window_s).digest
             obj = wirejson.loads(raw)
             if not isinstance(obj, dict):
                 raise NodeError("a JSON object with 'after' and 'limit'", "LEDGER_INVALID", 400)
@@ -140,7 +143,7 @@ def create_node_app(cfg: NodeConfig, clock: Callable[[], int] | None = None) -> 
         except (NodeError, ValueError) as exc:
             code = exc.code if isinstance(exc, NodeError) else "LEDGER_INVALID"
             body, status = {"error": {"code": code, "message": str(exc)}}, 400
-        return reply(path, body, status)
+        return reply(path, body, status, digest)
 
     @app.get("/metrics")
     async def metrics() -> Response:

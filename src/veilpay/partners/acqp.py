@@ -104,9 +104,8 @@ def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | No
                 conn.execute(_REDELIVERED, {"b_nid": nid})
         return {"resultCode": "SUCCESS", "resultStatus": "S", "resultMessage": "Success"}
 
-    def refused(path: str, exc: SignatureError) -> Response:
-        body, h = calls.answer("POST", path, {"result": {"resultCode": exc.code, "resultStatus": "F",
-                                                         "resultMessage": str(exc)}})
+    def refused(exc: SignatureError) -> Response:
+        body, h = calls.refuse({"result": {"resultCode": exc.code, "resultStatus": "F", "resultMessage": str(exc)}})
         return json_response(body, h, 401)
 
     @app.post("/notify")
@@ -114,20 +113,20 @@ def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | No
         raw = await request.body()
         wire["count"] += 1
         try:
-            obj = calls.verify("POST", "/notify", dict(request.headers), raw)
+            obj, digest = calls.verify("POST", "/notify", dict(request.headers), raw)
         except SignatureError as exc:
-            return refused("/notify", exc)
+            return refused(exc)
         if faults["drop_before"] > 0:
             faults["drop_before"] -= 1
             return Response(status_code=503)
         res = await apply(obj, raw.decode())
         if res["resultStatus"] != "S":
-            body, h = calls.answer("POST", "/notify", {"result": res})
+            body, h = calls.answer("POST", "/notify", {"result": res, "notifyId": obj.get("notifyId")}, digest)
             return json_response(body, h, 401)
         if faults["drop_after"] > 0:  # applied, but the answer is "lost": the gateway will send it again
             faults["drop_after"] -= 1
             return Response(status_code=503)
-        body, h = calls.answer("POST", "/notify", {"result": res})
+        body, h = calls.answer("POST", "/notify", {"result": res, "notifyId": obj.get("notifyId")}, digest)
         return json_response(body, h)
 
     @app.post("/notifyBatch")
@@ -136,14 +135,15 @@ def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | No
         each is applied as ``/notify`` would and answered by its notifyId."""
         raw = await request.body()
         try:
-            obj = calls.verify("POST", "/notifyBatch", dict(request.headers), raw)
-            items = obj["notifications"]
-            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-                raise SignatureError("notifications: a list of objects", "PARAM_ILLEGAL")
-        except KeyError:
-            return refused("/notifyBatch", SignatureError("no notifications list", "PARAM_ILLEGAL"))
+            obj, digest = calls.verify("POST", "/notifyBatch", dict(request.headers), raw)
         except SignatureError as exc:
-            return refused("/notifyBatch", exc)
+            return refused(exc)
+        items = obj.get("notifications")
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            body, h = calls.answer("POST", "/notifyBatch", {"result": {
+                "resultCode": "PARAM_ILLEGAL", "resultStatus": "F", "resultMessage": "notifications: a list of objects"}},
+                digest)
+            return json_response(body, h, 400)
         wire["count"] += len(items)
         if faults["drop_before"] > 0:
             faults["drop_before"] -= 1
@@ -154,7 +154,8 @@ def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | No
             faults["drop_after"] -= 1
             return Response(status_code=503)
         body, h = calls.answer("POST", "/notifyBatch", {"result": {"resultCode": "SUCCESS", "resultStatus": "S",
-                                                                   "resultMessage": "Success"}, "answers": answers})
+                                                                   "resultMessage": "Success"}, "answers": answers},
+                               digest)
         return json_response(body, h)
 
     @app.post("/merchant/checkout")

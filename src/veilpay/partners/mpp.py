@@ -123,15 +123,18 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
         path = request.url.path
         raw = await request.body()
         try:
-            obj = calls.verify("POST", path, dict(request.headers), raw)
+            obj, digest = calls.verify("POST", path, dict(request.headers), raw)
         except SignatureError as exc:
-            body, h = calls.answer("POST", path, {"result": _res(exc.code, "F", str(exc))})
+            body, h = calls.refuse({"result": _res(exc.code, "F", str(exc))})
             return json_response(body, h, 401)
         try:
             answer = await handler(obj)
         except (KeyError, TypeError, ValueError) as exc:
             answer = {"result": _res("PARAM_ILLEGAL", "F", f"malformed call: {type(exc).__name__}")}
-        body, h = calls.answer("POST", path, answer)
+        for k in ("paymentId", "refundId"):  # every answer names what it answers
+            if isinstance(obj.get(k), str):
+                answer.setdefault(k, obj[k])
+        body, h = calls.answer("POST", path, answer, digest)
         return json_response(body, h)
 
     def _amount_of(amount: dict[str, Any], kind: str, acqp_id: str, request_id: str) -> tuple[str, int]:

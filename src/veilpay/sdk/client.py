@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,11 +33,12 @@ from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.money import parse_amount
 from veilpay.sdk.settlement import summaries
 from veilpay.sdk.shares import reveal_amounts, seal_amount
-from veilpay.sdk.signing import post_headers, verify_message
+from veilpay.sdk.signing import NONCE_HEADER, get_digest, post_headers, request_digest, verify_message
 
 __all__ = ["ApiResponse", "AsyncGatewayClient", "GatewayClient", "PAY_PATH"]
 
 PAY_PATH = "/v1/payments/pay"
+_ECHOED = ("paymentRequestId", "paymentId", "refundRequestId", "refundId")  # an answer names what it answers
 _RETRY_CODES = {"UNKNOWN_EXCEPTION", "PAYMENT_IN_PROCESS", "REFUND_IN_PROCESS", "REQUEST_TRAFFIC_EXCEED_LIMIT"}
 
 
@@ -92,10 +94,21 @@ class _Core:
     def _headers(self, path: str, body: bytes) -> dict[str, str]:
         return post_headers(self.keys.signer(), path, self.keys.id, body)
 
-    def _verify(self, method: str, path: str, resp: httpx.Response) -> dict[str, Any]:
+    def _verify(self, method: str, path: str, resp: httpx.Response, answers: str) -> dict[str, Any]:
+        """The JSON body of the gateway's answer to our request (digest ``answers``),
+        signed for us; SignatureError for an answer that is unsigned (the gateway did not
+        take our signature: its unsigned code is in the message, not trusted), signed
+        for another party, or bound to another request."""
         hdrs = {k.lower(): v for k, v in resp.headers.items()}
+        if "signature" not in hdrs:
+            try:
+                said = str(((wirejson.loads(resp.content) or {}).get("result") or {}).get("resultCode"))[:40]
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                said = "?"
+            raise SignatureError(f"{path}: an unsigned answer (HTTP {resp.status_code}, it says {said}): the gateway "
+                                 "did not authenticate the request, or the answer is not the gateway's")
         signed = verify_message(hdrs, method, path, resp.content, self.gateway.verify_key, time.time(), self.window,
-                                "Response-Time")
+                                "Response-Time", answers)
         if signed.client_id != self.keys.id:
             raise SignatureError(f"response signed for {signed.client_id!r}, not for us")
         try:
@@ -106,8 +119,12 @@ class _Core:
             raise SignatureError("signed response is not a JSON object")
         return body
 
-    def _set_directory(self, resp: httpx.Response) -> Directory:
-        self._directory = Directory.from_json(self._verify("GET", "/v1/directory", resp))
+    def _directory_headers(self) -> tuple[dict[str, str], str]:
+        nonce = secrets.token_urlsafe(16)
+        return {"Client-Id": self.keys.id, NONCE_HEADER: nonce}, get_digest("/v1/directory", self.keys.id, nonce)
+
+    def _set_directory(self, resp: httpx.Response, answers: str) -> Directory:
+        self._directory = Directory.from_json(self._verify("GET", "/v1/directory", resp, answers))
         return self._directory
 
     def _pay_body(self, d: Directory, payment_request_id: str, amount: dict[str, str], payment_code: str,
@@ -174,8 +191,13 @@ class _Core:
                                                 f"{self.keys.id}/{refund_request_id}") if self.pets else {"reason": reason})
         return body
 
-    def _answer(self, path: str, resp: httpx.Response, attempts: int) -> ApiResponse:
-        body = self._verify("POST", path, resp)
+    def _answer(self, path: str, resp: httpx.Response, attempts: int, answers: str,
+                sent: dict[str, Any] | None = None) -> ApiResponse:
+        """``sent``: the request's body; the answer must not name another payment or refund."""
+        body = self._verify("POST", path, resp, answers)
+        for k in _ECHOED:
+            if sent is not None and k in sent and k in body and body[k] != sent[k]:
+                raise SignatureError(f"{path}: the answer names {k} {str(body[k])[:40]!r}, not the one asked about")
         if self.pets:
             body = reveal_amounts(body, self.keys)
         return ApiResponse(path, body, resp.status_code, attempts, self)
@@ -245,10 +267,11 @@ class GatewayClient(_Core):
     def directory(self, refresh: bool = False) -> Directory:
         if self._directory is None or refresh:
             try:
-                resp = self._http.get(self.url + "/v1/directory", headers={"Client-Id": self.keys.id})
+                headers, digest = self._directory_headers()
+                resp = self._http.get(self.url + "/v1/directory", headers=headers)
             except httpx.HTTPError as exc:
                 raise GatewayUnavailable(f"directory: {type(exc).__name__}") from exc
-            return self._set_directory(resp)
+            return self._set_directory(resp, digest)
         return self._directory
 
     def call(self, path: str, body: dict[str, Any]) -> ApiResponse:
@@ -258,8 +281,9 @@ class GatewayClient(_Core):
         last: ApiResponse | None = None
         for attempt in range(1, self.retries + 2):
             try:
-                resp = self._http.post(self.url + path, content=raw, headers=self._headers(path, raw))
-                last = self._answer(path, resp, attempt)
+                headers = self._headers(path, raw)
+                resp = self._http.post(self.url + path, content=raw, headers=headers)
+                last = self._answer(path, resp, attempt, request_digest(headers), body)
                 if not self._retryable(last):
                     return last
             except httpx.HTTPError:
@@ -317,20 +341,21 @@ class AsyncGatewayClient(_Core):
         self._timeouts = httpx.Timeout(self.timeout).as_dict()
         self._urls: dict[str, httpx.URL] = {}
 
-    async def _post(self, path: str, raw: bytes) -> httpx.Response:
+    async def _post(self, path: str, raw: bytes) -> tuple[httpx.Response, str]:
         """One signed POST, straight to the transport: the SDK uses none of the client's
-        cookie, redirect or auth handling, which cost more CPU than the call itself."""
+        cookie, redirect or auth handling, which cost more CPU than the call itself.
+        Returns the answer and the digest of the request it must answer."""
         url = self._urls.get(path)
         if url is None:
             url = self._urls[path] = httpx.URL(self.url + path)
-        req = httpx.Request("POST", url, content=raw, headers=self._headers(path, raw),
-                            extensions={"timeout": self._timeouts})
+        headers = self._headers(path, raw)
+        req = httpx.Request("POST", url, content=raw, headers=headers, extensions={"timeout": self._timeouts})
         resp = await self._transport.handle_async_request(req)
         try:
             await resp.aread()
         finally:
             await resp.aclose()
-        return resp
+        return resp, request_digest(headers)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -338,10 +363,11 @@ class AsyncGatewayClient(_Core):
     async def directory(self, refresh: bool = False) -> Directory:
         if self._directory is None or refresh:
             try:
-                resp = await self._http.get(self.url + "/v1/directory", headers={"Client-Id": self.keys.id})
+                headers, digest = self._directory_headers()
+                resp = await self._http.get(self.url + "/v1/directory", headers=headers)
             except httpx.HTTPError as exc:
                 raise GatewayUnavailable(f"directory: {type(exc).__name__}") from exc
-            return self._set_directory(resp)
+            return self._set_directory(resp, digest)
         return self._directory
 
     async def call(self, path: str, body: dict[str, Any]) -> ApiResponse:
@@ -349,8 +375,8 @@ class AsyncGatewayClient(_Core):
         last: ApiResponse | None = None
         for attempt in range(1, self.retries + 2):
             try:
-                resp = await self._post(path, raw)
-                last = self._answer(path, resp, attempt)
+                resp, digest = await self._post(path, raw)
+                last = self._answer(path, resp, attempt, digest, body)
                 if not self._retryable(last):
                     return last
             except httpx.HTTPError:

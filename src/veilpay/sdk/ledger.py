@@ -22,7 +22,7 @@ from veilpay.crypto.signing import b64d
 from veilpay.errors import GatewayUnavailable, LedgerError
 from veilpay.sdk import wirejson
 from veilpay.sdk.keys import PartyKeys, PublicEntry
-from veilpay.sdk.signing import post_headers, verify_message
+from veilpay.sdk.signing import post_headers, request_digest, verify_message
 
 __all__ = ["CONTENT", "GENESIS", "compare_records", "entry_hash", "fetch_ledger", "signed_message", "verify_records"]
 
@@ -92,12 +92,13 @@ def fetch_ledger(url: str, me: PartyKeys, node: PublicEntry, timeout: float = 30
     with httpx.Client(timeout=timeout, transport=transport) as http:
         while True:
             raw = wirejson.dumps({"after": len(records), "limit": 1000})
+            headers = post_headers(me.signer(), _PATH, me.id, raw)
             try:
-                r = http.post(url.rstrip("/") + _PATH, content=raw, headers=post_headers(me.signer(), _PATH, me.id, raw))
+                r = http.post(url.rstrip("/") + _PATH, content=raw, headers=headers)
             except httpx.HTTPError as exc:
                 raise GatewayUnavailable(f"{url}: {type(exc).__name__}") from exc
             verify_message({k.lower(): v for k, v in r.headers.items()}, "POST", _PATH, r.content, node.verify_key,
-                           time.time(), 300.0, "Response-Time")
+                           time.time(), 300.0, "Response-Time", request_digest(headers))
             body = wirejson.loads(r.content)
             if r.status_code != 200 or not isinstance(body, dict):
                 raise GatewayUnavailable(f"{node.id}: {body.get('error') if isinstance(body, dict) else r.status_code}")

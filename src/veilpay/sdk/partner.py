@@ -1,5 +1,7 @@
-"""For partners that receive calls from the gateway (an MPP's payment endpoints, an
-ACQP's webhook): verify the gateway's signature and sign the answer."""
+"""For parties that receive calls from the gateway (an MPP's payment endpoints, an
+ACQP's webhook, a privacy node): verify the gateway's signature, and sign the answer
+bound to the request it answers. A call that does not verify is answered without a
+signature: no signed answer goes to a caller that has not authenticated."""
 
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ class GatewayCalls:
             raise SignatureError("the pinned gateway entry must have role 'gateway'")
         self.me, self.gateway, self.window = me, gateway, window
 
-    def verify(self, method: str, path: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
-        """The JSON body of a request the gateway signed for us; SignatureError otherwise."""
+    def verify(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[dict[str, Any], str]:
+        """(the JSON body, the request's digest) of a request the gateway signed for us;
+        SignatureError otherwise. Answer it with ``answer(..., digest)``."""
         hdrs = {k.lower(): v for k, v in headers.items()}
         signed = verify_message(hdrs, method, path, body, self.gateway.verify_key, time.time(), self.window)
         if signed.client_id != self.me.id:
@@ -33,12 +36,17 @@ class GatewayCalls:
             raise SignatureError("signed body is not JSON", "PARAM_ILLEGAL") from exc
         if not isinstance(obj, dict):
             raise SignatureError("signed body is not a JSON object", "PARAM_ILLEGAL")
-        return obj
+        return obj, signed.digest
 
-    def answer(self, method: str, path: str, body: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
-        """(raw body, headers) of our signed answer."""
+    def answer(self, method: str, path: str, body: dict[str, Any], answers: str) -> tuple[bytes, dict[str, str]]:
+        """(raw body, headers) of our signed answer to the request whose digest is ``answers``."""
         raw = wirejson.dumps(body)
         v, key = self.me.signer()
-        h = sign_headers(key, v, method, path, self.me.id, raw, time.time(), "Response-Time")
+        h = sign_headers(key, v, method, path, self.me.id, raw, time.time(), "Response-Time", answers)
         h["Content-Type"] = "application/json"
         return raw, h
+
+    @staticmethod
+    def refuse(body: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+        """(raw body, headers) of an unsigned answer to a call that did not authenticate."""
+        return wirejson.dumps(body), {"Content-Type": "application/json"}

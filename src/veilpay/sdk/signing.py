@@ -1,29 +1,49 @@
-"""Message signatures in the shape of Alipay+'s.
+"""Message signatures in the shape of Alipay+'s, with each answer bound to its request.
 
 Every request and response carries three headers: ``Client-Id`` (the partner in the
 conversation), ``Request-Time`` / ``Response-Time`` (ISO 8601) and ``Signature``::
 
     Signature: algorithm=ED25519,keyVersion=2,signature=<base64url>
 
-The signed content is ``"<METHOD> <path>\\n<Client-Id>.<time>.<body>"``. Requests to
-the gateway are signed by the partner named in ``Client-Id``; everything the gateway
-sends (responses, calls to MPPs, webhooks) is signed by the gateway; a partner's
-answer to the gateway is signed by that partner."""
+veilpay adds one header to requests, ``Request-Nonce``: 16 random bytes (base64url)
+that the signature covers. A request's signed content is::
+
+    "<METHOD> <path>\n<Client-Id>.<Request-Time>.<Request-Nonce>.<body>"
+
+and an answer's::
+
+    "ANSWER <METHOD> <path>\n<Client-Id>.<Response-Time>.<request digest>.<body>"
+
+where the request digest is the SHA-256 (hex) of the request's signature bytes
+(``SignedHeaders.digest``; for an unsigned GET, of its method, path, Client-Id and
+nonce, ``get_digest``). So an answer cannot pass for a request (its label), nor for
+the answer to any other request (the digest names the one it answers, and the
+nonce makes every request's signature unique, identical bodies in the same
+millisecond included). The receiver of a request keys its replay guard on the
+nonce. Requests to the gateway are signed by the partner named in ``Client-Id``;
+everything the gateway sends (responses, calls to MPPs, webhooks) is signed by the
+gateway; a partner's answer to the gateway is signed by that partner. A party
+answers a caller that has not authenticated without a signature."""
 
 from __future__ import annotations
 
 import re
+import secrets
 import time as _clock
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from veilpay.crypto.digest import sha256
 from veilpay.crypto.signing import SigningKey, b64d, b64e
-from veilpay.errors import SignatureError
+from veilpay.errors import InvalidInput, SignatureError
 
-__all__ = ["SignedHeaders", "format_time", "parse_signature", "parse_time", "post_headers", "sign_headers", "signed_content",
-           "verify_message"]
+__all__ = ["NONCE_HEADER", "SignedHeaders", "format_time", "get_digest", "parse_signature", "parse_time",
+           "post_headers", "request_digest", "sign_headers", "signed_content", "verify_message"]
 
 _SIG = re.compile(r"^algorithm=ED25519,keyVersion=([0-9]{1,6}),signature=([A-Za-z0-9_-]{86})$")
+_NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+NONCE_HEADER = "Request-Nonce"
 
 
 @dataclass(frozen=True)
@@ -32,6 +52,12 @@ class SignedHeaders:
     time: str
     key_version: int
     signature: bytes
+    nonce: str = ""
+
+    @property
+    def digest(self) -> str:
+        """What an answer to this request is bound to: SHA-256 of its signature."""
+        return sha256(self.signature).hex()
 
 
 def format_time(ts: float) -> str:
@@ -51,8 +77,18 @@ def parse_time(text: str) -> float:
     return dt.timestamp()
 
 
-def signed_content(method: str, path: str, client_id: str, time: str, body: bytes) -> bytes:
-    return f"{method.upper()} {path}\n{client_id}.{time}.".encode() + body
+def signed_content(method: str, path: str, client_id: str, time: str, body: bytes, nonce: str = "",
+                   answers: str = "") -> bytes:
+    """A request's signed bytes (with its ``nonce``), or an answer's (``answers``: the
+    digest of the request it answers)."""
+    if answers:
+        return f"ANSWER {method.upper()} {path}\n{client_id}.{time}.{answers}.".encode() + body
+    return f"{method.upper()} {path}\n{client_id}.{time}.{nonce}.".encode() + body
+
+
+def get_digest(path: str, client_id: str, nonce: str) -> str:
+    """The request digest of an unsigned GET that carried ``nonce``."""
+    return sha256(f"GET {path}\n{client_id}.{nonce}".encode()).hex()
 
 
 def parse_signature(header: str | None) -> tuple[int, bytes]:
@@ -64,28 +100,46 @@ def parse_signature(header: str | None) -> tuple[int, bytes]:
     return int(m.group(1)), b64d(m.group(2))
 
 
+def request_digest(headers: Mapping[str, str]) -> str:
+    """The digest of a request we signed (its headers as sent): what its answer must name."""
+    return sha256(parse_signature(headers.get("Signature") or headers.get("signature"))[1]).hex()
+
+
 def sign_headers(key: SigningKey, version: int, method: str, path: str, client_id: str, body: bytes, now: float,
-                 time_header: str = "Request-Time") -> dict[str, str]:
+                 time_header: str = "Request-Time", answers: str | None = None) -> dict[str, str]:
+    """Headers of a signed request (a fresh nonce), or, with ``time_header`` Response-Time,
+    of the signed answer to the request whose digest is ``answers``."""
     t = format_time(now)
-    sig = key.sign(signed_content(method, path, client_id, t, body))
-    return {"Client-Id": client_id, time_header: t,
-            "Signature": f"algorithm=ED25519,keyVersion={version},signature={b64e(sig)}"}
+    out = {"Client-Id": client_id, time_header: t}
+    if time_header == "Response-Time":
+        if not answers:
+            raise InvalidInput("a signed answer names the request it answers")
+        content = signed_content(method, path, client_id, t, body, answers=answers)
+    else:
+        nonce = secrets.token_urlsafe(16)
+        out[NONCE_HEADER] = nonce
+        content = signed_content(method, path, client_id, t, body, nonce=nonce)
+    out["Signature"] = f"algorithm=ED25519,keyVersion={version},signature={b64e(key.sign(content))}"
+    return out
 
 
 def post_headers(signer: tuple[int, SigningKey], path: str, client_id: str, body: bytes) -> dict[str, str]:
     """The headers of a signed JSON POST to ``client_id`` (or from it), timed now;
-    ``signer`` is ``PartyKeys.signer()``."""
+    ``signer`` is ``PartyKeys.signer()``. Its answer names ``request_digest`` of them."""
     version, key = signer
     h = sign_headers(key, version, "POST", path, client_id, body, _clock.time())
     h["Content-Type"] = "application/json"
     return h
 
 
-def verify_message(headers: dict[str, str], method: str, path: str, body: bytes, verify_key_of: object,
-                   now: float, window: float, time_header: str = "Request-Time") -> SignedHeaders:
+def verify_message(headers: Mapping[str, str], method: str, path: str, body: bytes, verify_key_of: object,
+                   now: float, window: float, time_header: str = "Request-Time",
+                   answers: str | None = None) -> SignedHeaders:
     """Check ``Signature`` over the message with the key that ``verify_key_of(version)``
     returns (None for an unknown or retired version) and that the time is within
-    ``window`` seconds of ``now``. Returns the parsed headers."""
+    ``window`` seconds of ``now``. A request must carry a nonce; an answer
+    (``time_header`` Response-Time) must answer the request whose digest is ``answers``.
+    Returns the parsed headers."""
     client_id = headers.get("client-id") or headers.get("Client-Id")
     t = headers.get(time_header.lower()) or headers.get(time_header)
     if not client_id:
@@ -93,12 +147,21 @@ def verify_message(headers: dict[str, str], method: str, path: str, body: bytes,
     if not t:
         raise SignatureError(f"no {time_header} header", "INVALID_REQUEST_TIME")
     version, sig = parse_signature(headers.get("signature") or headers.get("Signature"))
+    nonce = ""
+    if time_header == "Response-Time":
+        if not answers:
+            raise InvalidInput("checking an answer needs the digest of the request it answers")
+    else:
+        nonce = headers.get(NONCE_HEADER.lower()) or headers.get(NONCE_HEADER) or ""
+        if not _NONCE.match(nonce):
+            raise SignatureError(f"no {NONCE_HEADER} header (16 to 64 base64url characters)")
     key = verify_key_of(version)  # type: ignore[operator]
     if key is None:
         raise SignatureError(f"key version {version} is unknown or retired", "KEY_NOT_FOUND")
-    if not key.verify(sig, signed_content(method, path, client_id, t, body)):
-        raise SignatureError("signature does not verify")
+    if not key.verify(sig, signed_content(method, path, client_id, t, body, nonce, answers or "")):
+        raise SignatureError("signature does not verify" if not answers else
+                             "signature does not verify as the answer to this request")
     ts = parse_time(t)
     if abs(now - ts) > window:
         raise SignatureError(f"{time_header} is outside the {window:g} s window", "REQUEST_TIME_EXPIRED")
-    return SignedHeaders(client_id, t, version, sig)
+    return SignedHeaders(client_id, t, version, sig, nonce)
