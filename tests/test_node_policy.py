@@ -711,3 +711,30 @@ def test_a_rejoin_of_a_stored_release_appends_nothing(tmp_path: Path) -> None:
     recs = _node(net, "node-a").ledger.export()
     assert [r["body"]["function"] for r in recs].count("analytics") == 1
     assert _node(net, "node-a").ledger.spent(time.strftime("%Y-%m", time.gmtime())) == pytest.approx(0.5)
+
+
+def test_a_period_that_is_not_the_nodes_cycle_is_param_illegal(tmp_path: Path) -> None:
+    """A label of the wrong form for the nodes' cycle never settles: the operator is told
+    so (PARAM_ILLEGAL), not asked to wait."""
+    net = Net(tmp_path, privacy="semi2k", node_policy={"cycle_s": 10})
+
+    async def go() -> None:
+        bad = await net.operator("/admin/v1/settle", {"settlementDate": "2026-12-05"})
+        assert bad["result"]["resultCode"] == "PARAM_ILLEGAL" and "cycles of 10 s" in bad["result"]["resultMessage"]
+        an = await net.operator("/admin/v1/analytics", {"period": "2026-12-05"})
+        assert an["result"]["resultCode"] == "PARAM_ILLEGAL"
+
+    run(go())
+
+
+def test_operator_cli_without_a_gateway_is_a_clear_error(tmp_path: Path, capsys: Any) -> None:
+    from veilpay.cli.localnet import free_port
+    from veilpay.cli.main import main
+    from veilpay.sdk import create_party
+
+    create_party(tmp_path / "keys" / "gateway", "gateway", "gateway")
+    (tmp_path / "gw.toml").write_text(f'[gateway]\nkeys = "keys/gateway"\ndatabase = "sqlite:///gw.db"\n'
+                                      f'listen = "127.0.0.1:{free_port()}"\npartners = []\n')
+    assert main(["gateway", "settle", "--config", str(tmp_path / "gw.toml"), "--date", "2026-12-05"]) == 2
+    err = capsys.readouterr().err
+    assert "GatewayUnavailable" in err and "Traceback" not in err

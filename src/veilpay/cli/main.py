@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from veilpay.errors import ConfigError, VeilpayError
+from veilpay.errors import ConfigError, GatewayUnavailable, VeilpayError
 from veilpay.host import BLAS_CHOICES
 
 
@@ -120,7 +120,7 @@ def _partner_settlement(a: argparse.Namespace) -> int:
     privacy = Privacy.from_json(doc.get("privacy") if isinstance(doc, dict) else None)
     done = assemble(doc, me, nodes, privacy)
     done.write(a.out)
-    print(f"wrote {a.out}/summary.csv ({len(done.summary)} rows) and detail.csv ({len(done.detail)} rows) "
+    print(f"wrote {Path(a.out) / 'summary.csv'} ({len(done.summary)} rows) and detail.csv ({len(done.detail)} rows) "
           f"for {me.id}, period {done.period}")
     for m in done.mismatches:
         print(f"MISMATCH {m}", file=sys.stderr)
@@ -225,13 +225,13 @@ def _node_ledger(a: argparse.Namespace) -> int:
             return 1
         print(f"{f}: {seq} entries signed by {node.id}, head {head}")
         copies.append(records)
-    for other in copies[1:]:
+    for f, other in zip(a.file[1:], copies[1:], strict=True):
         try:
             shared = compare_records(copies[0], other)
         except LedgerError as exc:
             print(f"FORK: {exc}")
             return 1
-        print(f"the copies agree on their first {shared} entries")
+        print(f"{a.file[0]} and {f} agree on their first {shared} entries")
     return 0
 
 
@@ -267,9 +267,16 @@ def _operator_call(a: argparse.Namespace, path: str, body: dict[str, Any]) -> in
     raw = json.dumps(body).encode()
     h = post_headers(keys.signer(), path, keys.id, raw)
     host, port = cfg.host_port
-    r = httpx.post(f"http://{host}:{port}{path}", content=raw, headers=h, timeout=cfg.node_job_timeout_s + 30)
-    print(json.dumps(r.json(), indent=2))
-    return 0 if r.status_code == 200 and r.json().get("status", "DONE") == "DONE" else 1
+    url = f"http://{host}:{port}{path}"
+    try:
+        r = httpx.post(url, content=raw, headers=h, timeout=cfg.node_job_timeout_s + 30)
+        answer = r.json()
+    except httpx.HTTPError as exc:
+        raise GatewayUnavailable(f"{url}: {type(exc).__name__} (is `veilpay gateway serve` running?)") from exc
+    except ValueError as exc:
+        raise GatewayUnavailable(f"{url}: HTTP {r.status_code}, not a JSON answer") from exc
+    print(json.dumps(answer, indent=2))
+    return 0 if r.status_code == 200 and answer.get("status", "DONE") == "DONE" else 1
 
 
 def _cmd_launch(a: argparse.Namespace) -> int:

@@ -81,6 +81,8 @@ async def settle(svc: Any, period: Any) -> dict[str, Any]:
     try:
         ans = await svc.nodes.job("settle", {"period": label})
     except NodeError as exc:
+        if exc.code == "JOB_INVALID":  # not a period of the nodes' cycle: it never will be
+            raise ApiFailure("PARAM_ILLEGAL", f"settlementDate: {exc}") from exc
         msg = f"{exc.code}: waiting for the privacy nodes ({exc})"
         _record(svc, label, "WAITING", msg)
         return {"settlementDate": label, "status": "WAITING", "message": msg}
@@ -145,6 +147,7 @@ async def analytics(svc: Any, period: Any) -> dict[str, Any]:
     try:
         ans = await svc.nodes.job("analytics", {"period": label})
     except NodeError as exc:
-        code = exc.code if exc.code in ("PERIOD_OPEN", "BUDGET_EXHAUSTED") else "NODE_UNAVAILABLE"
+        code = exc.code if exc.code in ("PERIOD_OPEN", "BUDGET_EXHAUSTED") else \
+            "PARAM_ILLEGAL" if exc.code == "JOB_INVALID" else "NODE_UNAVAILABLE"
         raise ApiFailure(code, f"{exc.code}: {exc}") from exc
     return {**ans["result"], "ledger": ans["ledger"]}
