@@ -388,3 +388,44 @@ def test_id_prf_known_answers_and_mixed_lengths() -> None:
     same = [b"cust-%012d" % i for i in range(50)]  # one length: the fast path
     assert np.array_equal(id_prf(key, same), np.concatenate([id_prf(key, [i]) for i in same]))
     assert len({r.tobytes() for r in id_prf(key, same)}) == 50 and id_prf(key, []).shape == (0, 16)
+
+
+def test_reveal_both_tells_the_sender_only_the_intersection(monkeypatch: Any) -> None:
+    """With reveal='both', everything the sender receives after the OPRF values is a
+    function of the intersection and the session's public keys alone: exactly the
+    sorted items (the session's PRF) of its own common ids, for two receivers with the
+    same intersection and different other ids (whose cuckoo tables place the common
+    ids under other hash functions). Before, the sender was told the position and so
+    the hash function or stash slot of each match."""
+    made: dict[tuple[bytes, ...], np.ndarray] = {}
+    real_prf = kkrt_mod.id_prf
+
+    def recording_prf(key: bytes, ids: Any) -> np.ndarray:
+        out = real_prf(key, ids)
+        made[tuple(ids)] = out
+        return out
+
+    monkeypatch.setattr(kkrt_mod, "id_prf", recording_prf)
+    common = [f"c{i}".encode() for i in range(40)]
+    y = common + [f"y{i}".encode() for i in range(200)]
+    for other in (range(0, 300), range(1000, 1700)):
+        x = [f"x{i}".encode() for i in other] + common
+        seen: list[np.ndarray] = []
+
+        def sender(c: Communicator) -> Any:
+            real = c.exchange
+
+            def spy(label: str, send: Any = None, recv: Any = None) -> Any:
+                got = real(label, send, recv)
+                if label == "kkrt.matches":
+                    seen.append(got["r"][0])
+                return got
+
+            c.exchange = spy  # type: ignore[method-assign]
+            return kkrt_psi(c, "r", "sender", y, reveal="both", stash=4)
+
+        r, s = two_party(lambda c, x=x: kkrt_psi(c, "s", "receiver", x, reveal="both", stash=4), sender)
+        check(x, y, r, s)
+        mine = made[tuple(y)][np.asarray(s.indices)]
+        w = np.ascontiguousarray(mine).view("<u8").reshape(-1, 2)
+        assert np.array_equal(seen[0], mine[np.lexsort((w[:, 1], w[:, 0]))])

@@ -15,7 +15,8 @@ error):
     R -> S  U, in chunks of OTs: the IKNP-style correction matrix, 512 x M bits
     S -> R  V_t for each set t (3 hash functions, then stash slots): S's OPRF
             values, each set in a random order
-    R -> S  matches (only when both learn the intersection): positions in the V_t
+    R -> S  matches (only when both learn the intersection): the common ids' items
+            (the session's public PRF of each id), sorted by value
 
 Roles inside: R is the base-OT sender (it gets both seeds k0_i, k1_i), S the base-OT
 receiver with a random 512-bit choice vector s. Columns t0_i = PRG(k0_i), and R
@@ -28,7 +29,10 @@ width 512 (AES of the id under four tweaks), H the correlation-robust hash of
 HKDF over nonce_R || nonce_S, so neither party picks them alone.
 
 What each side learns: R learns |Y| and which of its ids are in Y, S learns |X| (and
-the common ids with reveal='both'). S's values for ids outside X are pseudorandom to
+the common ids with reveal='both': only which of its ids are common, in an order that
+carries nothing; in particular not the hash function or stash slot that matched
+each, which would depend on R's ids outside the intersection, through where cuckoo
+hashing placed them). S's values for ids outside X are pseudorandom to
 R; each set V_t is sorted by value, so R learns nothing of S's order or bin loads. S learns
 nothing of X beyond |X| and the attempt number (an attempt > 0 happens with
 probability about 2^-stat_sec). Parameters and their failure probabilities are in
@@ -57,7 +61,7 @@ from veilpay.psi.ecdh import REVEAL, PsiResult, match_sorted, spans
 
 __all__ = ["CHUNK", "KKRT_VERSION", "WIDTH", "kkrt_psi", "oprf_bytes"]
 
-KKRT_VERSION = 1
+KKRT_VERSION = 2  # 2: reveal="both" answers the common items, no positions
 WIDTH = 512  # code width in bits = number of base OTs
 _WBYTES = WIDTH // 8
 CHUNK = 1 << 15  # OTs per correction message
@@ -239,21 +243,20 @@ def _receiver(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_p
     used = np.flatnonzero(row_item >= 0)
     which[row_item[used]] = row_set[used]
     hits: list[np.ndarray] = []
-    codes: list[np.ndarray] = []
     for t in range(HASHES + stash):
         theirs = comm.exchange("kkrt.V", recv={peer: 1})[peer][0]
         if theirs.dtype != np.uint8 or theirs.shape != (n_peer, size):
             raise ProtocolMismatch(peer, f"OPRF value set {t} should be ({n_peer}, {size}) bytes, "
                                          f"got {theirs.dtype} {theirs.shape}")
         mine_idx = np.flatnonzero(which == t)
-        i, j = _match_sorted(peer, own[mine_idx], theirs)
+        i, _ = _match_sorted(peer, own[mine_idx], theirs)
         hits.append(mine_idx[i])
-        codes.append(t * n_peer + j)
-    found = np.concatenate(hits)
-    order = np.argsort(found)
-    if reveal == "both":
-        comm.exchange("kkrt.matches", {peer: [np.sort(np.concatenate(codes)).astype(np.uint64)]})
-    return PsiResult(found[order].astype(np.int64), len(found), n_peer)
+    found = np.sort(np.concatenate(hits))
+    if reveal == "both":  # the common items, sorted by value: which ids, and nothing of where they matched
+        common = items[found]
+        high, low = _item_words(common)
+        comm.exchange("kkrt.matches", {peer: [np.ascontiguousarray(common[np.lexsort((low, high))])]})
+    return PsiResult(found.astype(np.int64), len(found), n_peer)
 
 
 def _sender(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_peer: int, ks: np.ndarray,
@@ -294,19 +297,37 @@ def _sender(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_pee
             bar.update(hi - lo)
     # each set goes out sorted by value: an order that says nothing of S's ids, and
     # R finds its values by binary search
-    orders = []
     for t in range(sets):
-        orders.append(np.argsort(_lookup_keys(values[t]), kind="stable"))
-        comm.exchange("kkrt.V", {peer: [values[t][orders[-1]]]})
+        comm.exchange("kkrt.V", {peer: [values[t][np.argsort(_lookup_keys(values[t]), kind="stable")]]})
     if reveal == "receiver":
         return PsiResult(None, -1, n_peer)
     answer = comm.exchange("kkrt.matches", recv={peer: 1})[peer][0]
-    if answer.dtype != np.uint64 or answer.ndim != 1 or (len(answer) and int(answer.max()) >= sets * n):
-        raise ProtocolMismatch(peer, "match positions out of range")
-    codes = answer.astype(np.int64)
-    in_set, pos = codes // n, codes % n
-    mine = np.unique(np.stack(orders)[in_set, pos])
+    if answer.dtype != np.uint8 or answer.ndim != 2 or answer.shape[1] != items.shape[1] or len(answer) > n:
+        raise ProtocolMismatch(peer, "the common items are not (k, 16) bytes with k <= |Y|")
+    mine = _members(items, answer)
     return PsiResult(mine.astype(np.int64), len(mine), n_peer)
+
+
+def _item_words(items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each 16-byte item as two uint64 words (high, low) for sorting and search."""
+    w = np.ascontiguousarray(items).view("<u8").reshape(-1, 2)
+    return w[:, 0], w[:, 1]
+
+
+def _members(items: np.ndarray, common: np.ndarray) -> np.ndarray:
+    """Indices (ascending) of ``items`` that are among ``common``, exactly (both words)."""
+    ch, cl = _item_words(common)
+    order = np.lexsort((cl, ch))
+    ch, cl = ch[order], cl[order]
+    ih, il = _item_words(items)
+    left = np.searchsorted(ch, ih, "left")
+    right = np.searchsorted(ch, ih, "right")
+    hit = np.zeros(len(items), dtype=bool)
+    one = np.flatnonzero(right - left == 1)
+    hit[one] = cl[left[one]] == il[one]
+    for i in np.flatnonzero(right - left > 1):  # two common items sharing a first word: rare, so checked one by one
+        hit[i] = bool((cl[left[i]:right[i]] == il[i]).any())
+    return np.flatnonzero(hit)
 
 
 def _lookup_keys(values: np.ndarray) -> np.ndarray:
