@@ -334,12 +334,12 @@ def _on_p256(x: np.ndarray) -> bool:
     return True
 
 
-def _unbalanced(folder_s: Path, folder_c: Path, ids: list[bytes]) -> tuple[Any, Any, dict[str, Any]]:
+def _unbalanced(folder_s: Path, folder_c: Path, ids: list[bytes], **policy: Any) -> tuple[Any, Any, dict[str, Any]]:
     stats: dict[str, Any] = {}
 
     def server(c: Communicator) -> Any:
         try:
-            return unbalanced_psi(c, "r", "server", folder_s)
+            return unbalanced_psi(c, "r", "server", folder_s, **policy)
         finally:
             stats["bytes_from_server"] = c.total().bytes_sent
 
@@ -363,6 +363,34 @@ def test_unbalanced_queries_against_a_prepared_set(tmp_path: Path) -> None:
     setup_server(server_ids[:100], tmp_path / "srv")  # a new set: the client notices and downloads it
     r, _, _ = _unbalanced(tmp_path / "srv", tmp_path / "cli", q1)
     assert r.indices.tolist() == [0] and r.peer_size == 100
+
+
+def test_unbalanced_meters_each_clients_queries_under_one_key(tmp_path: Path) -> None:
+    """A client may have at most ``budget`` ids evaluated under the server's key: the
+    query that would pass it is refused before any work (QueryRefused at both sides,
+    the count kept); a new key (the set prepared again) starts the count afresh; and a
+    key past its age serves nothing."""
+    import json as _json
+
+    from veilpay.errors import QueryRefused
+
+    setup_server([f"cust-{i}".encode() for i in range(50)], tmp_path / "srv")
+    ids = [f"cust-{i}".encode() for i in range(30)]
+    r, _, _ = _unbalanced(tmp_path / "srv", tmp_path / "cli", ids, budget=50)
+    assert r.size == 30
+    r, s, _ = _unbalanced(tmp_path / "srv", tmp_path / "cli", ids, budget=50)
+    assert isinstance(r, QueryRefused) and isinstance(s, QueryRefused) and "20 left" in str(r)
+    book = _json.loads((tmp_path / "srv" / "budget.json").read_text())
+    assert book["clients"] == {"r": 30}
+    r, _, _ = _unbalanced(tmp_path / "srv", tmp_path / "cli", ids[:20], budget=50)
+    assert r.size == 20  # exactly the budget
+    setup_server([f"cust-{i}".encode() for i in range(50)], tmp_path / "srv")  # rotated: a new key
+    r, _, _ = _unbalanced(tmp_path / "srv", tmp_path / "cli", ids, budget=50)
+    assert r.size == 30
+    meta = _json.loads((tmp_path / "srv" / "meta.json").read_text())
+    (tmp_path / "srv" / "meta.json").write_text(_json.dumps({**meta, "created": "2020-01-01T00:00:00Z"}))
+    r, s, _ = _unbalanced(tmp_path / "srv", tmp_path / "cli", ids[:1], budget=50)
+    assert isinstance(r, QueryRefused) and "rotation" in str(r) and isinstance(s, QueryRefused)
 
 
 def test_unbalanced_refuses_damaged_or_missing_sets(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ The tree::
     │   │   │   ├── InvalidPoint            a curve point that must not be used (PSI)
     │   │   │   └── ProtocolMismatch        the peer runs another version or mode
     │   │   ├── PeerAuthenticationError     TLS refused: no or wrong certificate
+    │   │   ├── QueryRefused                an unbalanced-PSI server refused the query (budget, key age)
     │   │   └── NodesDisagree               privacy nodes hold different views of the same job
     │   │       └── LedgerMismatch          ... of the disclosure ledger: heads or entries differ
     │   └── PartyFailed                     a party of an in-process run raised (``.party``)
@@ -55,6 +56,7 @@ __all__ = [
     "PeerError",
     "ProtocolError",
     "ProtocolTimeout",
+    "QueryRefused",
     "ShapeMismatch",
     "VeilpayError",
     "WireFormatError",
@@ -128,6 +130,11 @@ class PartyFailed(ProtocolError):
         super().__init__(f"party {party!r} failed: {type(exc).__name__}: {exc}")
         self.party = party
         self.error = exc
+
+
+class QueryRefused(PeerError):
+    """An unbalanced-PSI server refused a client's query: its query budget under the
+    server's current key is spent, or the key is older than the server lets it serve."""
 
 
 class NodesDisagree(PeerError):

@@ -305,7 +305,8 @@ def _cmd_psi(a: argparse.Namespace) -> int:
         summary = run_psi_files(
             comm, peer, a.role, a.input, a.key, a.output, a.columns.split(",") if a.columns else None,
             mode=a.mode, reveal=a.reveal, normalise=a.normalise, on_null=a.on_null, sort_by=a.sort_by,
-            workers=a.workers, cache=a.cache, protocol=a.protocol,
+            workers=a.workers, cache=a.cache, protocol=a.protocol, query_budget=a.query_budget,
+            max_key_age_s=a.max_key_age_days * 86400,
         )
     finally:
         comm.close()
@@ -443,6 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--protocol", choices=["kkrt", "ecdh"],
                     help="intersection: kkrt (OT extension, default) or ecdh; cardinality needs ecdh")
     ps.add_argument("--cache", help="unbalanced mode: the sender's prepared set, or the receiver's copy of it")
+    ps.add_argument("--query-budget", type=int, default=10_000_000,
+                    help="unbalanced sender: ids one client may have evaluated under one key")
+    ps.add_argument("--max-key-age-days", type=float, default=30.0,
+                    help="unbalanced sender: serve no query with an older key; run psi-setup again to rotate it")
     ps.add_argument("--reveal", choices=["receiver", "both"], default="receiver", help="who learns the result")
     _key_options(ps)
     ps.add_argument("--session", help="a run label both parties pass (keeps concurrent runs apart)")

@@ -14,7 +14,7 @@ from veilpay.net import Communicator
 from veilpay.psi.data import copy_rows, read_ids, read_rows, write_rows
 from veilpay.psi.ecdh import ecdh_psi
 from veilpay.psi.kkrt import kkrt_psi
-from veilpay.psi.unbalanced import setup_server, unbalanced_psi
+from veilpay.psi.unbalanced import DEFAULT_BUDGET, DEFAULT_MAX_KEY_AGE_S, setup_server, unbalanced_psi
 
 __all__ = ["PROTOCOLS", "choose_protocol", "run_psi_files", "setup_psi_file"]
 
@@ -71,14 +71,17 @@ def run_psi_files(
     show_progress: bool | None = None,
     cache: str | Path | None = None,
     protocol: str | None = None,
+    query_budget: int = DEFAULT_BUDGET,
+    max_key_age_s: float = DEFAULT_MAX_KEY_AGE_S,
 ) -> dict[str, Any]:
     """Returns a summary (counts, seconds, bytes); writes ``output_path`` only when this
     party learns the intersection. Output rows keep this party's file order, or are
     sorted by ``sort_by``; ``columns`` picks the columns (default: all).
 
     ``mode='unbalanced'``: the sender is the server and answers from the set prepared
-    in ``cache`` by `setup_psi_file` (no input file); the receiver is a client that
-    keeps its copy of the server's set in its own ``cache`` folder.
+    in ``cache`` by `setup_psi_file` (no input file), within ``query_budget`` ids per
+    client under one key and with a key at most ``max_key_age_s`` old; the receiver is a
+    client that keeps its copy of the server's set in its own ``cache`` folder.
 
     ``protocol``: 'kkrt' (default for intersections) or 'ecdh'; see `choose_protocol`.
     ``workers`` only applies to the curve work of ECDH and unbalanced mode."""
@@ -91,7 +94,8 @@ def run_psi_files(
             raise InvalidInput("unbalanced mode reveals the intersection to the receiver (client) only")
         if role == "sender":
             t0 = time.perf_counter()
-            res = unbalanced_psi(comm, peer, "server", cache, workers=workers, show_progress=show_progress)
+            res = unbalanced_psi(comm, peer, "server", cache, workers=workers, show_progress=show_progress,
+                                 budget=query_budget, max_key_age_s=max_key_age_s)
             return {"role": role, "mode": mode, "protocol": protocol, "peer_size": res.peer_size, "intersection_size": None,
                     "seconds": round(time.perf_counter() - t0, 3), "bytes_sent": comm.total().bytes_sent,
                     "bytes_received": comm.total().bytes_recv}

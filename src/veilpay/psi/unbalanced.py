@@ -12,6 +12,7 @@ Online (`unbalanced_psi`, one session per query):
 
     C -> S  hello: version, |X|, chunk, digest of the set copy C holds (or zeros)
     S -> C  hello: version, |Y|, chunk, salt, digest of the server's set
+    S -> C  verdict: served, or refused (budget spent, key too old), and the budget left
     S -> C  set.bin in chunks, only when C's digest differs (C caches it)
     C -> S  [r] H(x) for C's ids, with a fresh r per query
     S -> C  [k][r] H(x)
@@ -19,11 +20,18 @@ Online (`unbalanced_psi`, one session per query):
 
 The client learns which of its ids are in Y and |Y|; the server learns |X|. Queries
 are unlinkable: r is fresh each time. A client cannot test ids offline against the
-cached set, since only the server can compute F_k. docs/psi.md has the long form.
+cached set, since only the server can compute F_k; online, every id it asks about is
+one evaluation of F_k. So the server meters them: each client (the party its TLS
+certificate names) may have at most ``budget`` ids evaluated under one key, counted
+in the cache folder (``budget.json``) before the work is done, and a key older than
+``max_key_age_s`` serves no query: the operator prepares the set again
+(``veilpay psi-setup``) with a new key, which also starts every client's count
+afresh. docs/psi.md has the long form and the schedule.
 """
 
 from __future__ import annotations
 
+import calendar
 import json
 import secrets
 import time
@@ -35,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from veilpay.crypto import BlindingPool, OprfKey, check_p256_points, hash_to_p256, sha256, sha256_file
-from veilpay.errors import DataError, InvalidInput, ProtocolMismatch
+from veilpay.errors import DataError, InvalidInput, ProtocolMismatch, QueryRefused
 from veilpay.files import atomic_write
 from veilpay.net import Communicator
 from veilpay.progress import progress
@@ -51,9 +59,13 @@ from veilpay.psi.ecdh import (
     tracked,
 )
 
-__all__ = ["UB_VERSION", "ServerSet", "load_server_set", "setup_server", "unbalanced_psi"]
+__all__ = ["DEFAULT_BUDGET", "DEFAULT_MAX_KEY_AGE_S", "UB_VERSION", "ServerSet", "load_server_set", "setup_server",
+           "unbalanced_psi"]
 
-UB_VERSION = 1
+UB_VERSION = 2  # the protocol; 2: the server's verdict (query budget, key age) before any work
+SET_VERSION = 1  # the prepared set's files
+DEFAULT_BUDGET = 10_000_000  # ids one client may have evaluated under one key
+DEFAULT_MAX_KEY_AGE_S = 30 * 86_400  # rotate the key (prepare the set again) at least monthly
 DST = b"veilpay/psi/unbalanced-p256/v1"
 _MIN_FOR_WORKERS = 2000  # P-256 costs about 7x X25519 per point, so workers pay off sooner
 _NO_DIGEST = bytes(32)
@@ -68,6 +80,7 @@ class ServerSet:
     salt: bytes
     digest: bytes
     key: OprfKey | None = None
+    created: float = 0.0  # when the key was made (seconds since the epoch)
 
 
 def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -82,8 +95,10 @@ def _write_set(folder: Path, points: np.ndarray, salt: bytes, key: OprfKey | Non
     _write_atomic(folder / "set.bin", data)
     if key is not None:
         _write_atomic(folder / "key", key.raw(), mode=0o600)
-    meta = {"version": UB_VERSION, "n": len(points), "salt": salt.hex(), "digest": digest.hex(),
+    meta = {"version": SET_VERSION, "n": len(points), "salt": salt.hex(), "digest": digest.hex(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if key is not None:
+        (folder / "budget.json").unlink(missing_ok=True)  # a new key: every client's count starts afresh
     _write_atomic(folder / "meta.json", json.dumps(meta, indent=1).encode())
     return digest
 
@@ -95,12 +110,13 @@ def load_server_set(folder: str | Path, need_key: bool = False) -> ServerSet:
         meta = json.loads((folder / "meta.json").read_text())
         n, salt, digest = int(meta["n"]), bytes.fromhex(meta["salt"]), bytes.fromhex(meta["digest"])
         version = int(meta["version"])
+        created = float(calendar.timegm(time.strptime(str(meta["created"]), "%Y-%m-%dT%H:%M:%SZ")))
     except FileNotFoundError as exc:
         raise DataError(f"{folder}: no prepared set here (meta.json missing)") from exc
     except (ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{folder}/meta.json: malformed ({exc})") from exc
-    if version != UB_VERSION:
-        raise DataError(f"{folder}: prepared set version {version}, this veilpay reads {UB_VERSION}")
+    if version != SET_VERSION:
+        raise DataError(f"{folder}: prepared set version {version}, this veilpay reads {SET_VERSION}")
     path = folder / "set.bin"
     if not path.exists() or path.stat().st_size != n * 32:
         raise DataError(f"{folder}/set.bin: missing or not {n} points long")
@@ -113,7 +129,7 @@ def load_server_set(folder: str | Path, need_key: bool = False) -> ServerSet:
             key = OprfKey.from_raw((folder / "key").read_bytes())
         except FileNotFoundError as exc:
             raise DataError(f"{folder}: no key file (a client's copy cannot serve queries)") from exc
-    return ServerSet(points, salt, digest, key)
+    return ServerSet(points, salt, digest, key, created)
 
 
 def setup_server(ids: Sequence[bytes], folder: str | Path, workers: int | None = None, chunk: int = CHUNK,
@@ -162,26 +178,65 @@ def unbalanced_psi(
     workers: int | None = None,
     chunk: int = CHUNK,
     show_progress: bool | None = None,
+    budget: int = DEFAULT_BUDGET,
+    max_key_age_s: float = DEFAULT_MAX_KEY_AGE_S,
 ) -> PsiResult:
     """One online query. The server (``role='server'``) answers from its prepared
-    ``folder``; the client (``role='client'``) keeps its copy of the set in ``folder``
-    and learns which of ``ids`` (distinct) the server holds."""
+    ``folder``, within ``budget`` ids per client under one key and with a key at most
+    ``max_key_age_s`` old (QueryRefused at both sides otherwise); the client
+    (``role='client'``) keeps its copy of the set in ``folder`` and learns which of
+    ``ids`` (distinct) the server holds."""
     if role not in ("server", "client"):
         raise InvalidInput(f"role must be 'server' or 'client', not {role!r}")
     if not 1 <= chunk <= 1 << 24:
         raise InvalidInput("chunk must be between 1 and 2^24 points")
     if role == "server":
-        return _server(comm, peer, load_server_set(folder, need_key=True), workers, chunk, show_progress)
+        if budget < 0 or max_key_age_s <= 0:
+            raise InvalidInput("the query budget is >= 0 ids and the key age limit > 0 seconds")
+        return _server(comm, peer, Path(folder), load_server_set(folder, need_key=True), workers, chunk,
+                       show_progress, budget, max_key_age_s)
     if len(set(ids)) != len(ids):
         raise InvalidInput("ids must be distinct: deduplicate first")
     return _client(comm, peer, Path(folder), ids, workers, chunk, show_progress)
 
 
-def _server(comm: Communicator, peer: str, srv: ServerSet, workers: int | None, chunk: int,
-            show_progress: bool | None) -> PsiResult:
+_SERVED, _BUDGET_SPENT, _KEY_EXPIRED = 0, 1, 2
+
+
+def _charge(folder: Path, srv: ServerSet, client: str, n: int, budget: int) -> tuple[bool, int]:
+    """Count ``n`` more ids for ``client`` under this key, if its budget allows: (allowed,
+    ids left after). The count is written before any work is done."""
+    path = folder / "budget.json"
+    try:
+        book = json.loads(path.read_text())
+        if not isinstance(book, dict) or book.get("digest") != srv.digest.hex() or not isinstance(book.get("clients"),
+                                                                                                  dict):
+            book = {}
+    except (OSError, ValueError):
+        book = {}
+    clients = {str(k): int(v) for k, v in (book.get("clients") or {}).items()}
+    used = clients.get(client, 0)
+    if used + n > budget:
+        return False, max(0, budget - used)
+    clients[client] = used + n
+    _write_atomic(path, json.dumps({"digest": srv.digest.hex(), "clients": clients}, indent=1).encode(), 0o600)
+    return True, budget - used - n
+
+
+def _server(comm: Communicator, peer: str, folder: Path, srv: ServerSet, workers: int | None, chunk: int,
+            show_progress: bool | None, budget: int, max_key_age_s: float) -> PsiResult:
     n = len(srv.points)
     got = comm.exchange("psi.ub.hello", {peer: [_hello([n, chunk], srv.salt, srv.digest)]}, {peer: 1})[peer][0]
     (n_client, client_chunk), their_digest = _read_hello(peer, got, 24 + 32)
+    if time.time() - srv.created > max_key_age_s:
+        comm.exchange("psi.ub.verdict", {peer: [np.array([_KEY_EXPIRED, 0], dtype=np.uint64)]})
+        raise QueryRefused(peer, f"the server's key is older than {max_key_age_s / 86400:g} days: prepare the set "
+                                 "again (veilpay psi-setup) with a new key")
+    allowed, left = _charge(folder, srv, peer, n_client, budget)
+    comm.exchange("psi.ub.verdict", {peer: [np.array([_SERVED if allowed else _BUDGET_SPENT, left], dtype=np.uint64)]})
+    if not allowed:
+        raise QueryRefused(peer, f"{n_client} ids would take this client past its budget of {budget} under this "
+                                 f"key ({left} left)")
     if not secrets.compare_digest(their_digest, srv.digest):
         for lo, hi in spans(n, chunk):
             comm.exchange("psi.ub.set", {peer: [srv.points[lo:hi]]})
@@ -204,6 +259,15 @@ def _client(comm: Communicator, peer: str, folder: Path, ids: Sequence[bytes], w
     got = comm.exchange("psi.ub.hello", {peer: [_hello([len(ids), chunk], have)]}, {peer: 1})[peer][0]
     (n, server_chunk), rest = _read_hello(peer, got, 24 + 64)
     salt, digest = rest[:32], rest[32:]
+    verdict = comm.exchange("psi.ub.verdict", recv={peer: 1})[peer][0]
+    if verdict.dtype != np.uint64 or verdict.shape != (2,) or int(verdict[0]) not in (_SERVED, _BUDGET_SPENT,
+                                                                                       _KEY_EXPIRED):
+        raise ProtocolMismatch(peer, "malformed verdict")
+    if int(verdict[0]) == _BUDGET_SPENT:
+        raise QueryRefused(peer, f"the server refused {len(ids)} ids: this client's query budget under its current "
+                                 f"key has {int(verdict[1])} left")
+    if int(verdict[0]) == _KEY_EXPIRED:
+        raise QueryRefused(peer, "the server's key is past its rotation date; ask again once it prepared a new set")
     if mine is None or not secrets.compare_digest(have, digest):
         points = np.empty((n, 32), dtype=np.uint8)
         for lo, hi in spans(n, server_chunk):
