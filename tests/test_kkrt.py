@@ -412,7 +412,7 @@ def test_reveal_both_tells_the_sender_only_the_intersection(monkeypatch: Any) ->
         x = [f"x{i}".encode() for i in other] + common
         seen: list[np.ndarray] = []
 
-        def sender(c: Communicator) -> Any:
+        def sender(c: Communicator, seen: list[np.ndarray] = seen) -> Any:
             real = c.exchange
 
             def spy(label: str, send: Any = None, recv: Any = None) -> Any:
