@@ -32,7 +32,8 @@ from veilpay.sdk.transport import AiohttpTransport
 
 async def _load(net: LocalNet, codes: list[str], concurrency: int, tag: str) -> tuple[float, list[float], dict]:
     client = AsyncGatewayClient(net.keys("acqp-1"), net.url["gateway"], net.gateway_entry(), pets=net.pets,
-                                timeout=30.0, transport=AiohttpTransport(concurrency))
+                                authority=net.authority, privacy=net.privacy, timeout=30.0,
+                                transport=AiohttpTransport(concurrency))
     await client.directory()
     lat: list[float] = []
     codes_seen: dict[str, int] = {}

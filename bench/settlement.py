@@ -41,6 +41,7 @@ def _node(root: Path, me: str, protocol: str) -> None:
     from veilpay.node.service import NodeService, PinnedPartners
     from veilpay.node.store import open_store
     from veilpay.sdk import load_party
+    from veilpay.sdk.authority import load_authority
 
     net_file = root / "mpcnet" / "network.toml"
     network, privacy = load_network(net_file), load_privacy(net_file)
@@ -49,7 +50,8 @@ def _node(root: Path, me: str, protocol: str) -> None:
     def mesh(session: bytes):  # type: ignore[no-untyped-def]
         return connect_mesh(network, me, session, timeout=600, connect_timeout=60, parties=list(privacy.parties))
 
-    pinned = PinnedPartners([root / "keys" / p / "public.json" for p in PARTNERS])
+    pinned = PinnedPartners([root / "keys" / p / "public.json" for p in PARTNERS],
+                            load_authority(root / "authority" / "authority.json"))
     svc = NodeService(keys, privacy, open_store(f"sqlite:///{root / me / 'node.db'}"), mesh, pinned)
     cpu, t = time.process_time(), time.perf_counter()
     res = svc.run_job({"jobId": "bench-settle-0001", "kind": "settle", "params": {"period": DAY}})
@@ -69,6 +71,7 @@ def _setup(root: Path, n: int, protocol: str, seed: int) -> tuple[np.ndarray, np
     from veilpay.net import provision_network
     from veilpay.node.store import items, open_store, state
     from veilpay.sdk import create_party
+    from veilpay.sdk.authority import certify, create_authority
     from veilpay.sdk.periods import Period
 
     nodes = ["node-a", "node-b", "node-c"]
@@ -79,8 +82,10 @@ def _setup(root: Path, n: int, protocol: str, seed: int) -> tuple[np.ndarray, np
                  + ('dealer = "node-c"\n' if protocol == "semi2k" else ""))
     for node in nodes:
         create_party(root / "keys" / node, node, "node", endpoint="http://127.0.0.1:1")
+    create_authority(root / "authority", "bench network")
     for p in PARTNERS:
         create_party(root / "keys" / p, p, "mpp" if p.startswith("mpp") else "acqp")
+        certify(root / "authority", root / "keys" / p / "public.json")
     rng = np.random.default_rng(seed)  # test data only
     amounts = rng.integers(100, 5_000_000, size=n, dtype=np.int64)
     group = rng.integers(0, 60, size=n)

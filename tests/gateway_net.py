@@ -29,7 +29,9 @@ from veilpay.node.config import NodeConfig, NodePolicy
 from veilpay.partners import create_acqp_app, create_mpp_app
 from veilpay.partners.config import PartnerConfig
 from veilpay.sdk import AsyncGatewayClient, create_party, load_party
+from veilpay.sdk.authority import certify, create_authority
 from veilpay.sdk.keys import PublicEntry
+from veilpay.sdk.shares import Privacy
 
 
 class Router(httpx.AsyncBaseTransport):
@@ -75,8 +77,16 @@ class Net:
             gw.update(privacy_protocol=privacy, privacy_nodes=holders,
                       privacy_dealer=self.node_ids[2] if privacy == "semi2k" else "",
                       settlement_dir=tmp / "settlement", node_relay_interval_s=0.05)
+        self.privacy = Privacy(privacy, tuple(holders), self.node_ids[2] if privacy == "semi2k" else "") \
+            if privacy else None
+        # the network's key authority certifies every partner's and node's entry
+        self.authority_dir = tmp / "authority"
+        self.authority = create_authority(self.authority_dir, "test network")
+        for path in partners:
+            certify(self.authority_dir, path)
         self.cfg = GatewayConfig(keys=k / "gateway", database=database or f"sqlite:///{tmp}/gw/gateway.db",
-                                 partners=partners, pets=pets, **gw)
+                                 partners=partners, pets=pets, authority=self.authority_dir / "authority.json",
+                                 key_log=self.authority_dir / "log", **gw)
         self.gateway = create_app(self.cfg, transport=self.router, background=False)
         self.router.apps["gateway.test"] = httpx.ASGITransport(self.gateway)
         self.node_apps: dict[str, Any] = {}
@@ -104,7 +114,7 @@ class Net:
             "party": n, "keys": k / n, "network": self.network_file, "gateway_key": k / "gateway" / "public.json",
             "database": f"sqlite:///{self.tmp}/{n}/node.db", "job_timeout_s": 30, "connect_timeout_s": 5,
             "partner_keys": [k / p / "public.json" for p in ("mpp-1", "mpp-2", "acqp-1", "acqp-2")],
-            "policy": self.node_policy, **changes}
+            "authority": self.authority_dir / "authority.json", "policy": self.node_policy, **changes}
         return NodeConfig(**kw)
 
     def node_clock(self) -> int:
@@ -146,7 +156,13 @@ class Net:
 
         return PartnerConfig(keys=self.tmp / "keys" / pid, gateway_key=self.tmp / "keys" / "gateway" / "public.json",
                              gateway_url="http://gateway.test", database=f"sqlite:///{self.tmp}/{pid}/db.sqlite",
-                             name=f"{pid} wallet", pets=pets, fx={k: Decimal(v) for k, v in fx.items()})
+                             name=f"{pid} wallet", pets=pets, fx={k: Decimal(v) for k, v in fx.items()},
+                             authority=self.authority_dir / "authority.json",
+                             privacy=self.privacy.to_json() if self.privacy else None)
+
+    def certify(self, pid: str) -> None:
+        """The authority certifies ``pid``'s entry again (after a rotation or retirement)."""
+        certify(self.authority_dir, self.tmp / "keys" / pid / "public.json")
 
     def keys(self, pid: str) -> Any:
         return load_party(self.tmp / "keys" / pid)
@@ -155,6 +171,8 @@ class Net:
         kw.setdefault("backoff", 0.001)
         kw.setdefault("pets", self.cfg.pets)
         kw.setdefault("transport", self.router)
+        kw.setdefault("authority", self.authority)
+        kw.setdefault("privacy", self.privacy)
         return AsyncGatewayClient(self.keys(pid), "http://gateway.test", self.gw_public, **kw)
 
     async def admin(self, pid: str, method: str, path: str, body: Any = None) -> Any:

@@ -505,9 +505,14 @@ def test_key_rotation_and_retirement(tmp_path: Path) -> None:
         net.gateway.state.directory._checked = 0.0
         new = net.client()
         assert new.keys.signing_version == 2
+        with pytest.raises(SignatureError):  # not yet certified: the gateway keeps the directory it had
+            await new.inquiry_payment(payment_request_id="k0")
+        net.certify("acqp-1")
+        net.gateway.state.directory._checked = 0.0
         assert (await _pay(net, "k1", client=new)).code == "SUCCESS"
         assert (await _pay(net, "k2", client=old, balance=0)).code == "SUCCESS"  # version 1 still verifies
         retire_key(tmp_path / "keys" / "acqp-1", 1)
+        net.certify("acqp-1")
         net.gateway.state.directory._checked = 0.0
         with pytest.raises(SignatureError) as refused:  # refused, and unsigned: the caller did not authenticate
             await old.inquiry_payment(payment_request_id="k1")

@@ -25,7 +25,8 @@ def _cfg(tmp: Path, net_root: Path, gateway_url: str = "http://gateway.test") ->
     return McpConfig(keys=net_root / "keys" / "acqp-1", gateway_key=net_root / "keys" / "gateway" / "public.json",
                      gateway_url=gateway_url, state=tmp / "mcp" / "state.db", audit_log=tmp / "mcp" / "audit.log",
                      per_call=LIMITS["per_call"], per_day=LIMITS["per_day"],
-                     confirm_refund_above=LIMITS["confirm_refund_above"], refund_share=0.9)
+                     confirm_refund_above=LIMITS["confirm_refund_above"], refund_share=0.9,
+                     authority=net_root / "authority" / "authority.json")
 
 
 def _out(r: Any) -> dict[str, Any]:
@@ -171,10 +172,11 @@ def test_allow_list_and_read_only(tmp_path: Path) -> None:
 def test_config_file(tmp_path: Path) -> None:
     (tmp_path / "acqp.toml").write_text(
         '[partner]\nkeys = "keys/acqp-1"\ngateway_key = "keys/gateway/public.json"\ngateway_url = "http://gw"\n'
+        'authority = "authority/authority.json"\n'
         '[mcp]\nrefund_share = 0.5\n[mcp.per_call]\nJPY = 100\n[mcp.per_day]\nJPY = 1000\n')
     cfg = load_mcp_config(tmp_path / "acqp.toml")
     assert cfg.per_call == {"JPY": 100} and cfg.refund_share == 0.5 and cfg.keys == tmp_path / "keys" / "acqp-1"
-    (tmp_path / "bad.toml").write_text('[partner]\nkeys = "k"\ngateway_key = "g"\ngateway_url = "u"\n'
+    (tmp_path / "bad.toml").write_text('[partner]\nkeys = "k"\ngateway_key = "g"\ngateway_url = "u"\nauthority = "a"\n'
                                        '[mcp.per_call]\nXXX = 1\n')
     with pytest.raises(Exception, match="ISO 4217"):
         load_mcp_config(tmp_path / "bad.toml")
@@ -195,7 +197,8 @@ def test_stdio_end_to_end_against_the_real_gateway(tmp_path: Path) -> None:
         root = tmp_path / "net"
         (tmp_path / "acqp.toml").write_text(
             f'[partner]\nkeys = "{root}/keys/acqp-1"\ngateway_key = "{root}/keys/gateway/public.json"\n'
-            f'gateway_url = "{net.url["gateway"]}"\n[mcp]\nstate = "state.db"\naudit_log = "audit.log"\n'
+            f'gateway_url = "{net.url["gateway"]}"\nauthority = "{root}/authority/authority.json"\n'
+            '[mcp]\nstate = "state.db"\naudit_log = "audit.log"\n'
             '[mcp.per_call]\nJPY = 50000\n[mcp.per_day]\nJPY = 100000\n[mcp.confirm_refund_above]\nJPY = 10000\n')
         params = StdioServerParameters(command=sys.executable, args=["-m", "veilpay.cli.main", "mcp", "--partner-config",
                                                                      str(tmp_path / "acqp.toml")])
@@ -232,11 +235,14 @@ def test_streamable_http_transport(tmp_path: Path) -> None:
 
     from veilpay.cli.localnet import free_port
     from veilpay.sdk import create_party
+    from veilpay.sdk.authority import create_authority
 
     create_party(tmp_path / "keys" / "gateway", "gateway", "gateway")
     create_party(tmp_path / "keys" / "acqp-1", "acqp-1", "acqp")
+    create_authority(tmp_path / "authority", "test network")
     (tmp_path / "acqp.toml").write_text(
         '[partner]\nkeys = "keys/acqp-1"\ngateway_key = "keys/gateway/public.json"\ngateway_url = "http://127.0.0.1:9"\n'
+        'authority = "authority/authority.json"\n'
         '[mcp.per_call]\nJPY = 100\n')
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "veilpay.cli.main", "mcp", "--partner-config",

@@ -734,7 +734,8 @@ def test_operator_cli_without_a_gateway_is_a_clear_error(tmp_path: Path, capsys:
 
     create_party(tmp_path / "keys" / "gateway", "gateway", "gateway")
     (tmp_path / "gw.toml").write_text(f'[gateway]\nkeys = "keys/gateway"\ndatabase = "sqlite:///gw.db"\n'
-                                      f'listen = "127.0.0.1:{free_port()}"\npartners = []\n')
+                                      f'listen = "127.0.0.1:{free_port()}"\npartners = []\n'
+                                      'authority = "authority/authority.json"\nkey_log = "authority/log"\n')
     assert main(["gateway", "settle", "--config", str(tmp_path / "gw.toml"), "--date", "2026-12-05"]) == 2
     err = capsys.readouterr().err
     assert "GatewayUnavailable" in err and "Traceback" not in err

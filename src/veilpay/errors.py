@@ -25,6 +25,8 @@ The tree::
     ├── DecryptionError                     a sealed field that does not open for this key and context
     └── GatewayError                        an API exchange refused or failed (``.code``: the result code)
         ├── SignatureError                  a missing, malformed or wrong signature on a message
+        │   ├── KeyNotCertified             a key entry that does not chain to the pinned key authority
+        │   └── LogInconsistent             a key-log head unsigned by the authority, or not consistent with one seen
         ├── GatewayUnavailable              no answer from the gateway after the allowed retries
         └── RequestRejected                 the gateway answered with a result code (``.result``)
 
@@ -49,6 +51,8 @@ __all__ = [
     "FixedPointOverflow",
     "InvalidInput",
     "InvalidPoint",
+    "KeyNotCertified",
+    "LogInconsistent",
     "PartyFailed",
     "PeerAuthenticationError",
     "ProtocolMismatch",
@@ -186,6 +190,21 @@ class SignatureError(GatewayError):
     """A message whose signature is missing, malformed, from an unknown or retired key, or wrong."""
 
     code = "INVALID_SIGNATURE"
+
+
+class KeyNotCertified(SignatureError):
+    """A key entry (a partner's or a node's) that is not self-signed by its owner or not
+    in a log head the pinned key authority signed: whoever serves it, it is not used."""
+
+    code = "KEY_NOT_CERTIFIED"
+
+
+class LogInconsistent(SignatureError):
+    """A head of the key transparency log that the key authority did not sign, or that
+    is not consistent with a head already seen (a rewritten history, a rollback, or a
+    split view shown to different parties)."""
+
+    code = "LOG_INCONSISTENT"
 
 
 class GatewayUnavailable(GatewayError):

@@ -19,9 +19,11 @@ import httpx
 
 from veilpay.errors import ConfigError
 from veilpay.sdk import GatewayClient, create_party, load_party
+from veilpay.sdk.authority import certify, create_authority
 from veilpay.sdk.keys import PublicEntry
+from veilpay.sdk.shares import Privacy
 
-__all__ = ["LocalNet", "free_port"]
+__all__ = ["LocalNet", "free_port", "toml_value"]
 
 
 def free_port() -> int:
@@ -31,15 +33,15 @@ def free_port() -> int:
     return _free_port_base(1)
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):
         return repr(v)
     if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -59,6 +61,7 @@ class LocalNet:
         create_party(k / "acqp-1", "acqp-1", "acqp", notify_url=self.url["acqp-1"] + "/notify", region="JP",
                      notify_batch_url=self.url["acqp-1"] + "/notifyBatch")
         partners = ["keys/mpp-1/public.json", "keys/acqp-1/public.json"]
+        self.privacy: Privacy | None = None
         privacy_opts: dict[str, Any] = {}
         if privacy:
             from veilpay.cli.demo import _free_port_base
@@ -72,28 +75,39 @@ class LocalNet:
             self.network = provision_network(self.root / "mpcnet", self.nodes, base_port=_free_port_base(3),
                                              name="privacy")
             with self.network.open("a") as fh:
-                fh.write(f'[privacy]\nprotocol = "{privacy}"\nnodes = {_toml_value(holders)}\n'
+                fh.write(f'[privacy]\nprotocol = "{privacy}"\nnodes = {toml_value(holders)}\n'
                          + (f'dealer = "{dealer}"\n' if dealer else ""))
             privacy_opts = {"privacy_protocol": privacy, "privacy_nodes": holders, "privacy_dealer": dealer}
+            self.privacy = Privacy(privacy, tuple(holders), dealer)
             policy = {"min_count": 2, **(node_policy or {})}
             for n in self.nodes:  # each node pins the partners' keys itself, and runs the same policy
                 node = {"party": n, "keys": f"keys/{n}", "network": str(self.network),
                         "gateway_key": "keys/gateway/public.json",
                         "partner_keys": ["keys/mpp-1/public.json", "keys/acqp-1/public.json"],
-                        "database": f"sqlite:///{n}/node.db"}
+                        "authority": "authority/authority.json", "database": f"sqlite:///{n}/node.db"}
                 (self.root / f"{n}.toml").write_text(
-                    "[node]\n" + "".join(f"{a} = {_toml_value(b)}\n" for a, b in node.items())
-                    + "[node.policy]\n" + "".join(f"{a} = {_toml_value(b)}\n" for a, b in policy.items()))
+                    "[node]\n" + "".join(f"{a} = {toml_value(b)}\n" for a, b in node.items())
+                    + "[node.policy]\n" + "".join(f"{a} = {toml_value(b)}\n" for a, b in policy.items()))
+        # the network's key authority (held by the members, not the operator) certifies
+        # every partner's and node's entry; every party pins it
+        self.authority = create_authority(self.root / "authority", "local network")
+        for entry in partners:
+            certify(self.root / "authority", self.root / entry)
         opts = {"keys": "keys/gateway", "database": database or "sqlite:///gateway/gateway.db",
                 "listen": f"127.0.0.1:{self.ports['gateway']}", "partners": partners, "pets": pets,
+                "authority": "authority/authority.json", "key_log": "authority/log",
                 **privacy_opts, **(gateway_options or {})}
-        gw_text = "".join(f"{a} = {_toml_value(b)}\n" for a, b in opts.items())
+        gw_text = "".join(f"{a} = {toml_value(b)}\n" for a, b in opts.items())
         (self.root / "gateway.toml").write_text("[gateway]\n" + gw_text)
         for pid in ("mpp-1", "acqp-1"):
             lines = [f'keys = "keys/{pid}"', 'gateway_key = "keys/gateway/public.json"',
                      f'gateway_url = "{self.url["gateway"]}"', f'database = "sqlite:///{pid}/{pid}.db"',
-                     f'listen = "127.0.0.1:{self.ports[pid]}"', f'name = "{pid} wallet"', f"pets = {_toml_value(pets)}"]
+                     f'listen = "127.0.0.1:{self.ports[pid]}"', f'name = "{pid} wallet"', f"pets = {toml_value(pets)}",
+                     'authority = "authority/authority.json"']
             text = "[partner]\n" + "\n".join(lines) + "\n"
+            if self.privacy is not None:
+                text += "[partner.privacy]\n" + "".join(f"{a} = {toml_value(b)}\n"
+                                                         for a, b in self.privacy.to_json().items())
             if pid == "mpp-1":
                 text += "[partner.fx]\n" + "".join(f'"{a}" = "{b}"\n' for a, b in (fx or {"JPY/PHP": "0.3812",
                                                                                       "SGD/PHP": "42.55"}).items())
@@ -175,6 +189,8 @@ class LocalNet:
 
     def client(self, pid: str = "acqp-1", **kw: Any) -> GatewayClient:
         kw.setdefault("pets", self.pets)
+        kw.setdefault("authority", self.authority)
+        kw.setdefault("privacy", self.privacy)
         return GatewayClient(self.keys(pid), self.url["gateway"], self.gateway_entry(), **kw)
 
     def admin(self, pid: str, method: str, path: str, body: Any = None) -> Any:

@@ -14,6 +14,8 @@ from veilpay.host import BLAS_CHOICES
 
 
 def _cmd_keys(a: argparse.Namespace) -> int:
+    if a.kind in ("authority", "certify", "monitor"):
+        return _cmd_authority(a)
     if a.kind != "network":
         return _cmd_party_keys(a)
     from veilpay.net import provision_network
@@ -24,6 +26,49 @@ def _cmd_keys(a: argparse.Namespace) -> int:
     path = provision_network(a.out, parties, host=a.host, base_port=a.base_port, name=a.name)
     print(f"wrote CA, {len(parties)} party certificates and {path}")
     return 0
+
+
+def _cmd_authority(a: argparse.Namespace) -> int:
+    """``authority``: a network's key authority and its empty log; ``certify``: the
+    authority certifies entries (appends them to its log, signs the head, writes each
+    certificate into its file); ``monitor``: a party watches the log for entries in its
+    own name that are not its own."""
+    from veilpay.sdk.authority import certify, create_authority
+
+    if a.kind == "authority":
+        if not a.out:
+            raise ConfigError("keys authority: --out (a folder for the authority and its log) is required")
+        create_authority(a.out, a.name)
+        print(f"wrote {a.out}/authority.json (pin it at every party), {a.out}/secret.json (mode 0600: keep it "
+              f"offline) and an empty log in {a.out}/log/")
+        return 0
+    if a.kind == "certify":
+        if not a.authority or not a.entry:
+            raise ConfigError("keys certify: --authority (the authority's folder) and --entry (public.json) are required")
+        for e in a.entry:
+            print(json.dumps(certify(a.authority, e)))
+        return 0
+    return _monitor(a)
+
+
+def _monitor(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import httpx
+
+    from veilpay.sdk import load_party
+    from veilpay.sdk.authority import load_authority
+    from veilpay.sdk.monitor import watch
+
+    if not (a.keys and a.authority and a.gateway_url):
+        raise ConfigError("keys monitor: --keys, --authority (authority.json) and --gateway-url are required")
+    state = Path(a.state) if a.state else Path(a.keys) / "log-state.json"
+    try:
+        report = watch(a.gateway_url, load_party(a.keys), load_authority(a.authority), state)
+    except httpx.HTTPError as exc:
+        raise GatewayUnavailable(f"{a.gateway_url}: {type(exc).__name__}") from exc
+    print(json.dumps(report, indent=1))
+    return 1 if report["foreign"] else 0
 
 
 def _cmd_party_keys(a: argparse.Namespace) -> int:
@@ -382,8 +427,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     k = sub.add_parser("keys", help="network: a CA, party certificates and a network file (MPC, PSI); "
-                       "partner / gateway: signing and HPKE keys; rotate / retire: key versions")
-    k.add_argument("kind", nargs="?", default="network", choices=["network", "partner", "gateway", "rotate", "retire"])
+                       "partner / gateway: signing and HPKE keys; rotate / retire: key versions; authority / "
+                       "certify: the network's key authority and its certificates; monitor: watch the key log")
+    k.add_argument("kind", nargs="?", default="network",
+                   choices=["network", "partner", "gateway", "rotate", "retire", "authority", "certify", "monitor"])
+    k.add_argument("--authority", help="certify: the authority's folder; monitor: its authority.json")
+    k.add_argument("--entry", action="append", default=[], help="certify: a party's public.json; repeat for more")
+    k.add_argument("--keys", help="monitor: your key folder")
+    k.add_argument("--gateway-url", help="monitor: the gateway that serves the key log")
+    k.add_argument("--state", help="monitor: where to keep the last head seen (default: KEYS/log-state.json)")
     k.add_argument("--out", help="directory to write into (partner, gateway, rotate, retire: the party's key folder)")
     k.add_argument("--parties", help="network: party ids, comma separated")
     k.add_argument("--id", help="partner / gateway: the party's id")

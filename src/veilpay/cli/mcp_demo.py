@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from veilpay.cli.localnet import LocalNet
+from veilpay.cli.localnet import LocalNet, toml_value
 
 
 def _show(r: Any) -> str:
@@ -72,7 +72,10 @@ def run_mcp_demo(net: LocalNet, period: str) -> None:
     codes = net.admin("mpp-1", "POST", "/admin/codes", {"userId": "w-2001", "count": 2})["codes"]
     cfg = root / "acqp-mcp.toml"
     cfg.write_text(f'[partner]\nkeys = "keys/acqp-1"\ngateway_key = "keys/gateway/public.json"\n'
-                   f'gateway_url = "{net.url["gateway"]}"\n[mcp]\nstate = "mcp/state.db"\naudit_log = "mcp/audit.log"\n'
+                   f'gateway_url = "{net.url["gateway"]}"\nauthority = "authority/authority.json"\n'
+                   + ("[partner.privacy]\n" + "".join(f"{a} = {toml_value(b)}\n" for a, b in net.privacy.to_json().items())
+                      if net.privacy else "")
+                   + '[mcp]\nstate = "mcp/state.db"\naudit_log = "mcp/audit.log"\n'
                    'refund_share = 0.9\n[mcp.per_call]\nJPY = 50000\nSGD = 50000\n[mcp.per_day]\nJPY = 200000\n'
                    '[mcp.confirm_refund_above]\nJPY = 10000\n')
     print("veilpay demo, part 2: an AI assistant takes a payment and refunds through `veilpay mcp` (stdio, real MCP "

@@ -26,7 +26,7 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from veilpay.errors import ConfigError, SignatureError
+from veilpay.errors import ConfigError, KeyNotCertified, LogInconsistent, SignatureError
 from veilpay.gateway.batch import pause
 from veilpay.gateway.codes import ApiFailure, result
 from veilpay.gateway.config import GatewayConfig
@@ -48,6 +48,7 @@ from veilpay.gateway.settlement import analytics, settle
 from veilpay.gateway.store import make_engine, migrate
 from veilpay.host import FASTAPI_TELEMETRY_OFF
 from veilpay.sdk import wirejson
+from veilpay.sdk.authority import Authority, KeyLog, load_authority, verify_entry
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.keys import PublicEntry, load_party
 from veilpay.sdk.shares import Privacy
@@ -60,11 +61,17 @@ log = logging.getLogger("veilpay.gateway")
 
 class DirectoryFiles:
     """The directory built from the partners' ``public.json`` files, re-read when one
-    changes (key rotation, retirement), checked at most once a second."""
+    changes (key rotation, retirement), checked at most once a second. Every entry must
+    be certified by the network's key authority (``veilpay.sdk.authority``): an entry
+    that is not refuses the gateway's start, and a changed file that is not keeps the
+    directory as it was (logged) until the owner has it certified; so the gateway
+    serves no key the SDKs would refuse anyway. The directory carries the key log's
+    newest head."""
 
-    def __init__(self, paths: list[Path], privacy: Privacy | None = None) -> None:
+    def __init__(self, paths: list[Path], privacy: Privacy | None = None, authority: Authority | None = None,
+                 log: KeyLog | None = None) -> None:
         self.paths = paths
-        self.privacy = privacy
+        self.privacy, self.authority, self.log = privacy, authority, log
         self._mtimes: tuple[float, ...] = ()
         self._checked = 0.0
         self._dir: Directory | None = None
@@ -78,14 +85,28 @@ class DirectoryFiles:
         self._checked = now
         try:
             mtimes = tuple(p.stat().st_mtime for p in self.paths)
+            if self.log is not None:
+                mtimes += ((self.log.folder / "head.json").stat().st_mtime,)
         except OSError as exc:
             if self._dir is None:
                 raise ConfigError(f"partner key file: {exc}") from exc
             return self._dir
         if mtimes != self._mtimes:
-            entries = [PublicEntry.from_json(json.loads(p.read_text())) for p in self.paths]
+            try:
+                entries = [PublicEntry.from_json(json.loads(p.read_text())) for p in self.paths]
+                if self.authority is not None:
+                    for e in entries:
+                        verify_entry(e, self.authority)
+                head = self.log.head() if self.log is not None else None
+            except (KeyNotCertified, LogInconsistent, ConfigError, OSError, json.JSONDecodeError) as exc:
+                if self._dir is None:
+                    raise ConfigError(f"the partner directory cannot be served: {exc}") from exc
+                log.error("a partner key file changed but cannot be served; keeping the directory as it was",
+                          extra={"event": "directory_refused", "error": str(exc)[:200]})
+                self._mtimes = mtimes
+                return self._dir
             self._version += 1
-            self._dir = Directory(self._version, {e.id: e for e in entries}, self.privacy)
+            self._dir = Directory(self._version, {e.id: e for e in entries}, self.privacy, head)
             self._mtimes = mtimes
         if self._dir is None:
             raise ConfigError("no partner directory")
@@ -166,7 +187,8 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
         raise ConfigError(f"{cfg.keys}: these are not gateway keys (role {keys.public.role!r})")
     privacy = Privacy(cfg.privacy_protocol, tuple(cfg.privacy_nodes), cfg.privacy_dealer) \
         if cfg.privacy_protocol else None
-    directory = DirectoryFiles(cfg.partners, privacy)
+    key_log = KeyLog(cfg.key_log)
+    directory = DirectoryFiles(cfg.partners, privacy, load_authority(cfg.authority), key_log)
     engine = make_engine(cfg.database)
     migrate(engine)
     metrics = Metrics()
@@ -340,6 +362,28 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
                             status_code=400, media_type="application/json")
         return signed(client, "GET", "/v1/directory", directory().to_json(), 200,
                       get_digest("/v1/directory", client, nonce))
+
+    @app.get("/v1/log/consistency", summary="A consistency proof between two heads of the key log (RFC 9162)")
+    async def log_consistency(first: int, second: int | None = None) -> Response:
+        """Public and unsigned: a proof verifies on its own against heads the key
+        authority signed, whoever serves it."""
+        try:
+            proof = key_log.consistency(first, second)
+        except ValueError as exc:
+            return Response(wirejson.dumps({"error": str(exc)}), status_code=400, media_type="application/json")
+        return Response(wirejson.dumps({"first": first, "second": second, "proof": [p.hex() for p in proof]}),
+                        media_type="application/json")
+
+    @app.get("/v1/log/entries", summary="The key log's entries and its newest head (for owners that watch it)")
+    async def log_entries(start: int = 0, end: int | None = None) -> Response:
+        leaves, head = key_log.read()
+        end = head.size if end is None else min(end, head.size)
+        if not 0 <= start <= end or end - start > 10_000:
+            return Response(wirejson.dumps({"error": "0 <= start <= end, at most 10000 entries a page"}),
+                            status_code=400, media_type="application/json")
+        return Response(wirejson.dumps({"head": head.to_json(), "start": start,
+                                        "entries": [x.decode() for x in leaves[start:end]]}),
+                        media_type="application/json")
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def get_metrics() -> Response:

@@ -4,7 +4,9 @@
     keys = "keys/gateway"                 # public.json + secret.json (`veilpay keys gateway`)
     database = "sqlite:///gw/gateway.db"  # or postgresql+psycopg://user@host/db
     listen = "127.0.0.1:8100"
-    partners = ["keys/mpp-1/public.json", "keys/acqp-1/public.json"]
+    partners = ["keys/mpp-1/public.json", "keys/acqp-1/public.json"]   # each certified by the authority
+    authority = "authority/authority.json"   # the network's key authority (`veilpay keys authority`)
+    key_log = "authority/log"                # its transparency log, served to partners (heads, proofs)
     request_window_s = 300                # allowed clock skew of Request-Time, and replay memory
     mpp_timeout_s = 5                     # answer U after this, then resolve in the background
     payment_expiry_s = 600                # a payment still unknown after this is cancelled at the MPP
@@ -42,6 +44,8 @@ class GatewayConfig:
     keys: Path
     database: str
     partners: list[Path]
+    authority: Path
+    key_log: Path
     listen: str = "127.0.0.1:8100"
     request_window_s: float = 300.0
     mpp_timeout_s: float = 5.0
@@ -95,9 +99,14 @@ def load_config(path: str | Path) -> GatewayConfig:
         db = str(raw["database"])
         if db.startswith("sqlite:///") and not db.startswith("sqlite:////") and db != "sqlite:///:memory:":
             db = "sqlite:///" + str(_resolve(base, db[len("sqlite:///"):]))
-        kw = {k: v for k, v in raw.items() if k not in ("keys", "database", "partners", "settlement_dir")}
+        paths = ("keys", "database", "partners", "settlement_dir", "authority", "key_log")
+        kw = {k: v for k, v in raw.items() if k not in paths}
         kw["settlement_dir"] = _resolve(base, str(raw.get("settlement_dir", "settlement")))
         return GatewayConfig(keys=_resolve(base, str(raw["keys"])), database=db,
-                             partners=[_resolve(base, str(p)) for p in raw["partners"]], **kw)
-    except (KeyError, TypeError) as exc:
+                             partners=[_resolve(base, str(p)) for p in raw["partners"]],
+                             authority=_resolve(base, str(raw["authority"])),
+                             key_log=_resolve(base, str(raw["key_log"])), **kw)
+    except KeyError as exc:
+        raise ConfigError(f"{path}: [gateway] needs {exc.args[0]!r}") from exc
+    except TypeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc

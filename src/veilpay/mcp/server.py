@@ -37,6 +37,7 @@ from veilpay.errors import ConfigError, DecryptionError, GatewayUnavailable, Inv
 from veilpay.mcp.config import McpConfig
 from veilpay.mcp.guard import AUDITED, AuditLog, GuardState
 from veilpay.sdk import AsyncGatewayClient, PublicEntry, load_party
+from veilpay.sdk.authority import load_authority, pinned_privacy
 from veilpay.sdk.client import ApiResponse
 from veilpay.sdk.money import MINOR_UNITS
 
@@ -152,7 +153,8 @@ def build_server(cfg: McpConfig, tools: set[str] | None = None, read_only: bool 
         gateway = PublicEntry.from_json(json.loads(cfg.gateway_key.read_text()))
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{cfg.gateway_key}: {exc}") from exc
-    client = AsyncGatewayClient(keys, cfg.gateway_url, gateway, transport=transport, pets=cfg.pets)
+    client = AsyncGatewayClient(keys, cfg.gateway_url, gateway, transport=transport, pets=cfg.pets,
+                                authority=load_authority(cfg.authority), privacy=pinned_privacy(cfg.privacy, "mcp"))
     state = GuardState(cfg.state)
     audit = AuditLog(cfg.audit_log)
     declared: dict[str, set[str]] = {}

@@ -44,6 +44,7 @@ from veilpay.node.config import NodeConfig
 from veilpay.node.service import NodeService, PinnedPartners
 from veilpay.node.store import open_store
 from veilpay.sdk import wirejson
+from veilpay.sdk.authority import load_authority
 from veilpay.sdk.keys import PublicEntry, load_party
 from veilpay.sdk.partner import GatewayCalls
 from veilpay.sdk.shares import Privacy
@@ -78,7 +79,7 @@ def create_node_app(cfg: NodeConfig, clock: Callable[[], int] | None = None) -> 
     if missing:
         raise ConfigError(f"{cfg.network}: privacy node {missing[0]!r} has no [parties] entry")
     engine = open_store(cfg.database)
-    partners = PinnedPartners(cfg.partner_keys)
+    partners = PinnedPartners(cfg.partner_keys, load_authority(cfg.authority))
 
     def mesh(session: bytes) -> Any:
         return connect_mesh(network, keys.id, session, timeout=cfg.job_timeout_s,

@@ -7,6 +7,7 @@ operator pinned, and its disclosure policy::
     network = "mpcnet/network.toml"               # the nodes' TLS mesh and its [privacy] section
     gateway_key = "keys/gateway/public.json"      # only the gateway may feed it and ask for jobs
     partner_keys = ["keys/acqp-1/public.json", "keys/mpp-1/public.json"]   # pinned by this node
+    authority = "authority/authority.json"        # the key authority every pinned entry must chain to
     database = "sqlite:///node-a/node.db"         # or postgresql+psycopg://...
     listen = "127.0.0.1:8201"                     # default: the endpoint in its public.json
     job_timeout_s = 120
@@ -111,6 +112,7 @@ class NodeConfig:
     gateway_key: Path
     database: str
     partner_keys: list[Path]
+    authority: Path
     listen: str = ""
     job_timeout_s: float = 120.0
     connect_timeout_s: float = 10.0
@@ -159,7 +161,8 @@ def load_node_config(path: str | Path) -> NodeConfig:
                 pol[k] = str(pol[k])
         return NodeConfig(party=str(raw.pop("party")), keys=rel(raw.pop("keys")), network=rel(raw.pop("network")),
                           gateway_key=rel(raw.pop("gateway_key")), database=db,
-                          partner_keys=[rel(p) for p in partner_keys], policy=NodePolicy(**pol), **raw)
+                          partner_keys=[rel(p) for p in partner_keys], authority=rel(raw.pop("authority")),
+                          policy=NodePolicy(**pol), **raw)
     except KeyError as exc:
         raise ConfigError(f"{path}: [node] needs {exc}") from exc
     except TypeError as exc:

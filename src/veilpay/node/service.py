@@ -14,12 +14,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import Engine
 
-from veilpay.errors import ConfigError, NodeError
+from veilpay.errors import ConfigError, KeyNotCertified, NodeError
 from veilpay.net import Communicator
 from veilpay.node.config import NodePolicy
 from veilpay.node.feed import Feed
 from veilpay.node.jobs import JOB_KINDS, Jobs
 from veilpay.node.ledger import Ledger
+from veilpay.sdk.authority import Authority, verify_entry
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.shares import Privacy
 
@@ -51,10 +52,12 @@ class NodeMetrics:
 
 class PinnedPartners:
     """The partner keys a node's operator pinned (their ``public.json`` files), by id,
-    read again when a file changes (rotation, retirement), at most once a second."""
+    read again when a file changes (rotation, retirement), at most once a second. Each
+    must be certified by the key authority the node pinned (``veilpay.sdk.authority``);
+    a changed file that is not leaves the entries as they were until it is."""
 
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.paths = list(paths)
+    def __init__(self, paths: Sequence[Path], authority: Authority) -> None:
+        self.paths, self.authority = list(paths), authority
         self._mtimes: tuple[float, ...] = ()
         self._checked = 0.0
         self._entries: dict[str, PublicEntry] = {}
@@ -73,14 +76,24 @@ class PinnedPartners:
             return self._entries
         if mtimes != self._mtimes:
             entries: dict[str, PublicEntry] = {}
-            for p in self.paths:
-                try:
-                    e = PublicEntry.from_json(json.loads(p.read_text()))
-                except (OSError, json.JSONDecodeError) as exc:
-                    raise ConfigError(f"{p}: {exc}") from exc
-                if e.role not in ("mpp", "acqp") or e.id in entries:
-                    raise ConfigError(f"{p}: pin acquirers and MPPs, each once (got {e.role} {e.id!r})")
-                entries[e.id] = e
+            try:
+                for p in self.paths:
+                    try:
+                        e = PublicEntry.from_json(json.loads(p.read_text()))
+                    except (OSError, json.JSONDecodeError) as exc:
+                        raise ConfigError(f"{p}: {exc}") from exc
+                    if e.role not in ("mpp", "acqp") or e.id in entries:
+                        raise ConfigError(f"{p}: pin acquirers and MPPs, each once (got {e.role} {e.id!r})")
+                    try:
+                        verify_entry(e, self.authority)
+                    except KeyNotCertified as exc:
+                        raise ConfigError(f"{p}: {exc}") from exc
+                    entries[e.id] = e
+            except ConfigError:
+                if not self._entries:
+                    raise
+                self._mtimes = mtimes  # keep the entries as they were; the owner has it certified
+                return self._entries
             self._entries, self._mtimes = entries, mtimes
         return self._entries
 

@@ -4,6 +4,7 @@ bearer-token checks, signed JSON answers."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from fastapi import Request, Response
 from sqlalchemy import Engine, MetaData
@@ -12,9 +13,10 @@ from veilpay.crypto.tokens import ct_equal
 from veilpay.errors import ConfigError
 from veilpay.gateway.store import make_engine
 from veilpay.partners.config import PartnerConfig
+from veilpay.sdk.authority import load_authority, pinned_privacy
 from veilpay.sdk.keys import PartyKeys, PublicEntry, load_party
 
-__all__ = ["admin_ok", "json_response", "load_identity", "open_db"]
+__all__ = ["admin_ok", "json_response", "load_identity", "open_db", "trust_of"]
 
 
 def load_identity(cfg: PartnerConfig, role: str) -> tuple[PartyKeys, PublicEntry]:
@@ -28,6 +30,11 @@ def load_identity(cfg: PartnerConfig, role: str) -> tuple[PartyKeys, PublicEntry
     if gateway.role != "gateway":
         raise ConfigError(f"{cfg.gateway_key} is not the gateway's public key")
     return keys, gateway
+
+
+def trust_of(cfg: PartnerConfig) -> dict[str, Any]:
+    """The SDK client's pins from the partner's config: the key authority, the privacy nodes."""
+    return {"authority": load_authority(cfg.authority), "privacy": pinned_privacy(cfg.privacy, str(cfg.keys))}
 
 
 def open_db(url: str, metadata: MetaData) -> Engine:

@@ -25,7 +25,7 @@ from veilpay.crypto.tokens import random_id
 from veilpay.db import GroupCommit
 from veilpay.errors import DecryptionError, SignatureError, VeilpayError
 from veilpay.host import FASTAPI_TELEMETRY_OFF
-from veilpay.partners._common import admin_ok, json_response, load_identity, open_db
+from veilpay.partners._common import admin_ok, json_response, load_identity, open_db, trust_of
 from veilpay.partners.config import PartnerConfig
 from veilpay.sdk import wirejson
 from veilpay.sdk.client import AsyncGatewayClient
@@ -58,7 +58,7 @@ def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | No
     calls = GatewayCalls(keys, gateway, cfg.request_window_s)
     engine = open_db(cfg.database, md)
     writes = GroupCommit(engine)
-    client = AsyncGatewayClient(keys, cfg.gateway_url, gateway, pets=cfg.pets, transport=transport)
+    client = AsyncGatewayClient(keys, cfg.gateway_url, gateway, pets=cfg.pets, transport=transport, **trust_of(cfg))
     faults = {"drop_before": 0, "drop_after": 0}
     wire = {"count": 0}
 

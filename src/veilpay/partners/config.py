@@ -3,6 +3,7 @@
     [partner]
     keys = "keys/mpp-1"                   # public.json + secret.json (`veilpay keys partner`)
     gateway_key = "keys/gateway/public.json"
+    authority = "authority/authority.json"  # the network's key authority: every key taken must chain to it
     gateway_url = "http://127.0.0.1:8100"
     database = "sqlite:///mpp/ledger.db"
     listen = "127.0.0.1:8101"
@@ -11,6 +12,11 @@
 
     [partner.fx]                          # MPP only: wallet units per merchant unit
     "JPY/PHP" = "0.3812"
+
+    [partner.privacy]                     # a network with privacy nodes: their set, pinned
+    protocol = "semi2k"
+    nodes = ["node-a", "node-b"]
+    dealer = "node-c"
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
 from veilpay.errors import ConfigError
 
@@ -31,6 +38,8 @@ class PartnerConfig:
     gateway_key: Path
     gateway_url: str
     database: str
+    authority: Path = Path("authority.json")
+    privacy: dict[str, Any] | None = None
     listen: str = "127.0.0.1:8101"
     name: str = ""
     pets: bool = True
@@ -63,6 +72,7 @@ def load_partner_config(path: str | Path) -> PartnerConfig:
         if db.startswith("sqlite:///") and not db.startswith("sqlite:////"):
             db = "sqlite:///" + str(rel(db[len("sqlite:///"):]))
         return PartnerConfig(keys=rel(str(raw.pop("keys"))), gateway_key=rel(str(raw.pop("gateway_key"))),
+                             authority=rel(str(raw.pop("authority"))),
                              gateway_url=str(raw.pop("gateway_url")), database=db, fx=fx, **raw)
     except (KeyError, TypeError, InvalidOperation) as exc:
         raise ConfigError(f"{path}: {exc!r}") from exc

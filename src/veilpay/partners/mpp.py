@@ -26,7 +26,7 @@ from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, bindpa
 from veilpay.db import GroupCommit
 from veilpay.errors import ConfigError, DecryptionError, SignatureError
 from veilpay.host import FASTAPI_TELEMETRY_OFF
-from veilpay.partners._common import admin_ok, json_response, load_identity, open_db
+from veilpay.partners._common import admin_ok, json_response, load_identity, open_db, trust_of
 from veilpay.partners.config import PartnerConfig
 from veilpay.sdk import wirejson
 from veilpay.sdk.client import AsyncGatewayClient
@@ -99,7 +99,7 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
     engine = open_db(cfg.database, md)
     writes = GroupCommit(engine)
     sessions = SessionSealer()  # customerInfo: one HPKE seal per ACQP per session, not per payment
-    client = AsyncGatewayClient(keys, cfg.gateway_url, gateway, pets=cfg.pets, transport=transport)
+    client = AsyncGatewayClient(keys, cfg.gateway_url, gateway, pets=cfg.pets, transport=transport, **trust_of(cfg))
     released = asyncio.Event()
     released.set()
     @contextlib.asynccontextmanager

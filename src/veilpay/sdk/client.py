@@ -25,14 +25,15 @@ from typing import Any
 
 import httpx
 
-from veilpay.errors import ConfigError, GatewayUnavailable, InvalidInput, SignatureError
+from veilpay.errors import ConfigError, GatewayUnavailable, InvalidInput, LogInconsistent, SignatureError
 from veilpay.sdk import wirejson
+from veilpay.sdk.authority import Authority, KeyTrust, Pair
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.envelope import SessionSealer, open_fields, seal_fields
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.money import parse_amount
 from veilpay.sdk.settlement import summaries
-from veilpay.sdk.shares import reveal_amounts, seal_amount
+from veilpay.sdk.shares import Privacy, reveal_amounts, seal_amount
 from veilpay.sdk.signing import NONCE_HEADER, get_digest, post_headers, request_digest, verify_message
 
 __all__ = ["ApiResponse", "AsyncGatewayClient", "GatewayClient", "PAY_PATH"]
@@ -78,10 +79,16 @@ class ApiResponse:
 
 
 class _Core:
-    def __init__(self, keys: PartyKeys, gateway_url: str, gateway: PublicEntry, *, timeout: float = 10.0,
-                 retries: int = 3, backoff: float = 0.2, pets: bool = True, window: float = 300.0) -> None:
+    def __init__(self, keys: PartyKeys, gateway_url: str, gateway: PublicEntry, *, authority: Authority,
+                 privacy: Privacy | None = None, timeout: float = 10.0, retries: int = 3, backoff: float = 0.2,
+                 pets: bool = True, window: float = 300.0) -> None:
+        """``authority``: the network's key authority, pinned; every key the client takes
+        from the gateway's directory must be certified by it. ``privacy``: the privacy
+        nodes' set and protocol, pinned (None for a network without them); a directory
+        that announces others is refused."""
         if gateway.role != "gateway":
             raise ConfigError("the pinned gateway entry must have role 'gateway'")
+        self.trust = KeyTrust(authority, privacy)
         self.keys, self.gateway, self.url = keys, gateway, gateway_url.rstrip("/")
         self.timeout, self.retries, self.backoff, self.pets, self.window = timeout, retries, backoff, pets, window
         self._directory: Directory | None = None
@@ -123,9 +130,27 @@ class _Core:
         nonce = secrets.token_urlsafe(16)
         return {"Client-Id": self.keys.id, NONCE_HEADER: nonce}, get_digest("/v1/directory", self.keys.id, nonce)
 
-    def _set_directory(self, resp: httpx.Response, answers: str) -> Directory:
-        self._directory = Directory.from_json(self._verify("GET", "/v1/directory", resp, answers))
-        return self._directory
+    def _parse_directory(self, resp: httpx.Response, answers: str) -> tuple[Directory, set[Pair]]:
+        """The gateway's signed directory, and the log consistency proofs checking it needs."""
+        d = Directory.from_json(self._verify("GET", "/v1/directory", resp, answers))
+        entries = list(d.partners.values())
+        return d, self.trust.needed(self.trust.heads_of(entries, d.head))
+
+    def _accept_directory(self, d: Directory, proofs: dict[Pair, list[bytes]]) -> Directory:
+        """``d`` once every entry chains to the pinned authority and its log heads are
+        consistent with what this client saw (KeyNotCertified, LogInconsistent)."""
+        self.trust.check(list(d.partners.values()), d.privacy, d.head, proofs)
+        self._directory = d
+        return d
+
+    @staticmethod
+    def _proof(pair: Pair, resp: httpx.Response) -> list[bytes]:
+        try:
+            body = resp.json()
+            proof = [bytes.fromhex(h) for h in body["proof"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LogInconsistent(f"the gateway has no consistency proof from {pair[0]} to {pair[1]}") from exc
+        return proof
 
     def _pay_body(self, d: Directory, payment_request_id: str, amount: dict[str, str], payment_code: str,
                   order: dict[str, Any], env: dict[str, Any] | None) -> dict[str, Any]:
@@ -269,9 +294,12 @@ class GatewayClient(_Core):
             try:
                 headers, digest = self._directory_headers()
                 resp = self._http.get(self.url + "/v1/directory", headers=headers)
+                d, pairs = self._parse_directory(resp, digest)
+                proofs = {p: self._proof(p, self._http.get(self.url + "/v1/log/consistency",
+                                                           params={"first": p[0], "second": p[1]})) for p in pairs}
             except httpx.HTTPError as exc:
                 raise GatewayUnavailable(f"directory: {type(exc).__name__}") from exc
-            return self._set_directory(resp, digest)
+            return self._accept_directory(d, proofs)
         return self._directory
 
     def call(self, path: str, body: dict[str, Any]) -> ApiResponse:
@@ -365,9 +393,13 @@ class AsyncGatewayClient(_Core):
             try:
                 headers, digest = self._directory_headers()
                 resp = await self._http.get(self.url + "/v1/directory", headers=headers)
+                d, pairs = self._parse_directory(resp, digest)
+                proofs = {p: self._proof(p, await self._http.get(self.url + "/v1/log/consistency",
+                                                                 params={"first": p[0], "second": p[1]}))
+                          for p in pairs}
             except httpx.HTTPError as exc:
                 raise GatewayUnavailable(f"directory: {type(exc).__name__}") from exc
-            return self._set_directory(resp, digest)
+            return self._accept_directory(d, proofs)
         return self._directory
 
     async def call(self, path: str, body: dict[str, Any]) -> ApiResponse:

@@ -2,8 +2,9 @@
 code prefixes each MPP issues), as the gateway serves it, signed by the gateway.
 
 Partners pin the gateway's signing key and trust a directory only when its
-signature verifies; a partner's HPKE key for sealing and its signing key for
-verification both come from here."""
+signature verifies, and then take a key from it only when the key authority they
+pinned certified it (``veilpay.sdk.authority.KeyTrust``): the gateway serves the
+directory, it does not vouch for it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 from veilpay.errors import ConfigError
 from veilpay.sdk.keys import PublicEntry
 from veilpay.sdk.shares import Privacy
+from veilpay.sdk.transparency import TreeHead
 
 __all__ = ["Directory"]
 
@@ -23,6 +25,7 @@ class Directory:
     version: int
     partners: dict[str, PublicEntry]
     privacy: Privacy | None = None  # set when amounts are secret-shared to privacy nodes
+    head: TreeHead | None = None  # the key log's newest head the gateway holds (veilpay.sdk.authority)
 
     def __post_init__(self) -> None:
         if self.privacy is not None:
@@ -61,6 +64,8 @@ class Directory:
                                "partners": [p.to_json() for _, p in sorted(self.partners.items())]}
         if self.privacy is not None:
             out["privacy"] = self.privacy.to_json()
+        if self.head is not None:
+            out["log"] = {"head": self.head.to_json()}
         return out
 
     def to_bytes(self) -> bytes:
@@ -75,4 +80,6 @@ class Directory:
         if len(set(ids)) != len(ids):
             raise ConfigError("a directory lists a partner twice")
         privacy = Privacy.from_json(obj["privacy"]) if obj.get("privacy") else None
-        return cls(int(obj.get("version", 0)), {e.id: e for e in entries}, privacy)
+        log = obj.get("log")
+        head = TreeHead.from_json(log["head"]) if isinstance(log, dict) and log.get("head") is not None else None
+        return cls(int(obj.get("version", 0)), {e.id: e for e in entries}, privacy, head)

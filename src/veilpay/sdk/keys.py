@@ -22,12 +22,20 @@ from veilpay.crypto.tokens import TokenKey
 from veilpay.errors import ConfigError
 from veilpay.files import atomic_write
 
-__all__ = ["ROLES", "PartyKeys", "PublicEntry", "create_party", "customer_token", "load_party", "retire_key", "rotate_keys"]
+__all__ = ["ENTRY_LABEL", "ROLES", "PartyKeys", "entry_message", "PublicEntry", "create_party",
+           "customer_token", "load_party", "retire_key", "rotate_keys"]
 
 ROLES = ("mpp", "acqp", "gateway", "node")
+ENTRY_LABEL = b"veilpay/key-entry/v1\n"  # what an owner's self-signature covers, before the entry's JSON
 _REGION = re.compile(r"^([A-Z]{2})?$")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _PREFIX = re.compile(r"^[0-9]{2,8}$")
+
+
+def entry_message(entry: PublicEntry) -> bytes:
+    """The bytes an owner's self-signature covers: a label and the entry's content as
+    canonical JSON (keys sorted, compact)."""
+    return ENTRY_LABEL + json.dumps(entry.content(), separators=(",", ":"), sort_keys=True).encode()
 
 
 @dataclass
@@ -44,6 +52,11 @@ class PublicEntry:
     hpke: dict[int, HpkePublicKey] = field(default_factory=dict)
     region: str = ""  # ISO 3166 alpha-2 country of the partner, for corridor analytics
     notify_batch_url: str = ""  # ACQP: takes several webhooks in one call (optional)
+    # the owner's signature over the entry ({"kv", "sig"}), and the key authority's
+    # certificate ({"index", "head", "path"}: the entry's place in a signed log head);
+    # veilpay.sdk.authority makes and checks both
+    self_sig: dict[str, Any] | None = None
+    certificate: dict[str, Any] | None = None
 
     @property
     def hpke_version(self) -> int:
@@ -57,7 +70,8 @@ class PublicEntry:
             return None
         return self.signing.get(version)
 
-    def to_json(self) -> dict[str, Any]:
+    def content(self) -> dict[str, Any]:
+        """The entry without its self-signature and certificate: what both cover."""
         extra = {"notifyBatchUrl": self.notify_batch_url} if self.notify_batch_url else {}
         return {
             "id": self.id, "role": self.role, "endpoint": self.endpoint, "notifyUrl": self.notify_url, **extra,
@@ -68,6 +82,14 @@ class PublicEntry:
             "hpkeKeys": [{"version": v, "suite": k.suite, "public": b64e(k.to_bytes())}
                          for v, k in sorted(self.hpke.items())],
         }
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.content()
+        if self.self_sig is not None:
+            out["selfSig"] = dict(self.self_sig)
+        if self.certificate is not None:
+            out["certificate"] = dict(self.certificate)
+        return out
 
     @classmethod
     def from_json(cls, obj: Any) -> PublicEntry:
@@ -91,6 +113,10 @@ class PublicEntry:
                     entry.retired.add(v)
             for k in obj.get("hpkeKeys", []):
                 entry.hpke[int(k["version"])] = HpkePublicKey(str(k["suite"]), b64d(k["public"]))
+            for name in ("selfSig", "certificate"):
+                if obj.get(name) is not None and not isinstance(obj[name], dict):
+                    raise ConfigError(f"party {pid!r}: {name} is an object")
+            entry.self_sig, entry.certificate = obj.get("selfSig"), obj.get("certificate")
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"malformed public key entry: {exc}") from exc
         return entry
@@ -122,6 +148,16 @@ class PartyKeys:
     def signer(self) -> tuple[int, SigningKey]:
         v = self.signing_version
         return v, self.signing[v]
+
+    def sign_entry(self) -> None:
+        """Sign our public entry as it now stands with our newest active key (the owner's
+        self-signature); a changed entry loses its certificate until the key authority
+        certifies it again (``veilpay keys certify``)."""
+        v, key = self.signer()
+        sig = {"kv": v, "sig": b64e(key.sign(entry_message(self.public)))}
+        if sig != self.public.self_sig:
+            self.public.certificate = None
+        self.public.self_sig = sig
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -197,6 +233,7 @@ def create_party(folder: str | Path, party_id: str, role: str, *, endpoint: str 
     PublicEntry.from_json(public.to_json())  # validates prefixes and ids
     keys = PartyKeys(public, {1: sk}, {1: hk} if hk else {}, TokenKey.generate() if role == "mpp" else None,
                      secrets.token_urlsafe(24))
+    keys.sign_entry()
     keys.save(folder)
     return keys
 
@@ -212,6 +249,7 @@ def rotate_keys(folder: str | Path, suite: str | None = None) -> int:
         hk = HpkePrivateKey.generate(suite or keys.hpke[max(keys.hpke)].suite)
         keys.hpke[v] = hk
         keys.public.hpke[v] = hk.public()
+    keys.sign_entry()
     keys.save(folder)
     return v
 
@@ -224,4 +262,5 @@ def retire_key(folder: str | Path, version: int) -> None:
     if not [v for v in keys.signing if v != version and v not in keys.public.retired]:
         raise ConfigError("cannot retire the last active signing key; rotate first")
     keys.public.retired.add(version)
+    keys.sign_entry()
     keys.save(folder)
