@@ -14,7 +14,10 @@ Unbalanced mode in the same run: a 100k server set prepared once, then 1k-id cli
 queries (the first downloads the prepared set, the second reuses it).
 
     python bench/psi.py [--sizes 100000,1000000] [--protocols kkrt,ecdh] [--no-peers]
-                        [--unbalanced 100000,1000]
+                        [--no-kkrt-both] [--unbalanced 100000,1000]
+
+KKRT runs in both reveal modes: the receiver alone learns the intersection, and
+``both`` (joint training's mode: the receiver also returns the common ids' items).
 """
 
 from __future__ import annotations
@@ -72,18 +75,19 @@ def x25519_us_per_op() -> float:
     return 1e6 * (time.perf_counter() - t0) / len(pts)
 
 
-def run_size(n: int, work: Path, op_us: float, protocol: str) -> dict[str, Any]:
+def run_size(n: int, work: Path, op_us: float, protocol: str, reveal: str = "receiver") -> dict[str, Any]:
     from veilpay.cli.demo import _free_port_base
     from veilpay.net import provision_network
 
-    net = provision_network(work / f"net{n}{protocol}", ["receiver", "sender"], base_port=_free_port_base())
+    net = provision_network(work / f"net{n}{protocol}{reveal}", ["receiver", "sender"], base_port=_free_port_base())
     fr, fs = work / f"r{n}.csv", work / f"s{n}.csv"
     base = [sys.executable, "-m", "veilpay.cli.main", "psi", "--network", str(net), "--key", "customer_id",
-            "--timeout", "1800", "--protocol", protocol]
+            "--timeout", "1800", "--protocol", protocol, "--reveal", reveal]
     wall, summ, rss = _run_together({
         "receiver": base + ["--role", "receiver", "--party", "receiver", "--input", str(fr),
                             "--output", str(work / "o.csv")],
-        "sender": base + ["--role", "sender", "--party", "sender", "--input", str(fs)],
+        "sender": base + ["--role", "sender", "--party", "sender", "--input", str(fs)]
+        + (["--output", str(work / "o-sender.csv")] if reveal == "both" else []),
     })
     a, b = set(range(n)), set(range(n // 2, n + n // 2))
     t1 = time.perf_counter()
@@ -91,7 +95,7 @@ def run_size(n: int, work: Path, op_us: float, protocol: str) -> dict[str, Any]:
     plain = time.perf_counter() - t1
     cores = os.cpu_count() or 1
     row = {"bench": "psi", "protocol": "kkrt (ot extension)" if protocol == "kkrt" else "ecdh-x25519",
-           "transport": "tcp+tls, 2 processes", "n_each": n,
+           "reveal": reveal, "transport": "tcp+tls, 2 processes", "n_each": n,
            "intersection": summ["receiver"]["intersection_size"], "wall_seconds": round(wall, 2),
            "protocol_seconds": summ["receiver"]["seconds"], "bytes_receiver_to_sender": summ["receiver"]["bytes_sent"],
            "bytes_sender_to_receiver": summ["sender"]["bytes_sent"], "peak_rss_mib": rss,
@@ -179,6 +183,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--protocols", default="kkrt,ecdh", help="ours, comma separated: kkrt, ecdh")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--no-kkrt-both", dest="kkrt_both", action="store_false",
+                    help="skip KKRT with reveal='both' (the sender learns the intersection too)")
     ap.add_argument("--unbalanced", default="100000,1000", help="server,client sizes; '' skips it")
     a = ap.parse_args()
     op_us = x25519_us_per_op()
@@ -191,6 +197,8 @@ def main() -> None:
             for protocol in (p for p in a.protocols.split(",") if p):
                 ours[protocol] = run_size(n, work, op_us, protocol)
                 print(json.dumps(ours[protocol]), flush=True)
+                if protocol == "kkrt" and a.kkrt_both:  # the mode joint training uses
+                    print(json.dumps(run_size(n, work, op_us, protocol, "both")), flush=True)
             if a.no_peers:
                 continue
             for row in peer_rows(n, work):

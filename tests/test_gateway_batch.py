@@ -361,16 +361,15 @@ def test_sdk_over_aiohttp_transport_verifies_the_gateway(tmp_path: Path) -> None
                 raw = raw.replace(b"mpp-1", b"mpp-9")
             return web.Response(body=raw, headers=h, content_type="application/json")
 
-        async def consistency(request: web.Request) -> web.Response:  # public and unsigned, as the gateway's
+        async def entries(request: web.Request) -> web.Response:  # public and unsigned, as the gateway's
             from veilpay.sdk.authority import KeyLog
 
-            first, second = int(request.query["first"]), int(request.query["second"])
-            proof = KeyLog(net.authority_dir / "log").consistency(first, second)
-            return web.json_response({"proof": [p.hex() for p in proof]})
+            start = int(request.query["start"])
+            return web.json_response({"start": start, "entries": KeyLog(net.authority_dir / "log").entries(start, 10**6)})
 
         app = web.Application()
         app.router.add_get("/v1/directory", directory)
-        app.router.add_get("/v1/log/consistency", consistency)
+        app.router.add_get("/v1/log/entries", entries)
         runner = web.AppRunner(app)
         await runner.setup()
         port = _free_port()

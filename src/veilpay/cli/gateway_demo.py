@@ -51,6 +51,37 @@ def _short(v: Any, n: int = 36) -> str:
     return s if len(s) <= n else s[:n] + "..."
 
 
+def _keys_part(net: LocalNet) -> None:
+    """The key authority: what it certified, and the SDK refusing a directory in which
+    the operator put its own key for the MPP."""
+    import dataclasses
+
+    from veilpay.errors import ConfigError, KeyNotCertified
+    from veilpay.sdk.authority import KeyLog
+
+    log = KeyLog(net.root / "authority" / "log")
+    head = log.head()
+    with net.client() as c:
+        d = c.directory()
+        print(f"[network] the key authority (the members' offline key, not the operator's) certified {head.size} "
+              f"entries into its log (signed head {head.root.hex()[:16]}..), the SDK checks each key it takes against it")
+        mpp = d.get("mpp-1")
+        gw = net.keys("gateway").public
+        if mpp is None:
+            raise ConfigError("the directory lists no mpp-1")
+        forged = dataclasses.replace(mpp, hpke=dict(gw.hpke))
+        fresh = net.client()
+        try:
+            fresh.trust.check([*[e for e in d.partners.values() if e.id != "mpp-1"], forged], d.privacy, d.head,
+                              [x.encode() for x in log.entries(0, head.size)])
+            verdict = "taken (a defect)"
+        except KeyNotCertified as exc:
+            verdict = f"refused before sealing, KeyNotCertified: {exc}"
+        finally:
+            fresh.close()
+        print(f"[acqp-1] a directory in which the operator lists its own HPKE key for mpp-1: {verdict}\n")
+
+
 def run_gateway_demo(out: Path | None = None) -> dict[str, Any]:
     root = Path(out) / "gateway" if out else Path(tempfile.mkdtemp(prefix="veilpay-gw-demo-"))
     with LocalNet(root, privacy="semi2k", node_policy=NODE_POLICY) as net:
@@ -61,6 +92,7 @@ def run_gateway_demo(out: Path | None = None) -> dict[str, Any]:
         print("veilpay demo, part 1: an encrypted payment gateway, three privacy nodes (node-a, node-b hold shares,")
         print("node-c deals correlated randomness), a wallet (mpp-1) and an acquirer (acqp-1), each its own process")
         print(f"on loopback with its own SQLite file, under {root}\n")
+        _keys_part(net)
         print("[acqp-1] checkouts at its merchants (the till scans the code shown in the payer's wallet app):")
         done: list[dict[str, Any]] = []
         with httpx.Client(timeout=20) as http:

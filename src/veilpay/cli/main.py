@@ -58,13 +58,20 @@ def _monitor(a: argparse.Namespace) -> int:
 
     from veilpay.sdk import load_party
     from veilpay.sdk.authority import load_authority
+    from veilpay.sdk.keys import PublicEntry
     from veilpay.sdk.monitor import watch
 
     if not (a.keys and a.authority and a.gateway_url):
         raise ConfigError("keys monitor: --keys, --authority (authority.json) and --gateway-url are required")
     state = Path(a.state) if a.state else Path(a.keys) / "log-state.json"
+    nodes = []
+    for path in a.node_key:
+        try:
+            nodes.append(PublicEntry.from_json(json.loads(Path(path).read_text())))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
     try:
-        report = watch(a.gateway_url, load_party(a.keys), load_authority(a.authority), state)
+        report = watch(a.gateway_url, load_party(a.keys), load_authority(a.authority), state, nodes=nodes)
     except httpx.HTTPError as exc:
         raise GatewayUnavailable(f"{a.gateway_url}: {type(exc).__name__}") from exc
     print(json.dumps(report, indent=1))
@@ -436,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--keys", help="monitor: your key folder")
     k.add_argument("--gateway-url", help="monitor: the gateway that serves the key log")
     k.add_argument("--state", help="monitor: where to keep the last head seen (default: KEYS/log-state.json)")
+    k.add_argument("--node-key", action="append", default=[],
+                   help="monitor: a privacy node's public.json, to exchange log heads with as a witness; repeat")
     k.add_argument("--out", help="directory to write into (partner, gateway, rotate, retire: the party's key folder)")
     k.add_argument("--parties", help="network: party ids, comma separated")
     k.add_argument("--id", help="partner / gateway: the party's id")

@@ -9,6 +9,9 @@
 - ``POST /node/v1/ledger``: ``{"after", "limit"}``; the disclosure ledger's records,
   for the gateway and the partners this node pinned (signed by the caller, Client-Id
   the caller's id).
+- ``POST /node/v1/log/head``: ``{"head", "base", "proof"}``; a partner offers the
+  newest key-log head it has checked, the node keeps the newest consistent one and
+  answers it (``veilpay.node.witness``); LOG_INCONSISTENT when two views meet.
 - ``GET /metrics``: Prometheus metrics (refusals by code, jobs by outcome).
 - ``GET /healthz``: liveness and the applied feed position.
 
@@ -43,6 +46,7 @@ from veilpay.net import connect_mesh, load_network
 from veilpay.node.config import NodeConfig
 from veilpay.node.service import NodeService, PinnedPartners
 from veilpay.node.store import open_store
+from veilpay.node.witness import Witness
 from veilpay.sdk import wirejson
 from veilpay.sdk.authority import load_authority
 from veilpay.sdk.keys import PublicEntry, load_party
@@ -79,7 +83,9 @@ def create_node_app(cfg: NodeConfig, clock: Callable[[], int] | None = None) -> 
     if missing:
         raise ConfigError(f"{cfg.network}: privacy node {missing[0]!r} has no [parties] entry")
     engine = open_store(cfg.database)
-    partners = PinnedPartners(cfg.partner_keys, load_authority(cfg.authority))
+    authority = load_authority(cfg.authority)
+    partners = PinnedPartners(cfg.partner_keys, authority)
+    witness = Witness(engine, authority)
 
     def mesh(session: bytes) -> Any:
         return connect_mesh(network, keys.id, session, timeout=cfg.job_timeout_s,
@@ -121,8 +127,9 @@ def create_node_app(cfg: NodeConfig, clock: Callable[[], int] | None = None) -> 
     async def run_job(request: Request) -> Response:
         return await signed(request, service.run_job)
 
-    @app.post("/node/v1/ledger")
-    async def get_ledger(request: Request) -> Response:
+    async def from_partner(request: Request, op: Any, invalid: str) -> Response:
+        """A call signed by the gateway or a partner this node pinned (``Client-Id``
+        the caller's id), answered signed and bound to it."""
         path = request.url.path
         raw = await request.body()
         hdrs = {k.lower(): v for k, v in request.headers.items()}
@@ -131,20 +138,31 @@ def create_node_app(cfg: NodeConfig, clock: Callable[[], int] | None = None) -> 
         digest = None
         try:
             if entry is None:
-                raise SignatureError("the ledger is for the gateway and the partners this node pinned", "INVALID_CLIENT")
+                raise SignatureError("for the gateway and the partners this node pinned", "INVALID_CLIENT")
             digest = verify_message(hdrs, "POST", path, raw, entry.verify_key, time.time(),
                                     cfg.request_window_s).digest
             obj = wirejson.loads(raw)
             if not isinstance(obj, dict):
-                raise NodeError("a JSON object with 'after' and 'limit'", "LEDGER_INVALID", 400)
-            body, status = service.ledger_page(obj.get("after", 0), obj.get("limit", 1000)), 200
+                raise NodeError("a JSON object", invalid, 400)
+            body, status = await anyio.to_thread.run_sync(op, obj), 200
         except SignatureError as exc:
             service.metrics.refused(exc.code)
             body, status = {"error": {"code": exc.code, "message": str(exc)}}, 401
-        except (NodeError, ValueError) as exc:
-            code = exc.code if isinstance(exc, NodeError) else "LEDGER_INVALID"
-            body, status = {"error": {"code": code, "message": str(exc)}}, 400
+        except NodeError as exc:
+            service.metrics.refused(exc.code)
+            body, status = {"error": {"code": exc.code, "message": str(exc)}}, exc.http_status
+        except ValueError as exc:
+            body, status = {"error": {"code": invalid, "message": str(exc)}}, 400
         return reply(path, body, status, digest)
+
+    @app.post("/node/v1/ledger")
+    async def get_ledger(request: Request) -> Response:
+        return await from_partner(request, lambda obj: service.ledger_page(obj.get("after", 0),
+                                                                           obj.get("limit", 1000)), "LEDGER_INVALID")
+
+    @app.post("/node/v1/log/head")
+    async def witness_head(request: Request) -> Response:
+        return await from_partner(request, witness.offer, "HEAD_INVALID")
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -40,13 +40,11 @@ from veilpay.sdk.transparency import (
     inclusion_proof,
     leaf_hash,
     tree_hash,
-    verify_consistency,
     verify_inclusion,
 )
 
-__all__ = ["Authority", "KeyLog", "KeyTrust", "certify", "create_authority", "entry_leaf", "load_authority",
-           "pinned_privacy", "verify_entry",
-           "verify_self_sig"]
+__all__ = ["Authority", "KeyLog", "KeyTrust", "LogMirror", "certify", "create_authority", "entry_leaf", "leaf_id",
+           "load_authority", "pinned_privacy", "verify_entry", "verify_self_sig"]
 
 
 @dataclass(frozen=True)
@@ -166,9 +164,10 @@ class KeyLog:
             raise ValueError(f"no proof from {first} to {second} (the log has {head.size})")
         return consistency_proof(first, [leaf_hash(x) for x in leaves[:second]])
 
-    def entries(self, start: int, end: int) -> list[Any]:
+    def entries(self, start: int, end: int) -> list[str]:
+        """The leaves ``start`` to ``end`` as the text the log holds (what is hashed)."""
         leaves, _ = self.read()
-        return [json.loads(x) for x in leaves[start:end]]
+        return [x.decode() for x in leaves[start:end]]
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -223,90 +222,132 @@ def certify(folder: str | Path, entry_path: str | Path) -> dict[str, Any]:
     return {"id": entry.id, "index": index, "size": head.size, "root": head.root.hex()}
 
 
-Pair = tuple[int, int]
+def leaf_id(leaf: bytes) -> str:
+    """The party id of a log leaf ("" for a leaf that is not an entry)."""
+    try:
+        return str(json.loads(leaf)["entry"]["id"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+class LogMirror:
+    """The key log as far as a party has checked it: every leaf hash and the party id of
+    every leaf, extended only by entries that, appended to what it holds, make exactly
+    a head the authority signed. Extending so is the consistency check (the history
+    held is a prefix of the new head's), and a head of a size already held must have
+    the root of that prefix: a head outside this history (another view of the log, a
+    rewritten one) raises LogInconsistent. An entry is current when it is the newest
+    leaf in its owner's name: a gateway that serves an entry the owner has since
+    replaced (an old HPKE key it may hold) is refused."""
+
+    def __init__(self, authority: Authority) -> None:
+        self.authority = authority
+        self.hashes: list[bytes] = []
+        self.head: TreeHead | None = None
+        self._latest: dict[str, int] = {}
+        self._roots: dict[int, bytes] = {0: tree_hash([])}
+
+    @property
+    def size(self) -> int:
+        return len(self.hashes)
+
+    def extend(self, head: TreeHead, leaves: list[bytes]) -> None:
+        """Take ``head`` (signature checked) with ``leaves``, the leaves after those
+        held; a head no larger than the log held needs none and is checked by ``check``."""
+        head.verify(self.authority.key)
+        if head.size <= self.size:
+            self.check(head)
+            return
+        if len(leaves) != head.size - self.size:
+            raise LogInconsistent(f"{len(leaves)} log entries for a head of size {head.size} over the {self.size} "
+                                  "held")
+        hashes = self.hashes + [leaf_hash(x) for x in leaves]
+        if tree_hash(hashes) != head.root:
+            raise LogInconsistent(f"the log head of size {head.size} is not the {self.size} entries held and the "
+                                  f"{len(leaves)} served after them: a rewritten log, or another view of it")
+        for i, x in enumerate(leaves, start=self.size):
+            self._latest[leaf_id(x)] = i
+        self.hashes, self.head = hashes, head
+        self._roots[head.size] = head.root
+
+    def check(self, head: TreeHead) -> None:
+        """LogInconsistent unless ``head`` (signature checked) is a head of the history held."""
+        head.verify(self.authority.key)
+        if head.size > self.size:
+            raise LogInconsistent(f"a log head of size {head.size} beyond the {self.size} entries held")
+        root = self._roots.get(head.size)
+        if root is None:
+            root = self._roots[head.size] = tree_hash(self.hashes[:head.size])
+        if root != head.root:
+            raise LogInconsistent(f"two log heads of size {head.size} with different roots: another view of the log")
+
+    def current(self, entry: PublicEntry, index: int) -> None:
+        """KeyNotCertified unless ``entry`` is leaf ``index`` and the newest in its name."""
+        if not 0 <= index < self.size or self.hashes[index] != leaf_hash(entry_leaf(entry)):
+            raise KeyNotCertified(f"{entry.id}: the entry is not leaf {index} of the log")
+        latest = self._latest.get(entry.id, index)
+        if latest != index:
+            raise KeyNotCertified(f"{entry.id}: the entry was replaced by its owner (log entry {latest}); the "
+                                  f"directory serves an old one")
+
+    def consistency(self, first: int, second: int) -> list[bytes]:
+        """A consistency proof between two sizes of the history held (to hand to a
+        witness that holds only heads)."""
+        if not 0 <= first <= second <= self.size:
+            raise ValueError(f"no proof from {first} to {second} over {self.size} entries")
+        return consistency_proof(first, self.hashes[:second])
 
 
 class KeyTrust:
     """What a party checks of every directory before it takes a key from it: every entry
-    self-signed and certified by the pinned ``authority``; the privacy-node set and
-    protocol exactly the pinned ``privacy`` (None: a network without nodes); and every
-    log head it meets (the directory's, each certificate's) consistent with the newest
-    head it has seen, by consistency proofs the gateway serves. An entry is checked
-    once (kept by its leaf hash), so taking keys costs no public-key operation per
-    payment. KeyNotCertified or LogInconsistent otherwise."""
+    self-signed and certified by the pinned ``authority``, and current (the newest in
+    its owner's name) in the log mirrored so far; the privacy-node set and protocol
+    exactly the pinned ``privacy`` (None: a network without nodes); every log head it
+    meets (the directory's, each certificate's) one history with every head seen
+    before. Certificates are checked once per entry version (kept by leaf hash) and the
+    log is fetched only past what is held, so taking keys costs no public-key operation
+    per payment. KeyNotCertified or LogInconsistent otherwise."""
 
     def __init__(self, authority: Authority, privacy: Any = None) -> None:
         self.authority, self.privacy = authority, privacy
-        self.head: TreeHead | None = None
-        self._entries: set[bytes] = set()
-        self._heads: set[tuple[int, bytes]] = set()
+        self.log = LogMirror(authority)
+        self._certified: dict[bytes, TreeHead] = {}
 
     @staticmethod
-    def heads_of(entries: list[PublicEntry], head: TreeHead | None) -> list[TreeHead]:
-        """The log heads a directory shows: its own and its entries' certificates' (the
-        malformed ones left for ``check`` to refuse)."""
+    def _heads(entries: list[PublicEntry], head: TreeHead | None) -> list[TreeHead]:
         out = [head] if head is not None else []
         for e in entries:
             try:
                 out.append(TreeHead.from_json((e.certificate or {}).get("head")))
             except LogInconsistent:
-                continue
+                continue  # verify_entry refuses it by name
         return out
 
-    def needed(self, heads: list[TreeHead]) -> set[Pair]:
-        """The consistency proofs (first, second) that checking ``heads`` will ask for."""
-        out: set[Pair] = set()
-        top = self.head
-        for h in sorted(heads, key=lambda h: h.size):
-            if top is None or h.size > top.size:
-                if top is not None and top.size:
-                    out.add((top.size, h.size))
-                top = h
-        for h in heads:
-            if top is not None and 0 < h.size < top.size and (h.size, h.root) not in self._heads:
-                out.add((h.size, top.size))
-        return out
+    def wanted(self, entries: list[PublicEntry], head: TreeHead | None) -> tuple[int, int] | None:
+        """The log entries (start, end) a directory of ``entries`` and ``head`` needs
+        fetched before ``check``, or None."""
+        top = max((h.size for h in self._heads(entries, head)), default=0)
+        return (self.log.size, top) if top > self.log.size else None
 
-    def _advance(self, new: TreeHead, proofs: dict[Pair, list[bytes]]) -> None:
-        old = self.head
-        if old is not None:
-            if new.size == old.size and new.root != old.root:
-                raise LogInconsistent(f"two log heads of size {new.size} with different roots: a forked log")
-            if new.size < old.size:
-                self._consistent(new, proofs)
-                return
-            if new.size > old.size and old.size and not verify_consistency(
-                    old.size, new.size, proofs.get((old.size, new.size), []), old.root, new.root):
-                raise LogInconsistent(f"the log head of size {new.size} does not extend the one of size {old.size} "
-                                      "seen before (a rewritten history, or another view of the log)")
-        self.head = new
-        self._heads.add((new.size, new.root))
-
-    def _consistent(self, h: TreeHead, proofs: dict[Pair, list[bytes]]) -> None:
-        top = self.head
-        if top is None or (h.size, h.root) in self._heads:
-            return
-        if h.size == top.size and h.root != top.root or h.size < top.size and h.size and not verify_consistency(
-                h.size, top.size, proofs.get((h.size, top.size), []), h.root, top.root):
-            raise LogInconsistent(f"a certificate's log head of size {h.size} is not in the history of the head of "
-                                  f"size {top.size}")
-        self._heads.add((h.size, h.root))
-
-    def check(self, entries: list[PublicEntry], privacy: Any, head: TreeHead | None,
-              proofs: dict[Pair, list[bytes]]) -> None:
-        """Check a directory's ``entries``, its ``privacy`` section and its log ``head``."""
+    def check(self, entries: list[PublicEntry], privacy: Any, head: TreeHead | None, leaves: list[bytes]) -> None:
+        """Check a directory's ``entries``, its ``privacy`` section and its log ``head``;
+        ``leaves``: the log entries ``wanted`` named."""
         if privacy != self.privacy:
             raise KeyNotCertified(f"the directory announces privacy nodes {privacy!r}; this party pinned "
                                   f"{self.privacy!r}")
         certified = []
         for e in entries:
             lh = leaf_hash(entry_leaf(e))
-            if lh not in self._entries:
-                certified.append((lh, verify_entry(e, self.authority)))
-        heads = ([head.verify(self.authority.key)] if head is not None else []) + [h for _, h in certified]
-        for h in sorted(heads, key=lambda h: h.size):
-            if self.head is None or h.size >= self.head.size:
-                self._advance(h, proofs)
-        for h in heads:
-            self._consistent(h, proofs)
-        self._entries.update(lh for lh, _ in certified)
+            h = self._certified.get(lh)
+            if h is None:
+                h = verify_entry(e, self.authority)
+            certified.append((lh, e, h))
+        heads = self._heads(entries, head)
+        if heads:
+            top = max(heads, key=lambda h: h.size)
+            self.log.extend(top, leaves)
+            for h in heads:
+                self.log.check(h)
+        for lh, e, h in certified:
+            self.log.current(e, int((e.certificate or {})["index"]))
+            self._certified[lh] = h

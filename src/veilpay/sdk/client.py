@@ -27,7 +27,7 @@ import httpx
 
 from veilpay.errors import ConfigError, GatewayUnavailable, InvalidInput, LogInconsistent, SignatureError
 from veilpay.sdk import wirejson
-from veilpay.sdk.authority import Authority, KeyTrust, Pair
+from veilpay.sdk.authority import Authority, KeyTrust
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.envelope import SessionSealer, open_fields, seal_fields
 from veilpay.sdk.keys import PartyKeys, PublicEntry
@@ -130,27 +130,33 @@ class _Core:
         nonce = secrets.token_urlsafe(16)
         return {"Client-Id": self.keys.id, NONCE_HEADER: nonce}, get_digest("/v1/directory", self.keys.id, nonce)
 
-    def _parse_directory(self, resp: httpx.Response, answers: str) -> tuple[Directory, set[Pair]]:
-        """The gateway's signed directory, and the log consistency proofs checking it needs."""
+    def _parse_directory(self, resp: httpx.Response, answers: str) -> tuple[Directory, tuple[int, int] | None]:
+        """The gateway's signed directory, and the log entries (start, end) checking it needs."""
         d = Directory.from_json(self._verify("GET", "/v1/directory", resp, answers))
-        entries = list(d.partners.values())
-        return d, self.trust.needed(self.trust.heads_of(entries, d.head))
+        return d, self.trust.wanted(list(d.partners.values()), d.head)
 
-    def _accept_directory(self, d: Directory, proofs: dict[Pair, list[bytes]]) -> Directory:
-        """``d`` once every entry chains to the pinned authority and its log heads are
-        consistent with what this client saw (KeyNotCertified, LogInconsistent)."""
-        self.trust.check(list(d.partners.values()), d.privacy, d.head, proofs)
+    def _accept_directory(self, d: Directory, leaves: list[bytes]) -> Directory:
+        """``d`` once every entry chains to the pinned authority and is current in the
+        log, and its log heads are one history with those this client saw
+        (KeyNotCertified, LogInconsistent)."""
+        self.trust.check(list(d.partners.values()), d.privacy, d.head, leaves)
         self._directory = d
         return d
 
     @staticmethod
-    def _proof(pair: Pair, resp: httpx.Response) -> list[bytes]:
+    def _log_page(resp: httpx.Response, start: int) -> list[bytes]:
+        """One page of ``/v1/log/entries`` (the leaves from ``start``), checked for form;
+        whether they make the authority's head is ``KeyTrust.check``'s to say."""
         try:
             body = resp.json()
-            proof = [bytes.fromhex(h) for h in body["proof"]]
+            if body["start"] != start:
+                raise ValueError("start")
+            page = [str(x).encode() for x in body["entries"]]
         except (ValueError, KeyError, TypeError) as exc:
-            raise LogInconsistent(f"the gateway has no consistency proof from {pair[0]} to {pair[1]}") from exc
-        return proof
+            raise LogInconsistent(f"the gateway's key log page from {start} is malformed") from exc
+        if not page:
+            raise LogInconsistent(f"the gateway's key log ends before entry {start}")
+        return page
 
     def _pay_body(self, d: Directory, payment_request_id: str, amount: dict[str, str], payment_code: str,
                   order: dict[str, Any], env: dict[str, Any] | None) -> dict[str, Any]:
@@ -294,12 +300,15 @@ class GatewayClient(_Core):
             try:
                 headers, digest = self._directory_headers()
                 resp = self._http.get(self.url + "/v1/directory", headers=headers)
-                d, pairs = self._parse_directory(resp, digest)
-                proofs = {p: self._proof(p, self._http.get(self.url + "/v1/log/consistency",
-                                                           params={"first": p[0], "second": p[1]})) for p in pairs}
+                d, wanted = self._parse_directory(resp, digest)
+                leaves: list[bytes] = []
+                while wanted and wanted[0] + len(leaves) < wanted[1]:
+                    at = wanted[0] + len(leaves)
+                    leaves += self._log_page(self._http.get(self.url + "/v1/log/entries",
+                                                            params={"start": at, "end": wanted[1]}), at)
             except httpx.HTTPError as exc:
                 raise GatewayUnavailable(f"directory: {type(exc).__name__}") from exc
-            return self._accept_directory(d, proofs)
+            return self._accept_directory(d, leaves)
         return self._directory
 
     def call(self, path: str, body: dict[str, Any]) -> ApiResponse:
@@ -393,13 +402,15 @@ class AsyncGatewayClient(_Core):
             try:
                 headers, digest = self._directory_headers()
                 resp = await self._http.get(self.url + "/v1/directory", headers=headers)
-                d, pairs = self._parse_directory(resp, digest)
-                proofs = {p: self._proof(p, await self._http.get(self.url + "/v1/log/consistency",
-                                                                 params={"first": p[0], "second": p[1]}))
-                          for p in pairs}
+                d, wanted = self._parse_directory(resp, digest)
+                leaves: list[bytes] = []
+                while wanted and wanted[0] + len(leaves) < wanted[1]:
+                    at = wanted[0] + len(leaves)
+                    leaves += self._log_page(await self._http.get(self.url + "/v1/log/entries",
+                                                                  params={"start": at, "end": wanted[1]}), at)
             except httpx.HTTPError as exc:
                 raise GatewayUnavailable(f"directory: {type(exc).__name__}") from exc
-            return self._accept_directory(d, proofs)
+            return self._accept_directory(d, leaves)
         return self._directory
 
     async def call(self, path: str, body: dict[str, Any]) -> ApiResponse:
