@@ -429,3 +429,26 @@ def test_reveal_both_tells_the_sender_only_the_intersection(monkeypatch: Any) ->
         mine = made[tuple(y)][np.asarray(s.indices)]
         w = np.ascontiguousarray(mine).view("<u8").reshape(-1, 2)
         assert np.array_equal(seen[0], mine[np.lexsort((w[:, 1], w[:, 0]))])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 300), st.integers(0, 300), st.integers(0, 4), st.integers(0, 2**32))
+def test_membership_and_value_order_with_shared_first_words(n: int, k: int, shared: int, seed: int) -> None:
+    """The sender's exact membership and the receiver's value order, also when common
+    items share a first word (forced here; by chance about 2^-64 per pair)."""
+    from veilpay.psi.kkrt import _item_words, _members, _value_order
+
+    rng = np.random.default_rng(seed)  # test data
+    items = rng.integers(0, 256, size=(n, 16), dtype=np.uint8)
+    for j in range(min(shared, n - 1)):
+        items[j + 1, :8] = items[0, :8]  # same first word, different second word (almost surely)
+    items = np.unique(items, axis=0)
+    rng.shuffle(items)
+    pick = np.sort(rng.choice(len(items), min(k, len(items)), replace=False))
+    others = rng.integers(0, 256, size=(3, 16), dtype=np.uint8)  # items the sender does not have
+    common = np.concatenate([items[pick], others])
+    high, low = _item_words(common)
+    ordered = common[_value_order(high, low)]
+    h, lo = _item_words(ordered)
+    assert all((h[i], lo[i]) <= (h[i + 1], lo[i + 1]) for i in range(len(h) - 1))
+    assert _members(items, ordered).tolist() == pick.tolist()

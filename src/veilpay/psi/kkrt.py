@@ -254,8 +254,7 @@ def _receiver(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_p
     found = np.sort(np.concatenate(hits))
     if reveal == "both":  # the common items, sorted by value: which ids, and nothing of where they matched
         common = items[found]
-        high, low = _item_words(common)
-        comm.exchange("kkrt.matches", {peer: [np.ascontiguousarray(common[np.lexsort((low, high))])]})
+        comm.exchange("kkrt.matches", {peer: [np.ascontiguousarray(common[_value_order(*_item_words(common))])]})
     return PsiResult(found.astype(np.int64), len(found), n_peer)
 
 
@@ -314,19 +313,35 @@ def _item_words(items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return w[:, 0], w[:, 1]
 
 
+def _value_order(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """The permutation that sorts items by value (high word, then low word). The first
+    words of random items almost never repeat, so one sort on them does it; only when
+    one does is the two-key sort run."""
+    order = np.argsort(high, kind="stable")
+    h = high[order]
+    if len(h) > 1 and bool((h[1:] == h[:-1]).any()):
+        return np.lexsort((low, high))
+    return order
+
+
 def _members(items: np.ndarray, common: np.ndarray) -> np.ndarray:
-    """Indices (ascending) of ``items`` that are among ``common``, exactly (both words)."""
+    """Indices (ascending) of ``items`` that are among ``common``, exactly (both words).
+    The queries are searched in sorted order (cache-friendly); a first word shared by
+    two common items (rare) is checked item by item."""
+    hit = np.zeros(len(items), dtype=bool)
+    if not len(common) or not len(items):
+        return np.flatnonzero(hit)
     ch, cl = _item_words(common)
-    order = np.lexsort((cl, ch))
+    order = np.argsort(ch, kind="stable")
     ch, cl = ch[order], cl[order]
     ih, il = _item_words(items)
-    left = np.searchsorted(ch, ih, "left")
-    right = np.searchsorted(ch, ih, "right")
-    hit = np.zeros(len(items), dtype=bool)
-    one = np.flatnonzero(right - left == 1)
-    hit[one] = cl[left[one]] == il[one]
-    for i in np.flatnonzero(right - left > 1):  # two common items sharing a first word: rare, so checked one by one
-        hit[i] = bool((cl[left[i]:right[i]] == il[i]).any())
+    queries = np.argsort(ih, kind="stable")
+    pos = np.minimum(np.searchsorted(ch, ih[queries], "left"), len(ch) - 1)
+    hit[queries] = (ch[pos] == ih[queries]) & (cl[pos] == il[queries])
+    shared = np.unique(ch[1:][ch[1:] == ch[:-1]])
+    for i in np.flatnonzero(np.isin(ih, shared)) if len(shared) else ():
+        lo, hi = np.searchsorted(ch, ih[i], "left"), np.searchsorted(ch, ih[i], "right")
+        hit[i] = bool((cl[lo:hi] == il[i]).any())
     return np.flatnonzero(hit)
 
 
