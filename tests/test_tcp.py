@@ -48,20 +48,7 @@ def test_certificate_from_another_ca_is_refused(tmp_path: Path) -> None:
     port = _free_port_base()
     good = load_network(provision_network(tmp_path / "good", ["p0", "p1"], base_port=port))
     rogue = load_network(provision_network(tmp_path / "rogue", ["p0", "p1"], base_port=port))
-    session = secrets.token_bytes(16)
-    errors: dict[str, BaseException] = {}
-
-    def party(net, me: str) -> None:  # type: ignore[no-untyped-def]
-        try:
-            connect_mesh(net, me, session, timeout=3, connect_timeout=3).close()
-        except BaseException as exc:  # noqa: BLE001
-            errors[me] = exc
-
-    ts = [threading.Thread(target=party, args=(good, "p0")), threading.Thread(target=party, args=(rogue, "p1"))]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(timeout=20)
+    errors = _two_parties(good, rogue, secrets.token_bytes(16))
     assert isinstance(errors["p0"], PeerAuthenticationError | ProtocolTimeout)
     assert isinstance(errors["p1"], PeerAuthenticationError | ProtocolTimeout)
     assert any(isinstance(e, PeerAuthenticationError) for e in errors.values())
