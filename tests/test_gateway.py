@@ -987,3 +987,21 @@ def test_log_lines_hold_only_the_fixed_fields() -> None:
         "exception": "ValueError"}
     assert set(out) == {"ts", "level", "logger", "msg", "event", "paymentId", "code", "exception"}
     assert "buyer@example.com" not in line and "38000" not in line
+
+
+def test_log_lines_name_why_a_key_was_refused() -> None:
+    """A key refused by the authority's rules is logged with its message (it names the
+    party and the rule, nothing personal), so an operator sees why a partner failed."""
+    import logging
+    import sys
+
+    from veilpay.errors import KeyNotCertified
+    from veilpay.gateway.observe import JsonFormatter
+
+    try:
+        raise KeyNotCertified("mpp-1: the entry's self-signature does not verify")
+    except KeyNotCertified:
+        exc = sys.exc_info()
+    rec = logging.getLogger("veilpay.test").makeRecord("veilpay.test", logging.ERROR, __file__, 1, "failed", (), exc)
+    out = json.loads(JsonFormatter().format(rec))
+    assert out["exception"] == "KeyNotCertified" and "self-signature" in out["exception_message"]

@@ -197,6 +197,7 @@ class KeyNotCertified(SignatureError):
     in a log head the pinned key authority signed: whoever serves it, it is not used."""
 
     code = "KEY_NOT_CERTIFIED"
+    loggable = True  # its messages name parties, key versions and log sizes only
 
 
 class LogInconsistent(SignatureError):
@@ -205,6 +206,7 @@ class LogInconsistent(SignatureError):
     split view shown to different parties)."""
 
     code = "LOG_INCONSISTENT"
+    loggable = True
 
 
 class GatewayUnavailable(GatewayError):

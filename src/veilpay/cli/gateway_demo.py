@@ -72,7 +72,7 @@ def _keys_part(net: LocalNet) -> None:
         forged = dataclasses.replace(mpp, hpke=dict(gw.hpke))
         fresh = net.client()
         try:
-            fresh.trust.check([*[e for e in d.partners.values() if e.id != "mpp-1"], forged], d.privacy, d.head,
+            fresh.trust.check([*[e for e in d.partners.values() if e.id != "mpp-1"], forged], d.privacy, d.head, 0,
                               [x.encode() for x in log.entries(0, head.size)])
             verdict = "taken (a defect)"
         except KeyNotCertified as exc:

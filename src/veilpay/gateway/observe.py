@@ -28,7 +28,9 @@ class JsonFormatter(logging.Formatter):
             if f in record.__dict__:
                 out[f] = record.__dict__[f]
         if record.exc_info and record.exc_info[0] is not None:
-            out["exception"] = record.exc_info[0].__name__  # the type only: messages may quote data
+            out["exception"] = record.exc_info[0].__name__  # the type only: messages may quote data,
+            if getattr(record.exc_info[0], "loggable", False):  # except for errors that say they quote none
+                out["exception_message"] = str(record.exc_info[1])[:300]
         return wirejson.dumps_text(out)
 
 

@@ -154,7 +154,8 @@ def build_server(cfg: McpConfig, tools: set[str] | None = None, read_only: bool 
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{cfg.gateway_key}: {exc}") from exc
     client = AsyncGatewayClient(keys, cfg.gateway_url, gateway, transport=transport, pets=cfg.pets,
-                                authority=load_authority(cfg.authority), privacy=pinned_privacy(cfg.privacy, "mcp"))
+                                authority=load_authority(cfg.authority), privacy=pinned_privacy(cfg.privacy, "mcp"),
+                                log_state=cfg.state.with_name(cfg.state.stem + "-key-log.json"))
     state = GuardState(cfg.state)
     audit = AuditLog(cfg.audit_log)
     declared: dict[str, set[str]] = {}

@@ -65,10 +65,11 @@ class Witness:
             raise NodeError("an object with head, base and proof", "HEAD_INVALID", 400)
         try:
             head = TreeHead.from_json(obj.get("head")).verify(self.authority.key)
-            base = obj.get("base")
-            proof = [bytes.fromhex(h) for h in obj.get("proof") or []]
-            if base is not None and (isinstance(base, bool) or not isinstance(base, int)) or len(proof) > _MAX_PROOF:
+            base, raw = obj.get("base"), obj.get("proof") or []
+            if base is not None and (isinstance(base, bool) or not isinstance(base, int)) \
+                    or not isinstance(raw, list) or len(raw) > _MAX_PROOF:
                 raise ValueError("base or proof")
+            proof = [bytes.fromhex(h) for h in raw]
         except (LogInconsistent, ValueError, TypeError) as exc:
             raise NodeError(f"not a key-log head the pinned authority signed, with a proof: {exc}", "HEAD_INVALID",
                             400) from exc

@@ -33,8 +33,11 @@ def load_identity(cfg: PartnerConfig, role: str) -> tuple[PartyKeys, PublicEntry
 
 
 def trust_of(cfg: PartnerConfig) -> dict[str, Any]:
-    """The SDK client's pins from the partner's config: the key authority, the privacy nodes."""
-    return {"authority": load_authority(cfg.authority), "privacy": pinned_privacy(cfg.privacy, str(cfg.keys))}
+    """The SDK client's pins from the partner's config: the key authority, the privacy
+    nodes, and the file that keeps the newest key-log head it checked (``log_state``,
+    by default ``log-state.json`` in its key folder, shared with ``veilpay keys monitor``)."""
+    return {"authority": load_authority(cfg.authority), "privacy": pinned_privacy(cfg.privacy, str(cfg.keys)),
+            "log_state": cfg.log_state or cfg.keys / "log-state.json"}
 
 
 def open_db(url: str, metadata: MetaData) -> Engine:

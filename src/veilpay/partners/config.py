@@ -40,6 +40,7 @@ class PartnerConfig:
     database: str
     authority: Path = Path("authority.json")
     privacy: dict[str, Any] | None = None
+    log_state: Path | None = None  # the newest key-log head checked (default: KEYS/log-state.json)
     listen: str = "127.0.0.1:8101"
     name: str = ""
     pets: bool = True
@@ -73,6 +74,7 @@ def load_partner_config(path: str | Path) -> PartnerConfig:
             db = "sqlite:///" + str(rel(db[len("sqlite:///"):]))
         return PartnerConfig(keys=rel(str(raw.pop("keys"))), gateway_key=rel(str(raw.pop("gateway_key"))),
                              authority=rel(str(raw.pop("authority"))),
+                             log_state=rel(str(raw.pop("log_state"))) if "log_state" in raw else None,
                              gateway_url=str(raw.pop("gateway_url")), database=db, fx=fx, **raw)
     except (KeyError, TypeError, InvalidOperation) as exc:
         raise ConfigError(f"{path}: {exc!r}") from exc

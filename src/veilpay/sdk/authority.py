@@ -23,6 +23,7 @@ KeyNotCertified before it seals anything."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -43,8 +44,8 @@ from veilpay.sdk.transparency import (
     verify_inclusion,
 )
 
-__all__ = ["Authority", "KeyLog", "KeyTrust", "LogMirror", "certify", "create_authority", "entry_leaf", "leaf_id",
-           "load_authority", "pinned_privacy", "verify_entry", "verify_self_sig"]
+__all__ = ["Authority", "KeyLog", "KeyTrust", "LogMirror", "certified_at", "certify", "create_authority", "entry_leaf",
+           "leaf_id", "load_authority", "pinned_privacy", "verify_entry", "verify_self_sig"]
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,10 @@ def entry_leaf(entry: PublicEntry) -> bytes:
     """The log leaf of an entry: its content and its owner's self-signature, canonical."""
     if entry.self_sig is None:
         raise KeyNotCertified(f"{entry.id}: the entry is not self-signed by its owner")
-    return wirejson.dumps_sorted({"v": 1, "entry": entry.content(), "selfSig": entry.self_sig})
+    try:
+        return wirejson.dumps_sorted({"v": 1, "entry": entry.content(), "selfSig": entry.self_sig})
+    except (TypeError, ValueError) as exc:
+        raise KeyNotCertified(f"{entry.id}: a self-signature that is not JSON of our form ({exc})") from exc
 
 
 def verify_self_sig(entry: PublicEntry) -> None:
@@ -109,6 +113,11 @@ def verify_entry(entry: PublicEntry, authority: Authority) -> TreeHead:
     """The signed head that certifies ``entry``: its owner's self-signature checks, and
     its certificate's inclusion proof leads to a head the authority signed.
     KeyNotCertified otherwise."""
+    return certified_at(entry, authority)[0]
+
+
+def certified_at(entry: PublicEntry, authority: Authority) -> tuple[TreeHead, int]:
+    """(the head that certifies ``entry``, its leaf index), as ``verify_entry`` checks."""
     verify_self_sig(entry)
     cert = entry.certificate
     if not isinstance(cert, dict):
@@ -123,7 +132,7 @@ def verify_entry(entry: PublicEntry, authority: Authority) -> TreeHead:
         raise KeyNotCertified(f"{entry.id}: the certificate does not verify ({exc})") from exc
     if not verify_inclusion(index, head.size, leaf_hash(entry_leaf(entry)), path, head.root):
         raise KeyNotCertified(f"{entry.id}: the entry is not the one its certificate's log head includes")
-    return head
+    return head, index
 
 
 class KeyLog:
@@ -206,6 +215,15 @@ def certify(folder: str | Path, entry_path: str | Path) -> dict[str, Any]:
     verify_self_sig(entry)
     log = KeyLog(folder / "log")
     leaves, _ = log.read()
+    newest: dict[str, PublicEntry] = {}
+    for x in leaves:
+        with contextlib.suppress(ValueError, KeyError, TypeError, ConfigError):
+            other = PublicEntry.from_json(json.loads(x)["entry"])
+            newest[other.id] = other
+    for other in newest.values():
+        if other.id != entry.id and any(a.startswith(b) or b.startswith(a) for a in entry.code_prefixes
+                                        for b in other.code_prefixes):
+            raise ConfigError(f"certify: {entry.id}'s payment-code prefixes overlap those of {other.id}")
     leaf = entry_leaf(entry).decode()
     if leaf.encode() in leaves:
         index = leaves.index(leaf.encode())
@@ -238,7 +256,8 @@ class LogMirror:
     the root of that prefix: a head outside this history (another view of the log, a
     rewritten one) raises LogInconsistent. An entry is current when it is the newest
     leaf in its owner's name: a gateway that serves an entry the owner has since
-    replaced (an old HPKE key it may hold) is refused."""
+    replaced (an old HPKE key it may hold) is refused. Head signatures are checked once
+    per head."""
 
     def __init__(self, authority: Authority) -> None:
         self.authority = authority
@@ -246,20 +265,32 @@ class LogMirror:
         self.head: TreeHead | None = None
         self._latest: dict[str, int] = {}
         self._roots: dict[int, bytes] = {0: tree_hash([])}
+        self._signed: set[tuple[int, bytes, int, bytes]] = set()
 
     @property
     def size(self) -> int:
         return len(self.hashes)
 
-    def extend(self, head: TreeHead, leaves: list[bytes]) -> None:
-        """Take ``head`` (signature checked) with ``leaves``, the leaves after those
-        held; a head no larger than the log held needs none and is checked by ``check``."""
-        head.verify(self.authority.key)
+    def verify(self, head: TreeHead) -> TreeHead:
+        """``head`` when the authority signed it (LogInconsistent otherwise), checked once."""
+        key = (head.size, head.root, head.time_ms, head.sig)
+        if key not in self._signed:
+            head.verify(self.authority.key)
+            self._signed.add(key)
+        return head
+
+    def extend(self, head: TreeHead, start: int, leaves: list[bytes]) -> None:
+        """Take ``head`` with ``leaves``, the log's leaves from index ``start`` (those
+        already held are skipped); a head no larger than the log held needs none."""
+        self.verify(head)
         if head.size <= self.size:
             self.check(head)
             return
+        if not 0 <= start <= self.size:
+            raise LogInconsistent(f"log entries from {start} leave a gap after the {self.size} held")
+        leaves = leaves[self.size - start:]
         if len(leaves) != head.size - self.size:
-            raise LogInconsistent(f"{len(leaves)} log entries for a head of size {head.size} over the {self.size} "
+            raise LogInconsistent(f"{len(leaves)} new log entries for a head of size {head.size} over the {self.size} "
                                   "held")
         hashes = self.hashes + [leaf_hash(x) for x in leaves]
         if tree_hash(hashes) != head.root:
@@ -270,15 +301,18 @@ class LogMirror:
         self.hashes, self.head = hashes, head
         self._roots[head.size] = head.root
 
+    def root_at(self, size: int) -> bytes:
+        if not 0 <= size <= self.size:
+            raise LogInconsistent(f"a log of size {size} beyond the {self.size} entries held")
+        root = self._roots.get(size)
+        if root is None:
+            root = self._roots[size] = tree_hash(self.hashes[:size])
+        return root
+
     def check(self, head: TreeHead) -> None:
         """LogInconsistent unless ``head`` (signature checked) is a head of the history held."""
-        head.verify(self.authority.key)
-        if head.size > self.size:
-            raise LogInconsistent(f"a log head of size {head.size} beyond the {self.size} entries held")
-        root = self._roots.get(head.size)
-        if root is None:
-            root = self._roots[head.size] = tree_hash(self.hashes[:head.size])
-        if root != head.root:
+        self.verify(head)
+        if self.root_at(head.size) != head.root:
             raise LogInconsistent(f"two log heads of size {head.size} with different roots: another view of the log")
 
     def current(self, entry: PublicEntry, index: int) -> None:
@@ -299,55 +333,87 @@ class LogMirror:
 
 
 class KeyTrust:
-    """What a party checks of every directory before it takes a key from it: every entry
-    self-signed and certified by the pinned ``authority``, and current (the newest in
-    its owner's name) in the log mirrored so far; the privacy-node set and protocol
-    exactly the pinned ``privacy`` (None: a network without nodes); every log head it
-    meets (the directory's, each certificate's) one history with every head seen
-    before. Certificates are checked once per entry version (kept by leaf hash) and the
-    log is fetched only past what is held, so taking keys costs no public-key operation
-    per payment. KeyNotCertified or LogInconsistent otherwise."""
+    """What a party checks of every directory before it takes a key from it: the
+    directory carries a log head the pinned ``authority`` signed, no older than the
+    newest one this party saw before (``state``: a file that keeps it across restarts,
+    so a restarted party cannot be rolled back to an entry its owner has replaced);
+    every entry is self-signed, certified by the authority and current (the newest in
+    its owner's name) in the log mirrored up to that head; the privacy-node set and
+    protocol are exactly the pinned ``privacy`` (None: a network without nodes); every
+    log head met (the directory's, each certificate's) is one history with every head
+    seen before. Certificates are checked once per entry version and head signatures
+    once per head, and the log is fetched only past what is held, so taking keys costs
+    no public-key operation per payment. KeyNotCertified or LogInconsistent otherwise."""
 
-    def __init__(self, authority: Authority, privacy: Any = None) -> None:
+    def __init__(self, authority: Authority, privacy: Any = None, state: str | Path | None = None) -> None:
         self.authority, self.privacy = authority, privacy
         self.log = LogMirror(authority)
-        self._certified: dict[bytes, TreeHead] = {}
+        self.state = Path(state) if state is not None else None
+        self._certified: dict[bytes, int] = {}
+        self._seen = self._read_state()
 
-    @staticmethod
-    def _heads(entries: list[PublicEntry], head: TreeHead | None) -> list[TreeHead]:
-        out = [head] if head is not None else []
-        for e in entries:
-            try:
-                out.append(TreeHead.from_json((e.certificate or {}).get("head")))
-            except LogInconsistent:
-                continue  # verify_entry refuses it by name
-        return out
+    def _read_state(self) -> tuple[int, bytes] | None:
+        if self.state is None:
+            return None
+        try:
+            raw = json.loads(self.state.read_text())
+            size, root = raw["size"], bytes.fromhex(raw["root"])
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0 or len(root) != 32:
+                raise ValueError("size or root")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{self.state}: not a key-log state file ({exc})") from exc
+        return size, root
+
+    def _head(self, head: TreeHead | None) -> TreeHead:
+        if head is None:
+            raise LogInconsistent("the directory carries no key-log head")
+        self.log.verify(head)
+        if self._seen is not None and head.size < self._seen[0]:
+            raise LogInconsistent(f"the directory's log head of size {head.size} is older than the one of size "
+                                  f"{self._seen[0]} this party saw before: a rollback")
+        return head
 
     def wanted(self, entries: list[PublicEntry], head: TreeHead | None) -> tuple[int, int] | None:
         """The log entries (start, end) a directory of ``entries`` and ``head`` needs
-        fetched before ``check``, or None."""
-        top = max((h.size for h in self._heads(entries, head)), default=0)
-        return (self.log.size, top) if top > self.log.size else None
+        fetched before ``check``, or None. ``head`` (the directory's) is checked first:
+        nobody makes the party fetch a log the authority did not sign."""
+        top = self._head(head)
+        return (self.log.size, top.size) if top.size > self.log.size else None
 
-    def check(self, entries: list[PublicEntry], privacy: Any, head: TreeHead | None, leaves: list[bytes]) -> None:
+    def check(self, entries: list[PublicEntry], privacy: Any, head: TreeHead | None, start: int,
+              leaves: list[bytes]) -> None:
         """Check a directory's ``entries``, its ``privacy`` section and its log ``head``;
-        ``leaves``: the log entries ``wanted`` named."""
+        ``leaves``: the log entries from ``start`` that ``wanted`` named."""
         if privacy != self.privacy:
             raise KeyNotCertified(f"the directory announces privacy nodes {privacy!r}; this party pinned "
                                   f"{self.privacy!r}")
-        certified = []
+        top = self._head(head)
+        self.log.extend(top, start, leaves)
+        if self._seen is not None and self.log.root_at(self._seen[0]) != self._seen[1]:
+            raise LogInconsistent(f"the log is not the one of size {self._seen[0]} this party saw before: a rewritten "
+                                  "log, or another view of it")
+        taken = []
         for e in entries:
             lh = leaf_hash(entry_leaf(e))
-            h = self._certified.get(lh)
-            if h is None:
-                h = verify_entry(e, self.authority)
-            certified.append((lh, e, h))
-        heads = self._heads(entries, head)
-        if heads:
-            top = max(heads, key=lambda h: h.size)
-            self.log.extend(top, leaves)
-            for h in heads:
-                self.log.check(h)
-        for lh, e, h in certified:
-            self.log.current(e, int((e.certificate or {})["index"]))
-            self._certified[lh] = h
+            index = self._certified.get(lh)
+            if index is None:
+                cert_head, index = certified_at(e, self.authority)
+                if cert_head.size > top.size:
+                    raise LogInconsistent(f"{e.id}: a certificate from a log head of size {cert_head.size}, beyond "
+                                          f"the directory's {top.size}")
+                self.log.check(cert_head)
+            self.log.current(e, index)
+            taken.append((lh, index))
+        self._certified.update(taken)
+        if self.state is not None and (self._seen is None or top.size > self._seen[0]):
+            on_disk = self._read_state()  # another process of this party may have seen a newer one
+            if on_disk is None or top.size > on_disk[0]:
+                text = json.dumps({"size": top.size, "root": top.root.hex()})
+                try:
+                    atomic_write(self.state, lambda fh: fh.write(text), mode=0o600)
+                except OSError as exc:
+                    raise ConfigError(f"{self.state}: cannot keep the key-log state ({exc})") from exc
+                on_disk = (top.size, top.root)
+            self._seen = on_disk

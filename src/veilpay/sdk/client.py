@@ -21,6 +21,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -80,15 +81,17 @@ class ApiResponse:
 
 class _Core:
     def __init__(self, keys: PartyKeys, gateway_url: str, gateway: PublicEntry, *, authority: Authority,
-                 privacy: Privacy | None = None, timeout: float = 10.0, retries: int = 3, backoff: float = 0.2,
-                 pets: bool = True, window: float = 300.0) -> None:
+                 privacy: Privacy | None = None, log_state: str | Path | None = None, timeout: float = 10.0,
+                 retries: int = 3, backoff: float = 0.2, pets: bool = True, window: float = 300.0) -> None:
         """``authority``: the network's key authority, pinned; every key the client takes
         from the gateway's directory must be certified by it. ``privacy``: the privacy
         nodes' set and protocol, pinned (None for a network without them); a directory
-        that announces others is refused."""
+        that announces others is refused. ``log_state``: a file that keeps the newest
+        key-log head this party checked, across restarts (a restarted client without it
+        takes any log head the authority once signed, and so an entry replaced since)."""
         if gateway.role != "gateway":
             raise ConfigError("the pinned gateway entry must have role 'gateway'")
-        self.trust = KeyTrust(authority, privacy)
+        self.trust = KeyTrust(authority, privacy, log_state)
         self.keys, self.gateway, self.url = keys, gateway, gateway_url.rstrip("/")
         self.timeout, self.retries, self.backoff, self.pets, self.window = timeout, retries, backoff, pets, window
         self._directory: Directory | None = None
@@ -135,18 +138,20 @@ class _Core:
         d = Directory.from_json(self._verify("GET", "/v1/directory", resp, answers))
         return d, self.trust.wanted(list(d.partners.values()), d.head)
 
-    def _accept_directory(self, d: Directory, leaves: list[bytes]) -> Directory:
+    def _accept_directory(self, d: Directory, start: int, leaves: list[bytes]) -> Directory:
         """``d`` once every entry chains to the pinned authority and is current in the
         log, and its log heads are one history with those this client saw
         (KeyNotCertified, LogInconsistent)."""
-        self.trust.check(list(d.partners.values()), d.privacy, d.head, leaves)
+        self.trust.check(list(d.partners.values()), d.privacy, d.head, start, leaves)
         self._directory = d
         return d
 
     @staticmethod
-    def _log_page(resp: httpx.Response, start: int) -> list[bytes]:
-        """One page of ``/v1/log/entries`` (the leaves from ``start``), checked for form;
-        whether they make the authority's head is ``KeyTrust.check``'s to say."""
+    def _log_page(resp: httpx.Response, start: int, end: int) -> list[bytes]:
+        """One page of ``/v1/log/entries`` (leaves ``start`` to at most ``end``), checked
+        for form; whether they make the authority's head is ``KeyTrust.check``'s to say."""
+        if resp.status_code != 200:
+            raise GatewayUnavailable(f"key log: HTTP {resp.status_code}")
         try:
             body = resp.json()
             if body["start"] != start:
@@ -154,8 +159,9 @@ class _Core:
             page = [str(x).encode() for x in body["entries"]]
         except (ValueError, KeyError, TypeError) as exc:
             raise LogInconsistent(f"the gateway's key log page from {start} is malformed") from exc
-        if not page:
-            raise LogInconsistent(f"the gateway's key log ends before entry {start}")
+        if not page or len(page) > end - start:
+            raise LogInconsistent(f"the gateway's key log page from {start} holds {len(page)} of the {end - start} "
+                                  "entries asked for")
         return page
 
     def _pay_body(self, d: Directory, payment_request_id: str, amount: dict[str, str], payment_code: str,
@@ -301,14 +307,15 @@ class GatewayClient(_Core):
                 headers, digest = self._directory_headers()
                 resp = self._http.get(self.url + "/v1/directory", headers=headers)
                 d, wanted = self._parse_directory(resp, digest)
+                start, end = wanted or (0, 0)
                 leaves: list[bytes] = []
-                while wanted and wanted[0] + len(leaves) < wanted[1]:
-                    at = wanted[0] + len(leaves)
+                while start + len(leaves) < end:  # each page holds 1 .. end - at leaves
+                    at = start + len(leaves)
                     leaves += self._log_page(self._http.get(self.url + "/v1/log/entries",
-                                                            params={"start": at, "end": wanted[1]}), at)
+                                                            params={"start": at, "end": end}), at, end)
             except httpx.HTTPError as exc:
                 raise GatewayUnavailable(f"directory: {type(exc).__name__}") from exc
-            return self._accept_directory(d, leaves)
+            return self._accept_directory(d, start, leaves)
         return self._directory
 
     def call(self, path: str, body: dict[str, Any]) -> ApiResponse:
@@ -403,14 +410,15 @@ class AsyncGatewayClient(_Core):
                 headers, digest = self._directory_headers()
                 resp = await self._http.get(self.url + "/v1/directory", headers=headers)
                 d, wanted = self._parse_directory(resp, digest)
+                start, end = wanted or (0, 0)
                 leaves: list[bytes] = []
-                while wanted and wanted[0] + len(leaves) < wanted[1]:
-                    at = wanted[0] + len(leaves)
+                while start + len(leaves) < end:  # each page holds 1 .. end - at leaves
+                    at = start + len(leaves)
                     leaves += self._log_page(await self._http.get(self.url + "/v1/log/entries",
-                                                                  params={"start": at, "end": wanted[1]}), at)
+                                                                  params={"start": at, "end": end}), at, end)
             except httpx.HTTPError as exc:
                 raise GatewayUnavailable(f"directory: {type(exc).__name__}") from exc
-            return self._accept_directory(d, leaves)
+            return self._accept_directory(d, start, leaves)
         return self._directory
 
     async def call(self, path: str, body: dict[str, Any]) -> ApiResponse:

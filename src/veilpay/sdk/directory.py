@@ -40,6 +40,11 @@ class Directory:
                 if pre in self._prefixes:
                     raise ConfigError(f"code prefix {pre} claimed by {self._prefixes[pre]} and {p.id}")
                 self._prefixes[pre] = p.id
+        for pre, owner in self._prefixes.items():  # nested prefixes of two MPPs: the longer would take the codes
+            for cut in range(2, len(pre)):
+                other = self._prefixes.get(pre[:cut])
+                if other is not None and other != owner:
+                    raise ConfigError(f"code prefix {pre} of {owner} lies inside prefix {pre[:cut]} of {other}")
 
     def get(self, party_id: str) -> PublicEntry | None:
         return self.partners.get(party_id)
@@ -82,4 +87,7 @@ class Directory:
         privacy = Privacy.from_json(obj["privacy"]) if obj.get("privacy") else None
         log = obj.get("log")
         head = TreeHead.from_json(log["head"]) if isinstance(log, dict) and log.get("head") is not None else None
-        return cls(int(obj.get("version", 0)), {e.id: e for e in entries}, privacy, head)
+        version = obj.get("version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ConfigError(f"a directory version is an integer, not {version!r}")
+        return cls(version, {e.id: e for e in entries}, privacy, head)

@@ -28,8 +28,19 @@ __all__ = ["ENTRY_LABEL", "ROLES", "PartyKeys", "entry_message", "PublicEntry", 
 ROLES = ("mpp", "acqp", "gateway", "node")
 ENTRY_LABEL = b"veilpay/key-entry/v1\n"  # what an owner's self-signature covers, before the entry's JSON
 _REGION = re.compile(r"^([A-Z]{2})?$")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_PREFIX = re.compile(r"^[0-9]{2,8}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: "$" would let a trailing newline through
+_PREFIX = re.compile(r"[0-9]{2,8}")
+_MAX_VERSION = 2**31 - 1
+
+
+def _version(v: Any) -> int:
+    """A key version: an integer 1 .. 2^31 - 1 (ValueError otherwise)."""
+    if isinstance(v, bool) or not isinstance(v, int | str):
+        raise ValueError(f"key version {v!r}")
+    n = int(v)
+    if not 1 <= n <= _MAX_VERSION:
+        raise ValueError(f"key version {v!r} out of range")
+    return n
 
 
 def entry_message(entry: PublicEntry) -> bytes:
@@ -95,11 +106,11 @@ class PublicEntry:
     def from_json(cls, obj: Any) -> PublicEntry:
         try:
             pid, role = str(obj["id"]), str(obj["role"])
-            if not _ID.match(pid) or role not in ROLES:
+            if not _ID.fullmatch(pid) or role not in ROLES:
                 raise ConfigError(f"bad party id {pid!r} or role {role!r}")
             prefixes = [str(p) for p in obj.get("codePrefixes", [])]
             for p in prefixes:
-                if not _PREFIX.match(p):
+                if not _PREFIX.fullmatch(p):
                     raise ConfigError(f"party {pid!r}: code prefix {p!r} is not 2-8 digits")
             entry = cls(pid, role, str(obj.get("endpoint", "")), str(obj.get("notifyUrl", "")), prefixes)
             entry.region = str(obj.get("region", ""))
@@ -107,12 +118,12 @@ class PublicEntry:
             if not _REGION.match(entry.region):
                 raise ConfigError(f"party {pid!r}: region {entry.region!r} is not an ISO 3166 alpha-2 code")
             for k in obj["signingKeys"]:
-                v = int(k["version"])
+                v = _version(k["version"])
                 entry.signing[v] = VerifyKey.from_bytes(b64d(k["public"]))
                 if k.get("status", "active") == "retired":
                     entry.retired.add(v)
             for k in obj.get("hpkeKeys", []):
-                entry.hpke[int(k["version"])] = HpkePublicKey(str(k["suite"]), b64d(k["public"]))
+                entry.hpke[_version(k["version"])] = HpkePublicKey(str(k["suite"]), b64d(k["public"]))
             for name in ("selfSig", "certificate"):
                 if obj.get(name) is not None and not isinstance(obj[name], dict):
                     raise ConfigError(f"party {pid!r}: {name} is an object")
@@ -222,7 +233,7 @@ def create_party(folder: str | Path, party_id: str, role: str, *, endpoint: str 
         raise ConfigError(f"role must be one of {ROLES}, not {role!r}")
     if suite not in SUITES:
         raise ConfigError(f"unknown HPKE suite {suite!r}; known: {', '.join(SUITES)}")
-    if not _ID.match(party_id):
+    if not _ID.fullmatch(party_id):
         raise ConfigError(f"party id {party_id!r}: letters, digits, '_', '.', '-' (max 64)")
     sk = SigningKey.generate()
     hk = HpkePrivateKey.generate(suite) if role != "gateway" else None

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from veilpay.errors import GatewayUnavailable, LogInconsistent
+from veilpay.errors import ConfigError, GatewayUnavailable, LogInconsistent
 from veilpay.files import atomic_write
 from veilpay.sdk import wirejson
 from veilpay.sdk.authority import Authority, verify_entry
@@ -32,17 +32,27 @@ __all__ = ["exchange_heads", "foreign_entries", "watch"]
 _WITNESS = "/node/v1/log/head"
 
 
+def _overlap(a: list[str], b: list[str]) -> bool:
+    return any(x.startswith(y) or y.startswith(x) for x in a for y in b)
+
+
 def foreign_entries(leaves: list[str], me: PartyKeys) -> tuple[int, list[int]]:
-    """(entries in ``me``'s name, the indices of those with a key ``me`` does not hold)."""
+    """(entries in ``me``'s name, the indices of the entries that would take ``me``'s
+    place: those in its name with a key it does not hold, and those in any other name
+    that claim a payment-code prefix overlapping its own or its endpoint or notify URL)."""
     mine_sign = {k.to_bytes() for k in me.public.signing.values()}
     mine_hpke = {k.to_bytes() for k in me.public.hpke.values()}
+    urls = {u for u in (me.public.endpoint, me.public.notify_url, me.public.notify_batch_url) if u}
     count, foreign = 0, []
     for i, raw in enumerate(leaves):
         try:
             entry = PublicEntry.from_json(json.loads(raw)["entry"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, ConfigError):
             continue
         if entry.id != me.id:
+            theirs = {u for u in (entry.endpoint, entry.notify_url, entry.notify_batch_url) if u}
+            if _overlap(entry.code_prefixes, me.public.code_prefixes) or theirs & urls:
+                foreign.append(i)
             continue
         count += 1
         if {k.to_bytes() for k in entry.signing.values()} - mine_sign or {k.to_bytes() for k in entry.hpke.values()} \
@@ -56,11 +66,18 @@ def _fetch_log(http: httpx.Client, gateway_url: str, authority: Authority) -> tu
     head: TreeHead | None = None
     while True:
         r = http.get(gateway_url.rstrip("/") + "/v1/log/entries", params={"start": len(leaves)})
-        r.raise_for_status()
-        page = r.json()
-        head = TreeHead.from_json(page["head"]).verify(authority.key)
-        leaves += [str(x) for x in page["entries"]]
-        if not page["entries"] or len(leaves) >= head.size:
+        if r.status_code != 200:
+            raise GatewayUnavailable(f"{gateway_url}: the key log answered HTTP {r.status_code}")
+        try:
+            page = r.json()
+            head = TreeHead.from_json(page["head"]).verify(authority.key)
+            entries = [str(x) for x in page["entries"]]
+            if page["start"] != len(leaves) or len(leaves) + len(entries) > head.size:
+                raise ValueError("start or length")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LogInconsistent(f"a malformed key-log page from {len(leaves)}: {exc}") from exc
+        leaves += entries
+        if not entries or len(leaves) >= head.size:
             break
     if len(leaves) != head.size or tree_hash([leaf_hash(x.encode()) for x in leaves]) != head.root:
         raise LogInconsistent("the log's entries do not make the head the key authority signed")
