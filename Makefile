@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install demo test test-tcp lint bench bench-peers data clean
+.PHONY: install demo test test-fast test-tcp readme-check lint bench bench-peers data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,8 +20,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
+# Without the tests that start services: tcp-marked (parties, the gateway and partners as
+# their own processes over TCP, tests/test_gateway_live.py among them) and the cases run
+# against a throwaway PostgreSQL server (the [postgresql] parameter).
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not tcp" -k "not postgresql"
+
 test-tcp: $(STAMP)
 	$(BIN)/pytest -q -m tcp
+
+readme-check: $(STAMP)
+	$(BIN)/pytest -q tests/test_readme.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

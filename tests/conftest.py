@@ -115,6 +115,24 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture
+def utc_midday(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A clock that reads 12:00 UTC of today when the test starts and runs on from
+    there, for tests that settle or sum "today" (a UTC day): the day they ask about is
+    the day their payments were made in, even when the suite runs across midnight.
+    Whatever reads ``time.time()`` sees it: the gateway, the SDK, the partners, the
+    nodes and their clock in tests/gateway_net.py. ``datetime.now()`` and an
+    argument-less ``time.gmtime()`` do not, so a test takes its day from here or from
+    ``time.time()``. Returns that day, YYYY-MM-DD."""
+    import time
+
+    real = time.time
+    start = real()
+    shift = start - start % 86_400 + 43_200 - start
+    monkeypatch.setattr(time, "time", lambda: real() + shift)
+    return time.strftime("%Y-%m-%d", time.gmtime(start + shift))
+
+
 def send_async(stream: Any, header: bytes, arr: np.ndarray) -> threading.Thread:
     """Write one message on a thread (a test's receiver reads it on the main one)."""
     from veilpay.net.channel import write_message

@@ -32,6 +32,7 @@ from veilpay.sdk import AsyncGatewayClient, create_party, load_party
 from veilpay.sdk.authority import certify, create_authority
 from veilpay.sdk.keys import PublicEntry
 from veilpay.sdk.shares import Privacy
+from veilpay.settings import PrivacySection
 
 
 class Router(httpx.AsyncBaseTransport):
@@ -74,8 +75,7 @@ class Net:
                 create_party(k / n, n, "node", endpoint=f"http://{n}.test")
             partners += [k / n / "public.json" for n in self.node_ids]
             holders = self.node_ids[:2] if privacy == "semi2k" else self.node_ids
-            gw.update(privacy_protocol=privacy, privacy_nodes=holders,
-                      privacy_dealer=self.node_ids[2] if privacy == "semi2k" else "",
+            gw.update(privacy=PrivacySection(privacy, holders, self.node_ids[2] if privacy == "semi2k" else ""),
                       settlement_dir=tmp / "settlement", node_relay_interval_s=0.05)
         self.privacy = Privacy(privacy, tuple(holders), self.node_ids[2] if privacy == "semi2k" else "") \
             if privacy else None
@@ -158,7 +158,8 @@ class Net:
                              gateway_url="http://gateway.test", database=f"sqlite:///{self.tmp}/{pid}/db.sqlite",
                              name=f"{pid} wallet", pets=pets, fx={k: Decimal(v) for k, v in fx.items()},
                              authority=self.authority_dir / "authority.json",
-                             privacy=self.privacy.to_json() if self.privacy else None)
+                             privacy=PrivacySection(self.privacy.protocol, list(self.privacy.nodes), self.privacy.dealer)
+                             if self.privacy else None)
 
     def certify(self, pid: str) -> None:
         """The authority certifies ``pid``'s entry again (after a rotation or retirement)."""

@@ -19,6 +19,7 @@ from veilpay.crypto.hpke import HpkePrivateKey
 from veilpay.crypto.signing import SigningKey
 from veilpay.crypto.tokens import TokenKey, ct_equal, hmac_sha256
 from veilpay.errors import ConfigError, DecryptionError, InvalidInput, SignatureError
+from veilpay.gateway.codes import CODES, result
 from veilpay.gateway.store import outbox, payments, refunds
 from veilpay.sdk import MINOR_UNITS, open_fields, parse_amount, retire_key, rotate_keys, seal_fields, sign_headers
 from veilpay.sdk.money import InvalidAmount, UnsupportedCurrency
@@ -838,6 +839,275 @@ def test_cancel_window_and_concurrent_refunds(tmp_path: Path, database: str | No
     run(body())
 
 
+def test_groups_sealed_to_another_partner_are_refused_before_anything_is_stored(tmp_path: Path) -> None:
+    """The gateway routes on the code's issuer and checks that every field group names
+    that MPP as its recipient: a payment routed to mpp-1 whose groups are a well-formed
+    session sealed to mpp-2, and a refund of mpp-1's payment whose reason is sealed to
+    mpp-2, are SEALED_FIELD_INVALID (HTTP 400), store nothing and reach no MPP. Without
+    the check the payment would be recorded and forwarded, and fail only at mpp-1."""
+    async def body() -> None:
+        net = Net(tmp_path)
+        await net.wallet("u1", 10**6)
+        await net.wallet("u2", 10**6, currency="KRW", mpp="mpp-2")
+        c = net.client()
+        d = await c.directory()
+        misrouted = c._pay_body(d, "w-1", JPY, await net.code("u2", mpp="mpp-2"), ORDER, {"ip": "198.51.100.1"})
+        groups = (misrouted["paymentMethod"]["paymentMethodId"], misrouted["order"], misrouted["env"])
+        assert {g["to"] for g in groups} == {"mpp-2"} and len({g["sid"] for g in groups}) == 1  # nothing else amiss
+        misrouted["paymentMethod"]["codeIssuer"] = "2810"  # routed to mpp-1
+
+        def forwarded() -> list[str]:
+            return [p for _, p, _, _ in net.router.log if p.startswith("/mpp/")]
+
+        ans = await _raw(net, "/v1/payments/pay", json.dumps(misrouted).encode())
+        assert (ans.status_code, ans.json()["result"]["resultCode"]) == (400, "SEALED_FIELD_INVALID")
+        assert "mpp-1" in ans.json()["result"]["resultMessage"]
+        assert _count(net, payments) == 0 and forwarded() == []
+        assert (await _pay(net, "ok-1", balance=0)).code == "SUCCESS"
+        paid = forwarded()
+        refund = c._refund_body(d, "w-r", {"currency": "JPY", "value": "100"}, None, "ok-1", "changed mind", "mpp-2")
+        assert refund["refundReason"]["to"] == "mpp-2"
+        ans = await _raw(net, "/v1/payments/refund", json.dumps(refund).encode())
+        assert (ans.status_code, ans.json()["result"]["resultCode"]) == (400, "SEALED_FIELD_INVALID")
+        assert _count(net, refunds) == 0 and forwarded() == paid
+        assert await net.balance("u1") == 10**6 - 38000 and await net.balance("u2", mpp="mpp-2") == 10**6
+    run(body())
+
+
+def test_hidden_amount_parts_under_another_partys_name_are_refused(tmp_path: Path) -> None:
+    """With privacy nodes an amount is an envelope for each partner and a share for
+    each node, each under its recipient's name. An ACQP (or anyone on the way) that
+    swaps two of them (the MPP's envelope where the ACQP's goes; node-a's share where
+    node-b's goes, under a bundle the ACQP signs over the swap) is refused
+    SEALED_FIELD_INVALID (HTTP 400) before anything is stored or sent on; the same
+    request with the parts where they belong is paid."""
+    from veilpay.sdk.shares import sign_bundle
+
+    async def body() -> None:
+        net = Net(tmp_path, privacy="semi2k")
+        await net.wallet("u1", 10**6)
+        c = net.client()
+        d = await c.directory()
+        good = c._pay_body(d, "h-1", JPY, await net.code("u1"), ORDER, None)
+        amount = good["paymentAmount"]
+        sealed, shares = amount["sealed"], amount["shares"]
+        swapped = {"node-a": shares["node-b"], "node-b": shares["node-a"]}
+        resigned = sign_bundle(net.keys("acqp-1"), "mpp-1", "pay", "h-1", "JPY", swapped, ts_ms=amount["bundle"]["ts"])
+        for bad in ({**amount, "sealed": {"acqp-1": sealed["mpp-1"], "mpp-1": sealed["acqp-1"]}},
+                    {**amount, "shares": swapped, "bundle": resigned}):
+            ans = await _raw(net, "/v1/payments/pay", json.dumps({**good, "paymentAmount": bad}).encode())
+            assert (ans.status_code, ans.json()["result"]["resultCode"]) == (400, "SEALED_FIELD_INVALID")
+        assert _count(net, payments) == 0
+        assert not [p for _, p, _, _ in net.router.log if p.startswith("/mpp/") or p == "/node/v1/feed"]
+        assert (await c.call("/v1/payments/pay", good)).code == "SUCCESS"
+    run(body())
+
+
+def test_a_refund_past_the_refund_window_is_refused_and_reaches_no_mpp(tmp_path: Path, database: str | None) -> None:
+    """refund_window_s counts from the payment's time: within it the payment refunds;
+    past it a refund is REFUND_WINDOW_EXCEED (F, HTTP 200, recorded as a failed refund
+    and answered the same when sent again), reserves nothing and never reaches the MPP."""
+    async def body() -> None:
+        net = Net(tmp_path, database=database, refund_window_s=3600.0)
+        assert (await _pay(net)).code == "SUCCESS"
+        c = net.client()
+        assert (await c.refund("in", {"currency": "JPY", "value": "100"}, payment_request_id="r1")).code == "SUCCESS"
+        with net.gateway.state.engine.begin() as conn:  # the payment was made an hour and a second ago
+            conn.execute(payments.update().values(payment_time_ms=payments.c.payment_time_ms - 3_601_000))
+        refunds_sent = len([p for _, p, _, _ in net.router.log if p == "/mpp/v1/refund"])
+        late = await c.refund("late", {"currency": "JPY", "value": "100"}, payment_request_id="r1")
+        assert (late.code, late.status) == ("REFUND_WINDOW_EXCEED", "F")
+        again = await c.refund("late", {"currency": "JPY", "value": "100"}, payment_request_id="r1")
+        assert (again.code, again.body["refundId"]) == ("REFUND_WINDOW_EXCEED", late.body["refundId"])
+        q = await c.inquiry_refund(refund_request_id="late")
+        assert (q.status, q.body["refundResult"]["resultCode"]) == ("F", "REFUND_WINDOW_EXCEED")
+        assert len([p for _, p, _, _ in net.router.log if p == "/mpp/v1/refund"]) == refunds_sent
+        assert (await c.inquiry_payment(payment_request_id="r1")).body["refundedAmount"] == {"currency": "JPY",
+                                                                                              "value": "100"}
+        assert await net.balance("u1") == 10**6 - 38000 + 3800  # only the refund inside the window
+    run(body())
+
+
+async def _trickled(app: Any, path: str, headers: dict[str, str], every: float) -> tuple[int | None, dict[str, str],
+                                                                                        bytes, float]:
+    """A request whose client declares a 1000-byte body, sends a few bytes and then one
+    every ``every`` seconds, never all of it; (status, headers, body, seconds until the
+    answer)."""
+    import asyncio
+
+    sent: list[dict[str, Any]] = []
+    pieces = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pieces
+        pieces += 1
+        if pieces > 1:
+            await asyncio.sleep(every)  # the client's pace, not a barrier
+        return {"type": "http.request", "body": b'{"a":' if pieces == 1 else b" ", "more_body": True}
+
+    async def send(m: dict[str, Any]) -> None:
+        sent.append(m)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in {**headers, "Content-Length": "1000"}.items()],
+             "client": ("127.0.0.1", 1), "server": ("gateway.test", 80), "state": {}}
+    started = time.monotonic()
+    await app(scope, receive, send)
+    took = time.monotonic() - started
+    start = next((m for m in sent if m["type"] == "http.response.start"), None)
+    if start is None:
+        return None, {}, b"", took
+    return (start["status"], {k.decode(): v.decode() for k, v in start["headers"]},
+            b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"), took)
+
+
+def test_a_body_that_does_not_arrive_in_time_is_cut_off(tmp_path: Path) -> None:
+    """BodyDeadline: a client that declares a body and trickles it gets 408
+    REQUEST_TIMEOUT once the deadline has passed, counted from the request's start
+    however often it sends a byte, on the signed front and on FastAPI's routes alike;
+    unsigned (its request was never read), with Connection: close (uvicorn then closes
+    the socket), counted, and nothing stored. An answer given before the body was read
+    whole (413 on the declared length) closes the connection too; a request read whole
+    keeps it."""
+    from prometheus_client import generate_latest
+
+    from veilpay.gateway import create_app
+    from veilpay.gateway.limits import BodyDeadline
+
+    async def body() -> None:
+        net = Net(tmp_path)
+        app = create_app(net.cfg, transport=net.router, background=False, body_timeout_s=0.3)
+        headers = {"Content-Type": "application/json", "Client-Id": "acqp-1"}
+        for path in ("/v1/payments/pay", "/admin/v1/settle"):
+            status, hdrs, raw, took = await _trickled(app, path, headers, every=0.05)
+            assert (status, json.loads(raw)["result"]) == (408, {
+                "resultCode": "REQUEST_TIMEOUT", "resultStatus": "F", "resultMessage": CODES["REQUEST_TIMEOUT"][2]})
+            assert hdrs["connection"] == "close" and hdrs["content-type"] == "application/json"
+            assert "signature" not in hdrs
+            assert 0.3 <= took < 2.0, took
+        metrics = generate_latest(app.state.metrics.registry).decode()
+        assert 'veilpay_gateway_requests_total{code="REQUEST_TIMEOUT",path="/v1/payments/pay"} 1.0' in metrics
+        assert _count(net, payments) == 0
+        # refused on its declared length, unread: the connection closes; read whole: it stays
+        big = await _asgi(app, "/v1/payments/pay", [b"{", b"}"], {**headers, "Content-Length": str(10**7)})
+        assert big[0] == 413 and big[1]["connection"] == "close"
+        whole = await _asgi(app, "/v1/payments/pay", [b"{}"], {**headers, "Content-Length": "2"})
+        assert whole[0] == 401 and "connection" not in whole[1]
+        assert "connection" not in (await _asgi(app, "/healthz", [b""], {}, method="GET"))[1]
+        with pytest.raises(ValueError):
+            BodyDeadline(app, 0.0)
+    run(body())
+
+
+def _documented(spec: dict[str, Any], path: str, status: int) -> Any:
+    """A validator for the JSON answer ``spec`` documents for ``path`` and ``status``."""
+    import jsonschema
+
+    op = spec["paths"][path]["post"]
+    schema = op["responses"][str(status)]["content"]["application/json"]["schema"]
+    return jsonschema.Draft202012Validator({**schema, "components": spec["components"]})
+
+
+_OPERATOR_PATHS = ("/admin/v1/settle", "/admin/v1/analytics")
+
+
+def test_openapi_documents_every_answer_of_every_signed_endpoint(tmp_path: Path) -> None:
+    """Every POST endpoint is a signed one, and /openapi.json lists each status it can
+    answer with (what schemathesis's status-code, content-type and response-schema checks
+    hold answers to): the JSON answer with its ``result`` (resultCode, resultStatus,
+    resultMessage, all required) for 200, and for each error status an answer that holds
+    only a result, with exactly the codes of that status."""
+    async def body() -> None:
+        net = Net(tmp_path)
+        spec = (await _get(net, "/openapi.json")).json()
+        posts = {p for p, ops in spec["paths"].items() if "post" in ops}
+        assert posts == {f"/v1/payments/{p}" for p in ("pay", "inquiryPayment", "cancelPayment", "refund",
+                                                      "inquiryRefund", "listPayments", "settlementSummary")} | \
+            set(_OPERATOR_PATHS)
+        for path in sorted(posts):
+            op = spec["paths"][path]["post"]
+            headers = {p["name"] for p in op["parameters"] if p["in"] == "header" and p["required"]}
+            assert {"Client-Id", "Request-Time", "Signature"} <= headers, path
+            assert op["requestBody"]["content"]["application/json"]["schema"], path
+            errors = {409, 503} if path in _OPERATOR_PATHS else {415}
+            assert set(op["responses"]) == {str(s) for s in {200, 400, 401, 408, 413, 500} | errors}, path
+            for status in op["responses"]:
+                check = _documented(spec, path, int(status))
+                codes = [c for c, (_, http, _) in CODES.items() if http == int(status)] if status not in ("200", "500") \
+                    else list(CODES) if status == "200" else ["UNKNOWN_EXCEPTION"]
+                for code in codes:  # every code this status carries is documented with its result status
+                    check.validate({"result": result(code)})
+                for bad in ({}, {"result": {"resultCode": codes[0]}}, {"result": {**result(codes[0]), "resultStatus": "X"}},
+                            {"result": {**result(codes[0]), "resultCode": "NO_SUCH_CODE"}}):
+                    assert not check.is_valid(bad), (path, status, bad)
+                if status != "200":  # an error answer holds its result and nothing else
+                    assert not check.is_valid({"result": result(codes[0]), "paymentId": "pay_1"})
+                    other = next(c for c, (_, http, _) in CODES.items() if str(http) != status and c not in codes)
+                    assert not check.is_valid({"result": result(other)}), (path, status, other)
+        assert spec["components"]["schemas"]["Result"]["required"] == ["resultCode", "resultStatus", "resultMessage"]
+    run(body())
+
+
+def test_error_answers_match_the_documented_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real answers from the in-process gateway, of every status a signed endpoint can
+    give except the privacy nodes' 409 and 503, validate against what /openapi.json
+    documents for that endpoint and status, and are JSON."""
+    import veilpay.gateway.service as service_module
+    from veilpay.gateway import create_app
+
+    async def body() -> None:
+        net = Net(tmp_path, max_body_bytes=4096)
+        await net.wallet("u1", 10**6)
+        spec = (await _get(net, "/openapi.json")).json()
+        c = net.client()
+        d = await c.directory()
+        pay = json.dumps(c._pay_body(d, "doc-1", JPY, await net.code("u1"), ORDER, None)).encode()
+        answers: list[tuple[str, httpx.Response]] = [
+            ("/v1/payments/pay", await _raw(net, "/v1/payments/pay", pay)),                           # 200 SUCCESS
+            ("/v1/payments/inquiryPayment", await _raw(net, "/v1/payments/inquiryPayment",
+                                                       b'{"paymentRequestId":"nope"}')),             # 200 F
+            ("/v1/payments/refund", await _raw(net, "/v1/payments/refund", b"{not json")),             # 400
+            ("/v1/payments/cancelPayment", await _raw(net, "/v1/payments/cancelPayment", b"{}")),       # 400 signed
+            ("/v1/payments/listPayments", await _raw(net, "/v1/payments/listPayments", b"{}",
+                                                     headers={"Signature": ""})),                    # 401
+            ("/v1/payments/pay", await _raw(net, "/v1/payments/pay", b"{}",
+                                            headers={"Content-Type": "text/plain"})),                 # 415
+            ("/v1/payments/pay", await _raw(net, "/v1/payments/pay", b" " * 5000)),                   # 413
+            ("/admin/v1/settle", await _raw(net, "/admin/v1/settle", b"{}")),                         # 401
+            ("/admin/v1/settle", await _operator(net, "/admin/v1/settle", {"settlementDate": "2026-01-01"})),  # 400
+        ]
+
+        def boom(*_: Any) -> Any:
+            raise RuntimeError("unexpected")
+
+        monkeypatch.setattr(service_module, "_validate", boom)
+        answers.append(("/v1/payments/inquiryRefund", await _raw(net, "/v1/payments/inquiryRefund", b"{}")))  # 500
+        monkeypatch.undo()
+        seen = set()
+        for path, r in answers:
+            assert r.headers["content-type"] == "application/json", (path, r.status_code)
+            _documented(spec, path, r.status_code).validate(r.json())
+            seen.add(r.status_code)
+        slow = create_app(net.cfg, transport=net.router, background=False, body_timeout_s=0.05)
+        status, _, raw, _ = await _trickled(slow, "/v1/payments/inquiryRefund", {"Content-Type": "application/json"},
+                                            every=0.02)
+        assert status == 408
+        _documented(spec, "/v1/payments/inquiryRefund", status).validate(json.loads(raw))
+        assert seen | {408} == {200, 400, 401, 408, 413, 415, 500}
+    run(body())
+
+
+async def _operator(net: Net, path: str, body: dict[str, Any]) -> httpx.Response:
+    """An operator call signed with the gateway's key, as the raw response."""
+    from veilpay.sdk.signing import post_headers
+
+    raw = json.dumps(body).encode()
+    h = post_headers(net.gateway_keys.signer(), path, "gateway", raw)
+    async with httpx.AsyncClient(transport=net.router) as client:
+        return await client.post(f"http://gateway.test{path}", content=raw, headers=h)
+
+
 # ---------------------------------------------------------------- properties
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -903,9 +1173,17 @@ def test_used_and_expired_codes_are_refused_by_the_mpp(tmp_path: Path) -> None:
     run(body())
 
 
-def test_list_payments_and_settlement_summary(tmp_path: Path) -> None:
-    import datetime as dt
+def test_the_midday_clock_runs_and_keeps_its_day(utc_midday: str) -> None:
+    """utc_midday (tests/conftest.py): what reads time.time() sees 12:00 UTC of the
+    day it returns, running on from there, 12 hours from either midnight."""
+    first = time.time()
+    assert time.strftime("%Y-%m-%d", time.gmtime(first)) == utc_midday
+    assert 43_200 <= first % 86_400 < 43_260
+    time.sleep(0.01)
+    assert time.time() > first
 
+
+def test_list_payments_and_settlement_summary(tmp_path: Path, utc_midday: str) -> None:
     async def body() -> None:
         net = Net(tmp_path)
         await net.wallet("u1", 10**7)
@@ -921,8 +1199,7 @@ def test_list_payments_and_settlement_summary(tmp_path: Path) -> None:
         assert [p["paymentRequestId"] for p in rest.body["payments"]] == ["l2", "l1", "l0"]
         assert "nextPageToken" not in rest.body
         assert (await net.client("acqp-2").list_payments()).body["payments"] == []
-        today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-        s = await c.settlement_summary(today)
+        s = await c.settlement_summary(utc_midday)  # the payments' day, on a clock that cannot pass midnight
         assert s.body["summaries"] == [{"currency": "JPY", "paymentCount": 5,
                                         "paymentTotal": {"currency": "JPY", "value": "1500"}, "refundCount": 1,
                                         "refundTotal": {"currency": "JPY", "value": "50"},

@@ -28,20 +28,37 @@ ORDER = {"orderId": "A-1", "goods": "matcha"}
 
 # ---------------------------------------------------------------- the Coalescer
 class _Partner:
-    """A fake partner call that records each batch and holds it until released."""
+    """A fake partner call that records each batch and holds it until released, and
+    the most calls it had open at once per partner."""
 
     def __init__(self, fail_on: int | None = None, wrong_count: bool = False) -> None:
         self.batches: list[list[int]] = []
         self.release = asyncio.Event()
         self.fail_on, self.wrong_count = fail_on, wrong_count
+        self.open: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self._arrived = asyncio.Condition()
 
     async def send(self, partner: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         self.batches.append([i["n"] for i in items])
-        await self.release.wait()
+        self.open[partner] = self.open.get(partner, 0) + 1
+        self.peak[partner] = max(self.peak.get(partner, 0), self.open[partner])
+        async with self._arrived:
+            self._arrived.notify_all()
+        try:
+            await self.release.wait()
+        finally:
+            self.open[partner] -= 1
         if self.fail_on is not None and self.fail_on in [i["n"] for i in items]:
             raise ConnectionError("partner down")
         answers = [{"n": i["n"], "to": partner} for i in items]
         return answers[:-1] if self.wrong_count else answers
+
+    async def reached(self, calls: int) -> None:
+        """Until ``calls`` calls have reached the partner: the test's barrier, instead of
+        a sleep that guesses how long they take to get there."""
+        async with self._arrived:
+            await self._arrived.wait_for(lambda: len(self.batches) >= calls)
 
 
 def test_coalescer_sends_the_first_alone_and_the_rest_together() -> None:
@@ -49,7 +66,7 @@ def test_coalescer_sends_the_first_alone_and_the_rest_together() -> None:
         p = _Partner()
         c = Coalescer(p.send, max_batch=3, in_flight=1)
         calls = [asyncio.create_task(c.call("mpp-1", {"n": n})) for n in range(6)]
-        await asyncio.sleep(0.01)
+        await p.reached(1)  # the other five were queued before the first call could start
         assert p.batches == [[0]]  # one call in flight: the others wait for it
         p.release.set()
         got = await asyncio.gather(*calls)
@@ -63,14 +80,14 @@ def test_coalescer_keeps_partners_apart_and_honours_in_flight() -> None:
         p = _Partner()
         c = Coalescer(p.send, max_batch=10, in_flight=2)
         calls = [asyncio.create_task(c.call(f"mpp-{n % 2}", {"n": n})) for n in range(6)]
-        await asyncio.sleep(0.01)
+        await p.reached(4)
         assert sorted(p.batches) == [[0], [1], [2], [3]]  # two open calls per partner; 4 and 5 wait
+        # created before the release, so it runs (and queues) before any open call returns
         calls += [asyncio.create_task(c.call("mpp-0", {"n": 9}))]
-        await asyncio.sleep(0.01)
-        assert len(p.batches) == 4  # no third call while two are open
         p.release.set()
         got = await asyncio.gather(*calls)
         assert [g["to"] for g in got] == ["mpp-0", "mpp-1"] * 3 + ["mpp-0"]
+        assert p.peak == {"mpp-0": 2, "mpp-1": 2}  # no third call while two are open
         assert sorted(p.batches) == [[0], [1], [2], [3], [4, 9], [5]]  # what waited for mpp-0 left together
     run(body())
 
@@ -80,7 +97,7 @@ def test_coalescer_fails_only_the_items_of_a_failed_call() -> None:
         p = _Partner(fail_on=2)
         c = Coalescer(p.send, max_batch=2, in_flight=1)
         calls = [asyncio.create_task(c.call("mpp-1", {"n": n})) for n in range(5)]
-        await asyncio.sleep(0.01)
+        await p.reached(1)
         p.release.set()
         got = await asyncio.gather(*calls, return_exceptions=True)
         assert p.batches == [[0], [1, 2], [3, 4]]
@@ -98,7 +115,7 @@ def test_coalescer_refuses_a_wrong_number_of_answers_and_cancels_on_close() -> N
         held = _Partner()
         c2 = Coalescer(held.send)
         waiting = asyncio.create_task(c2.call("mpp-1", {"n": 1}))
-        await asyncio.sleep(0.01)
+        await held.reached(1)  # the call is open at the partner when the coalescer closes
         await c2.aclose()
         with pytest.raises(asyncio.CancelledError):
             await waiting

@@ -22,6 +22,7 @@ from veilpay.psi import choose_protocol, ecdh_psi, kkrt_psi, run_psi_files
 from veilpay.psi import kkrt as kkrt_mod
 from veilpay.psi.bitmatrix import transpose
 from veilpay.psi.cuckoo import CuckooFailure, bin_count, hash_bins, place
+from veilpay.psi.terms import Terms, agree
 
 
 def two_party(fn_r: Callable[[Communicator], Any], fn_s: Callable[[Communicator], Any],
@@ -373,9 +374,11 @@ def test_failed_kkrt_run_leaves_no_output(tmp_path: Path) -> None:
     fr = tmp_path / "r.csv"
     fr.write_text("cid\na\nb\n")
     out = tmp_path / "common.csv"
+    fake = _hello_then(lambda c, n: None, stat_sec=41)
+    terms = Terms("sender", "kkrt", "intersection", "receiver", 1, "trim")
     r, _ = two_party(lambda c: run_psi_files(c, "s", "receiver", fr, ["cid"], out),
-                     _hello_then(lambda c, n: None, stat_sec=41))
-    assert isinstance(r, ProtocolMismatch)
+                     lambda c: (agree(c, "r", terms), fake(c)))
+    assert isinstance(r, ProtocolMismatch) and "parameter sets differ" in str(r)
     assert list(tmp_path.iterdir()) == [fr]
 
 

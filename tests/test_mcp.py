@@ -17,16 +17,14 @@ from mcp.shared.exceptions import MCPError
 from veilpay.mcp.config import McpConfig, load_mcp_config
 from veilpay.mcp.server import TOOLS, build_server
 
-LIMITS = {"per_call": {"JPY": 5000}, "per_day": {"JPY": 8000}, "confirm_refund_above": {"JPY": 2000},
-          "refund_share": 0.9}
+LIMITS: dict[str, Any] = {"per_call": {"JPY": 5000}, "per_day": {"JPY": 8000}, "refund_per_day": {"JPY": 8000},
+                          "confirm_refund_above": {"JPY": 2000}, "refund_share": 0.9}
 
 
-def _cfg(tmp: Path, net_root: Path, gateway_url: str = "http://gateway.test") -> McpConfig:
+def _cfg(tmp: Path, net_root: Path, gateway_url: str = "http://gateway.test", **limits: Any) -> McpConfig:
     return McpConfig(keys=net_root / "keys" / "acqp-1", gateway_key=net_root / "keys" / "gateway" / "public.json",
                      gateway_url=gateway_url, state=tmp / "mcp" / "state.db", audit_log=tmp / "mcp" / "audit.log",
-                     per_call=LIMITS["per_call"], per_day=LIMITS["per_day"],
-                     confirm_refund_above=LIMITS["confirm_refund_above"], refund_share=0.9,
-                     authority=net_root / "authority" / "authority.json")
+                     authority=net_root / "authority" / "authority.json", **{**LIMITS, **limits})
 
 
 def _out(r: Any) -> dict[str, Any]:
@@ -63,7 +61,8 @@ def test_tools_annotations_and_schemas(tmp_path: Path) -> None:
             assert tools[name].annotations.destructive_hint is True and tools[name].annotations.read_only_hint is False
         assert tools["create_payment"].annotations.idempotent_hint is True
         assert "idempotency_key" in tools["create_payment"].input_schema["properties"]
-        assert "confirmation" not in tools["create_refund"].input_schema["properties"]
+        for name in ("create_refund", "cancel_payment"):  # filled by the server, never by the assistant
+            assert not {"confirmation", "plan"} & set(tools[name].input_schema["properties"])
         assert tools["create_payment"].output_schema["properties"]["status"]
     run(body())
 
@@ -79,7 +78,7 @@ def test_assistant_flow_limits_and_idempotency(tmp_path: Path) -> None:
             code = await net.code("u1")
             paid = _out(await c.call_tool("create_payment", {"payment_code": code, "currency": "JPY", "value": "4000",
                                                              "order_description": "tea", "idempotency_key": "key-00001"}))
-            assert paid["status"] == "S" and paid["customer"]["displayCustomerId"] == "****u1"
+            assert paid["status"] == "S" and paid["untrusted"]["customer"]["displayCustomerId"] == "****u1"
             assert "tk_" not in json.dumps(paid) and "Maria" not in json.dumps(paid)
             again = _out(await c.call_tool("create_payment", {"payment_code": code, "currency": "JPY", "value": "4000",
                                                               "order_description": "tea", "idempotency_key": "key-00001"}))
@@ -199,7 +198,8 @@ def test_stdio_end_to_end_against_the_real_gateway(tmp_path: Path) -> None:
             f'[partner]\nkeys = "{root}/keys/acqp-1"\ngateway_key = "{root}/keys/gateway/public.json"\n'
             f'gateway_url = "{net.url["gateway"]}"\nauthority = "{root}/authority/authority.json"\n'
             '[mcp]\nstate = "state.db"\naudit_log = "audit.log"\n'
-            '[mcp.per_call]\nJPY = 50000\n[mcp.per_day]\nJPY = 100000\n[mcp.confirm_refund_above]\nJPY = 10000\n')
+            '[mcp.per_call]\nJPY = 50000\n[mcp.per_day]\nJPY = 100000\n[mcp.refund_per_day]\nJPY = 50000\n'
+            '[mcp.confirm_refund_above]\nJPY = 10000\n')
         params = StdioServerParameters(command=sys.executable, args=["-m", "veilpay.cli.main", "mcp", "--partner-config",
                                                                      str(tmp_path / "acqp.toml")])
 

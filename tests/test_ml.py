@@ -80,10 +80,11 @@ sigmoid = "seg3"
     (lambda s: s.replace('label_party = "wallet"', 'label_party = "bank"'), "party 'bank' is not one of"),
     (lambda s: s.replace('model_to = ["wallet"]', 'model_to = ["nobody"]'), "party 'nobody'"),
     (lambda s: s.replace('sigmoid = "seg3"', 'sigmoid = "tanh"'), "sigmoid must be one of"),
-    (lambda s: s.replace("[model]", "[model]\ntype = \"ss-forest\""), "not built"),
-    (lambda s: s.replace("[job]", "[job\n"), "not valid TOML"),
-    (lambda s: s.replace('key = ["customer_id"]\n', ""), "missing 'key'"),
-    (lambda s: s.replace("epochs = 3", 'epochs = "3"'), "wrong type"),
+    (lambda s: s.replace("[model]", "[model]\ntype = \"ss-forest\""), r":\d+: model.type Input should be 'ss-lr'"),
+    (lambda s: s.replace("[job]", "[job\n"), "not TOML"),
+    (lambda s: s.replace('key = ["customer_id"]\n', ""), "job.key is required"),
+    (lambda s: s.replace("epochs = 3", 'epochs = "3"'), r":\d+: model.epochs Input should be a valid integer"),
+    (lambda s: s.replace("epochs = 3", "epochs = 3\nepoch = 4"), r":\d+: model.epoch is not a known key"),
     (lambda s: s.replace('[parties.partner]\ndata = "partner.csv"', "[parties.partner]"), "exactly two parties"),
 ])
 def test_bad_job_files_are_refused(tmp_path: Path, edit: Any, match: str) -> None:

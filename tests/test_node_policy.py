@@ -26,10 +26,14 @@ from veilpay.sdk.settlement import summaries
 from veilpay.sdk.shares import envelope_digest, sign_bundle, split_value
 
 ORDER = {"orderId": "A-1", "goods": "matcha"}
+# The attacks settle and release "today": on a clock pinned to midday, never across midnight.
+pytestmark = pytest.mark.usefixtures("utc_midday")
 
 
 def _today() -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime())
+    """Today by the clock the gateway and the nodes read (pinned to midday by the
+    ``utc_midday`` fixture, so that a test does not straddle midnight)."""
+    return time.strftime("%Y-%m-%d", time.gmtime(time.time()))
 
 
 async def _pay(net: Net, c: Any, req: str, value: int) -> Any:
@@ -711,6 +715,6 @@ def test_operator_cli_without_a_gateway_is_a_clear_error(tmp_path: Path, capsys:
     (tmp_path / "gw.toml").write_text(f'[gateway]\nkeys = "keys/gateway"\ndatabase = "sqlite:///gw.db"\n'
                                       f'listen = "127.0.0.1:{free_port()}"\npartners = []\n'
                                       'authority = "authority/authority.json"\nkey_log = "authority/log"\n')
-    assert main(["gateway", "settle", "--config", str(tmp_path / "gw.toml"), "--date", "2026-12-05"]) == 2
+    assert main(["gateway", "settle", "--config", str(tmp_path / "gw.toml"), "--date", "2026-12-05"]) == 3  # unreachable
     err = capsys.readouterr().err
     assert "GatewayUnavailable" in err and "Traceback" not in err

@@ -38,7 +38,9 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 
 def _today() -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime())
+    """Today by the clock the gateway and the nodes read (pinned to midday by the
+    ``utc_midday`` fixture, so that a test does not straddle midnight)."""
+    return time.strftime("%Y-%m-%d", time.gmtime(time.time()))
 
 
 def _join(parts: dict[str, list[int]], privacy: Privacy) -> int:
@@ -215,6 +217,7 @@ def _assemble(net: Net, pid: str, period: str) -> Any:
 
 
 @pytest.mark.parametrize("privacy", ["semi2k", "aby3"])
+@pytest.mark.usefixtures("utc_midday")  # settles "today"
 def test_hidden_amounts_end_to_end(tmp_path: Path, privacy: str) -> None:
     """Pays, refunds (one refused by the nodes' bound check), a cancel; today's
     settlement only once today has closed by the nodes' clocks; the totals reach the
@@ -302,6 +305,7 @@ def test_clear_amount_refused_when_amounts_are_hidden(tmp_path: Path) -> None:
     run(go())
 
 
+@pytest.mark.usefixtures("utc_midday")
 def test_node_down_at_payment_and_at_settlement(tmp_path: Path) -> None:
     """A node that is down does not stop payments; its feed waits. Settlement waits
     with a clear status while it is down and gives the right totals once it is back."""
@@ -405,6 +409,7 @@ def test_node_relay_backs_off_a_down_node_and_lingers_to_batch(tmp_path: Path) -
     run(go())
 
 
+@pytest.mark.usefixtures("utc_midday")
 def test_bad_shares_are_left_out_and_named(tmp_path: Path) -> None:
     """A cheating ACQP: shares that add up outside 1..10^15, and a share that does not
     open at its node. The payments complete (the MPP debits what it was sealed); the

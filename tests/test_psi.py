@@ -18,6 +18,7 @@ from veilpay.errors import DataError, InvalidPoint, ProtocolMismatch, WireFormat
 from veilpay.net import Communicator, local_mesh
 from veilpay.psi import ecdh_psi, load_server_set, read_ids, run_psi_files, setup_server, unbalanced_psi
 from veilpay.psi.ecdh import DST, PSI_VERSION, match_pairs, match_points
+from veilpay.psi.terms import Terms, agree
 
 
 def two_party(fn_r: Callable[[Communicator], Any], fn_s: Callable[[Communicator], Any]) -> tuple[Any, Any]:
@@ -252,8 +253,10 @@ def test_parquet_input_with_composite_key(tmp_path: Path) -> None:
 def test_failed_run_leaves_no_output(tmp_path: Path) -> None:
     fr = write(tmp_path / "r.csv", "cid\na\nb\n")
     out = tmp_path / "common.csv"
+    fake = _fake_sender(lambda n: np.zeros((n, 32), np.uint8))
+    terms = Terms("sender", "ecdh", "intersection", "receiver", 1, "trim")
     r, _ = two_party(lambda c: run_psi_files(c, "s", "receiver", fr, ["cid"], out, protocol="ecdh"),
-                     _fake_sender(lambda n: np.zeros((n, 32), np.uint8)))
+                     lambda c: (agree(c, "r", terms), fake(c)))
     assert isinstance(r, InvalidPoint)
     assert list(tmp_path.iterdir()) == [fr]
 

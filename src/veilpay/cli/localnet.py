@@ -77,7 +77,7 @@ class LocalNet:
             with self.network.open("a") as fh:
                 fh.write(f'[privacy]\nprotocol = "{privacy}"\nnodes = {toml_value(holders)}\n'
                          + (f'dealer = "{dealer}"\n' if dealer else ""))
-            privacy_opts = {"privacy_protocol": privacy, "privacy_nodes": holders, "privacy_dealer": dealer}
+            privacy_opts = {"privacy": {"protocol": privacy, "nodes": holders, "dealer": dealer}}
             self.privacy = Privacy(privacy, tuple(holders), dealer)
             policy = {"min_count": 2, **(node_policy or {})}
             for n in self.nodes:  # each node pins the partners' keys itself, and runs the same policy

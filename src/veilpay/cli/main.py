@@ -20,8 +20,6 @@ def _cmd_keys(a: argparse.Namespace) -> int:
         return _cmd_party_keys(a)
     from veilpay.net import provision_network
 
-    if not a.out or not a.parties:
-        raise ConfigError("keys network: --out and --parties are required")
     parties = [p.strip() for p in a.parties.split(",") if p.strip()]
     path = provision_network(a.out, parties, host=a.host, base_port=a.base_port, name=a.name)
     print(f"wrote CA, {len(parties)} party certificates and {path}")
@@ -36,15 +34,11 @@ def _cmd_authority(a: argparse.Namespace) -> int:
     from veilpay.sdk.authority import certify, create_authority
 
     if a.kind == "authority":
-        if not a.out:
-            raise ConfigError("keys authority: --out (a folder for the authority and its log) is required")
         create_authority(a.out, a.name)
         print(f"wrote {a.out}/authority.json (pin it at every party), {a.out}/secret.json (mode 0600: keep it "
               f"offline) and an empty log in {a.out}/log/")
         return 0
     if a.kind == "certify":
-        if not a.authority or not a.entry:
-            raise ConfigError("keys certify: --authority (the authority's folder) and --entry (public.json) are required")
         for e in a.entry:
             print(json.dumps(certify(a.authority, e)))
         return 0
@@ -52,6 +46,8 @@ def _cmd_authority(a: argparse.Namespace) -> int:
 
 
 def _monitor(a: argparse.Namespace) -> int:
+    """Exit 0: the log is consistent and holds no entry that would take this party's
+    place; 1: it holds one (listed in ``foreign``)."""
     from pathlib import Path
 
     import httpx
@@ -61,8 +57,6 @@ def _monitor(a: argparse.Namespace) -> int:
     from veilpay.sdk.keys import PublicEntry
     from veilpay.sdk.monitor import watch
 
-    if not (a.keys and a.authority and a.gateway_url):
-        raise ConfigError("keys monitor: --keys, --authority (authority.json) and --gateway-url are required")
     state = Path(a.state) if a.state else Path(a.keys) / "log-state.json"
     nodes = []
     for path in a.node_key:
@@ -81,23 +75,21 @@ def _monitor(a: argparse.Namespace) -> int:
 def _cmd_party_keys(a: argparse.Namespace) -> int:
     from veilpay.sdk import create_party, retire_key, rotate_keys
 
-    if not a.out:
-        raise ConfigError(f"keys {a.kind}: --out (the party's key folder) is required")
     if a.kind in ("partner", "gateway"):
         role = "gateway" if a.kind == "gateway" else a.role
-        if role is None or not a.id:
-            raise ConfigError("keys partner: --id and --role are required")
-        keys = create_party(a.out, a.id, role, endpoint=a.endpoint or "", notify_url=a.notify_url or "",
-                            code_prefixes=[p for p in (a.code_prefix or "").split(",") if p], suite=a.suite,
-                            region=a.region or "", notify_batch_url=a.notify_batch_url or "")
-        print(f"wrote {a.out}/public.json and {a.out}/secret.json (mode 0600) for {role} {keys.id!r}")
+        keys = create_party(a.out, a.id, role, endpoint=getattr(a, "endpoint", None) or "",
+                            notify_url=getattr(a, "notify_url", None) or "",
+                            code_prefixes=[p for p in (getattr(a, "code_prefix", None) or "").split(",") if p],
+                            suite=a.suite, region=getattr(a, "region", None) or "",
+                            notify_batch_url=getattr(a, "notify_batch_url", None) or "")
+        print(f"wrote {a.out}/public.json and {a.out}/secret.json (mode 0600) for {role} {keys.id!r}; have the key "
+              "authority certify public.json (veilpay keys certify)")
     elif a.kind == "rotate":
-        print(f"new key version {rotate_keys(a.out)} in {a.out}; it signs from now on")
+        print(f"new key version {rotate_keys(a.out)} in {a.out}: have it certified (veilpay keys certify), restart "
+              "the party's servers, then retire the old version")
     else:
-        if a.retire is None:
-            raise ConfigError("keys retire: --retire VERSION is required")
         retire_key(a.out, a.retire)
-        print(f"signing key version {a.retire} retired in {a.out}")
+        print(f"signing key version {a.retire} retired in {a.out}: have it certified (veilpay keys certify)")
     return 0
 
 
@@ -117,21 +109,21 @@ def _cmd_gateway(a: argparse.Namespace) -> int:
         if not a.date:
             raise ConfigError("gateway analytics: --date YYYY-MM-DD (a closed period) is required")
         return _operator_call(a, "/admin/v1/analytics", {"period": a.date})
-    import uvicorn
-
     from veilpay.gateway import create_app
+    from veilpay.gateway.limits import serve
     from veilpay.gateway.observe import configure_logging
 
     configure_logging(a.log)
     host, port = cfg.host_port
-    uvicorn.run(create_app(cfg), host=host, port=port, log_config=None, access_log=False,
-                loop="uvloop", http="httptools", timeout_graceful_shutdown=5)
+    serve(create_app(cfg), host, port)  # uvicorn with the gateway's keep-alive; the app has its body deadline
     return 0
 
 
 def _cmd_partner(a: argparse.Namespace) -> int:
     if a.action == "settlement":
         return _partner_settlement(a)
+    if a.action in ("wallet", "code"):
+        return _partner_admin(a)
     import uvicorn
 
     from veilpay.gateway.observe import configure_logging
@@ -149,6 +141,41 @@ def _cmd_partner(a: argparse.Namespace) -> int:
     host, port = cfg.host_port
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, loop="uvloop", http="httptools",
                 timeout_graceful_shutdown=5)
+    return 0
+
+
+def _partner_admin(a: argparse.Namespace) -> int:
+    """A test wallet (``wallet``) or a payment code (``code``) at a running reference MPP,
+    through its admin API with the admin token from its own secret.json."""
+    import httpx
+
+    from veilpay.partners import load_partner_config
+    from veilpay.sdk import load_party
+
+    if not a.config or not a.user:
+        raise ConfigError(f"partner {a.action}: --config (the MPP's) and --user are required")
+    cfg = load_partner_config(a.config)
+    keys = load_party(cfg.keys)
+    if keys.public.role != "mpp":
+        raise ConfigError(f"{cfg.keys}: partner {a.action} talks to a wallet (role mpp), not {keys.public.role!r}")
+    host, port = cfg.host_port
+    url = f"http://{host}:{port}"
+    if a.action == "wallet":
+        if not (a.name and a.currency and a.balance):
+            raise ConfigError("partner wallet: --name, --currency and --balance (minor units) are required")
+        if not a.balance.isdigit():
+            raise ConfigError("partner wallet: --balance is a whole number of minor units")
+        path, body = "/admin/wallets", {"userId": a.user, "name": a.name, "currency": a.currency,
+                                        "balance": int(a.balance)}
+    else:
+        path, body = "/admin/codes", {"userId": a.user}
+    try:
+        r = httpx.post(url + path, json=body, headers={"Authorization": f"Bearer {keys.admin_token}"}, timeout=10)
+    except httpx.HTTPError as exc:
+        raise GatewayUnavailable(f"{url}: the MPP does not answer ({type(exc).__name__}); is it serving?") from exc
+    if r.status_code != 200:
+        raise ConfigError(f"{url}{path}: HTTP {r.status_code}: {r.text[:200]}")
+    print(json.dumps(r.json()))
     return 0
 
 
@@ -212,7 +239,7 @@ def _cmd_node(a: argparse.Namespace) -> int:
 
     if not a.program:
         raise ConfigError("node run: --program is required")
-    kwargs = json.loads(a.args_json) if a.args_json else {}
+    kwargs = _json_arg(a.args_json, "--args-json")
     if not isinstance(kwargs, dict):
         raise VeilpayError("--args-json must be a JSON object")
     result = run_party(
@@ -334,7 +361,7 @@ def _operator_call(a: argparse.Namespace, path: str, body: dict[str, Any]) -> in
 def _cmd_launch(a: argparse.Namespace) -> int:
     from veilpay.cli.launch import launch
 
-    args = json.loads(a.args_json) if a.args_json else {}
+    args = _json_arg(a.args_json, "--args-json")
     results = launch(a.network, a.program, a.protocol, args, compute=a.compute.split(",") if a.compute else None,
                      trunc=a.trunc, blas=a.blas)
     print(json.dumps(results, indent=2))
@@ -344,8 +371,14 @@ def _cmd_launch(a: argparse.Namespace) -> int:
 def _cmd_psi(a: argparse.Namespace) -> int:
     from veilpay.crypto import label_digest
     from veilpay.net import connect_mesh, load_network
-    from veilpay.psi import run_psi_files
+    from veilpay.psi import check_psi_files, run_psi_files
 
+    columns = a.columns.split(",") if a.columns else None
+    opts: dict[str, Any] = {"mode": a.mode, "reveal": a.reveal, "normalise": a.normalise, "on_null": a.on_null,
+                            "sort_by": a.sort_by, "cache": a.cache, "protocol": a.protocol,
+                            "query_budget": a.query_budget, "max_key_age_s": a.max_key_age_days * 86400}
+    # a local mistake (no input file, a missing column) fails here, not after waiting for the peer
+    check_psi_files(a.role, a.input, a.key, a.output, columns, **opts)
     network = load_network(a.network)
     others = [p for p in network.party_ids if p != a.party]
     peer = a.peer or (others[0] if len(others) == 1 else None)
@@ -354,12 +387,7 @@ def _cmd_psi(a: argparse.Namespace) -> int:
     session = label_digest(f"veilpay/psi/{network.name}/{a.session or ''}")
     comm = connect_mesh(network, a.party, session, timeout=a.timeout, parties=sorted([a.party, peer]))
     try:
-        summary = run_psi_files(
-            comm, peer, a.role, a.input, a.key, a.output, a.columns.split(",") if a.columns else None,
-            mode=a.mode, reveal=a.reveal, normalise=a.normalise, on_null=a.on_null, sort_by=a.sort_by,
-            workers=a.workers, cache=a.cache, protocol=a.protocol, query_budget=a.query_budget,
-            max_key_age_s=a.max_key_age_days * 86400,
-        )
+        summary = run_psi_files(comm, peer, a.role, a.input, a.key, a.output, columns, workers=a.workers, **opts)
     finally:
         comm.close()
     print(json.dumps(summary))
@@ -428,38 +456,76 @@ def _key_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="processes for the curve work (default: every core)")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("veilpay")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _json_arg(text: str | None, flag: str) -> Any:
+    """A JSON command-line argument; ConfigError naming the flag when it is not JSON."""
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{flag} is not JSON: {exc}") from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="veilpay", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser = argparse.ArgumentParser(prog="veilpay", description=__doc__,
+                                     epilog="exit codes: 0 done, 1 the command's own no, 2 usage/config/input error, "
+                                            "3 peer unreachable or failed, 70 defect, 130 interrupted")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("--version", action="version", version=f"veilpay {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    k = sub.add_parser("keys", help="network: a CA, party certificates and a network file (MPC, PSI); "
-                       "partner / gateway: signing and HPKE keys; rotate / retire: key versions; authority / "
-                       "certify: the network's key authority and its certificates; monitor: watch the key log")
-    k.add_argument("kind", nargs="?", default="network",
-                   choices=["network", "partner", "gateway", "rotate", "retire", "authority", "certify", "monitor"])
-    k.add_argument("--authority", help="certify: the authority's folder; monitor: its authority.json")
-    k.add_argument("--entry", action="append", default=[], help="certify: a party's public.json; repeat for more")
-    k.add_argument("--keys", help="monitor: your key folder")
-    k.add_argument("--gateway-url", help="monitor: the gateway that serves the key log")
-    k.add_argument("--state", help="monitor: where to keep the last head seen (default: KEYS/log-state.json)")
-    k.add_argument("--node-key", action="append", default=[],
-                   help="monitor: a privacy node's public.json, to exchange log heads with as a witness; repeat")
-    k.add_argument("--out", help="directory to write into (partner, gateway, rotate, retire: the party's key folder)")
-    k.add_argument("--parties", help="network: party ids, comma separated")
-    k.add_argument("--id", help="partner / gateway: the party's id")
-    k.add_argument("--role", choices=["mpp", "acqp", "node"],
-                   help="partner: payer-side wallet (mpp), acquirer (acqp) or privacy node (node)")
-    k.add_argument("--endpoint", help="partner: base URL where the gateway reaches it (MPP, privacy node)")
-    k.add_argument("--region", help="partner: ISO 3166 alpha-2 country, for corridor analytics")
-    k.add_argument("--notify-url", help="partner: webhook URL (ACQP)")
-    k.add_argument("--notify-batch-url", help="partner: URL that takes several webhooks in one call (ACQP, optional)")
-    k.add_argument("--code-prefix", help="MPP: payment code prefixes it issues, comma separated")
-    k.add_argument("--suite", choices=["x25519", "mlkem768-x25519"], default="x25519", help="HPKE suite")
-    k.add_argument("--retire", type=int, help="retire: the signing key version to retire")
-    k.add_argument("--host", default="127.0.0.1")
-    k.add_argument("--base-port", type=int, default=7100)
-    k.add_argument("--name", default="veilpay")
+    k = sub.add_parser("keys", help="keys and certificates: network (TLS mesh), partner / gateway (signing and HPKE "
+                       "keys), rotate / retire, authority / certify (the key authority), monitor (watch the key log)")
+    ks = k.add_subparsers(dest="kind", required=True, metavar="{network,partner,gateway,rotate,retire,authority,"
+                          "certify,monitor}")
+    kn = ks.add_parser("network", help="a CA, one certificate per party and a network file (MPC, PSI, nodes)")
+    kn.add_argument("--out", required=True, help="folder to write the CA, certificates and network.toml into")
+    kn.add_argument("--parties", required=True, help="party ids, comma separated (DNS labels)")
+    kn.add_argument("--host", default="127.0.0.1", help="the address every party listens on (default 127.0.0.1)")
+    kn.add_argument("--base-port", type=int, default=7100, help="the first party's port; the next ones count up")
+    kn.add_argument("--name", default="veilpay", help="the network's name (in the CA's subject)")
+    for kind, helptext in (("partner", "a partner's or privacy node's signing and HPKE keys"),
+                           ("gateway", "the gateway's signing keys")):
+        kp = ks.add_parser(kind, help=helptext)
+        kp.add_argument("--out", required=True, help="the party's key folder (public.json, secret.json)")
+        kp.add_argument("--id", required=True, help="the party's id")
+        if kind == "partner":
+            kp.add_argument("--role", required=True, choices=["mpp", "acqp", "node"],
+                            help="payer-side wallet (mpp), acquirer (acqp) or privacy node (node)")
+            kp.add_argument("--endpoint", help="base URL where the gateway reaches it (MPP, privacy node)")
+            kp.add_argument("--region", help="ISO 3166 alpha-2 country, for corridor analytics")
+            kp.add_argument("--notify-url", help="webhook URL (ACQP)")
+            kp.add_argument("--notify-batch-url", help="URL that takes several webhooks in one call (ACQP, optional)")
+            kp.add_argument("--code-prefix", help="payment code prefixes it issues, comma separated (MPP)")
+        kp.add_argument("--suite", choices=["x25519", "mlkem768-x25519"], default="x25519", help="HPKE suite")
+    kr = ks.add_parser("rotate", help="add key version n+1 (certify it, restart the party, then retire n)")
+    kr.add_argument("--out", required=True, help="the party's key folder")
+    kt = ks.add_parser("retire", help="retire a signing key version (never the last active one)")
+    kt.add_argument("--out", required=True, help="the party's key folder")
+    kt.add_argument("--retire", type=int, required=True, help="the signing key version to retire")
+    ka = ks.add_parser("authority", help="the network's key authority (offline) and its empty log")
+    ka.add_argument("--out", required=True, help="a folder for authority.json, secret.json and log/")
+    ka.add_argument("--name", default="veilpay", help="the network's name")
+    kc = ks.add_parser("certify", help="the authority certifies party entries (after creation, rotation, retirement)")
+    kc.add_argument("--authority", required=True, help="the authority's folder")
+    kc.add_argument("--entry", action="append", required=True, help="a party's public.json; repeat for more")
+    km = ks.add_parser("monitor", help="watch the key log for entries in your name; exchange heads with the nodes")
+    km.add_argument("--keys", required=True, help="your key folder")
+    km.add_argument("--authority", required=True, help="the authority's authority.json")
+    km.add_argument("--gateway-url", required=True, help="the gateway that serves the key log")
+    km.add_argument("--state", help="where to keep the last head seen (default: KEYS/log-state.json)")
+    km.add_argument("--node-key", action="append", default=[],
+                    help="a privacy node's public.json, to exchange log heads with as a witness; repeat")
     k.set_defaults(fn=_cmd_keys)
 
     n = sub.add_parser("node", help="run: one party of an MPC program over TCP + mutual TLS; "
@@ -549,8 +615,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     pa = sub.add_parser("partner", help="serve: a reference partner (an MPP wallet or an ACQP merchant backend); "
                         "settlement: a partner's settlement files from the gateway's sealed document")
-    pa.add_argument("action", choices=["serve", "settlement"])
-    pa.add_argument("--config", help="serve: partner config (TOML), see docs/gateway.md")
+    pa.add_argument("action", choices=["serve", "settlement", "wallet", "code"],
+                    help="serve; settlement; wallet / code: a test wallet and a payment code at a running reference "
+                         "MPP (its admin API)")
+    pa.add_argument("--config", help="serve, wallet, code: partner config (TOML), see docs/gateway.md")
+    pa.add_argument("--user", help="wallet, code: the wallet's user id")
+    pa.add_argument("--name", help="wallet: the holder's name")
+    pa.add_argument("--currency", help="wallet: ISO 4217 code of the wallet's currency")
+    pa.add_argument("--balance", help="wallet: opening balance in minor units")
     pa.add_argument("--keys", help="settlement: the partner's key folder")
     pa.add_argument("--input", help="settlement: settlement.json the gateway wrote for this partner")
     pa.add_argument("--node-key", action="append", default=[],
@@ -575,15 +647,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exit codes: 0 done; 1 the command's own "no" (a foreign key-log entry, a refused
+# job); 2 a usage, config or input error; 3 a peer that cannot be reached or failed
+# mid-way; 70 a defect in veilpay (with --debug, its traceback); 130 interrupted.
+EXIT_USAGE, EXIT_PEER, EXIT_SOFTWARE, EXIT_INTERRUPTED = 2, 3, 70, 130
+
+
+def _exit_code(exc: BaseException) -> int:
+    import httpx
+
+    from veilpay.errors import GatewayUnavailable, PeerDisconnected, ProtocolTimeout
+
+    if isinstance(exc, GatewayUnavailable | PeerDisconnected | ProtocolTimeout | httpx.HTTPError | ConnectionError):
+        return EXIT_PEER
+    if isinstance(exc, VeilpayError | OSError):
+        return EXIT_USAGE
+    return EXIT_SOFTWARE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``veilpay`` command. No error prints a traceback unless ``--debug``: one line
+    on stderr naming the error, and the exit code above."""
     parser = build_parser()
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(a.fn(a))
-    except VeilpayError as exc:
-        print(f"veilpay: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("veilpay: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001  # every error becomes one line and an exit code
+        if a.debug:
+            raise
+        code = _exit_code(exc)
+        what = "internal error (a defect; --debug shows where)" if code == EXIT_SOFTWARE else "error"
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"veilpay: {what}: {type(exc).__name__}: {message}"[:2000], file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ def _show(r: Any) -> str:
     if r.is_error:
         return "REFUSED: " + r.content[0].text
     out = r.structured_content or {}
-    keep = {k: out[k] for k in ("status", "resultCode", "paymentId", "refundId", "paymentStatus", "customer",
-                                "summaries", "idempotencyKey") if out.get(k) is not None}
+    keep = {k: out[k] for k in ("status", "resultCode", "paymentId", "refundId", "paymentStatus", "summaries",
+                                "idempotencyKey", "untrusted") if out.get(k) is not None}
+    if "untrusted" in keep:  # what other parties wrote (here the wallet's masked payer), shown apart
+        keep["untrusted"] = {k: v for k, v in keep["untrusted"].items() if v is not None}
     for k in ("paymentId", "refundId"):
         if k in keep:
             keep[k] = keep[k][:12] + ".."
@@ -77,10 +79,11 @@ def run_mcp_demo(net: LocalNet, period: str) -> None:
                       if net.privacy else "")
                    + '[mcp]\nstate = "mcp/state.db"\naudit_log = "mcp/audit.log"\n'
                    'refund_share = 0.9\n[mcp.per_call]\nJPY = 50000\nSGD = 50000\n[mcp.per_day]\nJPY = 200000\n'
-                   '[mcp.confirm_refund_above]\nJPY = 10000\n')
+                   '[mcp.refund_per_day]\nJPY = 100000\n[mcp.confirm_refund_above]\nJPY = 10000\n')
     print("veilpay demo, part 2: an AI assistant takes a payment and refunds through `veilpay mcp` (stdio, real MCP "
           "client)")
-    print("  limits: JPY 50000 a call, JPY 200000 a day, refunds up to 90% of a payment, human yes above JPY 10000")
+    print("  limits: JPY 50000 a call, JPY 200000 a day taken and JPY 100000 sent back, refunds up to 90% of a payment,"
+          " a human's yes once a payment's refunds pass JPY 10000")
     asyncio.run(_session(net, str(cfg), codes[0], codes[1], period))
     lines = (root / "mcp" / "audit.log").read_text().splitlines()
     print(f"  audit log ({len(lines)} lines, no payment codes or order text), last one: {lines[-1]}\n")

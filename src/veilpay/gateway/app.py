@@ -7,7 +7,9 @@ window, replay) and only then parsed; every answer, error or not, is signed by t
 gateway for the Client-Id that asked. Domain errors become answers in one place
 (``answer``). The signed POST endpoints are served by a small ASGI front
 (``SignedApiFront``) ahead of FastAPI's routing; FastAPI serves the rest and the
-OpenAPI document."""
+OpenAPI document, which lists every answer a signed endpoint can give (its HTTP
+statuses and, for each, the result codes). Each request's body has a deadline
+(``veilpay.gateway.limits``)."""
 
 from __future__ import annotations
 
@@ -28,8 +30,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from veilpay.errors import ConfigError, KeyNotCertified, LogInconsistent, SignatureError
 from veilpay.gateway.batch import pause
-from veilpay.gateway.codes import ApiFailure, result
+from veilpay.gateway.codes import CODES, ApiFailure, result
 from veilpay.gateway.config import GatewayConfig
+from veilpay.gateway.limits import BODY_TIMEOUT_S, BodyDeadline
 from veilpay.gateway.link import AiohttpLink, HttpxLink, PartnerLink
 from veilpay.gateway.nodes import NodeLink
 from veilpay.gateway.observe import Metrics
@@ -178,15 +181,58 @@ def _schema(model: Any) -> dict[str, Any]:
     return model.model_json_schema(ref_template="#/components/schemas/{model}")
 
 
+# The HTTP statuses other than 200 that each kind of signed endpoint answers with.
+_PARTNER_ERRORS = (400, 401, 408, 413, 415, 500)  # body, media type, authentication, parsing, unexpected failure
+_OPERATOR_ERRORS = (400, 401, 408, 409, 413, 500, 503)  # no media-type check; the privacy nodes' refusals
+_SIGNED_HEADERS = [{"name": h, "in": "header", "required": True, "schema": {"type": "string"}}
+                   for h in ("Client-Id", "Request-Time", "Signature")]
+_REF = "#/components/schemas/"
+_ANSWER_SCHEMAS: dict[str, Any] = {
+    "Result": {"type": "object", "required": ["resultCode", "resultStatus", "resultMessage"], "properties": {
+        "resultCode": {"type": "string", "enum": sorted(CODES)},
+        "resultStatus": {"type": "string", "enum": ["S", "F", "U"]},
+        "resultMessage": {"type": "string"}}},
+    "Answer": {"type": "object", "required": ["result"], "properties": {"result": {"$ref": _REF + "Result"}},
+               "description": "A result and the operation's own fields"},
+    "ErrorAnswer": {"type": "object", "required": ["result"], "additionalProperties": False,
+                    "properties": {"result": {"$ref": _REF + "Result"}}},
+}
+
+
+def _codes_answered_with(status: int) -> list[str]:
+    if status == 500:  # an unexpected failure; UNKNOWN_EXCEPTION from an MPP is a business outcome (200)
+        return ["UNKNOWN_EXCEPTION"]
+    return sorted(code for code, (_, http, _) in CODES.items() if http == status)
+
+
+def _answers(errors: tuple[int, ...], ok: bool = True) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI responses of a signed endpoint: 200 with a result of any code (a
+    business outcome, signed for the caller), and for each error status an answer that
+    holds only a result, with the codes that status carries (unsigned when the caller
+    did not authenticate)."""
+    out: dict[int | str, dict[str, Any]] = {}
+    if ok:
+        out[200] = {"description": "A result (every business outcome, refusals included) and the operation's fields",
+                    "content": {"application/json": {"schema": {"$ref": _REF + "Answer"}}}}
+    for status in errors:
+        codes = _codes_answered_with(status)
+        narrow = {"type": "object", "properties": {"result": {"type": "object", "properties": {
+            "resultCode": {"enum": codes}, "resultStatus": {"enum": sorted({CODES[c][0] for c in codes})}}}}}
+        out[status] = {"description": ", ".join(codes),
+                       "content": {"application/json": {"schema": {"allOf": [{"$ref": _REF + "ErrorAnswer"}, narrow]}}}}
+    return out
+
+
 def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = None,
-               background: bool = True) -> FastAPI:
+               background: bool = True, *, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
     """The gateway app; ``transport`` routes its calls to partners (tests pass in-process
-    apps), ``background`` starts the outbox worker and resolver with the app's lifespan."""
+    apps), ``background`` starts the outbox worker and resolver with the app's lifespan;
+    a request whose body has not arrived ``body_timeout_s`` after its headers is
+    answered 408 and its connection closed."""
     keys = load_party(cfg.keys)
     if keys.public.role != "gateway":
         raise ConfigError(f"{cfg.keys}: these are not gateway keys (role {keys.public.role!r})")
-    privacy = Privacy(cfg.privacy_protocol, tuple(cfg.privacy_nodes), cfg.privacy_dealer) \
-        if cfg.privacy_protocol else None
+    privacy = Privacy(cfg.privacy.protocol, tuple(cfg.privacy.nodes), cfg.privacy.dealer) if cfg.privacy else None
     key_log = KeyLog(cfg.key_log)
     directory = DirectoryFiles(cfg.partners, privacy, load_authority(cfg.authority), key_log)
     engine = make_engine(cfg.database)
@@ -301,11 +347,9 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
     for path, model, op, summary in routes:
         endpoint = _endpoint(handle, op)
         app.add_api_route(path, endpoint, methods=["POST"], summary=summary, response_class=Response,
+                          responses=_answers(_PARTNER_ERRORS),
                           openapi_extra={"requestBody": {"required": True, "content": {
-                              "application/json": {"schema": _schema(model)}}},
-                              "parameters": [{"name": h, "in": "header", "required": True,
-                                              "schema": {"type": "string"}}
-                                             for h in ("Client-Id", "Request-Time", "Signature")]})
+                              "application/json": {"schema": _schema(model)}}}, "parameters": _SIGNED_HEADERS})
 
     async def operator(request: Request, op: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> Response:
         """Operator calls, signed with the gateway's own key (``veilpay gateway settle``)."""
@@ -334,15 +378,23 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
             body, status = {"result": exc.result}, exc.http_status
         except ClientGone:
             return Response(status_code=499)
+        except Exception:  # noqa: BLE001 - as on the partner API: answered U, never a stack trace
+            log.exception("operator call failed", extra={"event": "request_error", "path": path})
+            body, status = {"result": result("UNKNOWN_EXCEPTION")}, 500
         return signed(keys.id, "POST", path, body, status, digest)
 
+    def operator_doc(field: str) -> dict[str, Any]:
+        return {"parameters": _SIGNED_HEADERS, "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"type": "object", "required": [field], "additionalProperties": False,
+                       "properties": {field: {"type": "string"}}}}}}}
+
     @app.post("/admin/v1/settle", summary="Settle a closed period in MPC (operator; signed with the gateway key)",
-              response_class=Response)
+              response_class=Response, responses=_answers(_OPERATOR_ERRORS), openapi_extra=operator_doc("settlementDate"))
     async def admin_settle(request: Request) -> Response:
         return await operator(request, lambda o: settle(service, o.get("settlementDate")))
 
     @app.post("/admin/v1/analytics", summary="The privacy nodes' corridor release for a closed period (operator)",
-              response_class=Response)
+              response_class=Response, responses=_answers(_OPERATOR_ERRORS), openapi_extra=operator_doc("period"))
     async def admin_analytics(request: Request) -> Response:
         async def op(o: dict[str, Any]) -> dict[str, Any]:
             if set(o) - {"period"}:
@@ -351,7 +403,8 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
             return await analytics(service, o.get("period"))
         return await operator(request, op)
 
-    @app.get("/v1/directory", summary="The partner directory, signed by the gateway", response_class=Response)
+    @app.get("/v1/directory", summary="The partner directory, signed by the gateway", response_class=Response,
+             responses=_answers((400,), ok=False))
     async def get_directory(request: Request) -> Response:
         """The directory, signed for the Client-Id that asks and bound to the request's
         fresh nonce (``Request-Nonce``), so that an old copy cannot be passed off as new."""
@@ -403,12 +456,21 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
             for _, model, _, _ in routes:
                 s = _schema(model)
                 comps.update(s.pop("$defs", {}))
+            comps.update(_ANSWER_SCHEMAS)
             app.openapi_schema = spec
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(SignedApiFront, routes={path: op for path, _, op, _ in routes}, handler=answer,
                        limit=cfg.max_body_bytes)
+    counted = {path for path, _, _, _ in routes} | {"/admin/v1/settle", "/admin/v1/analytics"}
+
+    def cut_off(path: str) -> None:
+        path = path if path in counted else "other"  # a metric label per path a client makes up: no
+        metrics.requests.labels(path=path, code="REQUEST_TIMEOUT").inc()
+        log.info("request body timed out", extra={"event": "request", "path": path, "code": "REQUEST_TIMEOUT"})
+
+    app.add_middleware(BodyDeadline, seconds=body_timeout_s, on_timeout=cut_off)  # added last: the outermost
     return app
 
 

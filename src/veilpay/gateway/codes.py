@@ -37,6 +37,7 @@ CODES: dict[str, tuple[str, int, str]] = {
     "INVALID_REQUEST_TIME": ("F", 401, "Request-Time missing or not ISO 8601"),  # veilpay
     "REQUEST_TIME_EXPIRED": ("F", 401, "Request-Time outside the allowed window"),  # veilpay
     "REPLAYED_REQUEST": ("F", 401, "this exact signed request was seen before"),  # veilpay
+    "REQUEST_TIMEOUT": ("F", 408, "the request's body did not arrive in time"),  # veilpay
     "REQUEST_TOO_LARGE": ("F", 413, "the body is larger than allowed"),  # veilpay
     "MEDIA_TYPE_NOT_ACCEPTABLE": ("F", 415, "send Content-Type: application/json"),
     "INVALID_API": ("F", 404, "no such API"),

@@ -76,7 +76,7 @@ def _transactions(svc: Any, groups: list[dict[str, Any]]) -> dict[str, dict[str,
 async def settle(svc: Any, period: Any) -> dict[str, Any]:
     """Settle ``period`` at the nodes (or read back its settlement); returns its status and groups."""
     if svc.nodes is None:
-        raise ApiFailure("PARAM_ILLEGAL", "settlement in MPC needs privacy nodes (privacy_protocol)")
+        raise ApiFailure("PARAM_ILLEGAL", "settlement in MPC needs privacy nodes ([gateway.privacy])")
     label = _period(period, "settlementDate")
     try:
         ans = await svc.nodes.job("settle", {"period": label})
@@ -142,7 +142,7 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
 async def analytics(svc: Any, period: Any) -> dict[str, Any]:
     """The nodes' operator release of corridor figures for a closed period."""
     if svc.nodes is None:
-        raise ApiFailure("PARAM_ILLEGAL", "analytics in MPC needs privacy nodes (privacy_protocol)")
+        raise ApiFailure("PARAM_ILLEGAL", "analytics in MPC needs privacy nodes ([gateway.privacy])")
     label = _period(period, "period")
     try:
         ans = await svc.nodes.job("analytics", {"period": label})

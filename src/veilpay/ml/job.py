@@ -34,18 +34,22 @@
     sigmoid = "seg3"                    # t1 | t3 | seg3 | exact
     early_stopping = 0                  # patience in epochs; 0 = off
     validation_fraction = 0.1           # of the training rows, held out when early_stopping > 0
+
+Every key is typed and an unknown one is refused (``veilpay.settings``).
 """
 
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Literal
+
+from pydantic.dataclasses import dataclass as pdataclass
 
 from veilpay.errors import ConfigError
 from veilpay.ml.sstree import TreeParams
+from veilpay.settings import STRICT, RelPath, load_doc, parse_table
 
 __all__ = ["SIGMOIDS", "Job", "LrParams", "PartySpec", "load_job"]
 
@@ -114,75 +118,76 @@ class Job:
         return json.dumps(common, sort_keys=True).encode()
 
 
-def _get(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = None) -> Any:
-    if key not in table:
-        if default is None:
-            raise ConfigError(f"{where}: missing {key!r}")
-        return default
-    value = table[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise ConfigError(f"{where}: {key!r} has the wrong type ({type(value).__name__})")
-    return value
+@pdataclass(config=STRICT)
+class _JobSection:
+    name: str
+    network: RelPath
+    compute: list[str]
+    key: list[str]
+    label_party: str
+    label: str
+    positive: str | int
+    protocol: str = "semi2k"
+    test_fraction: float = 0.2
+    seed: int = 0
+    model_to: list[str] = field(default_factory=list)
+    frac_bits: int = 20
+    timeout: float = 600.0
+    psi: str = "kkrt"
+
+
+@pdataclass(config=STRICT)
+class _PartySection:
+    data: RelPath | None = None
+    features: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+
+
+@pdataclass(config=STRICT)
+class _ModelSection:
+    type: Literal["ss-lr", "ss-xgb"] = "ss-lr"
+    epochs: int = 10
+    batch_size: int = 1024
+    learning_rate: float | None = None  # default 1.0 for ss-lr, 0.3 for ss-xgb
+    decay: float = 0.0
+    l2: float = 0.0
+    sigmoid: str = "seg3"
+    early_stopping: int = 0
+    validation_fraction: float = 0.1
+    trees: int = 10
+    depth: int = 3
+    bins: int = 8
+    reg_lambda: float = 0.0
+
+
+@pdataclass(config=STRICT)
+class _JobFile:
+    job: _JobSection
+    parties: dict[str, _PartySection]
+    model: _ModelSection = field(default_factory=_ModelSection)
 
 
 def load_job(path: str | Path) -> Job:
+    """The job file ``path``; ConfigError naming the file, line and key, or the rule
+    the job breaks."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    where = f"{path} [job]"
-    j = raw.get("job")
-    if not isinstance(j, dict):
-        raise ConfigError(f"{path}: no [job] table")
-    parties_raw = raw.get("parties")
-    if not isinstance(parties_raw, dict) or not parties_raw:
+    doc, text = load_doc(path)
+    raw = parse_table(_JobFile, doc, str(path), text, (), path.parent)
+    if not raw.parties:
         raise ConfigError(f"{path}: no [parties.NAME] tables")
-    parties = {}
-    for name, spec in parties_raw.items():
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{path} [parties.{name}]: must be a table")
-        w = f"{path} [parties.{name}]"
-        data = spec.get("data")
-        if data is not None and not isinstance(data, str):
-            raise ConfigError(f"{w}: 'data' must be a path")
-        parties[name] = PartySpec(name, (path.parent / data) if data else None,
-                                  _get(spec, "features", list, w, default=[]) or None,
-                                  _get(spec, "categorical", list, w, default=[]) or None)
-    m = raw.get("model", {})
-    if not isinstance(m, dict):
-        raise ConfigError(f"{path}: [model] must be a table")
-    mtype = _get(m, "type", str, f"{path} [model]", default="ss-lr")
-    if mtype not in MODEL_TYPES:
-        raise ConfigError(f"{path} [model]: type {mtype!r} is not built; choose one of {', '.join(MODEL_TYPES)}")
-    wm = f"{path} [model]"
-    model = LrParams(
-        epochs=_get(m, "epochs", int, wm, default=10), batch_size=_get(m, "batch_size", int, wm, default=1024),
-        learning_rate=float(_get(m, "learning_rate", (int, float), wm, default=1.0)),
-        decay=float(_get(m, "decay", (int, float), wm, default=0.0)),
-        l2=float(_get(m, "l2", (int, float), wm, default=0.0)), sigmoid=_get(m, "sigmoid", str, wm, default="seg3"),
-        early_stopping=_get(m, "early_stopping", int, wm, default=0),
-        validation_fraction=float(_get(m, "validation_fraction", (int, float), wm, default=0.1)))
-    tree = TreeParams(
-        trees=_get(m, "trees", int, wm, default=10), depth=_get(m, "depth", int, wm, default=3),
-        bins=_get(m, "bins", int, wm, default=8),
-        learning_rate=float(_get(m, "learning_rate", (int, float), wm, default=0.3)),
-        reg_lambda=float(_get(m, "reg_lambda", (int, float), wm, default=0.0)))
-    job = Job(
-        name=_get(j, "name", str, where), path=path, network=path.parent / _get(j, "network", str, where),
-        protocol=_get(j, "protocol", str, where, default="semi2k"), compute=_get(j, "compute", list, where),
-        key=_get(j, "key", list, where), label_party=_get(j, "label_party", str, where),
-        label=_get(j, "label", str, where), positive=str(_get(j, "positive", (str, int), where)),
-        parties=parties, model=model, model_type=mtype, tree=tree,
-        test_fraction=float(_get(j, "test_fraction", (int, float), where, default=0.2)),
-        seed=_get(j, "seed", int, where, default=0), model_to=_get(j, "model_to", list, where, default=[]) or [],
-        frac_bits=_get(j, "frac_bits", int, where, default=20),
-        timeout=float(_get(j, "timeout", (int, float), where, default=600.0)),
-        psi=_get(j, "psi", str, where, default="kkrt"),
-    )
-    _validate(job, where)
+    parties = {name: PartySpec(name, spec.data, spec.features or None, spec.categorical or None)
+               for name, spec in raw.parties.items()}
+    j, m = raw.job, raw.model
+    model = LrParams(epochs=m.epochs, batch_size=m.batch_size,
+                     learning_rate=1.0 if m.learning_rate is None else m.learning_rate, decay=m.decay, l2=m.l2,
+                     sigmoid=m.sigmoid, early_stopping=m.early_stopping, validation_fraction=m.validation_fraction)
+    tree = TreeParams(trees=m.trees, depth=m.depth, bins=m.bins,
+                      learning_rate=0.3 if m.learning_rate is None else m.learning_rate, reg_lambda=m.reg_lambda)
+    job = Job(name=j.name, path=path, network=j.network, protocol=j.protocol, compute=j.compute, key=j.key,
+              label_party=j.label_party, label=j.label, positive=str(j.positive), parties=parties, model=model,
+              model_type=m.type, tree=tree, test_fraction=j.test_fraction, seed=j.seed, model_to=j.model_to,
+              frac_bits=j.frac_bits, timeout=j.timeout, psi=j.psi)
+    _validate(job, f"{path} [job]")
     return job
 
 

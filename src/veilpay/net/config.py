@@ -8,7 +8,13 @@
     cert = "alice.pem"
     key = "alice.key"             # needed only on alice's machine
 
-Relative paths are relative to the network file.
+    [privacy]                     # a privacy-node network only (docs/nodes.md)
+    protocol = "semi2k"
+    nodes = ["node-a", "node-b"]
+    dealer = "node-c"
+
+Relative paths are relative to the network file; every key is typed and an unknown
+one is refused (``veilpay.settings``).
 
 ``records`` says how data travels once a link's TLS 1.3 handshake has authenticated
 both ends: "frames", AES-256-GCM frames keyed inside the TLS session
@@ -19,12 +25,15 @@ Every party of a network must use the same value.
 from __future__ import annotations
 
 import re
-import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass as std_dataclass
 from pathlib import Path
+from typing import Literal
+
+from pydantic.dataclasses import dataclass
 
 from veilpay.crypto import issue_party_certificate, make_ca, write_identity
 from veilpay.errors import ConfigError
+from veilpay.settings import STRICT, PrivacySection, RelPath, load_doc, parse_table
 
 __all__ = ["RECORDS", "NetworkConfig", "PartyEntry", "load_network", "provision_network"]
 
@@ -33,7 +42,7 @@ RECORDS = ("frames", "tls")
 _PARTY_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 
-@dataclass(frozen=True)
+@std_dataclass(frozen=True)
 class PartyEntry:
     name: str
     host: str
@@ -42,13 +51,14 @@ class PartyEntry:
     key: Path
 
 
-@dataclass(frozen=True)
+@std_dataclass(frozen=True)
 class NetworkConfig:
     name: str
     ca: Path
     parties: dict[str, PartyEntry]
     path: Path
     records: str = "frames"
+    privacy: PrivacySection | None = None
 
     @property
     def party_ids(self) -> list[str]:
@@ -70,37 +80,37 @@ def check_party_id(name: str) -> str:
     return name
 
 
+@dataclass(config=STRICT, frozen=True)
+class _PartySection:
+    address: str
+    cert: RelPath
+    key: RelPath | None = None  # needed only on the party's own machine
+
+
+@dataclass(config=STRICT, frozen=True)
+class _NetworkFile:
+    ca: RelPath
+    parties: dict[str, _PartySection]
+    name: str = ""
+    records: Literal["frames", "tls"] = "frames"
+    privacy: PrivacySection | None = None  # the privacy nodes' protocol and roles (docs/nodes.md)
+
+
 def load_network(path: str | Path) -> NetworkConfig:
+    """The network file ``path``; ConfigError naming the file, line and key."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read network file {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"network file {path} is not valid TOML: {exc}") from exc
-    base = path.parent
-    try:
-        name = str(data.get("name", path.stem))
-        ca = base / str(data["ca"])
-        raw_parties = data["parties"]
-    except KeyError as exc:
-        raise ConfigError(f"network file {path} lacks {exc.args[0]!r}") from exc
-    records = data.get("records", "frames")
-    if records not in RECORDS:
-        raise ConfigError(f"network file {path}: records must be one of {RECORDS}, not {records!r}")
-    if not isinstance(raw_parties, dict) or len(raw_parties) < 2:
+    doc, text = load_doc(path)
+    raw = parse_table(_NetworkFile, doc, str(path), text, (), path.parent)
+    if len(raw.parties) < 2:
         raise ConfigError(f"network file {path} must name at least two parties")
     parties: dict[str, PartyEntry] = {}
-    for pid, entry in raw_parties.items():
+    for pid, entry in raw.parties.items():
         check_party_id(pid)
-        try:
-            host, _, port = str(entry["address"]).rpartition(":")
-            parties[pid] = PartyEntry(
-                pid, host.strip("[]"), int(port), base / str(entry["cert"]), base / str(entry.get("key", ""))
-            )
-        except (KeyError, ValueError, TypeError) as exc:
-            raise ConfigError(f"party {pid!r} in {path}: needs address 'host:port', cert and key") from exc
-    return NetworkConfig(name, ca, parties, path, records)
+        host, _, port = entry.address.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ConfigError(f"party {pid!r} in {path}: address {entry.address!r} is not host:port")
+        parties[pid] = PartyEntry(pid, host.strip("[]"), int(port), entry.cert, entry.key or path.parent)
+    return NetworkConfig(raw.name or path.stem, raw.ca, parties, path, raw.records, raw.privacy)
 
 
 def provision_network(

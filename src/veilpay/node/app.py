@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import time
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,14 +57,11 @@ __all__ = ["create_node_app", "load_privacy"]
 
 
 def load_privacy(network_file: str | Path) -> Privacy:
-    path = Path(network_file)
-    try:
-        raw = tomllib.loads(path.read_text()).get("privacy")
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: no [privacy] section (protocol, nodes, dealer)")
-    return Privacy.from_json(raw)
+    """The privacy section of the nodes' network file."""
+    section = load_network(network_file).privacy
+    if section is None:
+        raise ConfigError(f"{network_file}: no [privacy] section (protocol, nodes, dealer)")
+    return Privacy(section.protocol, tuple(section.nodes), section.dealer)
 
 
 def create_node_app(cfg: NodeConfig, clock: Callable[[], int] | None = None) -> FastAPI:

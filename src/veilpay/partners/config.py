@@ -17,35 +17,42 @@
     protocol = "semi2k"
     nodes = ["node-a", "node-b"]
     dealer = "node-c"
-"""
+
+Relative paths are relative to the file's folder; every key is typed and an unknown
+one is refused (``veilpay.settings``)."""
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from dataclasses import field
 from pathlib import Path
-from typing import Any
 
-from veilpay.errors import ConfigError
+from pydantic import PositiveFloat
+from pydantic.dataclasses import dataclass
+
+from veilpay.settings import STRICT, DbUrl, DecimalValue, ListenAddr, PrivacySection, RelPath, load_table
 
 __all__ = ["PartnerConfig", "load_partner_config"]
 
 
-@dataclass
+@dataclass(config=STRICT)
 class PartnerConfig:
-    keys: Path
-    gateway_key: Path
+    keys: RelPath
+    gateway_key: RelPath
     gateway_url: str
-    database: str
-    authority: Path = Path("authority.json")
-    privacy: dict[str, Any] | None = None
-    log_state: Path | None = None  # the newest key-log head checked (default: KEYS/log-state.json)
-    listen: str = "127.0.0.1:8101"
+    database: DbUrl
+    authority: RelPath
+    privacy: PrivacySection | None = None
+    log_state: RelPath | None = None  # the newest key-log head checked (default: KEYS/log-state.json)
+    listen: ListenAddr = "127.0.0.1:8101"
     name: str = ""
     pets: bool = True
-    fx: dict[str, Decimal] = field(default_factory=dict)
-    request_window_s: float = 300.0
+    fx: dict[str, DecimalValue] = field(default_factory=dict)  # MPP: wallet units per merchant unit, "JPY/PHP"
+    request_window_s: PositiveFloat = 300.0
+
+    def __post_init__(self) -> None:
+        for pair, rate in self.fx.items():
+            if len(pair.split("/")) != 2 or not rate.is_finite() or rate <= 0:
+                raise ValueError(f"fx {pair!r}: a positive rate for a pair written FROM/TO")
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -54,27 +61,5 @@ class PartnerConfig:
 
 
 def load_partner_config(path: str | Path) -> PartnerConfig:
-    path = Path(path)
-    try:
-        raw = dict(tomllib.loads(path.read_text())["partner"])
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such file") from exc
-    except (tomllib.TOMLDecodeError, KeyError) as exc:
-        raise ConfigError(f"{path}: not a TOML file with a [partner] table: {exc}") from exc
-    base = path.parent
-
-    def rel(v: str) -> Path:
-        p = Path(v)
-        return p if p.is_absolute() else base / p
-
-    try:
-        fx = {str(k): Decimal(str(v)) for k, v in raw.pop("fx", {}).items()}
-        db = str(raw.pop("database"))
-        if db.startswith("sqlite:///") and not db.startswith("sqlite:////"):
-            db = "sqlite:///" + str(rel(db[len("sqlite:///"):]))
-        return PartnerConfig(keys=rel(str(raw.pop("keys"))), gateway_key=rel(str(raw.pop("gateway_key"))),
-                             authority=rel(str(raw.pop("authority"))),
-                             log_state=rel(str(raw.pop("log_state"))) if "log_state" in raw else None,
-                             gateway_url=str(raw.pop("gateway_url")), database=db, fx=fx, **raw)
-    except (KeyError, TypeError, InvalidOperation) as exc:
-        raise ConfigError(f"{path}: {exc!r}") from exc
+    """The [partner] table of ``path``; ConfigError naming the file, line and key."""
+    return load_table(path, "partner", PartnerConfig)

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request, Response
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from veilpay.db import GroupCommit
 from veilpay.errors import ConfigError, DecryptionError, SignatureError
@@ -293,11 +294,23 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
     async def add_wallet(request: Request) -> Any:
         if not admin_ok(request, keys):
             return denied()
-        o = await request.json()
-        with engine.begin() as conn:
-            conn.execute(insert(wallets).values(user_id=str(o["userId"]), name=str(o.get("name", "")),
-                                                currency=str(o["currency"]), balance=int(o["balance"])))
-        return {"userId": o["userId"]}
+        try:
+            o = await request.json()
+            row = {"user_id": str(o["userId"]), "name": str(o.get("name", "")), "currency": str(o["currency"]),
+                   "balance": o["balance"]}
+            if o["currency"] not in MINOR_UNITS or isinstance(o["balance"], bool) or not isinstance(o["balance"], int) \
+                    or o["balance"] < 0:
+                raise ValueError("currency or balance")
+        except (ValueError, KeyError, TypeError):
+            return Response(b'{"error":"a wallet is {userId, name, currency (ISO 4217), balance (minor units, >= 0)}"}',
+                            status_code=400, media_type="application/json")
+        try:
+            with engine.begin() as conn:
+                conn.execute(insert(wallets).values(**row))
+        except IntegrityError:
+            return Response(b'{"error":"a wallet with this userId exists"}', status_code=409,
+                            media_type="application/json")
+        return {"userId": row["user_id"]}
 
     @app.post("/admin/codes")
     async def new_code(request: Request) -> Any:

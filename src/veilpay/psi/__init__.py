@@ -1,11 +1,12 @@
 """Private set intersection: KKRT (OT extension, the default), ECDH-PSI on X25519,
 unbalanced PSI (an OPRF on P-256) against a set prepared offline, and their data
-plumbing."""
+plumbing: input checked before any connection, the run's terms agreed with the peer."""
 
 from veilpay.psi.data import IdTable, read_ids, write_rows
 from veilpay.psi.ecdh import MODES, PSI_VERSION, PsiResult, ecdh_psi
 from veilpay.psi.kkrt import KKRT_VERSION, kkrt_psi
-from veilpay.psi.run import PROTOCOLS, choose_protocol, run_psi_files, setup_psi_file
+from veilpay.psi.run import PROTOCOLS, check_psi_files, choose_protocol, run_psi_files, setup_psi_file
+from veilpay.psi.terms import TERMS_VERSION, Terms
 from veilpay.psi.unbalanced import load_server_set, setup_server, unbalanced_psi
 
 __all__ = [
@@ -13,8 +14,11 @@ __all__ = [
     "MODES",
     "PROTOCOLS",
     "PSI_VERSION",
+    "TERMS_VERSION",
     "IdTable",
     "PsiResult",
+    "Terms",
+    "check_psi_files",
     "choose_protocol",
     "ecdh_psi",
     "kkrt_psi",

@@ -20,8 +20,8 @@ import numpy as np
 from veilpay.errors import DataError, InvalidInput
 from veilpay.files import atomic_write
 
-__all__ = ["IdTable", "copy_rows", "join_key", "normalise_key", "split_key", "open_rows", "read_ids", "read_rows",
-           "write_rows"]
+__all__ = ["IdTable", "copy_rows", "join_key", "normalise_key", "split_key", "open_rows", "read_header", "read_ids",
+           "read_rows", "write_rows"]
 
 NORMALISE = ("none", "trim", "casefold")
 _BATCH = 1 << 16  # rows per batch in read_ids
@@ -138,22 +138,41 @@ def open_rows(path: str | Path) -> Iterator[tuple[list[str], Iterator[list[str]]
         raise DataError(f"{path}: cannot read: {exc.strerror}") from exc
 
 
-def read_ids(path: str | Path, keys: Sequence[str], normalise: str = "trim", on_null: str = "drop") -> IdTable:
-    """Stream ``path`` and build one id per distinct key (first occurrence wins).
-    ``on_null``: 'drop' skips rows with an empty key part (counted), 'error' refuses.
-    Rows are handled in batches with per-column list operations: a million-row file
-    takes about a second, where a row-by-row loop took three."""
-    path = Path(path)
+def _check_options(keys: Sequence[str], normalise: str, on_null: str) -> None:
     if normalise not in NORMALISE:
         raise InvalidInput(f"normalise must be one of {NORMALISE}")
     if on_null not in ("drop", "error"):
         raise InvalidInput("on_null must be 'drop' or 'error'")
     if not keys:
         raise InvalidInput("name at least one key column")
+
+
+def _require_keys(path: Path, header: list[str], keys: Sequence[str]) -> None:
+    missing = [k for k in keys if k not in header]
+    if missing:
+        raise DataError(f"{path}: no column {missing[0]!r} (columns: {', '.join(header)})")
+
+
+def read_header(path: str | Path, keys: Sequence[str], normalise: str = "trim", on_null: str = "drop") -> list[str]:
+    """The header of ``path``, once the options are valid and the file opens, parses
+    and has the key columns (DataError naming the file otherwise). Reads the first
+    line only (Parquet: the schema), so a run can check its input before it connects."""
+    path = Path(path)
+    _check_options(keys, normalise, on_null)
+    with open_rows(path) as (header, _rows):
+        _require_keys(path, header, keys)
+        return header
+
+
+def read_ids(path: str | Path, keys: Sequence[str], normalise: str = "trim", on_null: str = "drop") -> IdTable:
+    """Stream ``path`` and build one id per distinct key (first occurrence wins).
+    ``on_null``: 'drop' skips rows with an empty key part (counted), 'error' refuses.
+    Rows are handled in batches with per-column list operations: a million-row file
+    takes about a second, where a row-by-row loop took three."""
+    path = Path(path)
+    _check_options(keys, normalise, on_null)
     with open_rows(path) as (header, rows):
-        missing = [k for k in keys if k not in header]
-        if missing:
-            raise DataError(f"{path}: no column {missing[0]!r} (columns: {', '.join(header)})")
+        _require_keys(path, header, keys)
         cols = [header.index(k) for k in keys]
         table = IdTable(path, header)
         ids: list[bytes] = []

@@ -6,7 +6,9 @@ F_k(y) for its whole set, shuffles, and writes a cache directory:
 
     key        the 32-byte scalar (mode 0600; it never leaves the server)
     set.bin    n * 32 bytes: the shuffled F_k(y)
-    meta.json  version, n, salt, SHA-256 of set.bin (the set's digest)
+    meta.json  version, n, salt, SHA-256 of set.bin (the set's digest), and (the
+               server's copy) how many key columns make an id and how they were
+               normalised, which a client's query must match (`prepared_terms`)
 
 Online (`unbalanced_psi`, one session per query):
 
@@ -47,6 +49,7 @@ from veilpay.errors import DataError, InvalidInput, ProtocolMismatch, QueryRefus
 from veilpay.files import atomic_write
 from veilpay.net import Communicator
 from veilpay.progress import progress
+from veilpay.psi.data import NORMALISE
 from veilpay.psi.ecdh import (
     CHUNK,
     ChunkedSession,
@@ -59,8 +62,8 @@ from veilpay.psi.ecdh import (
     tracked,
 )
 
-__all__ = ["DEFAULT_BUDGET", "DEFAULT_MAX_KEY_AGE_S", "UB_VERSION", "ServerSet", "load_server_set", "setup_server",
-           "unbalanced_psi"]
+__all__ = ["DEFAULT_BUDGET", "DEFAULT_MAX_KEY_AGE_S", "UB_VERSION", "ServerSet", "load_server_set", "prepared_terms",
+           "setup_server", "unbalanced_psi"]
 
 UB_VERSION = 2  # the protocol; 2: the server's verdict (query budget, key age) before any work
 SET_VERSION = 1  # the prepared set's files
@@ -87,7 +90,8 @@ def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     atomic_write(path, lambda fh: fh.write(data), binary=True, mode=mode)
 
 
-def _write_set(folder: Path, points: np.ndarray, salt: bytes, key: OprfKey | None) -> bytes:
+def _write_set(folder: Path, points: np.ndarray, salt: bytes, key: OprfKey | None,
+               ids_are: dict[str, Any] | None = None) -> bytes:
     folder.mkdir(parents=True, exist_ok=True)
     data = points.tobytes()
     digest = sha256(data)
@@ -96,23 +100,50 @@ def _write_set(folder: Path, points: np.ndarray, salt: bytes, key: OprfKey | Non
     if key is not None:
         _write_atomic(folder / "key", key.raw(), mode=0o600)
     meta = {"version": SET_VERSION, "n": len(points), "salt": salt.hex(), "digest": digest.hex(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(ids_are or {})}
     if key is not None:
         (folder / "budget.json").unlink(missing_ok=True)  # a new key: every client's count starts afresh
     _write_atomic(folder / "meta.json", json.dumps(meta, indent=1).encode())
     return digest
 
 
+def _read_meta(folder: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except FileNotFoundError as exc:
+        raise DataError(f"{folder}: no prepared set here (meta.json missing)") from exc
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{folder}/meta.json: unreadable or malformed ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise DataError(f"{folder}/meta.json: malformed (not an object)")
+    return meta
+
+
+def prepared_terms(folder: str | Path) -> tuple[int, str]:
+    """(key columns, normalisation) the server's set in ``folder`` was prepared with,
+    from its meta.json alone (cheap: a server checks it before it connects). DataError
+    when there is no set, no key file, or the set does not record them (prepared by
+    `setup_server` without them, or by a veilpay before they were recorded): then a
+    client that keys or normalises otherwise would silently find nothing."""
+    folder = Path(folder)
+    meta = _read_meta(folder)
+    if not (folder / "key").is_file():
+        raise DataError(f"{folder}: no key file (a client's copy cannot serve queries)")
+    cols, how = meta.get("key_columns"), meta.get("normalise")
+    if not isinstance(cols, int) or isinstance(cols, bool) or cols < 1 or how not in NORMALISE:
+        raise DataError(f"{folder}: the prepared set does not record its key columns and normalisation: "
+                        "prepare it again (veilpay psi-setup)")
+    return cols, str(how)
+
+
 def load_server_set(folder: str | Path, need_key: bool = False) -> ServerSet:
     """Read and check a cache directory (the server's, or a client's copy)."""
     folder = Path(folder)
+    meta = _read_meta(folder)
     try:
-        meta = json.loads((folder / "meta.json").read_text())
         n, salt, digest = int(meta["n"]), bytes.fromhex(meta["salt"]), bytes.fromhex(meta["digest"])
         version = int(meta["version"])
         created = float(calendar.timegm(time.strptime(str(meta["created"]), "%Y-%m-%dT%H:%M:%SZ")))
-    except FileNotFoundError as exc:
-        raise DataError(f"{folder}: no prepared set here (meta.json missing)") from exc
     except (ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{folder}/meta.json: malformed ({exc})") from exc
     if version != SET_VERSION:
@@ -133,11 +164,21 @@ def load_server_set(folder: str | Path, need_key: bool = False) -> ServerSet:
 
 
 def setup_server(ids: Sequence[bytes], folder: str | Path, workers: int | None = None, chunk: int = CHUNK,
-                 show_progress: bool | None = None) -> dict[str, Any]:
+                 show_progress: bool | None = None, key_columns: int | None = None,
+                 normalise: str | None = None) -> dict[str, Any]:
     """Offline: prepare the server's set (distinct ids) in ``folder``, replacing any
-    earlier one (clients then download the new set on their next query)."""
+    earlier one (clients then download the new set on their next query).
+    ``key_columns`` and ``normalise`` say how the ids were made; they are recorded for
+    `prepared_terms`, and a set without them cannot serve `veilpay.psi.run_psi_files`."""
     if len(set(ids)) != len(ids):
         raise InvalidInput("ids must be distinct: deduplicate first")
+    if (key_columns is None) != (normalise is None):
+        raise InvalidInput("give both key_columns and normalise, or neither")
+    ids_are: dict[str, Any] = {}
+    if key_columns is not None and normalise is not None:
+        if key_columns < 1 or normalise not in NORMALISE:
+            raise InvalidInput(f"key_columns must be >= 1 and normalise one of {NORMALISE}")
+        ids_are = {"key_columns": key_columns, "normalise": normalise}
     t0 = time.perf_counter()
     key, salt = OprfKey.generate(), secrets.token_bytes(32)
     workers = pool_size(workers, len(ids), _MIN_FOR_WORKERS)
@@ -145,7 +186,7 @@ def setup_server(ids: Sequence[bytes], folder: str | Path, workers: int | None =
         futures = [tracked(pool.submit(hash_to_p256(ids[lo:hi], salt, DST), lo), bar, hi - lo)
                    for lo, hi in spans(len(ids), chunk)]
         points = np.concatenate([f.result() for f in futures]) if futures else np.empty((0, 32), np.uint8)
-    digest = _write_set(Path(folder), points[random_permutation(len(points))], salt, key)
+    digest = _write_set(Path(folder), points[random_permutation(len(points))], salt, key, ids_are)
     return {"prepared": len(ids), "digest": digest.hex(), "seconds": round(time.perf_counter() - t0, 3),
             "folder": str(folder)}
 

@@ -43,6 +43,7 @@ from veilpay.sdk.transparency import (
     tree_hash,
     verify_inclusion,
 )
+from veilpay.settings import PrivacySection
 
 __all__ = ["Authority", "KeyLog", "KeyTrust", "LogMirror", "certified_at", "certify", "create_authority", "entry_leaf",
            "leaf_id", "load_authority", "pinned_privacy", "verify_entry", "verify_self_sig"]
@@ -75,12 +76,14 @@ def load_authority(path: str | Path) -> Authority:
 
 
 def pinned_privacy(table: Any, where: str) -> Any:
-    """The privacy-node set a party pins (a ``privacy`` table: protocol, nodes, dealer),
-    or None for a network without nodes."""
+    """The privacy-node set a party pins (a config's privacy section, or a table:
+    protocol, nodes, dealer), or None for a network without nodes."""
     from veilpay.sdk.shares import Privacy
 
     if table is None:
         return None
+    if isinstance(table, PrivacySection):
+        return Privacy(table.protocol, tuple(table.nodes), table.dealer)
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: privacy is a table (protocol, nodes, dealer)")
     return Privacy.from_json(table)
