@@ -47,7 +47,8 @@ def main() -> None:
         codes = net.admin("mpp-1", "POST", "/admin/codes", {"userId": "b", "count": 2 * n + 20})["codes"]
         cfg = Path(tmp) / "acqp-mcp.toml"
         cfg.write_text(f'[partner]\nkeys = "keys/acqp-1"\ngateway_key = "keys/gateway/public.json"\n'
-                       f'gateway_url = "{net.url["gateway"]}"\n[mcp]\nstate = "mcp/state.db"\naudit_log = "mcp/audit.log"\n'
+                       f'gateway_url = "{net.url["gateway"]}"\nauthority = "authority/authority.json"\n'
+                       '[mcp]\nstate = "mcp/state.db"\naudit_log = "mcp/audit.log"\n'
                        f'[mcp.per_call]\nJPY = 1000\n[mcp.per_day]\nJPY = {10**12}\n')
         sdk_lat: list[float] = []
         with net.client() as c:
