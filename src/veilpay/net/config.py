@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass as std_dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -49,6 +50,7 @@ class PartyEntry:
     port: int
     cert: Path
     key: Path
+    risk_port: int = 0  # the privacy nodes' scoring mesh (docs/risk.md); 0: none
 
 
 @std_dataclass(frozen=True)
@@ -63,6 +65,14 @@ class NetworkConfig:
     @property
     def party_ids(self) -> list[str]:
         return list(self.parties)
+
+    def risk_view(self, parties: list[str]) -> NetworkConfig:
+        """This network with ``parties`` at their scoring-mesh ports (``risk_address``):
+        the nodes score payments on a mesh of their own, beside the gateway's jobs."""
+        missing = [p for p in parties if p not in self.parties or not self.parties[p].risk_port]
+        if missing:
+            raise ConfigError(f"{self.path}: party {missing[0]!r} has no risk_address (the scoring mesh)")
+        return replace(self, parties={p: replace(self.parties[p], port=self.parties[p].risk_port) for p in parties})
 
 
 # Names every host resolves to itself: a party named so could pass for any machine's
@@ -85,6 +95,7 @@ class _PartySection:
     address: str
     cert: RelPath
     key: RelPath | None = None  # needed only on the party's own machine
+    risk_address: str = ""      # privacy nodes that score payments: their scoring mesh, host:port
 
 
 @dataclass(config=STRICT, frozen=True)
@@ -109,15 +120,24 @@ def load_network(path: str | Path) -> NetworkConfig:
         host, _, port = entry.address.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ConfigError(f"party {pid!r} in {path}: address {entry.address!r} is not host:port")
-        parties[pid] = PartyEntry(pid, host.strip("[]"), int(port), entry.cert, entry.key or path.parent)
+        risk_port = 0
+        if entry.risk_address:
+            rhost, _, rport = entry.risk_address.rpartition(":")
+            if rhost.strip("[]") != host.strip("[]") or not rport.isdigit() or not 0 < int(rport) < 65536 \
+                    or int(rport) == int(port):
+                raise ConfigError(f"party {pid!r} in {path}: risk_address {entry.risk_address!r} is host:port on "
+                                  "the address's host, another port")
+            risk_port = int(rport)
+        parties[pid] = PartyEntry(pid, host.strip("[]"), int(port), entry.cert, entry.key or path.parent, risk_port)
     return NetworkConfig(raw.name or path.stem, raw.ca, parties, path, raw.records, raw.privacy)
 
 
 def provision_network(
     out_dir: str | Path, parties: list[str], host: str = "127.0.0.1", base_port: int = 7100, name: str = "veilpay",
-    records: str = "frames",
+    records: str = "frames", risk: list[str] | None = None, risk_base_port: int = 0,
 ) -> Path:
-    """Make a CA, one certificate per party and a network file; returns its path."""
+    """Make a CA, one certificate per party and a network file; returns its path. The
+    parties in ``risk`` get a scoring-mesh address at ``risk_base_port`` + their index."""
     if records not in RECORDS:
         raise ConfigError(f"records must be one of {RECORDS}, not {records!r}")
     out = Path(out_dir)
@@ -134,6 +154,7 @@ def provision_network(
         lines += [
             f"[parties.{p}]",
             f'address = "{host}:{base_port + i}"',
+            *([f'risk_address = "{host}:{risk_base_port + i}"'] if risk and p in risk else []),
             f'cert = "{p}.pem"',
             f'key = "{p}.key"',
             "",

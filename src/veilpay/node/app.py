@@ -12,6 +12,12 @@
 - ``POST /node/v1/log/head``: ``{"head", "base", "proof"}``; a partner offers the
   newest key-log head it has checked, the node keeps the newest consistent one and
   answers it (``veilpay.node.witness``); LOG_INCONSISTENT when two views meet.
+- ``POST /node/v1/risk/score``: ``{"mpp": {bundle, shares}, "acqp": {bundle, shares}}``,
+  from the payment's MPP, to the first share holder: the payment's decision, with
+  every share holder's signed statement (``veilpay.node.risk``, ``docs/risk.md``).
+- ``POST /node/v1/risk/rules``: a rule set signed by its MPP, adopted under the
+  node's policy; ``POST /node/v1/risk/model``: a training party's re-shared part of a
+  model (``veilpay risk publish``).
 - ``GET /metrics``: Prometheus metrics (refusals by code, jobs by outcome).
 - ``GET /healthz``: liveness and the applied feed position.
 
@@ -29,9 +35,10 @@ The network file names the MPC peers and carries the privacy section::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +94,30 @@ def create_node_app(cfg: NodeConfig, clock: Callable[[], int] | None = None) -> 
         return connect_mesh(network, keys.id, session, timeout=cfg.job_timeout_s,
                             connect_timeout=cfg.connect_timeout_s, parties=list(privacy.parties))
 
-    service = NodeService(keys, privacy, engine, mesh, partners, cfg.policy) if clock is None else \
-        NodeService(keys, privacy, engine, mesh, partners, cfg.policy, clock)
+    risk_mesh = None
+    if cfg.risk.enabled:
+        scoring = network.risk_view(list(privacy.parties))
+
+        def risk_mesh(session: bytes) -> Any:
+            return connect_mesh(scoring, keys.id, session, timeout=cfg.risk.heartbeat_s * 3,
+                                connect_timeout=cfg.connect_timeout_s, parties=list(privacy.parties))
+
+    if clock is None:
+        service = NodeService(keys, privacy, engine, mesh, partners, cfg.policy, risk_mesh=risk_mesh,
+                              risk_policy=cfg.risk)
+    else:
+        service = NodeService(keys, privacy, engine, mesh, partners, cfg.policy, clock, risk_mesh=risk_mesh,
+                              risk_policy=cfg.risk)
     calls = GatewayCalls(keys, gateway, cfg.request_window_s)
-    app = FastAPI(title=f"veilpay privacy node {keys.id}", docs_url=None, redoc_url=None,
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if service.risk is not None:
+            service.risk.start()
+        yield
+        if service.risk is not None:
+            await anyio.to_thread.run_sync(service.risk.stop)
+
+    app = FastAPI(title=f"veilpay privacy node {keys.id}", docs_url=None, redoc_url=None, lifespan=lifespan,
                   telemetry=FASTAPI_TELEMETRY_OFF)
     app.state.service = service
     app.state.engine = engine
@@ -123,7 +150,7 @@ def create_node_app(cfg: NodeConfig, clock: Callable[[], int] | None = None) -> 
     async def run_job(request: Request) -> Response:
         return await signed(request, service.run_job)
 
-    async def from_partner(request: Request, op: Any, invalid: str) -> Response:
+    async def from_partner(request: Request, op: Any, invalid: str, caller_too: bool = False) -> Response:
         """A call signed by the gateway or a partner this node pinned (``Client-Id``
         the caller's id), answered signed and bound to it."""
         path = request.url.path
@@ -140,7 +167,8 @@ def create_node_app(cfg: NodeConfig, clock: Callable[[], int] | None = None) -> 
             obj = wirejson.loads(raw)
             if not isinstance(obj, dict):
                 raise NodeError("a JSON object", invalid, 400)
-            body, status = await anyio.to_thread.run_sync(op, obj), 200
+            body, status = (await anyio.to_thread.run_sync(op, obj, caller) if caller_too else
+                            await anyio.to_thread.run_sync(op, obj)), 200
         except SignatureError as exc:
             service.metrics.refused(exc.code)
             body, status = {"error": {"code": exc.code, "message": str(exc)}}, 401
@@ -159,6 +187,25 @@ def create_node_app(cfg: NodeConfig, clock: Callable[[], int] | None = None) -> 
     @app.post("/node/v1/log/head")
     async def witness_head(request: Request) -> Response:
         return await from_partner(request, witness.offer, "HEAD_INVALID")
+
+    def risk_op(name: str) -> Any:
+        def op(obj: Any, caller: str) -> Any:
+            if service.risk is None:
+                raise NodeError("this node does not score payments", "RISK_DISABLED", 404)
+            return getattr(service.risk, name)(obj, caller)
+        return op
+
+    @app.post("/node/v1/risk/score")
+    async def risk_score(request: Request) -> Response:
+        return await from_partner(request, risk_op("score"), "RISK_BUNDLE_INVALID", caller_too=True)
+
+    @app.post("/node/v1/risk/rules")
+    async def risk_rules(request: Request) -> Response:
+        return await from_partner(request, risk_op("put_rules"), "RULES_INVALID", caller_too=True)
+
+    @app.post("/node/v1/risk/model")
+    async def risk_model(request: Request) -> Response:
+        return await from_partner(request, risk_op("put_model_part"), "MODEL_INVALID", caller_too=True)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -24,6 +24,12 @@ operator pinned, and its disclosure policy::
     default_clip = 100000      # analytics: most one payment adds to a total, in minor units
     clip = { JPY = 50000 }     # ... per currency
 
+    [node.risk]                # real-time fraud scoring (docs/risk.md)
+    enabled = true
+    batch_max = 64             # a micro-batch: at most this many payments ...
+    batch_wait_ms = 2          # ... or this long after its first
+    rules_min_interval_s = 3600
+
 The policy is the node's own: the gateway's jobs name only what to compute (a
 period, a refund), never how much may be revealed. Every node of a privacy network
 must run the same policy (the nodes check it before each job: a job's parameters,
@@ -47,7 +53,7 @@ from veilpay.sdk.money import MAX_VALUE, MINOR_UNITS
 from veilpay.sdk.periods import DAY_S, check_cycle
 from veilpay.settings import STRICT, DbUrl, DecimalText, RelPath, load_table
 
-__all__ = ["NodeConfig", "NodePolicy", "load_node_config"]
+__all__ = ["NodeConfig", "NodePolicy", "RiskPolicy", "load_node_config"]
 
 
 def _fraction(v: Any, what: str) -> Fraction:
@@ -107,6 +113,22 @@ class NodePolicy:
 
 
 @dataclass(config=STRICT, frozen=True)
+class RiskPolicy:
+    """``[node.risk]``: real-time scoring (docs/risk.md). The first share holder batches
+    the payments it is asked to score: at most ``batch_max`` or ``batch_wait_ms`` after
+    the first; a rule set's version may change at most once per ``rules_min_interval_s``
+    (each change lets its MPP move the thresholds; the interval bounds how fast it can
+    probe a score); every node of the network sets the same values."""
+
+    enabled: bool = False
+    batch_max: PositiveInt = 64
+    batch_wait_ms: NonNegativeFloat = 2.0
+    rules_min_interval_s: NonNegativeFloat = 3600.0
+    heartbeat_s: PositiveFloat = 5.0
+    answer_timeout_s: PositiveFloat = 5.0
+
+
+@dataclass(config=STRICT, frozen=True)
 class NodeConfig:
     party: str
     keys: RelPath
@@ -120,6 +142,7 @@ class NodeConfig:
     connect_timeout_s: PositiveFloat = 10.0
     request_window_s: PositiveFloat = 300.0
     policy: NodePolicy = field(default_factory=NodePolicy)
+    risk: RiskPolicy = field(default_factory=RiskPolicy)
 
     def __post_init__(self) -> None:
         if not self.partner_keys:

@@ -29,7 +29,7 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, Table, func, insert, select
 
 from veilpay.crypto.digest import sha256
 from veilpay.crypto.signing import b64e
@@ -78,13 +78,13 @@ class Proposal:
 class Ledger:
     """This node's copy of the ledger, in its database."""
 
-    def __init__(self, engine: Engine, keys: PartyKeys) -> None:
-        self.engine, self.keys = engine, keys
+    def __init__(self, engine: Engine, keys: PartyKeys, table: Table = ledger) -> None:
+        self.engine, self.keys, self.t = engine, keys, table
 
     def head(self) -> tuple[int, str]:
         """(seq, hash) of the last entry; (0, GENESIS) for an empty ledger."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(ledger.c.seq, ledger.c.hash).order_by(ledger.c.seq.desc()).limit(1)).first()
+            row = conn.execute(select(self.t.c.seq, self.t.c.hash).order_by(self.t.c.seq.desc()).limit(1)).first()
         return (0, GENESIS) if row is None else (int(row.seq), str(row.hash))
 
     def position(self, proposal: Proposal) -> tuple[int, str, bool]:
@@ -92,20 +92,20 @@ class Ledger:
         holds exactly this entry (a job computed again after a node stopped between
         append and reveal), where it is."""
         with self.engine.connect() as conn:
-            same = conn.execute(select(ledger.c.seq, ledger.c.prev, ledger.c.body).where(
-                ledger.c.function == proposal.function, ledger.c.subject == proposal.subject)).all()
+            same = conn.execute(select(self.t.c.seq, self.t.c.prev, self.t.c.body).where(
+                self.t.c.function == proposal.function, self.t.c.subject == proposal.subject)).all()
             for entry in same:
                 body = wirejson.loads(entry.body)
                 if {k: body.get(k) for k in CONTENT} == proposal.content():
                     return int(entry.seq), str(entry.prev), True
-            head = conn.execute(select(ledger.c.seq, ledger.c.hash).order_by(ledger.c.seq.desc()).limit(1)).first()
+            head = conn.execute(select(self.t.c.seq, self.t.c.hash).order_by(self.t.c.seq.desc()).limit(1)).first()
         return (1, GENESIS, False) if head is None else (int(head.seq) + 1, str(head.hash), False)
 
     def committed(self, function: str, subject: str) -> str | None:
         """The params of the last entry recorded for (function, subject), if any."""
         with self.engine.connect() as conn:
-            body = conn.execute(select(ledger.c.body).where(ledger.c.function == function, ledger.c.subject == subject)
-                                .order_by(ledger.c.seq.desc()).limit(1)).scalar()
+            body = conn.execute(select(self.t.c.body).where(self.t.c.function == function, self.t.c.subject == subject)
+                                .order_by(self.t.c.seq.desc()).limit(1)).scalar()
         return None if body is None else str(wirejson.loads(body)["params"])
 
     def append(self, proposal: Proposal, seq: int, prev: str, budget: Fraction | None = None) -> dict[str, Any]:
@@ -118,16 +118,16 @@ class Ledger:
         kv, key = self.keys.signer()
         sig = b64e(key.sign(signed_message(self.keys.id, h, at)))
         with self.engine.begin() as conn:
-            row = conn.execute(select(ledger.c.seq, ledger.c.hash).order_by(ledger.c.seq.desc()).limit(1)).first()
+            row = conn.execute(select(self.t.c.seq, self.t.c.hash).order_by(self.t.c.seq.desc()).limit(1)).first()
             if ((0, GENESIS) if row is None else (int(row.seq), str(row.hash))) != (seq - 1, prev):
                 raise LedgerMismatch(self.keys.id, "the ledger moved while the job ran")
             if budget is not None and Fraction(proposal.epsilon) > 0:
-                spent = conn.execute(select(ledger.c.epsilon).where(ledger.c.month == proposal.month,
-                                                                    ledger.c.function == proposal.function)).scalars()
+                spent = conn.execute(select(self.t.c.epsilon).where(self.t.c.month == proposal.month,
+                                                                    self.t.c.function == proposal.function)).scalars()
                 if sum((Fraction(e) for e in spent), Fraction(0)) + Fraction(proposal.epsilon) > budget:
                     raise NodeError(f"{proposal.month}: epsilon {proposal.epsilon} more is over the privacy budget",
                                     "BUDGET_EXHAUSTED", 409)
-            conn.execute(insert(ledger).values(seq=seq, prev=prev, hash=h, body=wirejson.dumps_sorted(body).decode(),
+            conn.execute(insert(self.t).values(seq=seq, prev=prev, hash=h, body=wirejson.dumps_sorted(body).decode(),
                                                function=proposal.function, subject=proposal.subject,
                                                month=proposal.month, epsilon=proposal.epsilon, at_ms=at,
                                                sig=f"{kv}:{sig}"))
@@ -136,18 +136,18 @@ class Ledger:
     def spent(self, month: str) -> Fraction:
         """Epsilon that this month's analytics releases have spent."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(ledger.c.epsilon).where(ledger.c.function == "analytics",
-                                                               ledger.c.month == month)).scalars().all()
+            rows = conn.execute(select(self.t.c.epsilon).where(self.t.c.function == "analytics",
+                                                               self.t.c.month == month)).scalars().all()
         return sum((Fraction(e) for e in rows), Fraction(0))
 
     def count(self) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(ledger)).scalar() or 0)
+            return int(conn.execute(select(func.count()).select_from(self.t)).scalar() or 0)
 
     def export(self, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         """The records after ``after``, oldest first, as ``verify_records`` reads them."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(ledger).where(ledger.c.seq > after).order_by(ledger.c.seq).limit(limit)).all()
+            rows = conn.execute(select(self.t).where(self.t.c.seq > after).order_by(self.t.c.seq).limit(limit)).all()
         out = []
         for r in rows:
             kv, _, sig = str(r.sig).partition(":")

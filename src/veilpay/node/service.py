@@ -16,10 +16,11 @@ from sqlalchemy import Engine
 
 from veilpay.errors import ConfigError, KeyNotCertified, NodeError
 from veilpay.net import Communicator
-from veilpay.node.config import NodePolicy
+from veilpay.node.config import NodePolicy, RiskPolicy
 from veilpay.node.feed import Feed
 from veilpay.node.jobs import JOB_KINDS, Jobs
 from veilpay.node.ledger import Ledger
+from veilpay.node.risk import RiskService
 from veilpay.sdk.authority import Authority, verify_entry
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.shares import Privacy
@@ -42,6 +43,11 @@ class NodeMetrics:
         self.jobs = Counter("veilpay_node_jobs", "Jobs by kind and outcome", ["kind", "outcome"], registry=self.registry)
         self.ledger_entries = Gauge("veilpay_node_ledger_entries", "Entries in the disclosure ledger",
                                     registry=self.registry)
+        self.risk_decisions = Counter("veilpay_node_risk_decisions", "Payments scored, by decision", ["decision"],
+                                      registry=self.registry)
+        self.risk_shadow_disagreements = Counter("veilpay_node_risk_shadow_disagreements",
+                                                 "Payments whose shadow rule set decided otherwise than the live one",
+                                                 registry=self.registry)
 
     def refused(self, code: str) -> None:
         self.refusals.labels(code=code).inc()
@@ -105,7 +111,8 @@ class NodeService:
 
     def __init__(self, keys: PartyKeys, privacy: Privacy, engine: Engine, mesh: Callable[[bytes], Communicator],
                  partners: Callable[[], dict[str, PublicEntry]], policy: NodePolicy | None = None,
-                 clock: Callable[[], int] = _now_ms, metrics: NodeMetrics | None = None) -> None:
+                 clock: Callable[[], int] = _now_ms, metrics: NodeMetrics | None = None,
+                 risk_mesh: Callable[[bytes], Communicator] | None = None, risk_policy: RiskPolicy | None = None) -> None:
         if keys.id not in privacy.parties:
             raise NodeError(f"{keys.id!r} is not a node of the privacy network", "JOB_INVALID", 400)
         self.keys, self.privacy, self.engine = keys, privacy, engine
@@ -118,6 +125,10 @@ class NodeService:
         self.jobs = Jobs(keys, privacy, engine, mesh, self.policy, self.ledger, partners, clock, self.feed.applied,
                          lambda kind, outcome: self.metrics.jobs.labels(kind=kind, outcome=outcome).inc())
         self.metrics.ledger_entries.set(self.ledger.count())
+        self.risk: RiskService | None = None
+        if risk_mesh is not None and risk_policy is not None and risk_policy.enabled:
+            self.risk = RiskService(keys, privacy, engine, risk_mesh, partners, risk_policy, self.policy.max_skew_s,
+                                    clock, self.metrics)
 
     def applied(self) -> int:
         return self.feed.applied()

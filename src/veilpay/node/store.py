@@ -10,7 +10,21 @@ from __future__ import annotations
 
 import secrets
 
-from sqlalchemy import BigInteger, Boolean, Column, Engine, Index, MetaData, String, Table, Text, insert, inspect, select
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    inspect,
+    select,
+)
 
 from veilpay.db import make_engine
 from veilpay.errors import ConfigError
@@ -84,6 +98,59 @@ ledger = Table(
     Column("sig", Text, nullable=False),                   # this node's signature over hash and at_ms
     Index("ix_ledger_subject", "function", "subject"),
     Index("ix_ledger_month", "function", "month"),
+)
+
+# The risk layer (docs/risk.md): its own ledger chain (risk batches run beside the
+# gateway's jobs, on their own mesh, so the two must not race for one chain's head),
+# the models' shares, the rule sets in force, the velocity events, the decisions.
+risk_ledger = Table(
+    "risk_ledger", metadata,
+    *[Column(c.name, c.type, primary_key=c.primary_key, autoincrement=False if c.primary_key else "auto",
+             nullable=c.nullable, unique=c.unique) for c in ledger.columns],
+    Index("ix_risk_ledger_subject", "function", "subject"),
+)
+risk_models = Table(
+    "risk_models", metadata,
+    Column("model", String(64), primary_key=True),
+    Column("meta", Text, nullable=False),                  # mpp, acqp, protocol, frac, d_mpp, d_acqp (JSON)
+    Column("words", Text, nullable=False),                 # this node's share words, (d + 1) x words (JSON)
+    Column("created_ms", BigInteger, nullable=False),
+)
+risk_model_parts = Table(
+    "risk_model_parts", metadata,
+    Column("model", String(64), primary_key=True),
+    Column("party", String(64), primary_key=True),
+    Column("part", Text, nullable=False),                  # the signed part (JSON)
+    Column("words", Text, nullable=False),                 # what this node opened of it (JSON)
+)
+risk_rules = Table(
+    "risk_rules", metadata,
+    Column("mpp", String(64), primary_key=True),
+    Column("mode", String(8), primary_key=True),           # live, shadow
+    Column("version", BigInteger, nullable=False),
+    Column("doc", Text, nullable=False),                   # the MPP-signed rule set (JSON)
+    Column("adopted_ms", BigInteger, nullable=False),
+)
+risk_events = Table(
+    "risk_events", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("token", String(64), nullable=False),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("w0", BigInteger, nullable=False),              # the amount's share words (USD cents)
+    Column("w1", BigInteger, nullable=False),
+    Index("ix_risk_events_token", "token", "ts_ms"),
+)
+risk_decisions = Table(
+    "risk_decisions", metadata,
+    Column("payment", String(130), primary_key=True),      # acqp/requestId
+    Column("mpp", String(64), nullable=False),
+    Column("decision", String(8), nullable=False),
+    Column("shadow", String(8), nullable=False, default=""),
+    Column("model", String(64), nullable=False),
+    Column("rules", BigInteger, nullable=False),
+    Column("batch", String(40), nullable=False),
+    Column("statement", Text, nullable=False),             # this node's signed statement (JSON)
+    Column("created_ms", BigInteger, nullable=False),
 )
 
 

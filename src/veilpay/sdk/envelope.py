@@ -50,7 +50,8 @@ from veilpay.sdk.keys import PartyKeys, PublicEntry
 __all__ = ["PURPOSES", "SessionSealer", "is_envelope", "is_linked", "one_session", "open_fields", "open_group",
            "seal_fields", "seal_group"]
 
-PURPOSES = ("order", "paymentCode", "env", "customerInfo", "refundReason", "amount", "share", "settlement")
+PURPOSES = ("order", "paymentCode", "env", "customerInfo", "refundReason", "amount", "share", "settlement", "risk",
+            "risk-model")
 _KEYS = {"v", "to", "kv", "suite", "ct"}
 _LINKED = _KEYS | {"with"}
 _SESSION = _KEYS | {"head", "sid"}

@@ -1,0 +1,653 @@
+"""Real-time fraud scoring at the privacy nodes (``docs/risk.md``).
+
+An MPP asks the first share holder (the *leader*) to score a payment with two signed
+feature bundles, its own and the ACQP's (``veilpay.sdk.features``). The leader
+collects such requests into micro-batches (``batch_max`` payments or
+``batch_wait_ms``) and sends each batch, with the rule sets in force, to the other
+nodes over the scoring mesh, a TLS mesh of its own kept open between batches (its
+ports are the network file's ``risk_address``). Every node then, in the same order:
+
+1. checks each payment by itself: both bundles signed by the partners it pinned, for
+   one payment, a model it holds, the widths that model takes, a time inside its
+   skew, not scored before; and opens its own shares (the dealer holds none);
+2. agrees with the other holders on the batch and on which payments passed
+   (``node.programs.agree``: digests and flags), so that nodes fed differently stop;
+3. computes the velocity windows of each payer token from its own share words
+   (``veilpay.risk.velocity``);
+4. records the batch in its risk ledger, agreed with every node, before any reveal;
+5. runs the scoring program (``veilpay.risk.program``): only each payment's decision
+   comes out, to the share holders;
+6. stores the decisions and the velocity events, and signs one statement per
+   decision; the followers send theirs to the leader, which answers the MPP with all.
+
+A payment is scored once: asked again, a node answers the stored decision. A rule
+set, signed by its MPP, is adopted by each node under its own policy (versions only
+go up, at most once per ``rules_min_interval_s``); the leader sends the rule sets it
+scores a batch with, and a follower adopts a newer one then, so a reload lands
+between two batches. A batch that fails (a node gone, a timeout) fails its payments
+with ``RISK_UNAVAILABLE`` and the mesh is opened again."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, insert, select, update
+
+from veilpay.crypto.digest import sha256
+from veilpay.crypto.tokens import random_id
+from veilpay.errors import DecryptionError, InvalidInput, NodeError, SignatureError, VeilpayError, WireFormatError
+from veilpay.mpc.protocol import Protocol
+from veilpay.mpc.runtime import make_protocol, ring_errstate
+from veilpay.net import Communicator
+from veilpay.node.config import RiskPolicy
+from veilpay.node.ledger import Ledger, Proposal, agree_heads
+from veilpay.node.programs import agree
+from veilpay.node.store import risk_decisions, risk_events, risk_ledger, risk_model_parts, risk_models, risk_rules
+from veilpay.risk.program import DECISIONS, score_batch, tensor_of
+from veilpay.risk.rules import RuleSet
+from veilpay.risk.shares import words_per_node
+from veilpay.risk.velocity import WINDOWS_MS, window_features
+from veilpay.sdk import wirejson
+from veilpay.sdk.features import (
+    open_feature_share,
+    open_model_part,
+    sign_decision,
+    verify_feature_bundle,
+    verify_model_part,
+    verify_rules,
+)
+from veilpay.sdk.keys import PartyKeys, PublicEntry
+from veilpay.sdk.shares import Privacy
+
+__all__ = ["RiskService"]
+
+log = logging.getLogger("veilpay.node")
+_MASK = (1 << 64) - 1
+
+
+def _i64(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+@dataclass
+class _Model:
+    name: str
+    mpp: str
+    acqp: str
+    frac: int
+    d_mpp: int
+    d_acqp: int
+    words: np.ndarray | None  # (d + 1, words) at a holder
+
+    def meta(self) -> dict[str, Any]:
+        return {"mpp": self.mpp, "acqp": self.acqp, "frac": self.frac, "d_mpp": self.d_mpp, "d_acqp": self.d_acqp}
+
+
+@dataclass
+class _Pending:
+    item: dict[str, Any]
+    key: str
+    done: Future[dict[str, Any]] = field(default_factory=Future)
+
+
+class RiskService:
+    """One node's part of the scoring. ``mesh(session)`` opens the scoring mesh;
+    ``partners()`` gives the partner keys this node pinned; ``clock()`` is ms."""
+
+    def __init__(self, keys: PartyKeys, privacy: Privacy, engine: Engine, mesh: Callable[[bytes], Communicator],
+                 partners: Callable[[], dict[str, PublicEntry]], policy: RiskPolicy, max_skew_s: float,
+                 clock: Callable[[], int], metrics: Any) -> None:
+        self.keys, self.privacy, self.engine, self.mesh, self.partners = keys, privacy, engine, mesh, partners
+        self.policy, self.max_skew_ms, self.clock, self.metrics = policy, int(max_skew_s * 1000), clock, metrics
+        self.me = keys.id
+        self.holder = self.me in privacy.nodes
+        self.leader = privacy.nodes[0]
+        self.words = words_per_node(privacy.protocol)
+        self.book = Ledger(engine, keys, risk_ledger)
+        self._queue: queue.Queue[_Pending] = queue.Queue()
+        self._inflight: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._protocols: dict[int, Protocol] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"risk-{self.me}", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.policy.heartbeat_s * 3 + 5)
+
+    def _run(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                comm = self.mesh(b"veilpay/risk-mesh/v1")
+            except VeilpayError as exc:
+                log.info("scoring mesh: not connected (%s); trying again", type(exc).__name__)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            self._protocols = {}
+            try:
+                while not self._stop.is_set():
+                    if self.me == self.leader:
+                        self._lead_one(comm)
+                    else:
+                        self._follow_one(comm)
+            except (VeilpayError, OSError, ValueError) as exc:
+                log.warning("scoring mesh: %s (%s); opening it again", type(exc).__name__, str(exc)[:200])
+            finally:
+                comm.close()
+
+    def _protocol(self, comm: Communicator, frac: int) -> Protocol:
+        rt = self._protocols.get(frac)
+        if rt is None:
+            rt = self._protocols[frac] = make_protocol(self.privacy.protocol, comm, self.privacy.parties, frac)
+        return rt
+
+    # ------------------------------------------------------------------ the leader
+    def score(self, obj: dict[str, Any], caller: str) -> dict[str, Any]:
+        """An MPP's request: ``{"mpp": {bundle, shares}, "acqp": {bundle, shares}}``. The
+        stored answer when this payment was scored before; else it waits for its batch."""
+        if not self.policy.enabled:
+            raise NodeError("this node does not score payments", "RISK_DISABLED", 404)
+        if self.me != self.leader:
+            raise NodeError(f"ask the scoring leader {self.leader!r}", "RISK_NOT_LEADER", 409)
+        mine = self._check(obj)
+        if mine["mpp"]["bundle"]["party"] != caller:
+            raise NodeError("an MPP asks for its own payments' scores", "RISK_BUNDLE_INVALID", 403)
+        key = f"{mine['acqp']['bundle']['acqp']}/{mine['acqp']['bundle']['requestId']}"
+        stored = self.decision(key)
+        if stored is not None:
+            return stored
+        with self._lock:
+            pending = self._inflight.get(key)
+            if pending is None:
+                pending = self._inflight[key] = _Pending(obj, key)
+                self._queue.put(pending)
+        try:
+            return pending.done.result(timeout=self.policy.answer_timeout_s)
+        except FutureTimeout as exc:
+            raise NodeError("the batch did not finish in time; its decision is recorded when it does",
+                            "RISK_TIMEOUT", 504) from exc
+
+    def decision(self, key: str) -> dict[str, Any] | None:
+        """The stored answer for ``acqp/requestId`` (this node's statement only at a
+        follower; all holders' at the leader)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(risk_decisions).where(risk_decisions.c.payment == key)).first()
+        if row is None:
+            return None
+        statements = json.loads(row.statement)
+        return {"decision": row.decision, "model": row.model, "rules": int(row.rules),
+                "statements": statements if isinstance(statements, list) else [statements]}
+
+    def _take_batch(self) -> list[_Pending]:
+        try:
+            first = self._queue.get(timeout=self.policy.heartbeat_s)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.policy.batch_wait_ms / 1000
+        while len(batch) < self.policy.batch_max:
+            left = deadline - time.monotonic()
+            try:
+                batch.append(self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _lead_one(self, comm: Communicator) -> None:
+        batch = self._take_batch()
+        if not batch:
+            self._send_head(comm, {"idle": True})
+            return
+        try:
+            head = {"batch": random_id("rb_"), "items": [p.item for p in batch], "rules": self._rules_for(batch),
+                    "models": self._models_for(batch)}
+            self._send_head(comm, head)
+            answers = self._score(comm, head)
+        except BaseException as exc:
+            for p in batch:
+                self._finish(p, exc=NodeError(f"scoring failed: {type(exc).__name__}", "RISK_UNAVAILABLE", 503))
+            raise
+        for p, ans in zip(batch, answers, strict=True):
+            self._finish(p, ans)
+
+    def _finish(self, p: _Pending, ans: Any = None, exc: BaseException | None = None) -> None:
+        with self._lock:
+            self._inflight.pop(p.key, None)
+        if p.done.done():
+            return
+        if exc is not None:
+            p.done.set_exception(exc)
+        elif isinstance(ans, NodeError):
+            p.done.set_exception(ans)
+        else:
+            p.done.set_result(ans)
+
+    def _send_head(self, comm: Communicator, head: dict[str, Any]) -> None:
+        raw = np.frombuffer(wirejson.dumps_sorted(head), dtype=np.uint8)
+        comm.exchange("risk.head", {p: [raw] for p in comm.peers}, {})
+
+    def _rules_for(self, batch: list[_Pending]) -> dict[str, dict[str, Any]]:
+        mpps = sorted({str(p.item["mpp"]["bundle"]["mpp"]) for p in batch})
+        out: dict[str, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for r in conn.execute(select(risk_rules).where(risk_rules.c.mpp.in_(mpps))):
+                out.setdefault(r.mpp, {})[r.mode] = json.loads(r.doc)
+        return out
+
+    def _models_for(self, batch: list[_Pending]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for p in batch:
+            name = str(p.item["mpp"]["bundle"]["model"])
+            m = self._model(name)
+            if m is not None:
+                out[name] = m.meta()
+        return out
+
+    # ------------------------------------------------------------------ a follower
+    def _follow_one(self, comm: Communicator) -> None:
+        got = comm.exchange("risk.head", {}, {self.leader: 1})[self.leader][0]
+        if got.dtype != np.uint8 or got.size > 64 << 20:
+            raise WireFormatError(self.leader, "malformed batch header")
+        try:
+            head = wirejson.loads(got.tobytes())
+        except ValueError as exc:
+            raise WireFormatError(self.leader, "batch header is not JSON") from exc
+        if not isinstance(head, dict):
+            raise WireFormatError(self.leader, "batch header is not an object")
+        if head.get("idle") is True:
+            return
+        items, rules, models = head.get("items"), head.get("rules"), head.get("models")
+        if not isinstance(head.get("batch"), str) or not isinstance(items, list) or not isinstance(rules, dict) \
+                or not isinstance(models, dict) or not 1 <= len(items) <= self.policy.batch_max:
+            raise WireFormatError(self.leader, "malformed batch header")
+        self._score(comm, head)
+
+    # ------------------------------------------------------------------ checks
+    def _check(self, obj: Any) -> dict[str, Any]:
+        """The payment's two bundles, verified; NodeError with a named code otherwise."""
+        if not isinstance(obj, dict) or set(obj) != {"mpp", "acqp"}:
+            raise NodeError("a score request is {mpp, acqp}, each {bundle, shares}", "RISK_BUNDLE_INVALID", 400)
+        pinned = self.partners()
+        out: dict[str, Any] = {}
+        for role in ("mpp", "acqp"):
+            part = obj[role]
+            if not isinstance(part, dict) or set(part) != {"bundle", "shares"} or not isinstance(part["shares"], dict):
+                raise NodeError(f"{role}: {{bundle, shares}}", "RISK_BUNDLE_INVALID", 400)
+            b = part["bundle"]
+            try:
+                party = str(b.get("party", "")) if isinstance(b, dict) else ""
+                verify_feature_bundle(b, pinned.get(party), self.privacy)
+            except SignatureError as exc:
+                raise NodeError(f"{role} bundle: {exc}", "INVALID_SIGNATURE", 401) from exc
+            except InvalidInput as exc:
+                raise NodeError(f"{role} bundle: {exc}", "RISK_BUNDLE_INVALID", 400) from exc
+            if b["role"] != role:
+                raise NodeError(f"{role} bundle: signed as {b['role']}", "RISK_BUNDLE_INVALID", 400)
+            out[role] = part
+        m, a = out["mpp"]["bundle"], out["acqp"]["bundle"]
+        if (m["acqp"], m["mpp"], m["requestId"], m["model"]) != (a["acqp"], a["mpp"], a["requestId"], a["model"]):
+            raise NodeError("the two bundles are about different payments or models", "RISK_BUNDLE_INVALID", 400)
+        model = self._model(m["model"])
+        if model is None:
+            raise NodeError(f"model {m['model']!r} is not held here", "RISK_MODEL_UNKNOWN", 404)
+        if (model.mpp, model.acqp) != (m["mpp"], m["acqp"]):
+            raise NodeError(f"model {m['model']!r} is for another pair of partners", "RISK_MODEL_UNKNOWN", 404)
+        if m["width"] != model.d_mpp or a["width"] != model.d_acqp + 1:
+            raise NodeError(f"model {model.name!r} takes {model.d_mpp} MPP and {model.d_acqp} + 1 ACQP features",
+                            "RISK_WIDTH", 400)
+        now = self.clock()
+        for b in (m, a):
+            if abs(int(b["ts"]) - now) > self.max_skew_ms:
+                raise NodeError("a bundle's time is outside this node's skew", "RISK_STALE", 400)
+        return out
+
+    def _model(self, name: str) -> _Model | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(risk_models).where(risk_models.c.model == name)).first()
+        if row is None:
+            return None
+        meta = json.loads(row.meta)
+        words = np.array([[int(w) for w in r] for r in json.loads(row.words)], dtype=np.uint64) if self.holder else None
+        return _Model(name, meta["mpp"], meta["acqp"], meta["frac"], meta["d_mpp"], meta["d_acqp"], words)
+
+    # ------------------------------------------------------------------ one batch, at every node
+    def _score(self, comm: Communicator, head: dict[str, Any]) -> list[Any]:
+        items: list[Any] = head["items"]
+        n = len(items)
+        rule_docs: dict[str, dict[str, Any]] = head["rules"]
+        live, shadow = self._adopt(rule_docs)
+        flags = np.zeros(n, dtype=bool)
+        errors: list[NodeError | None] = [None] * n
+        checked: list[dict[str, Any] | None] = [None] * n
+        seen: set[str] = set()
+        for i, it in enumerate(items if self.holder else []):
+            try:
+                c = self._check(it)
+                key = f"{c['acqp']['bundle']['acqp']}/{c['acqp']['bundle']['requestId']}"
+                if key in seen or self.decision(key) is not None:
+                    raise NodeError("this payment was scored", "RISK_SCORED", 409)
+                if c["mpp"]["bundle"]["mpp"] not in live:
+                    raise NodeError("its MPP has no rule set at this node", "RISK_NO_RULES", 409)
+                seen.add(key)
+                checked[i] = c
+                flags[i] = True
+            except NodeError as exc:
+                errors[i] = exc
+        # public description every node derives alike from the header: groups by (model, mpp)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, it in enumerate(items):
+            b = it.get("mpp", {}).get("bundle", {}) if isinstance(it, dict) and isinstance(it.get("mpp"), dict) else {}
+            groups.setdefault((str(b.get("model", "")), str(b.get("mpp", ""))), []).append(i)
+        keys = [self._key_of(it) for it in items]
+        digest = np.frombuffer(sha256(wirejson.dumps_sorted({"batch": head["batch"], "items": keys,
+                                                             "rules": _rule_digests(rule_docs)})), dtype=np.uint64)
+        opened: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if self.holder:
+            for i, chk in enumerate(checked):
+                if chk is None:
+                    continue
+                c = chk
+                try:
+                    xm = open_feature_share(c["mpp"]["bundle"], c["mpp"]["shares"].get(self.me), self.keys, self.words)
+                    xa = open_feature_share(c["acqp"]["bundle"], c["acqp"]["shares"].get(self.me), self.keys,
+                                            self.words)
+                    opened[i] = (xm, xa)
+                except DecryptionError:
+                    flags[i] = False
+                    errors[i] = NodeError("a share does not open at a node", "RISK_SHARE_INVALID", 400)
+        rt0 = self._protocol(comm, 16)
+        _, both = agree(rt0, "risk.agree", n if self.holder else None, digest if self.holder else None,
+                        flags if self.holder else None)
+        ok = both if both is not None else flags
+        for i in range(n):
+            if self.holder and not ok[i] and errors[i] is None:
+                errors[i] = NodeError("another node refused this payment", "RISK_REFUSED_BY_PEER", 409)
+        # the dealer learns the flags from the leader: it runs the same program shapes
+        ok = self._share_flags(comm, ok)
+        n_ok = int(ok.sum())
+        mpps = sorted({g[1] for g, rows in groups.items() if any(ok[i] for i in rows)})
+        proposal = Proposal("risk", head["batch"], tuple([*mpps, "gateway"]), (n_ok,), "0", "",
+                            sha256(wirejson.dumps_sorted({"items": keys, "ok": ok.astype(int).tolist(),
+                                                          "rules": _rule_digests(rule_docs)})).hex())
+        agree_heads(rt0, self.book, proposal if self.holder else None)
+        decisions: list[str | None] = [None] * n
+        shadows: list[str] = [""] * n
+        ts_of: dict[int, int] = {}
+        for (model_name, mpp), rows in sorted(groups.items()):
+            rows = [i for i in rows if ok[i]]
+            if not rows:
+                continue
+            model = self._model_in(head, model_name)
+            sets = [live[mpp]] + ([shadow[mpp]] if mpp in shadow else [])
+            codes = self._run_group(comm, model, rows, items, opened, sets, ts_of)
+            if codes[0] is not None:
+                for j, i in enumerate(rows):
+                    decisions[i] = DECISIONS[int(codes[0][j])]
+                    if len(codes) > 1 and codes[1] is not None:
+                        shadows[i] = DECISIONS[int(codes[1][j])]
+        if not self.holder:
+            return [None] * n
+        statements = self._store(head["batch"], items, decisions, shadows, live, keys, opened, ts_of)
+        return self._collect(comm, items, statements, decisions, live, errors)
+
+    def _model_in(self, head: dict[str, Any], name: str) -> _Model:
+        """A model of the batch: a holder's own, which must match the leader's shape; the
+        dealer's from the header (it holds no shares and computes with the shape only)."""
+        meta = head.get("models", {}).get(name)
+        if self.holder:
+            model = self._model(name)
+            if model is None or model.meta() != meta:
+                raise WireFormatError(self.leader, f"model {name!r}: the leader's shape is not this node's")
+            return model
+        try:
+            return _Model(name, str(meta["mpp"]), str(meta["acqp"]), int(meta["frac"]), int(meta["d_mpp"]),
+                          int(meta["d_acqp"]), None)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WireFormatError(self.leader, f"model {name!r}: malformed shape") from exc
+
+    def _key_of(self, it: Any) -> str:
+        try:
+            b = it["acqp"]["bundle"]
+            return f"{b['acqp']}/{b['requestId']}"
+        except (KeyError, TypeError):
+            return ""
+
+    def _share_flags(self, comm: Communicator, ok: np.ndarray) -> np.ndarray:
+        dealer = self.privacy.dealer
+        if not dealer:
+            return ok
+        if self.me == self.leader:
+            comm.exchange("risk.flags", {dealer: [ok.astype(np.uint8)]}, {})
+            return ok
+        if self.me == dealer:
+            got = comm.exchange("risk.flags", {}, {self.leader: 1})[self.leader][0]
+            if got.dtype != np.uint8 or got.shape != ok.shape:
+                raise WireFormatError(self.leader, "malformed flags")
+            return got.astype(bool)
+        comm.exchange("risk.flags", {}, {})
+        return ok
+
+    def _run_group(self, comm: Communicator, model: _Model, rows: list[int], items: list[Any],
+                   opened: dict[int, tuple[np.ndarray, np.ndarray]], sets: list[RuleSet],
+                   ts_of: dict[int, int]) -> list[np.ndarray | None]:
+        rt = self._protocol(comm, model.frac)
+        m, d = len(rows), model.d_mpp + model.d_acqp
+        x = w = b = sums = None
+        counts = None
+        if self.holder:
+            xw = np.zeros((m, d, self.words), dtype=np.uint64)
+            amounts = np.zeros((m, self.words), dtype=np.uint64)
+            tokens, ts = [], []
+            for j, i in enumerate(rows):
+                xm, xa = opened[i]
+                xw[j, :model.d_mpp] = xm
+                xw[j, model.d_mpp:] = xa[:-1]
+                amounts[j] = xa[-1]
+                tokens.append(items[i]["mpp"]["bundle"]["payer"])
+                ts.append(int(items[i]["mpp"]["bundle"]["ts"]))
+                ts_of[i] = ts[-1]
+            counts, sum_words = window_features(tokens, ts, amounts, self._history(tokens, min(ts)))
+            x, sums = xw, sum_words
+            w = model.words[:d].reshape(d, 1, self.words)  # type: ignore[index]
+            b = model.words[d:].reshape(1, 1, self.words)  # type: ignore[index]
+        with ring_errstate():
+            return score_batch(rt, m, tensor_of(rt, x, (m, d), model.frac), tensor_of(rt, w, (d, 1), model.frac),
+                               tensor_of(rt, b, (1, 1), model.frac), tensor_of(rt, sums, (m, 2), 0), counts, sets)
+
+    def _history(self, tokens: list[str], since: int) -> dict[str, list[tuple[int, np.ndarray]]]:
+        out: dict[str, list[tuple[int, np.ndarray]]] = {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(risk_events).where(risk_events.c.token.in_(sorted(set(tokens))),
+                                                          risk_events.c.ts_ms > since - WINDOWS_MS[-1]))
+            for r in rows:
+                v = np.array([r.w0 & _MASK, r.w1 & _MASK][:self.words], dtype=np.uint64)
+                out.setdefault(r.token, []).append((int(r.ts_ms), v))
+        return out
+
+    def _store(self, batch: str, items: list[Any], decisions: list[str | None], shadows: list[str],
+               live: dict[str, RuleSet], keys: list[str], opened: dict[int, tuple[np.ndarray, np.ndarray]],
+               ts_of: dict[int, int]) -> list[dict[str, Any] | None]:
+        out: list[dict[str, Any] | None] = [None] * len(items)
+        now = self.clock()
+        with self.engine.begin() as conn:
+            for i, dec in enumerate(decisions):
+                if dec is None:
+                    continue
+                mb = items[i]["mpp"]["bundle"]
+                rs = live[mb["mpp"]]
+                st = sign_decision(self.keys, mpp=mb["mpp"], acqp=mb["acqp"], request_id=mb["requestId"],
+                                   decision=dec, model=mb["model"], rules=rs.version)
+                out[i] = st
+                conn.execute(insert(risk_decisions).values(
+                    payment=keys[i], mpp=mb["mpp"], decision=dec, shadow=shadows[i], model=mb["model"],
+                    rules=rs.version, batch=batch, statement=json.dumps(st), created_ms=now))
+                amount = opened[i][1][-1]
+                conn.execute(insert(risk_events).values(token=mb["payer"], ts_ms=ts_of[i], w0=_i64(int(amount[0])),
+                                                        w1=_i64(int(amount[1])) if self.words == 2 else 0))
+                self.metrics.risk_decisions.labels(decision=dec).inc()
+                if shadows[i] and shadows[i] != dec:
+                    self.metrics.risk_shadow_disagreements.inc()
+        return out
+
+    def _collect(self, comm: Communicator, items: list[Any], statements: list[dict[str, Any] | None],
+                 decisions: list[str | None], live: dict[str, RuleSet], errors: list[NodeError | None]) -> list[Any]:
+        """The followers' statements, to the leader; the leader's answers per payment."""
+        holders = list(self.privacy.nodes)
+        if self.me != self.leader:
+            raw = np.frombuffer(wirejson.dumps_sorted(statements), dtype=np.uint8)
+            comm.exchange("risk.statements", {self.leader: [raw]}, {})
+            return [None] * len(items)
+        got = comm.exchange("risk.statements", {}, {p: 1 for p in holders if p != self.me})
+        theirs: dict[str, list[Any]] = {}
+        for p, arrays in got.items():
+            try:
+                lst = wirejson.loads(arrays[0].tobytes())
+            except ValueError as exc:
+                raise WireFormatError(p, "statements are not JSON") from exc
+            if not isinstance(lst, list) or len(lst) != len(items):
+                raise WireFormatError(p, "malformed statements")
+            theirs[p] = lst
+        answers: list[Any] = []
+        with self.engine.begin() as conn:
+            for i, dec in enumerate(decisions):
+                if dec is None:
+                    answers.append(errors[i] or NodeError("not scored", "RISK_REFUSED_BY_PEER", 409))
+                    continue
+                all_st = [statements[i]] + [theirs[p][i] for p in holders if p != self.me]
+                mb = items[i]["mpp"]["bundle"]
+                conn.execute(update(risk_decisions).where(risk_decisions.c.payment == self._key_of(items[i]))
+                             .values(statement=json.dumps(all_st)))
+                answers.append({"decision": dec, "model": mb["model"], "rules": live[mb["mpp"]].version,
+                                "statements": all_st})
+        return answers
+
+    # ------------------------------------------------------------------ rule sets and models
+    def put_rules(self, doc: Any, caller: str) -> dict[str, Any]:
+        """A rule set from its MPP, adopted under this node's policy."""
+        if not self.policy.enabled:
+            raise NodeError("this node does not score payments", "RISK_DISABLED", 404)
+        rs = self._adopt_one(doc, caller)
+        return {"mpp": rs.mpp, "mode": rs.mode, "version": rs.version}
+
+    def _adopt_one(self, doc: Any, caller: str | None) -> RuleSet:
+        signer_id = str(doc.get("mpp", "")) if isinstance(doc, dict) else ""
+        try:
+            rs, signed = verify_rules(doc, self.partners().get(signer_id))
+        except SignatureError as exc:
+            raise NodeError(f"rule set: {exc}", "INVALID_SIGNATURE", 401) from exc
+        except InvalidInput as exc:
+            raise NodeError(str(exc), "RULES_INVALID", 400) from exc
+        if caller is not None and caller != rs.mpp:
+            raise NodeError("an MPP sends its own rule sets", "RULES_INVALID", 403)
+        now = self.clock()
+        with self.engine.begin() as conn:
+            cur = conn.execute(select(risk_rules).where(risk_rules.c.mpp == rs.mpp,
+                                                        risk_rules.c.mode == rs.mode)).first()
+            if cur is not None:
+                if int(cur.version) == rs.version:
+                    if sha256(cur.doc.encode()) != sha256(json.dumps(signed, sort_keys=True).encode()):
+                        raise NodeError(f"version {rs.version} is another rule set here", "RULES_VERSION", 409)
+                    return rs
+                if rs.version < int(cur.version):
+                    raise NodeError(f"version {rs.version} is older than {int(cur.version)}", "RULES_VERSION", 409)
+                if now - int(cur.adopted_ms) < self.policy.rules_min_interval_s * 1000:
+                    raise NodeError(f"rule sets change at most every {self.policy.rules_min_interval_s:g} s",
+                                    "RULES_TOO_SOON", 429)
+                conn.execute(update(risk_rules).where(risk_rules.c.mpp == rs.mpp, risk_rules.c.mode == rs.mode)
+                             .values(version=rs.version, doc=json.dumps(signed, sort_keys=True), adopted_ms=now))
+            else:
+                conn.execute(insert(risk_rules).values(mpp=rs.mpp, mode=rs.mode, version=rs.version,
+                                                       doc=json.dumps(signed, sort_keys=True), adopted_ms=now))
+        return rs
+
+    def _adopt(self, docs: Any) -> tuple[dict[str, RuleSet], dict[str, RuleSet]]:
+        """The rule sets a batch is scored with: the leader's, each adopted here first
+        (a follower takes a newer version now, between batches)."""
+        live: dict[str, RuleSet] = {}
+        shadow: dict[str, RuleSet] = {}
+        if not isinstance(docs, dict):
+            raise WireFormatError(self.leader, "malformed rule sets")
+        for mpp, modes in sorted(docs.items()):
+            if not isinstance(modes, dict):
+                raise WireFormatError(self.leader, "malformed rule sets")
+            for mode, doc in sorted(modes.items()):
+                try:
+                    rs = self._adopt_one(doc, None)
+                except NodeError as exc:
+                    raise WireFormatError(self.leader, f"rule set of {mpp!r} not adopted here: {exc.code}") from exc
+                if rs.mpp != mpp or rs.mode != mode:
+                    raise WireFormatError(self.leader, "rule set filed under another MPP or mode")
+                (live if mode == "live" else shadow)[mpp] = rs
+        return live, shadow
+
+    def put_model_part(self, obj: Any, caller: str) -> dict[str, Any]:
+        """One training party's re-shared part of a model; the model is held once both
+        the MPP's and the ACQP's parts are in."""
+        if not self.policy.enabled:
+            raise NodeError("this node does not score payments", "RISK_DISABLED", 404)
+        if not self.holder:
+            raise NodeError("the dealer holds no model", "RISK_NOT_HOLDER", 409)
+        if not isinstance(obj, dict) or set(obj) != {"part", "shares"} or not isinstance(obj["shares"], dict):
+            raise NodeError("a model part is {part, shares}", "MODEL_INVALID", 400)
+        part = obj["part"]
+        party = str(part.get("party", "")) if isinstance(part, dict) else ""
+        try:
+            verify_model_part(part, self.partners().get(party), self.privacy)
+            words = open_model_part(part, obj["shares"].get(self.me), self.keys, self.privacy)
+        except SignatureError as exc:
+            raise NodeError(f"model part: {exc}", "INVALID_SIGNATURE", 401) from exc
+        except (InvalidInput, DecryptionError) as exc:
+            raise NodeError(str(exc), "MODEL_INVALID", 400) from exc
+        if party != caller:
+            raise NodeError("a training party sends its own part", "MODEL_INVALID", 403)
+        meta = {k: part[k] for k in ("mpp", "acqp", "protocol", "frac", "d_mpp", "d_acqp")}
+        with self.engine.begin() as conn:
+            if conn.execute(select(risk_models.c.model).where(risk_models.c.model == part["model"])).first():
+                raise NodeError(f"model {part['model']!r} is held: publish a new version", "MODEL_EXISTS", 409)
+            others = conn.execute(select(risk_model_parts).where(risk_model_parts.c.model == part["model"])).all()
+            for o in others:
+                if {k: json.loads(o.part)[k] for k in meta} != meta:
+                    raise NodeError("the parts of this model disagree on its shape", "MODEL_INVALID", 409)
+            if any(o.party == party for o in others):
+                raise NodeError("this party's part is in", "MODEL_EXISTS", 409)
+            enc = json.dumps([[str(int(v)) for v in row] for row in words])
+            conn.execute(insert(risk_model_parts).values(model=part["model"], party=party, part=json.dumps(part),
+                                                         words=enc))
+            parties = {o.party for o in others} | {party}
+            held = parties == {meta["mpp"], meta["acqp"]}
+            if held:
+                total = words.copy()
+                for o in others:
+                    total += np.array([[int(v) for v in row] for row in json.loads(o.words)], dtype=np.uint64)
+                conn.execute(insert(risk_models).values(
+                    model=part["model"], meta=json.dumps(meta), words=json.dumps([[str(int(v)) for v in row]
+                                                                                 for row in total]),
+                    created_ms=self.clock()))
+        return {"model": part["model"], "held": held}
+
+
+def _rule_digests(docs: Any) -> dict[str, dict[str, str]]:
+    if not isinstance(docs, dict):
+        return {}
+    return {m: {mode: sha256(wirejson.dumps_sorted(d)).hex() for mode, d in modes.items()}
+            for m, modes in docs.items() if isinstance(modes, dict)}
