@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from veilpay.errors import ConfigError, GatewayUnavailable, VeilpayError
@@ -177,6 +178,43 @@ def _partner_admin(a: argparse.Namespace) -> int:
         raise ConfigError(f"{url}{path}: HTTP {r.status_code}: {r.text[:200]}")
     print(json.dumps(r.json()))
     return 0
+
+
+def _cmd_risk(a: argparse.Namespace) -> int:
+    """``publish``: this training party's share of a model kept secret-shared, re-shared
+    to the privacy nodes; ``rules``: the MPP's rule set, signed, to every share holder."""
+    from veilpay.partners import load_partner_config
+    from veilpay.partners._common import load_identity, trust_of
+    from veilpay.sdk import GatewayClient
+    from veilpay.sdk.riskclient import post_rules, publish_model
+
+    cfg = load_partner_config(a.config)
+    role = "mpp" if a.action == "rules" else None
+    keys, gateway = load_identity(cfg, role or load_party_role(cfg.keys))
+    with GatewayClient(keys, cfg.gateway_url, gateway, **trust_of(cfg)) as client:
+        d = client.directory()
+    if d.privacy is None:
+        raise ConfigError("the gateway's directory announces no privacy nodes")
+    if a.action == "publish":
+        if not (a.model_dir and a.model and a.mpp and a.acqp):
+            raise ConfigError("risk publish: --model-dir, --model, --mpp and --acqp are required")
+        out = publish_model(keys, a.model_dir, a.model, a.mpp, a.acqp, d.nodes(), d.privacy)
+    else:
+        if not a.file:
+            raise ConfigError("risk rules: --file (the rule set, JSON) is required")
+        try:
+            rules = json.loads(Path(a.file).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{a.file}: {exc}") from exc
+        out = post_rules(keys, rules, d.nodes(), d.privacy)
+    print(json.dumps(out))
+    return 0
+
+
+def load_party_role(folder: Path) -> str:
+    from veilpay.sdk import load_party
+
+    return load_party(folder).public.role
 
 
 def _partner_settlement(a: argparse.Namespace) -> int:
@@ -630,6 +668,18 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--out", help="settlement: folder for summary.csv and detail.csv")
     pa.add_argument("--log", help="write JSON log lines to this file (default: stderr)")
     pa.set_defaults(fn=_cmd_partner)
+
+    rk = sub.add_parser("risk", help="real-time fraud scoring at the privacy nodes (docs/risk.md)")
+    rk.add_argument("action", choices=["publish", "rules"],
+                    help="publish: this training party's share of a model kept shared, to the nodes; rules: the "
+                         "MPP's rule set, signed, to the nodes")
+    rk.add_argument("--config", required=True, help="this partner's config (TOML): keys, gateway, authority, privacy")
+    rk.add_argument("--model-dir", help="publish: this party's training --out folder (model_shares.npz)")
+    rk.add_argument("--model", help="publish: the model version to publish it as")
+    rk.add_argument("--mpp", help="publish: the MPP of the model (the training job's label party)")
+    rk.add_argument("--acqp", help="publish: the ACQP of the model")
+    rk.add_argument("--file", help="rules: the rule set (JSON), see docs/risk.md")
+    rk.set_defaults(fn=_cmd_risk)
 
     m = sub.add_parser("mcp", help="an MCP server that lets an AI assistant take payments and refunds for one acquirer")
     m.add_argument("--partner-config", help="TOML with [partner] credentials and [mcp] limits (or VEILPAY_MCP_CONFIG)")

@@ -18,6 +18,14 @@
     nodes = ["node-a", "node-b"]
     dealer = "node-c"
 
+    [partner.risk]                        # MPP only: score each payment at the nodes (docs/risk.md)
+    model = "fraud-v1"                    # the model version published to the nodes
+    prep = "train-out/wallet/prep.json"   # this MPP's preparation of its columns, from training
+    frac_bits = 20                        # the training job's frac_bits
+    budget_ms = 50                        # past this, the payment follows fail_policy
+    fail_policy = "review"                # approve | review | decline
+    on_review = "approve"                 # what the MPP does with a review: approve (and flag) | decline
+
 Relative paths are relative to the file's folder; every key is typed and an unknown
 one is refused (``veilpay.settings``)."""
 
@@ -25,13 +33,24 @@ from __future__ import annotations
 
 from dataclasses import field
 from pathlib import Path
+from typing import Literal
 
 from pydantic import PositiveFloat
 from pydantic.dataclasses import dataclass
 
 from veilpay.settings import STRICT, DbUrl, DecimalValue, ListenAddr, PrivacySection, RelPath, load_table
 
-__all__ = ["PartnerConfig", "load_partner_config"]
+__all__ = ["PartnerConfig", "RiskSection", "load_partner_config"]
+
+
+@dataclass(config=STRICT)
+class RiskSection:
+    model: str
+    prep: RelPath
+    frac_bits: int = 20               # the training job's frac_bits
+    budget_ms: PositiveFloat = 50.0
+    fail_policy: Literal["approve", "review", "decline"] = "review"
+    on_review: Literal["approve", "decline"] = "approve"
 
 
 @dataclass(config=STRICT)
@@ -48,6 +67,7 @@ class PartnerConfig:
     pets: bool = True
     fx: dict[str, DecimalValue] = field(default_factory=dict)  # MPP: wallet units per merchant unit, "JPY/PHP"
     request_window_s: PositiveFloat = 300.0
+    risk: RiskSection | None = None
 
     def __post_init__(self) -> None:
         for pair, rate in self.fx.items():

@@ -20,21 +20,25 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import httpx
+import pandas as pd
 from fastapi import FastAPI, Request, Response
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, bindparam, insert, select, update
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from veilpay.db import GroupCommit
-from veilpay.errors import ConfigError, DecryptionError, SignatureError
+from veilpay.errors import ConfigError, DecryptionError, InvalidInput, SignatureError
 from veilpay.host import FASTAPI_TELEMETRY_OFF
+from veilpay.ml.prep import Prep
 from veilpay.partners._common import admin_ok, json_response, load_identity, open_db, trust_of
 from veilpay.partners.config import PartnerConfig
 from veilpay.sdk import wirejson
 from veilpay.sdk.client import AsyncGatewayClient
 from veilpay.sdk.envelope import SessionSealer, open_fields, open_group
+from veilpay.sdk.features import risk_token, share_features
 from veilpay.sdk.keys import customer_token
 from veilpay.sdk.money import MINOR_UNITS
 from veilpay.sdk.partner import GatewayCalls
+from veilpay.sdk.riskclient import score as score_at_nodes
 from veilpay.sdk.shares import open_amount
 
 __all__ = ["create_mpp_app"]
@@ -56,6 +60,13 @@ MAX_BATCH = 256  # payments in one payBatch call
 # The pay path's statements, built once (building one per call costs more than running it).
 _ANSWER_OF = select(mpp_payments.c.answer).where(mpp_payments.c.payment_id == bindparam("b_pid"))
 # the code and its holder's wallet in one read (no wallet: its columns are NULL)
+# [partner.risk]: the raw risk columns this MPP keeps of each customer (its model's
+# columns before the preparation recorded at training), for scoring at the nodes
+risk_profiles = Table("risk_profiles", md, Column("user_id", String(64), primary_key=True),
+                      Column("features", Text, nullable=False))
+_PROFILE_OF_CODE = select(codes.c.user_id, risk_profiles.c.features) \
+    .select_from(codes.outerjoin(risk_profiles, risk_profiles.c.user_id == codes.c.user_id)) \
+    .where(codes.c.code == bindparam("b_code"))
 _CODE_AND_WALLET = select(codes.c.user_id, codes.c.expires_ms, codes.c.used_by, wallets.c.user_id.label("w_user"),
                           wallets.c.name, wallets.c.currency, wallets.c.balance) \
     .select_from(codes.outerjoin(wallets, wallets.c.user_id == codes.c.user_id)) \
@@ -103,10 +114,20 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
     client = AsyncGatewayClient(keys, cfg.gateway_url, gateway, pets=cfg.pets, transport=transport, **trust_of(cfg))
     released = asyncio.Event()
     released.set()
+    prep = None
+    if cfg.risk is not None:
+        if cfg.privacy is None:
+            raise ConfigError("[partner.risk] needs the privacy nodes pinned in [partner.privacy]")
+        try:
+            prep = Prep.from_json(json.loads(cfg.risk.prep.read_text()))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{cfg.risk.prep}: not a prep.json of a training run ({exc})") from exc
+    risk_http = httpx.AsyncClient(transport=transport, timeout=10.0)
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         await client.aclose()
+        await risk_http.aclose()
         engine.dispose()
 
     app = FastAPI(title=f"veilpay reference MPP {keys.id}", docs_url=None, redoc_url=None, lifespan=lifespan,
@@ -144,6 +165,36 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
             return open_amount(amount, keys, kind, acqp_id, request_id)
         return str(amount["currency"]), int(amount["value"])
 
+    async def assess(obj: dict[str, Any], acqp_id: str, code: str, now: int) -> dict[str, Any] | None:
+        """The payment's riskResult from the privacy nodes (``[partner.risk]``): this
+        MPP's features of the payer and the ACQP's relayed bundle, scored in MPC; None
+        when the code names no customer (the payment fails on the code)."""
+        if cfg.risk is None or prep is None:
+            return None
+        with engine.connect() as conn:
+            row = conn.execute(_PROFILE_OF_CODE, {"b_code": code}).first()
+        if row is None:
+            return None
+        fallback = {"decision": cfg.risk.fail_policy, "modelVersion": cfg.risk.model, "rulesVersion": 0}
+        acq = obj.get("riskFeatures")
+        if row.features is None or not isinstance(acq, dict):
+            return {**fallback, "reason": "RISK_NO_FEATURES"}
+        try:
+            raw = json.loads(row.features)
+            if "hour" not in raw:
+                raw["hour"] = time.gmtime(now / 1000).tm_hour
+            x = prep.apply(pd.DataFrame([raw]), "risk profile")[0]
+            d = await client.directory()
+            if d.privacy is None:
+                return {**fallback, "reason": "RISK_UNAVAILABLE"}
+            mine = share_features(keys, acqp=acqp_id, mpp=keys.id, request_id=str(obj["paymentRequestId"]),
+                                  model=cfg.risk.model, features=x, frac=cfg.risk.frac_bits, nodes=d.nodes(),
+                                  privacy=d.privacy, payer=risk_token(keys, str(row.user_id)), sessions=sessions)
+        except (InvalidInput, ValueError, KeyError, TypeError):
+            return {**fallback, "reason": "RISK_NO_FEATURES"}
+        return await score_at_nodes(risk_http, keys, d.nodes(), d.privacy, {"mpp": mine, "acqp": acq},
+                                    cfg.risk.budget_ms / 1000, cfg.risk.fail_policy)
+
     async def pay(obj: dict[str, Any]) -> dict[str, Any]:
         await released.wait()
         pid, acqp_id = str(obj["paymentId"]), str(obj["acquirerId"])
@@ -166,11 +217,16 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
         except DecryptionError:
             unopened = True
         now = int(time.time() * 1000)
+        risk = await assess(obj, acqp_id, code, now) if not unopened and code else None
+        declined = risk is not None and (risk["decision"] == "decline" or (
+            risk["decision"] == "review" and cfg.risk is not None and cfg.risk.on_review == "decline"))
         row = {"payment_id": pid, "acqp_id": acqp_id, "user_id": None, "currency": currency, "amount": value,
                "wallet_currency": None, "debit": 0, "refunded": 0, "credited": 0, "status": "FAIL",
                "created_ms": now}
 
         def fail(conn: Any, answer: dict[str, Any], **more: Any) -> dict[str, Any]:
+            if risk is not None:
+                answer["riskResult"] = risk
             conn.execute(_INSERT_PAYMENT, {**row, **more, "answer": wirejson.dumps_text(answer)})
             return answer
 
@@ -187,6 +243,9 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
             crow = conn.execute(_CODE_AND_WALLET, {"b_code": code}).first()
             if crow is None or crow.expires_ms < now or (crow.used_by and crow.used_by != pid):
                 return fail(conn, {"result": _res("INVALID_CODE", "F", "unknown, expired or used payment code")})
+            if declined:
+                return fail(conn, {"result": _res("RISK_REJECT", "F", "declined by the network's risk decision")},
+                            user_id=crow.user_id)
             # the wallet's columns (name, currency, balance) are NULL when the holder has none
             user = crow.user_id
             debit = convert(value, currency, crow.currency, cfg.fx) if crow.w_user is not None else None
@@ -202,6 +261,8 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
                 "result": _res("SUCCESS", "S"), "customerToken": customer_token(keys, user),
                 "customerInfo": sessions.seal(info, acqp, "customerInfo", ctx) if cfg.pets else info,
                 "walletAmount": {"currency": crow.currency, "value": str(debit)}}
+            if risk is not None:
+                answer["riskResult"] = risk
             conn.execute(_INSERT_PAYMENT, {**row, "user_id": user, "wallet_currency": crow.currency,
                                            "debit": debit, "status": "SUCCESS", "answer": wirejson.dumps_text(answer)})
             conn.execute(_DEBIT, {"b_user": user, "b_debit": debit})
@@ -311,6 +372,26 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
             return Response(b'{"error":"a wallet with this userId exists"}', status_code=409,
                             media_type="application/json")
         return {"userId": row["user_id"]}
+
+    @app.post("/admin/risk-profiles")
+    async def risk_profile(request: Request) -> Any:
+        """A customer's raw risk columns (``[partner.risk]``): ``{userId, features: {column: number}}``."""
+        if not admin_ok(request, keys):
+            return denied()
+        try:
+            o = await request.json()
+            user, feats = str(o["userId"]), o["features"]
+            if not isinstance(feats, dict) or not feats or not all(
+                    isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+                    for k, v in feats.items()):
+                raise ValueError("features")
+        except (ValueError, KeyError, TypeError):
+            return Response(b'{"error":"a risk profile is {userId, features: {column: number}}"}', status_code=400,
+                            media_type="application/json")
+        with engine.begin() as conn:
+            conn.execute(delete(risk_profiles).where(risk_profiles.c.user_id == user))
+            conn.execute(insert(risk_profiles).values(user_id=user, features=json.dumps(feats)))
+        return {"userId": user}
 
     @app.post("/admin/codes")
     async def new_code(request: Request) -> Any:
