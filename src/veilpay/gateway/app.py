@@ -37,6 +37,7 @@ from veilpay.gateway.link import AiohttpLink, HttpxLink, PartnerLink
 from veilpay.gateway.nodes import NodeLink
 from veilpay.gateway.observe import Metrics
 from veilpay.gateway.outbox import OutboxWorker
+from veilpay.gateway.risk import RISK_RESULT_SCHEMA
 from veilpay.gateway.schemas import (
     CancelRequest,
     InquiryPaymentRequest,
@@ -196,7 +197,10 @@ _ANSWER_SCHEMAS: dict[str, Any] = {
                "description": "A result and the operation's own fields"},
     "ErrorAnswer": {"type": "object", "required": ["result"], "additionalProperties": False,
                     "properties": {"result": {"$ref": _REF + "Result"}}},
+    "RiskResult": RISK_RESULT_SCHEMA,
 }
+# The answer fields documented beyond ``result``, per operation (a payment's answers).
+_PAYMENT_FIELDS: dict[str, Any] = {"riskResult": {"$ref": _REF + "RiskResult"}}
 
 
 def _codes_answered_with(status: int) -> list[str]:
@@ -205,15 +209,19 @@ def _codes_answered_with(status: int) -> list[str]:
     return sorted(code for code, (_, http, _) in CODES.items() if http == status)
 
 
-def _answers(errors: tuple[int, ...], ok: bool = True) -> dict[int | str, dict[str, Any]]:
+def _answers(errors: tuple[int, ...], ok: bool = True,
+             fields: dict[str, Any] | None = None) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI responses of a signed endpoint: 200 with a result of any code (a
-    business outcome, signed for the caller), and for each error status an answer that
-    holds only a result, with the codes that status carries (unsigned when the caller
-    did not authenticate)."""
+    business outcome, signed for the caller) and the operation's ``fields`` that are
+    documented, and for each error status an answer that holds only a result, with the
+    codes that status carries (unsigned when the caller did not authenticate)."""
     out: dict[int | str, dict[str, Any]] = {}
     if ok:
+        schema: dict[str, Any] = {"$ref": _REF + "Answer"}
+        if fields:
+            schema = {"allOf": [schema, {"type": "object", "properties": fields}]}
         out[200] = {"description": "A result (every business outcome, refusals included) and the operation's fields",
-                    "content": {"application/json": {"schema": {"$ref": _REF + "Answer"}}}}
+                    "content": {"application/json": {"schema": schema}}}
     for status in errors:
         codes = _codes_answered_with(status)
         narrow = {"type": "object", "properties": {"result": {"type": "object", "properties": {
@@ -344,10 +352,12 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
         ("/v1/payments/settlementSummary", SettlementSummaryRequest, service.settlement_summary,
          "Per-currency totals of one day's successful payments and refunds (veilpay)"),
     ]
+    payment_answers = {"/v1/payments/pay", "/v1/payments/inquiryPayment"}
     for path, model, op, summary in routes:
         endpoint = _endpoint(handle, op)
         app.add_api_route(path, endpoint, methods=["POST"], summary=summary, response_class=Response,
-                          responses=_answers(_PARTNER_ERRORS),
+                          responses=_answers(_PARTNER_ERRORS,
+                                             fields=_PAYMENT_FIELDS if path in payment_answers else None),
                           openapi_extra={"requestBody": {"required": True, "content": {
                               "application/json": {"schema": _schema(model)}}}, "parameters": _SIGNED_HEADERS})
 

@@ -19,6 +19,7 @@ CODES: dict[str, tuple[str, int, str]] = {
     "PROCESS_FAIL": ("F", 200, "the MPP declined"),
     "USER_BALANCE_NOT_ENOUGH": ("F", 200, "the payer's balance is not enough"),
     "INVALID_CODE": ("F", 200, "the payment code is not valid"),
+    "RISK_REJECT": ("F", 200, "the MPP declined the payment on its risk decision"),
     "ORDER_NOT_EXIST": ("F", 200, "no such payment or refund"),
     "ORDER_IS_CLOSED": ("F", 200, "the payment is closed (cancelled or expired)"),
     "ORDER_STATUS_INVALID": ("F", 200, "the payment is not in a state that allows this"),

@@ -33,6 +33,9 @@ class PayRequest(_Strict):
     paymentMethod: PaymentMethod
     order: dict[str, Any]
     env: dict[str, Any] | None = None
+    riskFeatures: dict[str, Any] | None = Field(
+        default=None, description="The acquirer's risk features of this payment, secret-shared and sealed to the "
+        "privacy nodes: {bundle, shares} (veilpay.sdk.features); checked for shape and relayed unchanged to the MPP")
 
 
 class _PaymentRef(_Strict):

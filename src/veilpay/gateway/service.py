@@ -38,6 +38,7 @@ from veilpay.gateway.batch import Coalescer
 from veilpay.gateway.codes import CODES, ApiFailure, result
 from veilpay.gateway.link import LinkError, PartnerLink
 from veilpay.gateway.nodes import NodeLink
+from veilpay.gateway.risk import check_risk_features, risk_result_of
 from veilpay.gateway.schemas import (
     CancelRequest,
     InquiryPaymentRequest,
@@ -61,7 +62,7 @@ __all__ = ["GatewayService", "MppUnreachable"]
 log = logging.getLogger("veilpay.gateway")
 # Codes an MPP may answer with; anything else is recorded as PROCESS_FAIL.
 _MPP_FAIL_CODES = {"USER_BALANCE_NOT_ENOUGH", "INVALID_CODE", "ORDER_IS_CLOSED", "PROCESS_FAIL",
-                   "REFUND_AMOUNT_EXCEED", "ORDER_NOT_EXIST", "CURRENCY_NOT_SUPPORT"}
+                   "REFUND_AMOUNT_EXCEED", "ORDER_NOT_EXIST", "CURRENCY_NOT_SUPPORT", "RISK_REJECT"}
 
 
 # The hot path's statements, built once: building one per call costs SQLAlchemy about
@@ -73,7 +74,7 @@ _PAYMENT_BY_ID = select(payments).where(payments.c.id == bindparam("b_id"))
 _FINISH_PAYMENT = update(payments).where(and_(
     payments.c.id == bindparam("b_id"), payments.c.status == "PROCESSING", payments.c.cancel_requested.is_(False))
 ).values(status=bindparam("b_status"), result_code=bindparam("b_code"), result_message=bindparam("b_message"),
-         customer_token=bindparam("b_token"), customer_info=bindparam("b_info"),
+         customer_token=bindparam("b_token"), customer_info=bindparam("b_info"), risk_result=bindparam("b_risk"),
          payment_time_ms=bindparam("b_paid"), updated_ms=bindparam("b_now"))
 
 
@@ -350,6 +351,8 @@ class GatewayService:
             body["paymentTime"] = _iso(row.payment_time_ms)
         if row.customer_info:
             body["customerInfo"] = wirejson.loads(row.customer_info)
+        if row.risk_result:
+            body["riskResult"] = wirejson.loads(row.risk_result)
         return body
 
     # ------------------------------------------------------------------ pay
@@ -365,14 +368,22 @@ class GatewayService:
             forward["env"] = req.env
         self._check_sealed({"paymentMethodId": req.paymentMethod.paymentMethodId, "order": req.order,
                             "env": req.env}, mpp.id)
+        if req.riskFeatures is not None:  # relayed to the MPP as sent, and kept with the groups for re-sends
+            forward["riskFeatures"] = check_risk_features(
+                req.riskFeatures, acqp=acqp.id, mpp=mpp.id, request_id=req.paymentRequestId,
+                nodes=self.nodes.privacy.nodes if self.nodes is not None else None)
         now = _now_ms()
         pid = random_id("pay_")
-        h = _canonical_hash(obj)
+        # Risk features are left out of the fingerprint: an application that sends the
+        # payment again builds them anew (fresh shares, time and signature, and counts
+        # that moved on), and must still get the stored result.
+        h = _canonical_hash({k: v for k, v in obj.items() if k != "riskFeatures"})
         new = {"id": pid, "acqp_id": acqp.id, "payment_request_id": req.paymentRequestId, "request_hash": h,
                "mpp_id": mpp.id, "code_issuer": req.paymentMethod.codeIssuer, "currency": currency, "amount": value,
                "amount_sealed": sealed, "refund_count": 0, "status": "PROCESSING",
                "result_code": "PAYMENT_IN_PROCESS", "result_message": "", "customer_token": None,
-               "forward": wirejson.dumps_text(forward), "customer_info": None, "refunded": 0, "cancel_requested": False,
+               "forward": wirejson.dumps_text(forward), "customer_info": None, "risk_result": None, "refunded": 0,
+               "cancel_requested": False,
                "created_ms": now, "updated_ms": now, "payment_time_ms": None,
                "expires_ms": now + int(self.cfg.payment_expiry_s * 1000),
                "next_check_ms": now + int(2 * self.cfg.mpp_timeout_s * 1000), "attempts": 0}
@@ -450,10 +461,11 @@ class GatewayService:
             token = ans.get("customerToken")
             info = ans.get("customerInfo")
             done = await self._finish_payment(row, "SUCCESS", "SUCCESS", "", token=str(token)[:64] if token else None,
-                                              info=info if isinstance(info, dict) else None)
-        elif res["resultStatus"] == "F":
+                                              info=info if isinstance(info, dict) else None,
+                                              risk=risk_result_of(ans.get("riskResult"), row.id))
+        elif res["resultStatus"] == "F":  # a risk decline (RISK_REJECT) included
             code = res.get("resultCode") if res.get("resultCode") in _MPP_FAIL_CODES else "PROCESS_FAIL"
-            done = await self._finish_payment(row, "FAIL", code, "")
+            done = await self._finish_payment(row, "FAIL", code, "", risk=risk_result_of(ans.get("riskResult"), row.id))
         else:
             self._retry_later(payments, row)
             done = None
@@ -466,18 +478,19 @@ class GatewayService:
                 updated_ms=_now_ms()))
 
     async def _finish_payment(self, row: Any, status: str, code: str, message: str, token: str | None = None,
-                              info: dict[str, Any] | None = None) -> Any:
+                              info: dict[str, Any] | None = None, risk: dict[str, Any] | None = None) -> Any:
         """Record the payment's final status and queue its webhook (``info``: the MPP's
-        sealed customerInfo); returns the row as written, or None when it was no longer
-        PROCESSING (another step got there first)."""
+        sealed customerInfo; ``risk``: its checked riskResult); returns the row as
+        written, or None when it was no longer PROCESSING (another step got there first)."""
         now = _now_ms()
         paid = now if status == "SUCCESS" else None
         info_text = wirejson.dumps_text(info) if info is not None else None
+        risk_text = wirejson.dumps_text(risk) if risk is not None else None
 
         def record(conn: Any) -> int:
             done: int = conn.execute(_FINISH_PAYMENT, {
                 "b_id": row.id, "b_status": status, "b_code": code, "b_message": message, "b_token": token,
-                "b_info": info_text, "b_paid": paid, "b_now": now}).rowcount
+                "b_info": info_text, "b_risk": risk_text, "b_paid": paid, "b_now": now}).rowcount
             if done:
                 body = {"notifyType": "PAYMENT_RESULT", "paymentId": row.id,
                         "paymentRequestId": row.payment_request_id, "acquirerId": row.acqp_id,
@@ -487,6 +500,8 @@ class GatewayService:
                     body["paymentTime"] = _iso(now)
                 if info is not None:
                     body["customerInfo"] = info
+                if risk is not None:
+                    body["riskResult"] = risk
                 self._enqueue(conn, row.acqp_id, "notifyPayment", body, now)
                 if self.nodes is not None:
                     self.nodes.enqueue_status(conn, row.id, status)
@@ -501,7 +516,7 @@ class GatewayService:
         log.info("payment final", extra={"event": "payment_final", "paymentId": row.id, "code": code})
         self.wake_outbox()
         return _with(row, status=status, result_code=code, result_message=message, customer_token=token,
-                     customer_info=info_text, payment_time_ms=paid, updated_ms=now)
+                     customer_info=info_text, risk_result=risk_text, payment_time_ms=paid, updated_ms=now)
 
     def _enqueue(self, conn: Any, partner: str, kind: str, body: dict[str, Any], now: int) -> None:
         nid = random_id("ntf_")

@@ -48,6 +48,7 @@ payments = Table(
     Column("customer_token", String(64)),                  # the MPP's pseudonym for the payer
     Column("forward", Text, nullable=False),               # sealed groups for the MPP, JSON
     Column("customer_info", Text),                         # sealed by the MPP to the ACQP, JSON
+    Column("risk_result", Text),                           # the MPP's risk decision, JSON (veilpay.gateway.risk)
     Column("refunded", BigInteger, nullable=False, default=0),
     Column("cancel_requested", Boolean, nullable=False, default=False),
     Column("created_ms", BigInteger, nullable=False),

@@ -68,6 +68,14 @@ class ApiResponse:
         inner = self.body.get("paymentResult") or self.body.get("refundResult")
         return str((inner or self.result).get("resultStatus", ""))
 
+    @property
+    def risk_result(self) -> dict[str, Any] | None:
+        """The MPP's risk decision on a payment (``decision``: approve, review or decline,
+        ``reason``, ``modelVersion``, ``rulesVersion``), as the gateway recorded it; None
+        when the payment was not scored."""
+        risk = self.body.get("riskResult")
+        return risk if isinstance(risk, dict) else None
+
     def customer_info(self) -> dict[str, Any] | None:
         """The payer details the MPP sealed to this ACQP, opened; None when absent."""
         env = self.body.get("customerInfo")
@@ -165,8 +173,15 @@ class _Core:
         return page
 
     def _pay_body(self, d: Directory, payment_request_id: str, amount: dict[str, str], payment_code: str,
-                  order: dict[str, Any], env: dict[str, Any] | None) -> dict[str, Any]:
+                  order: dict[str, Any], env: dict[str, Any] | None,
+                  risk_features: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``risk_features``: this ACQP's risk features of the payment as
+        ``veilpay.sdk.features.share_features`` made them, sent as they are (sealed to the
+        privacy nodes; the gateway relays them to the MPP)."""
         parse_amount(amount, "paymentAmount")
+        if risk_features is not None and (not isinstance(risk_features, dict)
+                                          or set(risk_features) != {"bundle", "shares"}):
+            raise InvalidInput("risk_features: the {bundle, shares} object that veilpay.sdk.features made")
         found = d.issuer_of(payment_code)
         if found is None:
             raise InvalidInput("payment code: no MPP in the directory issues codes with its prefix")
@@ -190,6 +205,8 @@ class _Core:
             body["order"] = order
             if env is not None:
                 body["env"] = env
+        if risk_features is not None:
+            body["riskFeatures"] = risk_features
         return body
 
     def _amount(self, d: Directory, amount: dict[str, str], kind: str, request_id: str,
@@ -339,8 +356,12 @@ class GatewayClient(_Core):
         raise GatewayUnavailable(f"{path}: no answer after {self.retries + 1} attempts")
 
     def pay(self, payment_request_id: str, amount: dict[str, str], payment_code: str, order: dict[str, Any],
-            env: dict[str, Any] | None = None) -> ApiResponse:
-        return self.call(PAY_PATH, self._pay_body(self.directory(), payment_request_id, amount, payment_code, order, env))
+            env: dict[str, Any] | None = None, risk_features: dict[str, Any] | None = None) -> ApiResponse:
+        """Pay; ``risk_features``: this ACQP's risk features of the payment
+        (``veilpay.sdk.features.share_features``), sent as ``riskFeatures``. The answer's
+        ``riskResult`` is the MPP's risk decision, when it scored the payment."""
+        return self.call(PAY_PATH, self._pay_body(self.directory(), payment_request_id, amount, payment_code, order, env,
+                                                  risk_features))
 
     def inquiry_payment(self, *, payment_id: str | None = None, payment_request_id: str | None = None) -> ApiResponse:
         body = _one_of(payment_id=payment_id, payment_request_id=payment_request_id)
@@ -439,9 +460,11 @@ class AsyncGatewayClient(_Core):
         raise GatewayUnavailable(f"{path}: no answer after {self.retries + 1} attempts")
 
     async def pay(self, payment_request_id: str, amount: dict[str, str], payment_code: str, order: dict[str, Any],
-                  env: dict[str, Any] | None = None) -> ApiResponse:
+                  env: dict[str, Any] | None = None, risk_features: dict[str, Any] | None = None) -> ApiResponse:
+        """As ``GatewayClient.pay``."""
         d = await self.directory()
-        return await self.call(PAY_PATH, self._pay_body(d, payment_request_id, amount, payment_code, order, env))
+        return await self.call(PAY_PATH, self._pay_body(d, payment_request_id, amount, payment_code, order, env,
+                                                        risk_features))
 
     async def inquiry_payment(self, *, payment_id: str | None = None,
                               payment_request_id: str | None = None) -> ApiResponse:
