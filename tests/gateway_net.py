@@ -25,9 +25,9 @@ from veilpay.gateway import create_app
 from veilpay.gateway.config import GatewayConfig
 from veilpay.net import provision_network
 from veilpay.node.app import create_node_app
-from veilpay.node.config import NodeConfig, NodePolicy
+from veilpay.node.config import NodeConfig, NodePolicy, RiskPolicy
 from veilpay.partners import create_acqp_app, create_mpp_app
-from veilpay.partners.config import PartnerConfig
+from veilpay.partners.config import PartnerConfig, RiskSection
 from veilpay.sdk import AsyncGatewayClient, create_party, load_party
 from veilpay.sdk.authority import certify, create_authority
 from veilpay.sdk.keys import PublicEntry
@@ -55,9 +55,12 @@ class Router(httpx.AsyncBaseTransport):
 class Net:
     def __init__(self, tmp: Path, database: str | None = None, pets: bool = True, suite: str = "x25519",
                  privacy: str = "", batch_notify: bool = False, node_policy: dict[str, Any] | None = None,
-                 **gw: Any) -> None:
+                 risk: dict[str, Any] | None = None, **gw: Any) -> None:
         self.tmp = tmp
         self.node_policy = NodePolicy(**{"min_count": 2, "close_margin_s": 60.0, **(node_policy or {})})
+        # risk: mpp-1 scores its payments at the nodes; the dict is its [partner.risk] (model, prep)
+        self.risk = risk
+        self.risk_policy = RiskPolicy(enabled=True, batch_wait_ms=5.0, heartbeat_s=1.0, rules_min_interval_s=0.0)
         self.node_offset_ms = 0
         k = tmp / "keys"
         self.gateway_keys = create_party(k / "gateway", "gateway", "gateway")
@@ -91,7 +94,9 @@ class Net:
         self.router.apps["gateway.test"] = httpx.ASGITransport(self.gateway)
         self.node_apps: dict[str, Any] = {}
         if privacy:
-            net = provision_network(tmp / "mpcnet", self.node_ids, base_port=_free_port_base(3), name="privacy")
+            net = provision_network(tmp / "mpcnet", self.node_ids, base_port=_free_port_base(3), name="privacy",
+                                    risk=self.node_ids if risk is not None else None,
+                                    risk_base_port=_free_port_base(3) if risk is not None else 0)
             with net.open("a") as fh:
                 fh.write(f'[privacy]\nprotocol = "{privacy}"\nnodes = {json.dumps(holders)}\n'
                          + (f'dealer = "{self.node_ids[2]}"\n' if privacy == "semi2k" else ""))
@@ -108,13 +113,23 @@ class Net:
             self.router.apps[f"{pid}.test"] = httpx.ASGITransport(self.partner_apps[pid])
         self.gw_public = PublicEntry.from_json(json.loads((k / "gateway" / "public.json").read_text()))
 
+    def close(self) -> None:
+        """Stop the nodes' scoring threads."""
+        for app in self.node_apps.values():
+            if app.state.service.risk is not None:
+                app.state.service.risk._stop.set()
+        for app in self.node_apps.values():
+            if app.state.service.risk is not None:
+                app.state.service.risk.stop()
+
     def node_config(self, n: str, **changes: Any) -> NodeConfig:
         k = self.tmp / "keys"
         kw: dict[str, Any] = {
             "party": n, "keys": k / n, "network": self.network_file, "gateway_key": k / "gateway" / "public.json",
             "database": f"sqlite:///{self.tmp}/{n}/node.db", "job_timeout_s": 30, "connect_timeout_s": 5,
             "partner_keys": [k / p / "public.json" for p in ("mpp-1", "mpp-2", "acqp-1", "acqp-2")],
-            "authority": self.authority_dir / "authority.json", "policy": self.node_policy, **changes}
+            "authority": self.authority_dir / "authority.json", "policy": self.node_policy,
+            **({"risk": self.risk_policy} if self.risk is not None else {}), **changes}
         return NodeConfig(**kw)
 
     def node_clock(self) -> int:
@@ -130,6 +145,8 @@ class Net:
     def add_node(self, n: str, **changes: Any) -> Any:
         """(Re)start node ``n`` on its database (a restart after a crash)."""
         app = create_node_app(self.node_config(n, **changes), clock=self.node_clock)
+        if app.state.service.risk is not None:  # the ASGI transport runs no lifespan: start its scoring here
+            app.state.service.risk.start()
         self.node_apps[n] = app
         self.router.apps[f"{n}.test"] = httpx.ASGITransport(app)
         return app
@@ -154,7 +171,8 @@ class Net:
     def _pcfg(self, pid: str, fx: dict[str, str], pets: bool) -> PartnerConfig:
         from decimal import Decimal
 
-        return PartnerConfig(keys=self.tmp / "keys" / pid, gateway_key=self.tmp / "keys" / "gateway" / "public.json",
+        risk = RiskSection(**self.risk) if self.risk is not None and pid == "mpp-1" else None
+        return PartnerConfig(risk=risk, keys=self.tmp / "keys" / pid, gateway_key=self.tmp / "keys" / "gateway" / "public.json",
                              gateway_url="http://gateway.test", database=f"sqlite:///{self.tmp}/{pid}/db.sqlite",
                              name=f"{pid} wallet", pets=pets, fx={k: Decimal(v) for k, v in fx.items()},
                              authority=self.authority_dir / "authority.json",

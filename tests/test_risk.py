@@ -357,3 +357,62 @@ def test_a_node_that_does_not_answer_fails_the_batch_by_name(tmp_path: Path) -> 
         assert time.monotonic() - t < 5
     finally:
         net.stop()
+
+
+# ---------------------------------------------------------------- on the payment path
+def test_payments_are_scored_on_the_payment_path(tmp_path: Path) -> None:
+    """The ACQP's SDK sends its features sealed to the nodes, the gateway relays them,
+    the MPP adds its own and asks the nodes: a fraudulent-looking payment is declined
+    (RISK_REJECT), a normal one approved, each with its riskResult in the answer and
+    the inquiry; no feature value reaches the gateway."""
+    import json
+
+    from gateway_net import Net, run
+
+    from veilpay.sdk.features import share_features as share
+
+    prep = tmp_path / "prep.json"
+    prep.write_text(json.dumps({"columns": [{"name": "v1", "kind": "numeric", "mean": 0.0, "std": 1.0},
+                                            {"name": "hour", "kind": "numeric", "mean": 12.0, "std": 100.0}]}))
+    net = Net(tmp_path, privacy="semi2k", risk={"model": "m1", "prep": prep, "budget_ms": 5000.0})
+    mpp, acqp = net.keys("mpp-1"), net.keys("acqp-1")
+    entries = {n: net.keys(n).public for n in net.node_ids}
+    svc = {n: net.node_apps[n].state.service.risk for n in net.node_ids}
+    comp = encode_fixed(np.array([3.0, 0.0, 2.0, -4.0]), FRAC)  # z = 3 v1 + 2 a1 - 4
+    parts = split_words(comp, "semi2k")
+    for keys, c in ((mpp, parts[0][:, 0]), (acqp, parts[1][:, 0])):
+        part = model_part(keys, model="m1", mpp="mpp-1", acqp="acqp-1", component=c, frac=FRAC, d_mpp=2, d_acqp=1,
+                          nodes=entries, privacy=net.privacy)
+        for n in net.privacy.nodes:
+            svc[n].put_model_part(part, keys.id)
+    signed = sign_rules(mpp, {**RULES, "rules": []})
+    for n in net.privacy.nodes:
+        svc[n].put_rules(signed, "mpp-1")
+
+    async def go() -> None:
+        c = net.client()
+        for user, v1 in (("alice", 2.0), ("bob", -1.0)):
+            await net.wallet(user, 10**9)
+            await net.admin("mpp-1", "POST", "/admin/risk-profiles", {"userId": user, "features": {"v1": v1}})
+        out = {}
+        for rid, user in (("pay-fraud", "alice"), ("pay-ok", "bob")):
+            feats = share(acqp, acqp="acqp-1", mpp="mpp-1", request_id=rid, model="m1", features=np.array([1.0]),
+                          frac=FRAC, nodes=entries, privacy=net.privacy, amount_usd_cents=987_654_321)
+            out[rid] = await c.pay(rid, {"currency": "JPY", "value": "5000"}, await net.code(user),
+                                   {"orderId": rid, "goods": "tea"}, risk_features=feats)
+        assert out["pay-fraud"].code == "RISK_REJECT", out["pay-fraud"].body.get("riskResult")
+        assert out["pay-fraud"].risk_result["decision"] == "decline"
+        assert out["pay-ok"].code == "SUCCESS", out["pay-ok"].body
+        assert out["pay-ok"].risk_result == {"decision": "approve", "reason": "RISK_SCORE", "modelVersion": "m1",
+                                             "rulesVersion": 1}
+        inq = await c.inquiry_payment(payment_request_id="pay-fraud")
+        assert inq.body["riskResult"]["decision"] == "decline"
+        assert await net.balance("alice") == 10**9  # declined: nothing debited
+        # no ACQP feature or amount reaches the gateway: its database holds none of them
+        raw = b"".join(p.read_bytes() for p in (tmp_path / "gw").iterdir())
+        assert b"987654321" not in raw
+
+    try:
+        run(go())
+    finally:
+        net.close()

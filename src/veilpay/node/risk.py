@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine, insert, select, update
 
+from veilpay.crypto import label_digest
 from veilpay.crypto.digest import sha256
 from veilpay.crypto.tokens import random_id
 from veilpay.errors import DecryptionError, InvalidInput, NodeError, SignatureError, VeilpayError, WireFormatError
@@ -136,7 +137,7 @@ class RiskService:
         backoff = 0.2
         while not self._stop.is_set():
             try:
-                comm = self.mesh(b"veilpay/risk-mesh/v1")
+                comm = self.mesh(label_digest("veilpay/risk-mesh/v1"))
             except VeilpayError as exc:
                 log.info("scoring mesh: not connected (%s); trying again", type(exc).__name__)
                 self._stop.wait(backoff)
