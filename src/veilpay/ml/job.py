@@ -10,6 +10,8 @@
     label = "Class"
     positive = "bad"                    # the label value that means 1
     test_fraction = 0.2
+    split = "hash"                      # hash: SHA-256(seed, id) < test_fraction; ordered: the
+                                        # last test_fraction of the common rows in key order
     seed = 7
     model_to = ["wallet"]               # who receives the model; [] keeps it shared
     frac_bits = 20
@@ -34,6 +36,8 @@
     sigmoid = "seg3"                    # t1 | t3 | seg3 | exact
     early_stopping = 0                  # patience in epochs; 0 = off
     validation_fraction = 0.1           # of the training rows, held out when early_stopping > 0
+    class_weight = "balanced"           # or a number (the positives' weight, negatives 1); default
+                                        # none. ss-xgb: "balanced" only
 
 Every key is typed and an unknown one is refused (``veilpay.settings``).
 """
@@ -51,10 +55,11 @@ from veilpay.errors import ConfigError
 from veilpay.ml.sstree import TreeParams
 from veilpay.settings import STRICT, RelPath, load_doc, parse_table
 
-__all__ = ["SIGMOIDS", "Job", "LrParams", "PartySpec", "load_job"]
+__all__ = ["SIGMOIDS", "SPLITS", "Job", "LrParams", "PartySpec", "load_job"]
 
 SIGMOIDS = ("t1", "t3", "seg3", "exact")
 MODEL_TYPES = ("ss-lr", "ss-xgb")
+SPLITS = ("hash", "ordered")
 
 
 @dataclass
@@ -98,6 +103,8 @@ class Job:
     frac_bits: int = 20
     timeout: float = 600.0
     psi: str = "kkrt"
+    split: str = "hash"
+    class_weight: str | float | None = None  # "balanced", the positives' weight, or None (unweighted)
 
     @property
     def data_parties(self) -> list[str]:
@@ -114,7 +121,8 @@ class Job:
                   "test_fraction": self.test_fraction, "seed": self.seed, "model_to": self.model_to,
                   "frac_bits": self.frac_bits, "model": asdict(self.model), "parties": sorted(self.parties),
                   "model_type": self.model_type, "tree": asdict(self.tree),
-                  "data_parties": sorted(self.data_parties)}
+                  "data_parties": sorted(self.data_parties), "split": self.split,
+                  "class_weight": self.class_weight}
         return json.dumps(common, sort_keys=True).encode()
 
 
@@ -134,6 +142,7 @@ class _JobSection:
     frac_bits: int = 20
     timeout: float = 600.0
     psi: str = "kkrt"
+    split: Literal["hash", "ordered"] = "hash"
 
 
 @pdataclass(config=STRICT)
@@ -158,6 +167,7 @@ class _ModelSection:
     depth: int = 3
     bins: int = 8
     reg_lambda: float = 0.0
+    class_weight: Literal["balanced"] | float | None = None
 
 
 @pdataclass(config=STRICT)
@@ -186,7 +196,7 @@ def load_job(path: str | Path) -> Job:
     job = Job(name=j.name, path=path, network=j.network, protocol=j.protocol, compute=j.compute, key=j.key,
               label_party=j.label_party, label=j.label, positive=str(j.positive), parties=parties, model=model,
               model_type=m.type, tree=tree, test_fraction=j.test_fraction, seed=j.seed, model_to=j.model_to,
-              frac_bits=j.frac_bits, timeout=j.timeout, psi=j.psi)
+              frac_bits=j.frac_bits, timeout=j.timeout, psi=j.psi, split=j.split, class_weight=m.class_weight)
     _validate(job, f"{path} [job]")
     return job
 
@@ -206,6 +216,14 @@ def _validate(job: Job, where: str) -> None:
         raise ConfigError(f"{where}: key must name at least one column")
     if not 0.0 < job.test_fraction < 1.0:
         raise ConfigError(f"{where}: test_fraction must be between 0 and 1")
+    if job.split not in SPLITS:
+        raise ConfigError(f"{where}: split must be one of {', '.join(SPLITS)}")
+    cw = job.class_weight
+    if cw is not None and cw != "balanced" and (isinstance(cw, str) or not 0.0 < cw <= 1e4):
+        raise ConfigError(f"{where}: class_weight must be \"balanced\" or a number in (0, 10000]")
+    if job.model_type == "ss-xgb" and cw is not None and cw != "balanced":
+        raise ConfigError(f"{where}: ss-xgb takes class_weight = \"balanced\" only (weights of mean 1 keep the "
+                          "gradient sums in the fixed-point range)")
     if not 8 <= job.frac_bits <= 28:
         raise ConfigError(f"{where}: frac_bits must be between 8 and 28")
     m = job.model

@@ -1,4 +1,5 @@
-"""Ranking metrics for binary scores: AUC (Mann-Whitney, ties counted half) and KS."""
+"""Ranking metrics for binary scores: AUC (Mann-Whitney, ties counted half), KS and
+average precision (the area under the precision-recall curve, AUPRC)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 
 from veilpay.errors import InvalidInput
 
-__all__ = ["auc", "ks"]
+__all__ = ["auc", "average_precision", "ks"]
 
 
 def _check(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -45,3 +46,16 @@ def ks(y: np.ndarray, score: np.ndarray) -> float:
     fpr = np.cumsum(1 - ys) / (1 - ys).sum()
     last = np.r_[s[1:] != s[:-1], True]  # evaluate only after a whole tie group
     return float(np.max(np.abs(tpr - fpr)[last]))
+
+
+def average_precision(y: np.ndarray, score: np.ndarray) -> float:
+    """AUPRC as scikit-learn's average_precision_score: sum over thresholds of
+    (R_k - R_{k-1}) P_k, a tie group counted as one threshold."""
+    y, score = _check(y, score)
+    order = np.argsort(-score, kind="mergesort")
+    ys, s = y[order], score[order]
+    last = np.r_[s[1:] != s[:-1], True]
+    tp = np.cumsum(ys)[last].astype(np.float64)
+    seen = np.flatnonzero(last) + 1.0
+    recall = tp / tp[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * tp / seen))

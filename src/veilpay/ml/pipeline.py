@@ -6,14 +6,18 @@ a helper):
    every party before anything else happens;
 2. PSI on the key (ECDH-PSI, both data parties learn the common ids) and alignment:
    both sort the common rows by id, so they agree on the order without talking;
-3. split and prepare: a row is in the test split when a hash of (seed, id) says so;
+3. split and prepare: a row is in the test split when a hash of (seed, id) says so
+   (split = "hash"), or when it is among the last test_fraction of the common rows in
+   key order (split = "ordered": an out-of-time split when keys sort by time);
    each party fits its transform (veilpay.ml.prep) on its training rows -- then a
    second status round, which also checks that both sides hold the same rows (a
-   digest of the ordered ids) and the same job;
+   digest of the ordered ids) and the same job; with class_weight = "balanced" the
+   label party then announces the two class weights (from its training labels);
 4. share the features and the label, train SS-LR (veilpay.ml.sslr), score the test
-   rows in MPC and reveal the scores to the label party only, which computes AUC and
-   KS and announces those two numbers;
-5. reveal the model to `model_to` (or keep it shared) and write the outputs.
+   rows in MPC and reveal the scores to the label party only, which computes AUC, KS
+   and average precision and announces those three numbers;
+5. reveal the model to `model_to` (or keep it shared) and write the outputs (the
+   label party also writes the test scores it saw, test_scores.csv: key, z).
 
 The helper (semi2k's dealer, or aby3's third party) holds no data; it takes part in
 the status rounds and the MPC only.
@@ -36,7 +40,7 @@ from veilpay.crypto import sha256
 from veilpay.errors import DataError, InvalidInput, ProtocolError, VeilpayError
 from veilpay.files import atomic_write
 from veilpay.ml.job import Job
-from veilpay.ml.metrics import auc, ks
+from veilpay.ml.metrics import auc, average_precision, ks
 from veilpay.ml.prep import Prep, fit_prep
 from veilpay.ml.sslr import train_lr
 from veilpay.ml.sstree import Bins, SecureTree, fit_bins, predict_trees, train_trees
@@ -44,7 +48,7 @@ from veilpay.mpc import Protocol, SharedTensor, concatenate
 from veilpay.mpc.tensor import share
 from veilpay.progress import progress
 from veilpay.psi import ecdh_psi, kkrt_psi
-from veilpay.psi.data import join_key, normalise_key
+from veilpay.psi.data import join_key, normalise_key, split_key
 
 __all__ = ["JobFailed", "plaintext_views", "run_training"]
 
@@ -143,6 +147,42 @@ def _in_test(ids: list[bytes], seed: int, fraction: float) -> np.ndarray:
     return draws / 2.0**64 < fraction
 
 
+def _test_rows(ids: list[bytes], job: Job) -> np.ndarray:
+    """The test split of the common rows (``ids`` sorted, the same at both sides)."""
+    if job.split == "ordered":
+        n_train = int(round(len(ids) * (1.0 - job.test_fraction)))
+        return np.arange(len(ids)) >= n_train
+    return _in_test(ids, job.seed, job.test_fraction)
+
+
+def class_weights(y_train: np.ndarray, job: Job) -> tuple[float, float] | None:
+    """(negatives' weight, positives' weight) from the label party's training labels:
+    "balanced" is scikit-learn's n / (2 n_class), weights of mean 1 over the rows."""
+    if job.class_weight is None:
+        return None
+    if job.class_weight == "balanced":
+        n, pos = len(y_train), float(np.sum(y_train))
+        return n / (2.0 * (n - pos)), n / (2.0 * pos)
+    return 1.0, float(job.class_weight)
+
+
+def _agree_weights(rt: Protocol, job: Job, local: LocalTable | None) -> tuple[float, float] | None:
+    """The label party announces the class weights when it alone can compute them."""
+    a = job.label_party
+    if job.class_weight != "balanced":
+        return class_weights(np.zeros(0), job)
+    mine = np.zeros(2, dtype=np.float64)
+    if rt.me == a and local is not None and local.y_train is not None:
+        mine[:] = class_weights(local.y_train[:, 0], job) or (1.0, 1.0)
+    got = rt.comm.exchange("job.class_weight", {p: [mine] for p in rt.comm.peers} if rt.me == a else {},
+                           {a: 1} if rt.me != a else {})
+    if rt.me != a:
+        mine = got[a][0]
+        if mine.dtype != np.float64 or mine.shape != (2,) or not (np.isfinite(mine).all() and (mine > 0).all()):
+            raise JobFailed(a, "malformed class weights")
+    return float(mine[0]), float(mine[1])
+
+
 def align_rows(job: Job, me: str, local: LocalTable, comm_psi: Any, stats: dict[str, Any]) -> None:
     """PSI with the other data party, then keep the common rows sorted by id."""
     other = job.partner if me == job.label_party else job.label_party
@@ -182,7 +222,7 @@ def plaintext_views(job: Job) -> dict[str, LocalTable]:
 
 def _prepare(job: Job, me: str, local: LocalTable) -> None:
     spec = job.parties[me]
-    test = _in_test(local.ids, job.seed, job.test_fraction)
+    test = _test_rows(local.ids, job)
     train_frame, test_frame = local.frame[~test], local.frame[test]
     if len(train_frame) == 0 or len(test_frame) == 0:
         raise DataError(f"{spec.data}: {len(local.ids)} common rows leave an empty training or test split")
@@ -288,6 +328,9 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
     n_train, n_test, d_a = shapes[a]
     d_b = shapes[b][2]
     report.update(train_rows=n_train, test_rows=n_test, features={a: d_a, b: d_b})
+    weights = _agree_weights(rt, job, local)
+    if weights is not None:
+        report["class_weight"] = {"negative": round(weights[0], 6), "positive": round(weights[1], 6)}
     fixed = job.model_type == "ss-lr"  # trees share 0/1 indicators as integers
     with phase(rt, "share", report):
         xa = share(rt, a, local.x_train if me == a and local else None, shape=(n_train, d_a), fixed=fixed)
@@ -318,12 +361,13 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
                         bar.set_postfix(brier=f"{float(brier):.4f}")
                     bar.update(1)
 
-            trees, _ = train_trees(x, y, job.tree, on_tree=on_tree)
+            trees, _ = train_trees(x, y, job.tree, on_tree=on_tree, class_weight=weights)
             bar.update(1)
             report["trees"] = len(trees)
         else:
             fitted = train_lr(x, y, m.epochs, m.batch_size, m.learning_rate, m.decay, m.l2, m.sigmoid, job.seed,
-                              on_epoch=on_epoch, patience=m.early_stopping, validation_fraction=m.validation_fraction)
+                              on_epoch=on_epoch, patience=m.early_stopping, validation_fraction=m.validation_fraction,
+                              class_weight=weights)
             w, bias = fitted.w, fitted.b
             report["epochs_run"] = fitted.epochs_run
     with phase(rt, "evaluate", report):
@@ -331,16 +375,17 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
         tb = share(rt, b, local.x_test if me == b and local else None, shape=(n_test, d_b), fixed=fixed)
         xt = concatenate([ta, tb], axis=1)
         scores = (predict_trees(xt, trees) if trees else xt @ w + bias).reveal(to=a)
-        metrics = np.zeros(2, dtype=np.float64)
+        metrics = np.zeros(3, dtype=np.float64)
         if me == a and local is not None and scores is not None and local.y_test is not None:
-            metrics[:] = [auc(local.y_test, scores), ks(local.y_test, scores)]
+            metrics[:] = [auc(local.y_test, scores), ks(local.y_test, scores), average_precision(local.y_test, scores)]
         got = rt.comm.exchange("job.metrics", {p: [metrics] for p in rt.comm.peers} if me == a else {},
                                {a: 1} if me != a else {})
         if me != a:
             metrics = got[a][0]
-            if metrics.dtype != np.float64 or metrics.shape != (2,):
+            if metrics.dtype != np.float64 or metrics.shape != (3,):
                 raise JobFailed(a, "malformed metrics message")
-        report["metrics"] = {"auc": round(float(metrics[0]), 5), "ks": round(float(metrics[1]), 5)}
+        report["metrics"] = {"auc": round(float(metrics[0]), 5), "ks": round(float(metrics[1]), 5),
+                             "average_precision": round(float(metrics[2]), 5)}
         if losses:
             key = "brier_after_each_tree" if trees else "brier_last_batch_per_epoch"
             report[key] = [round(v, 5) for v in losses]
@@ -363,6 +408,8 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
             shared = {"w": w, "b": bias}
         _write_outputs(Path(out_dir), job, me, report, model, local.prep if local else None, shared,
                        local.bins if local else None)
+        if me == a and local is not None and scores is not None:
+            _write_test_scores(Path(out_dir) / "test_scores.csv", job, local, scores[:, 0])
     return report
 
 
@@ -393,6 +440,16 @@ def _reveal_trees(trees: list[SecureTree], job: Job, me: str, d_a: int, local: L
         out.append({"splits": levels, "leaves": None if leaves is None else leaves[:, 0].tolist()})
     return {"depth": job.tree.depth, "trees": out,
             "note": "splits: per level, per node: this party's (prepared feature, x <= le) or null (not this party's)"}
+
+
+def _write_test_scores(path: Path, job: Job, local: LocalTable, z: np.ndarray) -> None:
+    """The label party's test rows (key columns) and the scores revealed to it: the
+    linear score z (SS-LR) or the trees' margin, before the sigmoid."""
+    test_ids = [i for i, t in zip(local.ids, _test_rows(local.ids, job), strict=True) if t]
+    parts = [split_key(i) for i in test_ids]
+    frame = pd.DataFrame({k: [q[j] for q in parts] for j, k in enumerate(job.key)})
+    frame["z"] = z
+    write_csv(path, frame)
 
 
 def _write_json(path: Path, data: Any) -> None:

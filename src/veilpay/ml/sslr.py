@@ -6,6 +6,7 @@ Per batch of B rows (X_b shared, y_b shared):
     z = X_b w + b             one secure product (X masked once for the whole run)
     p = sigma(z)              an approximation, below
     e = (p - y_b) * lr / B    one multiplication by a public constant
+                              (class weights: (p - y_b) * s_b * lr / B, one more product)
     w <- w - X_b^T e - lr l2 w,  b <- b - sum(e)
 
 Sigmoid approximations (`sigmoid` in the job):
@@ -15,6 +16,11 @@ Sigmoid approximations (`sigmoid` in the job):
 - seg3: clip(0.5 + z/4, 0, 1) = relu(u) - relu(u - 1): one comparison on 2B values
         plus one multiplication; exact at 0.5, right in the tails, the default.
 - exact: veilpay.mpc.nonlinear.sigmoid (exp + reciprocal; max error about 1e-4).
+
+Class weights (w_neg, w_pos) are public numbers (the job's class_weight, or the label
+party's "balanced" weights); each row's weight s = w_neg + (w_pos - w_neg) y is
+computed from the shared label, so the weighting reveals nothing beyond the two
+numbers. It weights the logistic loss's gradient, as scikit-learn's class_weight does.
 
 Batches visit the training rows in an order drawn from the job's seed with an
 AES-CTR PRG; the order is public and says nothing about the data.
@@ -84,6 +90,7 @@ def train_lr(
     on_epoch: Callable[[int, SharedTensor, SharedTensor], None] | None = None,
     patience: int = 0,
     validation_fraction: float = 0.1,
+    class_weight: tuple[float, float] | None = None,
 ) -> LrResult:
     """Train on shared ``x`` (n, d) and ``y`` (n, 1) of 0/1 values; returns shared
     w (d, 1) and b (1, 1). ``on_epoch(epoch, p, y_b)`` runs after each epoch with the
@@ -92,7 +99,9 @@ def train_lr(
     ``patience`` > 0: early stopping on a held-out ``validation_fraction`` of the rows.
     After each epoch the validation Brier score, the best one so far, the best
     weights and the count of epochs without improvement are all updated in MPC; only
-    the bit "stop now" (count >= patience) is revealed. The best weights are returned."""
+    the bit "stop now" (count >= patience) is revealed. The best weights are returned.
+
+    ``class_weight`` = (negatives' weight, positives' weight), public; None: unweighted."""
     rt = x.rt
     n, d = x.shape
     owner = rt.comm.parties[0]
@@ -103,6 +112,7 @@ def train_lr(
     best: tuple[SharedTensor, SharedTensor, SharedTensor, SharedTensor] | None = None  # loss, w, b, stale
     epoch = 0
     with rt.comm.scope("train"):
+        rows = None if class_weight is None else y * (class_weight[1] - class_weight[0]) + class_weight[0]
         xm = PremaskedMatrix(x)  # semi2k: X - A opened once, then batch-sized traffic only
         for epoch in range(epochs):
             lr = learning_rate / (1.0 + decay * epoch)
@@ -112,7 +122,7 @@ def train_lr(
                 idx = order[lo : lo + batch_size]
                 yb = y[idx]
                 p = sigmoid_approx(xm.rows_matmul(idx, w) + b, sigmoid)
-                e = (p - yb) * (lr / len(idx))
+                e = (p - yb) * (lr / len(idx)) if rows is None else ((p - yb) * rows[idx]) * (lr / len(idx))
                 grad = xm.rows_t_matmul(idx, e)
                 if l2:
                     grad = grad + w * (lr * l2)
@@ -162,6 +172,7 @@ def train_lr_plain(
     seed: int = 0,
     patience: int = 0,
     validation_fraction: float = 0.1,
+    class_weight: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """The same algorithm in float64 on plaintext (same batches, same approximation,
     same early stopping): the reference that measures what the secure version loses
@@ -171,6 +182,7 @@ def train_lr_plain(
     fit, val = (np.arange(n), np.zeros(0, dtype=np.int64)) if not patience else validation_split(
         n, validation_fraction, seed)
     best: tuple[float, np.ndarray, np.ndarray, int] | None = None
+    rows = np.ones_like(y) if class_weight is None else class_weight[0] + (class_weight[1] - class_weight[0]) * y
     epoch = 0
     for epoch in range(epochs):
         lr = learning_rate / (1.0 + decay * epoch)
@@ -178,7 +190,7 @@ def train_lr_plain(
         for lo in range(0, len(order), batch_size):
             idx = order[lo : lo + batch_size]
             xb, yb = x[idx], y[idx]
-            e = (_sigmoid_plain(xb @ w + b, sigmoid) - yb) * (lr / len(idx))
+            e = (_sigmoid_plain(xb @ w + b, sigmoid) - yb) * rows[idx] * (lr / len(idx))
             grad = xb.T @ e + (w * (lr * l2) if l2 else 0.0)
             w = w - grad
             b = b - e.sum(axis=0).reshape(1, 1)

@@ -19,6 +19,8 @@ Scaling keeps fixed point in range: G' = 8 G / n lies in [-8, 8]; H'' = s (H + l
 with s = 400 / (n / 4 + lambda) lies in [s lambda, 400], inside the reciprocal's
 domain [0.1, 500] when lambda >= n / 16000 (the default lambda is max(1, n / 8000)).
 Gains are compared per node, so these positive scalings do not change the choice.
+Class weights ("balanced", mean 1 over the training rows, so the ranges above hold)
+multiply each row's g and h: s = w_neg + (w_pos - w_neg) y, from the shared label.
 
 What is revealed: nothing during training. At the end each split's one-hot is
 opened to the party that owns the candidate columns it points into (so a party
@@ -105,11 +107,13 @@ def _memberships(m: PremaskedMatrix, tree: SecureTree, ones: SharedTensor) -> Sh
 
 
 def train_trees(m_sh: SharedTensor, y: SharedTensor, params: TreeParams,
-                on_tree: Callable[[int, SharedTensor], None] | None = None) -> tuple[list[SecureTree], SharedTensor]:
+                on_tree: Callable[[int, SharedTensor], None] | None = None,
+                class_weight: tuple[float, float] | None = None) -> tuple[list[SecureTree], SharedTensor]:
     """Boost ``params.trees`` trees on the shared 0/1 indicator matrix ``m_sh`` (n, C)
     and labels ``y`` (n, 1); returns the trees and the training scores F (n, 1).
     ``on_tree(i, p)`` runs before tree i with the shared predictions of the trees so
-    far (progress, running loss)."""
+    far (progress, running loss). ``class_weight`` = (negatives', positives' weight),
+    public, of mean 1 over the rows (None: unweighted)."""
     n, c = m_sh.shape
     if m_sh.frac or c == 0:
         raise InvalidInput("the indicator matrix must be a non-empty integer (0/1) sharing")
@@ -120,11 +124,14 @@ def train_trees(m_sh: SharedTensor, y: SharedTensor, params: TreeParams,
     f = y * 0.0
     trees: list[SecureTree] = []
     with y.rt.comm.scope("trees"):
+        rows = None if class_weight is None else y * (class_weight[1] - class_weight[0]) + class_weight[0]
         for _ in range(params.trees):
             p = nonlinear.sigmoid(f)
             if on_tree is not None:
                 on_tree(len(trees), p)
             g, h = p - y, p * (1.0 - p)
+            if rows is not None:
+                g, h = g * rows, h * rows
             s = ones
             splits = []
             for _level in range(params.depth):
@@ -172,17 +179,18 @@ def predict_trees(m_sh: SharedTensor, trees: list[SecureTree]) -> SharedTensor:
     return f
 
 
-def train_trees_plain(m: np.ndarray, y: np.ndarray, params: TreeParams) -> tuple[list[tuple[list[np.ndarray],
-                                                                                           np.ndarray]], np.ndarray]:
+def train_trees_plain(m: np.ndarray, y: np.ndarray, params: TreeParams, class_weight: tuple[float, float] | None = None
+                      ) -> tuple[list[tuple[list[np.ndarray], np.ndarray]], np.ndarray]:
     """The same algorithm in float64 (the twin that tests compare with): returns
     trees as (per-level chosen candidate per node, leaf weights) and training scores."""
     n, _ = m.shape
     lam = _lambda(params, n)
     f = np.zeros((n, 1))
     trees = []
+    rows = np.ones_like(y) if class_weight is None else class_weight[0] + (class_weight[1] - class_weight[0]) * y
     for _ in range(params.trees):
         p = 1.0 / (1.0 + np.exp(-f))
-        g, h = p - y, p * (1.0 - p)
+        g, h = (p - y) * rows, p * (1.0 - p) * rows
         s = np.ones((n, 1))
         splits = []
         for _level in range(params.depth):
