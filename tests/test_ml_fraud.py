@@ -132,7 +132,8 @@ def test_a_number_class_weight_and_the_split_enter_the_fingerprint(tmp_path: Pat
     path = fraud_job(tmp_path, n=50)
     path.write_text(path.read_text().replace('class_weight = "balanced"', "class_weight = 20"))
     job = load_job(path)
-    assert job.class_weight == 20 and class_weights(np.array([0.0, 1.0]), job) == (1.0, 20.0)
+    assert job.class_weight == 20.0 and isinstance(job.class_weight, float)  # 20 and 20.0: one fingerprint
+    assert class_weights(np.array([0.0, 1.0]), job) == (1.0, 20.0)
     before = job.fingerprint()
     job.split = "hash"
     assert job.fingerprint() != before

@@ -196,7 +196,9 @@ def load_job(path: str | Path) -> Job:
     job = Job(name=j.name, path=path, network=j.network, protocol=j.protocol, compute=j.compute, key=j.key,
               label_party=j.label_party, label=j.label, positive=str(j.positive), parties=parties, model=model,
               model_type=m.type, tree=tree, test_fraction=j.test_fraction, seed=j.seed, model_to=j.model_to,
-              frac_bits=j.frac_bits, timeout=j.timeout, psi=j.psi, split=j.split, class_weight=m.class_weight)
+              frac_bits=j.frac_bits, timeout=j.timeout, psi=j.psi, split=j.split,
+              class_weight=m.class_weight if m.class_weight is None or isinstance(m.class_weight, str)
+              else float(m.class_weight))  # 20 and 20.0 are the same job
     _validate(job, f"{path} [job]")
     return job
 
