@@ -172,7 +172,8 @@ class Net:
         from decimal import Decimal
 
         risk = RiskSection(**self.risk) if self.risk is not None and pid == "mpp-1" else None
-        return PartnerConfig(risk=risk, keys=self.tmp / "keys" / pid, gateway_key=self.tmp / "keys" / "gateway" / "public.json",
+        return PartnerConfig(risk=risk, keys=self.tmp / "keys" / pid,
+                             gateway_key=self.tmp / "keys" / "gateway" / "public.json",
                              gateway_url="http://gateway.test", database=f"sqlite:///{self.tmp}/{pid}/db.sqlite",
                              name=f"{pid} wallet", pets=pets, fx={k: Decimal(v) for k, v in fx.items()},
                              authority=self.authority_dir / "authority.json",

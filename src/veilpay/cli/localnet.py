@@ -25,6 +25,8 @@ from veilpay.sdk.shares import Privacy
 
 __all__ = ["LocalNet", "free_port", "toml_value"]
 
+_NODE_RISK = ("batch_max", "batch_wait_ms", "rules_min_interval_s", "heartbeat_s", "answer_timeout_s")
+
 
 def free_port() -> int:
     """A free port below the ephemeral range (see cli.demo._free_port_base)."""
@@ -48,10 +50,15 @@ def toml_value(v: Any) -> str:
 class LocalNet:
     def __init__(self, root: str | Path, pets: bool = True, database: str | None = None,
                  gateway_options: dict[str, Any] | None = None, fx: dict[str, str] | None = None,
-                 privacy: str = "", node_policy: dict[str, Any] | None = None) -> None:
+                 privacy: str = "", node_policy: dict[str, Any] | None = None,
+                 risk: dict[str, Any] | None = None) -> None:
+        """``risk``: the nodes score payments (``[node.risk]`` options, e.g. batch_wait_ms)
+        and the MPP asks them (``[partner.risk]``: model "local-fraud", budget_ms, ...);
+        ``publish_risk`` then hands the nodes a model and a rule set."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.pets = pets
+        self.risk_columns: list[str] = []
         self.nodes = ["node-a", "node-b", "node-c"] if privacy else []
         self.ports = {n: free_port() for n in ["gateway", "mpp-1", "acqp-1", *self.nodes]}
         self.url = {k: f"http://127.0.0.1:{p}" for k, p in self.ports.items()}
@@ -73,7 +80,8 @@ class LocalNet:
             holders = self.nodes[:2] if privacy == "semi2k" else self.nodes
             dealer = self.nodes[2] if privacy == "semi2k" else ""
             self.network = provision_network(self.root / "mpcnet", self.nodes, base_port=_free_port_base(3),
-                                             name="privacy")
+                                             name="privacy", risk=self.nodes if risk is not None else None,
+                                             risk_base_port=_free_port_base(3) if risk is not None else 0)
             with self.network.open("a") as fh:
                 fh.write(f'[privacy]\nprotocol = "{privacy}"\nnodes = {toml_value(holders)}\n'
                          + (f'dealer = "{dealer}"\n' if dealer else ""))
@@ -85,9 +93,13 @@ class LocalNet:
                         "gateway_key": "keys/gateway/public.json",
                         "partner_keys": ["keys/mpp-1/public.json", "keys/acqp-1/public.json"],
                         "authority": "authority/authority.json", "database": f"sqlite:///{n}/node.db"}
+                node_risk = {"enabled": True, "rules_min_interval_s": 0,
+                             **{k: v for k, v in (risk or {}).items() if k in _NODE_RISK}}
                 (self.root / f"{n}.toml").write_text(
                     "[node]\n" + "".join(f"{a} = {toml_value(b)}\n" for a, b in node.items())
-                    + "[node.policy]\n" + "".join(f"{a} = {toml_value(b)}\n" for a, b in policy.items()))
+                    + "[node.policy]\n" + "".join(f"{a} = {toml_value(b)}\n" for a, b in policy.items())
+                    + ("[node.risk]\n" + "".join(f"{a} = {toml_value(b)}\n" for a, b in node_risk.items())
+                       if risk is not None else ""))
         # the network's key authority (held by the members, not the operator) certifies
         # every partner's and node's entry; every party pins it
         self.authority = create_authority(self.root / "authority", "local network")
@@ -108,6 +120,17 @@ class LocalNet:
             if self.privacy is not None:
                 text += "[partner.privacy]\n" + "".join(f"{a} = {toml_value(b)}\n"
                                                          for a, b in self.privacy.to_json().items())
+            if pid == "mpp-1" and risk is not None:
+                import json
+
+                # the MPP's columns, standardised as they come (a training run would record its own)
+                (self.root / "risk").mkdir(exist_ok=True)
+                (self.root / "risk" / "mpp-prep.json").write_text(json.dumps({"columns": [
+                    {"name": c, "kind": "numeric", "mean": 0.0, "std": 1.0} for c in risk.get("columns", ["v1"])]}))
+                self.risk_columns = list(risk.get("columns", ["v1"]))
+                mpp_risk = {"model": "local-fraud", "prep": "risk/mpp-prep.json",
+                            **{k: v for k, v in risk.items() if k not in (*_NODE_RISK, "columns")}}
+                text += "[partner.risk]\n" + "".join(f"{a} = {toml_value(b)}\n" for a, b in mpp_risk.items())
             if pid == "mpp-1":
                 text += "[partner.fx]\n" + "".join(f'"{a}" = "{b}"\n' for a, b in (fx or {"JPY/PHP": "0.3812",
                                                                                       "SGD/PHP": "42.55"}).items())
@@ -177,6 +200,33 @@ class LocalNet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # ------------------------------------------------------------ risk
+    def publish_risk(self, weights: list[float], bias: float, d_acqp: int, rules: dict[str, Any],
+                     frac: int = 20) -> None:
+        """Hand the nodes a model and the MPP's rule set, with the nodes serving.
+
+        A local network has no training run behind it, so the model's two parts are a
+        fresh split of ``weights`` (the MPP's columns, standardised as they come, then
+        the ACQP's: ``risk["columns"]`` then ``d_acqp``) and ``bias``; in production each part is one training party's share
+        (``veilpay risk publish``) and nobody holds the weights in the clear."""
+        import numpy as np
+
+        from veilpay.risk.shares import encode_fixed, split_words
+        from veilpay.sdk.features import model_part
+        from veilpay.sdk.riskclient import post_rules, post_to_node
+
+        if self.privacy is None:
+            raise ConfigError("publish_risk needs privacy nodes")
+        mpp_columns = self.risk_columns
+        entries = {n: self.keys(n).public for n in self.nodes}
+        parts = split_words(encode_fixed(np.array([*weights, bias]), frac), "semi2k")
+        for pid, comp in (("mpp-1", parts[0][:, 0]), ("acqp-1", parts[1][:, 0])):
+            part = model_part(self.keys(pid), model="local-fraud", mpp="mpp-1", acqp="acqp-1", component=comp,
+                              frac=frac, d_mpp=len(mpp_columns), d_acqp=d_acqp, nodes=entries, privacy=self.privacy)
+            for n in self.privacy.nodes:
+                post_to_node(self.keys(pid), entries[n], "/node/v1/risk/model", part)
+        post_rules(self.keys("mpp-1"), {"mpp": "mpp-1", "model": "local-fraud", **rules}, entries, self.privacy)
 
     # ------------------------------------------------------------ helpers
     def keys(self, pid: str) -> Any:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from veilpay.errors import DataError
 
-__all__ = ["ColumnPrep", "Prep", "fit_prep"]
+__all__ = ["ColumnPrep", "Prep", "apply_row", "fit_prep"]
 
 MAX_CATEGORIES = 30  # the most frequent categories get a column each; the rest share "other"
 
@@ -74,6 +74,32 @@ class Prep:
         if not np.isfinite(out).all():
             raise DataError(f"{where}: NaN or infinite values after preprocessing")
         return out
+
+
+def apply_row(prep: Prep, row: dict[str, Any], where: str) -> np.ndarray:
+    """``prep.apply`` of one record (a dict of raw values), without building a frame: the
+    payment path prepares one payer's columns per payment."""
+    out: list[float] = []
+    for c in prep.columns:
+        if c.name not in row:
+            raise DataError(f"{where}: no column {c.name!r}")
+        v = row[c.name]
+        if c.kind == "numeric":
+            try:
+                x = float(v) if v is not None and not isinstance(v, bool) else float("nan")
+            except (TypeError, ValueError):
+                x = float("nan")
+            missing = not np.isfinite(x)
+            out.append(((c.mean if missing else x) - c.mean) / c.std)
+            if c.missing_indicator:
+                out.append(1.0 if missing else 0.0)
+        else:
+            text = "<missing>" if v is None else str(v)
+            out += [1.0 if text == cat else 0.0 for cat in c.categories] + [0.0 if text in c.categories else 1.0]
+    arr = np.array(out, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise DataError(f"{where}: NaN or infinite values after preprocessing")
+    return arr
 
 
 def fit_prep(frame: pd.DataFrame, features: list[str], categorical: list[str] | None, where: str) -> Prep:

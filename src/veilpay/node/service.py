@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import Engine
 
 from veilpay.errors import ConfigError, KeyNotCertified, NodeError
@@ -45,6 +45,11 @@ class NodeMetrics:
                                     registry=self.registry)
         self.risk_decisions = Counter("veilpay_node_risk_decisions", "Payments scored, by decision", ["decision"],
                                       registry=self.registry)
+        self.risk_batch_seconds = Histogram("veilpay_node_risk_batch_seconds", "Time to score one micro-batch",
+                                            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+                                            registry=self.registry)
+        self.risk_batch_size = Histogram("veilpay_node_risk_batch_size", "Payments per micro-batch",
+                                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
         self.risk_shadow_disagreements = Counter("veilpay_node_risk_shadow_disagreements",
                                                  "Payments whose shadow rule set decided otherwise than the live one",
                                                  registry=self.registry)

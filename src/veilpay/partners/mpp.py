@@ -20,7 +20,6 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import httpx
-import pandas as pd
 from fastapi import FastAPI, Request, Response
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -28,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from veilpay.db import GroupCommit
 from veilpay.errors import ConfigError, DecryptionError, InvalidInput, SignatureError
 from veilpay.host import FASTAPI_TELEMETRY_OFF
-from veilpay.ml.prep import Prep
+from veilpay.ml.prep import Prep, apply_row
 from veilpay.partners._common import admin_ok, json_response, load_identity, open_db, trust_of
 from veilpay.partners.config import PartnerConfig
 from veilpay.sdk import wirejson
@@ -183,7 +182,7 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
             raw = json.loads(row.features)
             if "hour" not in raw:
                 raw["hour"] = time.gmtime(now / 1000).tm_hour
-            x = prep.apply(pd.DataFrame([raw]), "risk profile")[0]
+            x = apply_row(prep, raw, "risk profile")
             d = await client.directory()
             if d.privacy is None:
                 return {**fallback, "reason": "RISK_UNAVAILABLE"}
