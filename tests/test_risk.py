@@ -36,7 +36,7 @@ from veilpay.sdk.features import (
     risk_token,
     share_features,
     sign_rules,
-    verify_decision,
+    verify_decisions,
     verify_feature_bundle,
     verify_rules,
 )
@@ -221,6 +221,16 @@ def nodes(tmp_path: Path) -> Any:
     net.stop()
 
 
+def _score(svc: RiskService, req: dict[str, Any], caller: str = "mpp-1") -> dict[str, Any]:
+    """One payment's answer from a node, with the statements that cover it; NodeError
+    with the node's code when it refused the payment."""
+    out = svc.score({"requests": [req]}, caller)
+    ans = out["answers"][0]
+    if "error" in ans:
+        raise NodeError(ans["error"]["message"], ans["error"]["code"])
+    return {**ans, "statements": out["statements"]}
+
+
 def _decide(rs: RuleSet, w: np.ndarray, b: float, x: np.ndarray, counts: tuple[int, int],
             sums: tuple[int, int]) -> str:
     return rs.decide(_sigmoid(float(x @ w + b)), counts, sums)
@@ -237,12 +247,14 @@ def test_nodes_score_payments_as_plaintext_would(nodes: Nodes) -> None:
     reqs = [nodes.request(f"r{i}", xs[i, :2], xs[i, 2:], 120_000, payer="alice" if i < 6 else f"p{i}")
             for i in range(12)]
     with ThreadPoolExecutor(12) as pool:  # concurrent: they share micro-batches
-        answers = list(pool.map(lambda r: nodes.leader.score(r, "mpp-1"), reqs))
+        answers = list(pool.map(lambda r: _score(nodes.leader, r), reqs))
     for i, ans in enumerate(answers):
-        assert len(ans["statements"]) == 2
-        for stmt in ans["statements"]:
-            verify_decision(stmt, nodes.entries[stmt["node"]], mpp="mpp-1", acqp="acqp-1", request_id=f"r{i}")
-            assert stmt["decision"] == ans["decision"]
+        assert {st["node"] for st in ans["statements"]} == {"a", "b"}
+        for stmt in ans["statements"]:  # each holder signed this payment's decision
+            said = verify_decisions(stmt, nodes.entries[stmt["node"]], mpp="mpp-1")
+            assert said[("acqp-1", f"r{i}")] == (ans["decision"], "m1", 1)
+            with pytest.raises(InvalidInput):
+                verify_decisions(stmt, nodes.entries[stmt["node"]], mpp="mpp-2")
     # alice's payments: the velocity count depends on the order the batch took them in,
     # so compare the others exactly and alice's against the decision set of her counts
     for i in range(6, 12):
@@ -251,7 +263,7 @@ def test_nodes_score_payments_as_plaintext_would(nodes: Nodes) -> None:
         possible = {_decide(rs, w, b, xs[i], (c, c), (120_000 * c, 120_000 * c)) for c in range(1, 7)}
         assert answers[i]["decision"] in possible
     # scored once: asked again, the stored answer, even with other features
-    again = nodes.leader.score(nodes.request("r0", xs[1, :2], xs[1, 2:], 1), "mpp-1")
+    again = _score(nodes.leader, nodes.request("r0", xs[1, :2], xs[1, 2:], 1))
     assert again["decision"] == answers[0]["decision"] and again["statements"] == answers[0]["statements"]
 
 
@@ -261,33 +273,33 @@ def test_bad_bundles_are_refused_by_name(nodes: Nodes) -> None:
     ok = nodes.request("ok", np.zeros(2), np.zeros(2), 100)
     wide = nodes.request("wide", np.zeros(3), np.zeros(2), 100)
     with pytest.raises(NodeError) as e:
-        nodes.leader.score(wide, "mpp-1")
+        _score(nodes.leader, wide)
     assert e.value.code == "RISK_WIDTH"
     unknown = nodes.request("u", np.zeros(2), np.zeros(2), 100, model="m9")
     with pytest.raises(NodeError) as e:
-        nodes.leader.score(unknown, "mpp-1")
+        _score(nodes.leader, unknown)
     assert e.value.code == "RISK_MODEL_UNKNOWN"
     forged = {**ok, "acqp": {**ok["acqp"], "bundle": {**ok["acqp"]["bundle"], "ts": nodes.now + 1}}}
     with pytest.raises(NodeError) as e:
-        nodes.leader.score(forged, "mpp-1")
+        _score(nodes.leader, forged)
     assert e.value.code == "INVALID_SIGNATURE"
     unsigned = {**ok, "mpp": {**ok["mpp"], "bundle": {**ok["mpp"]["bundle"], "sig": "AAAA"}}}
     with pytest.raises(NodeError) as e:
-        nodes.leader.score(unsigned, "mpp-1")
+        _score(nodes.leader, unsigned)
     assert e.value.code == "INVALID_SIGNATURE"
     other = nodes.request("other", np.zeros(2), np.zeros(2), 100)
     mixed = {"mpp": ok["mpp"], "acqp": other["acqp"]}  # two payments' bundles
     with pytest.raises(NodeError) as e:
-        nodes.leader.score(mixed, "mpp-1")
+        _score(nodes.leader, mixed)
     assert e.value.code == "RISK_BUNDLE_INVALID"
     stale = nodes.request("stale", np.zeros(2), np.zeros(2), 100, ts=nodes.now - 3_600_000)
     with pytest.raises(NodeError) as e:
-        nodes.leader.score(stale, "mpp-1")
+        _score(nodes.leader, stale)
     assert e.value.code == "RISK_STALE"
     with pytest.raises(NodeError) as e:  # only the payment's MPP asks
-        nodes.leader.score(ok, "acqp-1")
+        _score(nodes.leader, ok, "acqp-1")
     with pytest.raises(NodeError) as e:
-        nodes.svc["b"].score(ok, "mpp-1")
+        _score(nodes.svc["b"], ok)
     assert e.value.code == "RISK_NOT_LEADER"
 
 
@@ -334,12 +346,13 @@ def test_a_rule_reload_lands_between_batches(nodes: Nodes) -> None:
     nodes.rules(RULES)
     nodes.start()
     x = np.array([math.log(0.7 / 0.3), 0.0])  # p = 0.7: review under v1
-    assert nodes.leader.score(nodes.request("a", x, np.zeros(2), 1), "mpp-1")["decision"] == "review"
+    assert _score(nodes.leader, nodes.request("a", x, np.zeros(2), 1))["decision"] == "review"
     # v2 reaches only the leader: the followers adopt it from the next batch's header
     nodes.leader.put_rules(sign_rules(nodes.mpp, {**RULES, "version": 2, "decline": 0.6}), "mpp-1")
-    ans = nodes.leader.score(nodes.request("b", x, np.zeros(2), 1), "mpp-1")
+    ans = _score(nodes.leader, nodes.request("b", x, np.zeros(2), 1))
     assert (ans["decision"], ans["rules"]) == ("decline", 2)
-    assert {s["rules"] for s in ans["statements"]} == {2}
+    assert {verify_decisions(st, nodes.entries[st["node"]], mpp="mpp-1")[("acqp-1", "b")][2]
+            for st in ans["statements"]} == {2}
 
 
 def test_a_node_that_does_not_answer_fails_the_batch_by_name(tmp_path: Path) -> None:
@@ -352,7 +365,7 @@ def test_a_node_that_does_not_answer_fails_the_batch_by_name(tmp_path: Path) -> 
         net.svc["d"].start()
         t = time.monotonic()
         with pytest.raises(NodeError) as e:
-            net.leader.score(net.request("r", np.zeros(2), np.zeros(2), 1), "mpp-1")
+            _score(net.leader, net.request("r", np.zeros(2), np.zeros(2), 1))
         assert e.value.code in ("RISK_TIMEOUT", "RISK_UNAVAILABLE")
         assert time.monotonic() - t < 5
     finally:

@@ -53,7 +53,15 @@ from veilpay.net import Communicator
 from veilpay.node.config import RiskPolicy
 from veilpay.node.ledger import Ledger, Proposal, agree_heads
 from veilpay.node.programs import agree
-from veilpay.node.store import risk_decisions, risk_events, risk_ledger, risk_model_parts, risk_models, risk_rules
+from veilpay.node.store import (
+    risk_decisions,
+    risk_events,
+    risk_ledger,
+    risk_model_parts,
+    risk_models,
+    risk_rules,
+    risk_statements,
+)
 from veilpay.risk.program import DECISIONS, score_batch, tensor_of
 from veilpay.risk.rules import RuleSet
 from veilpay.risk.shares import words_per_node
@@ -62,7 +70,7 @@ from veilpay.sdk import wirejson
 from veilpay.sdk.features import (
     open_feature_share,
     open_model_part,
-    sign_decision,
+    sign_decisions,
     verify_feature_bundle,
     verify_model_part,
     verify_rules,
@@ -98,6 +106,7 @@ class _Model:
 class _Pending:
     item: dict[str, Any]
     key: str
+    checked: dict[str, Any]       # the leader's check of it (signatures verified once)
     done: Future[dict[str, Any]] = field(default_factory=Future)
 
 
@@ -165,41 +174,86 @@ class RiskService:
         return rt
 
     # ------------------------------------------------------------------ the leader
-    def score(self, obj: dict[str, Any], caller: str) -> dict[str, Any]:
-        """An MPP's request: ``{"mpp": {bundle, shares}, "acqp": {bundle, shares}}``. The
-        stored answer when this payment was scored before; else it waits for its batch."""
+    def score(self, obj: Any, caller: str) -> dict[str, Any]:
+        """An MPP's call: ``{"requests": [{"mpp": {bundle, shares}, "acqp": {bundle,
+        shares}}, ...]}`` (up to ``batch_max``). Answers, in order, each payment's
+        ``{decision, model, rules, batch}`` or ``{error: {code, message}}``, and under
+        ``statements`` every share holder's signed statement of each batch that decided
+        them. A payment scored before gets its stored answer; the others wait for their
+        micro-batch."""
         if not self.policy.enabled:
             raise NodeError("this node does not score payments", "RISK_DISABLED", 404)
         if self.me != self.leader:
             raise NodeError(f"ask the scoring leader {self.leader!r}", "RISK_NOT_LEADER", 409)
-        mine = self._check(obj)
-        if mine["mpp"]["bundle"]["party"] != caller:
-            raise NodeError("an MPP asks for its own payments' scores", "RISK_BUNDLE_INVALID", 403)
-        key = f"{mine['acqp']['bundle']['acqp']}/{mine['acqp']['bundle']['requestId']}"
-        stored = self.decision(key)
-        if stored is not None:
-            return stored
-        with self._lock:
-            pending = self._inflight.get(key)
-            if pending is None:
-                pending = self._inflight[key] = _Pending(obj, key)
-                self._queue.put(pending)
-        try:
-            return pending.done.result(timeout=self.policy.answer_timeout_s)
-        except FutureTimeout as exc:
-            raise NodeError("the batch did not finish in time; its decision is recorded when it does",
-                            "RISK_TIMEOUT", 504) from exc
+        reqs = obj.get("requests") if isinstance(obj, dict) else None
+        if not isinstance(reqs, list) or not 1 <= len(reqs) <= self.policy.batch_max or set(obj) != {"requests"}:
+            raise NodeError(f"a score call is {{requests: [1 .. {self.policy.batch_max}]}}", "RISK_BUNDLE_INVALID",
+                            400)
+        waits: list[Future[dict[str, Any]] | dict[str, Any]] = []
+        stored = self._answers([self._key_of(r) for r in reqs])
+        for r in reqs:
+            key = self._key_of(r)
+            if key in stored:
+                waits.append(stored[key])
+                continue
+            try:
+                mine = self._check(r)
+                if mine["mpp"]["bundle"]["party"] != caller:
+                    raise NodeError("an MPP asks for its own payments' scores", "RISK_BUNDLE_INVALID", 403)
+            except NodeError as exc:
+                waits.append({"error": {"code": exc.code, "message": str(exc)}})
+                continue
+            with self._lock:
+                pending = self._inflight.get(key)
+                if pending is None:
+                    pending = self._inflight[key] = _Pending(r, key, mine)
+                    self._queue.put(pending)
+            waits.append(pending.done)
+        deadline = time.monotonic() + self.policy.answer_timeout_s
+        answers: list[dict[str, Any]] = []
+        for w in waits:
+            if isinstance(w, dict):
+                answers.append(w)
+                continue
+            try:
+                answers.append(w.result(timeout=max(0.0, deadline - time.monotonic())))
+            except FutureTimeout:
+                answers.append({"error": {"code": "RISK_TIMEOUT", "message": "the batch did not finish in time; its "
+                                          "decision is recorded when it does"}})
+            except NodeError as exc:
+                answers.append({"error": {"code": exc.code, "message": str(exc)}})
+        batches = sorted({(a["batch"], caller) for a in answers if "batch" in a})
+        return {"answers": answers, "statements": self._statements(batches)}
+
+    def _answers(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """The stored decisions of these ``acqp/requestId`` keys."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(risk_decisions).where(risk_decisions.c.payment.in_(sorted(set(keys))))).all()
+        return {r.payment: {"decision": r.decision, "model": r.model, "rules": int(r.rules), "batch": r.batch}
+                for r in rows}
+
+    def _answer(self, key: str) -> dict[str, Any] | None:
+        return self._answers([key]).get(key)
 
     def decision(self, key: str) -> dict[str, Any] | None:
-        """The stored answer for ``acqp/requestId`` (this node's statement only at a
-        follower; all holders' at the leader)."""
-        with self.engine.connect() as conn:
-            row = conn.execute(select(risk_decisions).where(risk_decisions.c.payment == key)).first()
-        if row is None:
+        """The stored answer for ``acqp/requestId``, with the statements that cover it
+        (every holder's at the leader, this node's own at a follower)."""
+        ans = self._answer(key)
+        if ans is None:
             return None
-        statements = json.loads(row.statement)
-        return {"decision": row.decision, "model": row.model, "rules": int(row.rules),
-                "statements": statements if isinstance(statements, list) else [statements]}
+        with self.engine.connect() as conn:
+            mpp = conn.execute(select(risk_decisions.c.mpp).where(risk_decisions.c.payment == key)).scalar()
+        return {**ans, "statements": self._statements([(ans["batch"], str(mpp))])}
+
+    def _statements(self, batches: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        with self.engine.connect() as conn:
+            for batch, mpp in batches:
+                row = conn.execute(select(risk_statements.c.statements).where(
+                    risk_statements.c.batch == batch, risk_statements.c.mpp == mpp)).scalar()
+                if row is not None:
+                    out += json.loads(row)
+        return out
 
     def _scored(self, keys: list[str]) -> set[str]:
         with self.engine.connect() as conn:
@@ -230,7 +284,7 @@ class RiskService:
             head = {"batch": random_id("rb_"), "items": [p.item for p in batch], "rules": self._rules_for(batch),
                     "models": self._models_for(batch)}
             self._send_head(comm, head)
-            answers = self._score(comm, head)
+            answers = self._score(comm, head, [p.checked for p in batch])
         except BaseException as exc:
             for p in batch:
                 self._finish(p, exc=NodeError(f"scoring failed: {type(exc).__name__}", "RISK_UNAVAILABLE", 503))
@@ -345,15 +399,17 @@ class RiskService:
         return model
 
     # ------------------------------------------------------------------ one batch, at every node
-    def _score(self, comm: Communicator, head: dict[str, Any]) -> list[Any]:
+    def _score(self, comm: Communicator, head: dict[str, Any],
+               checked: list[dict[str, Any]] | None = None) -> list[Any]:
         t0 = time.perf_counter()
         try:
-            return self._score_batch(comm, head)
+            return self._score_batch(comm, head, checked)
         finally:
             self.metrics.risk_batch_seconds.observe(time.perf_counter() - t0)
             self.metrics.risk_batch_size.observe(len(head["items"]))
 
-    def _score_batch(self, comm: Communicator, head: dict[str, Any]) -> list[Any]:
+    def _score_batch(self, comm: Communicator, head: dict[str, Any],
+                     prechecked: list[dict[str, Any]] | None) -> list[Any]:
         items: list[Any] = head["items"]
         n = len(items)
         rule_docs: dict[str, dict[str, Any]] = head["rules"]
@@ -365,7 +421,7 @@ class RiskService:
         scored = self._scored([self._key_of(it) for it in items]) if self.holder else set()
         for i, it in enumerate(items if self.holder else []):
             try:
-                c = self._check(it)
+                c = prechecked[i] if prechecked is not None else self._check(it)
                 key = f"{c['acqp']['bundle']['acqp']}/{c['acqp']['bundle']['requestId']}"
                 if key in seen or key in scored:
                     raise NodeError("this payment was scored", "RISK_SCORED", 409)
@@ -430,8 +486,8 @@ class RiskService:
                         shadows[i] = DECISIONS[int(codes[1][j])]
         if not self.holder:
             return [None] * n
-        statements = self._store(head["batch"], items, decisions, shadows, live, keys, opened, ts_of)
-        return self._collect(comm, items, statements, decisions, live, errors)
+        mine = self._store(head["batch"], items, decisions, shadows, live, keys, opened, ts_of)
+        return self._collect(comm, head["batch"], items, mine, decisions, live, errors)
 
     def _model_in(self, head: dict[str, Any], name: str) -> _Model:
         """A model of the batch: a holder's own, which must match the leader's shape; the
@@ -509,59 +565,66 @@ class RiskService:
 
     def _store(self, batch: str, items: list[Any], decisions: list[str | None], shadows: list[str],
                live: dict[str, RuleSet], keys: list[str], opened: dict[int, tuple[np.ndarray, np.ndarray]],
-               ts_of: dict[int, int]) -> list[dict[str, Any] | None]:
-        out: list[dict[str, Any] | None] = [None] * len(items)
+               ts_of: dict[int, int]) -> dict[str, dict[str, Any]]:
+        """Record the batch's decisions and velocity events; this node's signed statement
+        per MPP of the batch."""
         now = self.clock()
+        per_mpp: dict[str, list[list[Any]]] = {}
+        rows, events = [], []
+        for i, dec in enumerate(decisions):
+            if dec is None:
+                continue
+            mb = items[i]["mpp"]["bundle"]
+            version = live[mb["mpp"]].version
+            per_mpp.setdefault(mb["mpp"], []).append([mb["acqp"], mb["requestId"], dec, mb["model"], version])
+            rows.append({"payment": keys[i], "mpp": mb["mpp"], "decision": dec, "shadow": shadows[i],
+                         "model": mb["model"], "rules": version, "batch": batch, "created_ms": now})
+            amount = opened[i][1][-1]
+            events.append({"token": mb["payer"], "ts_ms": ts_of[i], "w0": _i64(int(amount[0])),
+                           "w1": _i64(int(amount[1])) if self.words == 2 else 0})
+            self.metrics.risk_decisions.labels(decision=dec).inc()
+            if shadows[i] and shadows[i] != dec:
+                self.metrics.risk_shadow_disagreements.inc()
+        mine = {m: sign_decisions(self.keys, mpp=m, batch=batch, decisions=d) for m, d in per_mpp.items()}
         with self.engine.begin() as conn:
-            for i, dec in enumerate(decisions):
-                if dec is None:
-                    continue
-                mb = items[i]["mpp"]["bundle"]
-                rs = live[mb["mpp"]]
-                st = sign_decision(self.keys, mpp=mb["mpp"], acqp=mb["acqp"], request_id=mb["requestId"],
-                                   decision=dec, model=mb["model"], rules=rs.version)
-                out[i] = st
-                conn.execute(insert(risk_decisions).values(
-                    payment=keys[i], mpp=mb["mpp"], decision=dec, shadow=shadows[i], model=mb["model"],
-                    rules=rs.version, batch=batch, statement=json.dumps(st), created_ms=now))
-                amount = opened[i][1][-1]
-                conn.execute(insert(risk_events).values(token=mb["payer"], ts_ms=ts_of[i], w0=_i64(int(amount[0])),
-                                                        w1=_i64(int(amount[1])) if self.words == 2 else 0))
-                self.metrics.risk_decisions.labels(decision=dec).inc()
-                if shadows[i] and shadows[i] != dec:
-                    self.metrics.risk_shadow_disagreements.inc()
-        return out
+            if rows:
+                conn.execute(insert(risk_decisions), rows)
+                conn.execute(insert(risk_events), events)
+            for m, st in mine.items():
+                conn.execute(insert(risk_statements).values(batch=batch, mpp=m, statements=json.dumps([st])))
+        return mine
 
-    def _collect(self, comm: Communicator, items: list[Any], statements: list[dict[str, Any] | None],
+    def _collect(self, comm: Communicator, batch: str, items: list[Any], mine: dict[str, dict[str, Any]],
                  decisions: list[str | None], live: dict[str, RuleSet], errors: list[NodeError | None]) -> list[Any]:
-        """The followers' statements, to the leader; the leader's answers per payment."""
+        """The followers' statements, to the leader, which keeps every holder's; the
+        leader's answer per payment."""
         holders = list(self.privacy.nodes)
         if self.me != self.leader:
-            raw = np.frombuffer(wirejson.dumps_sorted(statements), dtype=np.uint8)
+            raw = np.frombuffer(wirejson.dumps_sorted(mine), dtype=np.uint8)
             comm.exchange("risk.statements", {self.leader: [raw]}, {})
             return [None] * len(items)
         got = comm.exchange("risk.statements", {}, {p: 1 for p in holders if p != self.me})
-        theirs: dict[str, list[Any]] = {}
+        every: dict[str, list[dict[str, Any]]] = {m: [st] for m, st in mine.items()}
         for p, arrays in got.items():
             try:
-                lst = wirejson.loads(arrays[0].tobytes())
+                theirs = wirejson.loads(arrays[0].tobytes())
             except ValueError as exc:
                 raise WireFormatError(p, "statements are not JSON") from exc
-            if not isinstance(lst, list) or len(lst) != len(items):
-                raise WireFormatError(p, "malformed statements")
-            theirs[p] = lst
-        answers: list[Any] = []
+            if not isinstance(theirs, dict) or set(theirs) != set(mine):
+                raise WireFormatError(p, "statements for other MPPs than this node's")
+            for m in mine:
+                every[m].append(theirs[m])
         with self.engine.begin() as conn:
-            for i, dec in enumerate(decisions):
-                if dec is None:
-                    answers.append(errors[i] or NodeError("not scored", "RISK_REFUSED_BY_PEER", 409))
-                    continue
-                all_st = [statements[i]] + [theirs[p][i] for p in holders if p != self.me]
-                mb = items[i]["mpp"]["bundle"]
-                conn.execute(update(risk_decisions).where(risk_decisions.c.payment == self._key_of(items[i]))
-                             .values(statement=json.dumps(all_st)))
-                answers.append({"decision": dec, "model": mb["model"], "rules": live[mb["mpp"]].version,
-                                "statements": all_st})
+            for m, sts in every.items():
+                conn.execute(update(risk_statements).where(risk_statements.c.batch == batch,
+                                                           risk_statements.c.mpp == m).values(statements=json.dumps(sts)))
+        answers: list[Any] = []
+        for i, dec in enumerate(decisions):
+            if dec is None:
+                answers.append(errors[i] or NodeError("not scored", "RISK_REFUSED_BY_PEER", 409))
+                continue
+            mb = items[i]["mpp"]["bundle"]
+            answers.append({"decision": dec, "model": mb["model"], "rules": live[mb["mpp"]].version, "batch": batch})
         return answers
 
     # ------------------------------------------------------------------ rule sets and models

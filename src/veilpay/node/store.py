@@ -140,6 +140,12 @@ risk_events = Table(
     Column("w1", BigInteger, nullable=False),
     Index("ix_risk_events_token", "token", "ts_ms"),
 )
+risk_statements = Table(
+    "risk_statements", metadata,
+    Column("batch", String(40), primary_key=True),
+    Column("mpp", String(64), primary_key=True),
+    Column("statements", Text, nullable=False),            # every holder's signed statement (the leader), or its own
+)
 risk_decisions = Table(
     "risk_decisions", metadata,
     Column("payment", String(130), primary_key=True),      # acqp/requestId
@@ -149,7 +155,6 @@ risk_decisions = Table(
     Column("model", String(64), nullable=False),
     Column("rules", BigInteger, nullable=False),
     Column("batch", String(40), nullable=False),
-    Column("statement", Text, nullable=False),             # this node's signed statement (JSON)
     Column("created_ms", BigInteger, nullable=False),
 )
 

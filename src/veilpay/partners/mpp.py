@@ -37,7 +37,7 @@ from veilpay.sdk.features import risk_token, share_features
 from veilpay.sdk.keys import customer_token
 from veilpay.sdk.money import MINOR_UNITS
 from veilpay.sdk.partner import GatewayCalls
-from veilpay.sdk.riskclient import score as score_at_nodes
+from veilpay.sdk.riskclient import RiskScorer
 from veilpay.sdk.shares import open_amount
 
 __all__ = ["create_mpp_app"]
@@ -122,6 +122,7 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{cfg.risk.prep}: not a prep.json of a training run ({exc})") from exc
     risk_http = httpx.AsyncClient(transport=transport, timeout=10.0)
+    scorer = RiskScorer(risk_http, keys, cfg.risk.budget_ms / 1000, cfg.risk.fail_policy) if cfg.risk else None
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -191,8 +192,9 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
                                   privacy=d.privacy, payer=risk_token(keys, str(row.user_id)), sessions=sessions)
         except (InvalidInput, ValueError, KeyError, TypeError):
             return {**fallback, "reason": "RISK_NO_FEATURES"}
-        return await score_at_nodes(risk_http, keys, d.nodes(), d.privacy, {"mpp": mine, "acqp": acq},
-                                    cfg.risk.budget_ms / 1000, cfg.risk.fail_policy)
+        if scorer is None:
+            return None
+        return await scorer.score({"mpp": mine, "acqp": acq}, d.nodes(), d.privacy)
 
     async def pay(obj: dict[str, Any]) -> dict[str, Any]:
         await released.wait()

@@ -20,8 +20,8 @@ neither read nor move it.
 **Rule sets** (``veilpay.risk.rules``) are signed by the MPP they serve, **model
 parts** by the training party that held the share (the MPP and the ACQP each send
 their share of the weights, re-shared to the nodes), and a node's **decision
-statement** by the node: the MPP acts on a decision only when every share holder
-signed the same one."""
+statement** by the node, one per micro-batch and MPP: the MPP acts on a decision only
+when every share holder signed the same one."""
 
 from __future__ import annotations
 
@@ -42,14 +42,14 @@ from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.shares import RING_WORD, Privacy, envelope_digest
 
 __all__ = ["BUNDLE_FIELDS", "DECISION_FIELDS", "MODEL_PART_FIELDS", "model_part", "open_feature_share",
-           "open_model_part", "risk_token", "share_features", "sign_decision", "sign_rules", "verify_decision",
+           "open_model_part", "risk_token", "share_features", "sign_decisions", "sign_rules", "verify_decisions",
            "verify_feature_bundle", "verify_model_part", "verify_rules"]
 
 BUNDLE_FIELDS = ("v", "role", "party", "acqp", "mpp", "requestId", "model", "width", "ts", "payer", "shares", "kv",
                  "sig")
 MODEL_PART_FIELDS = ("v", "model", "party", "mpp", "acqp", "protocol", "frac", "d_mpp", "d_acqp", "shares", "kv",
                      "sig")
-DECISION_FIELDS = ("v", "node", "mpp", "acqp", "requestId", "decision", "model", "rules", "kv", "sig")
+DECISION_FIELDS = ("v", "node", "mpp", "batch", "decisions", "kv", "sig")
 MAX_WIDTH = 256
 _TEXT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
@@ -248,22 +248,29 @@ def open_model_part(part: dict[str, Any], env: Any, me: PartyKeys, privacy: Priv
 
 
 # ------------------------------------------------------------------ decisions
-def sign_decision(me: PartyKeys, *, mpp: str, acqp: str, request_id: str, decision: str, model: str,
-                  rules: int) -> dict[str, Any]:
-    return _sign(me, "decision", {"v": 1, "node": me.id, "mpp": mpp, "acqp": acqp, "requestId": request_id,
-                                  "decision": decision, "model": model, "rules": rules})
+def sign_decisions(me: PartyKeys, *, mpp: str, batch: str, decisions: list[list[Any]]) -> dict[str, Any]:
+    """A node's statement of one micro-batch's decisions on ``mpp``'s payments:
+    ``decisions`` is a list of ``[acqp, requestId, decision, model, rules]``. One
+    signature covers every payment of that MPP in the batch (and none of another's)."""
+    return _sign(me, "decision", {"v": 1, "node": me.id, "mpp": mpp, "batch": batch,
+                                  "decisions": sorted(decisions)})
 
 
-def verify_decision(st: Any, node: PublicEntry | None, *, mpp: str, acqp: str, request_id: str) -> dict[str, Any]:
-    """A node's decision statement about this very payment, signed by that node."""
+def verify_decisions(st: Any, node: PublicEntry | None, *, mpp: str) -> dict[tuple[str, str], tuple[str, str, int]]:
+    """A node's signed statement about ``mpp``'s payments: ``(acqp, requestId) ->
+    (decision, model, rules version)``; InvalidInput or SignatureError otherwise."""
     if not isinstance(st, dict) or set(st) != set(DECISION_FIELDS) or st["v"] != 1:
-        raise InvalidInput("risk decision: expected the fields " + ", ".join(DECISION_FIELDS))
-    if (st["mpp"], st["acqp"], st["requestId"]) != (mpp, acqp, request_id):
-        raise InvalidInput("risk decision: about another payment")
-    if st["decision"] not in ("approve", "review", "decline") or not isinstance(st["rules"], int):
-        raise InvalidInput("risk decision: approve, review or decline, under a rule set version")
+        raise InvalidInput("risk decisions: expected the fields " + ", ".join(DECISION_FIELDS))
+    if st["mpp"] != mpp or not isinstance(st["batch"], str) or not isinstance(st["decisions"], list):
+        raise InvalidInput("risk decisions: about another MPP's payments")
+    out: dict[tuple[str, str], tuple[str, str, int]] = {}
+    for d in st["decisions"]:
+        if not isinstance(d, list) or len(d) != 5 or d[2] not in ("approve", "review", "decline") \
+                or isinstance(d[4], bool) or not isinstance(d[4], int):
+            raise InvalidInput("risk decisions: [acqp, requestId, decision, model, rules] each")
+        out[(str(d[0]), str(d[1]))] = (str(d[2]), str(d[3]), int(d[4]))
     _verify("decision", st, node, str(st["node"]), "node")
-    return st
+    return out
 
 
 def digest_of(obj: Any) -> str:

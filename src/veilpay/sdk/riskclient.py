@@ -1,6 +1,6 @@
 """A partner's calls to the privacy nodes' scoring (``docs/risk.md``).
 
-- ``score``: the MPP, at pay time, sends its own feature bundle and the ACQP's (which
+- ``RiskScorer``: the MPP, at pay time, sends its own feature bundle and the ACQP's (which
   the gateway relayed) to the scoring leader, the first share holder, and gets the
   payment's decision within its budget. The answer counts only when every share
   holder signed the same decision about this very payment, with the key the
@@ -26,12 +26,12 @@ import numpy as np
 
 from veilpay.errors import DataError, GatewayUnavailable, InvalidInput, SignatureError
 from veilpay.sdk import wirejson
-from veilpay.sdk.features import model_part, sign_rules, verify_decision
+from veilpay.sdk.features import model_part, sign_rules, verify_decisions
 from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.shares import Privacy
 from veilpay.sdk.signing import post_headers, request_digest, verify_message
 
-__all__ = ["FAIL_DECISIONS", "load_model_component", "post_to_node", "publish_model", "post_rules", "score"]
+__all__ = ["FAIL_DECISIONS", "RiskScorer", "load_model_component", "post_rules", "post_to_node", "publish_model"]
 
 FAIL_DECISIONS = ("approve", "review", "decline")
 SCORE_PATH = "/node/v1/risk/score"
@@ -46,47 +46,101 @@ def _checked_answer(r: httpx.Response, node: PublicEntry, path: str, headers: di
     return body
 
 
-async def score(http: httpx.AsyncClient, me: PartyKeys, nodes: dict[str, PublicEntry], privacy: Privacy,
-                request: dict[str, Any], budget_s: float, fail: str) -> dict[str, Any]:
-    """The payment's ``riskResult``: ``{decision, reason, modelVersion, rulesVersion}``;
-    reason ``RISK_SCORE`` for the nodes' decision, else the fail decision with
-    ``RISK_TIMEOUT``, ``RISK_UNAVAILABLE`` or the node's refusal code."""
-    bundle = request["mpp"]["bundle"]
-    fallback = {"decision": fail, "modelVersion": bundle["model"], "rulesVersion": 0}
-    leader = nodes.get(privacy.nodes[0])
-    if leader is None or not leader.endpoint:
-        return {**fallback, "reason": "RISK_UNAVAILABLE"}
-    raw = wirejson.dumps(request)
-    headers = post_headers(me.signer(), SCORE_PATH, me.id, raw)
-    try:
-        r = await asyncio.wait_for(http.post(leader.endpoint.rstrip("/") + SCORE_PATH, content=raw, headers=headers),
-                                   budget_s)
+class RiskScorer:
+    """The MPP's scoring calls to the leader, coalesced: the requests made in one turn
+    of the event loop (a payBatch's payments, concurrent payments) go in one signed
+    call, up to ``max_batch``. Each caller waits at most ``budget_s`` for its own
+    decision; the call goes on, and the nodes record the decision, when it is late."""
+
+    def __init__(self, http: httpx.AsyncClient, me: PartyKeys, budget_s: float, fail: str,
+                 max_batch: int = 64) -> None:
+        if fail not in FAIL_DECISIONS:
+            raise InvalidInput(f"fail policy: one of {FAIL_DECISIONS}")
+        self.http, self.me, self.budget_s, self.fail, self.max_batch = http, me, budget_s, fail, max_batch
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._nodes: dict[str, PublicEntry] = {}
+        self._privacy: Privacy | None = None
+
+    def _fallback(self, request: dict[str, Any], reason: str) -> dict[str, Any]:
+        return {"decision": self.fail, "reason": reason, "modelVersion": request["mpp"]["bundle"]["model"],
+                "rulesVersion": 0}
+
+    async def score(self, request: dict[str, Any], nodes: dict[str, PublicEntry], privacy: Privacy) -> dict[str, Any]:
+        """The payment's ``riskResult``: ``{decision, reason, modelVersion, rulesVersion}``;
+        reason ``RISK_SCORE`` for the nodes' decision, else the fail decision with
+        ``RISK_TIMEOUT``, ``RISK_UNAVAILABLE``, ``RISK_UNVERIFIED`` or the node's code."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._nodes, self._privacy = nodes, privacy
+        self._waiting.append((request, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self.budget_s)
+        except TimeoutError:
+            return self._fallback(request, "RISK_TIMEOUT")
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        while self._waiting:
+            group, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
+            task = asyncio.get_running_loop().create_task(self._send(group, self._nodes, self._privacy))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, group: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]],
+                    nodes: dict[str, PublicEntry], privacy: Privacy | None) -> None:
+        requests = [r for r, _ in group]
+        try:
+            results = await self._call(requests, nodes, privacy)
+        except (httpx.HTTPError, SignatureError, GatewayUnavailable, ValueError):
+            results = [self._fallback(r, "RISK_UNAVAILABLE") for r in requests]
+        for (_, fut), res in zip(group, results, strict=True):
+            if not fut.done():
+                fut.set_result(res)
+
+    async def _call(self, requests: list[dict[str, Any]], nodes: dict[str, PublicEntry],
+                    privacy: Privacy | None) -> list[dict[str, Any]]:
+        leader = nodes.get(privacy.nodes[0]) if privacy is not None else None
+        if privacy is None or leader is None or not leader.endpoint:
+            return [self._fallback(r, "RISK_UNAVAILABLE") for r in requests]
+        raw = wirejson.dumps({"requests": requests})
+        headers = post_headers(self.me.signer(), SCORE_PATH, self.me.id, raw)
+        r = await self.http.post(leader.endpoint.rstrip("/") + SCORE_PATH, content=raw, headers=headers)
         body = _checked_answer(r, leader, SCORE_PATH, headers)
-    except TimeoutError:
-        return {**fallback, "reason": "RISK_TIMEOUT"}
-    except (httpx.HTTPError, SignatureError, GatewayUnavailable, ValueError):
-        return {**fallback, "reason": "RISK_UNAVAILABLE"}
-    if r.status_code != 200:
-        code = body.get("error", {}).get("code") if isinstance(body.get("error"), dict) else None
-        return {**fallback, "reason": str(code or "RISK_UNAVAILABLE")[:40]}
-    try:
-        statements = body["statements"]
-        if not isinstance(statements, list) or len(statements) != len(privacy.nodes):
-            raise InvalidInput("one statement per share holder")
-        seen = set()
+        if r.status_code != 200:
+            err = body.get("error") if isinstance(body.get("error"), dict) else {}
+            return [self._fallback(q, str((err or {}).get("code") or "RISK_UNAVAILABLE")[:40]) for q in requests]
+        answers, statements = body.get("answers"), body.get("statements")
+        if not isinstance(answers, list) or len(answers) != len(requests) or not isinstance(statements, list):
+            return [self._fallback(q, "RISK_UNVERIFIED") for q in requests]
+        said: dict[str, dict[tuple[str, str], tuple[str, str, int]]] = {n: {} for n in privacy.nodes}
         for st in statements:
             node = str(st.get("node", "")) if isinstance(st, dict) else ""
-            if node not in privacy.nodes or node in seen:
-                raise InvalidInput("statements from the share holders, each once")
-            seen.add(node)
-            verify_decision(st, nodes.get(node), mpp=bundle["mpp"], acqp=bundle["acqp"],
-                            request_id=bundle["requestId"])
-            if (st["decision"], st["model"], st["rules"]) != (body["decision"], bundle["model"], body["rules"]):
-                raise InvalidInput("the share holders' statements differ")
-    except (InvalidInput, SignatureError, KeyError, TypeError):
-        return {**fallback, "reason": "RISK_UNVERIFIED"}
-    return {"decision": body["decision"], "reason": "RISK_SCORE", "modelVersion": bundle["model"],
-            "rulesVersion": int(body["rules"])}
+            if node not in said:
+                continue
+            try:
+                said[node].update(verify_decisions(st, nodes.get(node), mpp=self.me.id))
+            except (InvalidInput, SignatureError):
+                continue
+        out = []
+        for q, a in zip(requests, answers, strict=True):
+            b = q["mpp"]["bundle"]
+            if not isinstance(a, dict) or "decision" not in a:
+                code = a.get("error", {}).get("code") if isinstance(a, dict) and isinstance(a.get("error"), dict) \
+                    else None
+                out.append(self._fallback(q, str(code or "RISK_UNAVAILABLE")[:40]))
+                continue
+            want = (a["decision"], b["model"], a.get("rules"))
+            if not all(said[n].get((b["acqp"], b["requestId"])) == want for n in privacy.nodes):
+                out.append(self._fallback(q, "RISK_UNVERIFIED"))
+                continue
+            out.append({"decision": str(a["decision"]), "reason": "RISK_SCORE", "modelVersion": b["model"],
+                        "rulesVersion": int(a["rules"])})
+        return out
 
 
 def post_to_node(me: PartyKeys, node: PublicEntry, path: str, body: dict[str, Any], timeout: float = 30.0,
