@@ -7,6 +7,7 @@ node that does not answer."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
@@ -424,6 +425,71 @@ def test_payments_are_scored_on_the_payment_path(tmp_path: Path) -> None:
         # no ACQP feature or amount reaches the gateway: its database holds none of them
         raw = b"".join(p.read_bytes() for p in (tmp_path / "gw").iterdir())
         assert b"987654321" not in raw
+
+    try:
+        run(go())
+    finally:
+        net.close()
+
+
+def test_the_mpp_follows_its_fail_policy_and_late_decisions_are_kept(tmp_path: Path) -> None:
+    """With the leader unreachable the payment goes on under the fail policy (review,
+    approved and flagged) with a named reason; with a budget shorter than a batch the
+    MPP answers RISK_TIMEOUT and the nodes still record the decision, in the risk
+    ledger too, which a partner can verify."""
+    import json
+
+    from gateway_net import Net, run
+
+    from veilpay.sdk.features import share_features as share
+    from veilpay.sdk.ledger import verify_records
+
+    prep = tmp_path / "prep.json"
+    prep.write_text(json.dumps({"columns": [{"name": "v1", "kind": "numeric", "mean": 0.0, "std": 1.0},
+                                            {"name": "hour", "kind": "numeric", "mean": 12.0, "std": 100.0}]}))
+    net = Net(tmp_path, privacy="semi2k", risk={"model": "m1", "prep": prep, "budget_ms": 0.5})
+    mpp, acqp = net.keys("mpp-1"), net.keys("acqp-1")
+    entries = {n: net.keys(n).public for n in net.node_ids}
+    svc = {n: net.node_apps[n].state.service.risk for n in net.node_ids}
+    parts = split_words(encode_fixed(np.array([1.0, 0.0, 1.0, -1.0]), FRAC), "semi2k")
+    for keys, c in ((mpp, parts[0][:, 0]), (acqp, parts[1][:, 0])):
+        part = model_part(keys, model="m1", mpp="mpp-1", acqp="acqp-1", component=c, frac=FRAC, d_mpp=2, d_acqp=1,
+                          nodes=entries, privacy=net.privacy)
+        for n in net.privacy.nodes:
+            svc[n].put_model_part(part, keys.id)
+    signed = sign_rules(mpp, RULES)  # one document, every node
+    for n in net.privacy.nodes:
+        svc[n].put_rules(signed, "mpp-1")
+
+    async def go() -> None:
+        c = net.client()
+        await net.wallet("carol", 10**9)
+        await net.admin("mpp-1", "POST", "/admin/risk-profiles", {"userId": "carol", "features": {"v1": 0.0}})
+
+        async def pay(rid: str) -> Any:
+            feats = share(acqp, acqp="acqp-1", mpp="mpp-1", request_id=rid, model="m1", features=np.array([0.0]),
+                          frac=FRAC, nodes=entries, privacy=net.privacy, amount_usd_cents=100)
+            return await c.pay(rid, {"currency": "JPY", "value": "700"}, await net.code("carol"),
+                               {"orderId": rid}, risk_features=feats)
+
+        late = await pay("late")  # a 0.5 ms budget: the batch takes longer
+        assert late.code == "SUCCESS" and late.risk_result["decision"] == "review"
+        assert late.risk_result["reason"] == "RISK_TIMEOUT"
+        for _ in range(200):  # ... and the nodes still decide it
+            if svc["node-a"].decision("acqp-1/late") is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert svc["node-a"].decision("acqp-1/late")["decision"] == "approve"
+        net.router.down.add("node-a.test")
+        down = await pay("down")
+        assert down.code == "SUCCESS", down.body
+        assert down.risk_result["decision"] == "review"
+        assert down.risk_result["reason"] in ("RISK_UNAVAILABLE", "RISK_TIMEOUT")
+        # the risk ledger: one entry per batch, agreed and verifiable by a partner
+        for n in net.privacy.nodes:
+            page = net.node_apps[n].state.service.ledger_page(0, 100, "risk")
+            assert page["records"] and verify_records(page["records"], entries[n])[0] == page["head"]["seq"]
+            assert all(r["body"]["function"] == "risk" for r in page["records"])
 
     try:
         run(go())

@@ -181,8 +181,8 @@ def create_node_app(cfg: NodeConfig, clock: Callable[[], int] | None = None) -> 
 
     @app.post("/node/v1/ledger")
     async def get_ledger(request: Request) -> Response:
-        return await from_partner(request, lambda obj: service.ledger_page(obj.get("after", 0),
-                                                                           obj.get("limit", 1000)), "LEDGER_INVALID")
+        return await from_partner(request, lambda obj: service.ledger_page(
+            obj.get("after", 0), obj.get("limit", 1000), obj.get("chain", "disclosure")), "LEDGER_INVALID")
 
     @app.post("/node/v1/log/head")
     async def witness_head(request: Request) -> Response:

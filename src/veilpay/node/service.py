@@ -149,10 +149,14 @@ class NodeService:
         finally:
             self.metrics.ledger_entries.set(self.ledger.count())
 
-    def ledger_page(self, after: Any, limit: Any) -> dict[str, Any]:
-        """Ledger records after ``after`` (at most ``limit``, up to 1000), and the head."""
+    def ledger_page(self, after: Any, limit: Any, chain: Any = "disclosure") -> dict[str, Any]:
+        """Ledger records after ``after`` (at most ``limit``, up to 1000), and the head, of
+        the disclosure ledger or (``chain = "risk"``) the scoring's risk ledger."""
+        if chain not in ("disclosure", "risk") or (chain == "risk" and self.risk is None):
+            raise NodeError("ledger: 'chain' is disclosure, or risk at a node that scores", "LEDGER_INVALID", 400)
+        book = self.ledger if chain == "disclosure" else self.risk.book  # type: ignore[union-attr]
         if isinstance(after, bool) or not isinstance(after, int) or after < 0 or isinstance(limit, bool) \
                 or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise NodeError("ledger: 'after' >= 0 and 'limit' 1..1000 are integers", "LEDGER_INVALID", 400)
-        seq, head = self.ledger.head()
-        return {"node": self.me, "head": {"seq": seq, "hash": head}, "records": self.ledger.export(after, limit)}
+        seq, head = book.head()
+        return {"node": self.me, "head": {"seq": seq, "hash": head}, "records": book.export(after, limit)}

@@ -83,15 +83,16 @@ def compare_records(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) ->
 
 
 def fetch_ledger(url: str, me: PartyKeys, node: PublicEntry, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None) -> list[dict[str, Any]]:
+                 transport: httpx.BaseTransport | None = None, chain: str = "disclosure") -> list[dict[str, Any]]:
     """Every record of ``node``'s ledger, from its API at ``url``, asked as ``me`` (the
     gateway or a partner the node pinned); each page's answer must be signed by the
-    node. Verify the copy with ``verify_records``. GatewayUnavailable when the node
-    cannot be reached or refuses."""
+    node. Verify the copy with ``verify_records``. ``chain = "risk"``: the scoring's
+    risk ledger (``docs/risk.md``). GatewayUnavailable when the node cannot be reached
+    or refuses."""
     records: list[dict[str, Any]] = []
     with httpx.Client(timeout=timeout, transport=transport) as http:
         while True:
-            raw = wirejson.dumps({"after": len(records), "limit": 1000})
+            raw = wirejson.dumps({"after": len(records), "limit": 1000, "chain": chain})
             headers = post_headers(me.signer(), _PATH, me.id, raw)
             try:
                 r = http.post(url.rstrip("/") + _PATH, content=raw, headers=headers)
