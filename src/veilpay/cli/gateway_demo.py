@@ -46,6 +46,17 @@ NODE_POLICY = {"cycle_s": CYCLE_S, "close_margin_s": 1.0, "min_count": 2, "epsil
                "clip": {"JPY": 50_000, "SGD": 20_000}}
 
 
+# Risk scoring (docs/risk.md): the wallet holds one risk column of its customers (v1)
+# and the hour, the acquirer one of the payment (a1) and the amount; a demo model
+# z = 3 v1 + 2 a1 - 4 (a network's model comes from `veilpay train`, kept shared),
+# declined from p >= 0.9, reviewed from 0.5, and declined on a burst of payments.
+RISK = {"columns": ["v1", "hour"], "budget_ms": 1000}
+RISK_MODEL = ([3.0, 0.0, 2.0], -4.0)
+RISK_RULES = {"version": 1, "mode": "live", "review": 0.5, "decline": 0.9,
+              "rules": [{"name": "burst", "then": "decline", "if": [["count_1h", ">", 5], ["score", ">", 0.3]]}]}
+RISKY_WALLET = ("w-1004", "Lee Tan", 9_000_000)
+
+
 def _short(v: Any, n: int = 36) -> str:
     s = v if isinstance(v, str) else json.dumps(v)
     return s if len(s) <= n else s[:n] + "..."
@@ -82,13 +93,51 @@ def _keys_part(net: LocalNet) -> None:
         print(f"[acqp-1] a directory in which the operator lists its own HPKE key for mpp-1: {verdict}\n")
 
 
+def _risk_part(net: LocalNet, root: Path) -> None:
+    """A fraudulent-looking payment declined and a normal one approved, scored by the
+    nodes in MPC on both partners' features; what each party saw of it."""
+    print("\n[acqp-1] two more checkouts, each scored by the privacy nodes on the wallet's and the acquirer's")
+    print("features in MPC (a demo model z = 3 v1 + 2 a1 - 4, kept secret-shared at the nodes; docs/risk.md):")
+    seen: dict[str, str] = {}
+    with httpx.Client(timeout=20) as http:
+        for uid, a1, label in ((RISKY_WALLET[0], 1.0, "fraudulent-looking"), (WALLETS[0][0], 0.0, "normal")):
+            code = net.admin("mpp-1", "POST", "/admin/codes", {"userId": uid})["code"]
+            r = http.post(net.url["acqp-1"] + "/merchant/checkout", json={
+                "amount": {"currency": "JPY", "value": "98000"}, "paymentCode": code,
+                "order": {"orderId": f"INV-RISK-{uid}", "goods": "gift cards x20"},
+                "risk": {"model": "local-fraud", "features": [a1], "amountUsdCents": 65000}}).json()
+            risk = r.get("riskResult") or {}
+            seen[r["paymentRequestId"]] = label
+            print(f"  {label:<19} payer {uid}: {r['result']['resultCode']:<12} decision {risk.get('decision')} "
+                  f"({risk.get('reason')}, model {risk.get('modelVersion')}, rules v{risk.get('rulesVersion')})")
+    con = sqlite3.connect(f"file:{root}/gateway/gateway.db?mode=ro", uri=True)
+    for req, label in seen.items():
+        row = con.execute("SELECT risk_result, forward FROM payments WHERE payment_request_id = ?", (req,)).fetchone()
+        fwd = json.loads(row[1]) if row and row[1] else {}
+        env = next(iter(fwd.get("riskFeatures", {}).get("shares", {}).values()), None)
+        print(f"[gateway] {label}: stores the decision {row[0] if row else '-'} and the acquirer's features as "
+              f"envelopes sealed to the nodes ({_short(env, 60)}); no feature, no score")
+    con.close()
+    for n in net.nodes:
+        nc = sqlite3.connect(f"file:{root}/{n}/node.db?mode=ro", uri=True)
+        dec = nc.execute("SELECT decision FROM risk_decisions ORDER BY created_ms DESC LIMIT 1").fetchone()
+        ev = nc.execute("SELECT w0 FROM risk_events ORDER BY id DESC LIMIT 1").fetchone()
+        nc.close()
+        print(f"[{n}] " + ("holds no shares (the dealer); it took part in the MPC" if ev is None else
+                           f"holds the last payment's amount as share word {int(ev[0]) % 2**64} and its decision "
+                           f"{dec[0] if dec else '-'}, never a feature or a score in the clear"))
+
+
 def run_gateway_demo(out: Path | None = None) -> dict[str, Any]:
     root = Path(out) / "gateway" if out else Path(tempfile.mkdtemp(prefix="veilpay-gw-demo-"))
-    with LocalNet(root, privacy="semi2k", node_policy=NODE_POLICY) as net:
+    with LocalNet(root, privacy="semi2k", node_policy=NODE_POLICY, risk=RISK) as net:
         t0 = time.perf_counter()
         net.start_all()
-        for uid, name, bal in WALLETS:
+        for uid, name, bal in [*WALLETS, RISKY_WALLET]:
             net.admin("mpp-1", "POST", "/admin/wallets", {"userId": uid, "name": name, "currency": "PHP", "balance": bal})
+            net.admin("mpp-1", "POST", "/admin/risk-profiles",
+                      {"userId": uid, "features": {"v1": 2.0 if uid == RISKY_WALLET[0] else -1.0}})
+        net.publish_risk(RISK_MODEL[0], RISK_MODEL[1], 1, RISK_RULES)
         print("veilpay demo, part 1: an encrypted payment gateway, three privacy nodes (node-a, node-b hold shares,")
         print("node-c deals correlated randomness), a wallet (mpp-1) and an acquirer (acqp-1), each its own process")
         print(f"on loopback with its own SQLite file, under {root}\n")
@@ -102,10 +151,12 @@ def run_gateway_demo(out: Path | None = None) -> dict[str, Any]:
                          else "Marina Eats", "buyer": {"buyerEmail": f"{uid}@mail.example"}}
                 r = http.post(net.url["acqp-1"] + "/merchant/checkout", json={
                     "amount": {"currency": cur, "value": value}, "paymentCode": code, "order": order,
-                    "env": {"terminalId": f"T-{i % 3}", "terminalIp": f"198.51.100.{20 + i}"}}).json()
+                    "env": {"terminalId": f"T-{i % 3}", "terminalIp": f"198.51.100.{20 + i}"},
+                    "risk": {"model": "local-fraud", "features": [0.0], "amountUsdCents": int(value)}}).json()
                 done.append({**r, "amount": f"{cur} {value}"})
                 who = r.get("customer") or {}
                 print(f"  {order['orderId']}  {cur} {value:>6}  {r['result']['resultCode']:<24} "
+                      f"risk {r.get('riskResult', {}).get('decision', '-'):<8} "
                       f"payer as the MPP shows it to us: {who.get('customerName', '-')} {who.get('displayCustomerId', '')}")
             ok = [d for d in done if d["result"]["resultStatus"] == "S"]
             part = http.post(net.url["acqp-1"] + "/merchant/refund", json={
@@ -222,6 +273,7 @@ def run_gateway_demo(out: Path | None = None) -> dict[str, Any]:
             print(f"  {uid} {name:<13} balance {bal:>9} -> {w['balance']:>9}")
         print(f"  payments in its ledger: {len(ledger)}, succeeded {sum(p['status'] == 'SUCCESS' for p in ledger)}, "
               f"cancelled {sum(p['status'] == 'CANCELLED' for p in ledger)}")
+        _risk_part(net, root)
         print(f"\npart 1 took {elapsed:.1f} s including process start-up; logs and databases are in {root}\n")
         from veilpay.cli.mcp_demo import run_mcp_demo
 

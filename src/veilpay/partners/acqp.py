@@ -1,6 +1,7 @@
 """The reference ACQP: a merchant acquirer's backend.
 
-``POST /merchant/checkout`` takes a scanned payment code and an order from a
+``POST /merchant/checkout`` takes a scanned payment code, an order and, optionally, the
+acquirer's risk features of the payment (``risk``, docs/risk.md) from a
 merchant's till and pays through the gateway with the partner SDK (which seals the
 code, order and device data to the issuing MPP); ``/merchant/refund`` refunds.
 ``POST /notify`` (one) and ``POST /notifyBatch`` (several in one call) receive the
@@ -17,18 +18,21 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import numpy as np
 from fastapi import FastAPI, Request, Response
 from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from veilpay.crypto.tokens import random_id
 from veilpay.db import GroupCommit
-from veilpay.errors import DecryptionError, SignatureError, VeilpayError
+from veilpay.errors import DecryptionError, InvalidInput, SignatureError, VeilpayError
 from veilpay.host import FASTAPI_TELEMETRY_OFF
 from veilpay.partners._common import admin_ok, json_response, load_identity, open_db, trust_of
 from veilpay.partners.config import PartnerConfig
 from veilpay.sdk import wirejson
 from veilpay.sdk.client import AsyncGatewayClient
+from veilpay.sdk.envelope import SessionSealer
+from veilpay.sdk.features import share_features
 from veilpay.sdk.partner import GatewayCalls
 from veilpay.sdk.shares import reveal_amounts
 
@@ -59,6 +63,7 @@ def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | No
     engine = open_db(cfg.database, md)
     writes = GroupCommit(engine)
     client = AsyncGatewayClient(keys, cfg.gateway_url, gateway, pets=cfg.pets, transport=transport, **trust_of(cfg))
+    risk_sessions = SessionSealer()  # risk features: one HPKE seal per node per session
     faults = {"drop_before": 0, "drop_after": 0}
     wire = {"count": 0}
 
@@ -158,6 +163,23 @@ def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | No
                                digest)
         return json_response(body, h)
 
+    async def risk_features(spec: Any, req_id: str, code: str) -> dict[str, Any] | None:
+        """``risk``: ``{model, features: [numbers, prepared as at training], amountUsdCents}``;
+        this acquirer's features of the payment, shared to the privacy nodes and signed."""
+        if spec is None:
+            return None
+        if not isinstance(spec, dict) or not isinstance(spec.get("features"), list) or not isinstance(
+                spec.get("model"), str):
+            raise InvalidInput("risk: {model, features: [numbers], amountUsdCents}")
+        d = await client.directory()
+        found = d.issuer_of(code)
+        if d.privacy is None or found is None:
+            raise InvalidInput("risk: the network has no privacy nodes, or no MPP issues this code")
+        return share_features(keys, acqp=keys.id, mpp=found[1].id, request_id=req_id, model=spec["model"],
+                              features=np.asarray(spec["features"], dtype=np.float64),
+                              frac=int(spec.get("frac", 20)), nodes=d.nodes(), privacy=d.privacy,
+                              amount_usd_cents=int(spec.get("amountUsdCents", 0)), sessions=risk_sessions)
+
     @app.post("/merchant/checkout")
     async def checkout(request: Request) -> Any:
         o = await request.json()
@@ -166,11 +188,15 @@ def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | No
             conn.execute(insert(orders).values(payment_request_id=req_id, status="U", refunded=0,
                                                amount=int(o["amount"]["value"]), currency=o["amount"]["currency"]))
         try:
-            ans = await client.pay(req_id, o["amount"], str(o["paymentCode"]), o.get("order", {}), o.get("env"))
+            risk = await risk_features(o.get("risk"), req_id, str(o["paymentCode"]))
+            ans = await client.pay(req_id, o["amount"], str(o["paymentCode"]), o.get("order", {}), o.get("env"),
+                                   risk_features=risk)
         except VeilpayError as exc:
             return Response(json.dumps({"error": type(exc).__name__, "message": str(exc)}), status_code=502,
                             media_type="application/json")
         out = {"paymentRequestId": req_id, "paymentId": ans.body.get("paymentId"), "result": ans.result}
+        if ans.risk_result is not None:
+            out["riskResult"] = ans.risk_result
         if ans.status == "S":
             out["customer"] = ans.customer_info()
         return out
