@@ -48,6 +48,7 @@ def load_json_vectors(relpath: str) -> list[dict[str, str]]:
 # VEILPAY_REQUIRE_POSTGRES=1 (set by CI) turns the skip into a failure.
 
 import contextlib  # noqa: E402
+import gc  # noqa: E402
 import glob  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
@@ -55,6 +56,7 @@ import socket  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import uuid  # noqa: E402
+import warnings  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
@@ -110,6 +112,11 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
     try:
         yield postgres_server.rsplit("/", 1)[0] + "/" + name
     finally:
+        # The in-process apps' connection pools die with the test's objects: collect them
+        # here, where their "deleted while open" warnings belong, not in a later test.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
         with admin.connect() as c, contextlib.suppress(Exception):
             c.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
         admin.dispose()
