@@ -388,6 +388,7 @@ def test_payments_are_scored_on_the_payment_path(tmp_path: Path) -> None:
     prep = tmp_path / "prep.json"
     prep.write_text(json.dumps({"columns": [{"name": "v1", "kind": "numeric", "mean": 0.0, "std": 1.0},
                                             {"name": "hour", "kind": "numeric", "mean": 12.0, "std": 100.0}]}))
+    A1 = 1.000123456789  # the ACQP's feature: a canary  # noqa: N806
     net = Net(tmp_path, privacy="semi2k", risk={"model": "m1", "prep": prep, "budget_ms": 5000.0})
     mpp, acqp = net.keys("mpp-1"), net.keys("acqp-1")
     entries = {n: net.keys(n).public for n in net.node_ids}
@@ -410,8 +411,8 @@ def test_payments_are_scored_on_the_payment_path(tmp_path: Path) -> None:
             await net.admin("mpp-1", "POST", "/admin/risk-profiles", {"userId": user, "features": {"v1": v1}})
         out = {}
         for rid, user in (("pay-fraud", "alice"), ("pay-ok", "bob")):
-            feats = share(acqp, acqp="acqp-1", mpp="mpp-1", request_id=rid, model="m1", features=np.array([1.0]),
-                          frac=FRAC, nodes=entries, privacy=net.privacy, amount_usd_cents=987_654_321)
+            feats = share(acqp, acqp="acqp-1", mpp="mpp-1", request_id=rid, model="m1", features=np.array([A1]),
+                          frac=FRAC, nodes=entries, privacy=net.privacy, amount_usd_cents=9_876_543_210)
             out[rid] = await c.pay(rid, {"currency": "JPY", "value": "5000"}, await net.code(user),
                                    {"orderId": rid, "goods": "tea"}, risk_features=feats)
         assert out["pay-fraud"].code == "RISK_REJECT", out["pay-fraud"].body.get("riskResult")
@@ -422,9 +423,12 @@ def test_payments_are_scored_on_the_payment_path(tmp_path: Path) -> None:
         inq = await c.inquiry_payment(payment_request_id="pay-fraud")
         assert inq.body["riskResult"]["decision"] == "decline"
         assert await net.balance("alice") == 10**9  # declined: nothing debited
-        # no ACQP feature or amount reaches the gateway: its database holds none of them
+        # the canary: no feature value, amount word or score reaches the gateway, in its
+        # database, its logs or its answers
         raw = b"".join(p.read_bytes() for p in (tmp_path / "gw").iterdir())
-        assert b"987654321" not in raw
+        seen = raw + b"".join(req + resp for host, _, req, resp in net.router.log if host == "gateway.test")
+        for canary in ("9876543210", repr(A1)):  # long or dotted: not found in base64 or timestamps by chance
+            assert canary.encode() not in seen, canary
 
     try:
         run(go())
@@ -495,3 +499,25 @@ def test_the_mpp_follows_its_fail_policy_and_late_decisions_are_kept(tmp_path: P
         run(go())
     finally:
         net.close()
+
+
+def test_a_shadow_rule_set_is_scored_beside_the_live_one_without_acting(nodes: Nodes) -> None:
+    """A shadow rule set is evaluated in the same batch; the answer is the live
+    decision, the shadow one is stored at the nodes and its disagreements counted."""
+    from sqlalchemy import select
+
+    from veilpay.node.store import risk_decisions
+
+    nodes.publish(np.array([1.0, 0.0, 0.0, 0.0]), 0.0, d_mpp=2)  # z = x0
+    nodes.rules(RULES)
+    nodes.rules({**RULES, "mode": "shadow", "review": 0.2, "decline": 0.4})
+    nodes.start()
+    x = np.array([math.log(0.45 / 0.55), 0.0])  # p = 0.45: approve live, decline in shadow
+    ans = _score(nodes.leader, nodes.request("s1", x, np.zeros(2), 1))
+    assert ans["decision"] == "approve"
+    for n in ("a", "b"):
+        svc = nodes.svc[n]
+        with svc.engine.connect() as conn:
+            row = conn.execute(select(risk_decisions.c.decision, risk_decisions.c.shadow)).one()
+        assert (row.decision, row.shadow) == ("approve", "decline")
+        assert svc.metrics.risk_shadow_disagreements._value.get() == 1
