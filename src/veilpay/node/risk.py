@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -68,6 +69,7 @@ from veilpay.risk.shares import words_per_node
 from veilpay.risk.velocity import WINDOWS_MS, window_features
 from veilpay.sdk import wirejson
 from veilpay.sdk.features import (
+    MAX_WIDTH,
     open_feature_share,
     open_model_part,
     sign_decisions,
@@ -82,6 +84,7 @@ __all__ = ["RiskService"]
 
 log = logging.getLogger("veilpay.node")
 _MASK = (1 << 64) - 1
+_BATCH = re.compile(r"rb_[0-9a-f]{32}")  # random_id("rb_"): fits risk_statements.batch
 
 
 def _i64(v: int) -> int:
@@ -162,7 +165,7 @@ class RiskService:
                         self._lead_one(comm)
                     else:
                         self._follow_one(comm)
-            except (VeilpayError, OSError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - a peer's input must not end this node's scoring
                 log.warning("scoring mesh: %s (%s); opening it again", type(exc).__name__, str(exc)[:200])
             finally:
                 comm.close()
@@ -190,7 +193,7 @@ class RiskService:
             raise NodeError(f"a score call is {{requests: [1 .. {self.policy.batch_max}]}}", "RISK_BUNDLE_INVALID",
                             400)
         waits: list[Future[dict[str, Any]] | dict[str, Any]] = []
-        stored = self._answers([self._key_of(r) for r in reqs])
+        stored = self._answers([self._key_of(r) for r in reqs], mpp=caller)
         for r in reqs:
             key = self._key_of(r)
             if key in stored:
@@ -225,10 +228,14 @@ class RiskService:
         batches = sorted({(a["batch"], caller) for a in answers if "batch" in a})
         return {"answers": answers, "statements": self._statements(batches)}
 
-    def _answers(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        """The stored decisions of these ``acqp/requestId`` keys."""
+    def _answers(self, keys: list[str], mpp: str | None = None) -> dict[str, dict[str, Any]]:
+        """The stored decisions of these ``acqp/requestId`` keys (of ``mpp``'s payments only,
+        when named: a key is public, so the caller must be the payment's MPP)."""
+        query = select(risk_decisions).where(risk_decisions.c.payment.in_(sorted(set(keys))))
+        if mpp is not None:
+            query = query.where(risk_decisions.c.mpp == mpp)
         with self.engine.connect() as conn:
-            rows = conn.execute(select(risk_decisions).where(risk_decisions.c.payment.in_(sorted(set(keys))))).all()
+            rows = conn.execute(query).all()
         return {r.payment: {"decision": r.decision, "model": r.model, "rules": int(r.rules), "batch": r.batch}
                 for r in rows}
 
@@ -340,8 +347,13 @@ class RiskService:
             return
         items, rules, models = head.get("items"), head.get("rules"), head.get("models")
         if not isinstance(head.get("batch"), str) or not isinstance(items, list) or not isinstance(rules, dict) \
-                or not isinstance(models, dict) or not 1 <= len(items) <= self.policy.batch_max:
+                or not isinstance(models, dict) or not 1 <= len(items) <= self.policy.batch_max \
+                or not all(_item_shaped(it) for it in items):
             raise WireFormatError(self.leader, "malformed batch header")
+        # a batch id seen before would take the ledger's entry as recorded (no new one)
+        # and fail the statements' key after the reveal
+        if not _BATCH.fullmatch(head["batch"]) or self.book.committed("risk", head["batch"]) is not None:
+            raise WireFormatError(self.leader, "the batch id is malformed or was used before")
         self._score(comm, head)
 
     # ------------------------------------------------------------------ checks
@@ -499,10 +511,14 @@ class RiskService:
                 raise WireFormatError(self.leader, f"model {name!r}: the leader's shape is not this node's")
             return model
         try:
-            return _Model(name, str(meta["mpp"]), str(meta["acqp"]), int(meta["frac"]), int(meta["d_mpp"]),
-                          int(meta["d_acqp"]), None)
+            model = _Model(name, str(meta["mpp"]), str(meta["acqp"]), int(meta["frac"]), int(meta["d_mpp"]),
+                           int(meta["d_acqp"]), None)
         except (KeyError, TypeError, ValueError) as exc:
             raise WireFormatError(self.leader, f"model {name!r}: malformed shape") from exc
+        # the bounds a model part is checked against (verify_model_part)
+        if not (1 <= model.frac <= 40 and 1 <= model.d_mpp <= MAX_WIDTH and 1 <= model.d_acqp <= MAX_WIDTH):
+            raise WireFormatError(self.leader, f"model {name!r}: a shape no model part can have")
+        return model
 
     def _key_of(self, it: Any) -> str:
         try:
@@ -737,6 +753,13 @@ class RiskService:
                                                                                  for row in total]),
                     created_ms=self.clock()))
         return {"model": part["model"], "held": held}
+
+
+def _item_shaped(it: Any) -> bool:
+    """A score request's outer shape (what the leader's own check took): {mpp, acqp},
+    each {bundle, shares} with an object for the bundle."""
+    return isinstance(it, dict) and set(it) == {"mpp", "acqp"} and all(
+        isinstance(it[r], dict) and isinstance(it[r].get("bundle"), dict) for r in ("mpp", "acqp"))
 
 
 def _rule_digests(docs: Any) -> dict[str, dict[str, str]]:

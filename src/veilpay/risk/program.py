@@ -18,8 +18,9 @@ shares, the velocity sums' shares (USD cents, integers) and the velocity counts
    the share holders; nothing else is.
 
 Fixed-point ties: ``z`` carries the truncation error of one product (at most one unit
-in the last place, ``2^-frac``, plus the features' rounding), so a payment whose
-score lies within ``(d + 2) * 2^-frac`` of a threshold's logit may fall on the other
+in the last place, ``2^-frac``), the features' and weights' rounding (each scaled by
+the other's magnitude) and the threshold's, so a payment whose score lies within
+``(|x|_1 + |w|_1 + 4) * 2^-(frac + 1)`` of a threshold's logit may fall on the other
 side of it than in plaintext (``docs/risk.md``)."""
 
 from __future__ import annotations
