@@ -330,3 +330,44 @@ def test_risk_tokens_do_not_link_to_customer_tokens(nodes: Nodes) -> None:
 
     for user in ("alice", "bob"):
         assert risk_token(nodes.mpp, user) != customer_token(nodes.mpp, user)
+
+
+@pytest.mark.xfail(strict=True, reason="the MPP cannot tell riskFeatures withheld (by the gateway, which relays "
+                   "them, or by the ACQP) from none sent: RISK_NO_FEATURES takes fail_policy, review by default, "
+                   "and on_review approve pays a payment the nodes would decline")
+def test_withholding_the_acqps_bundle_does_not_turn_a_decline_into_a_payment(tmp_path: Path) -> None:
+    import json
+
+    from gateway_net import Net, run
+
+    from veilpay.sdk.features import model_part
+
+    prep = tmp_path / "prep.json"
+    prep.write_text(json.dumps({"columns": [{"name": "v1", "kind": "numeric", "mean": 0.0, "std": 1.0},
+                                            {"name": "hour", "kind": "numeric", "mean": 12.0, "std": 100.0}]}))
+    net = Net(tmp_path, privacy="semi2k", risk={"model": "m1", "prep": prep, "budget_ms": 5000.0})
+    mpp, acqp = net.keys("mpp-1"), net.keys("acqp-1")
+    entries = {n: net.keys(n).public for n in net.node_ids}
+    svc = {n: net.node_apps[n].state.service.risk for n in net.node_ids}
+    parts = split_words(encode_fixed(np.array([3.0, 0.0, 2.0, -4.0]), FRAC), "semi2k")
+    for keys, c in ((mpp, parts[0][:, 0]), (acqp, parts[1][:, 0])):
+        part = model_part(keys, model="m1", mpp="mpp-1", acqp="acqp-1", component=c, frac=FRAC, d_mpp=2, d_acqp=1,
+                          nodes=entries, privacy=net.privacy)
+        for n in net.privacy.nodes:
+            svc[n].put_model_part(part, keys.id)
+    signed = sign_rules(mpp, {**RULES, "rules": []})
+    for n in net.privacy.nodes:
+        svc[n].put_rules(signed, "mpp-1")
+
+    async def go() -> None:
+        c = net.client()
+        await net.wallet("mallory", 10**9)
+        await net.admin("mpp-1", "POST", "/admin/risk-profiles", {"userId": "mallory", "features": {"v1": 2.0}})
+        out = await c.pay("pay-stripped", {"currency": "JPY", "value": "5000"}, await net.code("mallory"),
+                          {"orderId": "pay-stripped"})  # the bundle the gateway dropped: z = 6 + 2 a1 - 4
+        assert out.code != "SUCCESS", out.risk_result
+
+    try:
+        run(go())
+    finally:
+        net.close()
