@@ -501,23 +501,41 @@ def test_the_mpp_follows_its_fail_policy_and_late_decisions_are_kept(tmp_path: P
         net.close()
 
 
-def test_a_shadow_rule_set_is_scored_beside_the_live_one_without_acting(nodes: Nodes) -> None:
+def test_a_shadow_rule_set_is_scored_beside_the_live_one_without_acting(tmp_path: Path) -> None:
     """A shadow rule set is evaluated in the same batch; the answer is the live
-    decision, the shadow one is stored at the nodes and its disagreements counted."""
+    decision; the shadow one is stored at the nodes, never in their public metrics, and
+    reported to the MPP per closed day, suppressed under the policy's count."""
+    from prometheus_client import generate_latest
     from sqlalchemy import select
 
     from veilpay.node.store import risk_decisions
 
-    nodes.publish(np.array([1.0, 0.0, 0.0, 0.0]), 0.0, d_mpp=2)  # z = x0
-    nodes.rules(RULES)
-    nodes.rules({**RULES, "mode": "shadow", "review": 0.2, "decline": 0.4})
-    nodes.start()
-    x = np.array([math.log(0.45 / 0.55), 0.0])  # p = 0.45: approve live, decline in shadow
-    ans = _score(nodes.leader, nodes.request("s1", x, np.zeros(2), 1))
-    assert ans["decision"] == "approve"
-    for n in ("a", "b"):
-        svc = nodes.svc[n]
-        with svc.engine.connect() as conn:
-            row = conn.execute(select(risk_decisions.c.decision, risk_decisions.c.shadow)).one()
-        assert (row.decision, row.shadow) == ("approve", "decline")
-        assert svc.metrics.risk_shadow_disagreements._value.get() == 1
+    nodes = Nodes(tmp_path, report_min_count=2)
+    try:
+        nodes.publish(np.array([1.0, 0.0, 0.0, 0.0]), 0.0, d_mpp=2)  # z = x0
+        nodes.rules(RULES)
+        nodes.rules({**RULES, "mode": "shadow", "review": 0.2, "decline": 0.4})
+        nodes.start()
+        x = np.array([math.log(0.45 / 0.55), 0.0])  # p = 0.45: approve live, decline in shadow
+        ans = _score(nodes.leader, nodes.request("s1", x, np.zeros(2), 1))
+        assert ans["decision"] == "approve"
+        for n in ("a", "b"):
+            svc = nodes.svc[n]
+            with svc.engine.connect() as conn:
+                row = conn.execute(select(risk_decisions.c.decision, risk_decisions.c.shadow)).one()
+            assert (row.decision, row.shadow) == ("approve", "decline")
+            assert b"shadow" not in generate_latest(svc.metrics.registry)
+        day = time.strftime("%Y-%m-%d", time.gmtime(nodes.now / 1000))
+        with pytest.raises(NodeError) as e:  # the day is not over
+            nodes.leader.shadow_report({"day": day}, "mpp-1")
+        assert e.value.code == "PERIOD_OPEN"
+        nodes.now += 2 * 86_400_000
+        assert nodes.leader.shadow_report({"day": day}, "mpp-1") == {"day": day, "payments": 1, "suppressed": True}
+        nodes.now -= 2 * 86_400_000
+        _score(nodes.leader, nodes.request("s2", x, np.zeros(2), 1))
+        nodes.now += 2 * 86_400_000
+        assert nodes.leader.shadow_report({"day": day}, "mpp-1") == {
+            "day": day, "payments": 2, "disagreements": 2, "by_change": {"approve->decline": 2}}
+        assert nodes.leader.shadow_report({"day": day}, "mpp-2")["payments"] == 0  # only its own payments
+    finally:
+        nodes.stop()

@@ -185,20 +185,16 @@ def _cmd_risk(a: argparse.Namespace) -> int:
     to the privacy nodes; ``rules``: the MPP's rule set, signed, to every share holder."""
     from veilpay.partners import load_partner_config
     from veilpay.partners._common import load_identity, trust_of
+    from veilpay.risk.rules import parse_rules
     from veilpay.sdk import GatewayClient
-    from veilpay.sdk.riskclient import post_rules, publish_model
+    from veilpay.sdk.riskclient import load_model_component, post_rules, publish_model
 
     cfg = load_partner_config(a.config)
-    role = "mpp" if a.action == "rules" else None
-    keys, gateway = load_identity(cfg, role or load_party_role(cfg.keys))
-    with GatewayClient(keys, cfg.gateway_url, gateway, **trust_of(cfg)) as client:
-        d = client.directory()
-    if d.privacy is None:
-        raise ConfigError("the gateway's directory announces no privacy nodes")
+    rules: dict[str, Any] = {}
     if a.action == "publish":
         if not (a.model_dir and a.model and a.mpp and a.acqp):
             raise ConfigError("risk publish: --model-dir, --model, --mpp and --acqp are required")
-        out = publish_model(keys, a.model_dir, a.model, a.mpp, a.acqp, d.nodes(), d.privacy)
+        load_model_component(a.model_dir)  # a missing or foreign file is named before any call
     else:
         if not a.file:
             raise ConfigError("risk rules: --file (the rule set, JSON) is required")
@@ -206,6 +202,23 @@ def _cmd_risk(a: argparse.Namespace) -> int:
             rules = json.loads(Path(a.file).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{a.file}: {exc}") from exc
+        if not isinstance(rules, dict):
+            raise ConfigError(f"{a.file}: a rule set is a JSON object (docs/risk.md)")
+    keys, gateway = load_identity(cfg, "mpp" if a.action == "rules" else load_party_role(cfg.keys))
+    if a.action == "rules":
+        rules.setdefault("mpp", keys.id)  # the MPP whose config signs it
+        parse_rules(rules)  # a malformed rule set is named before any call
+    try:
+        with GatewayClient(keys, cfg.gateway_url, gateway, **trust_of(cfg)) as client:
+            d = client.directory()
+    except GatewayUnavailable as exc:
+        raise GatewayUnavailable(f"{cfg.gateway_url}: the gateway does not answer ({exc}); is it serving? "
+                                 f"(gateway_url in {a.config})") from exc
+    if d.privacy is None:
+        raise ConfigError("the gateway's directory announces no privacy nodes")
+    if a.action == "publish":
+        out = publish_model(keys, a.model_dir, a.model, a.mpp, a.acqp, d.nodes(), d.privacy)
+    else:
         out = post_rules(keys, rules, d.nodes(), d.privacy)
     print(json.dumps(out))
     return 0
@@ -370,9 +383,9 @@ def _ledger_fetch(a: argparse.Namespace) -> int:
         node = PublicEntry.from_json(json.loads(Path(a.node_key[0]).read_text()))
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"node ledger fetch: {exc}") from exc
-    records = fetch_ledger(a.url, load_party(a.keys), node)
+    records = fetch_ledger(a.url, load_party(a.keys), node, chain=a.chain)
     Path(a.out).write_text("".join(json.dumps(rec, sort_keys=True) + "\n" for rec in records))
-    print(f"wrote {len(records)} records of {node.id}'s ledger to {a.out}")
+    print(f"wrote {len(records)} records of {node.id}'s {a.chain} ledger to {a.out}")
     return 0
 
 
@@ -584,6 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--keys", help="ledger fetch: your key folder (the gateway's, or a partner the node pinned)")
     n.add_argument("--url", help="ledger fetch: the node's base URL")
     n.add_argument("--out", help="ledger fetch: where to write the copy (JSON lines)")
+    n.add_argument("--chain", choices=["disclosure", "risk"], default="disclosure",
+                   help="ledger fetch: the disclosure ledger, or the risk ledger of scored batches (docs/risk.md)")
     n.add_argument("--session", help="session id (32 hex digits), the same at every party")
     n.add_argument("--frac-bits", type=int, default=16)
     n.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for any message")
@@ -674,7 +689,13 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--log", help="write JSON log lines to this file (default: stderr)")
     pa.set_defaults(fn=_cmd_partner)
 
-    rk = sub.add_parser("risk", help="real-time fraud scoring at the privacy nodes (docs/risk.md)")
+    rk = sub.add_parser("risk", help="real-time fraud scoring at the privacy nodes (docs/risk.md)",
+                        description="publish: a training party (the MPP and the ACQP, once each per model version) "
+                        "re-shares its share of a model kept secret-shared to the privacy nodes; rules: the MPP signs "
+                        "its rule set (thresholds and velocity rules; format in docs/risk.md; 'mpp' defaults to the "
+                        "config's MPP) and hands it to every share holder. Both need the gateway (for the "
+                        "directory) and the nodes running. Exit codes: 0 done, 1 a node refused (its code is "
+                        "printed), 2 usage or input, 3 unreachable.")
     rk.add_argument("action", choices=["publish", "rules"],
                     help="publish: this training party's share of a model kept shared, to the nodes; rules: the "
                          "MPP's rule set, signed, to the nodes")
@@ -711,10 +732,12 @@ EXIT_USAGE, EXIT_PEER, EXIT_SOFTWARE, EXIT_INTERRUPTED = 2, 3, 70, 130
 def _exit_code(exc: BaseException) -> int:
     import httpx
 
-    from veilpay.errors import GatewayUnavailable, PeerDisconnected, ProtocolTimeout
+    from veilpay.errors import GatewayUnavailable, NodeError, PeerDisconnected, ProtocolTimeout
 
     if isinstance(exc, GatewayUnavailable | PeerDisconnected | ProtocolTimeout | httpx.HTTPError | ConnectionError):
         return EXIT_PEER
+    if isinstance(exc, NodeError):  # a node's own "no" (a refused rule set, a model version that exists)
+        return 1
     if isinstance(exc, VeilpayError | OSError):
         return EXIT_USAGE
     return EXIT_SOFTWARE

@@ -17,7 +17,8 @@
   every share holder's signed statement (``veilpay.node.risk``, ``docs/risk.md``).
 - ``POST /node/v1/risk/rules``: a rule set signed by its MPP, adopted under the
   node's policy; ``POST /node/v1/risk/model``: a training party's re-shared part of a
-  model (``veilpay risk publish``).
+  model (``veilpay risk publish``); ``POST /node/v1/risk/shadow``: ``{day}``, to the MPP,
+  how its shadow rule set compared with the live one over a closed day.
 - ``GET /metrics``: Prometheus metrics (refusals by code, jobs by outcome).
 - ``GET /healthz``: liveness and the applied feed position.
 
@@ -202,6 +203,10 @@ def create_node_app(cfg: NodeConfig, clock: Callable[[], int] | None = None) -> 
     @app.post("/node/v1/risk/rules")
     async def risk_rules(request: Request) -> Response:
         return await from_partner(request, risk_op("put_rules"), "RULES_INVALID", caller_too=True)
+
+    @app.post("/node/v1/risk/shadow")
+    async def risk_shadow(request: Request) -> Response:
+        return await from_partner(request, risk_op("shadow_report"), "REPORT_INVALID", caller_too=True)
 
     @app.post("/node/v1/risk/model")
     async def risk_model(request: Request) -> Response:

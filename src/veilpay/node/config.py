@@ -126,6 +126,8 @@ class RiskPolicy:
     rules_min_interval_s: NonNegativeFloat = 3600.0
     heartbeat_s: PositiveFloat = 5.0
     answer_timeout_s: PositiveFloat = 5.0
+    report_min_count: PositiveInt = 20          # shadow reports: a day with fewer payments is suppressed
+    report_after_s: NonNegativeFloat = 3600.0   # ... and only this long after the day's end
 
 
 @dataclass(config=STRICT, frozen=True)

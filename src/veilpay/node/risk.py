@@ -29,6 +29,7 @@ with ``RISK_UNAVAILABLE`` and the mesh is opened again."""
 
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import queue
@@ -439,6 +440,8 @@ class RiskService:
                     raise NodeError("this payment was scored", "RISK_SCORED", 409)
                 if c["mpp"]["bundle"]["mpp"] not in live:
                     raise NodeError("its MPP has no rule set at this node", "RISK_NO_RULES", 409)
+                if live[c["mpp"]["bundle"]["mpp"]].model != c["mpp"]["bundle"]["model"]:
+                    raise NodeError("its MPP's rule set is for another model", "RISK_NO_RULES", 409)
                 seen.add(key)
                 checked[i] = c
                 flags[i] = True
@@ -489,10 +492,15 @@ class RiskService:
             if not rows:
                 continue
             model = self._model_in(head, model_name)
-            sets = [live[mpp]] + ([shadow[mpp]] if mpp in shadow else [])
-            codes = self._run_group(comm, model, rows, items, opened, sets, ts_of)
-            if codes[0] is not None:
+            # a shadow rule set on the live model (a shadow model would need features of its own)
+            sets = [live[mpp]] + ([shadow[mpp]] if mpp in shadow and shadow[mpp].model == model_name else [])
+            *codes, amount_ok = self._run_group(comm, model, rows, items, opened, sets, ts_of)
+            if codes[0] is not None and amount_ok is not None:
                 for j, i in enumerate(rows):
+                    if not amount_ok[j]:  # the ACQP's amount word is out of range: no decision, no event
+                        errors[i] = NodeError("the acquirer's amount is outside 0 .. 10^13 USD cents",
+                                              "RISK_AMOUNT_INVALID", 400)
+                        continue
                     decisions[i] = DECISIONS[int(codes[0][j])]
                     if len(codes) > 1 and codes[1] is not None:
                         shadows[i] = DECISIONS[int(codes[1][j])]
@@ -547,7 +555,7 @@ class RiskService:
                    ts_of: dict[int, int]) -> list[np.ndarray | None]:
         rt = self._protocol(comm, model.frac)
         m, d = len(rows), model.d_mpp + model.d_acqp
-        x = w = b = sums = None
+        x = w = b = sums = amounts = None
         counts = None
         if self.holder:
             xw = np.zeros((m, d, self.words), dtype=np.uint64)
@@ -567,7 +575,8 @@ class RiskService:
             b = model.words[d:].reshape(1, 1, self.words)  # type: ignore[index]
         with ring_errstate():
             return score_batch(rt, m, tensor_of(rt, x, (m, d), model.frac), tensor_of(rt, w, (d, 1), model.frac),
-                               tensor_of(rt, b, (1, 1), model.frac), tensor_of(rt, sums, (m, 2), 0), counts, sets)
+                               tensor_of(rt, b, (1, 1), model.frac), tensor_of(rt, sums, (m, 2), 0), counts, sets,
+                               amounts=tensor_of(rt, amounts, (m,), 0))
 
     def _history(self, tokens: list[str], since: int) -> dict[str, list[tuple[int, np.ndarray]]]:
         out: dict[str, list[tuple[int, np.ndarray]]] = {}
@@ -598,9 +607,7 @@ class RiskService:
             amount = opened[i][1][-1]
             events.append({"token": mb["payer"], "ts_ms": ts_of[i], "w0": _i64(int(amount[0])),
                            "w1": _i64(int(amount[1])) if self.words == 2 else 0})
-            self.metrics.risk_decisions.labels(decision=dec).inc()
-            if shadows[i] and shadows[i] != dec:
-                self.metrics.risk_shadow_disagreements.inc()
+            self.metrics.risk_payments.inc()  # no decision in public metrics: anyone may read them
         mine = {m: sign_decisions(self.keys, mpp=m, batch=batch, decisions=d) for m, d in per_mpp.items()}
         with self.engine.begin() as conn:
             if rows:
@@ -642,6 +649,34 @@ class RiskService:
             mb = items[i]["mpp"]["bundle"]
             answers.append({"decision": dec, "model": mb["model"], "rules": live[mb["mpp"]].version, "batch": batch})
         return answers
+
+    def shadow_report(self, obj: Any, caller: str) -> dict[str, Any]:
+        """For the MPP ``caller``: how its shadow rule set's decisions compared with the
+        live ones over one closed UTC day, ``{"day": "YYYY-MM-DD"}``. Only whole days, at
+        least ``report_after_s`` after their end, with at least ``report_min_count``
+        payments (else suppressed): a report is no per-payment oracle."""
+        if not self.policy.enabled:
+            raise NodeError("this node does not score payments", "RISK_DISABLED", 404)
+        day = obj.get("day") if isinstance(obj, dict) else None
+        try:
+            start = calendar.timegm(time.strptime(str(day), "%Y-%m-%d")) * 1000
+        except (ValueError, OverflowError) as exc:
+            raise NodeError("a shadow report is {day: YYYY-MM-DD}", "REPORT_INVALID", 400) from exc
+        end = start + 86_400_000
+        if self.clock() < end + self.policy.report_after_s * 1000:
+            raise NodeError(f"{day} is not closed for reports yet", "PERIOD_OPEN", 409)
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(risk_decisions.c.decision, risk_decisions.c.shadow).where(
+                risk_decisions.c.mpp == caller, risk_decisions.c.created_ms >= start,
+                risk_decisions.c.created_ms < end, risk_decisions.c.shadow != "")).all()
+        if len(rows) < self.policy.report_min_count:
+            return {"day": day, "payments": len(rows), "suppressed": True}
+        pairs: dict[str, int] = {}
+        for r in rows:
+            if r.decision != r.shadow:
+                key = f"{r.decision}->{r.shadow}"
+                pairs[key] = pairs.get(key, 0) + 1
+        return {"day": day, "payments": len(rows), "disagreements": sum(pairs.values()), "by_change": pairs}
 
     # ------------------------------------------------------------------ rule sets and models
     def put_rules(self, doc: Any, caller: str) -> dict[str, Any]:

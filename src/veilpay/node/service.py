@@ -43,16 +43,13 @@ class NodeMetrics:
         self.jobs = Counter("veilpay_node_jobs", "Jobs by kind and outcome", ["kind", "outcome"], registry=self.registry)
         self.ledger_entries = Gauge("veilpay_node_ledger_entries", "Entries in the disclosure ledger",
                                     registry=self.registry)
-        self.risk_decisions = Counter("veilpay_node_risk_decisions", "Payments scored, by decision", ["decision"],
-                                      registry=self.registry)
+        # how many payments were scored, never which decision: these metrics are public
+        self.risk_payments = Counter("veilpay_node_risk_payments", "Payments scored", registry=self.registry)
         self.risk_batch_seconds = Histogram("veilpay_node_risk_batch_seconds", "Time to score one micro-batch",
                                             buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
                                             registry=self.registry)
         self.risk_batch_size = Histogram("veilpay_node_risk_batch_size", "Payments per micro-batch",
                                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
-        self.risk_shadow_disagreements = Counter("veilpay_node_risk_shadow_disagreements",
-                                                 "Payments whose shadow rule set decided otherwise than the live one",
-                                                 registry=self.registry)
 
     def refused(self, code: str) -> None:
         self.refusals.labels(code=code).inc()

@@ -25,6 +25,7 @@
     budget_ms = 50                        # past this, the payment follows fail_policy
     fail_policy = "review"                # approve | review | decline
     on_review = "approve"                 # what the MPP does with a review: approve (and flag) | decline
+    on_missing_features = "decline"       # no ACQP bundle (none sent, or the relay dropped it): fail closed
 
 Relative paths are relative to the file's folder; every key is typed and an unknown
 one is refused (``veilpay.settings``)."""
@@ -51,6 +52,7 @@ class RiskSection:
     budget_ms: PositiveFloat = 50.0
     fail_policy: Literal["approve", "review", "decline"] = "review"
     on_review: Literal["approve", "decline"] = "approve"
+    on_missing_features: Literal["approve", "review", "decline"] = "decline"
 
 
 @dataclass(config=STRICT)

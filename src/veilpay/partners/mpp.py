@@ -178,7 +178,9 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
         fallback = {"decision": cfg.risk.fail_policy, "modelVersion": cfg.risk.model, "rulesVersion": 0}
         acq = obj.get("riskFeatures")
         if row.features is None or not isinstance(acq, dict):
-            return {**fallback, "reason": "RISK_NO_FEATURES"}
+            # the ACQP's bundle may have been withheld on the way (the gateway relays it):
+            # a payment the nodes never scored follows on_missing_features, declined by default
+            return {**fallback, "decision": cfg.risk.on_missing_features, "reason": "RISK_NO_FEATURES"}
         try:
             raw = json.loads(row.features)
             if "hour" not in raw:

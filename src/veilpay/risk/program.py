@@ -34,7 +34,7 @@ from veilpay.errors import InvalidInput
 from veilpay.mpc.nonlinear import msb
 from veilpay.mpc.protocol import Protocol
 from veilpay.mpc.tensor import SharedTensor, concatenate
-from veilpay.risk.rules import PUBLIC_FEATURES, Condition, RuleSet
+from veilpay.risk.rules import MAX_AMOUNT_CENTS, PUBLIC_FEATURES, Condition, RuleSet
 
 __all__ = ["DECISIONS", "decisions_of", "score_batch", "tensor_of"]
 
@@ -79,11 +79,14 @@ def _and_tree(rt: Protocol, columns: list[list[SharedTensor]]) -> list[SharedTen
 
 
 def score_batch(rt: Protocol, n: int, x: SharedTensor, w: SharedTensor, b: SharedTensor, sums: SharedTensor,
-                counts: np.ndarray | None, rule_sets: Sequence[RuleSet]) -> list[np.ndarray | None]:
+                counts: np.ndarray | None, rule_sets: Sequence[RuleSet],
+                amounts: SharedTensor | None = None) -> list[np.ndarray | None]:
     """Decisions (0 approve, 1 review, 2 decline; int8 (n,)) of each rule set, at the
     share holders (None at the dealer). ``x``: (n, d) fixed point; ``w``: (d, 1);
     ``b``: (1, 1); ``sums``: (n, 2) integers (1 h, 24 h); ``counts``: public (n, 2) at
-    the holders, None at the dealer."""
+    the holders, None at the dealer. With ``amounts`` ((n,) integers, the ACQP's amount
+    words), one more array comes last: 1 where the amount is in 0..MAX_AMOUNT_CENTS,
+    else 0 (checked in the same bit decomposition; the holders learn this bit only)."""
     frac = rt.fxp.frac_bits
     z = x @ w + b                                       # (n, 1), frac bits ``frac``
     z_int = SharedTensor(rt, None if z.sh is None else tuple(s.reshape(n) for s in z.sh), (n,), 0)
@@ -125,7 +128,10 @@ def score_batch(rt: Protocol, n: int, x: SharedTensor, w: SharedTensor, b: Share
             (decline_terms if r.action == "decline" else review_terms).append((sec, pub))
         plans.append((decline_terms, review_terms))
 
-    bits = msb(concatenate([d.reshape(n, 1) for d in diffs], axis=1))  # (n, k)
+    k = len(diffs)
+    if amounts is not None:  # in range: not (a < 0) and not (MAX - a < 0)
+        diffs += [amounts, -amounts + np.full(n, MAX_AMOUNT_CENTS, dtype=np.int64)]
+    bits = msb(concatenate([d.reshape(n, 1) for d in diffs], axis=1))  # (n, k [+ 2])
 
     def term_columns(term: tuple[list[tuple[int, bool]], np.ndarray | None]) -> list[SharedTensor]:
         cols = [(1 - bits[:, c]) if neg else bits[:, c] for c, neg in term[0]]
@@ -138,7 +144,9 @@ def score_batch(rt: Protocol, n: int, x: SharedTensor, w: SharedTensor, b: Share
     # rules: AND of their conditions; then, per rule set, NOT decline / NOT review as
     # products of (1 - term), in one tree; then review and not decline.
     terms = [t for dec, rev in plans for t in (*dec, *rev)]
-    anded = _and_tree(rt, [term_columns(t) for t in terms])
+    checks = [[1 - bits[:, k], 1 - bits[:, k + 1]]] if amounts is not None else []
+    anded = _and_tree(rt, [term_columns(t) for t in terms] + checks)
+    amount_ok = anded.pop() if amounts is not None else None
     groups: list[list[SharedTensor]] = []
     pos = 0
     for dec, rev in plans:
@@ -149,10 +157,10 @@ def score_batch(rt: Protocol, n: int, x: SharedTensor, w: SharedTensor, b: Share
     nots = _and_tree(rt, groups)
     declines = [1 - nots[2 * i] for i in range(len(plans))]
     reviews = _and_tree(rt, [[1 - nots[2 * i + 1], nots[2 * i]] for i in range(len(plans))])
-    opened = concatenate([concatenate([d, r]) for d, r in zip(declines, reviews, strict=True)]).reveal(
-        list(rt.compute))
+    opened = concatenate([concatenate([d, r]) for d, r in zip(declines, reviews, strict=True)]
+                         + ([amount_ok] if amount_ok is not None else [])).reveal(list(rt.compute))
     if opened is None:
-        return [None for _ in rule_sets]
+        return [None for _ in range(len(rule_sets) + (amounts is not None))]
     out: list[np.ndarray | None] = []
     for i in range(len(rule_sets)):
         d_bits = opened[2 * i * n:(2 * i + 1) * n]
@@ -160,6 +168,11 @@ def score_batch(rt: Protocol, n: int, x: SharedTensor, w: SharedTensor, b: Share
         if not (np.isin(d_bits, (0, 1)).all() and np.isin(r_bits, (0, 1)).all()):
             raise InvalidInput("the decision bits are not bits: a node's shares are inconsistent")
         out.append(np.where(d_bits == 1, 2, np.where(r_bits == 1, 1, 0)).astype(np.int8))
+    if amounts is not None:
+        ok = opened[2 * len(rule_sets) * n:]
+        if not np.isin(ok, (0, 1)).all():
+            raise InvalidInput("the amount bits are not bits: a node's shares are inconsistent")
+        out.append(ok.astype(np.int8))
     return out
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from veilpay.errors import InvalidInput
 
-__all__ = ["ACTIONS", "FEATURES", "OPS", "Condition", "Rule", "RuleSet", "parse_rules"]
+__all__ = ["ACTIONS", "FEATURES", "MAX_AMOUNT_CENTS", "OPS", "Condition", "Rule", "RuleSet", "parse_rules"]
 
 ACTIONS = ("review", "decline")
 OPS = (">", ">=", "<", "<=")
@@ -42,9 +42,10 @@ FEATURES = SECRET_FEATURES + PUBLIC_FEATURES
 MAX_RULES = 32
 MAX_CONDITIONS = 4
 MAX_SUM = 10**13          # USD cents: a bound that keeps every comparison far inside the ring
+MAX_AMOUNT_CENTS = 10**13 - 1  # one payment's amount word (USD cents): the nodes check it in MPC
 MAX_COUNT = 10**6
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,31}\Z")
+_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
 RULE_FIELDS = ("mpp", "version", "mode", "model", "review", "decline", "rules")
 
 

@@ -51,8 +51,8 @@ MODEL_PART_FIELDS = ("v", "model", "party", "mpp", "acqp", "protocol", "frac", "
                      "sig")
 DECISION_FIELDS = ("v", "node", "mpp", "batch", "decisions", "kv", "sig")
 MAX_WIDTH = 256
-_TEXT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+_TEXT = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
+_TOKEN = re.compile(r"\A[A-Za-z0-9_-]{16,64}\Z")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _LABELS = {"bundle": b"veilpay/risk-bundle/v1\n", "rules": b"veilpay/risk-rules/v1\n",
            "model": b"veilpay/risk-model/v1\n", "decision": b"veilpay/risk-decision/v1\n"}

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from veilpay.errors import DataError, GatewayUnavailable, InvalidInput, SignatureError
+from veilpay.errors import DataError, GatewayUnavailable, InvalidInput, NodeError, SignatureError
 from veilpay.sdk import wirejson
 from veilpay.sdk.features import model_part, sign_rules, verify_decisions
 from veilpay.sdk.keys import PartyKeys, PublicEntry
@@ -145,7 +145,8 @@ class RiskScorer:
 
 def post_to_node(me: PartyKeys, node: PublicEntry, path: str, body: dict[str, Any], timeout: float = 30.0,
                  transport: httpx.BaseTransport | None = None) -> dict[str, Any]:
-    """A signed call to one node; its signed answer (GatewayUnavailable on an error)."""
+    """A signed call to one node; its signed answer. NodeError (with the node's code)
+    when the node refuses, GatewayUnavailable when it cannot be reached or fails."""
     raw = wirejson.dumps(body)
     headers = post_headers(me.signer(), path, me.id, raw)
     with httpx.Client(timeout=timeout, transport=transport) as http:
@@ -156,7 +157,10 @@ def post_to_node(me: PartyKeys, node: PublicEntry, path: str, body: dict[str, An
     out = _checked_answer(r, node, path, headers)
     if r.status_code != 200:
         err: dict[str, Any] = out["error"] if isinstance(out.get("error"), dict) else {}
-        raise GatewayUnavailable(f"{node.id}: {err.get('code', r.status_code)}: {err.get('message', '')}")
+        code = str(err.get("code") or "")
+        if code and r.status_code < 500:  # the node's own "no", by name
+            raise NodeError(f"{node.id}: {code}: {str(err.get('message', ''))[:300]}", code, r.status_code)
+        raise GatewayUnavailable(f"{node.id}: {code or r.status_code}: {str(err.get('message', ''))[:300]}")
     return out
 
 
