@@ -1,4 +1,4 @@
-"""Fraud-model quality (issue 24): the joint fraud model of a wallet (the MPP, label
+"""Fraud-model quality (docs/risk.md, docs/ml.md): the joint fraud model of a wallet (the MPP, label
 party: V1..V9, hour) and an acquirer (the ACQP: V10..V28, Amount) on the ULB
 credit-card data (`make data` writes data/fraud), out of time: trained on the first
 80 % of the payments by Time, tested on the last 20 %. One JSON line per model:
