@@ -53,7 +53,8 @@ def test_running_the_gateway_as_written(tmp_path: Path) -> None:
     wallet = wallet.replace("veilpay partner code --config mpp.toml --user u1",
                             "veilpay partner code --config mpp.toml --user u1 > code.json")
     python = python.replace('scanned_code = "2810..."', 'scanned_code = json.load(open("code.json"))["code"]')
-    rotate = rotate.replace("kill %3 && ", "kill %3; wait %3 2>/dev/null || true; ") + "wait_for 8102\n"
+    rotate = rotate.replace("kill %3; wait %3; ", "kill %3; wait %3 2>/dev/null || true; ") + "wait_for 8102\n"
+    assert "wait %3 2>/dev/null" in rotate  # the README's restart line, made safe under set -e
     again = python.replace("7001", "7002")  # after the rotation: a new payment, on the acquirer's new key
     wallet_again = wallet.replace("--user u1", "--user u2")
     script = (WAIT + "set -e\ntrap 'kill $(jobs -p) 2>/dev/null' EXIT\n" + setup + wallet

@@ -1,4 +1,4 @@
-"""``veilpay``: keys, node, launch, demo, psi, psi-setup, train, score, gateway, partner."""
+"""``veilpay``: keys, node, launch, demo, psi, psi-setup, train, score, gateway, partner, risk, mcp."""
 
 from __future__ import annotations
 
@@ -716,8 +716,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--port", type=int, default=8765, help="streamable-http: port")
     m.set_defaults(fn=_cmd_mcp)
 
-    d = sub.add_parser("demo", help="the main job on embedded data: encrypted payments through the gateway, "
-                       "then three wallets in MPC (aby3, TLS)")
+    d = sub.add_parser("demo", help="the main job on embedded data: encrypted payments through the gateway, scored "
+                       "for fraud at the privacy nodes, an AI assistant over MCP, then three wallets in MPC (aby3, TLS)")
     d.add_argument("--out", help="directory for the demo's certificates (default: a temp dir)")
     d.set_defaults(fn=_cmd_demo)
     return parser
