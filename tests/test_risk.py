@@ -374,35 +374,48 @@ def test_a_node_that_does_not_answer_fails_the_batch_by_name(tmp_path: Path) -> 
 
 
 # ---------------------------------------------------------------- on the payment path
+def risk_net(tmp_path: Path, weights: list[float], rules: dict[str, Any], budget_ms: float) -> Any:
+    """The in-process network (tests/gateway_net.py) with privacy nodes that score
+    mpp-1's payments: the MPP's columns v1 and the hour (weight 0), the ACQP's one
+    column a1, the model ``weights`` (v1, hour, a1, bias) published as the two training
+    parties' shares, and ``rules`` signed once by mpp-1 and given to every holder.
+    Returns the net, with ``entries`` (the nodes' public entries) and ``risk`` (each
+    node's RiskService) set on it."""
+    import json
+
+    from gateway_net import Net
+
+    prep = tmp_path / "prep.json"
+    prep.write_text(json.dumps({"columns": [{"name": "v1", "kind": "numeric", "mean": 0.0, "std": 1.0},
+                                            {"name": "hour", "kind": "numeric", "mean": 12.0, "std": 100.0}]}))
+    net = Net(tmp_path, privacy="semi2k", risk={"model": "m1", "prep": prep, "budget_ms": budget_ms})
+    mpp, acqp = net.keys("mpp-1"), net.keys("acqp-1")
+    net.entries = {n: net.keys(n).public for n in net.node_ids}
+    net.risk_svc = {n: net.node_apps[n].state.service.risk for n in net.node_ids}
+    parts = split_words(encode_fixed(np.array(weights), FRAC), "semi2k")
+    for keys, c in ((mpp, parts[0][:, 0]), (acqp, parts[1][:, 0])):
+        part = model_part(keys, model="m1", mpp="mpp-1", acqp="acqp-1", component=c, frac=FRAC, d_mpp=2, d_acqp=1,
+                          nodes=net.entries, privacy=net.privacy)
+        for n in net.privacy.nodes:
+            net.risk_svc[n].put_model_part(part, keys.id)
+    signed = sign_rules(mpp, rules)  # one document, every node
+    for n in net.privacy.nodes:
+        net.risk_svc[n].put_rules(signed, "mpp-1")
+    return net
+
+
 def test_payments_are_scored_on_the_payment_path(tmp_path: Path) -> None:
     """The ACQP's SDK sends its features sealed to the nodes, the gateway relays them,
     the MPP adds its own and asks the nodes: a fraudulent-looking payment is declined
     (RISK_REJECT), a normal one approved, each with its riskResult in the answer and
     the inquiry; no feature value reaches the gateway."""
-    import json
-
-    from gateway_net import Net, run
+    from gateway_net import run
 
     from veilpay.sdk.features import share_features as share
 
-    prep = tmp_path / "prep.json"
-    prep.write_text(json.dumps({"columns": [{"name": "v1", "kind": "numeric", "mean": 0.0, "std": 1.0},
-                                            {"name": "hour", "kind": "numeric", "mean": 12.0, "std": 100.0}]}))
     A1 = 1.000123456789  # the ACQP's feature: a canary  # noqa: N806
-    net = Net(tmp_path, privacy="semi2k", risk={"model": "m1", "prep": prep, "budget_ms": 5000.0})
-    mpp, acqp = net.keys("mpp-1"), net.keys("acqp-1")
-    entries = {n: net.keys(n).public for n in net.node_ids}
-    svc = {n: net.node_apps[n].state.service.risk for n in net.node_ids}
-    comp = encode_fixed(np.array([3.0, 0.0, 2.0, -4.0]), FRAC)  # z = 3 v1 + 2 a1 - 4
-    parts = split_words(comp, "semi2k")
-    for keys, c in ((mpp, parts[0][:, 0]), (acqp, parts[1][:, 0])):
-        part = model_part(keys, model="m1", mpp="mpp-1", acqp="acqp-1", component=c, frac=FRAC, d_mpp=2, d_acqp=1,
-                          nodes=entries, privacy=net.privacy)
-        for n in net.privacy.nodes:
-            svc[n].put_model_part(part, keys.id)
-    signed = sign_rules(mpp, {**RULES, "rules": []})
-    for n in net.privacy.nodes:
-        svc[n].put_rules(signed, "mpp-1")
+    net = risk_net(tmp_path, [3.0, 0.0, 2.0, -4.0], {**RULES, "rules": []}, 5000.0)  # z = 3 v1 + 2 a1 - 4
+    acqp, entries = net.keys("acqp-1"), net.entries
 
     async def go() -> None:
         c = net.client()
@@ -441,29 +454,13 @@ def test_the_mpp_follows_its_fail_policy_and_late_decisions_are_kept(tmp_path: P
     approved and flagged) with a named reason; with a budget shorter than a batch the
     MPP answers RISK_TIMEOUT and the nodes still record the decision, in the risk
     ledger too, which a partner can verify."""
-    import json
-
-    from gateway_net import Net, run
+    from gateway_net import run
 
     from veilpay.sdk.features import share_features as share
     from veilpay.sdk.ledger import verify_records
 
-    prep = tmp_path / "prep.json"
-    prep.write_text(json.dumps({"columns": [{"name": "v1", "kind": "numeric", "mean": 0.0, "std": 1.0},
-                                            {"name": "hour", "kind": "numeric", "mean": 12.0, "std": 100.0}]}))
-    net = Net(tmp_path, privacy="semi2k", risk={"model": "m1", "prep": prep, "budget_ms": 0.5})
-    mpp, acqp = net.keys("mpp-1"), net.keys("acqp-1")
-    entries = {n: net.keys(n).public for n in net.node_ids}
-    svc = {n: net.node_apps[n].state.service.risk for n in net.node_ids}
-    parts = split_words(encode_fixed(np.array([1.0, 0.0, 1.0, -1.0]), FRAC), "semi2k")
-    for keys, c in ((mpp, parts[0][:, 0]), (acqp, parts[1][:, 0])):
-        part = model_part(keys, model="m1", mpp="mpp-1", acqp="acqp-1", component=c, frac=FRAC, d_mpp=2, d_acqp=1,
-                          nodes=entries, privacy=net.privacy)
-        for n in net.privacy.nodes:
-            svc[n].put_model_part(part, keys.id)
-    signed = sign_rules(mpp, RULES)  # one document, every node
-    for n in net.privacy.nodes:
-        svc[n].put_rules(signed, "mpp-1")
+    net = risk_net(tmp_path, [1.0, 0.0, 1.0, -1.0], RULES, 0.5)
+    acqp, entries, svc = net.keys("acqp-1"), net.entries, net.risk_svc
 
     async def go() -> None:
         c = net.client()

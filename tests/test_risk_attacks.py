@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client import generate_latest
-from test_risk import FRAC, RULES, SEMI, Nodes, _program_case, _score, _sigmoid
+from test_risk import FRAC, RULES, SEMI, Nodes, _program_case, _score, _sigmoid, risk_net
 
 from veilpay.errors import NodeError, WireFormatError
 from veilpay.node.risk import RiskService
@@ -330,28 +330,9 @@ def test_risk_tokens_do_not_link_to_customer_tokens(nodes: Nodes) -> None:
 
 
 def test_withholding_the_acqps_bundle_does_not_turn_a_decline_into_a_payment(tmp_path: Path) -> None:
-    import json
+    from gateway_net import run
 
-    from gateway_net import Net, run
-
-    from veilpay.sdk.features import model_part
-
-    prep = tmp_path / "prep.json"
-    prep.write_text(json.dumps({"columns": [{"name": "v1", "kind": "numeric", "mean": 0.0, "std": 1.0},
-                                            {"name": "hour", "kind": "numeric", "mean": 12.0, "std": 100.0}]}))
-    net = Net(tmp_path, privacy="semi2k", risk={"model": "m1", "prep": prep, "budget_ms": 5000.0})
-    mpp, acqp = net.keys("mpp-1"), net.keys("acqp-1")
-    entries = {n: net.keys(n).public for n in net.node_ids}
-    svc = {n: net.node_apps[n].state.service.risk for n in net.node_ids}
-    parts = split_words(encode_fixed(np.array([3.0, 0.0, 2.0, -4.0]), FRAC), "semi2k")
-    for keys, c in ((mpp, parts[0][:, 0]), (acqp, parts[1][:, 0])):
-        part = model_part(keys, model="m1", mpp="mpp-1", acqp="acqp-1", component=c, frac=FRAC, d_mpp=2, d_acqp=1,
-                          nodes=entries, privacy=net.privacy)
-        for n in net.privacy.nodes:
-            svc[n].put_model_part(part, keys.id)
-    signed = sign_rules(mpp, {**RULES, "rules": []})
-    for n in net.privacy.nodes:
-        svc[n].put_rules(signed, "mpp-1")
+    net = risk_net(tmp_path, [3.0, 0.0, 2.0, -4.0], {**RULES, "rules": []}, 5000.0)
 
     async def go() -> None:
         c = net.client()

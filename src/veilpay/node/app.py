@@ -196,21 +196,16 @@ def create_node_app(cfg: NodeConfig, clock: Callable[[], int] | None = None) -> 
             return getattr(service.risk, name)(obj, caller)
         return op
 
-    @app.post("/node/v1/risk/score")
-    async def risk_score(request: Request) -> Response:
-        return await from_partner(request, risk_op("score"), "RISK_BUNDLE_INVALID", caller_too=True)
+    def risk_route(name: str, invalid: str) -> Any:
+        async def route(request: Request) -> Response:
+            return await from_partner(request, risk_op(name), invalid, caller_too=True)
+        return route
 
-    @app.post("/node/v1/risk/rules")
-    async def risk_rules(request: Request) -> Response:
-        return await from_partner(request, risk_op("put_rules"), "RULES_INVALID", caller_too=True)
-
-    @app.post("/node/v1/risk/shadow")
-    async def risk_shadow(request: Request) -> Response:
-        return await from_partner(request, risk_op("shadow_report"), "REPORT_INVALID", caller_too=True)
-
-    @app.post("/node/v1/risk/model")
-    async def risk_model(request: Request) -> Response:
-        return await from_partner(request, risk_op("put_model_part"), "MODEL_INVALID", caller_too=True)
+    for path, name, invalid in (("score", "score", "RISK_BUNDLE_INVALID"), ("rules", "put_rules", "RULES_INVALID"),
+                                ("shadow", "shadow_report", "REPORT_INVALID"),
+                                ("model", "put_model_part", "MODEL_INVALID")):
+        app.add_api_route(f"/node/v1/risk/{path}", risk_route(name, invalid), methods=["POST"],
+                          response_class=Response)
 
     @app.get("/metrics")
     async def metrics() -> Response:
