@@ -50,7 +50,9 @@ NODE_POLICY = {"cycle_s": CYCLE_S, "close_margin_s": 1.0, "min_count": 2, "epsil
 # and the hour, the acquirer one of the payment (a1) and the amount; a demo model
 # z = 3 v1 + 2 a1 - 4 (a network's model comes from `veilpay train`, kept shared),
 # declined from p >= 0.9, reviewed from 0.5, and declined on a burst of payments.
-RISK = {"columns": ["v1", "hour"], "budget_ms": 1000}
+# The assistant's payments in the MCP part carry no acquirer features: the wallet flags
+# them for review instead of declining them (on_missing_features, "decline" by default).
+RISK = {"columns": ["v1", "hour"], "budget_ms": 1000, "on_missing_features": "review"}
 RISK_MODEL = ([3.0, 0.0, 2.0], -4.0)
 RISK_RULES = {"version": 1, "mode": "live", "review": 0.5, "decline": 0.9,
               "rules": [{"name": "burst", "then": "decline", "if": [["count_1h", ">", 5], ["score", ">", 0.3]]}]}
