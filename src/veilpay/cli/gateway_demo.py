@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from veilpay.cli.localnet import LocalNet
+from veilpay.errors import VeilpayError
 from veilpay.sdk.ledger import compare_records, fetch_ledger, verify_records
 from veilpay.sdk.periods import Period
 from veilpay.sdk.settlement import assemble
@@ -95,12 +96,13 @@ def _keys_part(net: LocalNet) -> None:
         print(f"[acqp-1] a directory in which the operator lists its own HPKE key for mpp-1: {verdict}\n")
 
 
-def _risk_part(net: LocalNet, root: Path) -> None:
+def _risk_part(net: LocalNet, root: Path) -> dict[str, str]:
     """A fraudulent-looking payment declined and a normal one approved, scored by the
     nodes in MPC on both partners' features; what each party saw of it."""
     print("\n[acqp-1] two more checkouts, each scored by the privacy nodes on the wallet's and the acquirer's")
     print("features in MPC (a demo model z = 3 v1 + 2 a1 - 4, kept secret-shared at the nodes; docs/risk.md):")
     seen: dict[str, str] = {}
+    decided: dict[str, str] = {}
     with httpx.Client(timeout=20) as http:
         for uid, a1, label in ((RISKY_WALLET[0], 1.0, "fraudulent-looking"), (WALLETS[0][0], 0.0, "normal")):
             code = net.admin("mpp-1", "POST", "/admin/codes", {"userId": uid})["code"]
@@ -110,6 +112,7 @@ def _risk_part(net: LocalNet, root: Path) -> None:
                 "risk": {"model": "local-fraud", "features": [a1], "amountUsdCents": 65000}}).json()
             risk = r.get("riskResult") or {}
             seen[r["paymentRequestId"]] = label
+            decided[label] = f"{r['result']['resultCode']}/{risk.get('decision')}"
             print(f"  {label:<19} payer {uid}: {r['result']['resultCode']:<12} decision {risk.get('decision')} "
                   f"({risk.get('reason')}, model {risk.get('modelVersion')}, rules v{risk.get('rulesVersion')})")
     con = sqlite3.connect(f"file:{root}/gateway/gateway.db?mode=ro", uri=True)
@@ -128,6 +131,9 @@ def _risk_part(net: LocalNet, root: Path) -> None:
         print(f"[{n}] " + ("holds no shares (the dealer); it took part in the MPC" if ev is None else
                            f"holds the last payment's amount as share word {int(ev[0]) % 2**64} and its decision "
                            f"{dec[0] if dec else '-'}, never a feature or a score in the clear"))
+    if decided != {"fraudulent-looking": "RISK_REJECT/decline", "normal": "SUCCESS/approve"}:
+        raise VeilpayError(f"the demo's risk decisions came out otherwise: {decided}")
+    return decided
 
 
 def run_gateway_demo(out: Path | None = None) -> dict[str, Any]:
@@ -275,9 +281,10 @@ def run_gateway_demo(out: Path | None = None) -> dict[str, Any]:
             print(f"  {uid} {name:<13} balance {bal:>9} -> {w['balance']:>9}")
         print(f"  payments in its ledger: {len(ledger)}, succeeded {sum(p['status'] == 'SUCCESS' for p in ledger)}, "
               f"cancelled {sum(p['status'] == 'CANCELLED' for p in ledger)}")
-        _risk_part(net, root)
+        risk = _risk_part(net, root)
         print(f"\npart 1 took {elapsed:.1f} s including process start-up; logs and databases are in {root}\n")
         from veilpay.cli.mcp_demo import run_mcp_demo
 
         run_mcp_demo(net, period.label)
-        return {"payments": len(done), "succeeded": len(ok), "notifications": len(notes["notifications"])}
+        return {"payments": len(done), "succeeded": len(ok), "notifications": len(notes["notifications"]),
+                "risk": risk}
