@@ -101,7 +101,7 @@ def create_node_app(cfg: NodeConfig, clock: Callable[[], int] | None = None) -> 
 
         def risk_mesh(session: bytes) -> Any:
             return connect_mesh(scoring, keys.id, session, timeout=cfg.risk.heartbeat_s * 3,
-                                connect_timeout=cfg.connect_timeout_s, parties=list(privacy.parties))
+                                connect_timeout=min(cfg.connect_timeout_s, 2.0), parties=list(privacy.parties))
 
     if clock is None:
         service = NodeService(keys, privacy, engine, mesh, partners, cfg.policy, risk_mesh=risk_mesh,

@@ -30,6 +30,7 @@ with ``RISK_UNAVAILABLE`` and the mesh is opened again."""
 from __future__ import annotations
 
 import calendar
+import contextlib
 import json
 import logging
 import queue
@@ -128,11 +129,12 @@ class RiskService:
         self.leader = privacy.nodes[0]
         self.words = words_per_node(privacy.protocol)
         self.book = Ledger(engine, keys, risk_ledger)
-        self._queue: queue.Queue[_Pending] = queue.Queue()
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()  # None: stop waiting
         self._inflight: dict[str, _Pending] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._comm: Communicator | None = None
         self._protocols: dict[int, Protocol] = {}
         self._models: dict[str, _Model] = {}
         self._adopted: dict[tuple[str, str], tuple[str, RuleSet]] = {}  # (mpp, mode) -> (doc digest, rules)
@@ -144,14 +146,21 @@ class RiskService:
             self._thread.start()
 
     def stop(self) -> None:
+        """Stop scoring: a follower waiting for the next batch header is woken by closing
+        its mesh, so a node shuts down at once rather than after a heartbeat timeout."""
         self._stop.set()
+        self._queue.put(None)
+        comm = self._comm
+        if comm is not None:
+            with contextlib.suppress(Exception):
+                comm.close()
         if self._thread is not None:
             self._thread.join(timeout=self.policy.heartbeat_s * 3 + 5)
 
     def _run(self) -> None:
         backoff = 0.2
         while not self._stop.is_set():
-            try:
+            try:  # ``mesh`` gives up after a short connect timeout, so a stop is seen between tries
                 comm = self.mesh(label_digest("veilpay/risk-mesh/v1"))
             except VeilpayError as exc:
                 log.info("scoring mesh: not connected (%s); trying again", type(exc).__name__)
@@ -160,6 +169,7 @@ class RiskService:
                 continue
             backoff = 0.2
             self._protocols = {}
+            self._comm = comm
             try:
                 while not self._stop.is_set():
                     if self.me == self.leader:
@@ -169,6 +179,7 @@ class RiskService:
             except Exception as exc:  # noqa: BLE001 - a peer's input must not end this node's scoring
                 log.warning("scoring mesh: %s (%s); opening it again", type(exc).__name__, str(exc)[:200])
             finally:
+                self._comm = None
                 comm.close()
 
     def _protocol(self, comm: Communicator, frac: int) -> Protocol:
@@ -273,14 +284,19 @@ class RiskService:
             first = self._queue.get(timeout=self.policy.heartbeat_s)
         except queue.Empty:
             return []
+        if first is None:
+            return []
         batch = [first]
         deadline = time.monotonic() + self.policy.batch_wait_ms / 1000
         while len(batch) < self.policy.batch_max:
             left = deadline - time.monotonic()
             try:
-                batch.append(self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait())
+                item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
+            if item is None:
+                break
+            batch.append(item)
         return batch
 
     def _lead_one(self, comm: Communicator) -> None:
