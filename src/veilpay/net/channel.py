@@ -49,9 +49,15 @@ class LinkStats:
     bytes_recv: int = 0
 
 
+_SMALL = 1 << 16  # a message this small goes in one write (one frame, one system call)
+
+
 def write_message(stream: Stream, header: bytes, arr: np.ndarray) -> None:
-    stream.sendall(header)
     view = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")  # type: ignore[arg-type]
+    if len(view) <= _SMALL:
+        stream.sendall(header + view.tobytes())
+        return
+    stream.sendall(header)
     for pos in range(0, len(view), _WRITE_CHUNK):
         stream.sendall(view[pos : pos + _WRITE_CHUNK])
 
