@@ -150,6 +150,7 @@ class Channel:
         self._queue: queue.Queue[tuple[bytes, np.ndarray] | None] = queue.Queue()
         self._send_error: BaseException | None = None
         self._closed = False
+        self._wlock = threading.Lock()  # one write on the stream at a time: the writer's or a direct one
         self._writer = threading.Thread(target=self._write_loop, name=f"send-{me}->{peer}", daemon=True)
         self._writer.start()
 
@@ -167,6 +168,18 @@ class Channel:
         s = self.stats[stat or label]
         s.messages_sent += 1
         s.bytes_sent += len(header) + arr.nbytes
+        # A small message with nothing queued ahead of it is written here, sparing a thread
+        # hand-off per message (MPC rounds are many small messages); large ones go through
+        # the writer thread, so that a party sending a large array can still receive.
+        if arr.nbytes <= _SMALL and self._queue.unfinished_tasks == 0 and self._wlock.acquire(blocking=False):
+            try:
+                write_message(self._out, header, arr)
+                return
+            except (OSError, ValueError) as exc:
+                self._send_error = exc
+                raise PeerDisconnected(self.peer, f"sending failed: {exc}") from exc
+            finally:
+                self._wlock.release()
         self._queue.put((header, arr))
 
     def _write_loop(self) -> None:
@@ -177,7 +190,8 @@ class Channel:
                     if item is None:
                         return
                     continue
-                write_message(self._out, *item)
+                with self._wlock:
+                    write_message(self._out, *item)
             except (OSError, ValueError) as exc:
                 self._send_error = exc
             finally:
