@@ -41,6 +41,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,31 @@ def _i64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
+class _RiskLedger(Ledger):
+    """The risk chain. Only this node's scoring thread appends to it, and a batch id is
+    never used twice (the leader draws one per batch, a follower refuses one it has
+    seen), so the next position is the head, kept here rather than read back per batch;
+    ``append`` still checks it against the database in its transaction."""
+
+    def __init__(self, engine: Engine, keys: PartyKeys) -> None:
+        super().__init__(engine, keys, risk_ledger)
+        self._head: tuple[int, str] | None = None
+
+    def position(self, proposal: Proposal) -> tuple[int, str, bool]:
+        if self._head is None:
+            self._head = self.head()
+        return self._head[0] + 1, self._head[1], False
+
+    def append(self, proposal: Proposal, seq: int, prev: str, budget: Fraction | None = None) -> dict[str, Any]:
+        try:
+            rec = super().append(proposal, seq, prev, budget)
+        except BaseException:
+            self._head = None  # read it again next time
+            raise
+        self._head = (int(rec["seq"]), str(rec["hash"]))
+        return rec
+
+
 @dataclass
 class _Model:
     name: str
@@ -128,7 +154,7 @@ class RiskService:
         self.holder = self.me in privacy.nodes
         self.leader = privacy.nodes[0]
         self.words = words_per_node(privacy.protocol)
-        self.book = Ledger(engine, keys, risk_ledger)
+        self.book = _RiskLedger(engine, keys)
         self._queue: queue.Queue[_Pending | None] = queue.Queue()  # None: stop waiting
         self._inflight: dict[str, _Pending] = {}
         self._lock = threading.Lock()
