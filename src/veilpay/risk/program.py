@@ -6,9 +6,10 @@ the ACQP's, fixed point with the model's fraction bits), the model's weight and 
 shares, the velocity sums' shares (USD cents, integers) and the velocity counts
 (public to the nodes). Steps:
 
-1. ``z = X w + b``: one local product per share plus one truncation (the model's
-   linear score; the fraud probability is ``sigmoid(z)``, monotone, so thresholds on
-   the probability are thresholds on ``z`` at their logit and no sigmoid is needed);
+1. ``z = X w + b``: one Beaver matrix product, kept at scale ``2^(2 frac)`` with no
+   truncation (the model's linear score; the fraud probability is ``sigmoid(z)``,
+   monotone, so thresholds on the probability are thresholds on ``z`` at their logit,
+   scaled alike, and no sigmoid is needed);
 2. every secret condition of the rule set, all at once, as the sign of a difference
    (``msb``: one bit decomposition of a (n, k) matrix);
 3. each rule is the AND of its conditions, decline and review are the ORs of theirs
@@ -17,11 +18,10 @@ shares, the velocity sums' shares (USD cents, integers) and the velocity counts
 4. the decision's two bits ``decline`` and ``review and not decline`` are revealed to
    the share holders; nothing else is.
 
-Fixed-point ties: ``z`` carries the truncation error of one product (at most one unit
-in the last place, ``2^-frac``), the features' and weights' rounding (each scaled by
-the other's magnitude) and the threshold's, so a payment whose score lies within
-``(|x|_1 + |w|_1 + 4) * 2^-(frac + 1)`` of a threshold's logit may fall on the other
-side of it than in plaintext (``docs/risk.md``)."""
+Fixed-point ties: ``z`` is the exact product of the rounded features and weights, so
+it carries their rounding (each scaled by the other's magnitude) and the bias's; a
+payment whose score lies within ``(|x|_1 + |w|_1 + 4) * 2^-(frac + 1)`` of a
+threshold's logit may fall on the other side of it than in plaintext (``docs/risk.md``)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ import numpy as np
 
 from veilpay.errors import InvalidInput
 from veilpay.mpc.nonlinear import msb
-from veilpay.mpc.protocol import Protocol
+from veilpay.mpc.protocol import Protocol, map_shares
 from veilpay.mpc.tensor import SharedTensor, concatenate
 from veilpay.risk.rules import MAX_AMOUNT_CENTS, PUBLIC_FEATURES, Condition, RuleSet
 
@@ -88,7 +88,12 @@ def score_batch(rt: Protocol, n: int, x: SharedTensor, w: SharedTensor, b: Share
     words), one more array comes last: 1 where the amount is in 0..MAX_AMOUNT_CENTS,
     else 0 (checked in the same bit decomposition; the holders learn this bit only)."""
     frac = rt.fxp.frac_bits
-    z = x @ w + b                                       # (n, 1), frac bits ``frac``
+    # z at scale 2^(2 frac), with no truncation (a round saved): the features' words are
+    # read as integers, so the product takes the weights' frac bits only; the bias is
+    # scaled up to match, locally.
+    xi = SharedTensor(rt, x.sh, x.shape, 0)
+    bi = SharedTensor(rt, map_shares(lambda s: s << np.uint64(frac), b.sh), b.shape, frac)
+    z = xi @ w + bi                                     # (n, 1): logit * 2^(2 frac)
     z_int = SharedTensor(rt, None if z.sh is None else tuple(s.reshape(n) for s in z.sh), (n,), 0)
     holder = rt.me in rt.compute
     if holder and (counts is None or counts.shape != (n, 2)):
@@ -102,7 +107,7 @@ def score_batch(rt: Protocol, n: int, x: SharedTensor, w: SharedTensor, b: Share
     def secret(feature: str, op: str, value: float) -> tuple[int, bool]:
         """(column, negate): the condition is bit(column), or 1 - bit when negate."""
         if feature == "score":
-            thr = int(round(_logit(value) * (1 << frac)))
+            thr = int(round(_logit(value) * (1 << (2 * frac))))
             col_value = z_int
         else:
             thr = int(value)
@@ -144,9 +149,7 @@ def score_batch(rt: Protocol, n: int, x: SharedTensor, w: SharedTensor, b: Share
     # rules: AND of their conditions; then, per rule set, NOT decline / NOT review as
     # products of (1 - term), in one tree; then review and not decline.
     terms = [t for dec, rev in plans for t in (*dec, *rev)]
-    checks = [[1 - bits[:, k], 1 - bits[:, k + 1]]] if amounts is not None else []
-    anded = _and_tree(rt, [term_columns(t) for t in terms] + checks)
-    amount_ok = anded.pop() if amounts is not None else None
+    anded = _and_tree(rt, [term_columns(t) for t in terms])
     groups: list[list[SharedTensor]] = []
     pos = 0
     for dec, rev in plans:
@@ -156,7 +159,10 @@ def score_batch(rt: Protocol, n: int, x: SharedTensor, w: SharedTensor, b: Share
         pos += len(rev)
     nots = _and_tree(rt, groups)
     declines = [1 - nots[2 * i] for i in range(len(plans))]
-    reviews = _and_tree(rt, [[1 - nots[2 * i + 1], nots[2 * i]] for i in range(len(plans))])
+    # the amount check rides in the last level, which every batch has
+    checks = [[1 - bits[:, k], 1 - bits[:, k + 1]]] if amounts is not None else []
+    reviews = _and_tree(rt, [[1 - nots[2 * i + 1], nots[2 * i]] for i in range(len(plans))] + checks)
+    amount_ok = reviews.pop() if amounts is not None else None
     opened = concatenate([concatenate([d, r]) for d, r in zip(declines, reviews, strict=True)]
                          + ([amount_ok] if amount_ok is not None else [])).reveal(list(rt.compute))
     if opened is None:
