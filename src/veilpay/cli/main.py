@@ -672,7 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(fn=_cmd_gateway)
 
     pa = sub.add_parser("partner", help="serve: a reference partner (an MPP wallet or an ACQP merchant backend); "
-                        "settlement: a partner's settlement files from the gateway's sealed document")
+                        "settlement: a partner's settlement files from the gateway's sealed document; wallet / code: "
+                        "a test wallet and a payment code at a running reference MPP")
     pa.add_argument("action", choices=["serve", "settlement", "wallet", "code"],
                     help="serve; settlement; wallet / code: a test wallet and a payment code at a running reference "
                          "MPP (its admin API)")
