@@ -277,18 +277,15 @@ class RiskService:
         return {r.payment: {"decision": r.decision, "model": r.model, "rules": int(r.rules), "batch": r.batch}
                 for r in rows}
 
-    def _answer(self, key: str) -> dict[str, Any] | None:
-        return self._answers([key]).get(key)
-
     def decision(self, key: str) -> dict[str, Any] | None:
         """The stored answer for ``acqp/requestId``, with the statements that cover it
         (every holder's at the leader, this node's own at a follower)."""
-        ans = self._answer(key)
-        if ans is None:
-            return None
         with self.engine.connect() as conn:
-            mpp = conn.execute(select(risk_decisions.c.mpp).where(risk_decisions.c.payment == key)).scalar()
-        return {**ans, "statements": self._statements([(ans["batch"], str(mpp))])}
+            r = conn.execute(select(risk_decisions).where(risk_decisions.c.payment == key)).first()
+        if r is None:
+            return None
+        return {"decision": r.decision, "model": r.model, "rules": int(r.rules), "batch": r.batch,
+                "statements": self._statements([(r.batch, r.mpp)])}
 
     def _statements(self, batches: list[tuple[str, str]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -299,11 +296,6 @@ class RiskService:
                 if row is not None:
                     out += json.loads(row)
         return out
-
-    def _scored(self, keys: list[str]) -> set[str]:
-        with self.engine.connect() as conn:
-            return set(conn.execute(select(risk_decisions.c.payment).where(
-                risk_decisions.c.payment.in_(sorted(set(keys))))).scalars())
 
     def _take_batch(self) -> list[_Pending]:
         try:
@@ -473,7 +465,7 @@ class RiskService:
         errors: list[NodeError | None] = [None] * n
         checked: list[dict[str, Any] | None] = [None] * n
         seen: set[str] = set()
-        scored = self._scored([self._key_of(it) for it in items]) if self.holder else set()
+        scored = set(self._answers([self._key_of(it) for it in items])) if self.holder else set()
         for i, it in enumerate(items if self.holder else []):
             try:
                 c = prechecked[i] if prechecked is not None else self._check(it)
