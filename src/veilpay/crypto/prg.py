@@ -116,6 +116,16 @@ class Prg:
         size = int(np.prod(shape, dtype=np.int64))
         return self._draw(size * 8).view(np.uint64).reshape(shape)
 
+    def uint32(self, shape: int | tuple[int, ...]) -> np.ndarray:
+        """Uniform elements of Z_2^32 (the narrow ring of veilpay.mpc's tree products)."""
+        size = int(np.prod(shape, dtype=np.int64))
+        return self._draw(size * 4).view(np.uint32).reshape(shape)
+
+    def uint16(self, shape: int | tuple[int, ...]) -> np.ndarray:
+        """Uniform elements of Z_2^16."""
+        size = int(np.prod(shape, dtype=np.int64))
+        return self._draw(size * 2).view(np.uint16).reshape(shape)
+
     def bytes(self, n: int) -> bytes:
         return self._draw(n).tobytes()
 

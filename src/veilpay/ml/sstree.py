@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from veilpay.errors import InvalidInput
-from veilpay.mpc import PremaskedMatrix, SharedTensor, concatenate, nonlinear
+from veilpay.mpc import BitMatrix, PremaskedMatrix, SharedTensor, concatenate, mul_columns, nonlinear
 
 __all__ = ["Bins", "SecureTree", "TreeParams", "fit_bins", "predict_trees", "predict_trees_plain", "train_trees",
            "train_trees_plain"]
@@ -60,12 +60,13 @@ class Bins:
 
     candidates: list[tuple[int, float]]
 
-    def indicators(self, x: np.ndarray) -> np.ndarray:
+    def indicators(self, x: np.ndarray, dtype: type = np.float64) -> np.ndarray:
         if not self.candidates:
-            return np.zeros((len(x), 0))
-        cols = np.array([c for c, _ in self.candidates])
-        thr = np.array([t for _, t in self.candidates])
-        return (x[:, cols] <= thr).astype(np.float64)
+            return np.zeros((len(x), 0), dtype=dtype)
+        out = np.empty((len(x), len(self.candidates)), dtype=dtype)
+        for k, (col, thr) in enumerate(self.candidates):  # column by column: no (n, C) float temporaries
+            out[:, k] = x[:, col] <= thr
+        return out
 
 
 def fit_bins(x: np.ndarray, bins: int) -> Bins:
@@ -97,30 +98,79 @@ class SecureTree:
     leaves: SharedTensor
 
 
-def _memberships(m: PremaskedMatrix, tree: SecureTree, ones: SharedTensor) -> SharedTensor:
-    s = ones
+class _SharedBits:
+    """A BitMatrix's two products over an already shared 0/1 matrix (64-bit path),
+    for callers that hold M as a SharedTensor (scoring a stored model)."""
+
+    def __init__(self, m_sh: SharedTensor) -> None:
+        if m_sh.frac or m_sh.ndim != 2 or m_sh.shape[1] == 0:
+            raise InvalidInput("the indicator matrix must be a non-empty integer (0/1) sharing")
+        self.shape = m_sh.shape
+        self._m = PremaskedMatrix(m_sh)
+
+    def t_matmul(self, y: SharedTensor, frac: int, signed: bool = True) -> SharedTensor:
+        return self._m.rows_t_matmul(None, y)
+
+    def matmul(self, w: SharedTensor) -> SharedTensor:
+        return self._m.rows_matmul(None, w)
+
+
+Indicators = BitMatrix | _SharedBits
+
+
+def _as_bits(m: BitMatrix | SharedTensor) -> Indicators:
+    return m if isinstance(m, BitMatrix) else _SharedBits(m)
+
+
+def _hist_frac(n: int, frac: int) -> int:
+    """Fraction bits of the histogram sums: |sum of g| <= n (|g| <= 1, class weights
+    of mean 1) and sum of h <= n / 4, so n 2^b <= 2^29 keeps them in Z_2^32's range."""
+    return max(0, min(frac, 29 - max(1, (n - 1).bit_length())))
+
+
+def _split(m: Indicators, s: SharedTensor | None, onehot: SharedTensor) -> tuple[SharedTensor, SharedTensor]:
+    """(rows of each node that go left, memberships of the next level) from the
+    level's memberships ``s`` (None at the root: every row) and split choices."""
+    if isinstance(m, BitMatrix):  # each split opened to its owner, who inputs its column
+        left = m.select_columns(onehot)[0]
+    else:
+        left = m.matmul(onehot.T)  # (n, nodes) 0/1: each row's side at its node's split
+    if s is None:
+        return left, concatenate([left, 1 - left], axis=1)
+    sl = s * left
+    return sl, concatenate([sl, s - sl], axis=1)
+
+
+def _memberships(m: Indicators, tree: SecureTree) -> SharedTensor:
+    s = None
     for onehot in tree.splits:
-        left = m.rows_matmul(None, onehot.T)  # (n, nodes) 0/1: each row's side at its node's split
-        sl = s * left
-        s = concatenate([sl, s - sl], axis=1)
+        s = _split(m, s, onehot)[1]
+    if s is None:
+        raise InvalidInput("a tree without levels")
     return s
 
 
-def train_trees(m_sh: SharedTensor, y: SharedTensor, params: TreeParams,
+def train_trees(m: BitMatrix | SharedTensor, y: SharedTensor, params: TreeParams,
                 on_tree: Callable[[int, SharedTensor], None] | None = None,
                 class_weight: tuple[float, float] | None = None) -> tuple[list[SecureTree], SharedTensor]:
-    """Boost ``params.trees`` trees on the shared 0/1 indicator matrix ``m_sh`` (n, C)
-    and labels ``y`` (n, 1); returns the trees and the training scores F (n, 1).
-    ``on_tree(i, p)`` runs before tree i with the shared predictions of the trees so
-    far (progress, running loss). ``class_weight`` = (negatives', positives' weight),
-    public, of mean 1 over the rows (None: unweighted)."""
-    n, c = m_sh.shape
-    if m_sh.frac or c == 0:
-        raise InvalidInput("the indicator matrix must be a non-empty integer (0/1) sharing")
+    """Boost ``params.trees`` trees on the 0/1 indicator matrix ``m`` (n, C): a
+    BitMatrix (owners hold their columns) or an integer sharing, and labels ``y``
+    (n, 1); returns the trees and the training scores F (n, 1). ``on_tree(i, p)``
+    runs before tree i with the shared predictions of the trees so far (progress,
+    running loss). ``class_weight`` = (negatives', positives' weight), public, of
+    mean 1 over the rows (None: unweighted).
+
+    Histograms: level 0 builds the root's, every later level only its left
+    children's, M^T (S_left * [g, h]); a right child's is its parent's minus its
+    sibling's (histogram subtraction). Each is computed with ``_hist_frac`` fraction
+    bits (semi2k: in Z_2^32); node totals keep full precision."""
+    mat = _as_bits(m)
+    n, c = mat.shape
+    if y.shape != (n, 1):
+        raise InvalidInput(f"labels must be ({n}, 1), got {y.shape}")
     lam = _lambda(params, n)
     s_scale = 400.0 / (n / 4.0 + lam)
-    m = PremaskedMatrix(m_sh)
-    ones = m_sh[:, :1] * 0 + 1  # integer memberships: products with them need no truncation
+    hf = _hist_frac(n, y.rt.fxp.frac_bits)
     f = y * 0.0
     trees: list[SecureTree] = []
     with y.rt.comm.scope("trees"):
@@ -132,26 +182,34 @@ def train_trees(m_sh: SharedTensor, y: SharedTensor, params: TreeParams,
             g, h = p - y, p * (1.0 - p)
             if rows is not None:
                 g, h = g * rows, h * rows
-            s = ones
+            gh = concatenate([g, h], axis=1)
+            hist = mat.t_matmul(gh, hf)  # (C, 2 nodes): per node, sums over rows with x <= t
+            tot = gh.sum(axis=0).reshape(1, 2)  # (1, 2 nodes): per node, sums over all its rows
+            s: SharedTensor | None = None
             splits = []
-            for _level in range(params.depth):
-                sg, sh = s * g, s * h
-                gl = m.rows_t_matmul(None, concatenate([sg, sh], axis=1))  # (C, 2 nodes)
-                nodes = s.shape[1]
-                tot = concatenate([sg, sh], axis=1).sum(axis=0).reshape(1, 2 * nodes)
-                gr = tot - gl
-                gl_g, gl_h, gr_g, gr_h = gl[:, :nodes], gl[:, nodes:], gr[:, :nodes], gr[:, nodes:]
-                num = concatenate([gl_g, gr_g], axis=1) * (_G_SCALE / n)
-                den = concatenate([gl_h, gr_h], axis=1) * s_scale + lam * s_scale
+            for level in range(params.depth):
+                nodes = 1 << level
+                gr = tot - hist
+                num = concatenate([hist[:, :nodes], gr[:, :nodes]], axis=1) * (_G_SCALE / n)
+                den = concatenate([hist[:, nodes:], gr[:, nodes:]], axis=1) * s_scale + lam * s_scale
                 q = num * num * nonlinear.reciprocal(den, positive=True)
                 gain = q[:, :nodes] + q[:, nodes:]  # (C, nodes)
                 best = nonlinear.argmax(gain.T, axis=-1)  # (nodes,) integer sharing
                 onehot = _onehot(best, c)
                 splits.append(onehot)
-                left = m.rows_matmul(None, onehot.T)
-                sl = s * left
-                s = concatenate([sl, s - sl], axis=1)
-            gs, hs = (s * g).sum(axis=0), (s * h).sum(axis=0)
+                sl, s = _split(mat, s, onehot)
+                lgh = mul_columns(sl, gh)  # (n, 2 nodes): [sl * g, sl * h]
+                lt = lgh.sum(axis=0).reshape(1, 2 * nodes)
+                tot = concatenate([lt[:, :nodes], tot[:, :nodes] - lt[:, :nodes],
+                                   lt[:, nodes:], tot[:, nodes:] - lt[:, nodes:]], axis=1)
+                if level + 1 < params.depth:
+                    lh = mat.t_matmul(lgh, hf)
+                    hist = concatenate([lh[:, :nodes], hist[:, :nodes] - lh[:, :nodes],
+                                        lh[:, nodes:], hist[:, nodes:] - lh[:, nodes:]], axis=1)
+            if s is None:
+                raise InvalidInput("trees need depth >= 1")
+            leaves_n = s.shape[1]
+            gs, hs = tot[:, :leaves_n], tot[:, leaves_n:]
             inv = nonlinear.reciprocal(hs * s_scale + lam * s_scale, positive=True)
             leaves = (gs * (_G_SCALE / n) * inv * (-params.learning_rate * n * s_scale / _G_SCALE)).reshape(-1, 1)
             f = f + s @ leaves
@@ -166,13 +224,14 @@ def _onehot(index: SharedTensor, c: int) -> SharedTensor:
     return 1 - signs[:, :c] - signs[:, c:]
 
 
-def predict_trees(m_sh: SharedTensor, trees: list[SecureTree]) -> SharedTensor:
-    """Shared scores (n, 1) of the rows of a shared indicator matrix."""
-    m = PremaskedMatrix(m_sh)
+def predict_trees(m: BitMatrix | SharedTensor, trees: list[SecureTree]) -> SharedTensor:
+    """Shared scores (n, 1) of the rows of an indicator matrix (BitMatrix or sharing)."""
+    if not trees:
+        raise InvalidInput("no trees")
+    mat = _as_bits(m)
     f = None
-    ones = m_sh[:, :1] * 0 + 1
     for tree in trees:
-        out = _memberships(m, tree, ones) @ tree.leaves
+        out = _memberships(mat, tree) @ tree.leaves
         f = out if f is None else f + out
     if f is None:
         raise InvalidInput("no trees")

@@ -8,11 +8,12 @@ from veilpay.mpc.protocol import Protocol
 from veilpay.mpc.ring import ring_matmul
 from veilpay.mpc.runtime import PROTOCOLS, load_program, make_protocol, run_local, run_party
 from veilpay.mpc.semi2k import Semi2k
-from veilpay.mpc.tensor import PremaskedMatrix, SharedTensor, concatenate, share, stack
+from veilpay.mpc.tensor import BitMatrix, PremaskedMatrix, SharedTensor, concatenate, mul_columns, share, stack
 
 __all__ = [
     "PROTOCOLS",
     "Aby3",
+    "BitMatrix",
     "FixedPoint",
     "PremaskedMatrix",
     "Protocol",
@@ -21,6 +22,7 @@ __all__ = [
     "concatenate",
     "load_program",
     "make_protocol",
+    "mul_columns",
     "nonlinear",
     "ring_matmul",
     "run_local",

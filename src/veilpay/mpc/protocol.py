@@ -149,6 +149,14 @@ class Protocol(ABC):
     def mul(self, x: Shares, y: Shares, shape: tuple[int, ...]) -> Shares:
         """Element-wise ring product of two same-shape sharings."""
 
+    def mul_columns(self, x: Shares, y: Shares, xshape: tuple[int, int], k: int) -> Shares:
+        """[x * y[:, 0], ..., x * y[:, k-1]] side by side, (n, k m), for x (n, m) and
+        y (n, k). Default: broadcast both and multiply; semi2k opens x and y once."""
+        n, m = xshape
+        xs = map_shares(lambda s: np.tile(s, (1, k)), x)
+        ys = map_shares(lambda s: np.repeat(s, m, axis=1), y)
+        return self.mul(xs, ys, (n, k * m))
+
     @abstractmethod
     def matmul(self, x: Shares, y: Shares, m: int, k: int, n: int) -> Shares:
         """Ring matrix product of (m,k) and (k,n) sharings."""
@@ -185,6 +193,41 @@ class Protocol(ABC):
         x, rows = state
         xt = map_shares(lambda s: np.ascontiguousarray((s if idx is None else s[idx]).T), x)
         return self.matmul(xt, y, d, rows if idx is None else len(idx), n)
+
+    # -- a 0/1 matrix whose column blocks their owners hold in the clear (trees) --
+    def bits_premask(self, blocks: Sequence[tuple[str, int]], mine: dict[int, np.ndarray], n: int) -> Any:
+        """Prepare the (n, C) 0/1 matrix made of the column blocks ``blocks`` (owner,
+        width), in column order, each held in the clear by its owner; ``mine`` maps
+        this party's block numbers to its (n, width) 0/1 arrays. Default: share every
+        block as integers and premask the whole matrix (64-bit products)."""
+        parts = []
+        for i, (owner, width) in enumerate(blocks):
+            val = None
+            if self.me == owner:
+                if i not in mine or mine[i].shape != (n, width):
+                    raise InvalidInput(f"block {i} of this party must be a ({n}, {width}) 0/1 array")
+                val = FixedPoint.encode_int(mine[i].astype(np.int64))
+            parts.append(self.input(owner, val, (n, width)))
+        width = sum(w for _, w in blocks)
+        x: Shares = None
+        if all(p is not None for p in parts):
+            x = tuple(np.ascontiguousarray(np.concatenate(c, axis=1)) for c in zip(*parts, strict=True))  # type: ignore[misc]
+        return self.premask(x, (n, width)), width, n
+
+    def bits_t_matmul(self, state: Any, y: Shares, k: int, shift: int, signed: bool) -> Shares:
+        """M^T (y / 2^shift) for a prepared (n, C) 0/1 matrix M and an (n, k) sharing y:
+        (C, k) shares in Z_2^64. The caller guarantees |result| < 2^30 (signed) or
+        0 <= result < 2^31; a protocol may then compute it in a narrower ring."""
+        inner, width, n = state
+        if shift:
+            y = self.trunc(y, (n, k), shift)
+        return self.rows_t_matmul(inner, None, y, width, k)
+
+    def bits_matmul(self, state: Any, w: Shares, k: int) -> Shares:
+        """M w for a prepared (n, C) 0/1 matrix and a (C, k) integer sharing w whose
+        products stay in [0, 2^15) (w 0/1: at most C ones per row)."""
+        inner, width, _ = state
+        return self.rows_matmul(inner, None, w, width, k)
 
     @abstractmethod
     def and_(self, x: Shares, y: Shares, shape: tuple[int, ...]) -> Shares:

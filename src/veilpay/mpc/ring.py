@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ring_matmul", "split_limbs"]
+__all__ = ["narrow_matmul", "narrow_t_matmul", "ring_matmul", "split_limbs"]
 
 _THIN = 20
 _MAX_K = 1024  # see the bounds above
@@ -88,4 +88,78 @@ def _block_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     _add_shifted(out, s, _22)
     _add_shifted(out, p11, _44)
     _add_shifted(out, x, _42)
+    return out
+
+
+# -- narrow rings: Z_2^bits for bits <= 32 ----------------------------------------
+# A float64 GEMM is exact while every product and every sum stays below 2^53. With
+# one operand below 2^a_bits and the other cut into limbs of L bits, a block of R
+# rows (inner dimension) sums R products below 2^(a_bits + L): exact when
+# a_bits + L + log2(R) <= 53. The secure trees multiply 0/1 matrices masked in
+# Z_2^32 (a_bits = 32) by vectors, so L = 8 at R = 8192: four limbs, one GEMM.
+_EXACT_BITS = 53
+
+
+def _limbs(v: np.ndarray, limb: int, count: int) -> np.ndarray:
+    """v (rows, k) cut into ``count`` limbs of ``limb`` bits, side by side as float64."""
+    mask = np.uint64((1 << limb) - 1)
+    v64 = v.astype(np.uint64, copy=False)
+    if count == 1:
+        return (v64 & mask).astype(np.float64)
+    return np.concatenate([((v64 >> np.uint64(limb * j)) & mask).astype(np.float64) for j in range(count)], axis=1)
+
+
+def _plan(bits: int, a_bits: int, inner: int) -> tuple[int, int]:
+    """(limb bits, limb count) for an exact product over ``inner`` summed terms."""
+    room = _EXACT_BITS - a_bits - max(1, (inner - 1).bit_length())
+    if room < 1:
+        raise ValueError(f"no exact float64 plan for {a_bits}-bit entries over {inner} terms")
+    limb = min(bits, room)
+    return limb, -(-bits // limb)
+
+
+def _fold(p: np.ndarray, limb: int, count: int, k: int, out: np.ndarray) -> None:
+    """out += sum_j p[:, j k:(j+1) k] 2^(limb j) for exact float64 integers p."""
+    ints = p.astype(np.int64).view(np.uint64)
+    for j in range(count):
+        part = ints[:, j * k : (j + 1) * k]
+        out += part << np.uint64(limb * j) if j else part
+
+
+def narrow_t_matmul(a: np.ndarray, v: np.ndarray, bits: int, a_bits: int, rows: int = 8192) -> np.ndarray:
+    """(a^T v) mod 2^bits as uint64, for ``a`` (n, c) with entries below 2^a_bits and
+    ``v`` (n, k) unsigned (only its low ``bits`` bits count). Row blocks of ``rows``
+    keep the float64 copies small; v is cut into limbs so that each GEMM is exact."""
+    n, c = a.shape
+    if v.ndim != 2 or v.shape[0] != n:
+        raise ValueError(f"narrow_t_matmul needs (n,c)^T @ (n,k), got {a.shape} and {v.shape}")
+    k = v.shape[1]
+    rows = max(1, min(rows, n))
+    limb, count = _plan(bits, a_bits, rows)
+    out = np.zeros((c, k), dtype=np.uint64)
+    for r0 in range(0, n, rows):
+        ab = a[r0 : r0 + rows].astype(np.float64)
+        _fold(ab.T @ _limbs(v[r0 : r0 + rows], limb, count), limb, count, k, out)
+    out &= np.uint64((1 << bits) - 1)
+    return out
+
+
+def narrow_matmul(a: np.ndarray, w: np.ndarray, bits: int, a_bits: int, rows: int = 32768) -> np.ndarray:
+    """(a w) mod 2^bits as uint64, for ``a`` (n, c) unsigned, of which only the low
+    ``a_bits`` bits count, and ``w`` (c, k) unsigned (low ``bits`` bits count);
+    computed over row blocks of a."""
+    n, c = a.shape
+    if w.ndim != 2 or w.shape[0] != c:
+        raise ValueError(f"narrow_matmul needs (n,c) @ (c,k), got {a.shape} and {w.shape}")
+    k = w.shape[1]
+    limb, count = _plan(bits, a_bits, c)
+    wl = _limbs(w, limb, count)
+    out = np.zeros((n, k), dtype=np.uint64)
+    for r0 in range(0, n, rows):
+        part = out[r0 : r0 + rows]
+        blk = a[r0 : r0 + rows]
+        if a_bits < blk.dtype.itemsize * 8:
+            blk = blk & blk.dtype.type((1 << a_bits) - 1)
+        _fold(blk.astype(np.float64) @ wl, limb, count, k, part)
+    out &= np.uint64((1 << bits) - 1)
     return out

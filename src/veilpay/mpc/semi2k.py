@@ -30,7 +30,7 @@ import numpy as np
 from veilpay.errors import InvalidInput
 from veilpay.mpc.fixedpoint import FixedPoint
 from veilpay.mpc.protocol import Protocol, Shares, check_array, finish_trunc, need_shares, residue_dtype, trunc_pair_share
-from veilpay.mpc.ring import ring_matmul
+from veilpay.mpc.ring import narrow_matmul, narrow_t_matmul, ring_matmul
 from veilpay.net import Communicator
 
 __all__ = ["Semi2k"]
@@ -54,7 +54,28 @@ class _Masked:
     at: np.ndarray | None = None
 
 
+@dataclass
+class _Bits:
+    """A 0/1 matrix M whose column blocks their owners hold in the clear, masked in
+    Z_2^32 with A = the owner's dealer stream for its blocks: the compute parties
+    hold E = M - A (n, C) uint32, the owner also its blocks of M (uint8), the dealer
+    A. The other compute party's share of A is zero; it sees only E, uniform to it."""
+
+    n: int
+    spans: list[tuple[int, int, int]]  # (first column, end column, owner's compute index)
+    e: np.ndarray | None = None
+    own: dict[int, np.ndarray] | None = None  # block number -> this party's M block
+    a: np.ndarray | None = None
+
+
 _ONE = np.uint64(1)
+
+
+def _outer(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """[x * y[:, 0], x * y[:, 1], ...] side by side (mod 2^64)."""
+    return np.concatenate([x * y[:, j : j + 1] for j in range(y.shape[1])], axis=1)
+_M32 = np.uint64(0xFFFFFFFF)
+_M16 = np.uint64(0xFFFF)
 
 
 class Semi2k(Protocol):
@@ -187,6 +208,44 @@ class Semi2k(Protocol):
         c += f  # type: ignore[operator]
         return (c,)  # type: ignore[return-value]
 
+    def mul_columns(self, x: Shares, y: Shares, xshape: tuple[int, int], k: int) -> Shares:
+        # One Beaver triple (A (n, m), B (n, k), A (x) B): x - A and y - B are opened
+        # once each, instead of k copies of x and m copies of every column of y.
+        n, m = xshape
+        out = (n, k * m)
+        if self.is_dealer:
+            g0, g1 = self._for
+            a = g0.uint64(xshape)
+            a += g1.uint64(xshape)
+            b = g0.uint64((n, k))
+            b += g1.uint64((n, k))
+            c1 = _outer(a, b) - g0.uint64(out)
+            self.comm.exchange("mul_columns", {self.p1: [c1]})
+            return None
+        if not self.is_compute:
+            self.comm.exchange("mul_columns")
+            return None
+        need_shares(x)
+        need_shares(y)
+        g = self._dprg
+        a, b = g.uint64(xshape), g.uint64((n, k))
+        c = g.uint64(out) if self.index == 0 else None
+        other = self.p1 if self.index == 0 else self.p0
+        recv = {other: 2} | ({self.dealer: 1} if self.index == 1 else {})
+        got = self.comm.exchange("mul_columns", {other: [x[0] - a, y[0] - b]}, recv)  # type: ignore[index]
+        e = check_array(got[other][0], xshape, other)
+        e += x[0] - a  # type: ignore[index]
+        f = check_array(got[other][1], (n, k), other)
+        f += y[0] - b  # type: ignore[index]
+        if self.index == 1:
+            c = check_array(got[self.dealer][0], out, self.dealer)
+        else:
+            b += f  # P0 also carries the public e (x) f
+        z = _outer(e, b)
+        z += _outer(a, f)
+        z += c  # type: ignore[operator]
+        return (z,)
+
     def matmul(self, x: Shares, y: Shares, m: int, k: int, n: int) -> Shares:
         if self.is_dealer:
             g0, g1 = self._for
@@ -271,6 +330,160 @@ class Semi2k(Protocol):
             e = None if state.e is None else np.ascontiguousarray(state.e[idx].T)
             a = None if state.a is None else np.ascontiguousarray(state.a[idx].T)
         return self._product("rows_t_matmul", e, a, y, (_rows(state, idx), n), (d, n))  # type: ignore[arg-type]
+
+    # -- owner-held 0/1 matrices in narrow rings (secure trees) ------------------
+    # The histogram sums and the 0/1 selections of the trees fit in 31 and 15 bits,
+    # and reduction mod 2^k is a ring map, so their products run in Z_2^32 and Z_2^16
+    # (exact float64 GEMMs on few limbs, 4- and 2-byte messages) and are lifted back
+    # to Z_2^64 by `_lift`.
+    def bits_premask(self, blocks: Sequence[tuple[str, int]], mine: dict[int, np.ndarray], n: int) -> Any:
+        if any(owner not in self.compute for owner, _ in blocks):
+            return super().bits_premask(blocks, mine, n)  # an owner outside the pair: the 64-bit path
+        spans, start = [], 0
+        for owner, width in blocks:
+            spans.append((start, start + width, self.compute.index(owner)))
+            start += width
+        state = _Bits(n, spans)
+        if self.is_dealer:
+            state.a = np.empty((n, start), dtype=np.uint32)
+            for c0, c1, i in spans:
+                state.a[:, c0:c1] = self._for[i].uint32((n, c1 - c0))
+            return state
+        if not self.is_compute:
+            return state
+        other = self.p1 if self.index == 0 else self.p0
+        state.e, state.own = np.empty((n, start), dtype=np.uint32), {}
+        send, theirs = [], 0
+        for b, (c0, c1, i) in enumerate(spans):
+            if i != self.index:
+                theirs += 1
+                continue
+            m = mine.get(b)
+            if m is None or m.shape != (n, c1 - c0):
+                raise InvalidInput(f"block {b} of this party must be a ({n}, {c1 - c0}) 0/1 array")
+            own = np.ascontiguousarray(m, dtype=np.uint8)
+            if own.max(initial=0) > 1:
+                raise InvalidInput(f"block {b} must hold only 0 and 1")
+            e = own - self._dprg.uint32((n, c1 - c0))  # uint32 wraps: E = M - A mod 2^32
+            state.own[b], state.e[:, c0:c1] = own, e
+            send.append(e)
+        got = self.comm.exchange("bits.premask", {other: send}, {other: theirs})
+        it = iter(got[other])
+        for c0, c1, i in spans:
+            if i != self.index:
+                state.e[:, c0:c1] = check_array(next(it), (n, c1 - c0), other, np.uint32)
+        return state
+
+    def bits_t_matmul(self, state: Any, y: Shares, k: int, shift: int, signed: bool) -> Shares:
+        if not isinstance(state, _Bits):
+            return super().bits_t_matmul(state, y, k, shift, signed)
+        n, width = state.n, state.spans[-1][1]
+        if self.is_dealer:
+            g0, g1 = self._for
+            b = g0.uint32((n, k))
+            b += g1.uint32((n, k))
+            c1 = narrow_t_matmul(state.a, b, 32, 32).astype(np.uint32) - g0.uint32((width, k))
+            self.comm.exchange("bits.t_matmul", {self.p1: [c1]})
+            return self._lift(None, (width, k), 32, signed)
+        if not self.is_compute:
+            self.comm.exchange("bits.t_matmul")
+            return self._lift(None, (width, k), 32, signed)
+        need_shares(y)
+        mine = y[0]  # type: ignore[index]
+        if shift:  # SecureML's local shift: its rare error is a multiple of 2^(64 - shift), 0 mod 2^32
+            d = np.uint64(shift)
+            mine = mine >> d if self.index == 0 else -((-mine) >> d)
+        mine = (mine & _M32).astype(np.uint32)
+        b = self._dprg.uint32((n, k))
+        c = self._dprg.uint32((width, k)) if self.index == 0 else None
+        (f,) = self._open_narrow("bits.t_matmul", mine - b, np.uint32)
+        z = self._owner_products(state, mine, f, k, lambda a, v, bits: narrow_t_matmul(a, v, 32, bits), True)
+        if self.index == 1:
+            c = check_array(self.comm.collect("bits.t_matmul", {self.dealer: 1})[self.dealer][0], (width, k),
+                            self.dealer, np.uint32)
+        z += c.astype(np.uint64)  # type: ignore[union-attr]
+        if signed and self.index == 0:
+            z += np.uint64(1 << 30)  # the lift needs [0, 2^31): shift [-2^30, 2^30) up
+        out = self._lift((z & _M32,), (width, k), 32, signed)
+        return out
+
+    def bits_matmul(self, state: Any, w: Shares, k: int) -> Shares:
+        if not isinstance(state, _Bits):
+            return super().bits_matmul(state, w, k)
+        n, width = state.n, state.spans[-1][1]
+        if self.is_dealer:
+            g0, g1 = self._for
+            b = g0.uint16((width, k))
+            b += g1.uint16((width, k))
+            c1 = narrow_matmul(state.a, b, 16, 16).astype(np.uint16) - g0.uint16((n, k))
+            self.comm.exchange("bits.matmul", {self.p1: [c1]})
+            return self._lift(None, (n, k), 16, False)
+        if not self.is_compute:
+            self.comm.exchange("bits.matmul")
+            return self._lift(None, (n, k), 16, False)
+        need_shares(w)
+        mine = (w[0] & _M16).astype(np.uint16)  # type: ignore[index]
+        b = self._dprg.uint16((width, k))
+        c = self._dprg.uint16((n, k)) if self.index == 0 else None
+        (f,) = self._open_narrow("bits.matmul", mine - b, np.uint16)
+        z = self._owner_products(state, mine, f, k, lambda a, v, bits: narrow_matmul(a, v, 16, min(bits, 16)), False)
+        if self.index == 1:
+            c = check_array(self.comm.collect("bits.matmul", {self.dealer: 1})[self.dealer][0], (n, k), self.dealer,
+                            np.uint16)
+        z += c.astype(np.uint64)  # type: ignore[union-attr]
+        return self._lift((z & _M16,), (n, k), 16, False)
+
+    def _open_narrow(self, label: str, mine: np.ndarray, dtype: type) -> list[np.ndarray]:
+        other = self.p1 if self.index == 0 else self.p0
+        got = self.comm.exchange(label, {other: [mine]}, {other: 1})
+        theirs = check_array(got[other][0], mine.shape, other, dtype)
+        theirs += mine
+        return [theirs]
+
+    def _owner_products(self, state: _Bits, mine: np.ndarray, f: np.ndarray, k: int, product: Any,
+                        transpose: bool) -> np.ndarray:
+        """This party's part of M^T Y (transpose) or M W, block by block: on its own
+        blocks E^T (Y_i - F) + M^T F (its share of A is M - E), on the other's E^T Y_i.
+        ``mine`` and ``f`` are this party's share and the opened Y - B."""
+        e = state.e
+        if e is None or state.own is None:
+            raise InvalidInput("this party holds no share of the matrix")
+        shape = (e.shape[1], k) if transpose else (state.n, k)
+        z = np.zeros(shape, dtype=np.uint64)
+        for blk, (c0, c1, i) in enumerate(state.spans):
+            ours = i == self.index
+            v = (mine - f) if ours else mine  # uint wraps mod 2^bits
+            if transpose:
+                part = product(e[:, c0:c1], v, 32)
+                if ours:
+                    part += product(state.own[blk], f, 1)
+                z[c0:c1] = part
+            else:
+                z += product(e[:, c0:c1], v[c0:c1], 32)
+                if ours:
+                    z += product(state.own[blk], f[c0:c1], 1)
+        return z
+
+    def _lift(self, z: Shares, shape: tuple[int, ...], bits: int, signed: bool) -> Shares:
+        """Shares in Z_2^bits of a value v in [0, 2^(bits-1)) (P0's share already
+        offset by 2^(bits-2) when ``signed``) to shares of v in Z_2^64. With a, b the
+        top bits of the two shares, z0 + z1 = v + 2^bits (a OR b) as integers (v's top
+        bit is 0), and a OR b = a + b - ab: one product of two private bits."""
+        mine = other = None
+        top = np.uint64(bits - 1)
+        if self.is_compute:
+            need_shares(z)
+            bit = z[0] >> top  # type: ignore[index]
+            zero = np.zeros_like(bit)
+            mine, other = ((bit,), (zero,)) if self.index == 0 else ((zero,), (bit,))
+        ab = self.mul(mine, other, shape)
+        if not self.is_compute:
+            return None
+        k = np.uint64(bits)
+        out = z[0] - (bit << k) + (ab[0] << k)  # type: ignore[index]
+        if signed and self.index == 0:
+            out -= np.uint64(1 << (bits - 2))
+        return (out,)
 
     def trunc(self, x: Shares, shape: tuple[int, ...], bits: int) -> Shares:
         if not 0 < bits < 63:

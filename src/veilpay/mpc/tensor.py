@@ -314,6 +314,90 @@ class PremaskedMatrix:
         return self._finish(sh, (d, y.shape[1]), y)
 
 
+class BitMatrix:
+    """A fixed (n, C) 0/1 matrix whose column blocks are held in the clear by their
+    owners (the trees' split indicators): ``blocks`` lists (owner, width) in column
+    order, and each owner passes its blocks in ``mine`` (block number -> (n, width)
+    array). Products: ``t_matmul`` = M^T y (histograms), ``matmul`` = M w (0/1
+    selections). semi2k masks M once in Z_2^32 (the owner's blocks never leave it
+    unmasked) and runs both products in narrow rings; other protocols share M."""
+
+    def __init__(self, rt: Protocol, blocks: Sequence[tuple[str, int]], mine: dict[int, np.ndarray] | None,
+                 n: int) -> None:
+        if n < 1 or not blocks or any(w < 1 for _, w in blocks):
+            raise ShapeMismatch(f"a bit matrix needs rows and non-empty blocks, got n={n}, blocks={list(blocks)}")
+        self.rt = rt
+        self.shape = (n, sum(w for _, w in blocks))
+        self._blocks = list(blocks)
+        self._mine = dict(mine or {})
+        self._state = rt.bits_premask(self._blocks, self._mine, n)
+
+    def t_matmul(self, y: SharedTensor, frac: int, signed: bool = True) -> SharedTensor:
+        """M^T y, computed with ``frac`` fraction bits (y's extra bits are shifted off
+        first) and returned in y's format. The caller bounds the result:
+        |M^T y| < 2^(30 - frac) (signed), else in [0, 2^(31 - frac))."""
+        n, c = self.shape
+        if y.ndim != 2 or y.shape[0] != n:
+            raise ShapeMismatch(f"t_matmul of ({c}, {n}) and {y.shape}")
+        if not 0 <= frac <= y.frac:
+            raise InvalidInput(f"t_matmul keeps 0..{y.frac} fraction bits, not {frac}")
+        sh = self.rt.bits_t_matmul(self._state, y.sh, y.shape[1], y.frac - frac, signed)
+        return SharedTensor(self.rt, sh, (c, y.shape[1]), frac)._scaled_to(y.frac)
+
+    def select_columns(self, onehot: SharedTensor) -> tuple[SharedTensor, dict[int, np.ndarray]]:
+        """M O^T for a (k, C) integer 0/1 sharing O with at most one 1 per row, by
+        opening each block of O to that block's owner: the owner learns which of its
+        columns each row of O picks (or that it picks none of them), and inputs those
+        columns. Returns the (n, k) integer sharing and this party's opened blocks
+        (block number -> (k, width) 0/1), which the caller must treat as revealed."""
+        n, c = self.shape
+        if onehot.ndim != 2 or onehot.shape[1] != c or onehot.frac:
+            raise ShapeMismatch(f"select_columns needs an integer (k, {c}) sharing, got {onehot.shape}")
+        k = onehot.shape[0]
+        opened: dict[int, np.ndarray] = {}
+        out: SharedTensor | None = None
+        start = 0
+        for b, (owner, width) in enumerate(self._blocks):
+            seg = onehot[:, start : start + width].reveal(to=owner)
+            start += width
+            cols = None
+            if seg is not None:
+                if b not in self._mine:
+                    raise InvalidInput(f"this party owns block {b} of the matrix but did not pass it")
+                if ((seg != 0) & (seg != 1)).any() or (seg.sum(axis=1) > 1).any():
+                    raise InvalidInput("select_columns needs at most one 1 per row of the one-hot")
+                opened[b] = seg
+                cols = np.zeros((n, k), dtype=np.int64)  # the picked columns, or 0 where another block's is
+                for j, hit in enumerate(seg):
+                    if hit.any():
+                        cols[:, j] = self._mine[b][:, int(np.argmax(hit))]
+            part = share(self.rt, owner, cols, shape=(n, k), fixed=False)
+            out = part if out is None else out + part
+        if out is None:  # pragma: no cover - blocks is never empty
+            raise ShapeMismatch("no blocks")
+        return out, opened
+
+    def matmul(self, w: SharedTensor) -> SharedTensor:
+        """M w for an integer (C, k) sharing w of 0/1 entries (results below 2^15)."""
+        n, c = self.shape
+        if w.ndim != 2 or w.shape[0] != c or w.frac:
+            raise ShapeMismatch(f"matmul of ({n}, {c}) and an integer ({c}, k) sharing, got {w.shape}, frac {w.frac}")
+        return SharedTensor(self.rt, self.rt.bits_matmul(self._state, w.sh, w.shape[1]), (n, w.shape[1]), 0)
+
+
+def mul_columns(x: SharedTensor, y: SharedTensor) -> SharedTensor:
+    """[x * y[:, 0], ..., x * y[:, k-1]] side by side: (n, k m) for x (n, m) and y
+    (n, k), e.g. tree memberships times the gradient and hessian columns. semi2k opens
+    x and y once each."""
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ShapeMismatch(f"mul_columns needs (n, m) and (n, k), got {x.shape} and {y.shape}")
+    n, m = x.shape
+    k = y.shape[1]
+    out = SharedTensor(x.rt, x.rt.mul_columns(x.sh, y.sh, (n, m), k), (n, k * m), x.frac + y.frac)
+    f = x.rt.fxp.frac_bits
+    return out._truncate(out.frac - f) if out.frac > f else out
+
+
 def concatenate(tensors: Sequence[SharedTensor], axis: int = 0) -> SharedTensor:
     if not tensors:
         raise InvalidInput("nothing to concatenate")
