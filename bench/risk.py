@@ -194,7 +194,7 @@ def main() -> None:
                              if not ln.startswith(("epochs", "batch_size", "learning_rate", "decay", "sigmoid",
                                                    "class_weight")))
             text = text.replace("[model]", f'[model]\ntype = "ss-xgb"\ntrees = {a.trees}\ndepth = 3\nbins = 8\n'
-                                'learning_rate = 0.3\nclass_weight = "balanced"')
+                                'tree_learning_rate = 0.3\nclass_weight = "balanced"')
             tree_dir = work / "trees"
             tree_dir.mkdir()
             for f in ("wallet.csv", "acquirer.csv"):

@@ -297,7 +297,7 @@ def _common_rows(d: Path) -> tuple[dict[str, pd.DataFrame], list[str]]:
 def _tree_job(path: Path, trees: int, depth: int, bins: int) -> None:
     path.write_text(path.read_text().replace("[model]\n", f'[model]\ntype = "ss-xgb"\ntrees = {trees}\n'
                                              f"depth = {depth}\nbins = {bins}\n")
-                    .replace("learning_rate = 0.5", "learning_rate = 0.3"))
+                    .replace("learning_rate = 0.5", "tree_learning_rate = 0.3"))
 
 
 def _expected_scores(job_path: Path, w: np.ndarray, bias: float) -> pd.Series:

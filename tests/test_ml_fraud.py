@@ -122,6 +122,7 @@ def test_bad_split_and_class_weight_are_refused(tmp_path: Path, edit: str, match
     path = fraud_job(tmp_path, n=50)
     text = path.read_text().replace('class_weight = "balanced"\n', "")
     text = text.replace('split = "ordered"\n', "") if edit.startswith("split") else text
+    text = text.replace("learning_rate = 0.5\n", "") if "ss-xgb" in edit else text  # SS-LR's step: refused
     key = "[job]\n" if edit.startswith("split") else "[model]\n"
     path.write_text(text.replace(key, key + edit + "\n"))
     with pytest.raises(ConfigError, match=match):
@@ -179,7 +180,7 @@ def test_weighted_secure_lr_equals_its_weighted_plaintext_twin(tmp_path: Path) -
 def test_weighted_secure_trees_near_their_weighted_twin(tmp_path: Path) -> None:
     path = fraud_job(tmp_path, n=2000, model='type = "ss-xgb"\ntrees = 3\ndepth = 2\nbins = 4\n')
     path.write_text("\n".join(ln for ln in path.read_text().splitlines()
-                              if not ln.startswith(("epochs", "batch_size", "decay", "sigmoid"))) + "\n")
+                              if not ln.startswith(("epochs", "batch_size", "decay", "sigmoid", "learning_rate"))) + "\n")
     res = run_parties(path)
     assert all(not isinstance(res[p], BaseException) for p in PARTIES), res
     job = load_job(path)

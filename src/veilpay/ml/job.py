@@ -9,7 +9,7 @@
     label_party = "wallet"
     label = "Class"
     positive = "bad"                    # the label value that means 1
-    test_fraction = 0.2
+    test_fraction = 0.2                 # 0: train on every common row (no test rows, no test metrics)
     split = "hash"                      # hash: SHA-256(seed, id) < test_fraction; ordered: the
                                         # last test_fraction of the common rows in key order
     seed = 7
@@ -27,10 +27,10 @@
     [parties.helper]                    # no data: the dealer or third compute party
 
     [model]
-    type = "ss-lr"                      # or "ss-xgb": trees, depth, bins, learning_rate, reg_lambda
-    epochs = 10
+    type = "ss-lr"                      # or "ss-xgb" (below)
+    epochs = 10                         # ss-lr keys: epochs .. validation_fraction
     batch_size = 1024
-    learning_rate = 1.0
+    learning_rate = 1.0                 # SS-LR's SGD step; ss-xgb refuses it (tree_learning_rate)
     decay = 0.0                         # lr_t = learning_rate / (1 + decay * epoch)
     l2 = 0.0
     sigmoid = "seg3"                    # t1 | t3 | seg3 | exact
@@ -39,7 +39,20 @@
     class_weight = "balanced"           # or a number (the positives' weight, negatives 1); default
                                         # none. ss-xgb: "balanced" only
 
-Every key is typed and an unknown one is refused (``veilpay.settings``).
+    [model]                             # the trees' keys (type = "ss-xgb")
+    type = "ss-xgb"
+    trees = 10
+    depth = 3
+    bins = 8
+    tree_learning_rate = 0.3            # shrinkage of each tree's leaves (default: TreeParams')
+    reg_lambda = 0.0                    # 0: max(1, n / 8000)
+
+Every key is typed and an unknown one is refused (``veilpay.settings``). The learning
+rates are one key per model type because their scales differ: SS-LR's SGD step is
+often 0.5 to 2, while a tree shrinkage above about 0.5 overfits at once. With
+type = "ss-xgb" a ``learning_rate`` is refused, naming ``tree_learning_rate``, so
+that switching a job's type never carries the LR step into the trees; with
+type = "ss-lr" a ``tree_learning_rate`` is refused the same way.
 """
 
 from __future__ import annotations
@@ -157,7 +170,7 @@ class _ModelSection:
     type: Literal["ss-lr", "ss-xgb"] = "ss-lr"
     epochs: int = 10
     batch_size: int = 1024
-    learning_rate: float | None = None  # default 1.0 for ss-lr, 0.3 for ss-xgb
+    learning_rate: float | None = None  # SS-LR's step (default 1.0); refused for ss-xgb
     decay: float = 0.0
     l2: float = 0.0
     sigmoid: str = "seg3"
@@ -167,6 +180,7 @@ class _ModelSection:
     depth: int = 3
     bins: int = 8
     reg_lambda: float = 0.0
+    tree_learning_rate: float | None = None  # ss-xgb's shrinkage (default TreeParams'); refused for ss-lr
     class_weight: Literal["balanced"] | float | None = None
 
 
@@ -188,11 +202,18 @@ def load_job(path: str | Path) -> Job:
     parties = {name: PartySpec(name, spec.data, spec.features or None, spec.categorical or None)
                for name, spec in raw.parties.items()}
     j, m = raw.job, raw.model
+    if m.type == "ss-xgb" and m.learning_rate is not None:
+        raise ConfigError(f"{path} [model]: learning_rate is SS-LR's SGD step; for ss-xgb write tree_learning_rate "
+                          f"(the trees' shrinkage, default {TreeParams().learning_rate})")
+    if m.type == "ss-lr" and m.tree_learning_rate is not None:
+        raise ConfigError(f"{path} [model]: tree_learning_rate is for type = \"ss-xgb\"; SS-LR's step is "
+                          "learning_rate")
     model = LrParams(epochs=m.epochs, batch_size=m.batch_size,
-                     learning_rate=1.0 if m.learning_rate is None else m.learning_rate, decay=m.decay, l2=m.l2,
-                     sigmoid=m.sigmoid, early_stopping=m.early_stopping, validation_fraction=m.validation_fraction)
-    tree = TreeParams(trees=m.trees, depth=m.depth, bins=m.bins,
-                      learning_rate=0.3 if m.learning_rate is None else m.learning_rate, reg_lambda=m.reg_lambda)
+                     learning_rate=LrParams.learning_rate if m.learning_rate is None else m.learning_rate,
+                     decay=m.decay, l2=m.l2, sigmoid=m.sigmoid, early_stopping=m.early_stopping,
+                     validation_fraction=m.validation_fraction)
+    tree = TreeParams(trees=m.trees, depth=m.depth, bins=m.bins, reg_lambda=m.reg_lambda,
+                      **({} if m.tree_learning_rate is None else {"learning_rate": m.tree_learning_rate}))
     job = Job(name=j.name, path=path, network=j.network, protocol=j.protocol, compute=j.compute, key=j.key,
               label_party=j.label_party, label=j.label, positive=str(j.positive), parties=parties, model=model,
               model_type=m.type, tree=tree, test_fraction=j.test_fraction, seed=j.seed, model_to=j.model_to,
@@ -216,8 +237,8 @@ def _validate(job: Job, where: str) -> None:
         raise ConfigError(f"{where}: exactly two parties hold data (vertical partition), one of them the label party")
     if not job.key or not all(isinstance(k, str) for k in job.key):
         raise ConfigError(f"{where}: key must name at least one column")
-    if not 0.0 < job.test_fraction < 1.0:
-        raise ConfigError(f"{where}: test_fraction must be between 0 and 1")
+    if not 0.0 <= job.test_fraction < 1.0:
+        raise ConfigError(f"{where}: test_fraction must be in [0, 1) (0: no test rows)")
     if job.split not in SPLITS:
         raise ConfigError(f"{where}: split must be one of {', '.join(SPLITS)}")
     cw = job.class_weight
@@ -236,7 +257,7 @@ def _validate(job: Job, where: str) -> None:
     t = job.tree
     if job.model_type == "ss-xgb" and (not 1 <= t.trees <= 500 or not 1 <= t.depth <= 6 or not 2 <= t.bins <= 64
                                        or t.learning_rate <= 0 or t.reg_lambda < 0 or job.frac_bits > 20):
-        raise ConfigError(f"{where}: ss-xgb needs trees 1..500, depth 1..6, bins 2..64, learning_rate > 0, "
+        raise ConfigError(f"{where}: ss-xgb needs trees 1..500, depth 1..6, bins 2..64, tree_learning_rate > 0, "
                           "reg_lambda >= 0 and frac_bits <= 20")
     if m.early_stopping < 0 or not 0.0 < m.validation_fraction < 0.5:
         raise ConfigError(f"{where}: early_stopping (patience in epochs) >= 0, validation_fraction in (0, 0.5)")
