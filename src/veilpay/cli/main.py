@@ -483,7 +483,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
 def _cmd_score(a: argparse.Namespace) -> int:
     from veilpay.ml import run_scoring
 
-    return _run_job(a, "score", lambda rt, job: run_scoring(rt, job, a.model, a.input, a.output, a.to))
+    return _run_job(a, "score", lambda rt, job: run_scoring(rt, job, a.model, a.input, a.output, a.to, a.unscored))
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
@@ -660,6 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--input", help="data parties: the new customers (CSV or Parquet) with the key columns")
     sc.add_argument("--output", help="the receiving party: CSV of key columns and scores")
     sc.add_argument("--to", help="the data party that receives the scores (default: the label party)")
+    sc.add_argument("--unscored", help="data parties: CSV of the keys of input rows that could not be scored (the "
+                    "other party lacks them); default NAME.unscored.csv beside --output, or beside --input")
     sc.add_argument("--session", help="a run label every party passes")
     sc.set_defaults(fn=_cmd_score)
 

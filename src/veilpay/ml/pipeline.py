@@ -2,13 +2,19 @@
 a helper):
 
 1. read: each data party reads its own file and checks its columns (the label party:
-   the label is present and binary) -- then a status round, so a bad input stops
-   every party before anything else happens;
-2. PSI on the key (ECDH-PSI, both data parties learn the common ids) and alignment:
-   both sort the common rows by id, so they agree on the order without talking;
+   the label is present and binary; every named feature is a column) -- then a status
+   round, so a bad input stops every party before anything else happens, and each
+   other party raises JobFailed naming the party and its reason;
+2. PSI on the key (KKRT or ECDH-PSI, both data parties learn the common ids) and
+   alignment: both sort the common rows by id, so they agree on the order without
+   talking. When under a tenth of the smaller side is common, a second,
+   cardinality-only ECDH-PSI counts the ids that would match ignoring case, spaces
+   and leading zeros (both learn that count only), for the hint in the report;
 3. split and prepare: a row is in the test split when a hash of (seed, id) says so
    (split = "hash"), or when it is among the last test_fraction of the common rows in
-   key order (split = "ordered": an out-of-time split when keys sort by time);
+   key order (split = "ordered": an out-of-time split when keys sort by time); none
+   when test_fraction = 0. Each split must hold MIN_SPLIT_ROWS rows and the label
+   party's test split both classes;
    each party fits its transform (veilpay.ml.prep) on its training rows -- then a
    second status round, which also checks that both sides hold the same rows (a
    digest of the ordered ids) and the same job; with class_weight = "balanced" the
@@ -16,8 +22,9 @@ a helper):
 4. share the features and the label, train SS-LR (veilpay.ml.sslr), score the test
    rows in MPC and reveal the scores to the label party only, which computes AUC, KS
    and average precision and announces those three numbers;
-5. reveal the model to `model_to` (or keep it shared) and write the outputs (the
-   label party also writes the test scores it saw, test_scores.csv: key, z).
+5. reveal the model to `model_to` (or keep it shared) and write the outputs (both
+   data parties write the test split's keys, test_ids.csv; the label party also the
+   test scores it saw, test_scores.csv: key, z).
 
 The helper (semi2k's dealer, or aby3's third party) holds no data; it takes part in
 the status rounds and the MPC only.
@@ -26,7 +33,10 @@ the status rounds and the MPC only.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from veilpay.crypto import sha256
-from veilpay.errors import DataError, InvalidInput, ProtocolError, VeilpayError
+from veilpay.errors import DataError, InvalidInput, ProtocolError
 from veilpay.files import atomic_write
 from veilpay.ml.job import Job
 from veilpay.ml.metrics import auc, average_precision, ks
@@ -52,9 +62,18 @@ from veilpay.psi.data import join_key, normalise_key, split_key
 
 __all__ = ["JobFailed", "plaintext_views", "run_training"]
 
+log = logging.getLogger(__name__)
+
+MIN_SPLIT_ROWS = 10  # the fewest rows a training (or a requested test) split may hold
+
 
 class JobFailed(ProtocolError):
-    """Another party stopped the job before any secret was shared; its reason is in the message."""
+    """Another party stopped the job before any secret was shared: ``party`` names it,
+    ``reason`` says why (its own error, as it told every party)."""
+
+    def __init__(self, party: str, reason: str) -> None:
+        super().__init__(f"peer {party!r} failed: {reason}")
+        self.party, self.reason = party, reason
 
 
 @dataclass
@@ -76,6 +95,9 @@ class LocalTable:
     rows: int = 0
     duplicates: int = 0
     null_keys: int = 0
+    unmatched: list[bytes] = field(default_factory=list)  # ids the other party lacks (after PSI)
+    peer_size: int = 0  # the other party's distinct ids (PSI reveals it)
+    loose_common: int | None = None  # common ids ignoring case, spaces and zero padding (when checked)
 
 
 def _read_frame(path: Path, key: list[str]) -> pd.DataFrame:
@@ -137,6 +159,15 @@ def _read(job: Job, me: str) -> LocalTable:
     features = spec.features or [c for c in frame.columns if c not in job.key and c != job.label]
     if not features:
         raise DataError(f"{spec.data}: no feature columns")
+    for kind, names in (("features", spec.features or []), ("categorical", spec.categorical or [])):
+        absent = [c for c in names if c not in frame.columns]
+        if absent:
+            raise DataError(f"{spec.data}: [parties.{me}] {kind} names {', '.join(map(repr, absent))}, not a column "
+                            f"of this file (columns: {', '.join(map(str, frame.columns))})")
+    stray = [c for c in spec.categorical or [] if c not in features]
+    if stray:
+        raise DataError(f"{spec.data}: [parties.{me}] categorical names {', '.join(map(repr, stray))}, not one of "
+                        "its features")
     local.frame = local.frame[features]
     return local
 
@@ -149,6 +180,8 @@ def _in_test(ids: list[bytes], seed: int, fraction: float) -> np.ndarray:
 
 def _test_rows(ids: list[bytes], job: Job) -> np.ndarray:
     """The test split of the common rows (``ids`` sorted, the same at both sides)."""
+    if job.test_fraction == 0:
+        return np.zeros(len(ids), dtype=bool)
     if job.split == "ordered":
         n_train = int(round(len(ids) * (1.0 - job.test_fraction)))
         return np.arange(len(ids)) >= n_train
@@ -191,8 +224,45 @@ def align_rows(job: Job, me: str, local: LocalTable, comm_psi: Any, stats: dict[
         res = kkrt_psi(comm_psi, other, role, local.ids, reveal="both")
     else:
         res = ecdh_psi(comm_psi, other, role, local.ids, reveal="both")
-    keep_rows(local, np.asarray(res.indices, dtype=np.int64))
+    idx = np.asarray(res.indices, dtype=np.int64)
+    matched = np.zeros(len(local.ids), dtype=bool)
+    matched[idx] = True
+    unmatched = [i for i, hit in zip(local.ids, matched, strict=True) if not hit]
+    ids = local.ids
+    keep_rows(local, idx)
+    local.unmatched, local.peer_size = unmatched, res.peer_size
     stats.update(peer_size=res.peer_size, common=len(local.ids))
+    if few_common(len(local.ids), len(ids), res.peer_size):
+        # Both sides know all three numbers, so both take this branch. A cardinality-only
+        # PSI: each learns how many ids would match loosely, not which.
+        loose = sorted({loose_id(i) for i in ids})
+        local.loose_common = ecdh_psi(comm_psi, other, role, loose, mode="cardinality", reveal="both").size
+        stats["common_ignoring_case_and_padding"] = local.loose_common
+        if local.loose_common > len(local.ids):
+            stats.setdefault("warnings", []).append(loose_hint(job, len(local.ids), local.loose_common))
+            log.warning("%s", stats["warnings"][-1])
+
+
+def few_common(common: int, mine: int, theirs: int) -> bool:
+    """Whether PSI found so few common ids (under a tenth of the smaller side) that a
+    key written differently at the two sides is the likelier cause."""
+    return common * 10 < min(mine, theirs)
+
+
+_ZERO_PAD = re.compile(r"(?<!\d)0+(?=\d)")
+
+
+def loose_id(ident: bytes) -> bytes:
+    """An id with case, spaces and leading zeros of its numbers ignored: "PAY-000123",
+    "pay-123" and " Pay-0123" are one loose id."""
+    parts = [_ZERO_PAD.sub("", re.sub(r"\s+", "", unicodedata.normalize("NFKC", p).casefold()))
+             for p in split_key(ident)]
+    return join_key(parts)
+
+
+def loose_hint(job: Job, common: int, loose: int) -> str:
+    return (f"{common:,} common rows: {loose:,} would match ignoring case, spaces and leading zeros; write the key "
+            f"column(s) {', '.join(job.key)} the same way at both parties")
 
 
 def keep_rows(local: LocalTable, idx: np.ndarray) -> None:
@@ -220,12 +290,28 @@ def plaintext_views(job: Job) -> dict[str, LocalTable]:
     return views
 
 
+def check_overlap(job: Job, me: str, local: LocalTable, test: np.ndarray) -> None:
+    """Enough common rows for the split asked for: a DataError with the counts (and the
+    loose-key hint, where one was measured) otherwise."""
+    n_test = int(test.sum())
+    n_train = len(test) - n_test
+    if n_train >= MIN_SPLIT_ROWS and (job.test_fraction == 0 or n_test >= MIN_SPLIT_ROWS):
+        return
+    other = job.partner if me == job.label_party else job.label_party
+    hint = ""
+    if local.loose_common is not None and local.loose_common > len(local.ids):
+        hint = f" ({loose_hint(job, len(local.ids), local.loose_common)})"
+    raise DataError(f"{job.parties[me].data}: PSI found {len(local.ids):,} common rows ({me} holds "
+                    f"{len(local.ids) + len(local.unmatched):,} distinct ids, {other} {local.peer_size:,}){hint}; "
+                    f"test_fraction = {job.test_fraction} leaves {n_train:,} training and {n_test:,} test rows, and "
+                    f"each split needs at least {MIN_SPLIT_ROWS}")
+
+
 def _prepare(job: Job, me: str, local: LocalTable) -> None:
     spec = job.parties[me]
     test = _test_rows(local.ids, job)
+    check_overlap(job, me, local, test)
     train_frame, test_frame = local.frame[~test], local.frame[test]
-    if len(train_frame) == 0 or len(test_frame) == 0:
-        raise DataError(f"{spec.data}: {len(local.ids)} common rows leave an empty training or test split")
     where = str(spec.data)
     local.prep = fit_prep(train_frame, list(local.frame.columns), spec.categorical, where)
     local.x_train = local.features_train = local.prep.apply(train_frame, where)
@@ -239,6 +325,10 @@ def _prepare(job: Job, me: str, local: LocalTable) -> None:
         local.y_train, local.y_test = local.label[~test][:, None], local.label[test][:, None]
         if local.y_train.min() == local.y_train.max():
             raise DataError(f"{where}: the training rows hold only one class of {job.label!r}")
+        if len(local.y_test) and local.y_test.min() == local.y_test.max():
+            raise DataError(f"{where}: the test split ({len(local.y_test):,} rows) holds only one class of "
+                            f"{job.label!r}, so it cannot be evaluated (AUC needs both); change test_fraction or "
+                            "split, or set test_fraction = 0 to train on every common row without testing")
 
 
 _STATUS_FIELDS = 4  # ok, n_train, n_test, features
@@ -311,7 +401,7 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
             try:
                 local = _read(job, me)
                 report.update(rows=local.rows, duplicates=local.duplicates, null_keys_dropped=local.null_keys)
-            except VeilpayError as exc:
+            except Exception as exc:  # noqa: BLE001 - told to every party by the status round, then re-raised
                 error = exc
         status_round(rt, "job.read", job, error, None)
     with phase(rt, "psi", report):
@@ -321,7 +411,11 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
         if local is not None:
             try:
                 _prepare(job, me, local)
-            except VeilpayError as exc:
+                if local.prep is not None and local.prep.notes:
+                    report.setdefault("warnings", []).extend(local.prep.notes)
+                    for note in local.prep.notes:
+                        log.warning("%s", note)
+            except Exception as exc:  # noqa: BLE001 - told to every party by the status round, then re-raised
                 error = exc
         shapes = status_round(rt, "job.prepared", job, error, local, compare_rows=True)
     a, b = job.label_party, job.partner
@@ -342,7 +436,8 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
     trees: list[SecureTree] = []
     steps = job.tree.trees if job.model_type == "ss-xgb" else m.epochs
     unit = "tree" if job.model_type == "ss-xgb" else "epoch"
-    with phase(rt, "train", report), progress(steps, f"train {me}", unit=unit, enabled=show_progress) as bar:
+    bar = progress(steps, f"train {me}", unit=unit, enabled=show_progress, lines=True)  # lines: not on a TTY
+    with phase(rt, "train", report), bar:
         def on_epoch(epoch: int, p: SharedTensor, yb: SharedTensor) -> None:
             diff = p - yb
             brier = (diff * diff).mean().reveal(to=a)
@@ -370,25 +465,16 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
                               class_weight=weights)
             w, bias = fitted.w, fitted.b
             report["epochs_run"] = fitted.epochs_run
-    with phase(rt, "evaluate", report):
-        ta = share(rt, a, local.x_test if me == a and local else None, shape=(n_test, d_a), fixed=fixed)
-        tb = share(rt, b, local.x_test if me == b and local else None, shape=(n_test, d_b), fixed=fixed)
-        xt = concatenate([ta, tb], axis=1)
-        scores = (predict_trees(xt, trees) if trees else xt @ w + bias).reveal(to=a)
-        metrics = np.zeros(3, dtype=np.float64)
-        if me == a and local is not None and scores is not None and local.y_test is not None:
-            metrics[:] = [auc(local.y_test, scores), ks(local.y_test, scores), average_precision(local.y_test, scores)]
-        got = rt.comm.exchange("job.metrics", {p: [metrics] for p in rt.comm.peers} if me == a else {},
-                               {a: 1} if me != a else {})
-        if me != a:
-            metrics = got[a][0]
-            if metrics.dtype != np.float64 or metrics.shape != (3,):
-                raise JobFailed(a, "malformed metrics message")
-        report["metrics"] = {"auc": round(float(metrics[0]), 5), "ks": round(float(metrics[1]), 5),
-                             "average_precision": round(float(metrics[2]), 5)}
-        if losses:
-            key = "brier_after_each_tree" if trees else "brier_last_batch_per_epoch"
-            report[key] = [round(v, 5) for v in losses]
+    scores = None
+    if n_test:
+        with phase(rt, "evaluate", report):
+            scores = _evaluate(rt, job, local, trees, None if trees else (w, bias), (n_test, d_a, d_b), report)
+    else:
+        report["metrics"] = None
+        report["evaluation"] = (f"test_fraction = 0: trained on all {n_train:,} common rows; no test rows, so no "
+                                "test metrics")
+    if losses:
+        report["brier_after_each_tree" if trees else "brier_last_batch_per_epoch"] = [round(v, 5) for v in losses]
     with phase(rt, "output", report):
         model = None
         if trees:
@@ -398,6 +484,8 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
             bv = bias.reveal(to=job.model_to)
             if wv is not None and bv is not None:
                 model = {"weights": {a: wv[:d_a, 0].tolist(), b: wv[d_a:, 0].tolist()}, "bias": float(bv[0, 0])}
+                if local is not None and local.prep is not None:  # its own columns only: the other's spreads are its own
+                    model["weights_per_original_unit"] = {me: local.prep.per_original_unit(model["weights"][me])}
     report["model"] = "revealed to " + ", ".join(job.model_to) if job.model_to else "kept secret-shared"
     if out_dir is not None:
         shared: dict[str, SharedTensor] | None = None
@@ -408,9 +496,43 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
             shared = {"w": w, "b": bias}
         _write_outputs(Path(out_dir), job, me, report, model, local.prep if local else None, shared,
                        local.bins if local else None)
+        if local is not None and n_test:
+            test_ids = [i for i, t in zip(local.ids, _test_rows(local.ids, job), strict=True) if t]
+            write_csv(Path(out_dir) / "test_ids.csv", key_frame(test_ids, job))
         if me == a and local is not None and scores is not None:
             _write_test_scores(Path(out_dir) / "test_scores.csv", job, local, scores[:, 0])
     return report
+
+
+def _evaluate(rt: Protocol, job: Job, local: LocalTable | None, trees: list[SecureTree],
+              linear: tuple[SharedTensor, SharedTensor] | None, dims: tuple[int, int, int],
+              report: dict[str, Any]) -> np.ndarray | None:
+    """Score the test rows in MPC, reveal the scores to the label party, which
+    announces AUC, KS and average precision. Returns the scores at the label party."""
+    me, a, b = rt.me, job.label_party, job.partner
+    n_test, d_a, d_b = dims
+    fixed = job.model_type == "ss-lr"
+    ta = share(rt, a, local.x_test if me == a and local else None, shape=(n_test, d_a), fixed=fixed)
+    tb = share(rt, b, local.x_test if me == b and local else None, shape=(n_test, d_b), fixed=fixed)
+    xt = concatenate([ta, tb], axis=1)
+    if trees:
+        scores = predict_trees(xt, trees).reveal(to=a)
+    elif linear is not None:
+        scores = (xt @ linear[0] + linear[1]).reveal(to=a)
+    else:
+        raise InvalidInput("no model to evaluate")
+    metrics = np.zeros(3, dtype=np.float64)
+    if me == a and local is not None and scores is not None and local.y_test is not None:
+        metrics[:] = [auc(local.y_test, scores), ks(local.y_test, scores), average_precision(local.y_test, scores)]
+    got = rt.comm.exchange("job.metrics", {p: [metrics] for p in rt.comm.peers} if me == a else {},
+                           {a: 1} if me != a else {})
+    if me != a:
+        metrics = got[a][0]
+        if metrics.dtype != np.float64 or metrics.shape != (3,):
+            raise JobFailed(a, "malformed metrics message")
+    report["metrics"] = {"auc": round(float(metrics[0]), 5), "ks": round(float(metrics[1]), 5),
+                         "average_precision": round(float(metrics[2]), 5)}
+    return scores
 
 
 def _reveal_trees(trees: list[SecureTree], job: Job, me: str, d_a: int, local: LocalTable | None) -> dict[str, Any]:
@@ -434,22 +556,33 @@ def _reveal_trees(trees: list[SecureTree], job: Job, me: str, d_a: int, local: L
                     nodes.append(None)  # another party's split
                     continue
                 col, thr = local.bins.candidates[int(hit[0])]
-                nodes.append({"feature": names[col], "le": thr})
+                node: dict[str, Any] = {"feature": names[col], "le": thr}
+                original = local.prep.original_value(col, thr) if local.prep is not None else None
+                if original is not None:
+                    node["le_original"] = original
+                nodes.append(node)
             levels.append(nodes)
         leaves = tree.leaves.reveal(to=job.model_to) if job.model_to else None
         out.append({"splits": levels, "leaves": None if leaves is None else leaves[:, 0].tolist()})
     return {"depth": job.tree.depth, "trees": out,
-            "note": "splits: per level, per node: this party's (prepared feature, x <= le) or null (not this party's)"}
+            "note": "splits: per level, per node: this party's (prepared feature, x <= le) or null (not this party's); "
+                    "le is on the standardised feature, le_original the same threshold in the column's own units "
+                    "(a date column: the date)"}
 
 
 def _write_test_scores(path: Path, job: Job, local: LocalTable, z: np.ndarray) -> None:
     """The label party's test rows (key columns) and the scores revealed to it: the
     linear score z (SS-LR) or the trees' margin, before the sigmoid."""
     test_ids = [i for i, t in zip(local.ids, _test_rows(local.ids, job), strict=True) if t]
-    parts = [split_key(i) for i in test_ids]
-    frame = pd.DataFrame({k: [q[j] for q in parts] for j, k in enumerate(job.key)})
+    frame = key_frame(test_ids, job)
     frame["z"] = z
     write_csv(path, frame)
+
+
+def key_frame(ids: list[bytes], job: Job) -> pd.DataFrame:
+    """The key columns of ``ids`` (as read: trimmed, NFC)."""
+    parts = [split_key(i) for i in ids]
+    return pd.DataFrame({k: [q[j] for q in parts] for j, k in enumerate(job.key)})
 
 
 def _write_json(path: Path, data: Any) -> None:

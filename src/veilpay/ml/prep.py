@@ -1,9 +1,18 @@
 """Each party's local preparation of its own columns: missing values, standardisation
 and one-hot encoding, fitted on the training rows only and recorded as JSON so that
-scoring applies exactly the same transform."""
+scoring applies exactly the same transform.
+
+Text columns are read for what they hold: dates (every value in one of DATE_FORMATS)
+become days since 1970-01-01, numbers written as text (``$1,889.50``, ``1,234``,
+``12%``: a currency sign, thousands commas or a trailing percent sign, which is
+dropped, 12% -> 12) become numbers, and a column that mostly looks numeric but holds
+other text is refused, naming an example. The rest is one-hot encoded, keeping the
+MAX_CATEGORIES most frequent values; ``Prep.notes`` says which columns were parsed and
+which one-hot encodings were capped, for the job's report."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -12,9 +21,36 @@ import pandas as pd
 
 from veilpay.errors import DataError
 
-__all__ = ["ColumnPrep", "Prep", "apply_row", "fit_prep"]
+__all__ = ["DATE_FORMATS", "ColumnPrep", "Prep", "apply_row", "fit_prep", "parse_column"]
 
 MAX_CATEGORIES = 30  # the most frequent categories get a column each; the rest share "other"
+DATE_FORMATS = ("%Y-%m-%d", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%d-%b-%y", "%d-%b-%Y", "%Y/%m/%d")
+_NUMBER = re.compile(r"^[-+]?[$€£¥]?[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?%?$|^[-+]?[$€£¥]?\.\d+%?$")
+_EPOCH = pd.Timestamp("1970-01-01")
+
+
+def _parse_numbers(values: pd.Series) -> np.ndarray:
+    """Text written as numbers (``$1,889.50``, ``12%``) as float64; anything else NaN."""
+    text = values.astype("string").str.replace(r"\s+", "", regex=True)
+    ok = text.str.fullmatch(_NUMBER).fillna(False).astype(bool)
+    clean = text.where(ok).str.replace(r"[$€£¥,%]", "", regex=True)
+    return pd.to_numeric(clean, errors="coerce").to_numpy(dtype=np.float64)
+
+
+def _parse_dates(values: pd.Series, fmt: str) -> np.ndarray:
+    """Dates in ``fmt`` as days since 1970-01-01 (float64); anything else NaN."""
+    when = pd.to_datetime(values.astype("string").str.strip(), format=fmt, errors="coerce")
+    return ((when - _EPOCH) / pd.Timedelta(days=1)).to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def parse_column(values: pd.Series, parse: str) -> np.ndarray:
+    """A column as ColumnPrep.parse reads it: "" numbers as stored, "number" numbers
+    written as text, "date:FMT" dates; values that do not parse are NaN (missing)."""
+    if parse == "number":
+        return _parse_numbers(values)
+    if parse.startswith("date:"):
+        return _parse_dates(values, parse[5:])
+    return pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
 
 
 @dataclass
@@ -25,6 +61,7 @@ class ColumnPrep:
     std: float = 1.0
     missing_indicator: bool = False
     categories: list[str] = field(default_factory=list)
+    parse: str = ""  # numeric: "" (stored as numbers), "number" (text such as $1,889.50), "date:FMT" (days)
 
     def outputs(self) -> list[str]:
         if self.kind == "numeric":
@@ -37,9 +74,36 @@ class Prep:
     """The fitted transform of one party's feature columns."""
 
     columns: list[ColumnPrep]
+    notes: list[str] = field(default_factory=list)  # what fitting decided on its own (parsed, capped), not saved
 
     def feature_names(self) -> list[str]:
         return [n for c in self.columns for n in c.outputs()]
+
+    def original_value(self, feature: int, value: float) -> float | str | None:
+        """A prepared feature's ``value`` in its column's own units (a date column: the
+        ISO date), or None where the feature is a 0/1 indicator (no other units)."""
+        at = 0
+        for c in self.columns:
+            width = len(c.outputs())
+            if at <= feature < at + width:
+                if c.kind != "numeric" or feature != at:
+                    return None
+                raw = value * c.std + c.mean
+                if c.parse.startswith("date:"):
+                    return str((_EPOCH + pd.Timedelta(days=raw)).strftime("%Y-%m-%d"))
+                return float(raw)
+            at += width
+        raise IndexError(f"feature {feature} of {at}")
+
+    def per_original_unit(self, weights: list[float]) -> dict[str, float]:
+        """Linear weights on the prepared features as weights per unit of each numeric
+        column (w / std; a date column: per day)."""
+        out, at = {}, 0
+        for c in self.columns:
+            if c.kind == "numeric":
+                out[c.name] = float(weights[at]) / c.std
+            at += len(c.outputs())
+        return out
 
     def to_json(self) -> dict[str, Any]:
         return {"columns": [asdict(c) for c in self.columns]}
@@ -60,7 +124,7 @@ class Prep:
                 raise DataError(f"{where}: no column {c.name!r}")
             col = frame[c.name]
             if c.kind == "numeric":
-                values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
+                values = parse_column(col, c.parse)
                 missing = ~np.isfinite(values)
                 with np.errstate(over="ignore", invalid="ignore"):  # checked below
                     parts.append(((np.where(missing, c.mean, values) - c.mean) / c.std)[:, None])
@@ -88,7 +152,7 @@ def apply_row(prep: Prep, row: dict[str, Any], where: str) -> np.ndarray:
             try:
                 x = float(v) if v is not None and not isinstance(v, bool) else float("nan")
             except (TypeError, ValueError):
-                x = float("nan")
+                x = float(parse_column(pd.Series([v]), c.parse)[0]) if c.parse else float("nan")
             missing = not np.isfinite(x)
             out.append(((c.mean if missing else x) - c.mean) / c.std)
             if c.missing_indicator:
@@ -103,9 +167,10 @@ def apply_row(prep: Prep, row: dict[str, Any], where: str) -> np.ndarray:
 
 
 def fit_prep(frame: pd.DataFrame, features: list[str], categorical: list[str] | None, where: str) -> Prep:
-    """Fit on the training rows of ``frame``. Columns that are not numeric (or are named
-    in ``categorical``) are one-hot encoded; an all-missing column is refused."""
-    cols = []
+    """Fit on the training rows of ``frame``. Dates and numbers written as text are
+    parsed (the module docstring); other non-numeric columns (and those named in
+    ``categorical``) are one-hot encoded; an all-missing column is refused."""
+    cols, notes = [], []
     for name in features:
         if name not in frame.columns:
             raise DataError(f"{where}: no feature column {name!r}")
@@ -113,13 +178,28 @@ def fit_prep(frame: pd.DataFrame, features: list[str], categorical: list[str] | 
         if col.isna().all() or (col.dtype == object and (col.astype("string").str.strip() == "").all()):
             raise DataError(f"{where}: feature column {name!r} is empty (all values missing)")
         numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+        parse = ""
+        if not numeric and not (categorical is not None and name in categorical):
+            parse = _text_kind(col, name, where)
+            if parse:
+                example = str(col.dropna().iloc[0])
+                notes.append(f"column {name!r}: text read as " + (
+                    f"dates ({parse[5:]}, e.g. {example!r}), as days since 1970-01-01" if parse != "number"
+                    else f"numbers (e.g. {example!r} -> {_parse_numbers(pd.Series([example]))[0]:g})"))
+                numeric = True
         if (categorical is not None and name in categorical) or not numeric:
             counts = col.astype("string").fillna("<missing>").value_counts()
             ranked = sorted(((-int(c), str(v)) for v, c in counts.items()))  # by count, ties by value
             cats = [v for _, v in ranked[:MAX_CATEGORIES]]
+            if len(ranked) > MAX_CATEGORIES:
+                kept = -sum(c for c, _ in ranked[:MAX_CATEGORIES]) / len(col)
+                notes.append(f"column {name!r}: {len(ranked):,} distinct values; one-hot keeps the {len(cats)} most "
+                             f"frequent (covering {kept:.1%} of the training rows), the rest share {name}=<other>"
+                             + (" -- nearly one value per row: an id? leave it out of features"
+                                if len(ranked) > len(col) / 2 else ""))
             cols.append(ColumnPrep(name, "categorical", categories=cats))
         else:
-            values = col.to_numpy(dtype=np.float64)
+            values = parse_column(col, parse) if parse else col.to_numpy(dtype=np.float64)
             finite = values[np.isfinite(values)]
             with np.errstate(over="ignore", invalid="ignore"):
                 mean, std = float(finite.mean()), float(finite.std())
@@ -127,5 +207,28 @@ def fit_prep(frame: pd.DataFrame, features: list[str], categorical: list[str] | 
                 raise DataError(f"{where}: feature column {name!r} is too large to standardise (non-finite mean "
                                 "or spread)")
             cols.append(ColumnPrep(name, "numeric", mean=mean, std=std if std > 0 else 1.0,
-                                   missing_indicator=bool(len(finite) < len(values))))
-    return Prep(cols)
+                                   missing_indicator=bool(len(finite) < len(values)), parse=parse))
+    return Prep(cols, notes)
+
+
+def _text_kind(col: pd.Series, name: str, where: str) -> str:
+    """How a text column is read: "date:FMT" when every value is a date in FMT, "number"
+    when every value is a number written as text, "" (categories) when fewer than half
+    of them look like either; in between it is refused, naming a value that does not
+    parse, since one-hot encoding amounts or dates is rarely what was meant."""
+    text = col.dropna().astype("string").str.strip()
+    text = text[text != ""]
+    best: tuple[float, str, np.ndarray] = (0.0, "", np.zeros(0))
+    for parse in [f"date:{f}" for f in DATE_FORMATS] + ["number"]:
+        ok = np.isfinite(parse_column(text, parse))
+        if ok.all():
+            return parse
+        if ok.mean() > best[0]:
+            best = (float(ok.mean()), parse, ok)
+    share, parse, ok = best
+    if share >= 0.5:
+        what = "numbers" if parse == "number" else f"dates ({parse[5:]})"
+        good, bad = text[ok].iloc[0], text[~ok].iloc[0]
+        raise DataError(f"{where}: column {name!r} looks like {what} (e.g. {good!r}, {share:.0%} of its values) but "
+                        f"holds {bad!r}; clean it, or name it in categorical to one-hot encode it")
+    return ""

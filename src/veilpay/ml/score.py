@@ -9,20 +9,26 @@ which inputs the weights as a secret) or kept shared (model_shares.npz at each
 compute party, loaded as shares). A tree model is always scored from its shares
 (split one-hots and leaves), with each data party's split candidates from prep.json.
 Either way no party sees another's features, and only the named party sees scores.
+
+Rows are never dropped silently: each data party counts the input rows it could not
+score (ids the other party lacks, which PSI tells it anyway; rows with an empty key
+part), logs the count and writes those rows' keys to ``unscored_path`` (by default
+beside the output, or beside the input at a party without one: NAME.unscored.csv).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from veilpay.errors import DataError, VeilpayError
+from veilpay.errors import DataError
 from veilpay.ml.job import Job
-from veilpay.ml.pipeline import LocalTable, align_rows, phase, read_keyed, status_round, write_csv
+from veilpay.ml.pipeline import LocalTable, align_rows, key_frame, phase, read_keyed, status_round, write_csv
 from veilpay.ml.prep import Prep
 from veilpay.ml.sstree import Bins, SecureTree, predict_trees
 from veilpay.mpc import Protocol, SharedTensor, concatenate
@@ -30,6 +36,8 @@ from veilpay.mpc.tensor import share
 from veilpay.psi.data import split_key
 
 __all__ = ["run_scoring"]
+
+log = logging.getLogger(__name__)
 
 
 def _load_prep(model_dir: Path) -> Prep:
@@ -99,11 +107,33 @@ def _load_bins(model_dir: Path) -> Bins:
         raise DataError(f"{model_dir}/prep.json: no split candidates for a tree model ({exc})") from exc
 
 
+def unscored_default(input_path: str | Path, output_path: str | Path | None) -> Path:
+    """Where the rows that could not be scored go unless told: NAME.unscored.csv beside
+    the output (or the input)."""
+    base = Path(output_path if output_path is not None else input_path)
+    return base.with_name(base.stem + ".unscored.csv")
+
+
+def _report_unscored(job: Job, local: LocalTable, path: Path, report: dict[str, Any]) -> None:
+    unscored = len(local.unmatched)
+    report.update(unscored=unscored, unscored_file=str(path))
+    write_csv(path, key_frame(local.unmatched, job))
+    if unscored or local.null_keys or local.duplicates:
+        msg = (f"{unscored:,} of {local.rows:,} input rows not scored: the other party lacks their ids (keys in "
+               f"{path})" + (f"; {local.null_keys:,} rows with an empty key part dropped" if local.null_keys else "")
+               + (f"; {local.duplicates:,} rows repeat a key (its first row is scored)" if local.duplicates else ""))
+        report.setdefault("warnings", []).append(msg)
+        log.warning("%s", msg)
+
+
 def run_scoring(rt: Protocol, job: Job, model_dir: str | Path, input_path: str | Path | None = None,
-                output_path: str | Path | None = None, to: str | None = None) -> dict[str, Any]:
+                output_path: str | Path | None = None, to: str | None = None,
+                unscored_path: str | Path | None = None) -> dict[str, Any]:
     """This party's side of scoring ``input_path`` (data parties) with the model in
     ``model_dir`` (this party's training --out folder). ``to`` (default: the label
-    party) receives the scores and writes ``output_path``."""
+    party) receives the scores and writes ``output_path``; every data party writes
+    the keys of its rows that could not be scored to ``unscored_path`` (default
+    ``unscored_default``) and counts them in the report."""
     me, model_dir = rt.me, Path(model_dir)
     to = to or job.label_party
     if to not in job.data_parties:
@@ -120,12 +150,14 @@ def run_scoring(rt: Protocol, job: Job, model_dir: str | Path, input_path: str |
                 prep = _load_prep(model_dir)
                 local = read_keyed(Path(input_path), job.key)
                 report.update(rows=local.rows, duplicates=local.duplicates, null_keys_dropped=local.null_keys)
-            except VeilpayError as exc:
+            except Exception as exc:  # noqa: BLE001 - told to every party by the status round, then re-raised
                 error = exc
         status_round(rt, "score.read", job, error, None)
     with phase(rt, "psi", report):
         if local is not None:
             align_rows(job, me, local, rt.comm, report)
+    if local is not None and input_path is not None:
+        _report_unscored(job, local, Path(unscored_path or unscored_default(input_path, output_path)), report)
     shares = None
     with phase(rt, "prepare", report):
         try:
@@ -136,7 +168,7 @@ def run_scoring(rt: Protocol, job: Job, model_dir: str | Path, input_path: str |
                 if job.model_type == "ss-xgb":
                     local.x_train = _load_bins(model_dir).indicators(local.x_train)
                 local.x_test = np.zeros((0, local.x_train.shape[1]))
-        except VeilpayError as exc:
+        except Exception as exc:  # noqa: BLE001 - told to every party by the status round, then re-raised
             error = exc
         shapes = status_round(rt, "score.prepared", job, error, local, compare_rows=True)
     a, b = job.label_party, job.partner
