@@ -22,7 +22,7 @@ Truncation (see docs/mpc.md):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,15 +57,12 @@ class _Masked:
 @dataclass
 class _Bits:
     """A 0/1 matrix M whose column blocks their owners hold in the clear, masked in
-    Z_2^32 with A = the owner's dealer stream for its blocks: the compute parties
-    hold E = M - A (n, C) uint32, the owner also its blocks of M (uint8), the dealer
-    A. The other compute party's share of A is zero; it sees only E, uniform to it."""
+    Z_2^32 by A = the owner's dealer stream: per block, the owner keeps M (uint8),
+    the other compute party E = M - A (uint32, uniform to it), the dealer A."""
 
     n: int
     spans: list[tuple[int, int, int]]  # (first column, end column, owner's compute index)
-    e: np.ndarray | None = None
-    own: dict[int, np.ndarray] | None = None  # block number -> this party's M block
-    a: np.ndarray | None = None
+    blocks: dict[int, np.ndarray] = field(default_factory=dict)  # block -> M (owner), E (other), A (dealer)
 
 
 _ONE = np.uint64(1)
@@ -335,7 +332,11 @@ class Semi2k(Protocol):
     # The histogram sums and the 0/1 selections of the trees fit in 31 and 15 bits,
     # and reduction mod 2^k is a ring map, so their products run in Z_2^32 and Z_2^16
     # (exact float64 GEMMs on few limbs, 4- and 2-byte messages) and are lifted back
-    # to Z_2^64 by `_lift`.
+    # to Z_2^64 by `_lift`. Per block, with owner O and the other compute party P, a
+    # product M^T y (or M w) is M^T R + M^T (y - R) with R P's dealer stream: P sends
+    # F = y_P - R to O, which adds M^T (y_O + F) in the clear; M^T R = E^T R + A^T R,
+    # P's and the dealer's parts, the dealer's masked by a C that O holds. O sees y_P
+    # masked by R; P sees E and the dealer's part masked by C; the dealer sees nothing.
     def bits_premask(self, blocks: Sequence[tuple[str, int]], mine: dict[int, np.ndarray], n: int) -> Any:
         if any(owner not in self.compute for owner, _ in blocks):
             return super().bits_premask(blocks, mine, n)  # an owner outside the pair: the 64-bit path
@@ -345,14 +346,12 @@ class Semi2k(Protocol):
             start += width
         state = _Bits(n, spans)
         if self.is_dealer:
-            state.a = np.empty((n, start), dtype=np.uint32)
-            for c0, c1, i in spans:
-                state.a[:, c0:c1] = self._for[i].uint32((n, c1 - c0))
+            for b, (c0, c1, i) in enumerate(spans):
+                state.blocks[b] = self._for[i].uint32((n, c1 - c0))
             return state
         if not self.is_compute:
             return state
         other = self.p1 if self.index == 0 else self.p0
-        state.e, state.own = np.empty((n, start), dtype=np.uint32), {}
         send, theirs = [], 0
         for b, (c0, c1, i) in enumerate(spans):
             if i != self.index:
@@ -364,105 +363,112 @@ class Semi2k(Protocol):
             own = np.ascontiguousarray(m, dtype=np.uint8)
             if own.max(initial=0) > 1:
                 raise InvalidInput(f"block {b} must hold only 0 and 1")
-            e = own - self._dprg.uint32((n, c1 - c0))  # uint32 wraps: E = M - A mod 2^32
-            state.own[b], state.e[:, c0:c1] = own, e
-            send.append(e)
+            state.blocks[b] = own
+            send.append(own - self._dprg.uint32((n, c1 - c0)))  # uint32 wraps: E = M - A mod 2^32
         got = self.comm.exchange("bits.premask", {other: send}, {other: theirs})
         it = iter(got[other])
-        for c0, c1, i in spans:
+        for b, (c0, c1, i) in enumerate(spans):
             if i != self.index:
-                state.e[:, c0:c1] = check_array(next(it), (n, c1 - c0), other, np.uint32)
+                state.blocks[b] = check_array(next(it), (n, c1 - c0), other, np.uint32)
         return state
+
+    def _bits_product(self, label: str, state: _Bits, y: Shares, yshape: tuple[int, int], bits: int,
+                      transpose: bool, shift: int = 0) -> np.ndarray | None:
+        """This party's share in Z_2^bits (uint64, not yet reduced) of M^T y
+        (``transpose``, y (n, k)) or M w (w (C, k)); None at the dealer."""
+        n, width = state.n, state.spans[-1][1]
+        k = yshape[1]
+        dt = np.uint32 if bits == 32 else np.uint16
+
+        def draw(g: Any, shape: tuple[int, int]) -> np.ndarray:
+            return g.uint32(shape) if bits == 32 else g.uint16(shape)
+
+        def rows_of(c0: int, c1: int) -> tuple[int, int]:
+            return (n, k) if transpose else (c1 - c0, k)
+
+        def product(mat: np.ndarray, v: np.ndarray, a_bits: int) -> np.ndarray:
+            if transpose:
+                return narrow_t_matmul(mat, v, bits, a_bits, rows=1024 if a_bits == 32 else 8192)
+            return narrow_matmul(mat, v, bits, min(a_bits, bits))
+
+        out_shape = (width, k) if transpose else (n, k)
+        if self.is_dealer:
+            send: dict[str, list[np.ndarray]] = {}
+            for b, (c0, c1, o) in enumerate(state.spans):
+                r = draw(self._for[1 - o], rows_of(c0, c1))
+                part = product(state.blocks[b], r, 32).astype(dt)
+                part -= draw(self._for[o], (c1 - c0, k) if transpose else (n, k))
+                send.setdefault(self.compute[1 - o], []).append(part)
+            self.comm.exchange(label, send)
+            return None
+        need_shares(y)
+        mine = y[0]  # type: ignore[index]
+        if shift:  # SecureML's local shift: its rare error is a multiple of 2^(64 - shift), 0 mod 2^bits
+            d = np.uint64(shift)
+            mine = mine >> d if self.index == 0 else -((-mine) >> d)
+        mine = (mine & np.uint64((1 << bits) - 1)).astype(dt)
+        other = self.p1 if self.index == 0 else self.p0
+        z = np.zeros(out_shape, dtype=np.uint64)
+        masks, ours, theirs = [], 0, 0
+        for b, (c0, c1, o) in enumerate(state.spans):
+            if o == self.index:
+                c = draw(self._dprg, (c1 - c0, k) if transpose else (n, k))
+                if transpose:
+                    z[c0:c1] += c
+                else:
+                    z += c
+                ours += 1
+            else:
+                r = draw(self._dprg, rows_of(c0, c1))
+                masks.append((mine if transpose else mine[c0:c1]) - r)
+                part = product(state.blocks[b], r, 32)
+                if transpose:
+                    z[c0:c1] += part
+                else:
+                    z += part
+                theirs += 1
+        got = self.comm.exchange(label, {other: masks} if masks else {},
+                                 ({other: ours} if ours else {}) | ({self.dealer: theirs} if theirs else {}))
+        fs, cs = iter(got.get(other, [])), iter(got.get(self.dealer, []))
+        for b, (c0, c1, o) in enumerate(state.spans):
+            if o == self.index:
+                f = check_array(next(fs), rows_of(c0, c1), other, dt)
+                f += mine if transpose else mine[c0:c1]
+                if transpose:
+                    z[c0:c1] += product(state.blocks[b], f, 1)
+                else:
+                    z += product(state.blocks[b], f, 1)
+            else:
+                c = check_array(next(cs), (c1 - c0, k) if transpose else (n, k), self.dealer, dt)
+                if transpose:
+                    z[c0:c1] += c
+                else:
+                    z += c
+        return z
 
     def bits_t_matmul(self, state: Any, y: Shares, k: int, shift: int, signed: bool) -> Shares:
         if not isinstance(state, _Bits):
             return super().bits_t_matmul(state, y, k, shift, signed)
-        n, width = state.n, state.spans[-1][1]
-        if self.is_dealer:
-            g0, g1 = self._for
-            b = g0.uint32((n, k))
-            b += g1.uint32((n, k))
-            c1 = narrow_t_matmul(state.a, b, 32, 32).astype(np.uint32) - g0.uint32((width, k))
-            self.comm.exchange("bits.t_matmul", {self.p1: [c1]})
-            return self._lift(None, (width, k), 32, signed)
-        if not self.is_compute:
+        width = state.spans[-1][1]
+        if not self.is_compute and not self.is_dealer:
             self.comm.exchange("bits.t_matmul")
             return self._lift(None, (width, k), 32, signed)
-        need_shares(y)
-        mine = y[0]  # type: ignore[index]
-        if shift:  # SecureML's local shift: its rare error is a multiple of 2^(64 - shift), 0 mod 2^32
-            d = np.uint64(shift)
-            mine = mine >> d if self.index == 0 else -((-mine) >> d)
-        mine = (mine & _M32).astype(np.uint32)
-        b = self._dprg.uint32((n, k))
-        c = self._dprg.uint32((width, k)) if self.index == 0 else None
-        (f,) = self._open_narrow("bits.t_matmul", mine - b, np.uint32)
-        z = self._owner_products(state, mine, f, k, lambda a, v, bits: narrow_t_matmul(a, v, 32, bits), True)
-        if self.index == 1:
-            c = check_array(self.comm.collect("bits.t_matmul", {self.dealer: 1})[self.dealer][0], (width, k),
-                            self.dealer, np.uint32)
-        z += c.astype(np.uint64)  # type: ignore[union-attr]
+        z = self._bits_product("bits.t_matmul", state, y, (state.n, k), 32, True, shift)
+        if z is None:
+            return self._lift(None, (width, k), 32, signed)
         if signed and self.index == 0:
             z += np.uint64(1 << 30)  # the lift needs [0, 2^31): shift [-2^30, 2^30) up
-        out = self._lift((z & _M32,), (width, k), 32, signed)
-        return out
+        return self._lift((z & _M32,), (width, k), 32, signed)
 
     def bits_matmul(self, state: Any, w: Shares, k: int) -> Shares:
         if not isinstance(state, _Bits):
             return super().bits_matmul(state, w, k)
         n, width = state.n, state.spans[-1][1]
-        if self.is_dealer:
-            g0, g1 = self._for
-            b = g0.uint16((width, k))
-            b += g1.uint16((width, k))
-            c1 = narrow_matmul(state.a, b, 16, 16).astype(np.uint16) - g0.uint16((n, k))
-            self.comm.exchange("bits.matmul", {self.p1: [c1]})
-            return self._lift(None, (n, k), 16, False)
-        if not self.is_compute:
+        if not self.is_compute and not self.is_dealer:
             self.comm.exchange("bits.matmul")
             return self._lift(None, (n, k), 16, False)
-        need_shares(w)
-        mine = (w[0] & _M16).astype(np.uint16)  # type: ignore[index]
-        b = self._dprg.uint16((width, k))
-        c = self._dprg.uint16((n, k)) if self.index == 0 else None
-        (f,) = self._open_narrow("bits.matmul", mine - b, np.uint16)
-        z = self._owner_products(state, mine, f, k, lambda a, v, bits: narrow_matmul(a, v, 16, min(bits, 16)), False)
-        if self.index == 1:
-            c = check_array(self.comm.collect("bits.matmul", {self.dealer: 1})[self.dealer][0], (n, k), self.dealer,
-                            np.uint16)
-        z += c.astype(np.uint64)  # type: ignore[union-attr]
-        return self._lift((z & _M16,), (n, k), 16, False)
-
-    def _open_narrow(self, label: str, mine: np.ndarray, dtype: type) -> list[np.ndarray]:
-        other = self.p1 if self.index == 0 else self.p0
-        got = self.comm.exchange(label, {other: [mine]}, {other: 1})
-        theirs = check_array(got[other][0], mine.shape, other, dtype)
-        theirs += mine
-        return [theirs]
-
-    def _owner_products(self, state: _Bits, mine: np.ndarray, f: np.ndarray, k: int, product: Any,
-                        transpose: bool) -> np.ndarray:
-        """This party's part of M^T Y (transpose) or M W, block by block: on its own
-        blocks E^T (Y_i - F) + M^T F (its share of A is M - E), on the other's E^T Y_i.
-        ``mine`` and ``f`` are this party's share and the opened Y - B."""
-        e = state.e
-        if e is None or state.own is None:
-            raise InvalidInput("this party holds no share of the matrix")
-        shape = (e.shape[1], k) if transpose else (state.n, k)
-        z = np.zeros(shape, dtype=np.uint64)
-        for blk, (c0, c1, i) in enumerate(state.spans):
-            ours = i == self.index
-            v = (mine - f) if ours else mine  # uint wraps mod 2^bits
-            if transpose:
-                part = product(e[:, c0:c1], v, 32)
-                if ours:
-                    part += product(state.own[blk], f, 1)
-                z[c0:c1] = part
-            else:
-                z += product(e[:, c0:c1], v[c0:c1], 32)
-                if ours:
-                    z += product(state.own[blk], f[c0:c1], 1)
-        return z
+        z = self._bits_product("bits.matmul", state, w, (width, k), 16, False)
+        return self._lift(None if z is None else (z & _M16,), (n, k), 16, False)
 
     def _lift(self, z: Shares, shape: tuple[int, ...], bits: int, signed: bool) -> Shares:
         """Shares in Z_2^bits of a value v in [0, 2^(bits-1)) (P0's share already
