@@ -54,7 +54,7 @@ from veilpay.ml.metrics import auc, average_precision, ks
 from veilpay.ml.prep import Prep, fit_prep
 from veilpay.ml.sslr import train_lr
 from veilpay.ml.sstree import Bins, SecureTree, fit_bins, predict_trees, train_trees
-from veilpay.mpc import Protocol, SharedTensor, concatenate
+from veilpay.mpc import BitMatrix, Protocol, SharedTensor, concatenate
 from veilpay.mpc.tensor import share
 from veilpay.progress import progress
 from veilpay.psi import ecdh_psi, kkrt_psi
@@ -320,7 +320,8 @@ def _prepare(job: Job, me: str, local: LocalTable) -> None:
         local.bins = fit_bins(local.x_train, job.tree.bins)
         if not local.bins.candidates:
             raise DataError(f"{where}: no feature column has two distinct values to split on")
-        local.x_train, local.x_test = local.bins.indicators(local.x_train), local.bins.indicators(local.x_test)
+        local.x_train = local.bins.indicators(local.x_train, np.uint8)
+        local.x_test = local.bins.indicators(local.x_test, np.uint8)
     if local.label is not None:
         local.y_train, local.y_test = local.label[~test][:, None], local.label[test][:, None]
         if local.y_train.min() == local.y_train.max():
@@ -427,10 +428,14 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
         report["class_weight"] = {"negative": round(weights[0], 6), "positive": round(weights[1], 6)}
     fixed = job.model_type == "ss-lr"  # trees share 0/1 indicators as integers
     with phase(rt, "share", report):
-        xa = share(rt, a, local.x_train if me == a and local else None, shape=(n_train, d_a), fixed=fixed)
-        xb = share(rt, b, local.x_train if me == b and local else None, shape=(n_train, d_b), fixed=fixed)
+        x: SharedTensor | BitMatrix
+        if fixed:
+            xa = share(rt, a, local.x_train if me == a and local else None, shape=(n_train, d_a))
+            xb = share(rt, b, local.x_train if me == b and local else None, shape=(n_train, d_b))
+            x = concatenate([xa, xb], axis=1)
+        else:
+            x = _indicators(rt, job, local.x_train if local else None, n_train, d_a, d_b)
         y = share(rt, a, local.y_train if me == a and local else None, shape=(n_train, 1))
-        x = concatenate([xa, xb], axis=1)
     m = job.model
     losses: list[float] = []
     trees: list[SecureTree] = []
@@ -504,6 +509,14 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
     return report
 
 
+def _indicators(rt: Protocol, job: Job, mine: np.ndarray | None, n: int, d_a: int, d_b: int) -> BitMatrix:
+    """The trees' 0/1 split indicators: each data party keeps its own columns in the
+    clear (semi2k masks them once, in Z_2^32, for the other compute party)."""
+    a, b = job.label_party, job.partner
+    own = {0 if rt.me == a else 1: mine} if mine is not None and rt.me in (a, b) else {}
+    return BitMatrix(rt, [(a, d_a), (b, d_b)], own, n)
+
+
 def _evaluate(rt: Protocol, job: Job, local: LocalTable | None, trees: list[SecureTree],
               linear: tuple[SharedTensor, SharedTensor] | None, dims: tuple[int, int, int],
               report: dict[str, Any]) -> np.ndarray | None:
@@ -511,14 +524,13 @@ def _evaluate(rt: Protocol, job: Job, local: LocalTable | None, trees: list[Secu
     announces AUC, KS and average precision. Returns the scores at the label party."""
     me, a, b = rt.me, job.label_party, job.partner
     n_test, d_a, d_b = dims
-    fixed = job.model_type == "ss-lr"
-    ta = share(rt, a, local.x_test if me == a and local else None, shape=(n_test, d_a), fixed=fixed)
-    tb = share(rt, b, local.x_test if me == b and local else None, shape=(n_test, d_b), fixed=fixed)
-    xt = concatenate([ta, tb], axis=1)
     if trees:
-        scores = predict_trees(xt, trees).reveal(to=a)
+        scores = predict_trees(_indicators(rt, job, local.x_test if local else None, n_test, d_a, d_b),
+                               trees).reveal(to=a)
     elif linear is not None:
-        scores = (xt @ linear[0] + linear[1]).reveal(to=a)
+        ta = share(rt, a, local.x_test if me == a and local else None, shape=(n_test, d_a))
+        tb = share(rt, b, local.x_test if me == b and local else None, shape=(n_test, d_b))
+        scores = (concatenate([ta, tb], axis=1) @ linear[0] + linear[1]).reveal(to=a)
     else:
         raise InvalidInput("no model to evaluate")
     metrics = np.zeros(3, dtype=np.float64)
