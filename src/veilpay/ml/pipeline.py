@@ -464,12 +464,14 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
             trees, _ = train_trees(x, y, job.tree, on_tree=on_tree, class_weight=weights)
             bar.update(1)
             report["trees"] = len(trees)
-        else:
+        elif isinstance(x, SharedTensor):
             fitted = train_lr(x, y, m.epochs, m.batch_size, m.learning_rate, m.decay, m.l2, m.sigmoid, job.seed,
                               on_epoch=on_epoch, patience=m.early_stopping, validation_fraction=m.validation_fraction,
                               class_weight=weights)
             w, bias = fitted.w, fitted.b
             report["epochs_run"] = fitted.epochs_run
+        else:  # pragma: no cover - ss-lr always shares a fixed-point matrix
+            raise InvalidInput("SS-LR needs a shared feature matrix")
     scores = None
     if n_test:
         with phase(rt, "evaluate", report):

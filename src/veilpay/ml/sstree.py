@@ -63,7 +63,7 @@ class Bins:
     def indicators(self, x: np.ndarray, dtype: type = np.float64) -> np.ndarray:
         if not self.candidates:
             return np.zeros((len(x), 0), dtype=dtype)
-        out = np.empty((len(x), len(self.candidates)), dtype=dtype)
+        out: np.ndarray = np.empty((len(x), len(self.candidates)), dtype=dtype)
         for k, (col, thr) in enumerate(self.candidates):  # column by column: no (n, C) float temporaries
             out[:, k] = x[:, col] <= thr
         return out
@@ -131,10 +131,10 @@ def _hist_frac(n: int, frac: int) -> int:
 def _split(m: Indicators, s: SharedTensor | None, onehot: SharedTensor) -> tuple[SharedTensor, SharedTensor]:
     """(rows of each node that go left, memberships of the next level) from the
     level's memberships ``s`` (None at the root: every row) and split choices."""
-    if isinstance(m, BitMatrix):  # each split opened to its owner, who inputs its column
-        left = m.select_columns(onehot)[0]
-    else:
-        left = m.matmul(onehot.T)  # (n, nodes) 0/1: each row's side at its node's split
+    # (n, nodes) 0/1: each row's side at its node's split. A BitMatrix opens each split
+    # to the owner of its column (what training reveals at the end anyway), which
+    # inputs that column; a shared matrix selects it with a product.
+    left = m.select_columns(onehot)[0] if isinstance(m, BitMatrix) else m.matmul(onehot.T)
     if s is None:
         return left, concatenate([left, 1 - left], axis=1)
     sl = s * left

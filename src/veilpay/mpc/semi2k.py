@@ -380,13 +380,13 @@ class Semi2k(Protocol):
         k = yshape[1]
         dt = np.uint32 if bits == 32 else np.uint16
 
-        def draw(g: Any, shape: tuple[int, int]) -> np.ndarray:
+        def draw(g: Any, shape: tuple[int, int]) -> Any:
             return g.uint32(shape) if bits == 32 else g.uint16(shape)
 
         def rows_of(c0: int, c1: int) -> tuple[int, int]:
             return (n, k) if transpose else (c1 - c0, k)
 
-        def product(mat: np.ndarray, v: np.ndarray, a_bits: int) -> np.ndarray:
+        def product(mat: np.ndarray, v: np.ndarray, a_bits: int) -> Any:
             if transpose:
                 return narrow_t_matmul(mat, v, bits, a_bits, rows=1024 if a_bits == 32 else 8192)
             return narrow_matmul(mat, v, bits, min(a_bits, bits))
