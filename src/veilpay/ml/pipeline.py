@@ -427,6 +427,9 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
     if weights is not None:
         report["class_weight"] = {"negative": round(weights[0], 6), "positive": round(weights[1], 6)}
     fixed = job.model_type == "ss-lr"  # trees share 0/1 indicators as integers
+    if local is not None:  # the raw frame and the float features are not needed again: free them
+        local.frame = local.frame.iloc[:0]
+        local.features_train = local.features_test = np.zeros((0, 0))
     with phase(rt, "share", report):
         x: SharedTensor | BitMatrix
         if fixed:
@@ -473,6 +476,7 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
         else:  # pragma: no cover - ss-lr always shares a fixed-point matrix
             raise InvalidInput("SS-LR needs a shared feature matrix")
     scores = None
+    del x  # the training matrix (and its masked copy) before the test rows' one
     if n_test:
         with phase(rt, "evaluate", report):
             scores = _evaluate(rt, job, local, trees, None if trees else (w, bias), (n_test, d_a, d_b), report)

@@ -42,6 +42,10 @@ __all__ = ["Bins", "SecureTree", "TreeParams", "fit_bins", "predict_trees", "pre
            "train_trees_plain"]
 
 
+# Comparisons run on 32-bit lanes (half the traffic): every compared value stays far
+# inside 2^(31 - f) = 2048 at f <= 20 -- gains below 8^2 / 0.1, candidate indices, and
+# scores F, whose |F| + 16 must stay below 2048 for the sigmoid (a sum of leaf weights).
+_CMP_BITS = 32
 _G_SCALE = 8.0  # G' = 8 G / n in [-8, 8]: gains keep more fraction bits, G'^2 / H'' stays below 2^10
 
 
@@ -176,7 +180,7 @@ def train_trees(m: BitMatrix | SharedTensor, y: SharedTensor, params: TreeParams
     with y.rt.comm.scope("trees"):
         rows = None if class_weight is None else y * (class_weight[1] - class_weight[0]) + class_weight[0]
         for _ in range(params.trees):
-            p = nonlinear.sigmoid(f)
+            p = nonlinear.sigmoid(f, _CMP_BITS)
             if on_tree is not None:
                 on_tree(len(trees), p)
             g, h = p - y, p * (1.0 - p)
@@ -194,18 +198,22 @@ def train_trees(m: BitMatrix | SharedTensor, y: SharedTensor, params: TreeParams
                 den = concatenate([hist[:, nodes:], gr[:, nodes:]], axis=1) * s_scale + lam * s_scale
                 q = num * num * nonlinear.reciprocal(den, positive=True)
                 gain = q[:, :nodes] + q[:, nodes:]  # (C, nodes)
-                best = nonlinear.argmax(gain.T, axis=-1)  # (nodes,) integer sharing
+                best = nonlinear.argmax(gain.T, axis=-1, bits=_CMP_BITS)  # (nodes,) integer sharing
                 onehot = _onehot(best, c)
                 splits.append(onehot)
                 sl, s = _split(mat, s, onehot)
-                lgh = mul_columns(sl, gh)  # (n, 2 nodes): [sl * g, sl * h]
-                lt = lgh.sum(axis=0).reshape(1, 2 * nodes)
-                tot = concatenate([lt[:, :nodes], tot[:, :nodes] - lt[:, :nodes],
-                                   lt[:, nodes:], tot[:, nodes:] - lt[:, nodes:]], axis=1)
                 if level + 1 < params.depth:
+                    lgh = mul_columns(sl, gh)  # (n, 2 nodes): [sl * g, sl * h]
+                    lt = lgh.sum(axis=0).reshape(1, 2 * nodes)
                     lh = mat.t_matmul(lgh, hf)
+                    del lgh
                     hist = concatenate([lh[:, :nodes], hist[:, :nodes] - lh[:, :nodes],
                                         lh[:, nodes:], hist[:, nodes:] - lh[:, nodes:]], axis=1)
+                else:  # the leaves need only the sums: one (nodes, n) @ (n, 2) product
+                    lt = (sl.T @ gh).T.reshape(1, 2 * nodes)
+                del sl
+                tot = concatenate([lt[:, :nodes], tot[:, :nodes] - lt[:, :nodes],
+                                   lt[:, nodes:], tot[:, nodes:] - lt[:, nodes:]], axis=1)
             if s is None:
                 raise InvalidInput("trees need depth >= 1")
             leaves_n = s.shape[1]
@@ -220,7 +228,7 @@ def train_trees(m: BitMatrix | SharedTensor, y: SharedTensor, params: TreeParams
 def _onehot(index: SharedTensor, c: int) -> SharedTensor:
     """(nodes, c) 0/1 integer sharing with a 1 at each node's secret index."""
     diff = index.reshape(-1, 1) - np.arange(c, dtype=np.int64).reshape(1, -1)  # zero exactly at the index
-    signs = nonlinear.msb(concatenate([diff, -diff], axis=1))  # diff < 0, diff > 0: one comparison round
+    signs = nonlinear.msb(concatenate([diff, -diff], axis=1), _CMP_BITS)  # diff < 0, diff > 0: one comparison
     return 1 - signs[:, :c] - signs[:, c:]
 
 

@@ -71,19 +71,64 @@ def _carry_into_msb(x: SharedTensor) -> Shares:
     return map_shares(lambda a, c: (a ^ c) & np.uint64(1), top, carry)
 
 
-def msb(x: SharedTensor) -> SharedTensor:
-    """1 where x < 0, else 0 (integer sharing)."""
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+def _carry_into_bit31(x: SharedTensor) -> Shares:
+    """Boolean sharing (bit 0, flat) of bit 31 of x: its sign when |x| < 2^31. Two
+    32-bit lanes per word: half the AND traffic of the 64-bit circuit, one level
+    fewer. Bits shifted across the lane boundary are cleared (a carry never crosses)."""
+    rt = x.rt
+    size = int(np.prod(x.shape))
+    half = (size + 1) // 2
+    u, v = rt.a2b(x.sh, x.shape)
+
+    def pack(t: np.ndarray) -> np.ndarray:
+        flat = np.zeros(2 * half, dtype=np.uint64)
+        flat[:size] = t.reshape(-1) & _LOW32
+        return flat[:half] | (flat[half:] << np.uint64(32))
+
+    u, v = map_shares(pack, u), map_shares(pack, v)
+    p = map_shares(np.bitwise_xor, u, v)
+    top = p
+    g = rt.and_(u, v, (half,))
+    shifts = (1, 2, 4, 8, 16)
+    for i, s in enumerate(shifts):
+        k = np.uint64(s)
+        keep = np.uint64(~(((1 << s) - 1) << 32) & 0xFFFFFFFFFFFFFFFF)
+        g_shift = map_shares(lambda t, k=k, keep=keep: (t << k) & keep, g)
+        if i == len(shifts) - 1:
+            g = map_shares(np.bitwise_xor, g, rt.and_(p, g_shift, (half,)))
+            break
+        p_shift = map_shares(lambda t, k=k, keep=keep: (t << k) & keep, p)
+        both = rt.and_(_bool_stack(p, p), _bool_stack(g_shift, p_shift), (2, half))
+        g = map_shares(lambda gg, r: gg ^ r[0], g, both)
+        p = map_shares(lambda r: r[1], both)
+
+    def unpack(t: np.ndarray, c: np.ndarray) -> np.ndarray:
+        lo = ((t >> np.uint64(31)) ^ (c >> np.uint64(30))) & np.uint64(1)
+        hi = ((t >> np.uint64(63)) ^ (c >> np.uint64(62))) & np.uint64(1)
+        return np.concatenate([lo, hi])[:size].reshape(x.shape)
+
+    return map_shares(unpack, top, g)
+
+
+def msb(x: SharedTensor, bits: int = 64) -> SharedTensor:
+    """1 where x < 0, else 0 (integer sharing). ``bits=32`` is for values known to
+    satisfy |x| < 2^31 in ring units (2^(31 - f) in fixed point): half the traffic."""
+    if bits not in (32, 64):
+        raise ValueError("msb works on 32 or 64 bits")
     with x.rt.comm.scope("msb"):
-        bit = _carry_into_msb(x)
+        bit = _carry_into_msb(x) if bits == 64 else _carry_into_bit31(x)
         return SharedTensor(x.rt, x.rt.bit_to_arith(bit, x.shape), x.shape, 0)
 
 
-def less(x: SharedTensor | Any, y: SharedTensor | Any) -> SharedTensor:
-    """1 where x < y, else 0."""
+def less(x: SharedTensor | Any, y: SharedTensor | Any, bits: int = 64) -> SharedTensor:
+    """1 where x < y, else 0 (``bits=32``: |x - y| < 2^31 in ring units, see msb)."""
     diff = x - y
     if not isinstance(diff, SharedTensor):
         raise TypeError("less() needs at least one SharedTensor")
-    return msb(diff)
+    return msb(diff, bits)
 
 
 def where(cond: SharedTensor, a: SharedTensor | Any, b: SharedTensor | Any) -> SharedTensor:
@@ -105,7 +150,8 @@ def maximum(a: SharedTensor, b: SharedTensor | Any) -> SharedTensor:
     return where(less(a, b), b, a)
 
 
-def _tournament(x: SharedTensor, axis: int, with_index: bool) -> tuple[SharedTensor, SharedTensor | None]:
+def _tournament(x: SharedTensor, axis: int, with_index: bool, bits: int = 64
+                ) -> tuple[SharedTensor, SharedTensor | None]:
     rt = x.rt
     axis = axis % x.ndim
     t = x.transpose(*[i for i in range(x.ndim) if i != axis], axis)
@@ -120,7 +166,7 @@ def _tournament(x: SharedTensor, axis: int, with_index: bool) -> tuple[SharedTen
         m = t.shape[-1]
         half = m // 2
         a, b = t[..., 0 : 2 * half : 2], t[..., 1 : 2 * half : 2]
-        c = less(a, b)
+        c = less(a, b, bits)
         if idx is None:
             new_t, new_i = where(c, b, a), None
         else:
@@ -141,10 +187,11 @@ def max(x: SharedTensor, axis: int = -1) -> SharedTensor:  # noqa: A001 - numpy'
         return _tournament(x, axis, False)[0]
 
 
-def argmax(x: SharedTensor, axis: int = -1) -> SharedTensor:
-    """Secret index of the (first-found) maximum along ``axis``, as an integer sharing."""
+def argmax(x: SharedTensor, axis: int = -1, bits: int = 64) -> SharedTensor:
+    """Secret index of the (first-found) maximum along ``axis``, as an integer sharing
+    (``bits=32``: differences below 2^31 ring units, see msb)."""
     with x.rt.comm.scope("argmax"):
-        idx = _tournament(x, axis, True)[1]
+        idx = _tournament(x, axis, True, bits)[1]
         if idx is None:  # pragma: no cover - with_index=True always sets it
             raise RuntimeError("argmax lost its index")
         return idx
@@ -204,10 +251,12 @@ def reciprocal(x: SharedTensor, positive: bool = False, iterations: int = 10) ->
         return y if s is None else y * s
 
 
-def sigmoid(x: SharedTensor) -> SharedTensor:
+def sigmoid(x: SharedTensor, bits: int = 64) -> SharedTensor:
+    """``bits=32``: for |x| + 16 < 2^(31 - f) (2032 at f = 20), comparisons at half the
+    traffic (see msb)."""
     with x.rt.comm.scope("sigmoid"):
         clip = 16.0
-        both = msb(concatenate([x.reshape(-1), (x - clip).reshape(-1), (-x - clip).reshape(-1)]))
+        both = msb(concatenate([x.reshape(-1), (x - clip).reshape(-1), (-x - clip).reshape(-1)]), bits)
         n = x.size
         neg, below, above = (both[i * n : (i + 1) * n].reshape(x.shape) for i in range(3))
         inside = below * above  # -16 < x < 16
