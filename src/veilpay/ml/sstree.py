@@ -37,6 +37,8 @@ import numpy as np
 
 from veilpay.errors import InvalidInput
 from veilpay.mpc import BitMatrix, PremaskedMatrix, SharedTensor, concatenate, mul_columns, nonlinear
+from veilpay.mpc.protocol import Shares, map_shares
+from veilpay.mpc.tensor import unpack_bits
 
 __all__ = ["Bins", "SecureTree", "TreeParams", "fit_bins", "predict_trees", "predict_trees_plain", "train_trees",
            "train_trees_plain"]
@@ -132,26 +134,48 @@ def _hist_frac(n: int, frac: int) -> int:
     return max(0, min(frac, 29 - max(1, (n - 1).bit_length())))
 
 
-def _split(m: Indicators, s: SharedTensor | None, onehot: SharedTensor) -> tuple[SharedTensor, SharedTensor]:
+# Memberships: S (n, nodes) 0/1, which rows sit in each node of a level. Kept as an
+# integer sharing (for products) and, on a BitMatrix, also as a boolean sharing packed
+# 64 rows to a word: a level's left part S * left is then one AND on words plus a
+# bit-to-arithmetic conversion (about 1 byte a cell) instead of a 16-byte Beaver product.
+Members = tuple[SharedTensor, Shares]
+
+
+def _split(m: Indicators, s: Members | None, onehot: SharedTensor) -> tuple[SharedTensor, Members]:
     """(rows of each node that go left, memberships of the next level) from the
-    level's memberships ``s`` (None at the root: every row) and split choices."""
-    # (n, nodes) 0/1: each row's side at its node's split. A BitMatrix opens each split
-    # to the owner of its column (what training reveals at the end anyway), which
-    # inputs that column; a shared matrix selects it with a product.
-    left = m.select_columns(onehot)[0] if isinstance(m, BitMatrix) else m.matmul(onehot.T)
+    level's memberships ``s`` (None at the root: every row) and split choices. A
+    BitMatrix opens each split to the owner of its column (what training reveals at
+    the end anyway), which inputs that column; a shared matrix selects it with a
+    product."""
+    if not isinstance(m, BitMatrix):
+        left = m.matmul(onehot.T)  # (n, nodes) 0/1: each row's side at its node's split
+        if s is None:
+            return left, (concatenate([left, 1 - left], axis=1), None)
+        sl = s[0] * left
+        return sl, (concatenate([sl, s[0] - sl], axis=1), None)
+    rt, (n, _) = m.rt, m.shape
+    k = onehot.shape[0]
+    words = (n + 63) // 64
+    left_b = m.select_bits(onehot)  # (nodes, words)
     if s is None:
-        return left, concatenate([left, 1 - left], axis=1)
-    sl = s * left
-    return sl, concatenate([sl, s - sl], axis=1)
+        sl_b = left_b
+        sr_b = rt.xor_public(left_b, np.full((k, words), np.uint64(0xFFFFFFFFFFFFFFFF)))
+    else:
+        sl_b = rt.and_(s[1], left_b, (k, words))
+        sr_b = map_shares(np.bitwise_xor, s[1], sl_b)
+    sl = SharedTensor(rt, rt.bit_to_arith(map_shares(lambda w: np.ascontiguousarray(unpack_bits(w, n).T), sl_b),
+                                          (n, k)), (n, k), 0)
+    s_next = concatenate([sl, 1 - sl] if s is None else [sl, s[0] - sl], axis=1)
+    return sl, (s_next, map_shares(lambda a, b: np.concatenate([a, b]), sl_b, sr_b))
 
 
 def _memberships(m: Indicators, tree: SecureTree) -> SharedTensor:
-    s = None
+    s: Members | None = None
     for onehot in tree.splits:
         s = _split(m, s, onehot)[1]
     if s is None:
         raise InvalidInput("a tree without levels")
-    return s
+    return s[0]
 
 
 def train_trees(m: BitMatrix | SharedTensor, y: SharedTensor, params: TreeParams,
@@ -189,7 +213,7 @@ def train_trees(m: BitMatrix | SharedTensor, y: SharedTensor, params: TreeParams
             gh = concatenate([g, h], axis=1)
             hist = mat.t_matmul(gh, hf)  # (C, 2 nodes): per node, sums over rows with x <= t
             tot = gh.sum(axis=0).reshape(1, 2)  # (1, 2 nodes): per node, sums over all its rows
-            s: SharedTensor | None = None
+            s: Members | None = None
             splits = []
             for level in range(params.depth):
                 nodes = 1 << level
@@ -216,11 +240,11 @@ def train_trees(m: BitMatrix | SharedTensor, y: SharedTensor, params: TreeParams
                                    lt[:, nodes:], tot[:, nodes:] - lt[:, nodes:]], axis=1)
             if s is None:
                 raise InvalidInput("trees need depth >= 1")
-            leaves_n = s.shape[1]
+            leaves_n = s[0].shape[1]
             gs, hs = tot[:, :leaves_n], tot[:, leaves_n:]
             inv = nonlinear.reciprocal(hs * s_scale + lam * s_scale, positive=True)
             leaves = (gs * (_G_SCALE / n) * inv * (-params.learning_rate * n * s_scale / _G_SCALE)).reshape(-1, 1)
-            f = f + s @ leaves
+            f = f + s[0] @ leaves
             trees.append(SecureTree(splits, leaves))
     return trees, f
 

@@ -134,6 +134,10 @@ class Protocol(ABC):
         """Share the ring array ``value`` held by ``owner`` (others pass None)."""
 
     @abstractmethod
+    def input_bits(self, owner: str, value: np.ndarray | None, shape: tuple[int, ...]) -> Shares:
+        """A boolean (XOR) sharing of ``owner``'s uint64 words (bit-packed 0/1 values)."""
+
+    @abstractmethod
     def reveal(self, x: Shares, shape: tuple[int, ...], to: Sequence[str]) -> np.ndarray | None:
         """Open ``x`` to the parties ``to``; they get the ring array, others None."""
 

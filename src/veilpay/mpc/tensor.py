@@ -314,6 +314,22 @@ class PremaskedMatrix:
         return self._finish(sh, (d, y.shape[1]), y)
 
 
+def pack_bits(bits: np.ndarray) -> np.ndarray:
+    """(k, n) 0/1 values to (k, ceil(n / 64)) uint64 words, row i's value j in bit
+    j % 64 of word j // 64 (XOR sharings pack and unpack locally)."""
+    k, n = bits.shape
+    words = (n + 63) // 64
+    raw = np.zeros((k, words * 8), dtype=np.uint8)
+    raw[:, : (n + 7) // 8] = np.packbits(bits.astype(np.uint8, copy=False), axis=1, bitorder="little")
+    return raw.view("<u8").astype(np.uint64, copy=False)
+
+
+def unpack_bits(words: np.ndarray, n: int) -> np.ndarray:
+    """The inverse of ``pack_bits``: (k, n) uint64 0/1 values."""
+    raw = np.ascontiguousarray(words).astype("<u8", copy=False).view(np.uint8)
+    return np.unpackbits(raw, axis=1, count=n, bitorder="little").astype(np.uint64)
+
+
 class BitMatrix:
     """A fixed (n, C) 0/1 matrix whose column blocks are held in the clear by their
     owners (the trees' split indicators): ``blocks`` lists (owner, width) in column
@@ -330,6 +346,7 @@ class BitMatrix:
         self.shape = (n, sum(w for _, w in blocks))
         self._blocks = list(blocks)
         self._mine = dict(mine or {})
+        self.opened: dict[int, np.ndarray] = {}  # this party's blocks of the last selection, as opened to it
         self._state = rt.bits_premask(self._blocks, self._mine, n)
 
     def t_matmul(self, y: SharedTensor, frac: int, signed: bool = True) -> SharedTensor:
@@ -344,18 +361,25 @@ class BitMatrix:
         sh = self.rt.bits_t_matmul(self._state, y.sh, y.shape[1], y.frac - frac, signed)
         return SharedTensor(self.rt, sh, (c, y.shape[1]), frac)._scaled_to(y.frac)
 
-    def select_columns(self, onehot: SharedTensor) -> tuple[SharedTensor, dict[int, np.ndarray]]:
-        """M O^T for a (k, C) integer 0/1 sharing O with at most one 1 per row, by
-        opening each block of O to that block's owner: the owner learns which of its
-        columns each row of O picks (or that it picks none of them), and inputs those
-        columns. Returns the (n, k) integer sharing and this party's opened blocks
-        (block number -> (k, width) 0/1), which the caller must treat as revealed."""
+    def select_bits(self, onehot: SharedTensor) -> Shares:
+        """As ``select_columns``, as a boolean (XOR) sharing of the picked columns, rows
+        packed 64 to a word (``pack_bits``): (k, ceil(n / 64)) words, no message."""
+        n, _ = self.shape
+        out: Shares = None
+        for owner, cols in self._picked(onehot):
+            packed = None if cols is None else pack_bits(cols.T)
+            part = self.rt.input_bits(owner, packed, (onehot.shape[0], (n + 63) // 64))
+            out = part if out is None else map_shares(np.bitwise_xor, out, part)
+        return out
+
+    def _picked(self, onehot: SharedTensor) -> list[tuple[str, np.ndarray | None]]:
+        """Per block: (owner, the (n, k) 0/1 columns it picks, at the owner only)."""
         n, c = self.shape
         if onehot.ndim != 2 or onehot.shape[1] != c or onehot.frac:
-            raise ShapeMismatch(f"select_columns needs an integer (k, {c}) sharing, got {onehot.shape}")
+            raise ShapeMismatch(f"column selection needs an integer (k, {c}) sharing, got {onehot.shape}")
         k = onehot.shape[0]
-        opened: dict[int, np.ndarray] = {}
-        out: SharedTensor | None = None
+        out: list[tuple[str, np.ndarray | None]] = []
+        self.opened = {}
         start = 0
         for b, (owner, width) in enumerate(self._blocks):
             seg = onehot[:, start : start + width].reveal(to=owner)
@@ -365,17 +389,30 @@ class BitMatrix:
                 if b not in self._mine:
                     raise InvalidInput(f"this party owns block {b} of the matrix but did not pass it")
                 if ((seg != 0) & (seg != 1)).any() or (seg.sum(axis=1) > 1).any():
-                    raise InvalidInput("select_columns needs at most one 1 per row of the one-hot")
-                opened[b] = seg
-                cols = np.zeros((n, k), dtype=np.int64)  # the picked columns, or 0 where another block's is
+                    raise InvalidInput("column selection needs at most one 1 per row of the one-hot")
+                self.opened[b] = seg
+                cols = np.zeros((n, k), dtype=np.uint8)  # the picked columns, or 0 where another block's is
                 for j, hit in enumerate(seg):
                     if hit.any():
                         cols[:, j] = self._mine[b][:, int(np.argmax(hit))]
-            part = share(self.rt, owner, cols, shape=(n, k), fixed=False)
+            out.append((owner, cols))
+        return out
+
+    def select_columns(self, onehot: SharedTensor) -> tuple[SharedTensor, dict[int, np.ndarray]]:
+        """M O^T for a (k, C) integer 0/1 sharing O with at most one 1 per row, by
+        opening each block of O to that block's owner: the owner learns which of its
+        columns each row of O picks (or that it picks none of them), and inputs those
+        columns. Returns the (n, k) integer sharing and this party's opened blocks
+        (block number -> (k, width) 0/1), which the caller must treat as revealed."""
+        n, _ = self.shape
+        out: SharedTensor | None = None
+        for owner, cols in self._picked(onehot):
+            part = share(self.rt, owner, None if cols is None else cols.astype(np.int64), shape=(n, onehot.shape[0]),
+                         fixed=False)
             out = part if out is None else out + part
         if out is None:  # pragma: no cover - blocks is never empty
             raise ShapeMismatch("no blocks")
-        return out, opened
+        return out, dict(self.opened)
 
     def matmul(self, w: SharedTensor) -> SharedTensor:
         """M w for an integer (C, k) sharing w of 0/1 entries (results below 2^15)."""
