@@ -374,7 +374,7 @@ def status_round(rt: Protocol, label: str, job: Job, error: BaseException | None
 
 @contextmanager
 def phase(rt: Protocol, name: str, report: dict[str, Any]) -> Iterator[None]:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     before = {k: (v.rounds, v.bytes_sent, v.bytes_recv) for k, v in rt.comm.stats().items()}
     with rt.comm.scope(name):
         yield
@@ -382,6 +382,7 @@ def phase(rt: Protocol, name: str, report: dict[str, Any]) -> Iterator[None]:
     b = before.get(name, (0, 0, 0))
     report["phases"][name] = {
         "seconds": round(time.perf_counter() - t0, 3),
+        "cpu_seconds": round(time.process_time() - c0, 3),  # this process's CPU (the machine's load aside)
         "rounds": (after.rounds - b[0]) if after else 0,
         "bytes_sent": (after.bytes_sent - b[1]) if after else 0,
         "bytes_received": (after.bytes_recv - b[2]) if after else 0,
