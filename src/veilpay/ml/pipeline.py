@@ -438,7 +438,7 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
             xb = share(rt, b, local.x_train if me == b and local else None, shape=(n_train, d_b))
             x = concatenate([xa, xb], axis=1)
         else:
-            x = _indicators(rt, job, local.x_train if local else None, n_train, d_a, d_b)
+            x = indicator_matrix(rt, job, local.x_train if local else None, n_train, d_a, d_b)
         y = share(rt, a, local.y_train if me == a and local else None, shape=(n_train, 1))
     m = job.model
     losses: list[float] = []
@@ -516,7 +516,7 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
     return report
 
 
-def _indicators(rt: Protocol, job: Job, mine: np.ndarray | None, n: int, d_a: int, d_b: int) -> BitMatrix:
+def indicator_matrix(rt: Protocol, job: Job, mine: np.ndarray | None, n: int, d_a: int, d_b: int) -> BitMatrix:
     """The trees' 0/1 split indicators: each data party keeps its own columns in the
     clear (semi2k masks them once, in Z_2^32, for the other compute party)."""
     a, b = job.label_party, job.partner
@@ -532,7 +532,7 @@ def _evaluate(rt: Protocol, job: Job, local: LocalTable | None, trees: list[Secu
     me, a, b = rt.me, job.label_party, job.partner
     n_test, d_a, d_b = dims
     if trees:
-        scores = predict_trees(_indicators(rt, job, local.x_test if local else None, n_test, d_a, d_b),
+        scores = predict_trees(indicator_matrix(rt, job, local.x_test if local else None, n_test, d_a, d_b),
                                trees).reveal(to=a)
     elif linear is not None:
         ta = share(rt, a, local.x_test if me == a and local else None, shape=(n_test, d_a))

@@ -28,7 +28,16 @@ import pandas as pd
 
 from veilpay.errors import DataError
 from veilpay.ml.job import Job
-from veilpay.ml.pipeline import LocalTable, align_rows, key_frame, phase, read_keyed, status_round, write_csv
+from veilpay.ml.pipeline import (
+    LocalTable,
+    align_rows,
+    indicator_matrix,
+    key_frame,
+    phase,
+    read_keyed,
+    status_round,
+    write_csv,
+)
 from veilpay.ml.prep import Prep
 from veilpay.ml.sstree import Bins, SecureTree, predict_trees
 from veilpay.mpc import Protocol, SharedTensor, concatenate
@@ -173,24 +182,23 @@ def run_scoring(rt: Protocol, job: Job, model_dir: str | Path, input_path: str |
         shapes = status_round(rt, "score.prepared", job, error, local, compare_rows=True)
     a, b = job.label_party, job.partner
     n, d_a, d_b = shapes[a][0], shapes[a][2], shapes[b][2]
-    fixed = job.model_type == "ss-lr"
     f = job.frac_bits
     with phase(rt, "score", report):
-        x = concatenate([share(rt, a, local.x_train if me == a and local else None, shape=(n, d_a), fixed=fixed),
-                         share(rt, b, local.x_train if me == b and local else None, shape=(n, d_b), fixed=fixed)],
-                        axis=1)
         if job.model_type == "ss-xgb":
             t = job.tree
             trees = [SecureTree([_tensor(rt, shares, f"t{i}_l{j}", (2**j, d_a + d_b), 0) for j in range(t.depth)],
                                 _tensor(rt, shares, f"t{i}_leaves", (2**t.depth, 1), f)) for i in range(t.trees)]
-            z = predict_trees(x, trees).reveal(to=to)
-        elif job.model_to:
-            holder = job.model_to[0]
-            wv, bv = _load_model(model_dir, d_a + d_b) if me == holder else (None, None)
-            w, bias = share(rt, holder, wv, shape=(d_a + d_b, 1)), share(rt, holder, bv, shape=(1, 1))
-            z = (x @ w + bias).reveal(to=to)
+            ind = indicator_matrix(rt, job, local.x_train.astype(np.uint8) if local else None, n, d_a, d_b)
+            z = predict_trees(ind, trees).reveal(to=to)
         else:
-            w, bias = _tensor(rt, shares, "w", (d_a + d_b, 1), f), _tensor(rt, shares, "b", (1, 1), f)
+            x = concatenate([share(rt, a, local.x_train if me == a and local else None, shape=(n, d_a)),
+                             share(rt, b, local.x_train if me == b and local else None, shape=(n, d_b))], axis=1)
+            if job.model_to:
+                holder = job.model_to[0]
+                wv, bv = _load_model(model_dir, d_a + d_b) if me == holder else (None, None)
+                w, bias = share(rt, holder, wv, shape=(d_a + d_b, 1)), share(rt, holder, bv, shape=(1, 1))
+            else:
+                w, bias = _tensor(rt, shares, "w", (d_a + d_b, 1), f), _tensor(rt, shares, "b", (1, 1), f)
             z = (x @ w + bias).reveal(to=to)
     report["scored"] = n
     if me == to and local is not None and z is not None and output_path is not None:
