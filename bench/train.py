@@ -62,6 +62,8 @@ def _edit_model(job_path: Path, a: argparse.Namespace) -> None:
     if a.trees:
         # SS-LR's step is refused for trees: their default shrinkage, unless given
         text = re.sub(r"(?m)^learning_rate = .*\n", "", text)
+        # trees take balanced weights only (mean 1 keeps the gradient sums in range)
+        text = re.sub(r"(?m)^class_weight = .*$", 'class_weight = "balanced"', text)
         keys = {"type": '"ss-xgb"', "trees": a.trees, "depth": a.depth, "bins": a.bins,
                 "tree_learning_rate": a.learning_rate}
         lines = "".join(f"{k} = {v}\n" for k, v in keys.items() if v is not None)
@@ -274,7 +276,7 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 continue
             if secure is not None:
-                row["auc_secure_minus_this"] = round(secure["auc"] - row["auc"], 5)
+                row["auc_secure_minus_this"] = round(secure["auc"] - row["auc"], 5) + 0.0  # never -0.0
                 if "spu" in row["model"]:
                     row["train_seconds_ours_over_spu"] = round(rep["phases"]["train"]["seconds"] / row["seconds"], 3)
             print(json.dumps({**base, **_round(row)}), flush=True)
