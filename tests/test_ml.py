@@ -443,7 +443,7 @@ def test_scoring_with_a_tree_model(tmp_path: Path) -> None:
         rec = json.loads((d / f"out-{p}" / "prep.json").read_text())
         feats[p] = (Prep.from_json(rec).apply(frames[p].loc[common], p), rec["feature_names"])
         models[p] = json.loads((d / f"out-{p}" / "model.json").read_text())
-    z = np.zeros(len(common))
+    z = np.full(len(common), models["wallet"]["base_score"])  # the starting score, then each tree
     for t, tree in enumerate(models["wallet"]["trees"]):
         s = np.ones((len(common), 1))
         for lvl, nodes in enumerate(tree["splits"]):
@@ -459,3 +459,26 @@ def test_scoring_with_a_tree_model(tmp_path: Path) -> None:
     got = pd.read_csv(d / "scores.csv", dtype={"customer_id": str})
     assert got["customer_id"].tolist() == common
     np.testing.assert_allclose(got["score"].to_numpy(), 1 / (1 + np.exp(-z)), atol=1e-3)
+
+
+def test_tree_scores_stay_inside_the_32_bit_comparison_range() -> None:
+    """An extreme tree_learning_rate cannot push |F| + 16 past 2^(31 - 20), where the
+    trees' 32-bit comparisons would flip: leaves are clipped to 2016 / trees."""
+    from veilpay.ml.sstree import TreeParams, train_trees
+    from veilpay.mpc import BitMatrix, run_local, share
+
+    rng = np.random.default_rng(0)
+    n = 400
+    x = rng.normal(size=(n, 2))
+    y = (rng.random(n) < 1 / (1 + np.exp(-2 * x[:, 0]))).astype(float)[:, None]
+    ma = (x[:, :1] <= np.quantile(x[:, 0], [0.25, 0.5, 0.75])).astype(np.uint8)
+    mb = (x[:, 1:] <= np.quantile(x[:, 1], [0.25, 0.5, 0.75])).astype(np.uint8)
+
+    def prog(rt: Any, **_: Any) -> Any:
+        mine = {0: ma} if rt.me == "p0" else {1: mb} if rt.me == "p1" else {}
+        bm = BitMatrix(rt, [("p0", 3), ("p1", 3)], mine, n)
+        ys = share(rt, "p0", y if rt.me == "p0" else None, shape=(n, 1))
+        return train_trees(bm, ys, TreeParams(trees=6, depth=3, learning_rate=50.0, reg_lambda=0.05))[1].reveal()
+
+    f = run_local(prog, "semi2k", frac_bits=20, timeout=300)["p2"]
+    assert np.abs(f).max() + 16 < 2048 and np.abs(f).max() > 300  # clipped, yet the rate still shows

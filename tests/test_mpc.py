@@ -563,3 +563,26 @@ def test_bit_matrix_refuses_bad_blocks() -> None:
         run_local(prog, "semi2k", timeout=5)
     with pytest.raises(PartyFailed, match="non-empty blocks"):
         run_local(lambda rt, **_: BitMatrix(rt, [("p0", 0)], {}, 4), "semi2k")
+
+
+def test_semi2k_and_refuses_a_malformed_peer_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer's AND message of the wrong shape (it would broadcast) is a named error."""
+    from veilpay.errors import WireFormatError
+    from veilpay.net import Communicator
+
+    orig = Communicator.exchange
+
+    def exchange(self: Communicator, label: str, send: Any = None, recv: Any = None) -> Any:
+        if self.me == "p1" and label == "and" and send:
+            send = {p: [a[:1] for a in arrs] for p, arrs in send.items()}
+        return orig(self, label, send, recv)
+
+    monkeypatch.setattr(Communicator, "exchange", exchange)
+
+    def prog(rt: Protocol, **_: Any) -> Any:
+        x = rt.input_bits("p0", np.arange(6, dtype=np.uint64).reshape(3, 2) if rt.me == "p0" else None, (3, 2))
+        return rt.and_(x, x, (3, 2))
+
+    with pytest.raises(PartyFailed) as info:
+        run_local(prog, "semi2k", timeout=10)
+    assert isinstance(info.value.__cause__, WireFormatError)

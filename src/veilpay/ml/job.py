@@ -39,13 +39,14 @@
     class_weight = "balanced"           # or a number (the positives' weight, negatives 1); default
                                         # none. ss-xgb: "balanced" only
 
-    [model]                             # the trees' keys (type = "ss-xgb")
+    [model]                             # the trees' keys (type = "ss-xgb"), defaults shown
     type = "ss-xgb"
-    trees = 10
-    depth = 3
-    bins = 8
-    tree_learning_rate = 0.3            # shrinkage of each tree's leaves (default: TreeParams')
-    reg_lambda = 0.0                    # 0: max(1, n / 8000)
+    trees = 60
+    depth = 5
+    bins = 16                           # quantile thresholds per column ...
+    exact_values = 64                   # ... unless it has at most this many distinct values: each one
+    tree_learning_rate = 0.3            # shrinkage of each tree's leaves
+    reg_lambda = 0.0                    # 0: max(50, n / 8000)
 
 Every key is typed and an unknown one is refused (``veilpay.settings``). The learning
 rates are one key per model type because their scales differ: SS-LR's SGD step is
@@ -176,9 +177,10 @@ class _ModelSection:
     sigmoid: str = "seg3"
     early_stopping: int = 0
     validation_fraction: float = 0.1
-    trees: int = 10
-    depth: int = 3
-    bins: int = 8
+    trees: int = TreeParams.trees
+    depth: int = TreeParams.depth
+    bins: int = TreeParams.bins
+    exact_values: int = TreeParams.exact_values
     reg_lambda: float = 0.0
     tree_learning_rate: float | None = None  # ss-xgb's shrinkage (default TreeParams'); refused for ss-lr
     class_weight: Literal["balanced"] | float | None = None
@@ -212,7 +214,7 @@ def load_job(path: str | Path) -> Job:
                      learning_rate=LrParams.learning_rate if m.learning_rate is None else m.learning_rate,
                      decay=m.decay, l2=m.l2, sigmoid=m.sigmoid, early_stopping=m.early_stopping,
                      validation_fraction=m.validation_fraction)
-    tree = TreeParams(trees=m.trees, depth=m.depth, bins=m.bins, reg_lambda=m.reg_lambda,
+    tree = TreeParams(trees=m.trees, depth=m.depth, bins=m.bins, reg_lambda=m.reg_lambda, exact_values=m.exact_values,
                       **({} if m.tree_learning_rate is None else {"learning_rate": m.tree_learning_rate}))
     job = Job(name=j.name, path=path, network=j.network, protocol=j.protocol, compute=j.compute, key=j.key,
               label_party=j.label_party, label=j.label, positive=str(j.positive), parties=parties, model=model,
@@ -235,6 +237,10 @@ def _validate(job: Job, where: str) -> None:
         raise ConfigError(f"{where}: psi must be kkrt or ecdh, not {job.psi!r}")
     if len(job.data_parties) != 2 or job.label_party not in job.data_parties:
         raise ConfigError(f"{where}: exactly two parties hold data (vertical partition), one of them the label party")
+    if job.protocol == "semi2k" and (job.compute[2] in job.data_parties or job.compute[2] in job.model_to):
+        # semi2k's third compute party is the dealer, which knows every mask: a share revealed to it is a value
+        raise ConfigError(f"{where}: semi2k's dealer (the third compute party, {job.compute[2]!r}) must hold no data "
+                          "and receive no model: list the two data parties first in compute")
     if not job.key or not all(isinstance(k, str) for k in job.key):
         raise ConfigError(f"{where}: key must name at least one column")
     if not 0.0 <= job.test_fraction < 1.0:
@@ -256,8 +262,9 @@ def _validate(job: Job, where: str) -> None:
         raise ConfigError(f"{where}: epochs and batch_size >= 1, learning_rate > 0, l2 and decay >= 0")
     t = job.tree
     if job.model_type == "ss-xgb" and (not 1 <= t.trees <= 500 or not 1 <= t.depth <= 6 or not 2 <= t.bins <= 64
-                                       or t.learning_rate <= 0 or t.reg_lambda < 0 or job.frac_bits > 20):
-        raise ConfigError(f"{where}: ss-xgb needs trees 1..500, depth 1..6, bins 2..64, tree_learning_rate > 0, "
-                          "reg_lambda >= 0 and frac_bits <= 20")
+                                       or not 0 <= t.exact_values <= 256 or t.learning_rate <= 0
+                                       or t.reg_lambda < 0 or job.frac_bits > 20):
+        raise ConfigError(f"{where}: ss-xgb needs trees 1..500, depth 1..6, bins 2..64, exact_values 0..256, "
+                          "tree_learning_rate > 0, reg_lambda >= 0 and frac_bits <= 20")
     if m.early_stopping < 0 or not 0.0 < m.validation_fraction < 0.5:
         raise ConfigError(f"{where}: early_stopping (patience in epochs) >= 0, validation_fraction in (0, 0.5)")

@@ -53,7 +53,7 @@ from veilpay.ml.job import Job
 from veilpay.ml.metrics import auc, average_precision, ks
 from veilpay.ml.prep import Prep, fit_prep
 from veilpay.ml.sslr import train_lr
-from veilpay.ml.sstree import Bins, SecureTree, fit_bins, predict_trees, train_trees
+from veilpay.ml.sstree import Bins, SecureTree, base_score, fit_bins, predict_trees, train_trees
 from veilpay.mpc import BitMatrix, Protocol, SharedTensor, concatenate
 from veilpay.mpc.tensor import share
 from veilpay.progress import progress
@@ -317,7 +317,7 @@ def _prepare(job: Job, me: str, local: LocalTable) -> None:
     local.x_train = local.features_train = local.prep.apply(train_frame, where)
     local.x_test = local.features_test = local.prep.apply(test_frame, where)
     if job.model_type == "ss-xgb":
-        local.bins = fit_bins(local.x_train, job.tree.bins)
+        local.bins = fit_bins(local.x_train, job.tree.bins, job.tree.exact_values)
         if not local.bins.candidates:
             raise DataError(f"{where}: no feature column has two distinct values to split on")
         local.x_train = local.bins.indicators(local.x_train, np.uint8)
@@ -443,6 +443,7 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
     m = job.model
     losses: list[float] = []
     trees: list[SecureTree] = []
+    f0: SharedTensor | None = None  # the trees' shared starting score
     steps = job.tree.trees if job.model_type == "ss-xgb" else m.epochs
     unit = "tree" if job.model_type == "ss-xgb" else "epoch"
     bar = progress(steps, f"train {me}", unit=unit, enabled=show_progress, lines=True)  # lines: not on a TTY
@@ -465,7 +466,9 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
                         bar.set_postfix(brier=f"{float(brier):.4f}")
                     bar.update(1)
 
-            trees, _ = train_trees(x, y, job.tree, on_tree=on_tree, class_weight=weights)
+            label = local.y_train if me == a and local is not None and local.y_train is not None else None
+            f0 = share(rt, a, None if label is None else np.array([[base_score(label[:, 0], weights)]]), shape=(1, 1))
+            trees, _ = train_trees(x, y, job.tree, on_tree=on_tree, class_weight=weights, base=f0)
             bar.update(1)
             report["trees"] = len(trees)
         elif isinstance(x, SharedTensor):
@@ -480,7 +483,8 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
     del x  # the training matrix (and its masked copy) before the test rows' one
     if n_test:
         with phase(rt, "evaluate", report):
-            scores = _evaluate(rt, job, local, trees, None if trees else (w, bias), (n_test, d_a, d_b), report)
+            scores = _evaluate(rt, job, local, trees, None if trees else (w, bias), (n_test, d_a, d_b), report,
+                               f0 if trees else None)
     else:
         report["metrics"] = None
         report["evaluation"] = (f"test_fraction = 0: trained on all {n_train:,} common rows; no test rows, so no "
@@ -490,7 +494,7 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
     with phase(rt, "output", report):
         model = None
         if trees:
-            model = _reveal_trees(trees, job, me, d_a, local)
+            model = _reveal_trees(trees, job, me, d_a, local, f0)
         elif job.model_to:
             wv = w.reveal(to=job.model_to)
             bv = bias.reveal(to=job.model_to)
@@ -504,6 +508,8 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
         if trees:  # kept shared for scoring, whoever saw the leaves
             shared = {f"t{i}_l{j}": split for i, t in enumerate(trees) for j, split in enumerate(t.splits)}
             shared |= {f"t{i}_leaves": t.leaves for i, t in enumerate(trees)}
+            if f0 is not None:
+                shared["base"] = f0
         elif not job.model_to:
             shared = {"w": w, "b": bias}
         _write_outputs(Path(out_dir), job, me, report, model, local.prep if local else None, shared,
@@ -526,14 +532,14 @@ def indicator_matrix(rt: Protocol, job: Job, mine: np.ndarray | None, n: int, d_
 
 def _evaluate(rt: Protocol, job: Job, local: LocalTable | None, trees: list[SecureTree],
               linear: tuple[SharedTensor, SharedTensor] | None, dims: tuple[int, int, int],
-              report: dict[str, Any]) -> np.ndarray | None:
+              report: dict[str, Any], base: SharedTensor | None = None) -> np.ndarray | None:
     """Score the test rows in MPC, reveal the scores to the label party, which
     announces AUC, KS and average precision. Returns the scores at the label party."""
     me, a, b = rt.me, job.label_party, job.partner
     n_test, d_a, d_b = dims
     if trees:
         scores = predict_trees(indicator_matrix(rt, job, local.x_test if local else None, n_test, d_a, d_b),
-                               trees).reveal(to=a)
+                               trees, base).reveal(to=a)
     elif linear is not None:
         ta = share(rt, a, local.x_test if me == a and local else None, shape=(n_test, d_a))
         tb = share(rt, b, local.x_test if me == b and local else None, shape=(n_test, d_b))
@@ -554,7 +560,8 @@ def _evaluate(rt: Protocol, job: Job, local: LocalTable | None, trees: list[Secu
     return scores
 
 
-def _reveal_trees(trees: list[SecureTree], job: Job, me: str, d_a: int, local: LocalTable | None) -> dict[str, Any]:
+def _reveal_trees(trees: list[SecureTree], job: Job, me: str, d_a: int, local: LocalTable | None,
+                  base: SharedTensor | None) -> dict[str, Any]:
     """Each split's one-hot goes, in two segments, to the party owning those candidate
     columns: a party learns its own splits (feature, threshold) and that the others are
     not its own. Leaf weights go to model_to."""
@@ -583,7 +590,8 @@ def _reveal_trees(trees: list[SecureTree], job: Job, me: str, d_a: int, local: L
             levels.append(nodes)
         leaves = tree.leaves.reveal(to=job.model_to) if job.model_to else None
         out.append({"splits": levels, "leaves": None if leaves is None else leaves[:, 0].tolist()})
-    return {"depth": job.tree.depth, "trees": out,
+    f0 = base.reveal(to=job.model_to) if job.model_to and base is not None else None
+    return {"depth": job.tree.depth, "base_score": None if f0 is None else float(f0[0, 0]), "trees": out,
             "note": "splits: per level, per node: this party's (prepared feature, x <= le) or null (not this party's); "
                     "le is on the standardised feature, le_original the same threshold in the column's own units "
                     "(a date column: the date)"}

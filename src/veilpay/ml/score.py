@@ -172,6 +172,9 @@ def run_scoring(rt: Protocol, job: Job, model_dir: str | Path, input_path: str |
         try:
             if not job.model_to or job.model_type == "ss-xgb":
                 shares = _load_shares(job, me, model_dir)
+                if job.model_type == "ss-xgb" and shares is not None and "base" not in shares:
+                    raise DataError(f"{model_dir}: a tree model without its starting score (trained by an older "
+                                    "veilpay): train it again")
             if local is not None and prep is not None:
                 local.x_train = prep.apply(local.frame, str(input_path))
                 if job.model_type == "ss-xgb":
@@ -189,7 +192,7 @@ def run_scoring(rt: Protocol, job: Job, model_dir: str | Path, input_path: str |
             trees = [SecureTree([_tensor(rt, shares, f"t{i}_l{j}", (2**j, d_a + d_b), 0) for j in range(t.depth)],
                                 _tensor(rt, shares, f"t{i}_leaves", (2**t.depth, 1), f)) for i in range(t.trees)]
             ind = indicator_matrix(rt, job, local.x_train.astype(np.uint8) if local else None, n, d_a, d_b)
-            z = predict_trees(ind, trees).reveal(to=to)
+            z = predict_trees(ind, trees, _tensor(rt, shares, "base", (1, 1), f)).reveal(to=to)
         else:
             x = concatenate([share(rt, a, local.x_train if me == a and local else None, shape=(n, d_a)),
                              share(rt, b, local.x_train if me == b and local else None, shape=(n, d_b))], axis=1)

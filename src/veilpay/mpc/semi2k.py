@@ -382,9 +382,9 @@ class Semi2k(Protocol):
             m = mine.get(b)
             if m is None or m.shape != (n, c1 - c0):
                 raise InvalidInput(f"block {b} of this party must be a ({n}, {c1 - c0}) 0/1 array")
-            own = np.ascontiguousarray(m, dtype=np.uint8)
-            if own.max(initial=0) > 1:
+            if ((m != 0) & (m != 1)).any():  # before any cast: 256 must not wrap to 0
                 raise InvalidInput(f"block {b} must hold only 0 and 1")
+            own = np.ascontiguousarray(m, dtype=np.uint8)
             state.blocks[b] = own
             send.append(own - self._dprg.uint32((n, c1 - c0)))  # uint32 wraps: E = M - A mod 2^32
         got = self.comm.exchange("bits.premask", {other: send}, {other: theirs})
@@ -573,10 +573,11 @@ class Semi2k(Protocol):
         if self.index == 1:
             recv[self.dealer] = 1
         got = self.comm.exchange("and", {other: mine}, recv)
-        e, f = mine[0] ^ got[other][0], mine[1] ^ got[other][1]
+        e = mine[0] ^ check_array(got[other][0], shape, other)
+        f = mine[1] ^ check_array(got[other][1], shape, other)
         if self.index == 0:
             return (c ^ (e & (b ^ f)) ^ (f & a),)  # type: ignore[operator]
-        return (got[self.dealer][0] ^ (e & b) ^ (f & a),)
+        return (check_array(got[self.dealer][0], shape, self.dealer) ^ (e & b) ^ (f & a),)
 
     def a2b(self, x: Shares, shape: tuple[int, ...]) -> tuple[Shares, Shares]:
         if not self.is_compute:
@@ -607,7 +608,7 @@ class Semi2k(Protocol):
         got = self.comm.exchange("b2a", {other: [mine]}, recv)
         c = (mine ^ check_array(got[other][0], shape, other, np.uint8)).astype(np.uint64)
         if self.index == 1:
-            ra = got[self.dealer][0]
+            ra = check_array(got[self.dealer][0], shape, self.dealer)
         # b = c XOR r = c + r - 2cr with c public.
         out = ra * (_ONE - (c << _ONE))  # type: ignore[operator]
         if self.index == 0:
