@@ -325,3 +325,16 @@ def test_progress_prints_a_line_per_step_when_stderr_is_not_a_terminal() -> None
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     lines = out.stderr.splitlines()
     assert [ln.split(" (")[0] for ln in lines] == [f"train x: tree {i}/3 brier=0.1" for i in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("edit", ['compute = ["wallet", "helper", "partner"]', 'model_to = ["wallet", "helper"]'])
+def test_semi2k_dealer_holds_no_data_and_gets_no_model(tmp_path: Path, edit: str) -> None:
+    """semi2k's third compute party is the dealer, which knows every mask: a share
+    opened to it is the value, so it may neither own a data block nor receive the model."""
+    from test_ml import JOB
+
+    key = edit.split(" = ")[0]
+    text = "\n".join(edit if line.startswith(key + " = ") else line for line in JOB.splitlines())
+    (tmp_path / "job.toml").write_text(text)
+    with pytest.raises(ConfigError, match="semi2k's dealer"):
+        load_job(tmp_path / "job.toml")
