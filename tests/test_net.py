@@ -121,3 +121,32 @@ def test_peer_close_is_a_disconnect() -> None:
     with pytest.raises(PeerDisconnected):
         comms["a"].exchange("x", {}, {"b": 1})
     comms["a"].close()
+
+
+def test_a_party_that_only_sends_cannot_run_far_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """semi2k's dealer only sends: without a bound it queued every triple of a whole
+    training job in memory (18 GB on SBA). A round starts only when at most MAX_QUEUED
+    bytes of earlier rounds still wait to be written to that peer."""
+    import veilpay.net.communicator as communicator
+
+    limit, size, rounds = 1 << 20, 1 << 19, 24
+    monkeypatch.setattr(communicator, "MAX_QUEUED", limit)
+    mesh = local_mesh(["dealer", "p"])
+    peak = []
+
+    def dealer() -> None:
+        comm = mesh["dealer"]
+        for i in range(rounds):
+            comm.exchange(f"r{i}", {"p": [np.zeros(size // 8, dtype=np.uint64)]})
+            peak.append(comm.channels["p"]._queued)  # noqa: SLF001 - what it holds in memory
+        comm.channels["p"].flush()
+
+    t = threading.Thread(target=dealer)
+    t.start()
+    time.sleep(0.3)  # the receiver is slow to start: the dealer must wait, not pile up
+    got = [mesh["p"].exchange(f"r{i}", recv={"dealer": 1})["dealer"][0] for i in range(rounds)]
+    t.join(10)
+    assert len(got) == rounds and all(g.nbytes == size for g in got)
+    assert max(peak) <= limit + 2 * size  # the bound, plus this round's message
+    for comm in mesh.values():
+        comm.close()

@@ -148,6 +148,8 @@ class Channel:
         self._send_seq = first_seq
         self._recv_seq = first_seq
         self._queue: queue.Queue[tuple[bytes, np.ndarray] | None] = queue.Queue()
+        self._queued = 0  # bytes handed to the writer thread and not yet written
+        self._drained = threading.Condition()
         self._send_error: BaseException | None = None
         self._closed = False
         self._wlock = threading.Lock()  # one write on the stream at a time: the writer's or a direct one
@@ -180,6 +182,8 @@ class Channel:
                 raise PeerDisconnected(self.peer, f"sending failed: {exc}") from exc
             finally:
                 self._wlock.release()
+        with self._drained:
+            self._queued += len(header) + arr.nbytes
         self._queue.put((header, arr))
 
     def _write_loop(self) -> None:
@@ -195,7 +199,24 @@ class Channel:
             except (OSError, ValueError) as exc:
                 self._send_error = exc
             finally:
+                if item is not None:
+                    with self._drained:
+                        self._queued -= len(item[0]) + item[1].nbytes
+                        self._drained.notify_all()
                 self._queue.task_done()
+
+    def drain_below(self, limit: int, timeout: float | None = None) -> None:
+        """Wait until at most ``limit`` bytes of earlier messages wait to be written: a
+        party that only sends (semi2k's dealer) cannot run ahead of its peers by more
+        than that, holding every message it has made in memory."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        with self._drained:
+            while self._queued > limit:
+                self._raise_send_error()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ProtocolTimeout(self.peer, "the peer stopped reading: queued messages were not written")
+                self._drained.wait(min(left, 1.0))
 
     def _raise_send_error(self) -> None:
         if self._send_error is not None:

@@ -18,7 +18,12 @@ import numpy as np
 from veilpay.errors import InvalidInput
 from veilpay.net.channel import Channel
 
-__all__ = ["Communicator", "OpStats"]
+__all__ = ["MAX_QUEUED", "Communicator", "OpStats"]
+
+# The bytes of earlier rounds a party may still have queued to one peer when it starts
+# a round: bounds the memory of a party that only sends (semi2k's dealer ran 60 trees
+# ahead, 18 GB, before this bound) while leaving it a few rounds of lead.
+MAX_QUEUED = 256 << 20
 
 
 @dataclass
@@ -73,6 +78,7 @@ class Communicator:
         self._rounds[stat] += 1
         for peer, arrays in (send or {}).items():
             ch = self.channels[peer]
+            ch.drain_below(MAX_QUEUED)  # earlier rounds' messages only: this round's always go out
             for arr in arrays:
                 ch.send(label, arr, stat)
         out: dict[str, list[np.ndarray]] = {}
