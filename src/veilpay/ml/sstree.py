@@ -323,6 +323,7 @@ def train_trees_plain(m: np.ndarray, y: np.ndarray, params: TreeParams, class_we
     trees as (per-level chosen candidate per node, leaf weights), the first one the
     constant starting score (no levels), and training scores."""
     n, _ = m.shape
+    m = np.asarray(m, dtype=np.float64)  # once, not a uint8 -> float copy per product
     lam = _lambda(params, n)
     f0 = base_score(y, class_weight)
     f = np.full((n, 1), f0)
@@ -349,6 +350,7 @@ def train_trees_plain(m: np.ndarray, y: np.ndarray, params: TreeParams, class_we
 
 
 def predict_trees_plain(m: np.ndarray, trees: list[tuple[list[np.ndarray], np.ndarray]]) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
     f = np.zeros((len(m), 1))
     for splits, leaves in trees:
         s = np.ones((len(m), 1))
