@@ -41,10 +41,12 @@
 
     [model]                             # the trees' keys (type = "ss-xgb"), defaults shown
     type = "ss-xgb"
-    trees = 60
+    trees = 100
     depth = 5
     bins = 16                           # quantile thresholds per column ...
     exact_values = 64                   # ... unless it has at most this many distinct values: each one
+    fine_bins = 64                      # ... or it is continuous without mass points, when within
+    candidate_budget = 224              #     this many candidates per party: this many quantiles
     tree_learning_rate = 0.3            # shrinkage of each tree's leaves
     reg_lambda = 0.0                    # 0: max(50, n / 8000)
 
@@ -181,6 +183,8 @@ class _ModelSection:
     depth: int = TreeParams.depth
     bins: int = TreeParams.bins
     exact_values: int = TreeParams.exact_values
+    fine_bins: int = TreeParams.fine_bins
+    candidate_budget: int = TreeParams.candidate_budget
     reg_lambda: float = 0.0
     tree_learning_rate: float | None = None  # ss-xgb's shrinkage (default TreeParams'); refused for ss-lr
     class_weight: Literal["balanced"] | float | None = None
@@ -215,6 +219,7 @@ def load_job(path: str | Path) -> Job:
                      decay=m.decay, l2=m.l2, sigmoid=m.sigmoid, early_stopping=m.early_stopping,
                      validation_fraction=m.validation_fraction)
     tree = TreeParams(trees=m.trees, depth=m.depth, bins=m.bins, reg_lambda=m.reg_lambda, exact_values=m.exact_values,
+                      fine_bins=m.fine_bins, candidate_budget=m.candidate_budget,
                       **({} if m.tree_learning_rate is None else {"learning_rate": m.tree_learning_rate}))
     job = Job(name=j.name, path=path, network=j.network, protocol=j.protocol, compute=j.compute, key=j.key,
               label_party=j.label_party, label=j.label, positive=str(j.positive), parties=parties, model=model,
@@ -262,9 +267,11 @@ def _validate(job: Job, where: str) -> None:
         raise ConfigError(f"{where}: epochs and batch_size >= 1, learning_rate > 0, l2 and decay >= 0")
     t = job.tree
     if job.model_type == "ss-xgb" and (not 1 <= t.trees <= 500 or not 1 <= t.depth <= 6 or not 2 <= t.bins <= 64
-                                       or not 0 <= t.exact_values <= 256 or t.learning_rate <= 0
+                                       or not 0 <= t.exact_values <= 256 or not 0 <= t.fine_bins <= 256
+                                       or not 0 <= t.candidate_budget <= 4096 or t.learning_rate <= 0
                                        or t.reg_lambda < 0 or job.frac_bits > 20):
         raise ConfigError(f"{where}: ss-xgb needs trees 1..500, depth 1..6, bins 2..64, exact_values 0..256, "
+                          "fine_bins 0..256, candidate_budget 0..4096, "
                           "tree_learning_rate > 0, reg_lambda >= 0 and frac_bits <= 20")
     if m.early_stopping < 0 or not 0.0 < m.validation_fraction < 0.5:
         raise ConfigError(f"{where}: early_stopping (patience in epochs) >= 0, validation_fraction in (0, 0.5)")

@@ -317,7 +317,8 @@ def _prepare(job: Job, me: str, local: LocalTable) -> None:
     local.x_train = local.features_train = local.prep.apply(train_frame, where)
     local.x_test = local.features_test = local.prep.apply(test_frame, where)
     if job.model_type == "ss-xgb":
-        local.bins = fit_bins(local.x_train, job.tree.bins, job.tree.exact_values)
+        t = job.tree
+        local.bins = fit_bins(local.x_train, t.bins, t.exact_values, t.fine_bins, t.candidate_budget)
         if not local.bins.candidates:
             raise DataError(f"{where}: no feature column has two distinct values to split on")
         local.x_train = local.bins.indicators(local.x_train, np.uint8)

@@ -61,12 +61,14 @@ class TreeParams:
     """Defaults chosen so that a user who changes nothing gets within 0.005 AUC of
     scikit-learn's HistGradientBoostingClassifier() defaults (docs/ml.md, measured)."""
 
-    trees: int = 60
+    trees: int = 100
     depth: int = 5
     bins: int = 16
     learning_rate: float = 0.3
     reg_lambda: float = 0.0  # 0: max(50, n / 8000)
     exact_values: int = 64  # a column with at most this many distinct values splits at each of them
+    fine_bins: int = 64  # ... a continuous one without mass points gets this many, if the budget allows
+    candidate_budget: int = 224  # split candidates per party that fine bins may fill (0: never)
 
 
 @dataclass
@@ -84,24 +86,44 @@ class Bins:
         return out
 
 
-def fit_bins(x: np.ndarray, bins: int, exact_values: int = 0) -> Bins:
-    """Split thresholds per column: every distinct value but the largest when the column
-    has at most ``exact_values`` of them (a year, a count, a 0/1 column: the one
-    threshold 0), else quantile thresholds (at most bins - 1 distinct ones). A
-    constant column gives none."""
+_FLAT_TOP = 15  # a column "without mass points": its 15 most frequent values hold under 20 % of rows
+_FLAT_SHARE = 0.2
+
+
+def fit_bins(x: np.ndarray, bins: int, exact_values: int = 0, fine_bins: int = 0, candidate_budget: int = 0) -> Bins:
+    """Split thresholds per column, from this party's training rows only (no label):
+    every distinct value but the largest when the column has at most ``exact_values``
+    of them (a year, a count, a 0/1 column: the one threshold 0); else quantile
+    thresholds, ``bins`` of them -- or ``fine_bins`` for every continuous column
+    without mass points (its 15 most frequent values hold under 20 % of the rows: a
+    date, a ratio), all of them or none, when that keeps the party's candidates
+    within ``candidate_budget``. Columns with mass points (amounts at round numbers,
+    counts) split well at them; columns without gain from finer quantiles (measured on
+    SBA's dates, docs/ml.md). A constant column gives none."""
     if bins < 2:
         raise InvalidInput("bins must be at least 2")
-    cands: list[tuple[int, float]] = []
+
+    def quantiles(col: np.ndarray, top: float, k: int) -> np.ndarray:
+        qs = np.unique(np.quantile(col, np.arange(1, k) / k))
+        return qs[qs < top]  # a threshold at the maximum splits nothing off
+
+    per: list[np.ndarray] = []
+    flat: list[int] = []
     for j in range(x.shape[1]):
         col = x[:, j]
-        distinct = np.unique(col)
+        distinct, counts = np.unique(col, return_counts=True)
         if len(distinct) <= max(exact_values, 2):
-            qs = distinct[:-1]
-        else:
-            qs = np.unique(np.quantile(col, np.arange(1, bins) / bins))
-            qs = qs[qs < distinct[-1]]  # a threshold at the maximum splits nothing off
-        cands += [(j, float(t)) for t in qs]
-    return Bins(cands)
+            per.append(distinct[:-1])
+            continue
+        per.append(quantiles(col, distinct[-1], bins))
+        if np.sort(counts)[::-1][:_FLAT_TOP].sum() < _FLAT_SHARE * len(col):
+            flat.append(j)
+    base = sum(len(q) for q in per)
+    if flat and fine_bins > bins and base + len(flat) * (fine_bins - bins) <= candidate_budget:
+        for j in flat:
+            col = x[:, j]
+            per[j] = quantiles(col, col.max(), fine_bins)
+    return Bins([(j, float(t)) for j, qs in enumerate(per) for t in qs])
 
 
 def _lambda(params: TreeParams, n: int) -> float:
