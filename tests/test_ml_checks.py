@@ -338,3 +338,25 @@ def test_semi2k_dealer_holds_no_data_and_gets_no_model(tmp_path: Path, edit: str
     (tmp_path / "job.toml").write_text(text)
     with pytest.raises(ConfigError, match="semi2k's dealer"):
         load_job(tmp_path / "job.toml")
+
+
+def test_split_candidates_follow_each_column_and_the_budget() -> None:
+    """fit_bins: every value of a column with few; 16 quantiles for a column with mass
+    points; 64 for a continuous one without, all or none within the party's budget."""
+    from veilpay.ml.sstree import fit_bins
+
+    rng = np.random.default_rng(5)
+    n = 20_000
+    year = rng.integers(1990, 2010, n).astype(float)  # 20 values: each one
+    amount = rng.choice([10_000.0, 25_000.0, 50_000.0, 100_000.0], n) + (rng.random(n) < 0.3) * rng.random(n) * 1e5
+    date = rng.uniform(1990, 2010, n)  # continuous, no mass points
+    flag = (rng.random(n) < 0.4).astype(float)
+    x = np.column_stack([year, amount, date, flag])
+
+    def per_column(bins_: Any) -> list[int]:
+        return [sum(1 for c, _ in bins_.candidates if c == j) for j in range(x.shape[1])]
+
+    coarse = per_column(fit_bins(x, 16, 0))
+    assert coarse[0] == 15 and coarse[1] <= 15 and coarse[2:] == [15, 1]  # the amount's quantiles meet at its atoms
+    assert per_column(fit_bins(x, 16, 64, 64, 224)) == [19, coarse[1], 63, 1]
+    assert per_column(fit_bins(x, 16, 64, 64, 60)) == [19, coarse[1], 15, 1]  # over the budget: no fine bins
