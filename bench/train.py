@@ -151,7 +151,7 @@ def _timed(model: str, y_test: np.ndarray, fit_score: Callable[[], np.ndarray]) 
     return {"model": model, **_scores(y_test, s), "seconds": time.perf_counter() - t0}
 
 
-def baselines(job_path: Path) -> list[dict[str, Any]]:
+def baselines(job_path: Path, twins_alone: bool = True) -> list[dict[str, Any]]:
     """The plaintext twin of the job's model (SGD or boosting in float64 on exactly
     what the secure job trains on), then scikit-learn's defaults on the prepared
     columns (before the trees' binning): centralised, label holder alone, partner alone."""
@@ -179,7 +179,7 @@ def baselines(job_path: Path) -> list[dict[str, Any]]:
 
         rows.append(_timed("plaintext twin: the same boosting in float64 on the same split candidates, "
                            "centralised", y_te, twin(x_tr, x_te)))
-        for who, v in ((job.label_party, a), (job.partner, b)):
+        for who, v in ((job.label_party, a), (job.partner, b)) if twins_alone else ():
             rows.append(_timed(f"plaintext twin, {who} alone", y_te, twin(v.x_train, v.x_test)))
     else:
         m = job.model
@@ -228,6 +228,8 @@ def main() -> None:
     ap.add_argument("--data", default="data/sba", help="folder with job.toml and the party files (make data)")
     ap.add_argument("--lending-club", action="store_true")
     ap.add_argument("--baselines-only", action="store_true", help="the plaintext baselines only, no secure run")
+    ap.add_argument("--no-twins-alone", action="store_true",
+                    help="skip the twins on each party's columns alone (slow for 100 trees on SBA)")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--trees", type=int, help="train secure trees (ss-xgb) with this many trees instead of SS-LR")
     ap.add_argument("--depth", type=int, help="ss-xgb: tree depth (default: the job's default)")
@@ -268,7 +270,7 @@ def main() -> None:
                               "wall_seconds": round(wall, 2), "train_rows": rep["train_rows"],
                               "test_rows": rep["test_rows"], "common": rep["common"], "features": rep["features"],
                               "phases": rep["phases"], "peak_rss_mib": rss}), flush=True)
-        rows = baselines(job_path)
+        rows = baselines(job_path, not a.no_twins_alone)
         if secure is not None and job.model_type == "ss-lr":
             rows.append(spu_peer(job_path, work))
         for row in rows:
