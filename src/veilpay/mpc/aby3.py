@@ -27,6 +27,7 @@ Truncation (see docs/mpc.md):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -79,40 +80,15 @@ class Aby3(Protocol):
         return self._next.uint64(shape) ^ self._prev.uint64(shape)
 
     # -- sharing -----------------------------------------------------------
-    def input_bits(self, owner: str, value: np.ndarray | None, shape: tuple[int, ...]) -> Shares:
-        """As ``input``, with XOR in place of the ring sum."""
-        if owner not in self.comm.parties:
-            raise InvalidInput(f"input owner {owner!r} is not in the network")
-        if self.me == owner and value is None:
-            raise InvalidInput("the input owner must pass its value")
-        if owner in self.compute:
-            j = self.compute.index(owner)
-            send: dict[str, list[np.ndarray]] = {}
-            if self.me == owner:
-                xj = self._prev.uint64(shape)
-                xj1 = self._next.uint64(shape)
-                rest = value ^ xj ^ xj1  # type: ignore[operator]
-                send = {self._q(j + 1): [rest], self._q(j + 2): [rest]}
-            got = self.comm.exchange("input", send, {owner: 1} if self.is_compute and self.me != owner else {})
-            if self.me == owner:
-                return (xj, xj1)
-            if self.me == self._q(j + 1):
-                return (self._prev.uint64(shape), check_array(got[owner][0], shape, owner))
-            if self.me == self._q(j + 2):
-                return (check_array(got[owner][0], shape, owner), self._next.uint64(shape))
-            return None
-        send = {}
-        if self.me == owner:
-            x0, x1 = self.private.uint64(shape), self.private.uint64(shape)
-            comps = [x0, x1, value ^ x0 ^ x1]  # type: ignore[operator]
-            send = {self._q(i): [comps[i], comps[(i + 1) % 3]] for i in range(3)}
-        got = self.comm.exchange("input", send, {owner: 2} if self.is_compute else {})
-        if not self.is_compute:
-            return None
-        a, b = got[owner]
-        return (check_array(a, shape, owner), check_array(b, shape, owner))
-
     def input(self, owner: str, value: np.ndarray | None, shape: tuple[int, ...]) -> Shares:
+        return self._input(owner, value, shape, np.subtract)
+
+    def input_bits(self, owner: str, value: np.ndarray | None, shape: tuple[int, ...]) -> Shares:
+        return self._input(owner, value, shape, np.bitwise_xor)
+
+    def _input(self, owner: str, value: np.ndarray | None, shape: tuple[int, ...], mask: Any) -> Shares:
+        """Replicated shares of ``owner``'s value, arithmetic (``mask`` = subtract) or
+        boolean (xor)."""
         if owner not in self.comm.parties:
             raise InvalidInput(f"input owner {owner!r} is not in the network")
         if self.me == owner and value is None:
@@ -123,7 +99,7 @@ class Aby3(Protocol):
             if self.me == owner:
                 xj = self._prev.uint64(shape)
                 xj1 = self._next.uint64(shape)
-                rest = value - xj - xj1  # type: ignore[operator]
+                rest = mask(mask(value, xj), xj1)
                 send = {self._q(j + 1): [rest], self._q(j + 2): [rest]}
             got = self.comm.exchange("input", send, {owner: 1} if self.is_compute and self.me != owner else {})
             if self.me == owner:
@@ -136,7 +112,7 @@ class Aby3(Protocol):
         send = {}
         if self.me == owner:
             x0, x1 = self.private.uint64(shape), self.private.uint64(shape)
-            comps = [x0, x1, value - x0 - x1]  # type: ignore[operator]
+            comps = [x0, x1, mask(mask(value, x0), x1)]
             send = {self._q(i): [comps[i], comps[(i + 1) % 3]] for i in range(3)}
         got = self.comm.exchange("input", send, {owner: 2} if self.is_compute else {})
         if not self.is_compute:

@@ -106,15 +106,21 @@ class Semi2k(Protocol):
 
     # -- sharing -----------------------------------------------------------
     def input(self, owner: str, value: np.ndarray | None, shape: tuple[int, ...]) -> Shares:
+        return self._input(owner, value, shape, np.subtract)
+
+    def input_bits(self, owner: str, value: np.ndarray | None, shape: tuple[int, ...]) -> Shares:
+        return self._input(owner, value, shape, np.bitwise_xor)
+
+    def _input(self, owner: str, value: np.ndarray | None, shape: tuple[int, ...], mask: Any) -> Shares:
+        """Shares of ``owner``'s value, arithmetic (``mask`` = subtract) or boolean (xor)."""
         if owner not in self.comm.parties:
             raise InvalidInput(f"input owner {owner!r} is not in the network")
-        if owner in self.compute:
+        if owner in self.compute:  # the other compute party's share is their common PRG: no message
             other = self.p1 if owner == self.p0 else self.p0
             if self.me == owner:
                 if value is None:
                     raise InvalidInput("the input owner must pass its value")
-                mask = self._input_prg[other].uint64(shape)
-                return (value - mask,)
+                return (mask(value, self._input_prg[other].uint64(shape)),)
             if self.me == other:
                 return (self._input_prg[owner].uint64(shape),)
             return None
@@ -123,29 +129,7 @@ class Semi2k(Protocol):
         if self.me == owner:
             if value is None:
                 raise InvalidInput("the input owner must pass its value")
-            send = {self.p1: [value - self._input_prg[self.p0].uint64(shape)]}
-        got = self.comm.exchange("input", send, {owner: 1} if self.me == self.p1 else {})
-        if self.me == self.p0:
-            return (self._input_prg[owner].uint64(shape),)
-        if self.me == self.p1:
-            return (check_array(got[owner][0], shape, owner),)
-        return None
-
-    def input_bits(self, owner: str, value: np.ndarray | None, shape: tuple[int, ...]) -> Shares:
-        if owner not in self.comm.parties:
-            raise InvalidInput(f"input owner {owner!r} is not in the network")
-        if self.me == owner and value is None:
-            raise InvalidInput("the input owner must pass its value")
-        if owner in self.compute:  # the other compute party's share is their common PRG: no message
-            other = self.p1 if owner == self.p0 else self.p0
-            if self.me == owner:
-                return (value ^ self._input_prg[other].uint64(shape),)  # type: ignore[operator]
-            if self.me == other:
-                return (self._input_prg[owner].uint64(shape),)
-            return None
-        send = {}
-        if self.me == owner:
-            send = {self.p1: [value ^ self._input_prg[self.p0].uint64(shape)]}  # type: ignore[operator]
+            send = {self.p1: [mask(value, self._input_prg[self.p0].uint64(shape))]}
         got = self.comm.exchange("input", send, {owner: 1} if self.me == self.p1 else {})
         if self.me == self.p0:
             return (self._input_prg[owner].uint64(shape),)
