@@ -15,6 +15,8 @@
     seed = 7
     model_to = ["wallet"]               # who receives the model; [] keeps it shared
     frac_bits = 20
+    psi = "kkrt"                        # or "ecdh": the PSI that aligns the rows
+    timeout = 600.0                     # seconds any party waits for a peer's message
 
     [parties.wallet]
     data = "wallet.csv"                 # each party reads only its own entry
@@ -28,7 +30,8 @@
 
     [model]
     type = "ss-lr"                      # or "ss-xgb" (below)
-    epochs = 10                         # ss-lr keys: epochs .. validation_fraction
+    epochs = 10                         # ss-lr keys: epochs .. validation_fraction (ss-xgb
+                                        # ignores them, and refuses early_stopping)
     batch_size = 1024
     learning_rate = 1.0                 # SS-LR's SGD step; ss-xgb refuses it (tree_learning_rate)
     decay = 0.0                         # lr_t = learning_rate / (1 + decay * epoch)
@@ -39,16 +42,17 @@
     class_weight = "balanced"           # or a number (the positives' weight, negatives 1); default
                                         # none. ss-xgb: "balanced" only
 
-    [model]                             # the trees' keys (type = "ss-xgb"), defaults shown
-    type = "ss-xgb"
-    trees = 100
-    depth = 5
-    bins = 16                           # quantile thresholds per column ...
-    exact_values = 64                   # ... unless it has at most this many distinct values: each one
-    fine_bins = 64                      # ... or it is continuous without mass points, when within
-    candidate_budget = 224              #     this many candidates per party: this many quantiles
-    tree_learning_rate = 0.3            # shrinkage of each tree's leaves
-    reg_lambda = 0.0                    # 0: max(50, n / 8000)
+    # The trees' [model] instead (type = "ss-xgb"), defaults shown:
+    # [model]
+    # type = "ss-xgb"
+    # trees = 100
+    # depth = 5
+    # bins = 16                           # quantile thresholds per column ...
+    # exact_values = 64                   # ... unless it has at most this many distinct values: each one
+    # fine_bins = 64                      # ... or it is continuous without mass points, when within
+    # candidate_budget = 224              #     this many candidates per party: this many quantiles
+    # tree_learning_rate = 0.3            # shrinkage of each tree's leaves
+    # reg_lambda = 0.0                    # 0: max(50, n / 8000)
 
 Every key is typed and an unknown one is refused (``veilpay.settings``). The learning
 rates are one key per model type because their scales differ: SS-LR's SGD step is
@@ -255,6 +259,9 @@ def _validate(job: Job, where: str) -> None:
     cw = job.class_weight
     if cw is not None and cw != "balanced" and (isinstance(cw, str) or not 0.0 < cw <= 1e4):
         raise ConfigError(f"{where}: class_weight must be \"balanced\" or a number in (0, 10000]")
+    if job.model_type == "ss-xgb" and job.model.early_stopping:
+        raise ConfigError(f"{where.replace('[job]', '[model]')}: early_stopping is SS-LR's (epochs on a held-out "
+                          "part); trees have no early stopping: set trees")
     if job.model_type == "ss-xgb" and cw is not None and cw != "balanced":
         raise ConfigError(f"{where}: ss-xgb takes class_weight = \"balanced\" only (weights of mean 1 keep the "
                           "gradient sums in the fixed-point range)")
@@ -270,8 +277,12 @@ def _validate(job: Job, where: str) -> None:
                                        or not 0 <= t.exact_values <= 256 or not 0 <= t.fine_bins <= 256
                                        or not 0 <= t.candidate_budget <= 4096 or t.learning_rate <= 0
                                        or t.reg_lambda < 0 or job.frac_bits > 20):
-        raise ConfigError(f"{where}: ss-xgb needs trees 1..500, depth 1..6, bins 2..64, exact_values 0..256, "
-                          "fine_bins 0..256, candidate_budget 0..4096, "
-                          "tree_learning_rate > 0, reg_lambda >= 0 and frac_bits <= 20")
+        ranges = {"trees": (t.trees, 1, 500), "depth": (t.depth, 1, 6), "bins": (t.bins, 2, 64),
+                  "exact_values": (t.exact_values, 0, 256), "fine_bins": (t.fine_bins, 0, 256),
+                  "candidate_budget": (t.candidate_budget, 0, 4096)}
+        bad = [f"{k} = {v} (allowed {lo}..{hi})" for k, (v, lo, hi) in ranges.items() if not lo <= v <= hi]
+        bad += ["tree_learning_rate must be > 0"] * (t.learning_rate <= 0) + ["reg_lambda must be >= 0"] * (
+            t.reg_lambda < 0) + [f"[job] frac_bits = {job.frac_bits} (trees need <= 20)"] * (job.frac_bits > 20)
+        raise ConfigError(f"{where.replace('[job]', '[model]')}: " + "; ".join(bad))
     if m.early_stopping < 0 or not 0.0 < m.validation_fraction < 0.5:
         raise ConfigError(f"{where}: early_stopping (patience in epochs) >= 0, validation_fraction in (0, 0.5)")

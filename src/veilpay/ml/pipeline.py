@@ -53,8 +53,8 @@ from veilpay.ml.job import Job
 from veilpay.ml.metrics import auc, average_precision, ks
 from veilpay.ml.prep import Prep, fit_prep
 from veilpay.ml.sslr import train_lr
-from veilpay.ml.sstree import Bins, SecureTree, base_score, fit_bins, predict_trees, train_trees
-from veilpay.mpc import BitMatrix, Protocol, SharedTensor, concatenate
+from veilpay.ml.sstree import Bins, SecureTree, base_score, fit_bins, predict_trees, train_trees, tree_lambda
+from veilpay.mpc import BitMatrix, Protocol, SharedTensor, concatenate, nonlinear
 from veilpay.mpc.tensor import share
 from veilpay.progress import progress
 from veilpay.psi import ecdh_psi, kkrt_psi
@@ -425,6 +425,8 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
     n_train, n_test, d_a = shapes[a]
     d_b = shapes[b][2]
     report.update(train_rows=n_train, test_rows=n_test, features={a: d_a, b: d_b})
+    if job.model_type == "ss-xgb":
+        tree_lambda(job.tree, n_train)  # a reg_lambda too small for n: refused here, before any MPC
     weights = _agree_weights(rt, job, local)
     if weights is not None:
         report["class_weight"] = {"negative": round(weights[0], 6), "positive": round(weights[1], 6)}
@@ -469,8 +471,8 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
 
             label = local.y_train if me == a and local is not None and local.y_train is not None else None
             f0 = share(rt, a, None if label is None else np.array([[base_score(label[:, 0], weights)]]), shape=(1, 1))
-            trees, _ = train_trees(x, y, job.tree, on_tree=on_tree, class_weight=weights, base=f0)
-            bar.update(1)
+            trees, f_train = train_trees(x, y, job.tree, on_tree=on_tree, class_weight=weights, base=f0)
+            on_tree(len(trees), nonlinear.sigmoid(f_train, 32))  # after the last tree too (the range: sstree)
             report["trees"] = len(trees)
         elif isinstance(x, SharedTensor):
             fitted = train_lr(x, y, m.epochs, m.batch_size, m.learning_rate, m.decay, m.l2, m.sigmoid, job.seed,

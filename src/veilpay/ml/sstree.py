@@ -46,7 +46,7 @@ from veilpay.mpc.protocol import Shares, map_shares
 from veilpay.mpc.tensor import unpack_bits
 
 __all__ = ["Bins", "SecureTree", "TreeParams", "base_score", "fit_bins", "predict_trees", "predict_trees_plain",
-           "train_trees", "train_trees_plain"]
+           "train_trees", "train_trees_plain", "tree_lambda"]
 
 
 # Comparisons run on 32-bit lanes (half the traffic): every compared value stays far
@@ -126,10 +126,11 @@ def fit_bins(x: np.ndarray, bins: int, exact_values: int = 0, fine_bins: int = 0
     return Bins([(j, float(t)) for j, qs in enumerate(per) for t in qs])
 
 
-def _lambda(params: TreeParams, n: int) -> float:
+def tree_lambda(params: TreeParams, n: int) -> float:
     lam = params.reg_lambda or max(50.0, n / 8000.0)
     if lam < n / 16000.0:
-        raise InvalidInput(f"reg_lambda must be at least n / 16000 = {n / 16000.0:.3g} for the fixed-point range")
+        raise InvalidInput(f"[model] reg_lambda = {lam:g} is below n / 16000 = {n / 16000.0:.3g} for {n:,} training "
+                           "rows, outside the trees' fixed-point range: raise it, or 0 for the default")
     return lam
 
 
@@ -247,7 +248,7 @@ def train_trees(m: BitMatrix | SharedTensor, y: SharedTensor, params: TreeParams
     n, c = mat.shape
     if y.shape != (n, 1):
         raise InvalidInput(f"labels must be ({n}, 1), got {y.shape}")
-    lam = _lambda(params, n)
+    lam = tree_lambda(params, n)
     s_scale = 400.0 / (n / 4.0 + lam)
     hf = _hist_frac(n, y.rt.fxp.frac_bits)
     f = y * 0.0 if base is None else y * 0.0 + base
@@ -346,7 +347,7 @@ def train_trees_plain(m: np.ndarray, y: np.ndarray, params: TreeParams, class_we
     constant starting score (no levels), and training scores."""
     n, _ = m.shape
     m = np.asarray(m, dtype=np.float64)  # once, not a uint8 -> float copy per product
-    lam = _lambda(params, n)
+    lam = tree_lambda(params, n)
     f0 = base_score(y, class_weight)
     f = np.full((n, 1), f0)
     trees: list[tuple[list[np.ndarray], np.ndarray]] = [([], np.array([[f0]]))]
