@@ -177,7 +177,8 @@ class Nodes:
             with self._lock:
                 gen = max(seen["gen"] + 1, 0)
                 if gen not in self._meshes:
-                    self._meshes[gen] = local_mesh(list(self.privacy.parties), timeout=2.0)
+                    # 6 s: a busy 2-core CI machine once took over 2 s between two messages of a batch
+                    self._meshes[gen] = local_mesh(list(self.privacy.parties), timeout=6.0)
                 seen["gen"] = gen
                 return self._meshes[gen][me]
         return connect
