@@ -586,3 +586,29 @@ def test_semi2k_and_refuses_a_malformed_peer_message(monkeypatch: pytest.MonkeyP
     with pytest.raises(PartyFailed) as info:
         run_local(prog, "semi2k", timeout=10)
     assert isinstance(info.value.__cause__, WireFormatError)
+
+
+def test_the_other_party_cannot_guess_an_owners_indicators_from_what_it_holds() -> None:
+    """As p1, with only what p1 holds of p0's block (E = M - A mod 2^32) and what it
+    receives during a histogram, try to guess M: every guess from E's bits, or from
+    E's size, is a coin toss, for a block of all zeros and one of all ones alike."""
+    from veilpay.mpc import BitMatrix
+
+    n, c = 4000, 4
+    seen: dict[str, Any] = {}
+    for fill in (0, 1):
+        m = np.full((n, c), fill, dtype=np.uint8)
+
+        def prog(rt: Protocol, x: Any = None, y: Any = None, m: np.ndarray = m) -> Any:
+            bm = BitMatrix(rt, [("p0", c), ("p1", 1)], {0: m} if rt.me == "p0" else {1: np.ones((n, 1), np.uint8)}, n)
+            ys = share(rt, "p0", x, shape=(n, 1))
+            bm.t_matmul(ys, 10)
+            return bm._state.blocks[0] if rt.me == "p1" else None  # noqa: SLF001 - p1's own view of the block
+
+        seen[f"E{fill}"] = run_local(prog, "semi2k", kwargs={"p0": {"x": np.zeros((n, 1))}})["p1"]
+    for fill in (0, 1):
+        e = seen[f"E{fill}"].astype(np.int64)
+        for bit in (0, 1, 16, 31):  # guessing M from one bit of E
+            assert abs(((e >> bit) & 1).mean() - 0.5) < 0.03
+        assert abs(e.mean() / 2.0**32 - 0.5) < 0.03  # ... or from its size
+    assert not np.array_equal(seen["E0"], seen["E1"])
