@@ -360,3 +360,11 @@ def test_split_candidates_follow_each_column_and_the_budget() -> None:
     assert coarse[0] == 15 and coarse[1] <= 15 and coarse[2:] == [15, 1]  # the amount's quantiles meet at its atoms
     assert per_column(fit_bins(x, 16, 64, 64, 224)) == [19, coarse[1], 63, 1]
     assert per_column(fit_bins(x, 16, 64, 64, 60)) == [19, coarse[1], 15, 1]  # over the budget: no fine bins
+
+
+def test_keys_of_the_other_model_type_are_named_in_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = small_job(tmp_path, model='type = "ss-xgb"\n')
+    path.write_text(path.read_text().replace("learning_rate = 0.5\n", ""))  # epochs, batch_size stay
+    with caplog.at_level("WARNING", logger="veilpay.ml.job"):
+        load_job(path)
+    assert "epochs, batch_size not used by type = 'ss-xgb'" in caplog.text

@@ -65,6 +65,7 @@ type = "ss-lr" a ``tree_learning_rate`` is refused the same way.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -80,6 +81,9 @@ __all__ = ["SIGMOIDS", "SPLITS", "Job", "LrParams", "PartySpec", "load_job"]
 SIGMOIDS = ("t1", "t3", "seg3", "exact")
 MODEL_TYPES = ("ss-lr", "ss-xgb")
 SPLITS = ("hash", "ordered")
+_LR_KEYS = ("epochs", "batch_size", "decay", "l2", "sigmoid", "validation_fraction")
+_TREE_KEYS = ("trees", "depth", "bins", "exact_values", "fine_bins", "candidate_budget", "reg_lambda")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -215,6 +219,10 @@ def load_job(path: str | Path) -> Job:
     if m.type == "ss-xgb" and m.learning_rate is not None:
         raise ConfigError(f"{path} [model]: learning_rate is SS-LR's SGD step; for ss-xgb write tree_learning_rate "
                           f"(the trees' shrinkage, default {TreeParams().learning_rate})")
+    written = doc.get("model", {}) if isinstance(doc, dict) else {}
+    other = [k for k in (_LR_KEYS if m.type == "ss-xgb" else _TREE_KEYS) if k in written]
+    if other:  # kept so that a job can switch type, but never silently
+        log.warning("%s [model]: %s not used by type = %r", path, ", ".join(other), m.type)
     if m.type == "ss-lr" and m.tree_learning_rate is not None:
         raise ConfigError(f"{path} [model]: tree_learning_rate is for type = \"ss-xgb\"; SS-LR's step is "
                           "learning_rate")
