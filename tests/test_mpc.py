@@ -612,3 +612,42 @@ def test_the_other_party_cannot_guess_an_owners_indicators_from_what_it_holds() 
             assert abs(((e >> bit) & 1).mean() - 0.5) < 0.03
         assert abs(e.mean() / 2.0**32 - 0.5) < 0.03  # ... or from its size
     assert not np.array_equal(seen["E0"], seen["E1"])
+
+
+def test_the_owner_cannot_guess_the_other_partys_gradient_share_from_its_mask() -> None:
+    """As p0 (owner of a block), with only what p0 holds -- its own share of y and the
+    y_P - R it receives from p1 during a histogram -- try to open y: for a y of all zeros
+    and one of a large constant, the sum is a coin toss in every bit and in size (without
+    R it would be y itself)."""
+    from veilpay.mpc import BitMatrix
+    from veilpay.net import Communicator
+
+    n = 4000
+    orig = Communicator.exchange
+    for value in (0.0, 1000.0):
+        seen: list[np.ndarray] = []
+
+        def exchange(self: Communicator, label: str, send: Any = None, recv: Any = None,
+                     seen: list[np.ndarray] = seen) -> Any:
+            out = orig(self, label, send, recv)
+            if self.me == "p0" and label == "bits.t_matmul":
+                seen.extend(a.copy() for a in out.get("p1", []))  # p0 adds its share in place next
+            return out
+
+        def prog(rt: Protocol, x: Any = None, y: Any = None) -> Any:
+            bm = BitMatrix(rt, [("p0", 3)], {0: np.ones((n, 3), np.uint8)} if rt.me == "p0" else {}, n)
+            ys = share(rt, "p1", y, shape=(n, 1))
+            bm.t_matmul(ys, ys.frac)  # no shift: p0's share plus the message would be y exactly
+            return ys.sh
+
+        Communicator.exchange = exchange  # type: ignore[method-assign]
+        try:
+            mine = run_local(prog, "semi2k", kwargs={"p1": {"y": np.full((n, 1), value)}})["p0"][0]
+        finally:
+            Communicator.exchange = orig  # type: ignore[method-assign]
+        (received,) = seen
+        opened = ((mine & np.uint64(0xFFFFFFFF)) + received.astype(np.uint64)) & np.uint64(0xFFFFFFFF)
+        w = opened.astype(np.int64)
+        for bit in (0, 1, 16, 31):
+            assert abs(((w >> bit) & 1).mean() - 0.5) < 0.03
+        assert abs(w.mean() / 2.0**32 - 0.5) < 0.03
