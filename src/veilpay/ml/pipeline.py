@@ -459,7 +459,7 @@ def run_training(rt: Protocol, job: Job, out_dir: str | Path | None = None,
                 bar.set_postfix(brier=f"{float(brier):.4f}")
             bar.update(1)
 
-        if job.model_type == "ss-xgb":
+        if isinstance(x, BitMatrix):  # ss-xgb
             def on_tree(i: int, p: SharedTensor) -> None:
                 if i:  # the Brier score of the first i trees, to the label party only
                     diff = p - y

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from veilpay.errors import InvalidInput
-from veilpay.mpc import BitMatrix, PremaskedMatrix, SharedTensor, concatenate, mul_columns, nonlinear
+from veilpay.mpc import BitMatrix, SharedTensor, concatenate, mul_columns, nonlinear
 from veilpay.mpc.protocol import Shares, map_shares
 from veilpay.mpc.tensor import unpack_bits
 
@@ -143,30 +143,6 @@ class SecureTree:
     leaves: SharedTensor
 
 
-class _SharedBits:
-    """A BitMatrix's two products over an already shared 0/1 matrix (64-bit path),
-    for callers that hold M as a SharedTensor (scoring a stored model)."""
-
-    def __init__(self, m_sh: SharedTensor) -> None:
-        if m_sh.frac or m_sh.ndim != 2 or m_sh.shape[1] == 0:
-            raise InvalidInput("the indicator matrix must be a non-empty integer (0/1) sharing")
-        self.shape = m_sh.shape
-        self._m = PremaskedMatrix(m_sh)
-
-    def t_matmul(self, y: SharedTensor, frac: int, signed: bool = True) -> SharedTensor:
-        return self._m.rows_t_matmul(None, y)
-
-    def matmul(self, w: SharedTensor) -> SharedTensor:
-        return self._m.rows_matmul(None, w)
-
-
-Indicators = BitMatrix | _SharedBits
-
-
-def _as_bits(m: BitMatrix | SharedTensor) -> Indicators:
-    return m if isinstance(m, BitMatrix) else _SharedBits(m)
-
-
 def _hist_frac(n: int, frac: int) -> int:
     """Fraction bits of the histogram sums: |sum of g| <= n (|g| <= 1, class weights
     of mean 1) and sum of h <= n / 4, so n 2^b <= 2^29 keeps them in Z_2^32's range."""
@@ -174,24 +150,17 @@ def _hist_frac(n: int, frac: int) -> int:
 
 
 # Memberships: S (n, nodes) 0/1, which rows sit in each node of a level. Kept as an
-# integer sharing (for products) and, on a BitMatrix, also as a boolean sharing packed
+# integer sharing (for products) and also as a boolean sharing packed
 # 64 rows to a word: a level's left part S * left is then one AND on words plus a
 # bit-to-arithmetic conversion (about 1 byte a cell) instead of a 16-byte Beaver product.
-Members = tuple[SharedTensor, Shares]
+Members = tuple[SharedTensor, Shares]  # (integer sharing, packed XOR bits)
 
 
-def _split(m: Indicators, s: Members | None, onehot: SharedTensor) -> tuple[SharedTensor, Members]:
+def _split(m: BitMatrix, s: Members | None, onehot: SharedTensor) -> tuple[SharedTensor, Members]:
     """(rows of each node that go left, memberships of the next level) from the
-    level's memberships ``s`` (None at the root: every row) and split choices. A
-    BitMatrix opens each split to the owner of its column (what training reveals at
-    the end anyway), which inputs that column; a shared matrix selects it with a
-    product."""
-    if not isinstance(m, BitMatrix):
-        left = m.matmul(onehot.T)  # (n, nodes) 0/1: each row's side at its node's split
-        if s is None:
-            return left, (concatenate([left, 1 - left], axis=1), None)
-        sl = s[0] * left
-        return sl, (concatenate([sl, s[0] - sl], axis=1), None)
+    level's memberships ``s`` (None at the root: every row) and split choices. Each
+    split is opened to the owner of its column (what training reveals at the end
+    anyway), which inputs that column."""
     rt, (n, _) = m.rt, m.shape
     k = onehot.shape[0]
     words = (n + 63) // 64
@@ -208,7 +177,7 @@ def _split(m: Indicators, s: Members | None, onehot: SharedTensor) -> tuple[Shar
     return sl, (s_next, map_shares(lambda a, b: np.concatenate([a, b]), sl_b, sr_b))
 
 
-def _memberships(m: Indicators, tree: SecureTree) -> SharedTensor:
+def _memberships(m: BitMatrix, tree: SecureTree) -> SharedTensor:
     s: Members | None = None
     for onehot in tree.splits:
         s = _split(m, s, onehot)[1]
@@ -228,12 +197,12 @@ def base_score(y: np.ndarray, class_weight: tuple[float, float] | None = None) -
     return float(np.log(p / (1.0 - p)))
 
 
-def train_trees(m: BitMatrix | SharedTensor, y: SharedTensor, params: TreeParams,
+def train_trees(mat: BitMatrix, y: SharedTensor, params: TreeParams,
                 on_tree: Callable[[int, SharedTensor], None] | None = None,
                 class_weight: tuple[float, float] | None = None,
                 base: SharedTensor | None = None) -> tuple[list[SecureTree], SharedTensor]:
-    """Boost ``params.trees`` trees on the 0/1 indicator matrix ``m`` (n, C): a
-    BitMatrix (owners hold their columns) or an integer sharing, and labels ``y``
+    """Boost ``params.trees`` trees on the 0/1 indicator matrix ``mat`` (n, C, each
+    block held by its owner), and labels ``y``
     (n, 1); returns the trees and the training scores F (n, 1). ``on_tree(i, p)``
     runs before tree i with the shared predictions of the trees so far (progress,
     running loss). ``class_weight`` = (negatives', positives' weight), public, of
@@ -244,7 +213,6 @@ def train_trees(m: BitMatrix | SharedTensor, y: SharedTensor, params: TreeParams
     children's, M^T (S_left * [g, h]); a right child's is its parent's minus its
     sibling's (histogram subtraction). Each is computed with ``_hist_frac`` fraction
     bits (semi2k: in Z_2^32); node totals keep full precision."""
-    mat = _as_bits(m)
     n, c = mat.shape
     if y.shape != (n, 1):
         raise InvalidInput(f"labels must be ({n}, 1), got {y.shape}")
@@ -324,13 +292,11 @@ def _onehot(index: SharedTensor, c: int) -> SharedTensor:
     return 1 - signs[:, :c] - signs[:, c:]
 
 
-def predict_trees(m: BitMatrix | SharedTensor, trees: list[SecureTree], base: SharedTensor | None = None
-                  ) -> SharedTensor:
-    """Shared scores (n, 1) of the rows of an indicator matrix (BitMatrix or sharing),
-    from the starting score ``base`` (1, 1; None: 0)."""
+def predict_trees(mat: BitMatrix, trees: list[SecureTree], base: SharedTensor | None = None) -> SharedTensor:
+    """Shared scores (n, 1) of the rows of an indicator matrix, from the starting
+    score ``base`` (1, 1; None: 0)."""
     if not trees:
         raise InvalidInput("no trees")
-    mat = _as_bits(m)
     f = None
     for tree in trees:
         out = _memberships(mat, tree) @ tree.leaves

@@ -389,21 +389,23 @@ class Semi2k(Protocol):
         def draw(g: Any, shape: tuple[int, int]) -> Any:
             return g.uint32(shape) if bits == 32 else g.uint16(shape)
 
-        def rows_of(c0: int, c1: int) -> tuple[int, int]:
+        def rows_of(c0: int, c1: int) -> tuple[int, int]:  # y's rows that meet block c0:c1
             return (n, k) if transpose else (c1 - c0, k)
+
+        def out_of(c0: int, c1: int) -> tuple[int, int]:  # the block's part of the result
+            return (c1 - c0, k) if transpose else (n, k)
 
         def product(mat: np.ndarray, v: np.ndarray, a_bits: int) -> Any:
             if transpose:
                 return narrow_t_matmul(mat, v, bits, a_bits, rows=1024 if a_bits == 32 else 8192)
             return narrow_matmul(mat, v, bits, min(a_bits, bits))
 
-        out_shape = (width, k) if transpose else (n, k)
         if self.is_dealer:
             send: dict[str, list[np.ndarray]] = {}
             for b, (c0, c1, o) in enumerate(state.spans):
                 r = draw(self._for[1 - o], rows_of(c0, c1))
                 part = product(state.blocks[b], r, 32).astype(dt)
-                part -= draw(self._for[o], (c1 - c0, k) if transpose else (n, k))
+                part -= draw(self._for[o], out_of(c0, c1))
                 send.setdefault(self.compute[1 - o], []).append(part)
             self.comm.exchange(label, send)
             return None
@@ -414,24 +416,18 @@ class Semi2k(Protocol):
             mine = mine >> d if self.index == 0 else -((-mine) >> d)
         mine = (mine & np.uint64((1 << bits) - 1)).astype(dt)
         other = self.p1 if self.index == 0 else self.p0
-        z = np.zeros(out_shape, dtype=np.uint64)
+        z = np.zeros((width, k) if transpose else (n, k), dtype=np.uint64)
+        parts = [z[c0:c1] if transpose else z for c0, c1, _ in state.spans]  # where each block's part adds up
+        operand = [mine if transpose else mine[c0:c1] for c0, c1, _ in state.spans]
         masks, ours, theirs = [], 0, 0
         for b, (c0, c1, o) in enumerate(state.spans):
             if o == self.index:
-                c = draw(self._dprg, (c1 - c0, k) if transpose else (n, k))
-                if transpose:
-                    z[c0:c1] += c
-                else:
-                    z += c
+                parts[b] += draw(self._dprg, out_of(c0, c1))  # C, this party's part of the dealer's mask
                 ours += 1
             else:
                 r = draw(self._dprg, rows_of(c0, c1))
-                masks.append((mine if transpose else mine[c0:c1]) - r)
-                part = product(state.blocks[b], r, 32)
-                if transpose:
-                    z[c0:c1] += part
-                else:
-                    z += part
+                masks.append(operand[b] - r)
+                parts[b] += product(state.blocks[b], r, 32)
                 theirs += 1
         got = self.comm.exchange(label, {other: masks} if masks else {},
                                  ({other: ours} if ours else {}) | ({self.dealer: theirs} if theirs else {}))
@@ -439,17 +435,10 @@ class Semi2k(Protocol):
         for b, (c0, c1, o) in enumerate(state.spans):
             if o == self.index:
                 f = check_array(next(fs), rows_of(c0, c1), other, dt)
-                f += mine if transpose else mine[c0:c1]
-                if transpose:
-                    z[c0:c1] += product(state.blocks[b], f, 1)
-                else:
-                    z += product(state.blocks[b], f, 1)
+                f += operand[b]
+                parts[b] += product(state.blocks[b], f, 1)
             else:
-                c = check_array(next(cs), (c1 - c0, k) if transpose else (n, k), self.dealer, dt)
-                if transpose:
-                    z[c0:c1] += c
-                else:
-                    z += c
+                parts[b] += check_array(next(cs), out_of(c0, c1), self.dealer, dt)
         return z
 
     def bits_t_matmul(self, state: Any, y: Shares, k: int, shift: int, signed: bool) -> Shares:
