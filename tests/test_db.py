@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from veilpay.db import GroupCommit, make_engine
+from veilpay.db import Database, GroupCommit, make_engine
 
 md = MetaData()
 items = Table("items", md, Column("k", String(16), primary_key=True), Column("v", Integer, nullable=False))
@@ -111,3 +111,62 @@ def test_a_cancelled_caller_writes_nothing(engine: Any) -> None:
     asyncio.run(main())
     with engine.connect() as conn:
         assert conn.execute(select(items.c.k)).scalars().all() == ["kept"]
+
+
+def test_database_runs_units_off_the_loop_and_groups_what_arrives_meanwhile(engine: Any) -> None:
+    """A slow unit holds a pool thread, not the event loop: the loop keeps ticking while
+    it runs, and the writes that arrive meanwhile leave together in the next group."""
+    import threading
+    import time
+
+    db = Database(engine, threads=2)
+    release = threading.Event()
+    ticks = 0
+
+    def slow(conn: Any) -> str:
+        release.wait(5)
+        conn.execute(insert(items), {"k": "slow", "v": 0})
+        return "slow"
+
+    async def main() -> list[str]:
+        nonlocal ticks
+        first = asyncio.ensure_future(db.grouped(slow))
+        await asyncio.sleep(0)  # its group is in flight
+        rest = [asyncio.ensure_future(db.grouped(_put(f"k{i}", i))) for i in range(10)]
+        t = time.monotonic()
+        while time.monotonic() - t < 0.2:  # the loop is free while the unit waits
+            ticks += 1
+            await asyncio.sleep(0.01)
+        release.set()
+        return [await first, *[await r for r in rest]]
+
+    try:
+        assert asyncio.run(main()) == ["slow", *[f"k{i}" for i in range(10)]]
+    finally:
+        db.close()
+    assert ticks >= 10
+    assert (db.writes.groups, db.writes.units) == (2, 11)  # one in flight on SQLite; the ten waited together
+    assert _count(engine) == 11
+
+
+def test_database_read_write_and_a_failing_unit_in_a_group(engine: Any) -> None:
+    db = Database(engine, threads=2)
+
+    async def main() -> tuple[Any, ...]:
+        await db.write(_put("a", 1))
+        got = await asyncio.gather(db.grouped(_put("b", 2)), db.grouped(_put("a", 9)), db.grouped(_put("c", 3)),
+                                   return_exceptions=True)
+        n = await db.read(lambda conn: conn.execute(select(func.count()).select_from(items)).scalar_one())
+        return (*got, n)
+
+    try:
+        b, dup, c, n = asyncio.run(main())
+    finally:
+        db.close()
+    assert (b, c, n) == ("b", "c", 3)
+    assert isinstance(dup, IntegrityError)  # only its own caller hears of it
+
+
+def test_database_refuses_an_empty_pool(engine: Any) -> None:
+    with pytest.raises(ValueError, match="threads"):
+        Database(engine, threads=0)

@@ -6,13 +6,21 @@ partners): SQLite in WAL mode is the embedded default, PostgreSQL
 that are handled in the same turn of the event loop: one transaction per turn
 instead of one per request. On SQLite a commit, with SQLAlchemy's begin and the
 connection checkout around it, costs several times what a small insert does, and a
-busy gateway handles several requests per turn."""
+busy gateway handles several requests per turn.
+
+``Database`` keeps a service's blocking database calls off its event loop: each unit
+of work (a function of an open connection) runs on a bounded pool of threads, and a
+``GroupCommit`` on it commits a turn's writes there, one group in flight at a time on
+SQLite (one writer) and a few on PostgreSQL. A request that waits on the database
+holds a thread, not the loop; the others go on. Why a thread pool and not SQLAlchemy's
+asyncio engine: ``bench/db.py`` and docs/gateway.md, storage."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +28,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 
 from veilpay.errors import ConfigError
 
-__all__ = ["GroupCommit", "make_engine"]
+__all__ = ["Database", "GroupCommit", "make_engine"]
 
 T = TypeVar("T")
 log = logging.getLogger("veilpay.db")
@@ -57,14 +65,20 @@ class GroupCommit:
     group's transaction is rolled back and every unit runs again in a transaction of
     its own, so one unit's failure (a duplicate key, say) reaches only its own caller
     and the others commit as if they had run alone. A caller learns its unit's result
-    only after the transaction that holds it has committed."""
+    only after the transaction that holds it has committed.
 
-    def __init__(self, engine: Engine, max_group: int = 256) -> None:
-        if max_group < 1:
-            raise ValueError("max_group must be at least 1")
-        self.engine, self.max_group = engine, max_group
+    Without ``executor`` a group commits on the loop's thread. With one, it commits on
+    the executor, at most ``in_flight`` groups at once; units that arrive meanwhile wait
+    and leave together in the next group, so a busier loop makes larger groups."""
+
+    def __init__(self, engine: Engine, max_group: int = 256, executor: Executor | None = None,
+                 in_flight: int = 1) -> None:
+        if max_group < 1 or in_flight < 1:
+            raise ValueError("max_group and in_flight must be at least 1")
+        self.engine, self.max_group, self.executor, self.in_flight = engine, max_group, executor, in_flight
         self._waiting: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
         self._scheduled = False
+        self._busy = 0
         self.groups = 0   # transactions committed or tried, for tests and metrics
         self.units = 0
 
@@ -79,36 +93,101 @@ class GroupCommit:
 
     def _flush(self) -> None:
         self._scheduled = False
-        while self._waiting:
+        while self._waiting and (self.executor is None or self._busy < self.in_flight):
             group, self._waiting = self._waiting[:self.max_group], self._waiting[self.max_group:]
-            self._commit(group)
+            live = [(w, f) for w, f in group if not f.done()]  # a caller cancelled before the flush: skip it
+            if not live:
+                continue
+            self.groups += 1
+            self.units += len(live)
+            if self.executor is None:
+                for f, outcome in zip([f for _, f in live], self._commit([w for w, _ in live]), strict=True):
+                    _settle(f, *outcome)
+                continue
+            self._busy += 1
+            loop = asyncio.get_running_loop()
+            done = loop.run_in_executor(self.executor, self._commit, [w for w, _ in live])
+            done.add_done_callback(lambda d, live=live: self._landed(d, [f for _, f in live]))
 
-    def _commit(self, group: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]]) -> None:
-        live = [(w, f) for w, f in group if not f.done()]  # a caller cancelled before the flush: skip it
-        if not live:
-            return
-        self.groups += 1
-        self.units += len(live)
+    def _landed(self, done: asyncio.Future[list[tuple[Any, BaseException | None]]],
+                futs: list[asyncio.Future[Any]]) -> None:
+        self._busy -= 1
+        if done.cancelled():
+            for f in futs:
+                f.cancel()
+        elif done.exception() is not None:  # the pool was shut down under it
+            for f in futs:
+                _settle(f, exc=done.exception())
+        else:
+            for f, outcome in zip(futs, done.result(), strict=True):
+                _settle(f, *outcome)
+        if self._waiting and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _commit(self, units: list[Callable[[Connection], Any]]) -> list[tuple[Any, BaseException | None]]:
+        """(result, error) of each unit: together in one transaction, or, when one of
+        them fails, each in its own."""
         try:
             with self.engine.begin() as conn:
-                results = [w(conn) for w, _ in live]
+                return [(w(conn), None) for w in units]
         except Exception as exc:  # noqa: BLE001 - isolate the failing unit below
-            if len(live) == 1:
-                _settle(live[0][1], exc=exc)
-                return
+            if len(units) == 1:
+                return [(None, exc)]
             log.debug("group commit failed; running its units alone", extra={"event": "group_split",
-                                                                              "units": len(live)})
-            for w, f in live:
-                try:
-                    with self.engine.begin() as conn:
-                        r = w(conn)
-                except Exception as exc1:  # noqa: BLE001 - the unit's caller gets its own error
-                    _settle(f, exc=exc1)
-                else:
-                    _settle(f, result=r)
-            return
-        for (_, f), r in zip(live, results, strict=True):
-            _settle(f, result=r)
+                                                                              "units": len(units)})
+        out: list[tuple[Any, BaseException | None]] = []
+        for w in units:
+            try:
+                with self.engine.begin() as conn:
+                    out.append((w(conn), None))
+            except Exception as exc1:  # noqa: BLE001 - the unit's caller gets its own error
+                out.append((None, exc1))
+        return out
+
+
+class Database:
+    """A service's engine and the bounded pool of threads that its database calls run
+    in, off the event loop. ``read``: a unit on a connection of its own; ``write``: a
+    unit in a transaction of its own; ``grouped``: a unit committed with the other
+    writes of the same loop turn (``GroupCommit``). A caller that is cancelled while
+    its unit runs does not stop the unit: what it wrote stays written, as with a
+    client that leaves after its request reached the server."""
+
+    def __init__(self, engine: Engine, threads: int | None = None) -> None:
+        sqlite = engine.dialect.name == "sqlite"
+        if threads is not None and threads < 1:
+            raise ValueError("threads must be at least 1")
+        self.engine = engine
+        # PostgreSQL: below the engine's pool (10 + 10 overflow), so no thread waits for a
+        # connection; SQLite: one writer at a time anyway, readers need few threads.
+        self.threads = threads or (4 if sqlite else 12)
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="veilpay-db")
+        self.writes = GroupCommit(engine, executor=self._pool, in_flight=1 if sqlite else max(1, self.threads // 3))
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            with self.engine.connect() as conn:
+                return work(conn)
+        return await self.call(run)
+
+    async def write(self, work: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            with self.engine.begin() as conn:
+                return work(conn)
+        return await self.call(run)
+
+    async def grouped(self, work: Callable[[Connection], T]) -> T:
+        return await self.writes.run(work)
+
+    def close(self) -> None:
+        """Wait for the units running, then close the pool and the engine's connections."""
+        self._pool.shutdown(wait=True)
+        self.engine.dispose()
 
 
 def _settle(fut: asyncio.Future[Any], result: Any = None, exc: BaseException | None = None) -> None:
