@@ -145,7 +145,7 @@ def run_mode(pets: bool, n: int, concurrency: int, warmup: int, privacy: str = "
             t = time.perf_counter()
             while time.perf_counter() - t < 120:
                 left = con.execute("SELECT COUNT(*) FROM node_feed f LEFT JOIN node_cursor c ON c.node = f.node "
-                                   "WHERE f.seq > COALESCE(c.delivered, 0)").fetchone()[0]
+                                   "WHERE f.pos IS NULL OR f.pos > COALESCE(c.delivered, 0)").fetchone()[0]
                 if left == 0:
                     break
                 time.sleep(0.05)

@@ -187,13 +187,20 @@ class Net:
     def keys(self, pid: str) -> Any:
         return load_party(self.tmp / "keys" / pid)
 
-    def client(self, pid: str = "acqp-1", **kw: Any) -> AsyncGatewayClient:
+    def replica(self, host: str = "gateway-2.test") -> Any:
+        """Another gateway app on the same configuration and database (a replica),
+        reachable at ``host``."""
+        app = create_app(self.cfg, transport=self.router, background=False)
+        self.router.apps[host] = httpx.ASGITransport(app)
+        return app
+
+    def client(self, pid: str = "acqp-1", gateway: str = "gateway.test", **kw: Any) -> AsyncGatewayClient:
         kw.setdefault("backoff", 0.001)
         kw.setdefault("pets", self.cfg.pets)
         kw.setdefault("transport", self.router)
         kw.setdefault("authority", self.authority)
         kw.setdefault("privacy", self.privacy)
-        return AsyncGatewayClient(self.keys(pid), "http://gateway.test", self.gw_public, **kw)
+        return AsyncGatewayClient(self.keys(pid), f"http://{gateway}", self.gw_public, **kw)
 
     async def admin(self, pid: str, method: str, path: str, body: Any = None) -> Any:
         async with httpx.AsyncClient(transport=self.router) as c:

@@ -402,9 +402,11 @@ def test_node_relay_backs_off_a_down_node_and_lingers_to_batch(tmp_path: Path) -
             new_calls = feed_calls(n)[before[n]:]
             assert new_calls == [8]  # a share row and a status row per payment, in one call
             with engine.connect() as conn:
-                last = conn.execute(select(node_feed.c.seq).where(node_feed.c.node == n)
-                                    .order_by(node_feed.c.seq.desc())).scalars().first()
-            assert cursor(n).delivered == last
+                last = conn.execute(select(node_feed.c.pos).where(node_feed.c.node == n)
+                                    .order_by(node_feed.c.pos.desc())).scalars().first()
+                unplaced = conn.execute(select(node_feed.c.seq).where(node_feed.c.node == n,
+                                                                     node_feed.c.pos.is_(None))).all()
+            assert cursor(n).delivered == last and not unplaced
 
     run(go())
 

@@ -21,6 +21,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -107,7 +108,7 @@ class GroupCommit:
             self._busy += 1
             loop = asyncio.get_running_loop()
             done = loop.run_in_executor(self.executor, self._commit, [w for w, _ in live])
-            done.add_done_callback(lambda d, live=live: self._landed(d, [f for _, f in live]))
+            done.add_done_callback(partial(self._landed, futs=[f for _, f in live]))
 
     def _landed(self, done: asyncio.Future[list[tuple[Any, BaseException | None]]],
                 futs: list[asyncio.Future[Any]]) -> None:

@@ -21,11 +21,12 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 from veilpay.db import make_engine
 
-__all__ = ["make_engine", "metadata", "migrate", "node_cursor", "node_feed", "outbox", "payments", "refunds",
+__all__ = ["make_engine", "metadata", "migrate", "leases", "node_cursor", "node_feed", "outbox", "payments", "refunds",
            "seen_requests", "settlement_runs", "settlements"]
 
 metadata = MetaData()
@@ -108,7 +109,10 @@ node_feed = Table(
     Column("node", String(64), nullable=False),
     Column("item", Text, nullable=False),                  # JSON: a share envelope or a status change
     Column("created_ms", BigInteger, nullable=False),
+    Column("pos", BigInteger),                             # the order the node applies; NULL until the relay places it
     Index("ix_node_feed_node", "node", "seq"),
+    Index("ix_node_feed_pos", "node", "pos"),
+    Index("ix_node_feed_unplaced", "node", "seq", sqlite_where=text("pos IS NULL"), postgresql_where=text("pos IS NULL")),
 )
 
 node_cursor = Table(
@@ -118,6 +122,17 @@ node_cursor = Table(
     Column("attempts", Integer, nullable=False),
     Column("next_attempt_ms", BigInteger, nullable=False),
     Column("last_error", String(200), nullable=False),
+    Column("assigned", BigInteger, nullable=False, default=0),   # the last position given to one of its rows
+)
+
+# Work that one gateway replica at a time may do: relaying to a node ("relay:<node>"),
+# running a job at the nodes ("jobs"). Held until ``until_ms``; a replica that dies
+# loses it then.
+leases = Table(
+    "leases", metadata,
+    Column("name", String(80), primary_key=True),
+    Column("owner", String(64), nullable=False),
+    Column("until_ms", BigInteger, nullable=False),
 )
 
 settlement_runs = Table(

@@ -1,0 +1,217 @@
+"""Gateway replicas on one PostgreSQL: two gateway apps on the same database, each
+with its own process state (pools, coalescers, leases held), as two replicas behind a
+load balancer. What must hold between them: one payment per paymentRequestId whichever
+replica each copy reaches, a request replayed to the other replica refused, each
+webhook and each feed row to a node delivered by one replica at a time, and a feed row
+that commits late still reaching its node.
+
+The tests as separate processes (``veilpay gateway serve --workers``, SIGKILL under
+load) are in tests/test_gateway_live.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from gateway_net import Net, run
+from sqlalchemy import func, select
+
+from veilpay.gateway.store import node_cursor, node_feed, outbox, payments
+from veilpay.sdk import sign_headers
+
+ORDER = {"orderId": "o-1", "goods": "tea"}
+
+
+async def _pay(net: Net, c: Any, req: str, value: int, user: str = "u1", code: str | None = None) -> Any:
+    code = code or await net.code(user)
+    return await c.pay(req, {"currency": "JPY", "value": str(value)}, code, ORDER)
+
+
+def _count(engine: Any, q: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(q).scalar_one())
+
+
+def test_duplicate_requests_split_between_two_replicas_make_one_payment(tmp_path: Path, postgres_url: str) -> None:
+    """Each paymentRequestId sent to both replicas at the same moment (a client that
+    timed out on one and retried on the other, or a load balancer that sent it twice):
+    one payment, debited once, notified once, and both copies answered with it."""
+    net = Net(tmp_path, database=postgres_url)
+    net.replica("gateway-2.test")
+
+    async def go() -> None:
+        await net.wallet("u1", 10**9)
+        one, two = net.client(), net.client(gateway="gateway-2.test")
+        codes = [await net.code("u1") for _ in range(12)]
+        answers = await asyncio.gather(*[
+            c.pay(f"dup-{i}", {"currency": "JPY", "value": str(100 + i)}, codes[i], ORDER)
+            for i in range(12) for c in (one, two)])
+        for i in range(12):
+            a, b = answers[2 * i], answers[2 * i + 1]
+            assert a.code == b.code == "SUCCESS", (a.code, b.code)
+            assert a.body["paymentId"] == b.body["paymentId"]
+        ledger = (await net.admin("mpp-1", "GET", "/admin/ledger"))["payments"]
+        assert len(ledger) == 12 and all(p["status"] == "SUCCESS" for p in ledger)
+        assert await net.balance("u1") == 10**9 - sum(int((100 + i) * 38) for i in range(12))
+        await net.deliver()
+        notes = (await net.notifications())["notifications"]
+        assert sorted(n["payment_id"] for n in notes) == sorted({a.body["paymentId"] for a in answers})
+        await one.aclose()
+        await two.aclose()
+
+    run(go())
+    assert _count(net.gateway.state.engine, select(func.count()).select_from(payments)) == 12
+    assert _count(net.gateway.state.engine, select(func.count()).select_from(outbox)) == 12
+
+
+def test_a_request_replayed_to_the_other_replica_is_refused(tmp_path: Path, postgres_url: str) -> None:
+    net = Net(tmp_path, database=postgres_url)
+    net.replica("gateway-2.test")
+    path = "/v1/payments/inquiryPayment"
+    raw = json.dumps({"paymentRequestId": "nope"}).encode()
+    v, sk = net.keys("acqp-1").signer()
+    h = sign_headers(sk, v, "POST", path, "acqp-1", raw, time.time())
+    h["Content-Type"] = "application/json"
+
+    async def go() -> tuple[Any, Any]:
+        async with httpx.AsyncClient(transport=net.router) as c:
+            first = await c.post("http://gateway.test" + path, content=raw, headers=h)
+            second = await c.post("http://gateway-2.test" + path, content=raw, headers=h)
+        return first, second
+
+    first, second = run(go())
+    assert first.json()["result"]["resultCode"] == "ORDER_NOT_EXIST"
+    assert (second.status_code, second.json()["result"]["resultCode"]) == (401, "REPLAYED_REQUEST")
+
+
+def test_two_replicas_deliver_each_webhook_once(tmp_path: Path, postgres_url: str) -> None:
+    """Both replicas' outbox workers claim at once, round after round, over the same
+    due rows: every webhook reaches the ACQP once."""
+    net = Net(tmp_path, database=postgres_url)
+    second = net.replica("gateway-2.test")
+
+    async def go() -> None:
+        await net.wallet("u1", 10**9)
+        c = net.client()
+        for i in range(30):
+            assert (await _pay(net, c, f"w-{i}", 100 + i)).code == "SUCCESS"
+        await c.aclose()
+        workers = (net.gateway.state.outbox, second.state.outbox)
+        while sum(await asyncio.gather(*[w.run_once(limit=4) for w in workers])):
+            pass
+
+    run(go())
+    calls = [json.loads(b)["notifyId"] for h, p, b, _ in net.router.log if p == "/notify"]
+    assert len(calls) == len(set(calls)) == 30
+    assert _count(net.gateway.state.engine, select(func.count()).select_from(outbox)
+                  .where(outbox.c.status == "DELIVERED")) == 30
+
+
+def test_two_replicas_relay_each_feed_row_once_in_order(tmp_path: Path, postgres_url: str) -> None:
+    """Both replicas relay to the same nodes at once while payments arrive at both: the
+    relay lease lets one at a time post a node's rows, each position is posted once and
+    in order, and every share reaches its node."""
+    net = Net(tmp_path, database=postgres_url, privacy="semi2k")
+    second = net.replica("gateway-2.test")
+    links = (net.gateway.state.nodes, second.state.nodes)
+
+    async def go() -> None:
+        await net.wallet("u1", 10**9)
+        one, two = net.client(), net.client(gateway="gateway-2.test")
+        stop = asyncio.Event()
+
+        async def relay(link: Any) -> None:
+            while not stop.is_set():
+                await link.run_once()
+                await asyncio.sleep(0)
+
+        relays = [asyncio.create_task(relay(link)) for link in links for _ in range(2)]
+        for i in range(8):
+            got = await asyncio.gather(_pay(net, one, f"a-{i}", 100 + i), _pay(net, two, f"b-{i}", 200 + i))
+            assert [g.code for g in got] == ["SUCCESS", "SUCCESS"]
+        stop.set()
+        await asyncio.gather(*relays)
+        for link in links:
+            for n in link.privacy.nodes:
+                await link.flush(n)
+        await one.aclose()
+        await two.aclose()
+
+    run(go())
+    engine = net.gateway.state.engine
+    for n in ("node-a", "node-b"):
+        posted = [it["seq"] for h, p, b, _ in net.router.log if h == f"{n}.test" and p == "/node/v1/feed"
+                  for it in json.loads(b)["items"]]
+        rows = _count(engine, select(func.count()).select_from(node_feed).where(node_feed.c.node == n))
+        assert posted == list(range(1, rows + 1)), n  # each position once, in order, none missing
+        with engine.connect() as conn:
+            assert conn.execute(select(node_cursor.c.delivered).where(node_cursor.c.node == n)).scalar_one() == rows
+    assert links[0].pending("node-a") == 0 == links[1].pending("node-b")
+
+
+def test_a_feed_row_that_commits_late_still_reaches_its_node(tmp_path: Path, postgres_url: str) -> None:
+    """A transaction takes a feed row's seq, then other payments' rows (higher seqs)
+    commit and are relayed before it commits. A relay that delivered by seq would
+    have passed the late row for good; positions are given at relay time, so it goes
+    out next."""
+    net = Net(tmp_path, database=postgres_url, privacy="semi2k")
+    link = net.gateway.state.nodes
+    engine = net.gateway.state.engine
+
+    async def go() -> None:
+        await net.wallet("u1", 10**9)
+        c = net.client()
+        late = engine.connect()
+        tx = late.begin()
+        link.enqueue_status(late, "pay_late_row_0001", "CANCELLED")  # seq taken now, not yet committed
+        for i in range(3):
+            assert (await _pay(net, c, f"early-{i}", 100 + i)).code == "SUCCESS"
+        await net.relay()
+        before = link.pending("node-a")
+        tx.commit()
+        late.close()
+        assert link.pending("node-a") == before + 1
+        await net.relay()
+        await c.aclose()
+
+    run(go())
+    with engine.connect() as conn:
+        seqs = dict(conn.execute(select(node_feed.c.seq, node_feed.c.pos).where(node_feed.c.node == "node-a")).all())
+    late_seq = min(seqs)
+    assert seqs[late_seq] == max(seqs.values())  # the first seq taken, the last position given
+    items = [it for h, p, b, _ in net.router.log if h == "node-a.test" and p == "/node/v1/feed"
+             for it in json.loads(b)["items"]]
+    assert items[-1]["id"] == "pay_late_row_0001"
+    assert link.pending("node-a") == 0 == link.pending("node-b")
+
+
+@pytest.mark.parametrize("holder_alive", [True, False])
+def test_a_relay_lease_is_one_replicas_at_a_time_and_lapses_with_it(tmp_path: Path, holder_alive: bool) -> None:
+    """While one replica holds a node's relay lease the other's pass does nothing; a
+    lease whose holder died (never dropped it) lapses and the other takes over."""
+    from veilpay.gateway import leases
+
+    net = Net(tmp_path, privacy="semi2k")
+    second = net.replica("gateway-2.test")
+    one, two = net.gateway.state.nodes, second.state.nodes
+    engine = net.gateway.state.engine
+    with engine.begin() as conn:
+        assert leases.take(conn, "relay:node-a", one.me, 60_000 if holder_alive else 1)
+    time.sleep(0.01)
+
+    async def go() -> None:
+        await net.wallet("u1", 10**9)
+        c = net.client()
+        assert (await _pay(net, c, "l-1", 100)).code == "SUCCESS"
+        await c.aclose()
+        assert await two.flush("node-b") is not None  # another node's lease is free
+        reached = await two.flush("node-a")
+        assert (reached is None) == holder_alive
+
+    run(go())
+    assert (two.pending("node-a") > 0) == holder_alive
