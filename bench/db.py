@@ -10,7 +10,10 @@ Designs:
 - ``b``: SQLAlchemy's asyncio engine (``create_async_engine``: aiosqlite on SQLite,
   psycopg's async mode on PostgreSQL) with ``AsyncGroupCommit`` below, the same group
   commit written for it (a loop turn's writes in one transaction, the same number of
-  groups in flight as ``a``, a failing unit isolated the same way).
+  groups in flight as ``a``, a failing unit isolated the same way); reads and groups
+  together hold at most as many connections as ``a`` has threads
+  (``--unbounded-async-reads``: no limit on reads, and the pool's overflow connections
+  are closed and opened again all the time).
 - ``c``: the sync engine called inline on the loop, as the services do today
   (``GroupCommit`` without an executor): the reference; it blocks the loop.
 
@@ -18,11 +21,11 @@ The workload is the pay path's database shape, under asyncio on uvloop, ``--paym
 payments with ``--in-flight`` at a time. Per payment, three grouped writes, one after
 the other, with the MPP call simulated between them by ``asyncio.sleep(0.002)``: 1
 inserts a replay-guard row (``seen_requests``: client_id, digest), 2 inserts a
-``payments`` row (all 25 columns), 3 updates that row to SUCCESS under the gateway's
+``payments`` row (every column), 3 updates that row to SUCCESS under the gateway's
 conditional WHERE (status PROCESSING, no cancel requested) and inserts an ``outbox``
 row; then one read of the payment by primary key (an inquiry). The tables are the
 gateway's own (``veilpay.gateway.store.metadata``, made with ``create_all``), in a
-fresh database per (backend, design); ``--warmup`` payments run first, untimed.
+fresh database per run; ``--warmup`` payments run first, untimed.
 
 Backends: a SQLite file in a temp dir, WAL mode (``veilpay.db.make_engine``'s pragmas,
 also on the aiosqlite engine); PostgreSQL: a throwaway cluster started as
@@ -31,13 +34,18 @@ tests/conftest.py's ``postgres_server`` fixture does it (initdb from
 so commits do not wait on the disk; skipped with a printed reason when the binaries are
 missing). It runs on the same machine and its cores.
 
-Measured, per (backend, design), one JSON line: wall time, payments/s, this process's
+Measured, per (backend, design), one JSON line, the medians over ``--repeat`` runs (the
+designs take turns; a fresh database each run): wall time, payments/s, this process's
 CPU per payment (``time.process_time``: every thread, the pool's and aiosqlite's
 included), on PostgreSQL also the server's CPU per payment (utime + stime of the
 postmaster and its children from /proc, exited backends through the postmaster's
 cutime/cstime), p50/p99 of a payment's latency (first write to the read's answer), and
 the event loop's longest gap: a ticker task sleeps 1 ms in a loop and records the
-largest time between its wake-ups (1 ms plus the longest stall). A last line gives the
+largest time between its wake-ups (1 ms plus the longest stall), and the 99th
+percentile of those gaps. ``gc_max_pause_ms`` is the longest collection of the cyclic
+GC in the run: it holds the GIL, so it stops the loop whichever thread triggered it, so
+a ``loop_max_gap_ms`` near it is the GC's, not the design's. ``connections_opened``
+counts the DBAPI connections opened during the timed part. A last line gives the
 CPU-per-payment ratio of ``b`` to ``a`` per backend (process, and process plus server
 on PostgreSQL).
 
@@ -53,11 +61,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import glob
 import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import tempfile
 import time
@@ -296,19 +306,23 @@ class AsyncEngineDesign(Design):
 
     name = "b_async_engine"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, bounded_reads: bool = True) -> None:
         # Imported here: without greenlet (sqlalchemy[asyncio]) only this design fails.
         from sqlalchemy.ext.asyncio import create_async_engine
 
         if url.startswith("sqlite"):
             self.engine = create_async_engine(url.replace("sqlite:", "sqlite+aiosqlite:", 1))
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-            in_flight = 1
+            in_flight, threads = 1, 4
         else:   # make_engine's pool; Database's groups in flight (12 threads // 3)
             self.engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
-            in_flight = 4
+            in_flight, threads = 4, 12
         self.count_connects(self.engine.sync_engine)
         self.groups = AsyncGroupCommit(self.engine, in_flight=in_flight)
+        # At most as many connections in use as Database has threads: reads and groups in
+        # flight together. Unbounded, 128 inquiries overflow the pool (10 + 10), whose extra
+        # connections are closed on return and opened again (a new server backend each).
+        self.reads = asyncio.Semaphore(threads - in_flight if bounded_reads else 1 << 30)
 
     def units(self, p: dict[str, Any]) -> tuple[Any, ...]:
         return _async_units(p)
@@ -317,7 +331,7 @@ class AsyncEngineDesign(Design):
         return await self.groups.run(unit)
 
     async def read(self, unit: Any) -> Any:
-        async with self.engine.connect() as conn:
+        async with self.reads, self.engine.connect() as conn:
             return await unit(conn)
 
     async def close(self) -> None:
@@ -440,12 +454,20 @@ async def _drive(design: Design, run: str, n: int, in_flight: int) -> list[float
 
 
 async def _measure(key: str, url: str, args: argparse.Namespace, postmaster: int | None) -> dict[str, Any]:
-    design = DESIGNS[key](url)
+    design = AsyncEngineDesign(url, not args.unbounded_async_reads) if key == "b" else DESIGNS[key](url)
     try:
         if args.warmup:
             await _drive(design, "w", args.warmup, args.in_flight)
         groups0, units0, opened0 = design.groups.groups, design.groups.units, design.opened
-        gaps = {"max": 0.0, "n": 0}
+        gaps: list[float] = []
+        pauses: list[float] = []   # the cyclic GC's collections: they stop every thread
+        started = [0.0]
+
+        def on_gc(phase: str, _info: dict[str, Any]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                pauses.append(time.perf_counter() - started[0])
         stop = asyncio.Event()
 
         async def ticker() -> None:
@@ -453,17 +475,19 @@ async def _measure(key: str, url: str, args: argparse.Namespace, postmaster: int
             while not stop.is_set():
                 await asyncio.sleep(TICK_S)
                 now = time.perf_counter()
-                gaps["max"] = max(gaps["max"], now - last)
-                gaps["n"] += 1
+                gaps.append(now - last)
                 last = now
 
         tick = asyncio.create_task(ticker())
         await asyncio.sleep(0.01)
+        gaps.clear()
+        gc.callbacks.append(on_gc)
         srv0 = server_cpu_s(postmaster) if postmaster else None
         cpu0, t0 = time.process_time(), time.perf_counter()
         lat = await _drive(design, "m", args.payments, args.in_flight)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         srv = server_cpu_s(postmaster) - srv0 if postmaster and srv0 is not None else None
+        gc.callbacks.remove(on_gc)
         stop.set()
         await tick
     finally:
@@ -475,8 +499,10 @@ async def _measure(key: str, url: str, args: argparse.Namespace, postmaster: int
         "wall_s": round(wall, 3), "payments_per_s": round(n / wall, 1),
         "cpu_ms_per_payment": round(1000 * cpu / n, 3),
         "p50_ms": round(1000 * lat[n // 2], 2), "p99_ms": round(1000 * lat[min(n - 1, int(n * 0.99))], 2),
-        "loop_max_gap_ms": round(1000 * gaps["max"], 2),
-        "units_per_group": round((design.groups.units - units0) / groups, 2) if groups else None,
+        "loop_max_gap_ms": round(1000 * max(gaps), 2),
+        "loop_p99_gap_ms": round(1000 * sorted(gaps)[int(len(gaps) * 0.99)], 2),
+        "gc_max_pause_ms": round(1000 * max(pauses, default=0.0), 2),
+        "units_per_group": round((design.groups.units - units0) / groups, 2) if groups else 0.0,
         "connections_opened": design.opened - opened0,
     }
     if srv is not None:
@@ -506,22 +532,35 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, dict[str, A
             stack.callback(admin.dispose)
         else:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="veilpay-bench-db-")))
+        runs: dict[str, list[dict[str, Any]]] = {key: [] for key in args.designs}
+        errors: dict[str, str] = {}
+        for r in range(args.repeat):   # the designs take turns, so a drift in the machine's load hits each
+            for key in args.designs:
+                if key in errors:
+                    continue
+                try:
+                    if backend == "postgresql":
+                        name = f"bench_{key}_{r}_{uuid.uuid4().hex[:8]}"
+                        with admin.connect() as c:
+                            c.execute(text(f"CREATE DATABASE {name}"))
+                        url = server_url.rsplit("/", 1)[0] + "/" + name
+                    else:
+                        url = f"sqlite:///{tmp / f'{key}{r}.db'}"
+                    _prepare(url)
+                    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                        runs[key].append(runner.run(_measure(key, url, args, postmaster)))
+                except Exception as exc:  # noqa: BLE001 - a design that cannot run says why in its line
+                    errors[key] = f"{type(exc).__name__}: {exc}"[:500]
         for key in args.designs:
             line: dict[str, Any] = {"backend": backend, "design": DESIGNS[key].name, "payments": args.payments,
-                                    "in_flight": args.in_flight, "server": base}
-            try:
-                if backend == "postgresql":
-                    name = f"bench_{key}_{uuid.uuid4().hex[:8]}"
-                    with admin.connect() as c:
-                        c.execute(text(f"CREATE DATABASE {name}"))
-                    url = server_url.rsplit("/", 1)[0] + "/" + name
-                else:
-                    url = f"sqlite:///{tmp / f'{key}.db'}"
-                _prepare(url)
-                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                    line.update(runner.run(_measure(key, url, args, postmaster)))
-            except Exception as exc:  # noqa: BLE001 - a design that cannot run says why in its line
-                line["error"] = f"{type(exc).__name__}: {exc}"[:500]
+                                    "in_flight": args.in_flight, "server": base, "repeats": len(runs[key])}
+            if key == "b" and args.unbounded_async_reads:
+                line["reads"] = "unbounded"
+            if runs[key]:   # the median of each metric over the repeats
+                line.update({m: round(statistics.median(x[m] for x in runs[key]), 3) for m in runs[key][0]})
+                line["cpu_ms_per_payment_each"] = [x["cpu_ms_per_payment"] for x in runs[key]]
+            if key in errors:
+                line["error"] = errors[key]
             results[key] = line
             print(json.dumps(line), flush=True)
     return results
@@ -534,6 +573,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=200, help="untimed payments first (pools, statement cache)")
     ap.add_argument("--backends", default="sqlite,postgresql")
     ap.add_argument("--designs", default="a,b,c")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each design (taking turns); lines give medians")
+    ap.add_argument("--unbounded-async-reads", action="store_true",
+                    help="b: no limit on reads at once (by default as many as Database has threads)")
     args = ap.parse_args()
     args.designs = [d.strip() for d in args.designs.split(",") if d.strip()]
     if unknown := [d for d in args.designs if d not in DESIGNS]:
@@ -549,7 +591,8 @@ def main() -> None:
             if "total_cpu_ms_per_payment" in a and "total_cpu_ms_per_payment" in b:
                 summary[f"{backend}_process_plus_server"] = round(
                     b["total_cpu_ms_per_payment"] / a["total_cpu_ms_per_payment"], 2)
-            summary[f"{backend}_loop_max_gap_ms_a_b"] = [a["loop_max_gap_ms"], b["loop_max_gap_ms"]]
+            for m in ("loop_max_gap_ms", "loop_p99_gap_ms"):
+                summary[f"{backend}_{m}_a_b_c"] = [res.get(k, {}).get(m) for k in "abc"]
         else:
             summary[f"{backend}_process"] = None
     print(json.dumps(summary), flush=True)
