@@ -215,3 +215,156 @@ def test_a_relay_lease_is_one_replicas_at_a_time_and_lapses_with_it(tmp_path: Pa
 
     run(go())
     assert (two.pending("node-a") > 0) == holder_alive
+
+
+# ---------------------------------------------------------------- replicas as processes
+def _wait(cond: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _check_books(net: Any, url: str, ids: list[str], start: int) -> None:
+    """Every payment SUCCESS at the gateway, the MPP and the ACQP; each debited once and
+    notified once; every webhook delivered."""
+    from sqlalchemy import create_engine
+
+    with net.client(gateway="gateway-2" if "gateway-2" in net.gateways else "gateway") as c:
+        pids = {}
+        for rid in ids:
+            q = c.inquiry_payment(payment_request_id=rid)
+            assert (q.body["paymentStatus"], q.status) == ("SUCCESS", "S"), rid
+            pids[rid] = q.body["paymentId"]
+    ledger = net.admin("mpp-1", "GET", "/admin/ledger")["payments"]
+    assert sorted(p["payment_id"] for p in ledger) == sorted(pids.values())
+    assert all(p["status"] == "SUCCESS" for p in ledger)
+    assert net.admin("mpp-1", "GET", "/admin/wallets/u1")["balance"] == start - sum(p["debit"] for p in ledger)
+    _wait(lambda: len(net.admin("acqp-1", "GET", "/admin/notifications")["notifications"]) >= len(ids), 90,
+          "a notification per payment")
+    notes = net.admin("acqp-1", "GET", "/admin/notifications")["notifications"]
+    assert sorted(n["payment_id"] for n in notes) == sorted(pids.values())  # one each: none lost, none twice
+    engine = create_engine(url)
+    try:
+        _wait(lambda: _count(engine, select(func.count()).select_from(outbox).where(outbox.c.status != "DELIVERED"))
+              == 0, 60, "every webhook delivered")
+        assert _count(engine, select(func.count()).select_from(payments)) == len(ids)
+    finally:
+        engine.dispose()
+
+
+def _load(net: Any, codes: list[str], prefix: str, gateways: list[str], outcomes: dict[str, str],
+          threads: int = 8) -> list[Any]:
+    """Pay with ``codes`` from ``threads`` threads, each payment through the gateways in
+    turn; a payment whose gateway stops answering is sent again, same request id, to the
+    next one (a client behind a load balancer that fails over)."""
+    import threading
+
+    from veilpay.errors import GatewayUnavailable
+
+    todo = list(enumerate(codes))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                i, code = todo.pop()
+            rid = f"{prefix}-{i}"
+            for attempt in range(6):
+                gw = gateways[(i + attempt) % len(gateways)]
+                try:
+                    with net.client(gateway=gw, retries=0, timeout=10) as c:
+                        outcomes[rid] = c.pay(rid, {"currency": "JPY", "value": str(1000 + i)}, code,
+                                              {"orderId": rid}).code
+                    break
+                except GatewayUnavailable:
+                    outcomes[rid] = "no answer"
+                    time.sleep(0.2)
+
+    ts = [threading.Thread(target=work) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    return ts
+
+
+@pytest.mark.tcp
+def test_a_replica_killed_under_load_loses_nothing(tmp_path: Path, postgres_url: str) -> None:
+    """Two gateway processes on one PostgreSQL take payments; one is killed with
+    SIGKILL in the middle. Clients fail over to the other with the same request ids;
+    the survivor's resolver finishes what the dead one left PROCESSING and its outbox
+    takes over the webhooks the dead one had leased once the lease lapses."""
+    from veilpay.cli.localnet import LocalNet
+
+    opts = {"mpp_timeout_s": 2.0, "resolver_interval_s": 0.1, "webhook_backoff_s": 0.05}
+    with LocalNet(tmp_path, database=postgres_url, replicas=2, gateway_options=opts) as net:
+        net.start_all()
+        start = 10**10
+        net.admin("mpp-1", "POST", "/admin/wallets", {"userId": "u1", "name": "A", "currency": "PHP", "balance": start})
+        codes = net.admin("mpp-1", "POST", "/admin/codes", {"userId": "u1", "count": 80})["codes"]
+        outcomes: dict[str, str] = {}
+        threads = _load(net, codes, "k", ["gateway", "gateway-2"], outcomes)
+        _wait(lambda: len(outcomes) >= 20, 60, "payments under way")
+        net.stop("gateway", kill=True)
+        for t in threads:
+            t.join(120)
+        assert len(outcomes) == 80 and set(outcomes.values()) == {"SUCCESS"}, outcomes
+        _check_books(net, postgres_url, [f"k-{i}" for i in range(80)], start)
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and "spawn_main" in (stat.parent / "cmdline").read_bytes().decode(errors="replace"):
+            out.add(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.tcp
+def test_gateway_workers_share_a_port_and_a_killed_worker_is_replaced(tmp_path: Path, postgres_url: str) -> None:
+    """``veilpay gateway serve --workers 2`` on PostgreSQL: two worker processes answer
+    on the one port; one killed with SIGKILL under load is started again by the
+    supervisor, and the clients' retries (same request ids) lose nothing."""
+    import os
+    import signal
+
+    from veilpay.cli.localnet import LocalNet
+
+    opts = {"mpp_timeout_s": 2.0, "resolver_interval_s": 0.1, "webhook_backoff_s": 0.05}
+    with LocalNet(tmp_path, database=postgres_url, gateway_workers=2, gateway_options=opts) as net:
+        net.start_all()
+        supervisor = net.procs["gateway"].pid
+        _wait(lambda: len(_children(supervisor)) == 2, 30, "two workers")
+        workers = _children(supervisor)
+        start = 10**10
+        net.admin("mpp-1", "POST", "/admin/wallets", {"userId": "u1", "name": "A", "currency": "PHP", "balance": start})
+        codes = net.admin("mpp-1", "POST", "/admin/codes", {"userId": "u1", "count": 60})["codes"]
+        outcomes: dict[str, str] = {}
+        threads = _load(net, codes, "w", ["gateway"], outcomes)
+        _wait(lambda: len(outcomes) >= 15, 60, "payments under way")
+        victim = sorted(workers)[0]
+        os.kill(victim, signal.SIGKILL)
+        for t in threads:
+            t.join(120)
+        _wait(lambda: len(_children(supervisor)) == 2 and victim not in _children(supervisor), 30,
+              "the supervisor to start a worker again")
+        assert len(outcomes) == 60 and set(outcomes.values()) == {"SUCCESS"}, outcomes
+        _check_books(net, postgres_url, [f"w-{i}" for i in range(60)], start)
+
+
+def test_workers_on_sqlite_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from veilpay.cli.localnet import LocalNet
+    from veilpay.cli.main import main
+
+    net = LocalNet(tmp_path)  # writes gateway.toml on SQLite; starts nothing
+    assert main(["gateway", "serve", "--config", str(tmp_path / "gateway.toml"), "--workers", "2"]) != 0
+    err = capsys.readouterr().err
+    assert "--workers 2 needs PostgreSQL" in err and "ConfigError" in err
+    assert not net.procs

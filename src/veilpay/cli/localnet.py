@@ -51,16 +51,21 @@ class LocalNet:
     def __init__(self, root: str | Path, pets: bool = True, database: str | None = None,
                  gateway_options: dict[str, Any] | None = None, fx: dict[str, str] | None = None,
                  privacy: str = "", node_policy: dict[str, Any] | None = None,
-                 risk: dict[str, Any] | None = None) -> None:
+                 risk: dict[str, Any] | None = None, replicas: int = 1, gateway_workers: int = 1) -> None:
         """``risk``: the nodes score payments (``[node.risk]`` options, e.g. batch_wait_ms)
         and the MPP asks them (``[partner.risk]``: model "local-fraud", budget_ms, ...);
-        ``publish_risk`` then hands the nodes a model and a rule set."""
+        ``publish_risk`` then hands the nodes a model and a rule set. ``replicas``: more
+        gateway processes on the same ``database`` (PostgreSQL), each on its own port
+        ("gateway-2", ...), as replicas behind a load balancer; ``gateway_workers``: the
+        first gateway runs that many workers on its one port (``--workers``)."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.pets = pets
         self.risk_columns: list[str] = []
         self.nodes = ["node-a", "node-b", "node-c"] if privacy else []
-        self.ports = {n: free_port() for n in ["gateway", "mpp-1", "acqp-1", *self.nodes]}
+        self.gateways = ["gateway", *[f"gateway-{i}" for i in range(2, replicas + 1)]]
+        self.gateway_workers = gateway_workers
+        self.ports = {n: free_port() for n in [*self.gateways, "mpp-1", "acqp-1", *self.nodes]}
         self.url = {k: f"http://127.0.0.1:{p}" for k, p in self.ports.items()}
         k = self.root / "keys"
         create_party(k / "gateway", "gateway", "gateway")
@@ -109,8 +114,10 @@ class LocalNet:
                 "listen": f"127.0.0.1:{self.ports['gateway']}", "partners": partners, "pets": pets,
                 "authority": "authority/authority.json", "key_log": "authority/log",
                 **privacy_opts, **(gateway_options or {})}
-        gw_text = "".join(f"{a} = {toml_value(b)}\n" for a, b in opts.items())
-        (self.root / "gateway.toml").write_text("[gateway]\n" + gw_text)
+        for g in self.gateways:
+            gw_text = "".join(f"{a} = {toml_value(b)}\n" for a, b in {**opts,
+                                                                       "listen": f"127.0.0.1:{self.ports[g]}"}.items())
+            (self.root / f"{g}.toml").write_text("[gateway]\n" + gw_text)
         for pid in ("mpp-1", "acqp-1"):
             lines = [f'keys = "keys/{pid}"', 'gateway_key = "keys/gateway/public.json"',
                      f'gateway_url = "{self.url["gateway"]}"', f'database = "sqlite:///{pid}/{pid}.db"',
@@ -142,9 +149,10 @@ class LocalNet:
         if name in self.nodes:
             return [sys.executable, "-m", "veilpay.cli.main", "node", "serve", "--config", str(self.root / f"{name}.toml"),
                     "--log", str(self.root / f"{name}.log")]
-        if name == "gateway":
+        if name in self.gateways:
+            workers = ["--workers", str(self.gateway_workers)] if name == "gateway" and self.gateway_workers > 1 else []
             return [sys.executable, "-m", "veilpay.cli.main", "gateway", "serve", "--config",
-                    str(self.root / "gateway.toml"), "--log", str(self.root / "gateway.log")]
+                    str(self.root / f"{name}.toml"), "--log", str(self.root / f"{name}.log"), *workers]
         return [sys.executable, "-m", "veilpay.cli.main", "partner", "serve", "--config", str(self.root / f"{name}.toml"),
                 "--log", str(self.root / f"{name}.log")]
 
@@ -155,7 +163,7 @@ class LocalNet:
             self.procs[name] = subprocess.Popen(self._argv(name), cwd=self.root, env=env, stdout=subprocess.DEVNULL,
                                                 stderr=err)
         deadline = time.monotonic() + wait
-        probe = "/healthz" if name == "gateway" or name in self.nodes else "/docs-none"
+        probe = "/healthz" if name in self.gateways or name in self.nodes else "/docs-none"
         while time.monotonic() < deadline:
             if self.procs[name].poll() is not None:
                 raise ConfigError(f"{name} exited with {self.procs[name].returncode}; see {self.root}/{name}.stderr")
@@ -166,7 +174,7 @@ class LocalNet:
         raise ConfigError(f"{name} did not start within {wait} s")
 
     def start_all(self) -> None:
-        for name in (*self.nodes, "gateway", "mpp-1", "acqp-1"):
+        for name in (*self.nodes, *self.gateways, "mpp-1", "acqp-1"):
             self.start(name)
 
     def operator(self, path: str, body: dict[str, Any]) -> Any:
@@ -237,11 +245,11 @@ class LocalNet:
 
         return PublicEntry.from_json(json.loads((self.root / "keys" / "gateway" / "public.json").read_text()))
 
-    def client(self, pid: str = "acqp-1", **kw: Any) -> GatewayClient:
+    def client(self, pid: str = "acqp-1", gateway: str = "gateway", **kw: Any) -> GatewayClient:
         kw.setdefault("pets", self.pets)
         kw.setdefault("authority", self.authority)
         kw.setdefault("privacy", self.privacy)
-        return GatewayClient(self.keys(pid), self.url["gateway"], self.gateway_entry(), **kw)
+        return GatewayClient(self.keys(pid), self.url[gateway], self.gateway_entry(), **kw)
 
     def admin(self, pid: str, method: str, path: str, body: Any = None) -> Any:
         r = httpx.request(method, self.url[pid] + path, json=body, timeout=10,

@@ -110,13 +110,10 @@ def _cmd_gateway(a: argparse.Namespace) -> int:
         if not a.date:
             raise ConfigError("gateway analytics: --date YYYY-MM-DD (a closed period) is required")
         return _operator_call(a, "/admin/v1/analytics", {"period": a.date})
-    from veilpay.gateway import create_app
-    from veilpay.gateway.limits import serve
-    from veilpay.gateway.observe import configure_logging
+    from veilpay.gateway.serving import check_workers, run
 
-    configure_logging(a.log)
-    host, port = cfg.host_port
-    serve(create_app(cfg), host, port)  # uvicorn with the gateway's keep-alive; the app has its body deadline
+    check_workers(cfg, a.workers)
+    run(a.config, a.log, a.workers)
     return 0
 
 
@@ -671,6 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--date", help="settle / analytics: the closed period, a UTC day YYYY-MM-DD (or a shorter "
                    "cycle's start, YYYY-MM-DDTHH:MM:SSZ)")
     g.add_argument("--log", help="write JSON log lines to this file (default: stderr)")
+    g.add_argument("--workers", type=int, default=1,
+                   help="serve: gateway processes on the one port, replicas sharing the database (PostgreSQL only); "
+                   "a worker that dies is started again")
     g.set_defaults(fn=_cmd_gateway)
 
     pa = sub.add_parser("partner", help="serve: a reference partner (an MPP wallet or an ACQP merchant backend); "

@@ -175,5 +175,9 @@ def migrate(engine: Engine) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # replicas starting together on a new database: one migrates, the others wait
+            # for it and find the schema at the newest revision
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7310531)")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
