@@ -732,17 +732,17 @@ def test_outbox_claims_due_rows_oldest_first_and_never_twice(tmp_path: Path, dat
             assert (await _pay(net, f"r{i}", user=f"u{i}")).code == "SUCCESS"
         engine = net.gateway.state.engine
         first = net.gateway.state.outbox
-        second = OutboxWorker(net.cfg, first.keys, first._directory, engine, first.http, first.metrics)
-        a = first._claim(3)
-        b = second._claim(10)
+        second = OutboxWorker(net.cfg, first.keys, first._directory, first.db, first.http, first.metrics)
+        a = await first._claim(3)
+        b = await second._claim(10)
         assert len(a) == 3 and len(b) == 2
         with engine.connect() as conn:
             ids = conn.execute(select(outbox.c.id).order_by(outbox.c.id)).scalars().all()
         assert [r.id for r in a] == ids[:3] and [r.id for r in b] == ids[3:]
-        assert first._claim(10) == [] and second._claim(10) == []
+        assert await first._claim(10) == [] and await second._claim(10) == []
         with engine.begin() as conn:  # the first replica died holding its rows: the lease runs out
             conn.execute(outbox.update().where(outbox.c.id.in_([r.id for r in a])).values(lease_until_ms=0))
-        assert [r.id for r in second._claim(10)] == ids[:3]
+        assert [r.id for r in await second._claim(10)] == ids[:3]
     run(body())
 
 
@@ -1053,7 +1053,7 @@ def test_error_answers_match_the_documented_schema(tmp_path: Path, monkeypatch: 
     """Real answers from the in-process gateway, of every status a signed endpoint can
     give except the privacy nodes' 409 and 503, validate against what /openapi.json
     documents for that endpoint and status, and are JSON."""
-    import veilpay.gateway.service as service_module
+    import veilpay.gateway.machine as machine_module
     from veilpay.gateway import create_app
 
     async def body() -> None:
@@ -1081,7 +1081,7 @@ def test_error_answers_match_the_documented_schema(tmp_path: Path, monkeypatch: 
         def boom(*_: Any) -> Any:
             raise RuntimeError("unexpected")
 
-        monkeypatch.setattr(service_module, "_validate", boom)
+        monkeypatch.setattr(machine_module, "validate", boom)
         answers.append(("/v1/payments/inquiryRefund", await _raw(net, "/v1/payments/inquiryRefund", b"{}")))  # 500
         monkeypatch.undo()
         seen = set()

@@ -27,6 +27,7 @@ The tree::
         ├── SignatureError                  a missing, malformed or wrong signature on a message
         │   ├── KeyNotCertified             a key entry that does not chain to the pinned key authority
         │   └── LogInconsistent             a key-log head unsigned by the authority, or not consistent with one seen
+        ├── MalformedBody                   a signed message whose body is not a JSON object (``.signed``)
         ├── GatewayUnavailable              no answer from the gateway after the allowed retries
         └── RequestRejected                 the gateway answered with a result code (``.result``)
 
@@ -53,6 +54,7 @@ __all__ = [
     "InvalidPoint",
     "KeyNotCertified",
     "LogInconsistent",
+    "MalformedBody",
     "PartyFailed",
     "PeerAuthenticationError",
     "ProtocolMismatch",
@@ -207,6 +209,18 @@ class LogInconsistent(SignatureError):
 
     code = "LOG_INCONSISTENT"
     loggable = True
+
+
+class MalformedBody(GatewayError):
+    """A message whose signature verifies but whose body is not JSON, or not a JSON
+    object. ``signed`` holds its verified headers (``veilpay.sdk.signing.SignedHeaders``),
+    so that a service can still bind its answer to the request, or guard its nonce."""
+
+    code = "MALFORMED_REQUEST"
+
+    def __init__(self, message: str, signed: object = None) -> None:
+        super().__init__(message)
+        self.signed = signed
 
 
 class GatewayUnavailable(GatewayError):

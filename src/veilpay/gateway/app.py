@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from fastapi import FastAPI, Request, Response
@@ -28,7 +28,8 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from veilpay.errors import ConfigError, KeyNotCertified, LogInconsistent, SignatureError
+from veilpay.db import Database
+from veilpay.errors import ConfigError, KeyNotCertified, LogInconsistent, MalformedBody, SignatureError
 from veilpay.gateway.batch import pause
 from veilpay.gateway.codes import CODES, ApiFailure, result
 from veilpay.gateway.config import GatewayConfig
@@ -48,7 +49,6 @@ from veilpay.gateway.schemas import (
     SettlementSummaryRequest,
 )
 from veilpay.gateway.service import GatewayService
-from veilpay.gateway.settlement import analytics, settle
 from veilpay.gateway.store import make_engine, migrate
 from veilpay.host import FASTAPI_TELEMETRY_OFF
 from veilpay.sdk import wirejson
@@ -56,7 +56,7 @@ from veilpay.sdk.authority import Authority, KeyLog, load_authority, verify_entr
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.keys import PublicEntry, load_party
 from veilpay.sdk.shares import Privacy
-from veilpay.sdk.signing import NONCE_HEADER, get_digest, sign_headers, verify_message
+from veilpay.sdk.signing import NONCE_HEADER, SignedHeaders, get_digest, sign_headers, verify_json
 
 __all__ = ["DirectoryFiles", "SignedApiFront", "create_app"]
 
@@ -245,11 +245,12 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
     directory = DirectoryFiles(cfg.partners, privacy, load_authority(cfg.authority), key_log)
     engine = make_engine(cfg.database)
     migrate(engine)
+    db = Database(engine)  # every database call of the gateway runs on its threads, off the event loop
     metrics = Metrics()
     http: PartnerLink = HttpxLink(transport) if transport is not None else AiohttpLink()
-    worker = OutboxWorker(cfg, keys, directory, engine, http, metrics)
-    nodes = NodeLink(cfg, keys, directory, engine, http, privacy) if privacy is not None else None
-    service = GatewayService(cfg, keys, directory, engine, http, metrics, worker.wake, nodes)
+    worker = OutboxWorker(cfg, keys, directory, db, http, metrics)
+    nodes = NodeLink(cfg, keys, directory, db, http, privacy) if privacy is not None else None
+    service = GatewayService(cfg, keys, directory, db, http, metrics, worker.wake, nodes)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -267,14 +268,14 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if service.pay_calls is not None:
-                await service.pay_calls.aclose()
+            await service.aclose()
             await http.aclose()
-            engine.dispose()
+            await asyncio.to_thread(db.close)  # waits for the units still running, then disposes of the engine
 
     app = FastAPI(title="veilpay gateway", version="1", lifespan=lifespan, telemetry=FASTAPI_TELEMETRY_OFF,
                   description="Alipay+-shaped payments where the operator holds only tokens and ciphertext.")
     app.state.service, app.state.outbox, app.state.engine, app.state.metrics = service, worker, engine, metrics
+    app.state.db = db
     app.state.directory = directory
     app.state.nodes = nodes
 
@@ -308,14 +309,10 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
             if ctype != "application/json":
                 raise ApiFailure("MEDIA_TYPE_NOT_ACCEPTABLE")
             raw = await read()
-            acqp, signed_req = await service.authenticate("POST", path, headers, raw)
+            acqp, signed_req, obj = await service.authenticate("POST", path, headers, raw)
             digest = signed_req.digest
-            try:
-                obj = wirejson.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ApiFailure("MALFORMED_REQUEST", "the body is not valid JSON") from exc
-            if not isinstance(obj, dict):
-                raise ApiFailure("MALFORMED_REQUEST")
+            if isinstance(obj, ApiFailure):  # not a JSON object: refused, the answer bound to the request
+                raise obj
             body, status = await op(acqp, obj), 200
         except ApiFailure as exc:
             body, status = {"result": exc.result}, exc.http_status
@@ -368,20 +365,19 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
         digest = None
         try:
             raw = await _read_body(request, cfg.max_body_bytes)
+            obj: dict[str, Any] | None
             try:
-                signed_req = verify_message(headers, "POST", path, raw, keys.public.verify_key, time.time(),
-                                            cfg.request_window_s)
+                signed_req, obj = verify_json(headers, "POST", path, raw, keys.public.verify_key, time.time(),
+                                              cfg.request_window_s)
             except SignatureError as exc:
                 raise ApiFailure("INVALID_SIGNATURE", str(exc)) from exc
+            except MalformedBody as exc:  # refused below, once the call is known to be the operator's
+                signed_req, obj = cast(SignedHeaders, exc.signed), None
             if signed_req.client_id != keys.id:
                 raise ApiFailure("INVALID_CLIENT", "operator calls are signed by the gateway's key")
             await service.guard_replay(keys.id, signed_req)  # a replayed settle or analytics call is refused
             digest = signed_req.digest
-            try:
-                obj = wirejson.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ApiFailure("MALFORMED_REQUEST") from exc
-            if not isinstance(obj, dict):
+            if obj is None:
                 raise ApiFailure("MALFORMED_REQUEST")
             body, status = {"result": result("SUCCESS"), **(await op(obj))}, 200
         except ApiFailure as exc:
@@ -401,7 +397,7 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
     @app.post("/admin/v1/settle", summary="Settle a closed period in MPC (operator; signed with the gateway key)",
               response_class=Response, responses=_answers(_OPERATOR_ERRORS), openapi_extra=operator_doc("settlementDate"))
     async def admin_settle(request: Request) -> Response:
-        return await operator(request, lambda o: settle(service, o.get("settlementDate")))
+        return await operator(request, lambda o: service.settle(o.get("settlementDate")))
 
     @app.post("/admin/v1/analytics", summary="The privacy nodes' corridor release for a closed period (operator)",
               response_class=Response, responses=_answers(_OPERATOR_ERRORS), openapi_extra=operator_doc("period"))
@@ -410,7 +406,7 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
             if set(o) - {"period"}:
                 raise ApiFailure("PARAM_ILLEGAL", "analytics takes only 'period'; thresholds, noise and regions are "
                                  "the privacy nodes' policy")
-            return await analytics(service, o.get("period"))
+            return await service.analytics(o.get("period"))
         return await operator(request, op)
 
     @app.get("/v1/directory", summary="The partner directory, signed by the gateway", response_class=Response,
@@ -455,8 +451,7 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
 
     @app.get("/healthz", summary="Liveness and database reachability")
     async def healthz() -> dict[str, str]:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
+        await db.read(lambda conn: conn.exec_driver_sql("SELECT 1"))
         return {"status": "ok"}
 
     def openapi() -> dict[str, Any]:
@@ -496,7 +491,7 @@ async def _resolver(service: GatewayService, cfg: GatewayConfig, stop: asyncio.E
         try:
             await service.resolve_pending()
             if time.monotonic() - last_purge > 60:
-                service.purge_seen()
+                await service.purge_seen()
                 last_purge = time.monotonic()
         except Exception:  # noqa: BLE001 - keep resolving after a database hiccup
             log.exception("resolver failed", extra={"event": "resolver_error"})

@@ -10,7 +10,10 @@ counted in the metrics.
 An ACQP whose directory entry names a ``notifyBatchUrl`` gets the notifications that
 are due together in one signed call, ``{"notifications": [...]}``, and answers each
 by ``notifyId`` (``{"result": ..., "answers": [{"notifyId", "result"}]}``); each
-counts as delivered on its own answer. Others get one call per notification."""
+counts as delivered on its own answer. Others get one call per notification.
+
+The worker's reads and writes run on the gateway's ``Database`` threads, off the
+event loop."""
 
 from __future__ import annotations
 
@@ -19,26 +22,29 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Engine, and_, bindparam, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, select, update
 
-from veilpay.errors import SignatureError
+from veilpay.db import Database
+from veilpay.errors import MalformedBody, SignatureError
 from veilpay.gateway.batch import pause
+from veilpay.gateway.config import GatewayConfig
 from veilpay.gateway.link import LinkError, PartnerLink
+from veilpay.gateway.observe import Metrics
 from veilpay.gateway.store import outbox
-from veilpay.sdk import wirejson
 from veilpay.sdk.directory import Directory
-from veilpay.sdk.keys import PartyKeys
-from veilpay.sdk.signing import request_digest, sign_headers, verify_message
+from veilpay.sdk.keys import PartyKeys, PublicEntry
+from veilpay.sdk.signing import request_digest, sign_headers, verify_json
 
 __all__ = ["OutboxWorker", "retry_delay_s"]
 
 log = logging.getLogger("veilpay.gateway")
 LEASE_MS = 30_000
 CLAIM_LIMIT = 128  # rows per round (per notifyBatch call, for an ACQP that takes them)
-# Built once (see service.py): the worker runs them for every webhook.
+# Built once (see ledger.py): the worker runs them for every webhook.
 # Claiming is one statement: lease the oldest due rows and return those this call
 # leased. The lease condition is checked again on each row as it is updated, so two
 # replicas never both claim a row (PostgreSQL re-evaluates it under concurrent updates).
@@ -68,22 +74,22 @@ def retry_delay_s(base: float, attempts: int, cap: float) -> float:
     return min(base * 2 ** min(attempts - 1, 16) * jitter, cap)
 
 class OutboxWorker:
-    def __init__(self, cfg: Any, keys: PartyKeys, directory: Any, engine: Engine, http: PartnerLink,
-                 metrics: Any) -> None:
-        self.cfg, self.keys, self._directory, self.engine = cfg, keys, directory, engine
+    def __init__(self, cfg: GatewayConfig, keys: PartyKeys, directory: Callable[[], Directory], db: Database,
+                 http: PartnerLink, metrics: Metrics) -> None:
+        self.cfg, self.keys, self._directory, self.db = cfg, keys, directory, db
         self.http, self.metrics = http, metrics
         self.event = asyncio.Event()
 
     def wake(self) -> None:
         self.event.set()
 
-    def _claim(self, limit: int) -> list[Any]:
+    async def _claim(self, limit: int) -> list[Row[Any]]:
         now = _now_ms()
-        with self.engine.begin() as conn:
-            rows = conn.execute(_CLAIM, {"b_now": now, "b_limit": limit, "b_until": now + LEASE_MS}).all()
+        args = {"b_now": now, "b_limit": limit, "b_until": now + LEASE_MS}
+        rows: Sequence[Row[Any]] = await self.db.write(lambda conn: conn.execute(_CLAIM, args).all())
         return sorted(rows, key=lambda r: r.id)
 
-    async def _post(self, partner: Any, url: str, raw: bytes) -> tuple[Any, str]:
+    async def _post(self, partner: PublicEntry, url: str, raw: bytes) -> tuple[dict[str, Any] | None, str]:
         """The JSON answer of a signed webhook post (None when refused or not signed by
         the ACQP, so that a forged acknowledgement cannot end the deliveries), and why not."""
         path = urlsplit(url).path or "/"
@@ -94,13 +100,15 @@ class OutboxWorker:
             status, hdrs, content = await self.http.post(url, raw, headers, self.cfg.webhook_timeout_s)
             if status // 100 != 2:
                 return None, f"HTTP {status}"
-            signed = verify_message(hdrs, "POST", path, content, partner.verify_key, time.time(),
-                                    self.cfg.request_window_s, "Response-Time", request_digest(headers))
+            signed, obj = verify_json(hdrs, "POST", path, content, partner.verify_key, time.time(),
+                                      self.cfg.request_window_s, "Response-Time", request_digest(headers))
             if signed.client_id != partner.id:
                 return None, "answer signed for another partner"
-            return wirejson.loads(content), ""
+            return obj, ""
         except SignatureError as exc:
             return None, f"answer not signed by the ACQP ({exc.code})"
+        except MalformedBody:
+            return None, "answer is not a JSON object"
         except (LinkError, ValueError) as exc:
             return None, type(exc).__name__
 
@@ -132,7 +140,7 @@ class OutboxWorker:
             err = "" if ok else "answer is not resultStatus S for this notifyId"
         return [(row, ok, err)]
 
-    def _record(self, outcomes: list[tuple[Any, bool, str]]) -> None:
+    async def _record(self, outcomes: list[tuple[Any, bool, str]]) -> None:
         """Write the outcomes of a round of deliveries in one transaction."""
         now = _now_ms()
         delivered, failed, fates = [], [], []
@@ -147,11 +155,13 @@ class OutboxWorker:
             failed.append({"b_id": row.id, "b_status": "DEAD" if dead else "PENDING", "b_attempts": attempts,
                            "b_next": now + int(delay * 1000), "b_error": err[:200]})
             fates.append((row, "dead" if dead else "retry", err))
-        with self.engine.begin() as conn:
+
+        def work(conn: Connection) -> None:
             if delivered:
                 conn.execute(_DELIVERED, delivered)
             if failed:
                 conn.execute(_NOT_DELIVERED, failed)
+        await self.db.write(work)
         for row, outcome, err in fates:
             self.metrics.webhooks.labels(kind=row.kind, outcome=outcome).inc()
             if outcome != "delivered":
@@ -159,7 +169,7 @@ class OutboxWorker:
                                                          "partner": row.partner_id, "error": err[:80]})
 
     async def run_once(self, limit: int = CLAIM_LIMIT) -> int:
-        rows = self._claim(limit)
+        rows = await self._claim(limit)
         if not rows:
             return 0
         d: Directory = self._directory()
@@ -173,7 +183,7 @@ class OutboxWorker:
                 single.append((partner, r))
         done = await asyncio.gather(*[self._deliver(p, r) for p, r in single],
                                     *[self._deliver_batch(d.get(p), rs) for p, rs in batched.items()])
-        self._record([o for outcomes in done for o in outcomes])
+        await self._record([o for outcomes in done for o in outcomes])
         return len(rows)
 
     async def run(self, stop: asyncio.Event) -> None:

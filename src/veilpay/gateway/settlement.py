@@ -17,22 +17,25 @@ behind or refuses (the period is still open by its clock), the period stays
 
 ``analytics(period)``: the nodes' corridor release for a closed period, once; its
 cells below the nodes' minimum count suppressed, its totals noisy with the epsilon
-the release states, its budget the nodes' (``docs/nodes.md``)."""
+the release states, its budget the nodes' (``docs/nodes.md``).
+
+Both take their seams typed: the ``Ledger`` for the gateway's own tables and the
+``NodeLink`` to the privacy nodes (None when the network runs none)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import delete, insert, select
+from typing import IO, Any
 
 from veilpay.errors import NodeError
 from veilpay.files import atomic_write
 from veilpay.gateway.codes import ApiFailure
-from veilpay.gateway.store import payments, refunds, settlement_runs, settlements
+from veilpay.gateway.ledger import Ledger
+from veilpay.gateway.nodes import NodeLink
 
 __all__ = ["analytics", "settle"]
 
@@ -45,46 +48,40 @@ def _period(label: Any, what: str) -> str:
     return label
 
 
-def _record(svc: Any, period: str, status: str, message: str) -> None:
-    now = int(time.time() * 1000)
-    with svc.engine.begin() as conn:
-        conn.execute(delete(settlement_runs).where(settlement_runs.c.day == period))
-        conn.execute(insert(settlement_runs).values(day=period, status=status, message=message[:300], updated_ms=now))
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
-def _transactions(svc: Any, groups: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+async def _transactions(ledger: Ledger, groups: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The gateway's record of every transaction in the groups: ids, request ids, time,
     and the amount sealed to each partner (the gateway reads none of it)."""
     pay_ids = sorted({i for g in groups if g["kind"] != "refund" for i in g["ids"] + list(g["excluded"])})
     ref_ids = sorted({i for g in groups if g["kind"] == "refund" for i in g["ids"] + list(g["excluded"])})
+    pays, refs = await ledger.settled_items(pay_ids, ref_ids)
     out: dict[str, dict[str, Any]] = {}
-    with svc.engine.connect() as conn:
-        for lo in range(0, len(pay_ids), 5000):
-            for p in conn.execute(select(payments).where(payments.c.id.in_(pay_ids[lo:lo + 5000]))).all():
-                out[p.id] = {"id": p.id, "requestId": p.payment_request_id, "acqp": p.acqp_id, "mpp": p.mpp_id,
-                             "currency": p.currency, "time": p.payment_time_ms or p.created_ms,
-                             "sealed": json.loads(p.amount_sealed or "{}")}
-        for lo in range(0, len(ref_ids), 5000):
-            for r in conn.execute(select(refunds, payments.c.mpp_id).join(payments, payments.c.id == refunds.c.payment_id)
-                                  .where(refunds.c.id.in_(ref_ids[lo:lo + 5000]))).all():
-                out[r.id] = {"id": r.id, "requestId": r.refund_request_id, "acqp": r.acqp_id, "mpp": r.mpp_id,
-                             "currency": r.currency, "time": r.refund_time_ms or r.created_ms,
-                             "sealed": json.loads(r.amount_sealed or "{}")}
+    for p in pays:
+        out[p.id] = {"id": p.id, "requestId": p.payment_request_id, "acqp": p.acqp_id, "mpp": p.mpp_id,
+                     "currency": p.currency, "time": p.payment_time_ms or p.created_ms,
+                     "sealed": json.loads(p.amount_sealed or "{}")}
+    for r in refs:
+        out[r.id] = {"id": r.id, "requestId": r.refund_request_id, "acqp": r.acqp_id, "mpp": r.mpp_id,
+                     "currency": r.currency, "time": r.refund_time_ms or r.created_ms,
+                     "sealed": json.loads(r.amount_sealed or "{}")}
     return out
 
 
-async def settle(svc: Any, period: Any) -> dict[str, Any]:
+async def settle(ledger: Ledger, nodes: NodeLink | None, settlement_dir: Path, period: Any) -> dict[str, Any]:
     """Settle ``period`` at the nodes (or read back its settlement); returns its status and groups."""
-    if svc.nodes is None:
+    if nodes is None:
         raise ApiFailure("PARAM_ILLEGAL", "settlement in MPC needs privacy nodes ([gateway.privacy])")
     label = _period(period, "settlementDate")
     try:
-        ans = await svc.nodes.job("settle", {"period": label})
+        ans = await nodes.job("settle", {"period": label})
     except NodeError as exc:
         if exc.code == "JOB_INVALID":  # not a period of the nodes' cycle: it never will be
             raise ApiFailure("PARAM_ILLEGAL", f"settlementDate: {exc}") from exc
         msg = f"{exc.code}: waiting for the privacy nodes ({exc})"
-        _record(svc, label, "WAITING", msg)
+        await ledger.record_settlement_run(label, "WAITING", msg, _now_ms())
         return {"settlementDate": label, "status": "WAITING", "message": msg}
     groups = []
     for i, g in enumerate(ans["result"]["groups"]):
@@ -93,30 +90,28 @@ async def settle(svc: Any, period: Any) -> dict[str, Any]:
         outputs = {n: o["groups"][i] for n, o in ans["outputs"].items()}
         groups.append({"acqp": g["acqp"], "mpp": g["mpp"], "currency": g["currency"], "kind": g["kind"],
                        "count": g["count"], "ids": g["ids"], "excluded": excluded, "outputs": outputs})
-    with svc.engine.begin() as conn:
-        conn.execute(delete(settlements).where(settlements.c.day == label))
-        if groups:
-            conn.execute(insert(settlements), [{
-                "day": label, "acqp_id": g["acqp"], "mpp_id": g["mpp"], "currency": g["currency"], "kind": g["kind"],
-                "count": g["count"], "ids": json.dumps(g["ids"]), "excluded": json.dumps(g["excluded"]),
-                "outputs": json.dumps(g["outputs"])} for g in groups])
-    _write_documents(svc, Path(svc.cfg.settlement_dir) / label.replace(":", ""), label, groups)
+    await ledger.store_settlement(label, [{
+        "day": label, "acqp_id": g["acqp"], "mpp_id": g["mpp"], "currency": g["currency"], "kind": g["kind"],
+        "count": g["count"], "ids": json.dumps(g["ids"]), "excluded": json.dumps(g["excluded"]),
+        "outputs": json.dumps(g["outputs"])} for g in groups])
+    txs = await _transactions(ledger, groups)
+    await asyncio.to_thread(_write_documents, nodes.privacy.to_json(), txs,
+                            Path(settlement_dir) / label.replace(":", ""), label, groups)
     n = sum(g["count"] for g in groups)
     left = sum(len(g["excluded"]) for g in groups)
     msg = f"{n} transactions in {len(groups)} groups, {left} left out"
-    _record(svc, label, "DONE", msg)
+    await ledger.record_settlement_run(label, "DONE", msg, _now_ms())
     return {"settlementDate": label, "status": "DONE", "message": msg, "ledger": ans["ledger"],
             "groups": [{"acquirerId": g["acqp"], "pspId": g["mpp"], "currency": g["currency"], "kind": g["kind"],
                         "count": g["count"], "excluded": sorted(g["excluded"])} for g in groups],
             "bytesBetweenNodes": ans.get("bytesSent"), "rounds": ans.get("rounds")}
 
 
-def _write_documents(svc: Any, folder: Path, period: str, groups: list[dict[str, Any]]) -> None:
+def _write_documents(privacy: dict[str, Any], txs: dict[str, dict[str, Any]], folder: Path, period: str,
+                     groups: list[dict[str, Any]]) -> None:
     """Each partner's settlement document: its groups, with the outputs sealed to it,
-    and its transactions, with the amounts sealed to it."""
-    txs = _transactions(svc, groups)
+    and its transactions, with the amounts sealed to it (on a thread: file writes)."""
     partners = sorted({g["acqp"] for g in groups} | {g["mpp"] for g in groups})
-    privacy = svc.nodes.privacy.to_json()
     for pid in partners:
         mine = [g for g in groups if pid in (g["acqp"], g["mpp"])]
         ids = {i for g in mine for i in g["ids"] + list(g["excluded"])}
@@ -134,18 +129,18 @@ def _write_documents(svc: Any, folder: Path, period: str, groups: list[dict[str,
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
     text = json.dumps(doc, separators=(",", ":"))
 
-    def write(fh: Any) -> None:
+    def write(fh: IO[str]) -> None:
         fh.write(text)
     atomic_write(path, write)
 
 
-async def analytics(svc: Any, period: Any) -> dict[str, Any]:
+async def analytics(nodes: NodeLink | None, period: Any) -> dict[str, Any]:
     """The nodes' operator release of corridor figures for a closed period."""
-    if svc.nodes is None:
+    if nodes is None:
         raise ApiFailure("PARAM_ILLEGAL", "analytics in MPC needs privacy nodes ([gateway.privacy])")
     label = _period(period, "period")
     try:
-        ans = await svc.nodes.job("analytics", {"period": label})
+        ans = await nodes.job("analytics", {"period": label})
     except NodeError as exc:
         code = exc.code if exc.code in ("PERIOD_OPEN", "BUDGET_EXHAUSTED") else \
             "PARAM_ILLEGAL" if exc.code == "JOB_INVALID" else "NODE_UNAVAILABLE"

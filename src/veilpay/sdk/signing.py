@@ -27,19 +27,23 @@ answers a caller that has not authenticated without a signature."""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time as _clock
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from veilpay.crypto.digest import sha256
 from veilpay.crypto.signing import SigningKey, b64d, b64e
-from veilpay.errors import InvalidInput, SignatureError
+from veilpay.errors import InvalidInput, MalformedBody, SignatureError
+from veilpay.sdk import wirejson
 
 __all__ = ["NONCE_HEADER", "SignedHeaders", "format_time", "get_digest", "parse_signature", "parse_time",
-           "post_headers", "request_digest", "sign_headers", "signed_content", "verify_message"]
+           "post_headers", "request_digest", "sign_headers", "signed_content", "verify_json",
+           "verify_message"]
 
 _SIG = re.compile(r"^algorithm=ED25519,keyVersion=([0-9]{1,6}),signature=([A-Za-z0-9_-]{86})$")
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
@@ -165,3 +169,21 @@ def verify_message(headers: Mapping[str, str], method: str, path: str, body: byt
     if abs(now - ts) > window:
         raise SignatureError(f"{time_header} is outside the {window:g} s window", "REQUEST_TIME_EXPIRED")
     return SignedHeaders(client_id, t, version, sig, nonce)
+
+
+def verify_json(headers: Mapping[str, str], method: str, path: str, body: bytes, verify_key_of: object,
+                now: float, window: float, time_header: str = "Request-Time",
+                answers: str | None = None) -> tuple[SignedHeaders, dict[str, Any]]:
+    """The step every service takes with a signed message: ``verify_message``, then
+    parse the body as JSON and require an object. Returns (signed headers, object);
+    SignatureError when the signature does not hold, MalformedBody (carrying the signed
+    headers) when it does but the body is not a JSON object. Each service maps the two
+    to its own answer."""
+    signed = verify_message(headers, method, path, body, verify_key_of, now, window, time_header, answers)
+    try:
+        obj = wirejson.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MalformedBody("the signed body is not JSON", signed) from exc
+    if not isinstance(obj, dict):
+        raise MalformedBody("the signed body is not a JSON object", signed)
+    return signed, obj
