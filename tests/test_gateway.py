@@ -4,6 +4,7 @@ own keys and SQLite file. Storage and API cases also run on PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -540,6 +541,49 @@ def test_mpp_down_gives_u_then_resolves_once(tmp_path: Path) -> None:
         assert await net.deliver() == 1
         assert await net.balance("u1") == 10**6 - 38000
         assert len((await net.notifications())["notifications"]) == 1
+    run(body())
+
+
+def test_two_resolvers_split_the_due_rows_without_overlap(tmp_path: Path, database: str | None) -> None:
+    """Two replicas' resolvers run at the same moment over the same overdue payments and
+    refunds: each row is driven by exactly one of them (each claims rows by leasing
+    their next check), and neither drives them again while the lease runs."""
+    async def body() -> None:
+        net = Net(tmp_path, database=database, mpp_timeout_s=0.05)
+        second = net.replica("gateway-2.test")
+        for i in range(3):
+            assert (await _pay(net, f"ok-{i}", user=f"u{i}")).code == "SUCCESS"
+        await net.wallet("late", 10**6)
+        codes = [await net.code("late") for _ in range(9)]
+        net.router.down.add("mpp-1.test")
+        c = net.client(retries=0)
+        for i in range(3):
+            assert (await c.refund(f"rf-{i}", {"currency": "JPY", "value": "100"},
+                                   payment_request_id=f"ok-{i}")).status == "U"
+        for i, code in enumerate(codes):
+            assert (await c.pay(f"u-{i}", JPY, code, ORDER)).status == "U"
+        net.router.down.clear()
+        engine = net.gateway.state.engine
+        with engine.begin() as conn:
+            conn.execute(payments.update().values(next_check_ms=0))
+            conn.execute(refunds.update().values(next_check_ms=0))
+            due = set(conn.execute(select(payments.c.id).where(payments.c.status == "PROCESSING")).scalars())
+            due |= set(conn.execute(select(refunds.c.id).where(refunds.c.status == "PROCESSING")).scalars())
+        assert len(due) == 12
+        driven: list[list[str]] = [[], []]
+        for mine, app in zip(driven, (net.gateway, second), strict=True):
+            machine = app.state.service.machine
+
+            async def drive(rid: str, *_: Any, mine: list[str] = mine) -> None:
+                mine.append(rid)
+                await asyncio.sleep(0.01)  # overlap the other resolver's round
+            machine.drive_payment = drive
+            machine.drive_refund = drive
+        one, two = (app.state.service for app in (net.gateway, second))
+        counts = await asyncio.gather(one.resolve_pending(), two.resolve_pending())
+        assert sum(counts) == 12 and counts == [len(d) for d in driven]
+        assert not set(driven[0]) & set(driven[1]) and set(driven[0]) | set(driven[1]) == due
+        assert await asyncio.gather(one.resolve_pending(), two.resolve_pending()) == [0, 0]  # leased
     run(body())
 
 
