@@ -21,7 +21,16 @@ from veilpay.sdk import open_fields, sign_headers
 pytestmark = pytest.mark.tcp
 
 
-def _gateway_rows(net: LocalNet, sql: str) -> list[Any]:
+def _gateway_rows(net: LocalNet, sql: str, url: str | None = None) -> list[Any]:
+    if url is not None:  # the replicas' PostgreSQL
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                return [tuple(r) for r in conn.execute(text(sql)).all()]
+        finally:
+            engine.dispose()
     con = sqlite3.connect(f"file:{net.root}/gateway/gateway.db?mode=ro", uri=True, timeout=5)
     try:
         return con.execute(sql).fetchall()
@@ -38,10 +47,19 @@ def _wait(cond: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_gateway_killed_mid_flow_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_gateway_killed_mid_flow_loses_nothing(tmp_path: Path, replicas: int, request: pytest.FixtureRequest) -> None:
+    """One gateway on SQLite, killed and started again; or two replicas on PostgreSQL,
+    the one the payments went through killed each time and the other left to finish."""
     opts = {"mpp_timeout_s": 2.0, "resolver_interval_s": 0.1, "webhook_backoff_s": 0.05}
-    with LocalNet(tmp_path, gateway_options=opts) as net:
+    url = request.getfixturevalue("postgres_url") if replicas > 1 else None
+    with LocalNet(tmp_path, gateway_options=opts, database=url, replicas=replicas) as net:
         net.start_all()
+        first, last = net.gateways[0], net.gateways[-1]
+
+        def rows(sql: str) -> list[Any]:
+            return _gateway_rows(net, sql, url)
+
         start = 10**9
         net.admin("mpp-1", "POST", "/admin/wallets", {"userId": "u1", "name": "A", "currency": "PHP", "balance": start})
         codes = net.admin("mpp-1", "POST", "/admin/codes", {"userId": "u1", "count": 12})["codes"]
@@ -53,7 +71,7 @@ def test_gateway_killed_mid_flow_loses_nothing(tmp_path: Path) -> None:
 
         def pay(i: int) -> None:
             try:
-                with net.client(retries=0, timeout=20) as c:
+                with net.client(gateway=first, retries=0, timeout=20) as c:
                     outcomes[i] = c.pay(f"k-{i}", {"currency": "JPY", "value": str(amounts[i])}, codes[i],
                                         {"orderId": str(i)}).code
             except GatewayUnavailable:
@@ -62,30 +80,31 @@ def test_gateway_killed_mid_flow_loses_nothing(tmp_path: Path) -> None:
         threads = [threading.Thread(target=pay, args=(i,)) for i in range(6)]
         for t in threads:
             t.start()
-        _wait(lambda: len(_gateway_rows(net, "SELECT id FROM payments WHERE status='PROCESSING'")) == 6, 20,
+        _wait(lambda: len(rows("SELECT id FROM payments WHERE status='PROCESSING'")) == 6, 20,
               "six accepted payments")
-        net.stop("gateway", kill=True)
+        net.stop(first, kill=True)
         for t in threads:
             t.join(30)
         assert set(outcomes.values()) == {"no answer"}
         net.admin("mpp-1", "POST", "/admin/hold", {"hold": False})  # the MPP debits; nobody hears its answers
-        net.start("gateway")
+        if replicas == 1:
+            net.start(first)  # with replicas, the other one's resolver finishes them
 
         # 2. Killed after recording results, before the webhooks got through.
         net.admin("acqp-1", "POST", "/admin/faults", {"drop_before": 10**6})
-        with net.client() as c:
+        with net.client(gateway=last) as c:
             for i in range(6, 12):
                 assert c.pay(f"k-{i}", {"currency": "JPY", "value": str(amounts[i])}, codes[i], {"orderId": str(i)}).code \
                     == "SUCCESS"
-        _wait(lambda: len(_gateway_rows(net, "SELECT id FROM outbox WHERE attempts > 0")) >= 6, 20, "failed deliveries")
-        net.stop("gateway", kill=True)
-        net.start("gateway")
+        _wait(lambda: len(rows("SELECT id FROM outbox WHERE attempts > 0")) >= 6, 20, "failed deliveries")
+        net.stop(last, kill=True)
+        net.start(first)
         net.admin("acqp-1", "POST", "/admin/faults", {"drop_before": 0})
 
         # Every payment reaches a final state, is debited once and notified once to the application.
         _wait(lambda: len(net.admin("acqp-1", "GET", "/admin/notifications")["notifications"]) == 12, 60,
               "twelve notifications")
-        with net.client() as c:
+        with net.client(gateway=first) as c:
             for i in range(12):
                 q = c.inquiry_payment(payment_request_id=f"k-{i}")
                 assert (q.body["paymentStatus"], q.status) == ("SUCCESS", "S"), i
@@ -97,7 +116,7 @@ def test_gateway_killed_mid_flow_loses_nothing(tmp_path: Path) -> None:
         assert net.admin("mpp-1", "GET", "/admin/wallets/u1")["balance"] == start - debited
         notes = net.admin("acqp-1", "GET", "/admin/notifications")["notifications"]
         assert len({n["payment_id"] for n in notes}) == 12
-        assert _gateway_rows(net, "SELECT count(*) FROM outbox WHERE status='DELIVERED'") == [(12,)]
+        _wait(lambda: rows("SELECT count(*) FROM outbox WHERE status='DELIVERED'") == [(12,)], 20, "deliveries recorded")
 
 
 MARKERS = {

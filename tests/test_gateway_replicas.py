@@ -217,6 +217,78 @@ def test_a_relay_lease_is_one_replicas_at_a_time_and_lapses_with_it(tmp_path: Pa
     assert (two.pending("node-a") > 0) == holder_alive
 
 
+def test_a_rotated_and_a_retired_key_are_seen_by_every_replica(tmp_path: Path) -> None:
+    """Key files are each replica's own copy of the certified directory (a shared
+    volume, or a deploy that updates every host): a new key version verifies at both
+    replicas once certified, and a retired one is refused at both."""
+    from veilpay.errors import SignatureError
+    from veilpay.sdk import retire_key, rotate_keys
+
+    net = Net(tmp_path)
+    second = net.replica("gateway-2.test")
+    dirs = (net.gateway.state.directory, second.state.directory)
+
+    def recheck() -> None:
+        for d in dirs:
+            d._checked = 0.0  # the once-a-second file check, due now
+
+    async def go() -> None:
+        await net.wallet("u1", 10**9)
+        old = (net.client(), net.client(gateway="gateway-2.test"))
+        assert rotate_keys(tmp_path / "keys" / "acqp-1") == 2
+        net.certify("acqp-1")
+        recheck()
+        new = (net.client(), net.client(gateway="gateway-2.test"))
+        assert all(c.keys.signing_version == 2 for c in new)
+        for i, c in enumerate(new):
+            assert (await _pay(net, c, f"r-{i}", 100)).code == "SUCCESS"
+        retire_key(tmp_path / "keys" / "acqp-1", 1)
+        net.certify("acqp-1")
+        recheck()
+        for c in old:
+            with pytest.raises(SignatureError, match="KEY_NOT_FOUND"):
+                await c.inquiry_payment(payment_request_id="r-0")
+        for c in new:
+            assert (await c.inquiry_payment(payment_request_id="r-1")).status == "S"
+        for c in (*old, *new):
+            await c.aclose()
+
+    run(go())
+
+
+def test_the_sdk_fails_over_to_the_next_replica(tmp_path: Path, postgres_url: str) -> None:
+    """A client given three replicas' URLs: the first down, the directory and a payment
+    come from the second; the second down too, the same request id is answered with the
+    same payment by the third; all down, GatewayUnavailable."""
+    from veilpay.errors import GatewayUnavailable
+    from veilpay.sdk import AsyncGatewayClient
+
+    net = Net(tmp_path, database=postgres_url)
+    net.replica("gateway-2.test")
+
+    async def go() -> None:
+        await net.wallet("u1", 10**9)
+        urls = ["http://gw-dead.test", "http://gateway-2.test", "http://gateway.test"]
+        c = AsyncGatewayClient(net.keys("acqp-1"), urls, net.gw_public, transport=net.router,
+                               authority=net.authority, backoff=0.001)
+        net.router.down.add("gw-dead.test")
+        code = await net.code("u1")
+        first = await c.pay("fo-1", {"currency": "JPY", "value": "100"}, code, ORDER)
+        assert first.code == "SUCCESS" and c.url == "http://gateway-2.test"
+        net.router.down.add("gateway-2.test")
+        again = await c.pay("fo-1", {"currency": "JPY", "value": "100"}, code, ORDER)
+        assert again.code == "SUCCESS" and again.body["paymentId"] == first.body["paymentId"]
+        assert c.url == "http://gateway.test"
+        net.router.down.add("gateway.test")
+        with pytest.raises(GatewayUnavailable):
+            await c.directory(refresh=True)
+        await c.aclose()
+        net.router.down.clear()
+        assert len((await net.admin("mpp-1", "GET", "/admin/ledger"))["payments"]) == 1
+
+    run(go())
+
+
 # ---------------------------------------------------------------- replicas as processes
 def _wait(cond: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout

@@ -118,9 +118,10 @@ class LocalNet:
             gw_text = "".join(f"{a} = {toml_value(b)}\n" for a, b in {**opts,
                                                                        "listen": f"127.0.0.1:{self.ports[g]}"}.items())
             (self.root / f"{g}.toml").write_text("[gateway]\n" + gw_text)
+        gw_urls = [self.url[g] for g in self.gateways] if replicas > 1 else self.url["gateway"]
         for pid in ("mpp-1", "acqp-1"):
             lines = [f'keys = "keys/{pid}"', 'gateway_key = "keys/gateway/public.json"',
-                     f'gateway_url = "{self.url["gateway"]}"', f'database = "sqlite:///{pid}/{pid}.db"',
+                     f"gateway_url = {toml_value(gw_urls)}", f'database = "sqlite:///{pid}/{pid}.db"',
                      f'listen = "127.0.0.1:{self.ports[pid]}"', f'name = "{pid} wallet"', f"pets = {toml_value(pets)}",
                      'authority = "authority/authority.json"']
             text = "[partner]\n" + "\n".join(lines) + "\n"

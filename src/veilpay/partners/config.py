@@ -4,7 +4,7 @@
     keys = "keys/mpp-1"                   # public.json + secret.json (`veilpay keys partner`)
     gateway_key = "keys/gateway/public.json"
     authority = "authority/authority.json"  # the network's key authority: every key taken must chain to it
-    gateway_url = "http://127.0.0.1:8100"
+    gateway_url = "http://127.0.0.1:8100"   # or a list: the gateway's replicas, tried in turn
     database = "sqlite:///mpp/ledger.db"
     listen = "127.0.0.1:8101"
     name = "Veil Wallet"
@@ -59,7 +59,7 @@ class RiskSection:
 class PartnerConfig:
     keys: RelPath
     gateway_key: RelPath
-    gateway_url: str
+    gateway_url: str | list[str]  # the gateway, or its replicas' URLs in the order to try them
     database: DbUrl
     authority: RelPath
     privacy: PrivacySection | None = None

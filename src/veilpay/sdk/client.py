@@ -20,6 +20,7 @@ import asyncio
 import json
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ class ApiResponse:
 
 
 class _Core:
-    def __init__(self, keys: PartyKeys, gateway_url: str, gateway: PublicEntry, *, authority: Authority,
+    def __init__(self, keys: PartyKeys, gateway_url: str | Sequence[str], gateway: PublicEntry, *, authority: Authority,
                  privacy: Privacy | None = None, log_state: str | Path | None = None, timeout: float = 10.0,
                  retries: int = 3, backoff: float = 0.2, pets: bool = True, window: float = 300.0) -> None:
         """``authority``: the network's key authority, pinned; every key the client takes
@@ -96,17 +97,33 @@ class _Core:
         nodes' set and protocol, pinned (None for a network without them); a directory
         that announces others is refused. ``log_state``: a file that keeps the newest
         key-log head this party checked, across restarts (a restarted client without it
-        takes any log head the authority once signed, and so an entry replaced since)."""
+        takes any log head the authority once signed, and so an entry replaced since).
+        ``gateway_url``: the gateway, or its replicas in the order to try them: a call
+        that gets no answer from one is sent again (same body, same idempotency key) to
+        the next."""
         if gateway.role != "gateway":
             raise ConfigError("the pinned gateway entry must have role 'gateway'")
         self.trust = KeyTrust(authority, privacy, log_state)
-        self.keys, self.gateway, self.url = keys, gateway, gateway_url.rstrip("/")
+        urls = [gateway_url] if isinstance(gateway_url, str) else list(gateway_url)
+        if not urls or not all(isinstance(u, str) and u for u in urls):
+            raise ConfigError("gateway_url: a URL, or a non-empty list of the replicas' URLs")
+        self.keys, self.gateway, self.urls = keys, gateway, [u.rstrip("/") for u in urls]
+        self._at = 0
         self.timeout, self.retries, self.backoff, self.pets, self.window = timeout, retries, backoff, pets, window
         self._directory: Directory | None = None
         # a payment's code, order and device data for the MPP, and its hidden amount to
         # the MPP, to us and to each node, sealed in sessions: one HPKE seal per
         # recipient per session instead of one to five per payment
         self._sessions = SessionSealer()
+
+    @property
+    def url(self) -> str:
+        """The gateway replica this client calls now."""
+        return self.urls[self._at]
+
+    def _fail_over(self) -> None:
+        """The replica called gave no answer: call the next one from now on."""
+        self._at = (self._at + 1) % len(self.urls)
 
     # ------------------------------------------------------------ requests
     def _headers(self, path: str, body: bytes) -> dict[str, str]:
@@ -304,7 +321,7 @@ def _page(size: int, token: str | None) -> dict[str, Any]:
 class GatewayClient(_Core):
     """Blocking client. ``transport`` lets tests route to an in-process app."""
 
-    def __init__(self, keys: PartyKeys, gateway_url: str, gateway: PublicEntry, *,
+    def __init__(self, keys: PartyKeys, gateway_url: str | Sequence[str], gateway: PublicEntry, *,
                  transport: httpx.BaseTransport | None = None, **kw: Any) -> None:
         super().__init__(keys, gateway_url, gateway, **kw)
         self._http = httpx.Client(timeout=self.timeout, transport=transport)
@@ -320,18 +337,22 @@ class GatewayClient(_Core):
 
     def directory(self, refresh: bool = False) -> Directory:
         if self._directory is None or refresh:
-            try:
-                headers, digest = self._directory_headers()
-                resp = self._http.get(self.url + "/v1/directory", headers=headers)
-                d, wanted = self._parse_directory(resp, digest)
-                start, end = wanted or (0, 0)
-                leaves: list[bytes] = []
-                while start + len(leaves) < end:  # each page holds 1 .. end - at leaves
-                    at = start + len(leaves)
-                    leaves += self._log_page(self._http.get(self.url + "/v1/log/entries",
-                                                            params={"start": at, "end": end}), at, end)
-            except httpx.HTTPError as exc:
-                raise GatewayUnavailable(f"directory: {type(exc).__name__}") from exc
+            for tried in range(1, len(self.urls) + 1):
+                try:
+                    headers, digest = self._directory_headers()
+                    resp = self._http.get(self.url + "/v1/directory", headers=headers)
+                    d, wanted = self._parse_directory(resp, digest)
+                    start, end = wanted or (0, 0)
+                    leaves: list[bytes] = []
+                    while start + len(leaves) < end:  # each page holds 1 .. end - at leaves
+                        at = start + len(leaves)
+                        leaves += self._log_page(self._http.get(self.url + "/v1/log/entries",
+                                                                params={"start": at, "end": end}), at, end)
+                    break
+                except httpx.HTTPError as exc:
+                    self._fail_over()
+                    if tried == len(self.urls):
+                        raise GatewayUnavailable(f"directory: {type(exc).__name__}") from exc
             return self._accept_directory(d, start, leaves)
         return self._directory
 
@@ -348,7 +369,7 @@ class GatewayClient(_Core):
                 if not self._retryable(last):
                     return last
             except httpx.HTTPError:
-                pass
+                self._fail_over()
             if attempt <= self.retries:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
         if last is not None:
@@ -397,22 +418,22 @@ class GatewayClient(_Core):
 class AsyncGatewayClient(_Core):
     """asyncio client, same behaviour as GatewayClient."""
 
-    def __init__(self, keys: PartyKeys, gateway_url: str, gateway: PublicEntry, *,
+    def __init__(self, keys: PartyKeys, gateway_url: str | Sequence[str], gateway: PublicEntry, *,
                  transport: httpx.AsyncBaseTransport | None = None, max_connections: int = 100, **kw: Any) -> None:
         super().__init__(keys, gateway_url, gateway, **kw)
         self._transport = transport or httpx.AsyncHTTPTransport(limits=httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections))
         self._http = httpx.AsyncClient(timeout=self.timeout, transport=self._transport)
         self._timeouts = httpx.Timeout(self.timeout).as_dict()
-        self._urls: dict[str, httpx.URL] = {}
+        self._urls: dict[tuple[int, str], httpx.URL] = {}
 
     async def _post(self, path: str, raw: bytes) -> tuple[httpx.Response, str]:
         """One signed POST, straight to the transport: the SDK uses none of the client's
         cookie, redirect or auth handling, which cost more CPU than the call itself.
         Returns the answer and the digest of the request it must answer."""
-        url = self._urls.get(path)
+        url = self._urls.get((self._at, path))
         if url is None:
-            url = self._urls[path] = httpx.URL(self.url + path)
+            url = self._urls[(self._at, path)] = httpx.URL(self.url + path)
         headers = self._headers(path, raw)
         req = httpx.Request("POST", url, content=raw, headers=headers, extensions={"timeout": self._timeouts})
         resp = await self._transport.handle_async_request(req)
@@ -427,18 +448,22 @@ class AsyncGatewayClient(_Core):
 
     async def directory(self, refresh: bool = False) -> Directory:
         if self._directory is None or refresh:
-            try:
-                headers, digest = self._directory_headers()
-                resp = await self._http.get(self.url + "/v1/directory", headers=headers)
-                d, wanted = self._parse_directory(resp, digest)
-                start, end = wanted or (0, 0)
-                leaves: list[bytes] = []
-                while start + len(leaves) < end:  # each page holds 1 .. end - at leaves
-                    at = start + len(leaves)
-                    leaves += self._log_page(await self._http.get(self.url + "/v1/log/entries",
-                                                                  params={"start": at, "end": end}), at, end)
-            except httpx.HTTPError as exc:
-                raise GatewayUnavailable(f"directory: {type(exc).__name__}") from exc
+            for tried in range(1, len(self.urls) + 1):
+                try:
+                    headers, digest = self._directory_headers()
+                    resp = await self._http.get(self.url + "/v1/directory", headers=headers)
+                    d, wanted = self._parse_directory(resp, digest)
+                    start, end = wanted or (0, 0)
+                    leaves: list[bytes] = []
+                    while start + len(leaves) < end:  # each page holds 1 .. end - at leaves
+                        at = start + len(leaves)
+                        leaves += self._log_page(await self._http.get(self.url + "/v1/log/entries",
+                                                                      params={"start": at, "end": end}), at, end)
+                    break
+                except httpx.HTTPError as exc:
+                    self._fail_over()
+                    if tried == len(self.urls):
+                        raise GatewayUnavailable(f"directory: {type(exc).__name__}") from exc
             return self._accept_directory(d, start, leaves)
         return self._directory
 
@@ -452,7 +477,7 @@ class AsyncGatewayClient(_Core):
                 if not self._retryable(last):
                     return last
             except httpx.HTTPError:
-                pass
+                self._fail_over()
             if attempt <= self.retries:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
         if last is not None:
