@@ -19,12 +19,12 @@ from sqlalchemy import func, select
 from veilpay.crypto.hpke import HpkePrivateKey
 from veilpay.crypto.signing import SigningKey
 from veilpay.crypto.tokens import TokenKey, ct_equal, hmac_sha256
-from veilpay.errors import ConfigError, DecryptionError, InvalidInput, SignatureError
+from veilpay.errors import ConfigError, DecryptionError, InvalidInput, MalformedBody, SignatureError
 from veilpay.gateway.codes import CODES, result
 from veilpay.gateway.store import outbox, payments, refunds
 from veilpay.sdk import MINOR_UNITS, open_fields, parse_amount, retire_key, rotate_keys, seal_fields, sign_headers
 from veilpay.sdk.money import InvalidAmount, UnsupportedCurrency
-from veilpay.sdk.signing import request_digest, verify_message
+from veilpay.sdk.signing import SignedHeaders, request_digest, verify_json, verify_message
 
 JPY = {"currency": "JPY", "value": "1000"}
 ORDER = {"orderId": "A-1", "goods": "matcha", "buyer": {"email": "x@example.com"}}
@@ -105,6 +105,28 @@ def test_signature_checks(tmp_path: Path) -> None:
     with pytest.raises(SignatureError):
         verify_message({**h, "signature": "algorithm=RSA256,keyVersion=3,signature=AAAA"}, "POST", "/p", b"{}",
                        lookup, now, 60)
+
+
+def test_verify_json_verifies_parses_and_requires_an_object() -> None:
+    """The one helper for a signed message's body: (signed headers, object); a bad
+    signature stays a SignatureError, and a body that is signed but not a JSON object is
+    MalformedBody carrying the verified headers (so the answer can be bound to it)."""
+    key = SigningKey.generate()
+    now = time.time()
+    lookup = {3: key.public()}.get
+
+    def signed(body: bytes) -> dict[str, str]:
+        return {k.lower(): v for k, v in sign_headers(key, 3, "POST", "/p", "acqp-1", body, now).items()}
+
+    got, obj = verify_json(signed(b'{"a":1}'), "POST", "/p", b'{"a":1}', lookup, now, 60)
+    assert (got.client_id, obj) == ("acqp-1", {"a": 1})
+    with pytest.raises(SignatureError):
+        verify_json(signed(b'{"a":1}'), "POST", "/p", b'{"a":2}', lookup, now, 60)
+    for body in (b"[1]", b"{not json", b"\xff", b'"text"'):
+        with pytest.raises(MalformedBody) as e:
+            verify_json(signed(body), "POST", "/p", body, lookup, now, 60)
+        assert e.value.code == "MALFORMED_REQUEST"
+        assert isinstance(e.value.signed, SignedHeaders) and e.value.signed.client_id == "acqp-1"
 
 
 def test_envelopes_bind_recipient_purpose_and_payment(tmp_path: Path) -> None:

@@ -41,25 +41,24 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from veilpay.errors import ConfigError, NodeError, SignatureError
+from veilpay.errors import ConfigError, MalformedBody, NodeError, SignatureError
 from veilpay.host import FASTAPI_TELEMETRY_OFF
 from veilpay.net import connect_mesh, load_network
 from veilpay.node.config import NodeConfig
 from veilpay.node.service import NodeService, PinnedPartners
 from veilpay.node.store import open_store
 from veilpay.node.witness import Witness
-from veilpay.sdk import wirejson
 from veilpay.sdk.authority import load_authority
 from veilpay.sdk.keys import PublicEntry, load_party
 from veilpay.sdk.partner import GatewayCalls
 from veilpay.sdk.shares import Privacy
-from veilpay.sdk.signing import verify_message
+from veilpay.sdk.signing import SignedHeaders, verify_json
 
 __all__ = ["create_node_app", "load_privacy"]
 
@@ -163,11 +162,13 @@ def create_node_app(cfg: NodeConfig, clock: Callable[[], int] | None = None) -> 
         try:
             if entry is None:
                 raise SignatureError("for the gateway and the partners this node pinned", "INVALID_CLIENT")
-            digest = verify_message(hdrs, "POST", path, raw, entry.verify_key, time.time(),
-                                    cfg.request_window_s).digest
-            obj = wirejson.loads(raw)
-            if not isinstance(obj, dict):
-                raise NodeError("a JSON object", invalid, 400)
+            try:
+                signed_req, obj = verify_json(hdrs, "POST", path, raw, entry.verify_key, time.time(),
+                                              cfg.request_window_s)
+            except MalformedBody as exc:  # a genuine call: refused with the answer bound to it
+                digest = cast(SignedHeaders, exc.signed).digest
+                raise NodeError(str(exc), invalid, 400) from exc
+            digest = signed_req.digest
             body, status = (await anyio.to_thread.run_sync(op, obj, caller) if caller_too else
                             await anyio.to_thread.run_sync(op, obj)), 200
         except SignatureError as exc:

@@ -5,14 +5,13 @@ signature: no signed answer goes to a caller that has not authenticated."""
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
+from typing import Any, cast
 
-from veilpay.errors import SignatureError
+from veilpay.errors import MalformedBody, SignatureError
 from veilpay.sdk import wirejson
 from veilpay.sdk.keys import PartyKeys, PublicEntry
-from veilpay.sdk.signing import sign_headers, verify_message
+from veilpay.sdk.signing import SignedHeaders, sign_headers, verify_json
 
 __all__ = ["GatewayCalls"]
 
@@ -27,15 +26,15 @@ class GatewayCalls:
         """(the JSON body, the request's digest) of a request the gateway signed for us;
         SignatureError otherwise. Answer it with ``answer(..., digest)``."""
         hdrs = {k.lower(): v for k, v in headers.items()}
-        signed = verify_message(hdrs, method, path, body, self.gateway.verify_key, time.time(), self.window)
+        malformed = ""
+        try:
+            signed, obj = verify_json(hdrs, method, path, body, self.gateway.verify_key, time.time(), self.window)
+        except MalformedBody as exc:  # refused below, after the check that it was signed for us
+            signed, obj, malformed = cast(SignedHeaders, exc.signed), {}, str(exc)
         if signed.client_id != self.me.id:
             raise SignatureError(f"request signed for {signed.client_id!r}, not for {self.me.id!r}")
-        try:
-            obj = wirejson.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SignatureError("signed body is not JSON", "PARAM_ILLEGAL") from exc
-        if not isinstance(obj, dict):
-            raise SignatureError("signed body is not a JSON object", "PARAM_ILLEGAL")
+        if malformed:
+            raise SignatureError(malformed, "PARAM_ILLEGAL")
         return obj, signed.digest
 
     def answer(self, method: str, path: str, body: dict[str, Any], answers: str) -> tuple[bytes, dict[str, str]]:
