@@ -609,6 +609,38 @@ def test_two_resolvers_split_the_due_rows_without_overlap(tmp_path: Path, databa
     run(body())
 
 
+def test_gateway_sql_runs_off_the_event_loop(tmp_path: Path) -> None:
+    """Every statement the gateway runs for its API, its resolver, its webhook worker and
+    its health check runs on the Database's threads, none on the event loop's."""
+    import threading
+
+    from sqlalchemy import event
+
+    async def body() -> None:
+        net = Net(tmp_path, mpp_timeout_s=0.05)
+        threads: list[str] = []
+
+        def seen(*_: Any) -> None:
+            threads.append(threading.current_thread().name)
+        event.listen(net.gateway.state.engine, "before_cursor_execute", seen)
+        c = net.client()
+        assert (await _pay(net, "t1")).code == "SUCCESS"
+        assert (await c.inquiry_payment(payment_request_id="t1")).code == "SUCCESS"
+        assert (await c.refund("rf", {"currency": "JPY", "value": "10"}, payment_request_id="t1")).code == "SUCCESS"
+        assert (await c.inquiry_refund(refund_request_id="rf")).code == "SUCCESS"
+        assert (await _pay(net, "t2", user="u2")).code == "SUCCESS"
+        assert (await c.cancel_payment(payment_request_id="t2")).code == "SUCCESS"
+        assert (await c.list_payments()).code == "SUCCESS"
+        assert (await c.settlement_summary(time.strftime("%Y-%m-%d", time.gmtime()))).code == "SUCCESS"
+        await net.gateway.state.service.resolve_pending()
+        await net.gateway.state.service.purge_seen()
+        await net.deliver()
+        assert (await _get(net, "/healthz")).status_code == 200
+        event.remove(net.gateway.state.engine, "before_cursor_execute", seen)
+        assert threads and all(t.startswith("veilpay-db") for t in threads), set(threads)
+    run(body())
+
+
 def test_expired_unknown_payment_is_cancelled_at_the_mpp(tmp_path: Path) -> None:
     async def body() -> None:
         net = Net(tmp_path, mpp_timeout_s=0.05, payment_expiry_s=0.0)
