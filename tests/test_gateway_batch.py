@@ -392,7 +392,7 @@ def test_sdk_over_aiohttp_transport_verifies_the_gateway(tmp_path: Path) -> None
         port = _free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         c = net.client(transport=AiohttpTransport())
-        c.url = f"http://127.0.0.1:{port}"
+        c.urls = [f"http://127.0.0.1:{port}"]
         try:
             d = await c.directory()
             assert d.get("mpp-1") is not None
