@@ -23,11 +23,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
-from veilpay.errors import ConfigError, GatewayUnavailable, InvalidInput, LogInconsistent, SignatureError
+from veilpay.errors import (
+    ConfigError,
+    GatewayUnavailable,
+    InvalidInput,
+    LogInconsistent,
+    MalformedBody,
+    SignatureError,
+)
 from veilpay.sdk import wirejson
 from veilpay.sdk.authority import Authority, KeyTrust
 from veilpay.sdk.directory import Directory
@@ -36,7 +43,14 @@ from veilpay.sdk.keys import PartyKeys, PublicEntry
 from veilpay.sdk.money import parse_amount
 from veilpay.sdk.settlement import summaries
 from veilpay.sdk.shares import Privacy, reveal_amounts, seal_amount
-from veilpay.sdk.signing import NONCE_HEADER, get_digest, post_headers, request_digest, verify_message
+from veilpay.sdk.signing import (
+    NONCE_HEADER,
+    SignedHeaders,
+    get_digest,
+    post_headers,
+    request_digest,
+    verify_json,
+)
 
 __all__ = ["ApiResponse", "AsyncGatewayClient", "GatewayClient", "PAY_PATH"]
 
@@ -142,16 +156,16 @@ class _Core:
                 said = "?"
             raise SignatureError(f"{path}: an unsigned answer (HTTP {resp.status_code}, it says {said}): the gateway "
                                  "did not authenticate the request, or the answer is not the gateway's")
-        signed = verify_message(hdrs, method, path, resp.content, self.gateway.verify_key, time.time(), self.window,
-                                "Response-Time", answers)
+        malformed = ""
+        try:
+            signed, body = verify_json(hdrs, method, path, resp.content, self.gateway.verify_key, time.time(),
+                                       self.window, "Response-Time", answers)
+        except MalformedBody as exc:  # refused below, after the check that it was signed for us
+            signed, body, malformed = cast(SignedHeaders, exc.signed), {}, str(exc)
         if signed.client_id != self.keys.id:
             raise SignatureError(f"response signed for {signed.client_id!r}, not for us")
-        try:
-            body = wirejson.loads(resp.content)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SignatureError("signed response is not JSON") from exc
-        if not isinstance(body, dict):
-            raise SignatureError("signed response is not a JSON object")
+        if malformed:
+            raise SignatureError(malformed.replace("body", "response"))
         return body
 
     def _directory_headers(self) -> tuple[dict[str, str], str]:
