@@ -284,7 +284,7 @@ def _db_work(n: int, pg: dict[str, Any]) -> dict[str, Any]:
         raw = c1[k] - c0[k] - (pg["own_xacts"] if k == "xact_commit" else 0)
         out["idle_per_s"][k] = round(rate, 1)
         out["raw_per_payment"][k] = round(raw / n, 2)
-        out[f"{k}_per_payment"] = round((raw - rate * (pg["t2"] - pg["t0"])) / n, 2)
+        out[f"{k}_per_payment"] = round((raw - rate * (pg["t2"] - pg["t0"])) / n, 2) + 0.0   # no -0.0
     return out
 
 
