@@ -28,7 +28,7 @@ gateway's own (``veilpay.gateway.store.metadata``, made with ``create_all``), in
 fresh database per run; ``--warmup`` payments run first, untimed.
 
 Backends: a SQLite file in a temp dir, WAL mode (``veilpay.db.make_engine``'s pragmas,
-also on the aiosqlite engine); PostgreSQL: a throwaway cluster started as
+also on the aiosqlite engine); PostgreSQL: a throwaway cluster (``bench/_pg.py``) started as
 tests/conftest.py's ``postgres_server`` fixture does it (initdb from
 /usr/lib/postgresql/*/bin, trust auth, a socket in the temp dir, and ``-c fsync=off``,
 so commits do not wait on the disk; skipped with a printed reason when the binaries are
@@ -62,21 +62,19 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import glob
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uvloop
+from _pg import postgres_server, server_cpu_s  # bench/_pg.py (run as a script)
 from sqlalchemy import Connection, and_, bindparam, create_engine, event, insert, select, text, update
 
 from veilpay.db import Database, GroupCommit, _sqlite_pragmas, make_engine
@@ -360,71 +358,6 @@ class Inline(Design):
 
 
 DESIGNS: dict[str, type[Design]] = {"a": OnPool, "b": AsyncEngineDesign, "c": Inline}
-
-
-# ------------------------------------------------------------------ PostgreSQL server
-def _pg_bindir() -> Path | None:
-    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
-        if Path(d, "initdb").exists():
-            return Path(d)
-    found = shutil.which("initdb")
-    return Path(found).parent if found else None
-
-
-@contextlib.contextmanager
-def postgres_server() -> Iterator[tuple[str, int]]:
-    """A throwaway cluster (tests/conftest.py's fixture): its URL and postmaster pid."""
-    bindir = _pg_bindir()
-    if bindir is None:
-        raise RuntimeError("PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin, initdb on PATH)")
-    root = Path(tempfile.mkdtemp(prefix="veilpay-bench-pg-"))
-    data = root / "data"
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        root.chmod(0o755)
-        shutil.chown(root, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    try:
-        subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "veilpay"],
-                       check=True, capture_output=True)
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                        f"-p {port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off", "start"],
-                       check=True, capture_output=True)
-        pid = int((data / "postmaster.pid").read_text().split()[0])
-        yield f"postgresql+psycopg://veilpay@127.0.0.1:{port}/postgres", pid
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int | str) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rindex(")") + 2:].split()   # fields from the 3rd (state) on
-
-
-def server_cpu_s(postmaster: int) -> float:
-    """CPU seconds of the postmaster, its live children and (cutime/cstime) the children
-    it has reaped."""
-    top = _stat(postmaster)
-    if top is None:
-        return float("nan")
-    ticks = sum(int(x) for x in top[11:15])   # utime stime cutime cstime
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            st = _stat(d)
-            if st is not None and st[1] == str(postmaster):
-                ticks += int(st[11]) + int(st[12])
-    return ticks / _TICKS
 
 
 # ------------------------------------------------------------------ one measurement
