@@ -215,7 +215,8 @@ def test_forged_refund_shares_are_no_oracle(tmp_path: Path) -> None:
         with net.gateway.state.engine.connect() as conn:
             from veilpay.gateway.store import node_feed
             row = conn.execute(select(node_feed.c.item).where(node_feed.c.node == "node-a",
-                                                              node_feed.c.item.like(f'%{ok.body["refundId"]}%'))).first()
+                                                              node_feed.c.item.like(f'%{ok.body["refundId"]}%'))
+                               .order_by(node_feed.c.seq)).first()  # its share, queued before its status
         replay = {**json.loads(row.item), "id": "rfd_" + "f" * 32}
         _inject(net, {"node-a": replay})
         await net.relay()
