@@ -444,3 +444,33 @@ def test_workers_on_sqlite_are_refused(tmp_path: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert "--workers 2 needs PostgreSQL" in err and "ConfigError" in err
     assert not net.procs
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_the_rate_limit_is_shared_by_the_replicas(tmp_path: Path, db: str, request: pytest.FixtureRequest) -> None:
+    """At most rate_limit_per_s signed requests a second from one acquirer, counted by
+    both replicas together: twelve requests in one second, alternating replicas, with a
+    limit of five: five answered, seven refused with a signed 429 the SDK can read; the
+    next second serves again, and another acquirer has its own count."""
+    url = request.getfixturevalue("postgres_url") if db == "postgresql" else None
+    net = Net(tmp_path, database=url, rate_limit_per_s=5)
+    net.replica("gateway-2.test")  # on SQLite: two apps in one process, the upsert's other spelling
+
+    async def go() -> None:
+        clients = [net.client(retries=0), net.client(gateway="gateway-2.test", retries=0)]
+        other = net.client("acqp-2", retries=0)
+        for c in (*clients, other):
+            await c.directory()
+        while time.time() % 1 > 0.3:  # start early in a second, so the burst stays in it
+            await asyncio.sleep(0.01)
+        second = int(time.time())
+        codes = [(await clients[i % 2].inquiry_payment(payment_request_id="none")).code for i in range(12)]
+        assert int(time.time()) == second, "the burst spilled into the next second; the machine is too slow"
+        assert codes.count("ORDER_NOT_EXIST") == 5 and codes.count("REQUEST_TRAFFIC_EXCEED_LIMIT") == 7, codes
+        assert (await other.inquiry_payment(payment_request_id="none")).code == "ORDER_NOT_EXIST"
+        await asyncio.sleep(1.0)
+        assert (await clients[1].inquiry_payment(payment_request_id="none")).code == "ORDER_NOT_EXIST"
+        for c in (*clients, other):
+            await c.aclose()
+
+    run(go())

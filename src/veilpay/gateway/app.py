@@ -183,7 +183,7 @@ def _schema(model: Any) -> dict[str, Any]:
 
 
 # The HTTP statuses other than 200 that each kind of signed endpoint answers with.
-_PARTNER_ERRORS = (400, 401, 408, 413, 415, 500)  # body, media type, authentication, parsing, unexpected failure
+_PARTNER_ERRORS = (400, 401, 408, 413, 415, 429, 500)  # body, media type, authentication, rate, unexpected failure
 _OPERATOR_ERRORS = (400, 401, 408, 409, 413, 500, 503)  # no media-type check; the privacy nodes' refusals
 _SIGNED_HEADERS = [{"name": h, "in": "header", "required": True, "schema": {"type": "string"}}
                    for h in ("Client-Id", "Request-Time", "Signature")]

@@ -40,6 +40,7 @@ CODES: dict[str, tuple[str, int, str]] = {
     "REPLAYED_REQUEST": ("F", 401, "this exact signed request was seen before"),  # veilpay
     "REQUEST_TIMEOUT": ("F", 408, "the request's body did not arrive in time"),  # veilpay
     "REQUEST_TOO_LARGE": ("F", 413, "the body is larger than allowed"),  # veilpay
+    "REQUEST_TRAFFIC_EXCEED_LIMIT": ("U", 429, "too many requests from this client; retry after a second"),
     "MEDIA_TYPE_NOT_ACCEPTABLE": ("F", 415, "send Content-Type: application/json"),
     "INVALID_API": ("F", 404, "no such API"),
     "AMOUNT_NOT_HIDDEN": ("F", 400, "amounts must be sealed and secret-shared to the privacy nodes"),  # veilpay

@@ -13,6 +13,7 @@
     cancel_window_s = 86400
     refund_window_s = 31536000
     max_body_bytes = 65536
+    rate_limit_per_s = 0                  # signed API requests a second per acquirer, over all replicas; 0: no limit
     forward_batch = 64                    # payments per call to an MPP (/mpp/v1/payBatch); 1: one per call (/mpp/v1/pay)
     forward_in_flight = 1                 # payBatch calls open at once per MPP; the next batch queues meanwhile
     webhook_linger_s = 0.02               # wait this long after a webhook is due, so that more share its call
@@ -35,7 +36,7 @@ from __future__ import annotations
 from dataclasses import field
 from pathlib import Path
 
-from pydantic import PositiveFloat, PositiveInt
+from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 from pydantic.dataclasses import dataclass
 
 from veilpay.settings import STRICT, DbUrl, ListenAddr, PrivacySection, RelPath, load_table
@@ -57,6 +58,7 @@ class GatewayConfig:
     cancel_window_s: float = 86400.0
     refund_window_s: float = 365 * 86400.0
     max_body_bytes: PositiveInt = 65536
+    rate_limit_per_s: NonNegativeInt = 0
     forward_batch: PositiveInt = 64
     forward_in_flight: PositiveInt = 1
     pets: bool = True

@@ -110,16 +110,29 @@ class Intake:
             signed = cast(SignedHeaders, exc.signed)
             obj = ApiFailure("MALFORMED_REQUEST", "the body is not valid JSON" if isinstance(
                 exc.__cause__, ValueError) else None)
-        await self.guard_replay(entry.id, signed)
+        try:
+            await self.guard_replay(entry.id, signed, limit=self.cfg.rate_limit_per_s)
+        except ApiFailure as exc:
+            if exc.result["resultCode"] != "REQUEST_TRAFFIC_EXCEED_LIMIT":
+                raise
+            return entry, signed, exc  # a genuine request, not run: its answer signed, so the SDK retries it
         return entry, signed, obj
 
-    async def guard_replay(self, client: str, signed: SignedHeaders) -> None:
-        """REPLAYED_REQUEST for a request whose nonce this client used before (in the window)."""
+    async def guard_replay(self, client: str, signed: SignedHeaders, limit: int = 0) -> None:
+        """REPLAYED_REQUEST for a request whose nonce this client used before (in the
+        window); with ``limit``, REQUEST_TRAFFIC_EXCEED_LIMIT for the requests of a
+        second past the first ``limit`` of this client, counted across every replica
+        (a refused request counts: a client that keeps sending stays refused)."""
+        now = _now_ms()
         try:
-            await self.ledger.record_seen(client, sha256(signed.nonce.encode()).hex(),
-                                          _now_ms() + int(2 * self.cfg.request_window_s * 1000))
+            count = await self.ledger.record_seen(client, sha256(signed.nonce.encode()).hex(),
+                                                  now + int(2 * self.cfg.request_window_s * 1000),
+                                                  now // 1000 if limit else None)
         except IntegrityError as exc:
             raise ApiFailure("REPLAYED_REQUEST") from exc
+        if limit and count > limit:
+            raise ApiFailure("REQUEST_TRAFFIC_EXCEED_LIMIT", f"over {limit} requests a second from {client[:64]}; "
+                             "retry after a second")
 
     # ------------------------------------------------------------------ amounts
     def amount_in(self, obj: Any, what: str, acqp: str, mpp: str, kind: str, request_id: str,

@@ -24,7 +24,15 @@ from sqlalchemy import Connection, Row, and_, bindparam, func, insert, or_, sele
 
 from veilpay.crypto.tokens import random_id
 from veilpay.db import Database
-from veilpay.gateway.store import outbox, payments, refunds, seen_requests, settlement_runs, settlements
+from veilpay.gateway.store import (
+    outbox,
+    payments,
+    rate_windows,
+    refunds,
+    seen_requests,
+    settlement_runs,
+    settlements,
+)
 from veilpay.sdk import wirejson
 
 __all__ = ["Feed", "Ledger"]
@@ -51,6 +59,18 @@ _RETRY = {t.name: update(t).where(t.c.id == bindparam("b_id")).values(
     attempts=bindparam("b_attempts"), next_check_ms=bindparam("b_next"), updated_ms=bindparam("b_now"))
     for t in (payments, refunds)}
 _PURGE_SEEN = seen_requests.delete().where(seen_requests.c.expires_ms < bindparam("b_now"))
+_PURGE_RATE = rate_windows.delete().where(rate_windows.c.second < bindparam("b_before"))
+
+
+def _count_request(dialect: str) -> Any:
+    """One more request of a client in a second, returning the second's count so far:
+    an upsert on the row every replica counts in (SQLite and PostgreSQL spell it alike)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = upsert(rate_windows).values(client_id=bindparam("b_client"), second=bindparam("b_second"), count=1)
+    return stmt.on_conflict_do_update(index_elements=[rate_windows.c.client_id, rate_windows.c.second],
+                                      set_={"count": rate_windows.c.count + 1}).returning(rate_windows.c.count)
 # The resolver's claim: one statement per table, so that on SQLite it takes the write
 # lock before it reads (no snapshot to upgrade), and on PostgreSQL the due condition is
 # checked again on each row as it is updated (a row another replica just claimed is
@@ -101,19 +121,29 @@ class Ledger:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._count_request = _count_request(db.engine.dialect.name)
 
     # ------------------------------------------------------------------ replay guard
-    async def record_seen(self, client: str, digest: str, expires_ms: int) -> None:
-        """Remember a request's nonce (grouped); IntegrityError when it was seen before."""
+    async def record_seen(self, client: str, digest: str, expires_ms: int, second: int | None = None) -> int:
+        """Remember a request's nonce (grouped); IntegrityError when it was seen before.
+        With ``second``, also count the request in the client's row for that second,
+        in the same transaction, and return the count (else 0)."""
         seen = {"client_id": client, "digest": digest, "expires_ms": expires_ms}
+        hit = {"b_client": client, "b_second": second}
+        count = self._count_request
 
-        def work(conn: Connection) -> None:
+        def work(conn: Connection) -> int:
             conn.execute(_INSERT_SEEN, seen)
-        await self.db.grouped(work)
+            return int(conn.execute(count, hit).scalar_one()) if second is not None else 0
+        return await self.db.grouped(work)
 
     async def purge_seen(self, now: int) -> int:
-        """Forget the nonces whose window has passed; returns how many."""
-        return await self.db.write(lambda conn: int(conn.execute(_PURGE_SEEN, {"b_now": now}).rowcount))
+        """Forget the nonces whose window has passed, and the rate counts older than a
+        minute; returns how many nonces."""
+        def work(conn: Connection) -> int:
+            conn.execute(_PURGE_RATE, {"b_before": now // 1000 - 60})
+            return int(conn.execute(_PURGE_SEEN, {"b_now": now}).rowcount)
+        return await self.db.write(work)
 
     # ------------------------------------------------------------------ payments
     async def payment(self, pid: str) -> Row[Any] | None:

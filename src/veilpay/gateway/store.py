@@ -26,8 +26,8 @@ from sqlalchemy import (
 
 from veilpay.db import make_engine
 
-__all__ = ["make_engine", "metadata", "migrate", "leases", "node_cursor", "node_feed", "outbox", "payments", "refunds",
-           "seen_requests", "settlement_runs", "settlements"]
+__all__ = ["leases", "make_engine", "metadata", "migrate", "node_cursor", "node_feed", "outbox", "payments",
+           "rate_windows", "refunds", "seen_requests", "settlement_runs", "settlements"]
 
 metadata = MetaData()
 
@@ -157,6 +157,15 @@ settlements = Table(
     Column("ids", Text, nullable=False),                   # JSON: the transactions totalled
     Column("excluded", Text, nullable=False),              # JSON: id -> why it was left out
     Column("outputs", Text, nullable=False),               # JSON: node -> partner -> sealed output
+)
+
+# Requests per acquirer per second, counted by every replica in the same row: the
+# shared rate limit (``rate_limit_per_s``). Rows older than a minute are purged.
+rate_windows = Table(
+    "rate_windows", metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("second", BigInteger, primary_key=True),          # Unix time, whole seconds
+    Column("count", Integer, nullable=False),
 )
 
 seen_requests = Table(
