@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -1380,3 +1381,12 @@ def test_log_lines_name_why_a_key_was_refused() -> None:
     rec = logging.getLogger("veilpay.test").makeRecord("veilpay.test", logging.ERROR, __file__, 1, "failed", (), exc)
     out = json.loads(JsonFormatter().format(rec))
     assert out["exception"] == "KeyNotCertified" and "self-signature" in out["exception_message"]
+
+
+def test_docs_list_every_result_code_as_the_gateway_answers_it() -> None:
+    """docs/gateway.md's table of result codes is the CODES table: same codes, result
+    statuses and HTTP statuses."""
+    doc = (Path(__file__).parent.parent / "docs" / "gateway.md").read_text()
+    rows = {m.group(1): (m.group(2), int(m.group(3)))
+            for m in re.finditer(r"^\| `([A-Z_]+)` \| ([SFU]) \| (\d{3}) \|", doc, re.MULTILINE)}
+    assert rows == {code: (status, http) for code, (status, http, _) in CODES.items()}
