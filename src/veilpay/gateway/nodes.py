@@ -35,6 +35,7 @@ from veilpay.db import Database
 from veilpay.errors import NodeError, SignatureError
 from veilpay.gateway import leases
 from veilpay.gateway.batch import pause
+from veilpay.gateway.config import GatewayConfig
 from veilpay.gateway.link import LinkError, PartnerLink
 from veilpay.gateway.outbox import retry_delay_s
 from veilpay.gateway.store import node_cursor, node_feed
@@ -87,10 +88,9 @@ class NodeLink:
     the nodes compute one job at a time in lock step, and two replicas starting jobs
     at once would meet them in different orders."""
 
-    def __init__(self, cfg: Any, keys: PartyKeys, directory: Callable[[], Directory], db: Database | Engine,
+    def __init__(self, cfg: GatewayConfig, keys: PartyKeys, directory: Callable[[], Directory], db: Database,
                  http: PartnerLink, privacy: Privacy) -> None:
-        self.cfg, self.keys, self._directory, self.http = cfg, keys, directory, http
-        self.db = db if isinstance(db, Database) else Database(db)
+        self.cfg, self.keys, self._directory, self.db, self.http = cfg, keys, directory, db, http
         self.privacy = privacy
         self.me = leases.replica_id()
         self._job_lock = asyncio.Lock()
@@ -100,7 +100,7 @@ class NodeLink:
         self.relay_lease_ms = int(max(15.0, 3 * cfg.node_timeout_s) * 1000)
 
     @property
-    def engine(self) -> Any:
+    def engine(self) -> Engine:
         return self.db.engine
 
     def wake(self) -> None:
