@@ -20,10 +20,10 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import httpx
 
@@ -57,6 +57,24 @@ __all__ = ["ApiResponse", "AsyncGatewayClient", "GatewayClient", "PAY_PATH"]
 PAY_PATH = "/v1/payments/pay"
 _ECHOED = ("paymentRequestId", "paymentId", "refundRequestId", "refundId")  # an answer names what it answers
 _RETRY_CODES = {"UNKNOWN_EXCEPTION", "PAYMENT_IN_PROCESS", "REFUND_IN_PROCESS", "REQUEST_TRAFFIC_EXCEED_LIMIT"}
+
+
+class _Answer(Protocol):
+    """What the client reads of an HTTP answer: an ``httpx.Response``, or the aiohttp
+    transport's ``RawAnswer``."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+
+# (url, body, headers, timeouts) -> answer: a transport's own path for a signed POST
+_RawPost = Callable[[str, bytes, dict[str, str], dict[str, Any]], Awaitable[_Answer]]
 
 
 @dataclass
@@ -143,7 +161,7 @@ class _Core:
     def _headers(self, path: str, body: bytes) -> dict[str, str]:
         return post_headers(self.keys.signer(), path, self.keys.id, body)
 
-    def _verify(self, method: str, path: str, resp: httpx.Response, answers: str) -> dict[str, Any]:
+    def _verify(self, method: str, path: str, resp: _Answer, answers: str) -> dict[str, Any]:
         """The JSON body of the gateway's answer to our request (digest ``answers``),
         signed for us; SignatureError for an answer that is unsigned (the gateway did not
         take our signature: its unsigned code is in the message, not trusted), signed
@@ -276,7 +294,7 @@ class _Core:
                                                 f"{self.keys.id}/{refund_request_id}") if self.pets else {"reason": reason})
         return body
 
-    def _answer(self, path: str, resp: httpx.Response, attempts: int, answers: str,
+    def _answer(self, path: str, resp: _Answer, attempts: int, answers: str,
                 sent: dict[str, Any] | None = None) -> ApiResponse:
         """``sent``: the request's body; the answer must not name another payment or refund."""
         body = self._verify("POST", path, resp, answers)
@@ -440,11 +458,16 @@ class AsyncGatewayClient(_Core):
         self._http = httpx.AsyncClient(timeout=self.timeout, transport=self._transport)
         self._timeouts = httpx.Timeout(self.timeout).as_dict()
         self._urls: dict[tuple[int, str], httpx.URL] = {}
+        # the aiohttp transport's own POST: no httpx request or response around it
+        self._raw_post: _RawPost | None = getattr(self._transport, "post_raw", None)
 
-    async def _post(self, path: str, raw: bytes) -> tuple[httpx.Response, str]:
+    async def _post(self, path: str, raw: bytes) -> tuple[_Answer, str]:
         """One signed POST, straight to the transport: the SDK uses none of the client's
         cookie, redirect or auth handling, which cost more CPU than the call itself.
         Returns the answer and the digest of the request it must answer."""
+        if self._raw_post is not None:
+            headers = self._headers(path, raw)
+            return await self._raw_post(self.url + path, raw, headers, self._timeouts), request_digest(headers)
         url = self._urls.get((self._at, path))
         if url is None:
             url = self._urls[(self._at, path)] = httpx.URL(self.url + path)
