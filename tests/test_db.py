@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from veilpay.db import Database, GroupCommit, make_engine
+from veilpay.db import Database, GroupCommit, Prepared, make_engine
 
 md = MetaData()
 items = Table("items", md, Column("k", String(16), primary_key=True), Column("v", Integer, nullable=False))
@@ -170,3 +170,35 @@ def test_database_read_write_and_a_failing_unit_in_a_group(engine: Any) -> None:
 def test_database_refuses_an_empty_pool(engine: Any) -> None:
     with pytest.raises(ValueError, match="threads"):
         Database(engine, threads=0)
+
+
+def test_prepared_statements_run_in_the_connections_transaction(engine: Any) -> None:
+    """A Prepared statement writes and reads what Connection.execute would, inside the
+    connection's transaction (rolled back with it), with SQLAlchemy's IntegrityError."""
+    put = Prepared(insert(items), engine.dialect, ["k", "v"])
+    bump = Prepared(update(items).where(items.c.k == bindparam("b_k")).values(v=items.c.v + bindparam("b_by")),
+                    engine.dialect)
+    get = Prepared(select(items.c.v, items.c.k.label("key")).where(items.c.k == bindparam("b_k")), engine.dialect)
+    big = Prepared(select(items.c.k).where(items.c.v > 5), engine.dialect)  # a literal's bound value
+    with engine.begin() as conn:
+        assert put.run(conn, {"k": "a", "v": 1, "extra": 0}) == 1
+        assert bump.run(conn, {"b_k": "a", "b_by": 9}) == 1 and bump.run(conn, {"b_k": "zz", "b_by": 1}) == 0
+        row = get.first(conn, {"b_k": "a"})
+        assert (row.v, row.key) == (10, "a") and get.first(conn, {"b_k": "zz"}) is None
+        assert big.scalar(conn, {}) == "a"
+        with pytest.raises(IntegrityError):
+            put.run(conn, {"k": "a", "v": 2})
+        with pytest.raises(KeyError):
+            put.run(conn, {"k": "b"})
+    with pytest.raises(RuntimeError), engine.begin() as conn:
+        put.run(conn, {"k": "c", "v": 3})
+        raise RuntimeError("roll back")
+    assert _count(engine) == 1
+
+
+def test_prepared_refuses_statements_that_need_type_conversion(engine: Any) -> None:
+    flags = Table("flags", MetaData(), Column("k", String(8), primary_key=True), Column("on", Boolean))
+    with pytest.raises(ValueError, match="type conversion"):
+        Prepared(insert(flags), engine.dialect, ["k", "on"])
+    with pytest.raises(ValueError, match="expanding"):
+        Prepared(select(items.c.k).where(items.c.k.in_(bindparam("b_ks", expanding=True))), engine.dialect)

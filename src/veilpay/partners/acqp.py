@@ -24,7 +24,7 @@ from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Tex
 from sqlalchemy.exc import IntegrityError
 
 from veilpay.crypto.tokens import random_id
-from veilpay.db import GroupCommit
+from veilpay.db import GroupCommit, Prepared
 from veilpay.errors import DecryptionError, InvalidInput, SignatureError, VeilpayError
 from veilpay.host import FASTAPI_TELEMETRY_OFF
 from veilpay.partners._common import admin_ok, json_response, load_identity, open_db, trust_of
@@ -62,6 +62,9 @@ def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | No
     calls = GatewayCalls(keys, gateway, cfg.request_window_s)
     engine = open_db(cfg.database, md)
     writes = GroupCommit(engine)
+    # the webhook path's statements, compiled once for this database and run on its cursor
+    insert_notification = Prepared(_INSERT_NOTIFICATION, engine.dialect, [c.name for c in notifications.c])
+    paid, refunded_by = Prepared(_PAID, engine.dialect), Prepared(_REFUNDED, engine.dialect)
     client = AsyncGatewayClient(keys, cfg.gateway_url, gateway, pets=cfg.pets, transport=transport, **trust_of(cfg))
     risk_sessions = SessionSealer()  # risk features: one HPKE seal per node per session
     faults = {"drop_before": 0, "drop_after": 0}
@@ -95,12 +98,12 @@ def create_acqp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | No
                "received_ms": int(time.time() * 1000), "deliveries": 1}
 
         def record(conn: Any) -> None:
-            conn.execute(_INSERT_NOTIFICATION, row)
+            insert_notification.run(conn, row)
             if obj.get("notifyType") == "PAYMENT_RESULT":
-                conn.execute(_PAID, {"b_request": obj.get("paymentRequestId"),
-                                     "b_status": res.get("resultStatus"), "b_payment": obj.get("paymentId")})
+                paid.run(conn, {"b_request": obj.get("paymentRequestId"), "b_status": res.get("resultStatus"),
+                                "b_payment": obj.get("paymentId")})
             elif refunded is not None:
-                conn.execute(_REFUNDED, {"b_request": obj.get("paymentRequestId"), "b_value": refunded})
+                refunded_by.run(conn, {"b_request": obj.get("paymentRequestId"), "b_value": refunded})
 
         try:
             await writes.run(record)

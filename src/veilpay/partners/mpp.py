@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request, Response
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from veilpay.db import GroupCommit
+from veilpay.db import GroupCommit, Prepared
 from veilpay.errors import ConfigError, DecryptionError, InvalidInput, SignatureError
 from veilpay.host import FASTAPI_TELEMETRY_OFF
 from veilpay.ml.prep import Prep, apply_row
@@ -109,6 +109,10 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
     calls = GatewayCalls(keys, gateway, cfg.request_window_s)
     engine = open_db(cfg.database, md)
     writes = GroupCommit(engine)
+    # the pay path's statements, compiled once for this database and run on its cursor
+    answer_of, code_and_wallet, debit_wallet, use_code = (
+        Prepared(q, engine.dialect) for q in (_ANSWER_OF, _CODE_AND_WALLET, _DEBIT, _USE_CODE))
+    insert_payment = Prepared(_INSERT_PAYMENT, engine.dialect, [c.name for c in mpp_payments.c])
     sessions = SessionSealer()  # customerInfo: one HPKE seal per ACQP per session, not per payment
     client = AsyncGatewayClient(keys, cfg.gateway_url, gateway, pets=cfg.pets, transport=transport, **trust_of(cfg))
     released = asyncio.Event()
@@ -230,20 +234,20 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
         def fail(conn: Any, answer: dict[str, Any], **more: Any) -> dict[str, Any]:
             if risk is not None:
                 answer["riskResult"] = risk
-            conn.execute(_INSERT_PAYMENT, {**row, **more, "answer": wirejson.dumps_text(answer)})
+            insert_payment.run(conn, {**row, **more, "answer": wirejson.dumps_text(answer)})
             return answer
 
         def ledger(conn: Any) -> dict[str, Any]:
             """The payment's ledger step, in the transaction of the payments around it;
             the first answer stored for a paymentId is the answer to every re-send."""
-            old = conn.execute(_ANSWER_OF, {"b_pid": pid}).scalar()
+            old = answer_of.scalar(conn, {"b_pid": pid})
             if old is not None:
                 return dict(wirejson.loads(old))
             if unopened:
                 return fail(conn, {"result": _res("PROCESS_FAIL", "F", "sealed fields do not open")})
             if acqp is None:
                 return fail(conn, {"result": _res("PROCESS_FAIL", "F", "acquirer not in the directory")})
-            crow = conn.execute(_CODE_AND_WALLET, {"b_code": code}).first()
+            crow = code_and_wallet.first(conn, {"b_code": code})
             if crow is None or crow.expires_ms < now or (crow.used_by and crow.used_by != pid):
                 return fail(conn, {"result": _res("INVALID_CODE", "F", "unknown, expired or used payment code")})
             if declined:
@@ -266,10 +270,10 @@ def create_mpp_app(cfg: PartnerConfig, transport: httpx.AsyncBaseTransport | Non
                 "walletAmount": {"currency": crow.currency, "value": str(debit)}}
             if risk is not None:
                 answer["riskResult"] = risk
-            conn.execute(_INSERT_PAYMENT, {**row, "user_id": user, "wallet_currency": crow.currency,
-                                           "debit": debit, "status": "SUCCESS", "answer": wirejson.dumps_text(answer)})
-            conn.execute(_DEBIT, {"b_user": user, "b_debit": debit})
-            conn.execute(_USE_CODE, {"b_code": code, "b_pid": pid})
+            insert_payment.run(conn, {**row, "user_id": user, "wallet_currency": crow.currency, "debit": debit,
+                                      "status": "SUCCESS", "answer": wirejson.dumps_text(answer)})
+            debit_wallet.run(conn, {"b_user": user, "b_debit": debit})
+            use_code.run(conn, {"b_code": code, "b_pid": pid})
             return answer
 
         answer = await writes.run(ledger)
