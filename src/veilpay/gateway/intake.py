@@ -124,9 +124,12 @@ class Intake:
         second past the first ``limit`` of this client, counted across every replica
         (a refused request counts: a client that keeps sending stays refused)."""
         now = _now_ms()
+        # A request is accepted from window before its time to window after it: its nonce
+        # must outlive that by the replicas' clock skew (up to a window more), or a replica
+        # whose clock runs ahead purges it while one that runs behind still takes it.
         try:
             count = await self.ledger.record_seen(client, sha256(signed.nonce.encode()).hex(),
-                                                  now + int(2 * self.cfg.request_window_s * 1000),
+                                                  now + int(3 * self.cfg.request_window_s * 1000),
                                                   now // 1000 if limit else None)
         except IntegrityError as exc:
             raise ApiFailure("REPLAYED_REQUEST") from exc

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, bindparam, insert, or_, select, update
 from veilpay.crypto.tokens import random_id
 from veilpay.gateway.store import leases
 
-__all__ = ["drop", "replica_id", "renew", "take"]
+__all__ = ["drop", "holder", "replica_id", "renew", "take"]
 
 _TAKE = update(leases).where(leases.c.name == bindparam("b_name"), or_(
     leases.c.until_ms < bindparam("b_now"), leases.c.owner == bindparam("b_me"))).values(
@@ -30,6 +30,8 @@ _DROP = update(leases).where(leases.c.name == bindparam("b_name"), leases.c.owne
     until_ms=0)
 _EXISTS = select(leases.c.name).where(leases.c.name == bindparam("b_name"))
 _NEW = insert(leases)
+_HOLDER = select(leases.c.owner, leases.c.until_ms).where(leases.c.name == bindparam("b_name"),
+                                                          leases.c.until_ms >= bindparam("b_now"))
 
 
 def replica_id() -> str:
@@ -59,6 +61,12 @@ def renew(conn: Connection, name: str, me: str, ms: int) -> bool:
     transaction, which then holds its row lock until it commits)."""
     now = _now_ms()
     return bool(conn.execute(_RENEW, {"b_name": name, "b_me": me, "b_now": now, "b_until": now + ms}).rowcount)
+
+
+def holder(conn: Connection, name: str) -> tuple[str, int] | None:
+    """(owner, lapse in ms) of ``name`` while it is held, else None."""
+    row = conn.execute(_HOLDER, {"b_name": name, "b_now": _now_ms()}).first()
+    return (str(row.owner), int(row.until_ms)) if row is not None else None
 
 
 def drop(conn: Connection, name: str, me: str) -> None:

@@ -276,7 +276,9 @@ class NodeLink:
 
     # ------------------------------------------------------------------ jobs
     async def _lease_or_wait(self, name: str, ms: int, what: str) -> None:
-        """Take lease ``name``, waiting up to ``node_timeout_s`` while another replica holds it."""
+        """Take lease ``name``, waiting up to ``node_timeout_s`` while another replica
+        holds it; NODE_BUSY naming the holder and when its lease lapses (a replica that
+        died holding it keeps the others out until then)."""
         deadline = time.monotonic() + self.cfg.node_timeout_s
         while True:
             try:
@@ -285,8 +287,17 @@ class NodeLink:
             except IntegrityError:  # another replica made the row at this moment: it holds it
                 pass
             if time.monotonic() > deadline:
-                raise NodeError(f"the privacy nodes are busy with {what}", "NODE_BUSY", 503)
+                held = await self.db.read(lambda c: leases.holder(c, name))
+                who = f"; lease {name!r} held by {held[0]} for {max(0, held[1] - _now_ms()) / 1000:.0f} s more " \
+                    "(a replica that stopped keeps it until it lapses)" if held else ""
+                raise NodeError(f"the privacy nodes are busy with {what}{who}", "NODE_BUSY", 503)
             await asyncio.sleep(0.05)
+
+    async def _renew_or_stop(self, name: str, ms: int) -> None:
+        """Extend lease ``name`` by ``ms`` before a step that needs it; NodeError if it
+        lapsed meanwhile (another replica may hold it now: the step must not run)."""
+        if not await self.db.write(lambda c: leases.renew(c, name, self.me, ms)):
+            raise NodeError(f"lost lease {name!r} before the job's next step; ask again", "NODE_BUSY", 503)
 
     async def _flush_all(self, node: str) -> int:
         """Deliver every row committed for ``node`` so far, waiting up to ``node_timeout_s``
@@ -308,19 +319,24 @@ class NodeLink:
         """Run ``kind`` at every node: the share holders' common ``result`` and ``ledger``
         position, each holder's ``outputs`` (by node), and the traffic between them.
         NodeError when a node is down, behind or refuses, or the holders disagree."""
+        # the lease covers one post at the nodes and is renewed before each one (a job may
+        # post twice: the rejoin), so it never lapses under a live job
+        lease_ms = int((self.cfg.node_job_timeout_s + 30) * 1000)
         async with self._job_lock:
-            await self._lease_or_wait(_JOBS, int((self.cfg.node_job_timeout_s + 30) * 1000), "another replica's job")
+            await self._lease_or_wait(_JOBS, lease_ms, "another replica's job")
             try:
                 through = {}
                 for n in self.privacy.nodes:
                     through[n] = await self._flush_all(n)
                 body: dict[str, Any] = {"jobId": random_id("job_"), "kind": kind, "params": params,
                                         "through": through}
+                await self._renew_or_stop(_JOBS, lease_ms)
                 answers = await self._post_all(body)
                 if any(isinstance(a, dict) and a.get("stored") for a in answers) and any(
                         isinstance(a, BaseException) for a in answers):
                     # some nodes stored this release and others did not (one stopped between the
                     # reveal and storing it): the ones that stored it take part again
+                    await self._renew_or_stop(_JOBS, lease_ms)
                     answers = await self._post_all({**body, "jobId": random_id("job_"), "rejoin": True})
             finally:
                 await self.db.write(lambda c: leases.drop(c, _JOBS, self.me))
