@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, bindparam, func, insert, or_, select, update
 
 from veilpay.crypto.tokens import random_id
-from veilpay.db import Database
+from veilpay.db import Database, Prepared
 from veilpay.gateway.store import (
     outbox,
     payments,
@@ -78,28 +78,46 @@ def _count_request(dialect: str) -> Any:
 _DUE_PAYMENTS = select(payments.c.id).where(and_(
     payments.c.next_check_ms <= bindparam("b_now"),
     or_(payments.c.status == "PROCESSING",
-        and_(payments.c.status == "SUCCESS", payments.c.cancel_requested.is_(True))))).limit(bindparam("b_limit"))
+        and_(payments.c.status == "SUCCESS", payments.c.cancel_requested.is_(True))))).limit(bindparam("b_limit")) \
+    .with_for_update(skip_locked=True)  # PostgreSQL: another replica's claim in progress takes other rows
 _CLAIM_PAYMENTS = update(payments).where(and_(
     payments.c.id.in_(_DUE_PAYMENTS.scalar_subquery()), payments.c.next_check_ms <= bindparam("b_now"),
     or_(payments.c.status == "PROCESSING",
         and_(payments.c.status == "SUCCESS", payments.c.cancel_requested.is_(True))))
 ).values(next_check_ms=bindparam("b_until")).returning(payments.c.id)
 _DUE_REFUNDS = select(refunds.c.id).where(and_(
-    refunds.c.status == "PROCESSING", refunds.c.next_check_ms <= bindparam("b_now"))).limit(bindparam("b_limit"))
+    refunds.c.status == "PROCESSING", refunds.c.next_check_ms <= bindparam("b_now"))).limit(bindparam("b_limit")) \
+    .with_for_update(skip_locked=True)
 _CLAIM_REFUNDS = update(refunds).where(and_(
     refunds.c.id.in_(_DUE_REFUNDS.scalar_subquery()), refunds.c.status == "PROCESSING",
     refunds.c.next_check_ms <= bindparam("b_now"))
 ).values(next_check_ms=bindparam("b_until")).returning(refunds.c.id)
 
 
-def _enqueue(conn: Connection, partner: str, kind: str, body: dict[str, Any], now: int) -> None:
+_OUTBOX_COLUMNS = ("notify_id", "partner_id", "kind", "body", "status", "attempts", "next_attempt_ms",
+                   "lease_until_ms", "last_error", "created_ms")
+
+
+class _PayPath:
+    """The pay path's statements compiled once for the ledger's database and run on
+    the connection's cursor (``veilpay.db.Prepared``): SQLAlchemy's work per execution
+    was a sixth of the gateway's CPU per payment."""
+
+    def __init__(self, engine: Any) -> None:
+        d = engine.dialect
+        self.insert_seen = Prepared(_INSERT_SEEN, d, ["client_id", "digest", "expires_ms"])
+        self.insert_payment = Prepared(_INSERT_PAYMENT, d, [c.name for c in payments.c])
+        self.finish_payment = Prepared(_FINISH_PAYMENT, d)
+        self.insert_outbox = Prepared(_INSERT_OUTBOX, d, _OUTBOX_COLUMNS)
+
+
+def _enqueue(conn: Connection, stmt: Prepared, partner: str, kind: str, body: dict[str, Any], now: int) -> None:
     """A webhook for ``partner`` in the outbox (inside the caller's transaction)."""
     nid = random_id("ntf_")
     body = {"notifyId": nid, **body}
-    conn.execute(_INSERT_OUTBOX, {"notify_id": nid, "partner_id": partner, "kind": kind,
-                                  "body": wirejson.dumps_text(body), "status": "PENDING", "attempts": 0,
-                                  "next_attempt_ms": now, "lease_until_ms": 0, "last_error": "",
-                                  "created_ms": now})
+    stmt.run(conn, {"notify_id": nid, "partner_id": partner, "kind": kind, "body": wirejson.dumps_text(body),
+                    "status": "PENDING", "attempts": 0, "next_attempt_ms": now, "lease_until_ms": 0,
+                    "last_error": "", "created_ms": now})
 
 
 def _payment(conn: Connection, acqp: str | None, payment_id: str | None, request_id: str | None
@@ -122,6 +140,7 @@ class Ledger:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._count_request = _count_request(db.engine.dialect.name)
+        self._pay = _PayPath(db.engine)
 
     # ------------------------------------------------------------------ replay guard
     async def record_seen(self, client: str, digest: str, expires_ms: int, second: int | None = None) -> int:
@@ -130,10 +149,10 @@ class Ledger:
         in the same transaction, and return the count (else 0)."""
         seen = {"client_id": client, "digest": digest, "expires_ms": expires_ms}
         hit = {"b_client": client, "b_second": second}
-        count = self._count_request
+        count, insert_seen = self._count_request, self._pay.insert_seen
 
         def work(conn: Connection) -> int:
-            conn.execute(_INSERT_SEEN, seen)
+            insert_seen.run(conn, seen)
             return int(conn.execute(count, hit).scalar_one()) if second is not None else 0
         return await self.db.grouped(work)
 
@@ -156,8 +175,10 @@ class Ledger:
     async def record_payment(self, new: dict[str, Any], feed: Feed) -> None:
         """A new PROCESSING payment (grouped), with its node feed items; IntegrityError
         when the acquirer used its request id before."""
+        insert_payment = self._pay.insert_payment
+
         def work(conn: Connection) -> None:
-            conn.execute(_INSERT_PAYMENT, new)
+            insert_payment.run(conn, new)
             if feed is not None:
                 feed(conn)
         await self.db.grouped(work)
@@ -167,10 +188,12 @@ class Ledger:
         """Record a payment's final status (``values``: the _FINISH_PAYMENT parameters
         besides b_id and b_now) and queue ``notice`` for its acquirer, in one grouped
         transaction; False when it was no longer PROCESSING (another step got there first)."""
+        finish, outbox_row = self._pay.finish_payment, self._pay.insert_outbox
+
         def work(conn: Connection) -> bool:
-            done = conn.execute(_FINISH_PAYMENT, {"b_id": row.id, "b_now": now, **values}).rowcount
+            done = finish.run(conn, {"b_id": row.id, "b_now": now, **values})
             if done:
-                _enqueue(conn, row.acqp_id, "notifyPayment", notice, now)
+                _enqueue(conn, outbox_row, row.acqp_id, "notifyPayment", notice, now)
                 if feed is not None:
                     feed(conn)
             return bool(done)
@@ -204,7 +227,7 @@ class Ledger:
                 payments.c.id == row.id, payments.c.status.in_(("PROCESSING", "SUCCESS")))).values(
                 status="CANCELLED", result_code=code, result_message=message, updated_ms=now)).rowcount
             if done and notice is not None:
-                _enqueue(conn, row.acqp_id, "notifyPayment", notice, now)
+                _enqueue(conn, self._pay.insert_outbox, row.acqp_id, "notifyPayment", notice, now)
             if done and feed is not None:
                 feed(conn)
             return bool(done)
@@ -271,7 +294,7 @@ class Ledger:
                     back["refunded"] = payments.c.refunded - row.amount
                 conn.execute(update(payments).where(payments.c.id == pay_id).values(**back))
             if done:
-                _enqueue(conn, row.acqp_id, "notifyRefund", notice, now)
+                _enqueue(conn, self._pay.insert_outbox, row.acqp_id, "notifyRefund", notice, now)
                 if feed is not None:
                     feed(conn)
             return bool(done)
