@@ -196,9 +196,31 @@ def test_prepared_statements_run_in_the_connections_transaction(engine: Any) -> 
     assert _count(engine) == 1
 
 
-def test_prepared_refuses_statements_that_need_type_conversion(engine: Any) -> None:
-    flags = Table("flags", MetaData(), Column("k", String(8), primary_key=True), Column("on", Boolean))
+def test_prepared_converts_parameters_and_refuses_what_it_cannot_run(engine: Any) -> None:
+    """A Boolean parameter is converted as SQLAlchemy converts it; a Boolean result
+    column (which SQLAlchemy would convert back) and an expanding IN are refused; the
+    engine's before_cursor_execute listeners see the statement."""
+    from sqlalchemy import event
+
+    fmd = MetaData()
+    flags = Table("flags", fmd, Column("k", String(8), primary_key=True), Column("on", Boolean))
+    fmd.create_all(engine)
+    put = Prepared(insert(flags), engine.dialect, ["k", "on"])
+    seen: list[str] = []
+
+    def listen(_conn: Any, _cur: Any, sql: str, *_: Any) -> None:
+        seen.append(sql)
+    event.listen(engine, "before_cursor_execute", listen)
+    with engine.begin() as conn:
+        put.run(conn, {"k": "a", "on": True})
+    event.remove(engine, "before_cursor_execute", listen)
+    assert seen == [put.sql]
+    with engine.connect() as conn:
+        assert conn.execute(select(flags.c.on)).scalar_one() is True
     with pytest.raises(ValueError, match="type conversion"):
-        Prepared(insert(flags), engine.dialect, ["k", "on"])
+        Prepared(select(flags.c.on), engine.dialect)
+    counted = Table("counted", fmd, Column("k", String(8), primary_key=True), Column("n", Integer, default=0))
+    with pytest.raises(ValueError, match="columns with defaults"):
+        Prepared(insert(counted), engine.dialect, ["k"])
     with pytest.raises(ValueError, match="expanding"):
         Prepared(select(items.c.k).where(items.c.k.in_(bindparam("b_ks", expanding=True))), engine.dialect)

@@ -71,9 +71,11 @@ class Prepared:
     cursor of an open ``Connection``, in the connection's transaction. For a hot
     path's few fixed statements: no per-call compile-cache lookup, parameter
     processing or result object. ``columns``: an INSERT's column names, every one of
-    which each call must give (a missing one is a KeyError; others are ignored). Only
-    for statements whose values need no type conversion on this dialect (checked here:
-    ValueError otherwise) and without expanding (IN) parameters. Database errors come
+    which each call must give (a missing one is a KeyError; others are ignored).
+    Parameters are converted as SQLAlchemy converts them (a Boolean on SQLite);
+    statements whose result columns need converting, or with expanding (IN)
+    parameters, are refused (ValueError). The engine's ``before_cursor_execute``
+    listeners see each statement (without an execution context). Database errors come
     back as SQLAlchemy's (``sqlalchemy.exc.IntegrityError`` for a duplicate key), as
     from ``Connection.execute``."""
 
@@ -87,15 +89,22 @@ class Prepared:
         if getattr(compiled, "escaped_bind_names", None):
             raise ValueError(f"{self.sql!r}: bind names that need escaping")
         defaults: dict[str, Any] = {}
+        convert: dict[str, Callable[[Any], Any]] = {}
         for name in dict.fromkeys(names):
             bind = compiled.binds[name]
             if bind.expanding:
                 raise ValueError(f"{self.sql!r}: expanding parameter {name!r}")
-            if bind.type.dialect_impl(dialect).bind_processor(dialect) is not None:
-                raise ValueError(f"{self.sql!r}: parameter {name!r} needs type conversion on {dialect.name}")
+            proc = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if proc is not None:
+                convert[name] = proc
             if not bind.required:
                 defaults[name] = bind.effective_value
+        prefetch = [c.key for c in [*compiled.insert_prefetch, *compiled.update_prefetch]
+                    if columns is None or c.key not in columns]
+        if prefetch:  # a Python-side default the execution context would compute
+            raise ValueError(f"{self.sql!r}: give {', '.join(prefetch)} (columns with defaults)")
         self._names, self._defaults, self._positional = names, defaults, bool(compiled.positional)
+        self._convert = list(convert.items())
         self._row: Any = None
         if isinstance(stmt, Select):
             cols = list(stmt.selected_columns)
@@ -105,11 +114,15 @@ class Prepared:
             self._row = namedtuple("Row", [c.key for c in cols])  # type: ignore[misc]  # noqa: PYI024
 
     def _execute(self, conn: Connection, params: dict[str, Any]) -> Any:
-        if self._defaults:
+        if self._defaults or self._convert:
             params = {**self._defaults, **params}
+            for name, proc in self._convert:
+                params[name] = proc(params[name])
         args: Any = tuple([params[n] for n in self._names]) if self._positional else \
             {n: params[n] for n in self._names}
         cur = conn.connection.cursor()
+        if conn.dispatch.before_cursor_execute:
+            conn.dispatch.before_cursor_execute(conn, cur, self.sql, args, None, False)
         try:
             cur.execute(self.sql, args)
         except self._dbapi_error as e:
