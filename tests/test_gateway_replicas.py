@@ -433,6 +433,51 @@ def test_gateway_workers_share_a_port_and_a_killed_worker_is_replaced(tmp_path: 
               "the supervisor to start a worker again")
         assert len(outcomes) == 60 and set(outcomes.values()) == {"SUCCESS"}, outcomes
         _check_books(net, postgres_url, [f"w-{i}" for i in range(60)], start)
+        # /metrics is the workers' sum, whichever worker answers (counts of the dead one kept)
+        seen = set()
+        for _ in range(8):
+            text_ = httpx.get(net.url["gateway"] + "/metrics", timeout=5).text
+            line = [x for x in text_.splitlines() if x.startswith('veilpay_gateway_payments_final_total{status="SUCCESS"}')]
+            seen.add(float(line[0].split()[-1]))
+        assert len(seen) == 1 and 55 <= seen.pop() <= 60, seen
+
+        # a worker that cannot start (its config edited into an invalid one) says why and
+        # stops the supervisor instead of being started again forever
+        toml = net.root / "gateway.toml"
+        toml.write_text(toml.read_text().replace("mpp_timeout_s = 2.0", 'mpp_timeout_s = "two"'))
+        os.kill(sorted(_children(supervisor))[0], signal.SIGKILL)
+        net.procs["gateway"].wait(30)
+        assert "worker_start_failed" in (net.root / "gateway.log").read_text()
+        assert "mpp_timeout_s" in (net.root / "gateway.stderr").read_text()
+
+
+def test_serve_and_migrate_say_in_one_line_what_stops_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--workers outside serve, a port in use, a PostgreSQL that does not answer: one
+    line on stderr each, and the exit codes the README gives (2 usage, 3 unreachable)."""
+    import socket
+
+    from veilpay.cli.localnet import LocalNet, free_port
+    from veilpay.cli.main import main
+
+    LocalNet(tmp_path)
+    cfg = tmp_path / "gateway.toml"
+    assert main(["gateway", "migrate", "--config", str(cfg), "--workers", "2"]) == 2
+    assert "--workers is for serve only" in capsys.readouterr().err
+    text_ = cfg.read_text()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        listen = [x for x in text_.splitlines() if x.startswith("listen")][0]
+        cfg.write_text(text_.replace(listen, f'listen = "127.0.0.1:{port}"'))
+        assert main(["gateway", "serve", "--config", str(cfg), "--log", str(tmp_path / "gw.log")]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot listen on 127.0.0.1:{port}" in err and len(err.strip().splitlines()) == 1
+    cfg.write_text(text_.replace('database = "sqlite:///gateway/gateway.db"',
+                                 f'database = "postgresql+psycopg://veilpay@127.0.0.1:{free_port()}/nowhere"'))
+    assert main(["gateway", "migrate", "--config", str(cfg)]) == 3
+    err = capsys.readouterr().err
+    assert "DatabaseUnavailable" in err and "nowhere" in err and len(err.strip().splitlines()) == 1
 
 
 def test_workers_on_sqlite_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,6 +8,7 @@ The tree::
     │   ├── FixedPointOverflow              a value outside the fixed-point range
     │   └── DataError                       an input file that cannot be used (names file, column)
     ├── ConfigError                         a network file, key or certificate that is unusable
+    ├── DatabaseUnavailable                 a service's database cannot be reached or opened
     ├── ProtocolError                       a multi-party run that went wrong
     │   ├── PeerError                       ... because of one named peer (``.peer``)
     │   │   ├── PeerDisconnected            the peer closed the connection or died
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DatabaseUnavailable",
     "DataError",
     "DecryptionError",
     "NodeError",
@@ -91,6 +93,11 @@ class DataError(InvalidInput):
 
 class ConfigError(VeilpayError):
     """A network file, key or certificate that cannot be used."""
+
+
+class DatabaseUnavailable(VeilpayError):
+    """A service's database that cannot be reached or opened (the server down, a
+    wrong host, port or database name, refused credentials)."""
 
 
 class ProtocolError(VeilpayError):

@@ -98,6 +98,8 @@ def _cmd_gateway(a: argparse.Namespace) -> int:
     from veilpay.gateway import load_config, make_engine, migrate
 
     cfg = load_config(a.config)
+    if a.workers is not None and a.action != "serve":
+        raise ConfigError(f"gateway {a.action}: --workers is for serve only")
     if a.action == "migrate":
         migrate(make_engine(cfg.database))
         print("schema is at the newest revision")
@@ -110,10 +112,9 @@ def _cmd_gateway(a: argparse.Namespace) -> int:
         if not a.date:
             raise ConfigError("gateway analytics: --date YYYY-MM-DD (a closed period) is required")
         return _operator_call(a, "/admin/v1/analytics", {"period": a.date})
-    from veilpay.gateway.serving import check_workers, run
+    from veilpay.gateway.serving import run
 
-    check_workers(cfg, a.workers)
-    run(a.config, a.log, a.workers)
+    run(a.config, a.log, a.workers or 1)
     return 0
 
 
@@ -668,9 +669,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--date", help="settle / analytics: the closed period, a UTC day YYYY-MM-DD (or a shorter "
                    "cycle's start, YYYY-MM-DDTHH:MM:SSZ)")
     g.add_argument("--log", help="write JSON log lines to this file (default: stderr)")
-    g.add_argument("--workers", type=int, default=1,
-                   help="serve: gateway processes on the one port, replicas sharing the database (PostgreSQL only); "
-                   "a worker that dies is started again")
+    g.add_argument("--workers", type=int,
+                   help="serve only (default 1): gateway processes on the one port, replicas sharing the database "
+                   "(PostgreSQL only); a worker that dies is started again")
     g.set_defaults(fn=_cmd_gateway)
 
     pa = sub.add_parser("partner", help="serve: a reference partner (an MPP wallet or an ACQP merchant backend); "
@@ -735,9 +736,10 @@ EXIT_USAGE, EXIT_PEER, EXIT_SOFTWARE, EXIT_INTERRUPTED = 2, 3, 70, 130
 def _exit_code(exc: BaseException) -> int:
     import httpx
 
-    from veilpay.errors import GatewayUnavailable, NodeError, PeerDisconnected, ProtocolTimeout
+    from veilpay.errors import DatabaseUnavailable, GatewayUnavailable, NodeError, PeerDisconnected, ProtocolTimeout
 
-    if isinstance(exc, GatewayUnavailable | PeerDisconnected | ProtocolTimeout | httpx.HTTPError | ConnectionError):
+    if isinstance(exc, GatewayUnavailable | DatabaseUnavailable | PeerDisconnected | ProtocolTimeout | httpx.HTTPError
+                  | ConnectionError):
         return EXIT_PEER
     if isinstance(exc, NodeError):  # a node's own "no" (a refused rule set, a model version that exists)
         return 1

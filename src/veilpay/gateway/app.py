@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -447,6 +448,13 @@ def create_app(cfg: GatewayConfig, transport: httpx.AsyncBaseTransport | None = 
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def get_metrics() -> Response:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # one of several workers: the sum over all of them
+            from prometheus_client import CollectorRegistry
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", summary="Liveness and database reachability")

@@ -23,8 +23,10 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy.exc import OperationalError
 
-from veilpay.db import make_engine
+from veilpay.db import make_engine as _make_engine
+from veilpay.errors import ConfigError, DatabaseUnavailable
 
 __all__ = ["leases", "make_engine", "metadata", "migrate", "node_cursor", "node_feed", "outbox", "payments",
            "rate_windows", "refunds", "seen_requests", "settlement_runs", "settlements"]
@@ -176,13 +178,31 @@ seen_requests = Table(
 )
 
 
+def make_engine(url: str) -> Engine:
+    """``veilpay.db.make_engine``; ConfigError naming the extra to install when the
+    PostgreSQL driver is missing."""
+    try:
+        return _make_engine(url)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"database {url.split('://', 1)[0]}: the driver is not installed ({exc.name}); "
+                          "pip install 'veilpay[postgres]' (in a clone: pip install -e '.[postgres]')") from exc
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision."""
+    """Bring the schema to the newest Alembic revision; DatabaseUnavailable, one line
+    naming the server and database, when it cannot be reached."""
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    try:
+        conn = engine.connect()
+    except OperationalError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        reason = str(exc.orig).strip().splitlines()[-1] if exc.orig is not None else type(exc).__name__
+        raise DatabaseUnavailable(f"database {where}: {reason[:200]}") from exc
+    conn.close()
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             # replicas starting together on a new database: one migrates, the others wait
