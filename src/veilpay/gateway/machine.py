@@ -232,7 +232,7 @@ class PaymentMachine:
             return None
         if self.nodes is not None:
             self.nodes.wake()
-        self.metrics.payments.labels(status=status).inc()
+        self.metrics.child(self.metrics.payments, status).inc()
         log.info("payment final", extra={"event": "payment_final", "paymentId": row.id, "code": code})
         self.wake_outbox()
         return _with(row, status=status, result_code=code, result_message=message, customer_token=token,
@@ -300,7 +300,7 @@ class PaymentMachine:
         if done:
             if self.nodes is not None:
                 self.nodes.wake()
-            self.metrics.payments.labels(status="CANCELLED").inc()
+            self.metrics.child(self.metrics.payments, "CANCELLED").inc()
             self.wake_outbox()
         return await self._load_payment(row.id)
 
@@ -384,7 +384,7 @@ class PaymentMachine:
         notice = answers.refund_notice(row, pay, code, now if ok else None)
         feed = self._feed_status(row.id, "SUCCESS" if ok else "FAIL") if notify_nodes else None
         if await self.ledger.finish_refund(row, pay.id, ok, code, now, notice, feed):
-            self.metrics.refunds.labels(status="SUCCESS" if ok else "FAIL").inc()
+            self.metrics.child(self.metrics.refunds, "SUCCESS" if ok else "FAIL").inc()
             log.info("refund final", extra={"event": "refund_final", "refundId": row.id, "code": code})
             self.wake_outbox()
             if self.nodes is not None:

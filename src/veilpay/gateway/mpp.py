@@ -22,7 +22,7 @@ from veilpay.gateway.observe import Metrics
 from veilpay.sdk import wirejson
 from veilpay.sdk.directory import Directory
 from veilpay.sdk.keys import PartyKeys, PublicEntry
-from veilpay.sdk.signing import post_headers, request_digest, verify_json
+from veilpay.sdk.signing import signed_post, verify_json
 
 __all__ = ["MppLink", "MppUnreachable"]
 
@@ -52,16 +52,16 @@ class MppLink:
         """The partner's answer to ``body``: signed by the partner, as the answer to this
         very request, and echoing its ids (paymentId, refundId); MppUnreachable otherwise."""
         raw = wirejson.dumps(body)
-        headers = post_headers(self.keys.signer(), path, partner.id, raw)
+        headers, digest = signed_post(self.keys.signer(), path, partner.id, raw)
         try:
             status, hdrs, content = await self.http.post(partner.endpoint.rstrip("/") + path, raw, headers,
                                                          self.cfg.mpp_timeout_s)
         except LinkError as exc:
-            self.metrics.mpp_calls.labels(outcome="unreachable").inc()
+            self.metrics.child(self.metrics.mpp_calls, "unreachable").inc()
             raise MppUnreachable(str(exc)) from exc
         try:
             signed, obj = verify_json(hdrs, "POST", path, content, partner.verify_key, time.time(),
-                                      self.cfg.request_window_s, "Response-Time", request_digest(headers))
+                                      self.cfg.request_window_s, "Response-Time", digest)
             if signed.client_id != partner.id:
                 raise SignatureError("answer signed for another partner")
             res = obj["result"]
@@ -70,11 +70,11 @@ class MppLink:
             if any(obj.get(k) != body[k] for k in ("paymentId", "refundId") if k in body):
                 raise ValueError("the answer names another payment or refund")
         except (SignatureError, MalformedBody, ValueError, KeyError, TypeError) as exc:
-            self.metrics.mpp_calls.labels(outcome="bad_answer").inc()
+            self.metrics.child(self.metrics.mpp_calls, "bad_answer").inc()
             log.warning("bad answer from partner", extra={"event": "partner_bad_answer", "partner": partner.id,
                                                           "path": path, "http_status": status})
             raise MppUnreachable("unverifiable answer") from exc
-        self.metrics.mpp_calls.labels(outcome=res["resultStatus"]).inc()
+        self.metrics.child(self.metrics.mpp_calls, res["resultStatus"]).inc()
         return obj
 
     async def forward_pay(self, mpp: PublicEntry, body: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 from veilpay.sdk import wirejson
 
@@ -67,6 +68,19 @@ class Metrics:
         self.webhooks = Counter(f"{prefix}_webhooks", "webhook attempts by kind and outcome", ["kind", "outcome"],
                                 registry=r)
 
+        # (metric, label values) -> its child: ``labels()`` builds and looks up the child
+        # under a lock each time, a few us, four times a payment
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: MetricWrapperBase, *values: str) -> Any:
+        """``metric.labels(*values)``, looked up once. For label values from a closed
+        set (paths, result codes, outcomes): each one is kept."""
+        key = (id(metric), values)
+        got = self._children.get(key)
+        if got is None:
+            got = self._children[key] = metric.labels(*values)
+        return got
+
     def observe(self, path: str, code: str, started: float) -> None:
-        self.requests.labels(path=path, code=code).inc()
-        self.latency.labels(path=path).observe(time.perf_counter() - started)
+        self.child(self.requests, path, code).inc()
+        self.child(self.latency, path).observe(time.perf_counter() - started)

@@ -163,7 +163,7 @@ class OutboxWorker:
                 conn.execute(_NOT_DELIVERED, failed)
         await self.db.write(work)
         for row, outcome, err in fates:
-            self.metrics.webhooks.labels(kind=row.kind, outcome=outcome).inc()
+            self.metrics.child(self.metrics.webhooks, row.kind, outcome).inc()
             if outcome != "delivered":
                 log.info("webhook not delivered", extra={"event": "webhook_retry", "notifyId": row.notify_id,
                                                          "partner": row.partner_id, "error": err[:80]})

@@ -47,8 +47,7 @@ from veilpay.sdk.signing import (
     NONCE_HEADER,
     SignedHeaders,
     get_digest,
-    post_headers,
-    request_digest,
+    signed_post,
     verify_json,
 )
 
@@ -158,8 +157,9 @@ class _Core:
         self._at = (self._at + 1) % len(self.urls)
 
     # ------------------------------------------------------------ requests
-    def _headers(self, path: str, body: bytes) -> dict[str, str]:
-        return post_headers(self.keys.signer(), path, self.keys.id, body)
+    def _headers(self, path: str, body: bytes) -> tuple[dict[str, str], str]:
+        """A signed POST's headers and the digest its answer must name."""
+        return signed_post(self.keys.signer(), path, self.keys.id, body)
 
     def _verify(self, method: str, path: str, resp: _Answer, answers: str) -> dict[str, Any]:
         """The JSON body of the gateway's answer to our request (digest ``answers``),
@@ -395,9 +395,9 @@ class GatewayClient(_Core):
         last: ApiResponse | None = None
         for attempt in range(1, self.retries + 2):
             try:
-                headers = self._headers(path, raw)
+                headers, digest = self._headers(path, raw)
                 resp = self._http.post(self.url + path, content=raw, headers=headers)
-                last = self._answer(path, resp, attempt, request_digest(headers), body)
+                last = self._answer(path, resp, attempt, digest, body)
                 if not self._retryable(last):
                     return last
             except httpx.HTTPError:
@@ -465,20 +465,19 @@ class AsyncGatewayClient(_Core):
         """One signed POST, straight to the transport: the SDK uses none of the client's
         cookie, redirect or auth handling, which cost more CPU than the call itself.
         Returns the answer and the digest of the request it must answer."""
+        headers, digest = self._headers(path, raw)
         if self._raw_post is not None:
-            headers = self._headers(path, raw)
-            return await self._raw_post(self.url + path, raw, headers, self._timeouts), request_digest(headers)
+            return await self._raw_post(self.url + path, raw, headers, self._timeouts), digest
         url = self._urls.get((self._at, path))
         if url is None:
             url = self._urls[(self._at, path)] = httpx.URL(self.url + path)
-        headers = self._headers(path, raw)
         req = httpx.Request("POST", url, content=raw, headers=headers, extensions={"timeout": self._timeouts})
         resp = await self._transport.handle_async_request(req)
         try:
             await resp.aread()
         finally:
             await resp.aclose()
-        return resp, request_digest(headers)
+        return resp, digest
 
     async def aclose(self) -> None:
         await self._http.aclose()

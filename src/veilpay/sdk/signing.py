@@ -28,6 +28,7 @@ answers a caller that has not authenticated without a signature."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 import time as _clock
@@ -42,7 +43,7 @@ from veilpay.errors import InvalidInput, MalformedBody, SignatureError
 from veilpay.sdk import wirejson
 
 __all__ = ["NONCE_HEADER", "SignedHeaders", "format_time", "get_digest", "parse_signature", "parse_time",
-           "post_headers", "request_digest", "sign_headers", "signed_content", "verify_json",
+           "post_headers", "request_digest", "sign_headers", "signed_content", "signed_post", "verify_json",
            "verify_message"]
 
 _SIG = re.compile(r"^algorithm=ED25519,keyVersion=([0-9]{1,6}),signature=([A-Za-z0-9_-]{86})$")
@@ -64,8 +65,27 @@ class SignedHeaders:
         return sha256(self.signature).hex()
 
 
+_SECONDS: dict[int, str] = {}  # "YYYY-MM-DDTHH:MM:SS" of recent whole seconds
+
+
 def format_time(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``ts`` as ISO 8601 UTC with milliseconds (``2026-01-02T03:04:05.678Z``): what
+    ``datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")`` writes
+    (microseconds rounded half to even, then cut to milliseconds), the date and time
+    of a second formatted once."""
+    frac, whole = math.modf(ts)
+    us = round(frac * 1e6)
+    if us >= 1_000_000:
+        whole, us = whole + 1, us - 1_000_000
+    elif us < 0:
+        whole, us = whole - 1, us + 1_000_000
+    sec = int(whole)
+    head = _SECONDS.get(sec)
+    if head is None:
+        if len(_SECONDS) > 64:
+            _SECONDS.clear()
+        head = _SECONDS[sec] = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{head}.{us // 1000:03d}Z"
 
 
 def parse_time(text: str) -> float:
@@ -130,10 +150,21 @@ def sign_headers(key: SigningKey, version: int, method: str, path: str, client_i
 def post_headers(signer: tuple[int, SigningKey], path: str, client_id: str, body: bytes) -> dict[str, str]:
     """The headers of a signed JSON POST to ``client_id`` (or from it), timed now;
     ``signer`` is ``PartyKeys.signer()``. Its answer names ``request_digest`` of them."""
+    return signed_post(signer, path, client_id, body)[0]
+
+
+def signed_post(signer: tuple[int, SigningKey], path: str, client_id: str,
+                body: bytes) -> tuple[dict[str, str], str]:
+    """``post_headers`` and the digest its answer must name (``request_digest`` of
+    them), without parsing back the signature just made."""
     version, key = signer
-    h = sign_headers(key, version, "POST", path, client_id, body, _clock.time())
-    h["Content-Type"] = "application/json"
-    return h
+    t = format_time(_clock.time())
+    nonce = secrets.token_urlsafe(16)
+    sig = key.sign(signed_content("POST", path, client_id, t, body, nonce=nonce))
+    h = {"Client-Id": client_id, "Request-Time": t, NONCE_HEADER: nonce,
+         "Signature": f"algorithm=ED25519,keyVersion={version},signature={b64e(sig)}",
+         "Content-Type": "application/json"}
+    return h, sha256(sig).hex()
 
 
 def verify_message(headers: Mapping[str, str], method: str, path: str, body: bytes, verify_key_of: object,
