@@ -224,3 +224,23 @@ def test_prepared_converts_parameters_and_refuses_what_it_cannot_run(engine: Any
         Prepared(insert(counted), engine.dialect, ["k"])
     with pytest.raises(ValueError, match="expanding"):
         Prepared(select(items.c.k).where(items.c.k.in_(bindparam("b_ks", expanding=True))), engine.dialect)
+
+
+def test_a_group_runs_its_units_in_the_order_they_name(engine: Any) -> None:
+    """Units that name rows they lock run sorted by them within a group (stable), so two
+    groups in flight take shared locks in one order; unnamed units keep their turn."""
+    g = GroupCommit(engine)
+    ran: list[str] = []
+
+    def unit(tag: str) -> Any:
+        def work(conn: Any) -> str:
+            ran.append(tag)
+            return tag
+        return work
+
+    async def main() -> list[str]:
+        return list(await asyncio.gather(g.run(unit("b1"), "b"), g.run(unit("x")), g.run(unit("a1"), "a"),
+                                         g.run(unit("b2"), "b"), g.run(unit("y"))))
+
+    assert asyncio.run(main()) == ["b1", "x", "a1", "b2", "y"]  # each caller its own result
+    assert ran == ["x", "y", "a1", "b1", "b2"] and g.groups == 1

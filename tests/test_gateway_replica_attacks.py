@@ -746,11 +746,8 @@ def test_a_failing_unit_in_a_group_and_a_cancelled_waiter(tmp_path: Path, postgr
     assert digests == {"a", "c", "d", "f"} and count == 3
 
 
-@pytest.mark.xfail(strict=True, reason="Ledger.record_seen upserts the acquirer's rate_windows row inside the grouped "
-                   "transaction, so a group locks the rows of its requests' acquirers in arrival order and holds them "
-                   "to its commit; two groups in flight at once (several per replica on PostgreSQL, and one set per "
-                   "replica) that meet two acquirers in opposite orders deadlock: PostgreSQL aborts one after "
-                   "deadlock_timeout (1 s) and GroupCommit reruns its units one transaction each")
+# Each group runs its units sorted by the rows they lock (GroupCommit's ``order``): both
+# groups take acqp-1's rate row first, so one waits for the other instead of a deadlock.
 def test_two_groups_meeting_two_acquirers_in_opposite_orders_do_not_stall(tmp_path: Path,
                                                                            postgres_url: str) -> None:
     net = Net(tmp_path, database=postgres_url, rate_limit_per_s=100)

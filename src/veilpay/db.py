@@ -176,16 +176,21 @@ class GroupCommit:
         if max_group < 1 or in_flight < 1:
             raise ValueError("max_group and in_flight must be at least 1")
         self.engine, self.max_group, self.executor, self.in_flight = engine, max_group, executor, in_flight
-        self._waiting: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
+        self._waiting: list[tuple[Callable[[Connection], Any], asyncio.Future[Any], str]] = []
         self._scheduled = False
         self._busy = 0
         self.groups = 0   # transactions committed or tried, for tests and metrics
         self.units = 0
 
-    async def run(self, work: Callable[[Connection], T]) -> T:
+    async def run(self, work: Callable[[Connection], T], order: str = "") -> T:
+        """``work``'s result once its group committed. A group runs its units sorted by
+        ``order`` (stable): units that lock shared rows (a client's rate-limit row)
+        name them, so that two groups in flight at once take those locks in the same
+        order and never deadlock (the units of a group are independent, so their order
+        changes nothing else)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._waiting.append((work, fut))
+        self._waiting.append((work, fut, order))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -195,7 +200,7 @@ class GroupCommit:
         self._scheduled = False
         while self._waiting and (self.executor is None or self._busy < self.in_flight):
             group, self._waiting = self._waiting[:self.max_group], self._waiting[self.max_group:]
-            live = [(w, f) for w, f in group if not f.done()]  # a caller cancelled before the flush: skip it
+            live = [(w, f) for w, f, _ in sorted(group, key=_order) if not f.done()]  # cancelled: skip it
             if not live:
                 continue
             self.groups += 1
@@ -281,13 +286,17 @@ class Database:
                 return work(conn)
         return await self.call(run)
 
-    async def grouped(self, work: Callable[[Connection], T]) -> T:
-        return await self.writes.run(work)
+    async def grouped(self, work: Callable[[Connection], T], order: str = "") -> T:
+        return await self.writes.run(work, order)
 
     def close(self) -> None:
         """Wait for the units running, then close the pool and the engine's connections."""
         self._pool.shutdown(wait=True)
         self.engine.dispose()
+
+
+def _order(unit: tuple[Any, Any, str]) -> str:
+    return unit[2]
 
 
 def _settle(fut: asyncio.Future[Any], result: Any = None, exc: BaseException | None = None) -> None:

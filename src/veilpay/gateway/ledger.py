@@ -154,7 +154,7 @@ class Ledger:
         def work(conn: Connection) -> int:
             insert_seen.run(conn, seen)
             return int(conn.execute(count, hit).scalar_one()) if second is not None else 0
-        return await self.db.grouped(work)
+        return await self.db.grouped(work, order=client)
 
     async def purge_seen(self, now: int) -> int:
         """Forget the nonces whose window has passed, and the rate counts older than a
