@@ -42,7 +42,10 @@ from veilpay.sdk.signing import request_digest, sign_headers, verify_json
 __all__ = ["OutboxWorker", "retry_delay_s"]
 
 log = logging.getLogger("veilpay.gateway")
-LEASE_MS = 30_000
+# A claimed row is leased for a round of deliveries: its posts run at once, each within
+# webhook_timeout_s, then one write records them. The lease outlives that by a margin,
+# and no more: a replica that dies mid-round leaves its rows to the others when it lapses.
+LEASE_MARGIN_S = 5.0
 CLAIM_LIMIT = 128  # rows per round (per notifyBatch call, for an ACQP that takes them)
 # Built once (see ledger.py): the worker runs them for every webhook.
 # Claiming is one statement: lease the oldest due rows and return those this call
@@ -85,7 +88,8 @@ class OutboxWorker:
 
     async def _claim(self, limit: int) -> list[Row[Any]]:
         now = _now_ms()
-        args = {"b_now": now, "b_limit": limit, "b_until": now + LEASE_MS}
+        lease_ms = int((2 * self.cfg.webhook_timeout_s + LEASE_MARGIN_S) * 1000)
+        args = {"b_now": now, "b_limit": limit, "b_until": now + lease_ms}
         rows: Sequence[Row[Any]] = await self.db.write(lambda conn: conn.execute(_CLAIM, args).all())
         return sorted(rows, key=lambda r: r.id)
 
