@@ -234,3 +234,13 @@ class Net:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+def wait_for(cond: Any, timeout: float, what: str) -> None:
+    """Poll ``cond`` until it holds; AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

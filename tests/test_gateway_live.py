@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from gateway_net import wait_for
 
 from veilpay.cli.localnet import LocalNet
 from veilpay.errors import GatewayUnavailable
@@ -38,13 +39,6 @@ def _gateway_rows(net: LocalNet, sql: str, url: str | None = None) -> list[Any]:
         con.close()
 
 
-def _wait(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
@@ -80,7 +74,7 @@ def test_gateway_killed_mid_flow_loses_nothing(tmp_path: Path, replicas: int, re
         threads = [threading.Thread(target=pay, args=(i,)) for i in range(6)]
         for t in threads:
             t.start()
-        _wait(lambda: len(rows("SELECT id FROM payments WHERE status='PROCESSING'")) == 6, 20,
+        wait_for(lambda: len(rows("SELECT id FROM payments WHERE status='PROCESSING'")) == 6, 20,
               "six accepted payments")
         net.stop(first, kill=True)
         for t in threads:
@@ -96,13 +90,13 @@ def test_gateway_killed_mid_flow_loses_nothing(tmp_path: Path, replicas: int, re
             for i in range(6, 12):
                 assert c.pay(f"k-{i}", {"currency": "JPY", "value": str(amounts[i])}, codes[i], {"orderId": str(i)}).code \
                     == "SUCCESS"
-        _wait(lambda: len(rows("SELECT id FROM outbox WHERE attempts > 0")) >= 6, 20, "failed deliveries")
+        wait_for(lambda: len(rows("SELECT id FROM outbox WHERE attempts > 0")) >= 6, 20, "failed deliveries")
         net.stop(last, kill=True)
         net.start(first)
         net.admin("acqp-1", "POST", "/admin/faults", {"drop_before": 0})
 
         # Every payment reaches a final state, is debited once and notified once to the application.
-        _wait(lambda: len(net.admin("acqp-1", "GET", "/admin/notifications")["notifications"]) == 12, 60,
+        wait_for(lambda: len(net.admin("acqp-1", "GET", "/admin/notifications")["notifications"]) == 12, 60,
               "twelve notifications")
         with net.client(gateway=first) as c:
             for i in range(12):
@@ -116,7 +110,7 @@ def test_gateway_killed_mid_flow_loses_nothing(tmp_path: Path, replicas: int, re
         assert net.admin("mpp-1", "GET", "/admin/wallets/u1")["balance"] == start - debited
         notes = net.admin("acqp-1", "GET", "/admin/notifications")["notifications"]
         assert len({n["payment_id"] for n in notes}) == 12
-        _wait(lambda: rows("SELECT count(*) FROM outbox WHERE status='DELIVERED'") == [(12,)], 20, "deliveries recorded")
+        wait_for(lambda: rows("SELECT count(*) FROM outbox WHERE status='DELIVERED'") == [(12,)], 20, "deliveries recorded")
 
 
 MARKERS = {
@@ -169,7 +163,7 @@ def test_canary_personal_data_never_reaches_the_gateway(tmp_path: Path) -> None:
         r = httpx.post(net.url["acqp-1"] + "/merchant/checkout", timeout=10, json={
             "amount": {"currency": "JPY", "value": "990"}, "paymentCode": codes[3], "order": order, "env": env})
         assert r.json()["result"]["resultCode"] == "SUCCESS"
-        _wait(lambda: len(net.admin("acqp-1", "GET", "/admin/notifications")["notifications"]) == 5, 20, "webhooks")
+        wait_for(lambda: len(net.admin("acqp-1", "GET", "/admin/notifications")["notifications"]) == 5, 20, "webhooks")
         answers.append(httpx.get(net.url["gateway"] + "/metrics").content)
         answers.append(httpx.get(net.url["gateway"] + "/v1/directory").content)
         net.stop("gateway")  # flush logs and the WAL
@@ -229,7 +223,7 @@ def test_privacy_nodes_as_processes_survive_a_killed_node(tmp_path: Path) -> Non
             net.start("node-b")
             net.stop("gateway", kill=True)  # and the gateway dies too: its feed to node-b is in its database
             net.start("gateway")
-            _wait(lambda: net.operator("/admin/v1/settle", {"settlementDate": day})["status"] == "DONE", 30,
+            wait_for(lambda: net.operator("/admin/v1/settle", {"settlementDate": day})["status"] == "DONE", 30,
                   "settlement after the node came back")
             summary = c.settlement_summary(day)
         (s,) = summary.body["summaries"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_net import Net, run
+from gateway_net import Net, run, wait_for
 from sqlalchemy import func, select
 
 from veilpay.gateway.store import node_cursor, node_feed, outbox, payments
@@ -294,13 +294,6 @@ def test_the_sdk_fails_over_to_the_next_replica(tmp_path: Path, postgres_url: st
 
 
 # ---------------------------------------------------------------- replicas as processes
-def _wait(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _check_books(net: Any, url: str, ids: list[str], start: int) -> None:
@@ -318,13 +311,13 @@ def _check_books(net: Any, url: str, ids: list[str], start: int) -> None:
     assert sorted(p["payment_id"] for p in ledger) == sorted(pids.values())
     assert all(p["status"] == "SUCCESS" for p in ledger)
     assert net.admin("mpp-1", "GET", "/admin/wallets/u1")["balance"] == start - sum(p["debit"] for p in ledger)
-    _wait(lambda: len(net.admin("acqp-1", "GET", "/admin/notifications")["notifications"]) >= len(ids), 90,
+    wait_for(lambda: len(net.admin("acqp-1", "GET", "/admin/notifications")["notifications"]) >= len(ids), 90,
           "a notification per payment")
     notes = net.admin("acqp-1", "GET", "/admin/notifications")["notifications"]
     assert sorted(n["payment_id"] for n in notes) == sorted(pids.values())  # one each: none lost, none twice
     engine = create_engine(url)
     try:
-        _wait(lambda: _count(engine, select(func.count()).select_from(outbox).where(outbox.c.status != "DELIVERED"))
+        wait_for(lambda: _count(engine, select(func.count()).select_from(outbox).where(outbox.c.status != "DELIVERED"))
               == 0, 60, "every webhook delivered")
         assert _count(engine, select(func.count()).select_from(payments)) == len(ids)
     finally:
@@ -383,7 +376,7 @@ def test_a_replica_killed_under_load_loses_nothing(tmp_path: Path, postgres_url:
         codes = net.admin("mpp-1", "POST", "/admin/codes", {"userId": "u1", "count": 80})["codes"]
         outcomes: dict[str, str] = {}
         threads = _load(net, codes, "k", ["gateway", "gateway-2"], outcomes)
-        _wait(lambda: len(outcomes) >= 20, 60, "payments under way")
+        wait_for(lambda: len(outcomes) >= 20, 60, "payments under way")
         net.stop("gateway", kill=True)
         for t in threads:
             t.join(120)
@@ -417,19 +410,19 @@ def test_gateway_workers_share_a_port_and_a_killed_worker_is_replaced(tmp_path: 
     with LocalNet(tmp_path, database=postgres_url, gateway_workers=2, gateway_options=opts) as net:
         net.start_all()
         supervisor = net.procs["gateway"].pid
-        _wait(lambda: len(_children(supervisor)) == 2, 30, "two workers")
+        wait_for(lambda: len(_children(supervisor)) == 2, 30, "two workers")
         workers = _children(supervisor)
         start = 10**10
         net.admin("mpp-1", "POST", "/admin/wallets", {"userId": "u1", "name": "A", "currency": "PHP", "balance": start})
         codes = net.admin("mpp-1", "POST", "/admin/codes", {"userId": "u1", "count": 60})["codes"]
         outcomes: dict[str, str] = {}
         threads = _load(net, codes, "w", ["gateway"], outcomes)
-        _wait(lambda: len(outcomes) >= 15, 60, "payments under way")
+        wait_for(lambda: len(outcomes) >= 15, 60, "payments under way")
         victim = sorted(workers)[0]
         os.kill(victim, signal.SIGKILL)
         for t in threads:
             t.join(120)
-        _wait(lambda: len(_children(supervisor)) == 2 and victim not in _children(supervisor), 30,
+        wait_for(lambda: len(_children(supervisor)) == 2 and victim not in _children(supervisor), 30,
               "the supervisor to start a worker again")
         assert len(outcomes) == 60 and set(outcomes.values()) == {"SUCCESS"}, outcomes
         _check_books(net, postgres_url, [f"w-{i}" for i in range(60)], start)
