@@ -428,7 +428,7 @@ def run_partitioned(
         raise ConfigError(f"{network}: the network must name {comm.me!r} and {peer!r}")
     stride = len(net.parties)
     base = worker_port_base or net.parties[comm.me].port + 1000
-    cpus = int(ray.cluster_resources().get("CPU", 1))
+    cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
     workers = workers or max(1, cpus)
     path = Path(input_path)
     temp = run_dir is None
@@ -464,7 +464,7 @@ def run_partitioned(
         for out in results:
             meta = {k: out[k] for k in ("bucket_sha256", "result_sha256", "distinct", "duplicates", "matched",
                                         "peer_size")}
-            atomic_write(folder / "done" / f"{out['index']:05d}.json", lambda fh, m=meta: fh.write(json.dumps(m)))
+            _write_json(folder / "done" / f"{out['index']:05d}.json", meta)
         finished = np.array([len(results) + int(done.sum())], dtype=np.uint64)
         theirs = comm.exchange("psi.partitions.end", {peer: [finished]}, {peer: 1})[peer][0]
         if theirs.shape != (1,) or int(theirs[0]) != plan.partitions or int(finished[0]) != plan.partitions:
@@ -499,6 +499,11 @@ def run_partitioned(
     if temp:
         shutil.rmtree(folder, ignore_errors=True)
     return summary
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    text = json.dumps(value)
+    atomic_write(path, lambda fh: fh.write(text))
 
 
 def _peaks(results: list[dict[str, Any]]) -> dict[str, float]:
