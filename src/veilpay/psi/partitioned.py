@@ -75,6 +75,7 @@ RECORD = np.dtype([("item", "V16"), ("row", "<i8")])
 _ITEM = 16
 _DUMMY = b"\x00"  # no real item starts a dummy: dummies are random items of their own
 _LABEL = "psi.partitions"
+_DONE_FIELDS = ("bucket_sha256", "result_sha256", "distinct", "duplicates", "matched", "peer_size")
 
 
 def choose_partitions(rows: int, memory_mib: int = DEFAULT_MEMORY_MIB) -> int:
@@ -319,7 +320,7 @@ def _ray_failure(exc: BaseException) -> str:
 
 
 def _run_all(jobs: dict[int, PartitionJob], plan: _Plan, peer: str, retries: int, num_cpus: float,
-             memory_mib: int, show_progress: bool | None) -> tuple[list[dict[str, Any]], int]:
+             memory_mib: int, show_progress: bool | None, done_folder: Path) -> tuple[list[dict[str, Any]], int]:
     """Run the partitions: slot s runs partitions s, s + W, s + 2W, ... in order (the
     peer runs the same ones in the same slots, so each pair meets on one port pair),
     each retried up to ``retries`` times where it fails. PartitionFailed after that."""
@@ -361,6 +362,8 @@ def _run_all(jobs: dict[int, PartitionJob], plan: _Plan, peer: str, retries: int
                         continue
                     queues[slot].pop(0)
                     results.append(out)
+                    # recorded at once: a driver that crashes later keeps this partition
+                    _write_json(done_folder / f"{i:05d}.json", {k: out[k] for k in _DONE_FIELDS})
                     bar.update(1)
                     submit(slot)
     except BaseException:
@@ -460,11 +463,7 @@ def run_partitioned(
         for i in range(plan.partitions):
             if not done[i]:
                 (folder / "done" / f"{i:05d}.json").unlink(missing_ok=True)
-        results, retried = _run_all(jobs, plan, peer, retries, 1.0, memory_mib, show_progress)
-        for out in results:
-            meta = {k: out[k] for k in ("bucket_sha256", "result_sha256", "distinct", "duplicates", "matched",
-                                        "peer_size")}
-            _write_json(folder / "done" / f"{out['index']:05d}.json", meta)
+        results, retried = _run_all(jobs, plan, peer, retries, 1.0, memory_mib, show_progress, folder / "done")
         finished = np.array([len(results) + int(done.sum())], dtype=np.uint64)
         theirs = comm.exchange("psi.partitions.end", {peer: [finished]}, {peer: 1})[peer][0]
         if theirs.shape != (1,) or int(theirs[0]) != plan.partitions or int(finished[0]) != plan.partitions:
