@@ -151,13 +151,14 @@ def run_ray(n: int, work: Path, memory_mib: int = 1024, addresses: tuple[str, st
     base = [sys.executable, "-m", "veilpay.cli.main", "psi", "--network", str(net), "--key", "customer_id",
             "--timeout", "1800", "--memory-per-worker", str(memory_mib), "--worker-port-base"]
     port = _free_port_base(64)
+    runs = Path(tempfile.mkdtemp(prefix="runs-", dir=work))  # a fresh run each time: nothing to resume
     wall, summ, rss = _run_together({
         "receiver": base + [str(port), "--ray-address", addresses[0], "--role", "receiver", "--party", "receiver",
                             "--input", str(work / f"r{n}.csv"),
-                            "--output", str(work / "ray-o.csv"), "--run-dir", str(work / f"ray-r{n}")],
+                            "--output", str(work / "ray-o.csv"), "--run-dir", str(runs / "receiver")],
         "sender": base + [str(port + 1), "--ray-address", addresses[1], "--role", "sender", "--party", "sender",
                           "--input", str(work / f"s{n}.csv"),
-                          "--run-dir", str(work / f"ray-s{n}")],
+                          "--run-dir", str(runs / "sender")],
     })
     workers = {k: v["worker_peak_rss_mib"] for k, v in summ.items()}
     drivers = {k: v["driver_peak_rss_mib"] for k, v in summ.items()}
@@ -173,7 +174,7 @@ def run_ray(n: int, work: Path, memory_mib: int = 1024, addresses: tuple[str, st
                                                             "sender": s_["bucket_seconds"]},
             "bytes_receiver_to_sender": r["bytes_sent"], "bytes_sender_to_receiver": s_["bytes_sent"],
             "driver_peak_rss_mib": drivers, "worker_peak_rss_mib": workers,
-            "max_worker_rss_mib": max(max(w.values()) for w in workers.values()),
+            "max_worker_rss_mib": max(max(w.values(), default=0.0) for w in workers.values()),
             "max_child_process_rss_mib": rss,  # the largest process each driver started (Ray's own included)
             "ms_per_id": round(1000 * wall / n, 4), "cores": os.cpu_count() or 1}
 
