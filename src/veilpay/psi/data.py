@@ -10,7 +10,7 @@ import csv
 import functools
 import itertools
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -332,9 +332,10 @@ def copy_rows(path: str | Path, wanted: np.ndarray, output: str | Path) -> bool:
     return True
 
 
-def stream_rows(path: str | Path, wanted: np.ndarray, output: str | Path) -> bool:
-    """`copy_rows` that writes each wanted line (``wanted``: ascending row numbers) as
-    it is read, so the lines are never held together. False (nothing written) where `copy_rows` would refuse (a
+def stream_rows(path: str | Path, wanted: Iterable[np.ndarray], output: str | Path) -> bool:
+    """`copy_rows` that writes each wanted line as it is read, so the lines are never
+    held together; ``wanted``: ascending row numbers, in ascending chunks (so they
+    need not be held together either; it is iterated once). False (nothing written) where `copy_rows` would refuse (a
     Parquet input, or a quote in the CSV file: the caller then uses `read_rows`)."""
     path = Path(path)
     if _is_parquet(path):
@@ -350,8 +351,9 @@ def stream_rows(path: str | Path, wanted: np.ndarray, output: str | Path) -> boo
     missing = False
 
     def numbers() -> Iterator[int]:
-        for pos in range(0, len(wanted), _BATCH):
-            yield from wanted[pos : pos + _BATCH].tolist()
+        for chunk in wanted:
+            for pos in range(0, len(chunk), _BATCH):
+                yield from chunk[pos : pos + _BATCH].tolist()
 
     def write(out: IO[Any]) -> None:
         nonlocal missing

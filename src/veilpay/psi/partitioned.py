@@ -482,8 +482,11 @@ def run_partitioned(
             "worker_peak_rss_mib": _peaks(results),
         }
         if learns and output_path is not None:
-            wanted = _merged(folder / "done", plan.partitions)
-            if sort_by or cols != table.header or not stream_rows(path, wanted, output_path):
+            merged = _merged(folder / "done", plan.partitions, table.rows)
+            if sort_by or cols != table.header or not stream_rows(path, merged, output_path):
+                # Parquet, quoted CSV, chosen columns or --sort-by: the common rows are held
+                wanted = np.concatenate([*_merged(folder / "done", plan.partitions, table.rows),
+                                         np.zeros(0, dtype=np.int64)])
                 rows = read_rows(path, wanted, cols + ([sort_by] if sort_by else []))
                 if sort_by:
                     rows.sort(key=lambda r: r[-1])
@@ -512,12 +515,29 @@ def _peaks(results: list[dict[str, Any]]) -> dict[str, float]:
     return peaks
 
 
-def _merged(folder: Path, partitions: int) -> np.ndarray:
-    """The common rows of every partition in file order: each partition's rows are
-    sorted, and their merge is 8 bytes per common id."""
-    parts = [np.fromfile(folder / f"{i:05d}.rows", dtype="<i8") for i in range(partitions)
-             if (folder / f"{i:05d}.rows").exists()]
-    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+def _merged(folder: Path, partitions: int, rows: int, span: int = 1 << 22) -> Iterator[np.ndarray]:
+    """The common rows of every partition in file order, in ascending chunks of row
+    numbers [lo, lo + span): each partition's rows are sorted, so each chunk takes the
+    next rows of each partition's file, read forward in blocks. Memory is bounded by
+    the span and the blocks (2 MiB over all partitions), not by the intersection."""
+    block = max(4096, (1 << 18) // max(1, partitions))
+    files = [f for i in range(partitions) if (f := folder / f"{i:05d}.rows").exists() and f.stat().st_size]
+    pos = [0] * len(files)
+    sizes = [f.stat().st_size // 8 for f in files]
+    bufs = [np.zeros(0, dtype="<i8") for _ in files]
+    for lo in range(0, rows, span):
+        hi, pieces = lo + span, []
+        for k, f in enumerate(files):
+            while pos[k] < sizes[k] and (not len(bufs[k]) or bufs[k][-1] < hi):
+                more = np.fromfile(f, dtype="<i8", count=block, offset=8 * pos[k])
+                pos[k] += len(more)
+                bufs[k] = np.concatenate([bufs[k], more])
+            cut = int(np.searchsorted(bufs[k], hi))
+            pieces.append(bufs[k][:cut])
+            bufs[k] = bufs[k][cut:]
+        chunk = np.sort(np.concatenate(pieces)) if pieces else np.zeros(0, dtype=np.int64)
+        if len(chunk):
+            yield chunk.astype(np.int64, copy=False)
 
 
 def _row_estimate(path: Path) -> int:
