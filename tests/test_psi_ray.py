@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from veilpay.cli.main import main
 from veilpay.errors import PartitionFailed, PartitionMismatch
@@ -193,3 +195,17 @@ def test_without_ray_the_cli_names_the_extra(tmp_path: Path, network: Path, monk
                  "--key", "id", "--output", str(tmp_path / "o.csv"), "--ray-address", "local"])
     err = capsys.readouterr().err
     assert code != 0 and "pip install 'veilpay[ray]'" in err and err.count("\n") == 1, err
+
+
+@given(st.lists(st.integers(0, 40), max_size=300), st.integers(0, 2**32))
+@settings(max_examples=60, deadline=None)
+def test_first_occurrences_is_plain_dedup(picks: list[int], seed: int) -> None:
+    np = pytest.importorskip("numpy")
+    from veilpay.psi.partitioned import _first_occurrences
+
+    rng = np.random.default_rng(seed)
+    pool = rng.integers(0, 2**63, size=(41, 2), dtype=np.uint64)
+    pool[::3, 0] = pool[0, 0]  # items alike in their first 8 bytes, unlike in the rest
+    items = pool[np.array(picks, dtype=np.int64)].copy().view("V16").ravel() if picks else np.zeros(0, "V16")
+    _, want = np.unique(items, return_index=True)
+    assert _first_occurrences(items).tolist() == sorted(want.tolist())
