@@ -87,14 +87,19 @@ def choose_partitions(rows: int, memory_mib: int = DEFAULT_MEMORY_MIB) -> int:
     return max(1, min(MAX_PARTITIONS, -(-rows // capacity)))
 
 
-def ray_init(address: str, num_cpus: int | None = None) -> None:
-    """Connect this process to Ray: ``local`` starts a Ray instance on this machine,
-    anything else is the address of this party's own cluster. ConfigError, naming the
-    extra to install, without Ray."""
+def _ray() -> Any:
     try:
         import ray
     except ImportError as exc:
         raise ConfigError("--ray-address needs Ray: pip install 'veilpay[ray]'") from exc
+    return ray
+
+
+def ray_init(address: str, num_cpus: int | None = None) -> None:
+    """Connect this process to Ray: ``local`` starts a Ray instance on this machine,
+    anything else is the address of this party's own cluster. ConfigError, naming the
+    extra to install, without Ray."""
+    ray = _ray()
     if ray.is_initialized():
         return
     if address == "local":
@@ -243,6 +248,8 @@ def _agree_partitions(comm: Communicator, peer: str, role: str, run_dir: Path, a
     key = b""
     if resume:
         meta = json.loads(stored.read_text())
+        if (meta.get("role"), meta.get("peer")) != (role, peer):
+            raise InvalidInput(f"{run_dir} is the run of the {meta.get('role')} with {meta.get('peer')!r}")
         key = (run_dir / "key").read_bytes()
         if asked is not None and asked != meta["partitions"]:
             raise InvalidInput(f"{run_dir} is a run with {meta['partitions']} partitions, not {asked}")
@@ -463,8 +470,7 @@ def run_partitioned(
         raise InvalidInput(f"--partitions must be between 1 and {MAX_PARTITIONS}")
     if retries < 0:
         raise InvalidInput("retries must be >= 0")
-    import ray
-
+    ray = _ray()
     if not ray.is_initialized():
         raise ConfigError("Ray is not initialised: call veilpay.psi.ray_init first")
     net = load_network(network)
@@ -472,7 +478,7 @@ def run_partitioned(
         raise ConfigError(f"{network}: the network must name {comm.me!r} and {peer!r}")
     stride = len(net.parties)
     base = worker_port_base or net.parties[comm.me].port + 1000
-    cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
+    cpus = int(ray.cluster_resources().get("CPU", 1))
     workers = workers or max(1, cpus)
     path = Path(input_path)
     temp = run_dir is None
