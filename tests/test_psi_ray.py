@@ -209,3 +209,28 @@ def test_first_occurrences_is_plain_dedup(picks: list[int], seed: int) -> None:
     items = pool[np.array(picks, dtype=np.int64)].copy().view("V16").ravel() if picks else np.zeros(0, "V16")
     _, want = np.unique(items, return_index=True)
     assert _first_occurrences(items).tolist() == sorted(want.tolist())
+
+
+@pytest.mark.tcp
+def test_the_cli_runs_both_parties_as_processes_each_on_its_own_ray(tmp_path: Path) -> None:
+    """`veilpay psi --ray-address local` at both parties: two processes, each starting
+    its own Ray instance, drivers and workers over TCP + mutual TLS."""
+    pytest.importorskip("ray")
+    import json
+    import subprocess
+
+    net = provision_network(tmp_path / "net", ["r", "s"], base_port=27400)
+    x, y = _sets(400, 500, 0.5, 5)
+    xp = _csv(tmp_path / "x.csv", ["id"], [[v] for v in x])
+    yp = _csv(tmp_path / "y.csv", ["id"], [[v] for v in y])
+    base = [sys.executable, "-m", "veilpay.cli.main", "psi", "--network", str(net), "--key", "id", "--timeout", "120",
+            "--ray-address", "local", "--partitions", "2", "--workers", "1"]
+    procs = [subprocess.Popen(base + ["--role", "receiver", "--party", "r", "--input", str(xp), "--output",
+                                      str(tmp_path / "o.csv")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+             subprocess.Popen(base + ["--role", "sender", "--party", "s", "--input", str(yp)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    summary = json.loads(outs[0][0].splitlines()[-1])
+    assert summary["partitions"] == 2 and summary["intersection_size"] == len(set(x) & set(y))
+    assert _rows(tmp_path / "o.csv") == [v for v in x if v in set(y)]
