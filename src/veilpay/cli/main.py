@@ -457,7 +457,7 @@ def _psi_on_ray(a: argparse.Namespace, columns: list[str] | None) -> int:
     from veilpay.crypto import label_digest
     from veilpay.net import connect_mesh, load_network
     from veilpay.psi import check_psi_files
-    from veilpay.psi.partitioned import DEFAULT_MEMORY_MIB, ray_init, run_partitioned
+    from veilpay.psi.partitioned import DEFAULT_MEMORY_MIB, ray_init, ray_shutdown, run_partitioned
 
     if a.mode != "intersection":
         raise InvalidInput("--ray-address runs intersections (KKRT or ECDH per partition), not --mode " + a.mode)
@@ -479,6 +479,7 @@ def _psi_on_ray(a: argparse.Namespace, columns: list[str] | None) -> int:
                                   timeout=a.timeout)
     finally:
         comm.close()
+        ray_shutdown()
     print(json.dumps(summary))
     return 0
 
