@@ -47,7 +47,6 @@ from veilpay.errors import (
     InvalidInput,
     PartitionFailed,
     PartitionMismatch,
-    PeerError,
     ProtocolMismatch,
     VeilpayError,
     WireFormatError,
@@ -74,7 +73,7 @@ BYTES_PER_ID = 400
 MAX_PARTITIONS = 1 << 14
 RECORD = np.dtype([("item", "V16"), ("row", "<i8")])
 _ITEM = 16
-_DUMMY = b"\x00"  # no real item starts a dummy: dummies are random items of their own
+_DUMMY = b"\x00"  # a dummy is 17 bytes, a real item 16: no dummy equals a real item
 _LABEL = "psi.partitions"
 _DONE_FIELDS = ("bucket_sha256", "result_sha256", "distinct", "duplicates", "matched", "peer_size")
 
@@ -155,7 +154,7 @@ def run_partition(job: PartitionJob) -> dict[str, Any]:
         return _run_partition(job, t0)
     except VeilpayError as exc:
         return {"index": job.index, "error": type(exc).__name__, "message": str(exc), "pid": os.getpid(),
-                "peer_fault": isinstance(exc, PeerError), "rss_mib": _rss_mib()}
+                "rss_mib": _rss_mib()}
 
 
 def _first_occurrences(items: np.ndarray) -> np.ndarray:
