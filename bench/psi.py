@@ -15,6 +15,14 @@ queries (the first downloads the prepared set, the second reuses it).
 
     python bench/psi.py [--sizes 100000,1000000] [--protocols kkrt,ecdh] [--no-peers]
                         [--no-kkrt-both] [--unbalanced 100000,1000]
+    python bench/psi.py --ray 1000000,10000000,30000000 [--ray-spu 10000000]
+
+``--ray``: KKRT partitioned over each party's own local Ray instance (`veilpay psi
+--ray-address local`), both parties as processes over TCP + TLS, at each size: wall
+time, bytes, the peak RSS of every Ray worker and of each driver (rows
+``psi-ray``); the single-process KKRT path at the smallest size in the same run (the
+overhead row); and spu.psi KKRT at ``--ray-spu`` a side, stopped after 10 minutes
+(reported either way).
 
 KKRT runs in both reveal modes: the receiver alone learns the intersection, and
 ``both`` (joint training's mode: the receiver also returns the common ids' items).
@@ -23,8 +31,10 @@ KKRT runs in both reveal modes: the receiver alone learns the intersection, and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,13 +59,21 @@ _WRAP = ("import resource,subprocess,sys;p=subprocess.run(sys.argv[1:]);"
          "print('RSS',resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,file=sys.stderr);sys.exit(p.returncode)")
 
 
-def _run_together(cmds: dict[str, list[str]]) -> tuple[float, dict[str, dict[str, Any]], dict[str, int]]:
+def _run_together(cmds: dict[str, list[str]], timeout: float = 3600
+                  ) -> tuple[float, dict[str, dict[str, Any]], dict[str, int]]:
     """Start every command at once; wall seconds, each one's last stdout JSON line and
-    peak RSS in MiB."""
+    peak RSS in MiB. subprocess.TimeoutExpired (all killed) past ``timeout`` seconds."""
     t0 = time.perf_counter()
     procs = {k: subprocess.Popen([sys.executable, "-c", _WRAP, *c], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True) for k, c in cmds.items()}
-    outs = {k: p.communicate(timeout=3600) for k, p in procs.items()}
+                                 text=True, start_new_session=True) for k, c in cmds.items()}
+    try:
+        outs = {k: p.communicate(timeout=max(1.0, timeout - (time.perf_counter() - t0))) for k, p in procs.items()}
+    except subprocess.TimeoutExpired:
+        for p in procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        raise
     wall = time.perf_counter() - t0
     for k, p in procs.items():
         if p.returncode != 0:
@@ -107,7 +125,7 @@ def run_size(n: int, work: Path, op_us: float, protocol: str, reveal: str = "rec
     return row
 
 
-def run_spu(n: int, work: Path, protocol: str) -> dict[str, Any]:
+def run_spu(n: int, work: Path, protocol: str, timeout: float = 3600) -> dict[str, Any]:
     from veilpay.cli.demo import _free_port_base
 
     port = _free_port_base()
@@ -116,10 +134,90 @@ def run_spu(n: int, work: Path, protocol: str) -> dict[str, Any]:
     wall, out, rss = _run_together({
         "receiver": script + ["--rank", "0", "--input", str(work / f"r{n}.csv"), "--output", str(work / "spu0.csv")],
         "sender": script + ["--rank", "1", "--input", str(work / f"s{n}.csv"), "--output", str(work / "spu1.csv")],
-    })
+    }, timeout)
     return {"bench": "psi", "peer": f"spu.psi 0.9.5 {protocol}", "transport": "brpc (no tls), 2 processes",
             "n_each": n, "intersection": out["receiver"]["intersection"], "wall_seconds": round(wall, 2),
             "protocol_seconds": out["receiver"]["seconds"], "peak_rss_mib": rss}
+
+
+def run_ray(n: int, work: Path, memory_mib: int = 1024, addresses: tuple[str, str] = ("local", "local")
+            ) -> dict[str, Any]:
+    """KKRT partitioned over a Ray cluster per party (``local``: one each starts for
+    the run), both parties as processes."""
+    from veilpay.cli.demo import _free_port_base
+    from veilpay.net import provision_network
+
+    net = provision_network(work / f"raynet{n}", ["receiver", "sender"], base_port=_free_port_base())
+    base = [sys.executable, "-m", "veilpay.cli.main", "psi", "--network", str(net), "--key", "customer_id",
+            "--timeout", "1800", "--memory-per-worker", str(memory_mib), "--worker-port-base"]
+    port = _free_port_base(64)
+    runs = Path(tempfile.mkdtemp(prefix="runs-", dir=work))  # a fresh run each time: nothing to resume
+    wall, summ, rss = _run_together({
+        "receiver": base + [str(port), "--ray-address", addresses[0], "--role", "receiver", "--party", "receiver",
+                            "--input", str(work / f"r{n}.csv"),
+                            "--output", str(work / "ray-o.csv"), "--run-dir", str(runs / "receiver")],
+        "sender": base + [str(port + 1), "--ray-address", addresses[1], "--role", "sender", "--party", "sender",
+                          "--input", str(work / f"s{n}.csv"),
+                          "--run-dir", str(runs / "sender")],
+    })
+    workers = {k: v["worker_peak_rss_mib"] for k, v in summ.items()}
+    drivers = {k: v["driver_peak_rss_mib"] for k, v in summ.items()}
+    r, s_ = summ["receiver"], summ["sender"]
+    return {"bench": "psi-ray", "protocol": "kkrt (ot extension) per partition", "transport":
+            "tcp+tls, 2 parties x (driver + Ray workers), one Ray cluster per party", "n_each": n,
+            "ray": "a local instance per party, started by the run" if addresses[0] == "local" else
+            "each party's cluster running before the run (ray start --head, 2 CPUs each)",
+            "partitions": r["partitions"], "workers_per_party": r["workers"], "memory_per_worker_mib": memory_mib,
+            "padded_to": {"receiver": r["padded_to"], "sender": s_["padded_to"]},
+            "intersection": r["intersection_size"], "wall_seconds": round(wall, 2),
+            "run_seconds": r["seconds"], "bucket_seconds": {"receiver": r["bucket_seconds"],
+                                                            "sender": s_["bucket_seconds"]},
+            "bytes_receiver_to_sender": r["bytes_sent"], "bytes_sender_to_receiver": s_["bytes_sent"],
+            "driver_peak_rss_mib": drivers, "worker_peak_rss_mib": workers,
+            "max_worker_rss_mib": max(max(w.values(), default=0.0) for w in workers.values()),
+            "max_child_process_rss_mib": rss,  # the largest process each driver started (Ray's own included)
+            "ms_per_id": round(1000 * wall / n, 4), "cores": os.cpu_count() or 1}
+
+
+def ray_rows(sizes: list[int], work: Path, spu_n: int, addresses: tuple[str, str]) -> Iterator[dict[str, Any]]:
+    rows = []
+    for n in sizes:
+        _write(work / f"r{n}.csv", range(n))
+        _write(work / f"s{n}.csv", range(n // 2, n + n // 2))
+        rows.append(run_ray(n, work, addresses=addresses))
+        if n == sizes[0]:
+            if addresses[0] != "local":
+                yield run_ray(n, work)  # and with the start of a local Ray instance inside the run
+            single = run_size(n, work, 0.0, "kkrt")
+            rows[-1]["single_process_wall_seconds"] = single["wall_seconds"]
+            rows[-1]["ray_over_single_process"] = round(rows[-1]["wall_seconds"] / single["wall_seconds"], 3)
+            yield single
+        if len(rows) > 1:  # linear in n: seconds per id against the smallest size's
+            rows[-1]["wall_per_id_vs_smallest"] = round(rows[-1]["ms_per_id"] / rows[0]["ms_per_id"], 3)
+            rows[-1]["run_per_id_vs_smallest"] = round(
+                (rows[-1]["run_seconds"] / n) / (rows[0]["run_seconds"] / rows[0]["n_each"]), 3)
+        yield rows[-1]
+        for f in (work / f"r{n}.csv", work / f"s{n}.csv"):
+            if n != spu_n:
+                f.unlink()
+    if spu_n:
+        if not VENV_SPU.exists():
+            yield {"bench": "psi", "peer": "spu.psi 0.9.5 kkrt", "n_each": spu_n, "measured": False,
+                   "why": ".venv-spu missing: run `make bench-peers`"}
+            return
+        if not (work / f"r{spu_n}.csv").exists():
+            _write(work / f"r{spu_n}.csv", range(spu_n))
+            _write(work / f"s{spu_n}.csv", range(spu_n // 2, spu_n + spu_n // 2))
+        try:
+            row = run_spu(spu_n, work, "kkrt", timeout=600)
+            row["within_1_5_gib"] = max(row["peak_rss_mib"].values()) <= 1536
+            yield row
+        except subprocess.TimeoutExpired:
+            yield {"bench": "psi", "peer": "spu.psi 0.9.5 kkrt", "n_each": spu_n, "completed": False,
+                   "why": "did not finish within 10 minutes (both processes killed)"}
+        except SystemExit as exc:
+            yield {"bench": "psi", "peer": "spu.psi 0.9.5 kkrt", "n_each": spu_n, "completed": False,
+                   "why": str(exc)[-300:]}
 
 
 def run_openmined(n: int, work: Path) -> dict[str, Any]:
@@ -186,7 +284,17 @@ def main() -> None:
     ap.add_argument("--no-kkrt-both", dest="kkrt_both", action="store_false",
                     help="skip KKRT with reveal='both' (the sender learns the intersection too)")
     ap.add_argument("--unbalanced", default="100000,1000", help="server,client sizes; '' skips it")
+    ap.add_argument("--ray", help="sizes for KKRT over Ray, comma separated (runs only the Ray rows)")
+    ap.add_argument("--ray-spu", type=int, default=10_000_000, help="spu.psi KKRT at this size beside --ray; 0 skips")
+    ap.add_argument("--ray-addresses", default="local,local",
+                    help="the receiver's and the sender's Ray cluster addresses (default: a local instance each)")
     a = ap.parse_args()
+    if a.ray:
+        with tempfile.TemporaryDirectory(prefix="veilpay-psi-ray-bench-") as tmp:
+            r_addr, s_addr = a.ray_addresses.split(",")
+            for row in ray_rows([int(v) for v in a.ray.split(",") if v], Path(tmp), a.ray_spu, (r_addr, s_addr)):
+                print(json.dumps(row), flush=True)
+        return
     op_us = x25519_us_per_op()
     with tempfile.TemporaryDirectory(prefix="veilpay-psi-bench-") as tmp:
         work = Path(tmp)

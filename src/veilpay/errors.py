@@ -16,7 +16,9 @@ The tree::
     │   │   ├── WireFormatError             bytes that are not a valid veilpay message
     │   │   │   ├── InvalidPoint            a curve point that must not be used (PSI)
     │   │   │   └── ProtocolMismatch        the peer runs another version or mode
+    │   │   │       └── PartitionMismatch   partitioned PSI: another partition count or partition key
     │   │   ├── PeerAuthenticationError     TLS refused: no or wrong certificate
+    │   │   ├── PartitionFailed             partitioned PSI: a partition failed at both after its retries
     │   │   ├── QueryRefused                an unbalanced-PSI server refused the query (budget, key age)
     │   │   └── NodesDisagree               privacy nodes hold different views of the same job
     │   │       └── LedgerMismatch          ... of the disclosure ledger: heads or entries differ
@@ -57,6 +59,8 @@ __all__ = [
     "KeyNotCertified",
     "LogInconsistent",
     "MalformedBody",
+    "PartitionFailed",
+    "PartitionMismatch",
     "PartyFailed",
     "PeerAuthenticationError",
     "ProtocolMismatch",
@@ -130,6 +134,22 @@ class InvalidPoint(WireFormatError):
 
 class ProtocolMismatch(WireFormatError):
     """The peer runs another protocol version, mode or role."""
+
+
+class PartitionMismatch(ProtocolMismatch):
+    """Partitioned PSI: the parties bucket their ids differently (another partition
+    count, or another partition key: one resumes a run the other does not), so equal
+    ids would meet in different partitions. Nothing is run."""
+
+
+class PartitionFailed(PeerError):
+    """Partitioned PSI: partition ``partition`` failed after its retries (``cause``
+    names why: the peer's worker, a timeout, a crash here). No output is written."""
+
+    def __init__(self, peer: str, partition: int, cause: str) -> None:
+        super().__init__(peer, f"partition {partition} failed: {cause}")
+        self.partition = partition
+        self.cause = cause
 
 
 class PeerAuthenticationError(PeerError):

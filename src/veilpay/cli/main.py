@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from veilpay.errors import ConfigError, GatewayUnavailable, VeilpayError
+from veilpay.errors import ConfigError, GatewayUnavailable, InvalidInput, VeilpayError
 from veilpay.host import BLAS_CHOICES
 
 
@@ -428,6 +428,10 @@ def _cmd_psi(a: argparse.Namespace) -> int:
     from veilpay.psi import check_psi_files, run_psi_files
 
     columns = a.columns.split(",") if a.columns else None
+    if a.ray_address:
+        return _psi_on_ray(a, columns)
+    if a.partitions is not None or a.memory_per_worker is not None or a.run_dir:
+        raise InvalidInput("--partitions, --memory-per-worker and --run-dir need --ray-address")
     opts: dict[str, Any] = {"mode": a.mode, "reveal": a.reveal, "normalise": a.normalise, "on_null": a.on_null,
                             "sort_by": a.sort_by, "cache": a.cache, "protocol": a.protocol,
                             "query_budget": a.query_budget, "max_key_age_s": a.max_key_age_days * 86400}
@@ -444,6 +448,38 @@ def _cmd_psi(a: argparse.Namespace) -> int:
         summary = run_psi_files(comm, peer, a.role, a.input, a.key, a.output, columns, workers=a.workers, **opts)
     finally:
         comm.close()
+    print(json.dumps(summary))
+    return 0
+
+
+def _psi_on_ray(a: argparse.Namespace, columns: list[str] | None) -> int:
+    """`veilpay psi --ray-address`: the partitioned run (docs/psi.md, "Past one machine")."""
+    from veilpay.crypto import label_digest
+    from veilpay.net import connect_mesh, load_network
+    from veilpay.psi import check_psi_files
+    from veilpay.psi.partitioned import DEFAULT_MEMORY_MIB, ray_init, ray_shutdown, run_partitioned
+
+    if a.mode != "intersection":
+        raise InvalidInput("--ray-address runs intersections (KKRT or ECDH per partition), not --mode " + a.mode)
+    check_psi_files(a.role, a.input, a.key, a.output, columns, reveal=a.reveal, normalise=a.normalise,
+                    on_null=a.on_null, sort_by=a.sort_by, protocol=a.protocol)
+    ray_init(a.ray_address)  # without Ray: which extra to install, before any connection
+    network = load_network(a.network)
+    others = [p for p in network.party_ids if p != a.party]
+    peer = a.peer or (others[0] if len(others) == 1 else None)
+    if peer is None:
+        raise VeilpayError("the network has more than two parties: name the other one with --peer")
+    session = label_digest(f"veilpay/psi-ray/{network.name}/{a.session or ''}")
+    comm = connect_mesh(network, a.party, session, timeout=a.timeout, parties=sorted([a.party, peer]))
+    try:
+        summary = run_partitioned(comm, peer, a.role, a.input, a.key, a.network, a.output, columns, reveal=a.reveal,
+                                  normalise=a.normalise, on_null=a.on_null, sort_by=a.sort_by, protocol=a.protocol,
+                                  partitions=a.partitions, memory_mib=a.memory_per_worker or DEFAULT_MEMORY_MIB,
+                                  workers=a.workers, run_dir=a.run_dir, worker_port_base=a.worker_port_base,
+                                  timeout=a.timeout)
+    finally:
+        comm.close()
+        ray_shutdown()
     print(json.dumps(summary))
     return 0
 
@@ -635,6 +671,16 @@ def build_parser() -> argparse.ArgumentParser:
     _key_options(ps)
     ps.add_argument("--session", help="a run label both parties pass (keeps concurrent runs apart)")
     ps.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for any message")
+    ps.add_argument("--ray-address", help="partition the run over this party's Ray cluster: 'local' (a Ray "
+                    "instance on this machine) or the cluster's address; needs pip install 'veilpay[ray]'")
+    ps.add_argument("--partitions", type=int, help="with --ray-address: partition count, the same at both parties "
+                    "(default: from the larger set and --memory-per-worker)")
+    ps.add_argument("--memory-per-worker", type=int, help="with --ray-address: MiB one partition's worker may use "
+                    "(default 1024)")
+    ps.add_argument("--run-dir", help="with --ray-address: folder for buckets and finished partitions, on storage "
+                    "every worker reads; run again with the same folder to resume after a crash")
+    ps.add_argument("--worker-port-base", type=int, help="with --ray-address: first port of this party's "
+                    "partition workers (default: its network port + 1000)")
     ps.set_defaults(fn=_cmd_psi)
 
     pu = sub.add_parser("psi-setup", help="unbalanced PSI, offline: prepare the server's set (OPRF on P-256)")

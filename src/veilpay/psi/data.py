@@ -10,7 +10,7 @@ import csv
 import functools
 import itertools
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -20,8 +20,8 @@ import numpy as np
 from veilpay.errors import DataError, InvalidInput
 from veilpay.files import atomic_write
 
-__all__ = ["IdTable", "copy_rows", "join_key", "normalise_key", "split_key", "open_rows", "read_header", "read_ids",
-           "read_rows", "write_rows"]
+__all__ = ["IdTable", "copy_rows", "iter_id_batches", "join_key", "normalise_key", "split_key", "open_rows",
+           "read_header", "read_ids", "read_rows", "stream_rows", "write_rows"]
 
 NORMALISE = ("none", "trim", "casefold")
 _BATCH = 1 << 16  # rows per batch in read_ids
@@ -74,7 +74,19 @@ def _norm(value: str, how: str) -> str:
 
 
 def _is_parquet(path: Path) -> bool:
-    return path.suffix.lower() in (".parquet", ".pq")
+    """A Parquet file, or a folder of them (read in name order, as one table)."""
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return True
+    return path.is_dir() and any(p.suffix.lower() in (".parquet", ".pq") for p in path.iterdir())
+
+
+def _parquet_parts(path: Path) -> list[Path]:
+    if not path.is_dir():
+        return [path]
+    parts = sorted(p for p in path.iterdir() if p.suffix.lower() in (".parquet", ".pq") and p.is_file())
+    if not parts:
+        raise DataError(f"{path}: a folder without Parquet files (*.parquet)")
+    return parts
 
 
 def _parquet_rows(path: Path) -> tuple[list[str], Iterator[list[str]]]:
@@ -82,19 +94,27 @@ def _parquet_rows(path: Path) -> tuple[list[str], Iterator[list[str]]]:
         import pyarrow.parquet as pq  # type: ignore[import-not-found,import-untyped,unused-ignore]  # optional extra: veilpay[parquet]
     except ImportError as exc:
         raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'veilpay[parquet]')") from exc
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
-        raise DataError(f"{path}: not a readable Parquet file: {exc}") from exc
-    header = list(pf.schema_arrow.names)
+    def open_part(part: Path) -> Any:
+        try:
+            return pq.ParquetFile(part)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
+            raise DataError(f"{part}: not a readable Parquet file: {exc}") from exc
+
+    parts = _parquet_parts(path)
+    header = list(open_part(parts[0]).schema_arrow.names)
 
     def rows() -> Iterator[list[str]]:
-        try:
-            for batch in pf.iter_batches(batch_size=65536):
-                cols = [["" if v is None else str(v) for v in batch.column(i).to_pylist()] for i in range(len(header))]
-                yield from (list(r) for r in zip(*cols, strict=True))
-        except Exception as exc:  # noqa: BLE001
-            raise DataError(f"{path}: not a readable Parquet file: {exc}") from exc
+        for part in parts:  # one file open at a time: a folder streams like one file
+            pf = open_part(part)
+            if list(pf.schema_arrow.names) != header:
+                raise DataError(f"{part}: columns differ from {parts[0].name}'s ({', '.join(header)})")
+            try:
+                for batch in pf.iter_batches(batch_size=65536):
+                    cols = [["" if v is None else str(v) for v in batch.column(i).to_pylist()]
+                            for i in range(len(header))]
+                    yield from (list(r) for r in zip(*cols, strict=True))
+            except Exception as exc:  # noqa: BLE001
+                raise DataError(f"{part}: not a readable Parquet file: {exc}") from exc
 
     return header, rows()
 
@@ -164,19 +184,18 @@ def read_header(path: str | Path, keys: Sequence[str], normalise: str = "trim", 
         return header
 
 
-def read_ids(path: str | Path, keys: Sequence[str], normalise: str = "trim", on_null: str = "drop") -> IdTable:
-    """Stream ``path`` and build one id per distinct key (first occurrence wins).
-    ``on_null``: 'drop' skips rows with an empty key part (counted), 'error' refuses.
-    Rows are handled in batches with per-column list operations: a million-row file
-    takes about a second, where a row-by-row loop took three."""
+def iter_id_batches(path: str | Path, keys: Sequence[str], normalise: str = "trim", on_null: str = "drop",
+                    table: IdTable | None = None) -> Iterator[tuple[list[bytes], Sequence[int]]]:
+    """Stream ``path`` as batches of (ids, their 0-based data row numbers), duplicates
+    kept; rows with an empty key part are dropped (counted in ``table.nulls``) or, with
+    ``on_null='error'``, refused. ``table`` (optional) gets the header and counts."""
     path = Path(path)
     _check_options(keys, normalise, on_null)
     with open_rows(path) as (header, rows):
         _require_keys(path, header, keys)
         cols = [header.index(k) for k in keys]
-        table = IdTable(path, header)
-        ids: list[bytes] = []
-        first_row: list[int] = []
+        table = table if table is not None else IdTable(path, header)
+        table.header = header
         while batch := list(itertools.islice(rows, _BATCH)):
             start = table.rows
             table.rows += len(batch)
@@ -194,10 +213,22 @@ def read_ids(path: str | Path, keys: Sequence[str], normalise: str = "trim", on_
                 parts = [[col[i] for i in kept] for col in parts]
                 keep = [start + i for i in kept]
             if len(parts) == 1:
-                ids.extend([f"{len(p)}{_SEP}{p}".encode() for p in parts[0]])
+                yield [f"{len(p)}{_SEP}{p}".encode() for p in parts[0]], keep
             else:
-                ids.extend([join_key(ps) for ps in zip(*parts, strict=True)])
-            first_row.extend(keep)
+                yield [join_key(ps) for ps in zip(*parts, strict=True)], keep
+
+
+def read_ids(path: str | Path, keys: Sequence[str], normalise: str = "trim", on_null: str = "drop") -> IdTable:
+    """Stream ``path`` and build one id per distinct key (first occurrence wins).
+    ``on_null``: 'drop' skips rows with an empty key part (counted), 'error' refuses.
+    Rows are handled in batches with per-column list operations: a million-row file
+    takes about a second, where a row-by-row loop took three."""
+    table = IdTable(Path(path), [])
+    ids: list[bytes] = []
+    first_row: list[int] = []
+    for batch_ids, rows in iter_id_batches(path, keys, normalise, on_null, table):
+        ids.extend(batch_ids)
+        first_row.extend(rows)
     unique = dict.fromkeys(ids)  # keeps first occurrences, in file order
     table.duplicates = len(ids) - len(unique)
     if table.duplicates:
@@ -299,6 +330,61 @@ def copy_rows(path: str | Path, wanted: np.ndarray, output: str | Path) -> bool:
 
     atomic_write(output, write)
     return True
+
+
+def stream_rows(path: str | Path, wanted: Iterable[np.ndarray], output: str | Path) -> bool:
+    """`copy_rows` that writes each wanted line as it is read, so the lines are never
+    held together; ``wanted``: ascending row numbers, in ascending chunks (so they
+    need not be held together either; it is iterated once). False (nothing written) where `copy_rows` would refuse (a
+    Parquet input, or a quote in the CSV file: the caller then uses `read_rows`)."""
+    path = Path(path)
+    if _is_parquet(path):
+        return False
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            first = fh.readline()
+            if '"' in first:
+                return False
+            header_line = first.rstrip("\r\n") + "\r\n"
+    except (UnicodeDecodeError, OSError):
+        return False
+    missing = False
+
+    def numbers() -> Iterator[int]:
+        for chunk in wanted:
+            for pos in range(0, len(chunk), _BATCH):
+                yield from chunk[pos : pos + _BATCH].tolist()
+
+    def write(out: IO[Any]) -> None:
+        nonlocal missing
+        out.write(header_line)
+        it = numbers()
+        nxt = next(it, -1)
+        with path.open(newline="", encoding="utf-8") as fh:
+            fh.readline()
+            r = 0
+            while nxt >= 0 and (lines := list(itertools.islice(fh, _BATCH))):
+                if '"' in "".join(lines):
+                    raise _Quoted
+                end = r + len(lines)
+                while 0 <= nxt < end:
+                    out.write(lines[nxt - r].rstrip("\r\n") + "\r\n")
+                    nxt = next(it, -1)
+                r = end
+        missing = nxt >= 0
+
+    try:
+        atomic_write(output, write)
+    except _Quoted:
+        return False
+    if missing:
+        Path(output).unlink(missing_ok=True)
+        raise DataError(f"{path}: the file changed during the run (rows missing on the second read)")
+    return True
+
+
+class _Quoted(Exception):  # noqa: N818 - private signal: the CSV has quotes, use the full parser
+    """A quote turned up in the middle of `stream_rows`."""
 
 
 def write_rows(path: str | Path, header: list[str], rows: Sequence[Sequence[str]]) -> None:

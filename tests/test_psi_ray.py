@@ -1,0 +1,236 @@
+"""Partitioned PSI over Ray (`veilpay.psi.partitioned`): both parties' drivers as
+threads over an in-memory driver link, their partition workers on one local Ray
+instance shared by the whole test session, worker to worker over TCP + mutual TLS.
+Checked against plain set intersection; a killed worker, a failed partition, a
+resumed run and parties that bucket differently."""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from veilpay.cli.main import main
+from veilpay.errors import PartitionFailed, PartitionMismatch
+from veilpay.net import local_mesh, provision_network
+from veilpay.psi import read_ids
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="session")
+def ray_runtime() -> Iterator[Any]:
+    ray = pytest.importorskip("ray")
+    from veilpay.psi.partitioned import ray_init
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Ray's own start-up deprecations are not ours to fix
+        ray_init("local", num_cpus=8)  # logical CPUs: both parties' workers run at once on a small machine
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return provision_network(tmp_path_factory.mktemp("net"), ["r", "s"], base_port=27300)
+
+
+def _csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    path.write_text(",".join(header) + "\n" + "".join(",".join(r) + "\n" for r in rows))
+    return path
+
+
+def run_pair(tmp: Path, network: Path, x: Path, y: Path, keys: list[str], r_kw: dict[str, Any] | None = None,
+             s_kw: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    """Both drivers at once; each one's summary or exception."""
+    from veilpay.psi.partitioned import run_partitioned
+
+    mesh = local_mesh(["r", "s"], timeout=60)
+    out: dict[str, Any] = {}
+    args = {"r": ("s", "receiver", x, tmp / "r-out.csv", r_kw or {}), "s": ("r", "sender", y, tmp / "s-out.csv",
+                                                                           s_kw or {})}
+
+    def go(me: str) -> None:
+        peer, role, path, output, extra = args[me]
+        opts = {**kw, **extra}
+        try:
+            out[me] = run_partitioned(mesh[me], peer, role, path, opts.pop("keys", keys), network, output,
+                                      connect_timeout=30, timeout=60, **opts)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out[me] = exc
+            mesh[me].close()
+
+    threads = [threading.Thread(target=go, args=(p,)) for p in ("r", "s")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    for c in mesh.values():
+        c.close()
+    return out
+
+
+def _rows(path: Path) -> list[str]:
+    return path.read_text().splitlines()[1:]
+
+
+def _sets(n_x: int, n_y: int, overlap: float, seed: int) -> tuple[list[str], list[str]]:
+    rng = random.Random(seed)
+    pool = [f"cust-{v}" for v in rng.sample(range(10**9), n_x + n_y)]
+    x = pool[:n_x]
+    common = int(min(n_x, n_y) * overlap)
+    y = rng.sample(x, common) + pool[n_x : n_x + n_y - common]
+    rng.shuffle(y)
+    return x, y
+
+
+@pytest.mark.parametrize(("n_x", "n_y", "overlap", "protocol"), [
+    (1500, 1500, 0.0, "kkrt"), (1500, 1500, 0.5, "kkrt"), (1500, 1500, 1.0, "kkrt"),
+    (300, 4000, 0.5, "kkrt"), (4000, 200, 1.0, "kkrt"), (600, 600, 0.5, "ecdh")])
+def test_matches_plain_intersection(ray_runtime: Any, network: Path, tmp_path: Path, n_x: int, n_y: int,
+                                    overlap: float, protocol: str) -> None:
+    x, y = _sets(n_x, n_y, overlap, n_x * 3 + n_y)
+    y_dup = y + y[: len(y) // 10]  # duplicates: the first occurrence is the row that counts
+    xp = _csv(tmp_path / "x.csv", ["id", "row"], [[v, str(i)] for i, v in enumerate(x)])
+    yp = _csv(tmp_path / "y.csv", ["id", "row"], [[v, str(i)] for i, v in enumerate(y_dup)])
+    out = run_pair(tmp_path, network, xp, yp, ["id"], partitions=3, workers=2, protocol=protocol, reveal="both")
+    r, s = out["r"], out["s"]
+    assert isinstance(r, dict) and isinstance(s, dict), out
+    common = set(x) & set(y)
+    assert _rows(tmp_path / "r-out.csv") == [f"{v},{i}" for i, v in enumerate(x) if v in common]
+    assert _rows(tmp_path / "s-out.csv") == [f"{v},{i}" for i, v in enumerate(y) if v in common]
+    assert r["intersection_size"] == s["intersection_size"] == len(common)
+    assert s["duplicates"] == len(y) // 10 and s["distinct_ids"] == len(y) and r["partitions"] == 3
+    # every partition is padded to the party's largest: the peer sees P equal sizes
+    assert r["peer_size"] == 3 * s["padded_to"] and s["peer_size"] == 3 * r["padded_to"]
+
+
+def test_composite_keys_and_a_parquet_folder(ray_runtime: Any, network: Path, tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    x = [(f"c{i % 40}", f"{i % 7}", str(i)) for i in range(700)]  # (c, k) repeats: duplicates of a composite key
+    y = [(f"c{i % 50}", f"{i % 5}", str(i)) for i in range(900)]
+    folder = tmp_path / "y"
+    folder.mkdir()
+    for part in range(3):  # the sender's set as a folder of Parquet files, read in name order
+        rows = y[part * 300 : (part + 1) * 300]
+        pq.write_table(pa.table({"cust": [r[0] for r in rows], "kind": [r[1] for r in rows],
+                                 "n": [r[2] for r in rows]}), folder / f"part-{part}.parquet")
+    assert len(read_ids(folder, ["cust", "kind"]).ids) == len({r[:2] for r in y})
+    xp = _csv(tmp_path / "x.csv", ["c", "k", "n"], [list(r) for r in x])
+    out = run_pair(tmp_path, network, xp, folder, ["c", "k"], partitions=2, workers=2,
+                   s_kw={"keys": ["cust", "kind"]})
+    assert isinstance(out["r"], dict), out
+    keys_y = {r[:2] for r in y}
+    first: dict[tuple[str, str], str] = {}
+    for r in x:
+        first.setdefault(r[:2], r[2])
+    want = sorted((int(n), k) for k, n in first.items() if k in keys_y)
+    assert _rows(tmp_path / "r-out.csv") == [f"{k[0]},{k[1]},{n}" for n, k in want]
+    assert out["s"]["intersection_size"] is None and not (tmp_path / "s-out.csv").exists()
+
+
+def test_a_killed_worker_is_retried(ray_runtime: Any, network: Path, tmp_path: Path) -> None:
+    x, y = _sets(800, 800, 0.5, 7)
+    xp = _csv(tmp_path / "x.csv", ["id"], [[v] for v in x])
+    yp = _csv(tmp_path / "y.csv", ["id"], [[v] for v in y])
+    out = run_pair(tmp_path, network, xp, yp, ["id"], partitions=3, workers=2, r_kw={"kill_worker_once": 1})
+    assert isinstance(out["r"], dict) and isinstance(out["s"], dict), out
+    assert out["r"]["retries"] == 1 and out["s"]["retries"] == 1  # the peer's worker lost its link and retried too
+    assert _rows(tmp_path / "r-out.csv") == [v for v in x if v in set(y)]
+
+
+def test_a_failed_partition_is_named_and_a_rerun_resumes(ray_runtime: Any, network: Path, tmp_path: Path) -> None:
+    x, y = _sets(900, 900, 0.5, 11)
+    xp = _csv(tmp_path / "x.csv", ["id"], [[v] for v in x])
+    yp = _csv(tmp_path / "y.csv", ["id"], [[v] for v in y])
+    dirs = {"r_kw": {"run_dir": tmp_path / "run-r"}, "s_kw": {"run_dir": tmp_path / "run-s"}}
+    # one worker: partitions run in order 0, 1, 2, 3, so 0 and 1 are done when 2's worker dies
+    out = run_pair(tmp_path, network, xp, yp, ["id"], partitions=4, workers=1, retries=0,
+                   r_kw={**dirs["r_kw"], "kill_worker_once": 2}, s_kw=dirs["s_kw"])
+    assert isinstance(out["r"], PartitionFailed) and out["r"].partition == 2, out
+    assert isinstance(out["s"], PartitionFailed) and out["s"].partition == 2, out
+    assert not (tmp_path / "r-out.csv").exists()
+    out = run_pair(tmp_path, network, xp, yp, ["id"], workers=1, **dirs)  # the driver comes back: same folders
+    assert isinstance(out["r"], dict), out
+    assert out["r"]["partitions_resumed"] == out["s"]["partitions_resumed"] == 2
+    assert _rows(tmp_path / "r-out.csv") == [v for v in x if v in set(y)]
+
+
+def test_parties_that_bucket_differently_fail_at_both_ends(ray_runtime: Any, network: Path, tmp_path: Path) -> None:
+    x, y = _sets(100, 100, 0.5, 3)
+    xp = _csv(tmp_path / "x.csv", ["id"], [[v] for v in x])
+    yp = _csv(tmp_path / "y.csv", ["id"], [[v] for v in y])
+    out = run_pair(tmp_path, network, xp, yp, ["id"], r_kw={"partitions": 3}, s_kw={"partitions": 4})
+    for party in ("r", "s"):
+        assert isinstance(out[party], PartitionMismatch) and "partition counts differ: " in str(out[party]), out
+    # a partition key from another run: the receiver resumes a run that the sender does not
+    done = run_pair(tmp_path, network, xp, yp, ["id"], partitions=2, r_kw={"run_dir": tmp_path / "old"})
+    assert isinstance(done["r"], dict), done
+    out = run_pair(tmp_path, network, xp, yp, ["id"], partitions=2, r_kw={"run_dir": tmp_path / "old"},
+                   s_kw={"run_dir": tmp_path / "new"})
+    for party in ("r", "s"):
+        assert isinstance(out[party], PartitionMismatch) and "partition keys differ" in str(out[party]), out
+    # both resume, but different runs: their stored keys differ
+    run_pair(tmp_path, network, xp, yp, ["id"], partitions=2, s_kw={"run_dir": tmp_path / "other"})
+    out = run_pair(tmp_path, network, xp, yp, ["id"], partitions=2, r_kw={"run_dir": tmp_path / "old"},
+                   s_kw={"run_dir": tmp_path / "other"})
+    for party in ("r", "s"):
+        assert isinstance(out[party], PartitionMismatch) and "resume different runs" in str(out[party]), out
+
+
+def test_without_ray_the_cli_names_the_extra(tmp_path: Path, network: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails, as where it is not installed
+    xp = _csv(tmp_path / "x.csv", ["id"], [["a"]])
+    code = main(["psi", "--role", "receiver", "--network", str(network), "--party", "r", "--input", str(xp),
+                 "--key", "id", "--output", str(tmp_path / "o.csv"), "--ray-address", "local"])
+    err = capsys.readouterr().err
+    assert code != 0 and "pip install 'veilpay[ray]'" in err and err.count("\n") == 1, err
+
+
+@given(st.lists(st.integers(0, 40), max_size=300), st.integers(0, 2**32))
+@settings(max_examples=60, deadline=None)
+def test_first_occurrences_is_plain_dedup(picks: list[int], seed: int) -> None:
+    np = pytest.importorskip("numpy")
+    from veilpay.psi.partitioned import _first_occurrences
+
+    rng = np.random.default_rng(seed)
+    pool = rng.integers(0, 2**63, size=(41, 2), dtype=np.uint64)
+    pool[::3, 0] = pool[0, 0]  # items alike in their first 8 bytes, unlike in the rest
+    items = pool[np.array(picks, dtype=np.int64)].copy().view("V16").ravel() if picks else np.zeros(0, "V16")
+    _, want = np.unique(items, return_index=True)
+    assert _first_occurrences(items).tolist() == sorted(want.tolist())
+
+
+@pytest.mark.tcp
+def test_the_cli_runs_both_parties_as_processes_each_on_its_own_ray(tmp_path: Path) -> None:
+    """`veilpay psi --ray-address local` at both parties: two processes, each starting
+    its own Ray instance, drivers and workers over TCP + mutual TLS."""
+    pytest.importorskip("ray")
+    import json
+    import subprocess
+
+    net = provision_network(tmp_path / "net", ["r", "s"], base_port=27400)
+    x, y = _sets(400, 500, 0.5, 5)
+    xp = _csv(tmp_path / "x.csv", ["id"], [[v] for v in x])
+    yp = _csv(tmp_path / "y.csv", ["id"], [[v] for v in y])
+    base = [sys.executable, "-m", "veilpay.cli.main", "psi", "--network", str(net), "--key", "id", "--timeout", "120",
+            "--ray-address", "local", "--partitions", "2", "--workers", "1"]
+    procs = [subprocess.Popen(base + ["--role", "receiver", "--party", "r", "--input", str(xp), "--output",
+                                      str(tmp_path / "o.csv")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+             subprocess.Popen(base + ["--role", "sender", "--party", "s", "--input", str(yp)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    summary = json.loads(outs[0][0].splitlines()[-1])
+    assert summary["partitions"] == 2 and summary["intersection_size"] == len(set(x) & set(y))
+    assert _rows(tmp_path / "o.csv") == [v for v in x if v in set(y)]
