@@ -103,8 +103,11 @@ def ray_init(address: str, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if address == "local":
+        # partitions travel as files; the object store carries only small task results,
+        # so a small one (Ray's default takes 30 % of memory in /dev/shm, which a container
+        # may not have)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+                 configure_logging=False, object_store_memory=256 * 2**20)
     else:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
 
