@@ -438,10 +438,7 @@ def _cmd_psi(a: argparse.Namespace) -> int:
     # a local mistake (no input file, a missing column) fails here, not after waiting for the peer
     check_psi_files(a.role, a.input, a.key, a.output, columns, **opts)
     network = load_network(a.network)
-    others = [p for p in network.party_ids if p != a.party]
-    peer = a.peer or (others[0] if len(others) == 1 else None)
-    if peer is None:
-        raise VeilpayError("the network has more than two parties: name the other one with --peer")
+    peer = _psi_peer(network, a)
     session = label_digest(f"veilpay/psi/{network.name}/{a.session or ''}")
     comm = connect_mesh(network, a.party, session, timeout=a.timeout, parties=sorted([a.party, peer]))
     try:
@@ -450,6 +447,15 @@ def _cmd_psi(a: argparse.Namespace) -> int:
         comm.close()
     print(json.dumps(summary))
     return 0
+
+
+def _psi_peer(network: Any, a: argparse.Namespace) -> str:
+    """The other party of a PSI run: --peer, or the network's only other party."""
+    others = [p for p in network.party_ids if p != a.party]
+    peer = a.peer or (others[0] if len(others) == 1 else None)
+    if peer is None:
+        raise VeilpayError("the network has more than two parties: name the other one with --peer")
+    return str(peer)
 
 
 def _psi_on_ray(a: argparse.Namespace, columns: list[str] | None) -> int:
@@ -465,10 +471,7 @@ def _psi_on_ray(a: argparse.Namespace, columns: list[str] | None) -> int:
                     on_null=a.on_null, sort_by=a.sort_by, protocol=a.protocol)
     ray_init(a.ray_address)  # without Ray: which extra to install, before any connection
     network = load_network(a.network)
-    others = [p for p in network.party_ids if p != a.party]
-    peer = a.peer or (others[0] if len(others) == 1 else None)
-    if peer is None:
-        raise VeilpayError("the network has more than two parties: name the other one with --peer")
+    peer = _psi_peer(network, a)
     session = label_digest(f"veilpay/psi-ray/{network.name}/{a.session or ''}")
     comm = connect_mesh(network, a.party, session, timeout=a.timeout, parties=sorted([a.party, peer]))
     try:
