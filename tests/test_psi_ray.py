@@ -234,3 +234,33 @@ def test_the_cli_runs_both_parties_as_processes_each_on_its_own_ray(tmp_path: Pa
     summary = json.loads(outs[0][0].splitlines()[-1])
     assert summary["partitions"] == 2 and summary["intersection_size"] == len(set(x) & set(y))
     assert _rows(tmp_path / "o.csv") == [v for v in x if v in set(y)]
+
+
+def test_each_run_buckets_under_a_fresh_key_the_parties_share(ray_runtime: Any, network: Path, tmp_path: Path) -> None:
+    """The partition key is made by both parties in the session, never a fixed public
+    hash: two runs over the same sets put the same rows in other partitions with other
+    items, while within a run both parties hold the one key (else nothing would match)."""
+    import numpy as np
+
+    from veilpay.psi.partitioned import RECORD
+
+    x, y = _sets(1500, 1500, 0.5, 11)
+    xp = _csv(tmp_path / "x.csv", ["id"], [[v] for v in x])
+    yp = _csv(tmp_path / "y.csv", ["id"], [[v] for v in y])
+    runs = []
+    for k in range(2):
+        out = run_pair(tmp_path, network, xp, yp, ["id"], partitions=3, workers=2,
+                       r_kw={"run_dir": tmp_path / f"run{k}-r"}, s_kw={"run_dir": tmp_path / f"run{k}-s"})
+        assert isinstance(out["r"], dict) and out["r"]["intersection_size"] == 750, out
+        key_r, key_s = ((tmp_path / f"run{k}-{p}" / "key").read_bytes() for p in "rs")
+        assert key_r == key_s
+        where, items = {}, {}
+        for i in range(3):
+            for rec in np.fromfile(tmp_path / f"run{k}-r" / "buckets" / f"{i:05d}.bin", dtype=RECORD):
+                where[int(rec["row"])], items[int(rec["row"])] = i, bytes(rec["item"])
+        runs.append((key_r, where, items))
+    (k0, where0, items0), (k1, where1, items1) = runs
+    assert k0 != k1
+    assert sorted(where0) == sorted(where1) == list(range(1500))
+    assert sum(where0[r] != where1[r] for r in where0) > 500  # about two thirds move under a fresh key
+    assert not set(items0.values()) & set(items1.values())
