@@ -67,6 +67,14 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _same_request(old: Any, fingerprint: str) -> Any:
+    """``old``, the row an earlier request with this request id made, if it was this
+    very request (its fingerprint); REPEAT_REQ_INCONSISTENT if it was another."""
+    if not ct_equal(old.request_hash, fingerprint):
+        raise ApiFailure("REPEAT_REQ_INCONSISTENT") from None
+    return old
+
+
 def _with(row: Any, **changes: Any) -> Any:
     """A read-only view of ``row`` with some columns changed, so that a step that
     wrote those columns need not read the row back."""
@@ -169,9 +177,7 @@ class PaymentMachine:
             old = await self.ledger.find_payment(acqp.id, None, req.paymentRequestId)
             if old is None:
                 raise
-            if not ct_equal(old.request_hash, h):
-                raise ApiFailure("REPEAT_REQ_INCONSISTENT") from None
-            row = old
+            row = _same_request(old, h)
         if self.nodes is not None:
             self.nodes.wake()
         row = await self.drive_payment(row.id, row)
@@ -333,9 +339,7 @@ class PaymentMachine:
             old = await self.ledger.find_refund(acqp.id, None, req.refundRequestId)
             if old is None:
                 raise
-            if not ct_equal(old.request_hash, h):
-                raise ApiFailure("REPEAT_REQ_INCONSISTENT") from None
-            rid = old.id
+            rid = _same_request(old, h).id
         row = await self.drive_refund(rid)
         return await self._refund_answer(row, answers.refund_result(row))
 
