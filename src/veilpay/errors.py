@@ -9,6 +9,7 @@ The tree::
     │   └── DataError                       an input file that cannot be used (names file, column)
     ├── ConfigError                         a network file, key or certificate that is unusable
     ├── DatabaseUnavailable                 a service's database cannot be reached or opened
+    ├── OkvsFailure                         an OKVS encoding found no solution (retry under a new key)
     ├── ProtocolError                       a multi-party run that went wrong
     │   ├── PeerError                       ... because of one named peer (``.peer``)
     │   │   ├── PeerDisconnected            the peer closed the connection or died
@@ -59,6 +60,7 @@ __all__ = [
     "KeyNotCertified",
     "LogInconsistent",
     "MalformedBody",
+    "OkvsFailure",
     "PartitionFailed",
     "PartitionMismatch",
     "PartyFailed",
@@ -102,6 +104,13 @@ class ConfigError(VeilpayError):
 class DatabaseUnavailable(VeilpayError):
     """A service's database that cannot be reached or opened (the server down, a
     wrong host, port or database name, refused credentials)."""
+
+
+class OkvsFailure(VeilpayError):
+    """An oblivious key-value store found no table for its items under this key (the
+    equations left after peeling are dependent and inconsistent: duplicate items with
+    different values, or a rare event below 2^-40 for distinct ones). The caller draws
+    a new key and encodes again."""
 
 
 class ProtocolError(VeilpayError):
