@@ -112,7 +112,8 @@ def run_size(n: int, work: Path, op_us: float, protocol: str, reveal: str = "rec
     _ = a & b
     plain = time.perf_counter() - t1
     cores = os.cpu_count() or 1
-    row = {"bench": "psi", "protocol": "kkrt (ot extension)" if protocol == "kkrt" else "ecdh-x25519",
+    names = {"kkrt": "kkrt (ot extension)", "rr22": "rr22 (vole + okvs)", "ecdh": "ecdh-x25519"}
+    row = {"bench": "psi", "protocol": names[protocol],
            "reveal": reveal, "transport": "tcp+tls, 2 processes", "n_each": n,
            "intersection": summ["receiver"]["intersection_size"], "wall_seconds": round(wall, 2),
            "protocol_seconds": summ["receiver"]["seconds"], "bytes_receiver_to_sender": summ["receiver"]["bytes_sent"],

@@ -663,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--sort-by", help="sort output rows by this column (default: input order)")
     ps.add_argument("--mode", choices=["intersection", "cardinality", "unbalanced"], default="intersection",
                     help="unbalanced: the sender answers from a set prepared by `veilpay psi-setup`")
-    ps.add_argument("--protocol", choices=["kkrt", "ecdh"],
+    ps.add_argument("--protocol", choices=["kkrt", "rr22", "ecdh"],
                     help="intersection: kkrt (OT extension, default) or ecdh; cardinality needs ecdh")
     ps.add_argument("--cache", help="unbalanced mode: the sender's prepared set, or the receiver's copy of it")
     ps.add_argument("--query-budget", type=int, default=10_000_000,

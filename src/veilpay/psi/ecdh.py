@@ -23,7 +23,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -55,11 +55,13 @@ REVEAL = {"receiver": 1, "both": 2}
 @dataclass
 class PsiResult:
     """``indices``: positions in this party's id list that are common (sorted; None in
-    cardinality mode); ``size``: the intersection size; ``peer_size``: |peer's set|."""
+    cardinality mode); ``size``: the intersection size; ``peer_size``: |peer's set|;
+    ``phases``: seconds spent in each named step, where the protocol reports them."""
 
     indices: np.ndarray | None
     size: int
     peer_size: int
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def _hello(n: int, chunk: int, mode: str, reveal: str, salt: bytes) -> np.ndarray:

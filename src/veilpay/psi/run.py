@@ -16,6 +16,7 @@ from veilpay.net import Communicator
 from veilpay.psi.data import copy_rows, read_header, read_ids, read_rows, write_rows
 from veilpay.psi.ecdh import ecdh_psi
 from veilpay.psi.kkrt import kkrt_psi
+from veilpay.psi.rr22 import rr22_psi
 from veilpay.psi.terms import Terms, agree
 from veilpay.psi.unbalanced import (
     DEFAULT_BUDGET,
@@ -27,7 +28,7 @@ from veilpay.psi.unbalanced import (
 
 __all__ = ["PROTOCOLS", "check_psi_files", "choose_protocol", "run_psi_files", "setup_psi_file"]
 
-PROTOCOLS = ("kkrt", "ecdh")
+PROTOCOLS = ("kkrt", "rr22", "ecdh")
 _MODES = ("intersection", "cardinality", "unbalanced")
 
 
@@ -176,7 +177,9 @@ def run_psi_files(
         return {"role": role, "mode": mode, "protocol": protocol, "peer_size": res.peer_size, "intersection_size": None,
                 "seconds": round(time.perf_counter() - t0, 3), "bytes_sent": comm.total().bytes_sent,
                 "bytes_received": comm.total().bytes_recv}
+    t_read = time.perf_counter()
     table = read_ids(_input(input_path), keys, normalise, on_null)
+    read_seconds = time.perf_counter() - t_read
     cols = _output_columns(table.path, table.header, columns, sort_by)  # again: the file may have changed
     learns = _learns(mode, role, reveal)
     t0 = time.perf_counter()
@@ -184,6 +187,8 @@ def run_psi_files(
         res = unbalanced_psi(comm, peer, "client", cache or "", table.ids, workers=workers, show_progress=show_progress)
     elif protocol == "kkrt":
         res = kkrt_psi(comm, peer, role, table.ids, reveal=reveal, show_progress=show_progress)
+    elif protocol == "rr22":
+        res = rr22_psi(comm, peer, role, table.ids, reveal=reveal, show_progress=show_progress)
     else:
         res = ecdh_psi(comm, peer, role, table.ids, mode=mode, reveal=reveal, workers=workers,
                        show_progress=show_progress)
@@ -193,7 +198,10 @@ def run_psi_files(
         "duplicates": table.duplicates, "null_keys_dropped": table.nulls, "peer_size": res.peer_size,
         "intersection_size": res.size if res.size >= 0 else None, "seconds": round(seconds, 3),
         "bytes_sent": comm.total().bytes_sent, "bytes_received": comm.total().bytes_recv,
+        "read_seconds": round(read_seconds, 3),
     }
+    if res.phases:
+        summary["phases"] = res.phases
     if learns and res.indices is not None and output_path is not None:
         wanted = np.asarray(table.first_row, dtype=np.int64)[res.indices]  # ascending: indices are sorted
         if sort_by or cols != table.header or not copy_rows(table.path, wanted, output_path):
@@ -202,4 +210,5 @@ def run_psi_files(
                 rows.sort(key=lambda r: r[-1])
             write_rows(output_path, cols, [r[: len(cols)] for r in rows])
         summary["output"] = str(output_path)
+        summary["write_seconds"] = round(time.perf_counter() - t0 - seconds, 3)
     return summary

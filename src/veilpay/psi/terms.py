@@ -29,7 +29,7 @@ LABEL = "psi.terms"
 # wire codes; 0 is never used, so an all-zero message is refused
 _CODES: dict[str, dict[str, int]] = {
     "role": {"receiver": 1, "sender": 2},
-    "protocol": {"kkrt": 1, "ecdh": 2, "oprf-p256": 3},
+    "protocol": {"kkrt": 1, "ecdh": 2, "oprf-p256": 3, "rr22": 4},
     "mode": {"intersection": 1, "cardinality": 2, "unbalanced": 3},
     "reveal": {"receiver": 1, "both": 2},
     "normalise": {"none": 1, "trim": 2, "casefold": 3},

@@ -1,0 +1,307 @@
+"""Two-party PSI from VOLE and an OKVS: the protocol of Rindal and Schoppmann ("VOLE-PSI:
+fast OPRF and circuit-PSI from vector-OLE", Eurocrypt 2021, section 4) with the OKVS
+of Raghuraman and Rindal ("Blazing fast PSI from improved OKVS and subfield VOLE", CCS
+2022, section 3), semi-honest.
+
+The receiver R (set X) encodes an OKVS P with Decode(P, x) = x for each of its items
+(an item is the session's public PRF of an id); a silent VOLE (`veilpay.psi.vole`) of
+the store's length gives R a uniform A and C, and the sender S a secret scalar Delta
+and B with C = B + A * Delta. R sends P' = P + A. S's value for its item y is
+
+    H(Decode(B, y) + Delta * (Decode(P', y) + y), y),
+
+R's for x is H(Decode(C, x), x); they are equal exactly when x = y is in both sets
+(Decode is F_2-linear, so Decode(B, x) + Delta * Decode(A, x) = Decode(C, x)). H is
+the correlation-robust hash of `veilpay.crypto.ot`, truncated to `oprf_bytes`.
+
+Messages (typed veilpay messages; a malformed or foreign one is a named error):
+
+    R -> S  hello: version, role, reveal, |X|, stat_sec, the OKVS and VOLE parameter
+            tags, nonce_R, A (the base-OT sender key)
+    S -> R  hello: the same for S and its value chunk, nonce_S, 128 pairs of base-OT
+            public keys
+    R -> S  attempt: which OKVS key (a new one after an encoding failure)
+    R -> S  U: the IKNP correction matrix of the VOLE's base correlations
+    S -> R  the tree OT messages and sums of the VOLE
+    R -> S  P': the masked OKVS, |P| x 16 bytes
+    S -> R  S's values, in chunks as they are ready, its items in a random order
+    R -> S  matches (only when both learn the intersection): the common items,
+            sorted by value
+
+What each side learns: R learns |Y| and which of its ids are in Y; S learns |X| (and
+the common ids with reveal='both', in an order that carries nothing) and the attempt
+number (an attempt > 0 happens with probability below 2^-40). P' is uniform to S
+(A is); S's values for ids outside X are pseudorandom to R, since each involves
+Delta * (a nonzero value). S's values arrive in an order drawn afresh each run, so
+they say nothing of S's file order. Parameters and failure bounds: docs/psi.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from veilpay.crypto import derive_seed
+from veilpay.crypto.ot import AesEcb, BaseOtReceiver, BaseOtSender, correlation_robust_hash, id_prf
+from veilpay.crypto.points import InvalidPointError
+from veilpay.errors import InvalidInput, InvalidPoint, OkvsFailure, ProtocolMismatch
+from veilpay.host import keep_freed_memory
+from veilpay.net import Communicator
+from veilpay.progress import progress
+from veilpay.psi.ecdh import REVEAL, PsiResult, match_sorted, spans
+from veilpay.psi.kkrt import _item_words, _lookup_keys, _members, _value_order, oprf_bytes
+from veilpay.psi.okvs import DENSE, EXPANSION, OKVS_VERSION, Okvs
+from veilpay.psi.vole import BASE, NOISE_WEIGHT, SCALER, WEIGHT, GfScalar, VoleReceiver, VoleSender, vole_params
+
+__all__ = ["CHUNK", "RR22_VERSION", "rr22_psi"]
+
+RR22_VERSION = 1
+CHUNK = 1 << 17  # S's values per message
+MAX_ATTEMPTS = 8
+DST = b"veilpay/psi/rr22/v1"
+_ROLES = {"receiver": 1, "sender": 2}
+_HEAD = 8  # uint64 fields of the hello header
+_NONCE = 16
+# both parties must build the same OKVS and VOLE: their parameters travel in the hello
+_PARAMS = (OKVS_VERSION, int(EXPANSION * 1000), DENSE, SCALER, WEIGHT, NOISE_WEIGHT)
+_PARAM_TAG = int.from_bytes(derive_seed(repr(_PARAMS).encode().ljust(16, b"."), "rr22/params")[:8], "little")
+
+
+class _Keys:
+    """The session's public keys, from both nonces."""
+
+    def __init__(self, nonce_r: bytes, nonce_s: bytes) -> None:
+        self.joint = DST + nonce_r + nonce_s
+        self.id_key = derive_seed(self.joint, "rr22/ids")[:16]
+        self.pi = AesEcb(derive_seed(self.joint, "rr22/cr-hash")[:16])
+        self.vole = derive_seed(self.joint, "rr22/vole")
+
+    def okvs(self, n: int, attempt: int) -> Okvs:
+        return Okvs(n, derive_seed(self.joint, f"rr22/okvs/{attempt}")[:16])
+
+
+def _hello(role: str, reveal: str, n: int, stat_sec: int, chunk: int, nonce: bytes, payload: np.ndarray) -> np.ndarray:
+    head = np.array([RR22_VERSION, _ROLES[role], REVEAL[reveal], n, stat_sec, _PARAM_TAG, chunk, 0], dtype=np.uint64)
+    return np.concatenate([head.view(np.uint8), np.frombuffer(nonce, dtype=np.uint8), payload.reshape(-1)])
+
+
+def _check_hello(peer: str, got: np.ndarray, role: str, reveal: str, stat_sec: int,
+                 payload_bytes: int) -> tuple[int, int, bytes, np.ndarray]:
+    """The peer's (n, chunk, nonce, payload), or ProtocolMismatch naming what differs."""
+    if got.dtype != np.uint8 or got.ndim != 1 or got.size < 8 * _HEAD + _NONCE:
+        raise ProtocolMismatch(peer, "RR22 hello of the wrong shape")
+    version, prole, prev, n, psec, tag, chunk, _ = (int(v) for v in got[: 8 * _HEAD].view(np.uint64))
+    if version != RR22_VERSION:
+        raise ProtocolMismatch(peer, f"peer speaks RR22-PSI version {version}, we speak {RR22_VERSION}")
+    if prole == _ROLES[role]:
+        raise ProtocolMismatch(peer, f"both parties are the {role}")
+    if prev != REVEAL[reveal]:
+        raise ProtocolMismatch(peer, f"peer asks for reveal {prev}; we run {reveal}")
+    if psec != stat_sec:
+        raise ProtocolMismatch(peer, f"parameter sets differ: peer stat_sec={psec}, ours {stat_sec}")
+    if tag != _PARAM_TAG:
+        raise ProtocolMismatch(peer, "the OKVS or VOLE parameter sets differ (another veilpay version?)")
+    if got.size != 8 * _HEAD + _NONCE + payload_bytes:
+        raise ProtocolMismatch(peer, "RR22 hello of the wrong size")
+    if role == "receiver" and not 1 <= chunk <= 1 << 24:
+        raise ProtocolMismatch(peer, f"value chunk {chunk} out of range")
+    start = 8 * _HEAD
+    return n, chunk, got[start : start + _NONCE].tobytes(), got[start + _NONCE :]
+
+
+class _Clock:
+    """Seconds per named phase; ``wait`` is time blocked on the peer's next message."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = round(self.phases.get(name, 0.0) + time.perf_counter() - t0, 4)
+
+
+def _values(keys: _Keys, decoded: np.ndarray, items: np.ndarray, size: int) -> np.ndarray:
+    """H(decoded, item) for (k, 16) decoded values and their items."""
+    rows = np.concatenate([decoded.reshape(len(items), 16), items], axis=1)
+    return correlation_robust_hash(keys.pi, rows, np.zeros(len(items), dtype=np.uint64), size)
+
+
+def rr22_psi(
+    comm: Communicator,
+    peer: str,
+    role: str,
+    ids: Sequence[bytes],
+    reveal: str = "receiver",
+    stat_sec: int = 40,
+    chunk: int = CHUNK,
+    show_progress: bool | None = None,
+) -> PsiResult:
+    """Run one side of RR22 PSI with ``peer``. ``ids``: distinct byte strings (psi.data
+    normalises and deduplicates); the result indexes into them. ``chunk``: S's values
+    per message (S's choice)."""
+    if role not in _ROLES:
+        raise InvalidInput(f"role must be 'receiver' or 'sender', not {role!r}")
+    if reveal not in REVEAL:
+        raise InvalidInput(f"reveal must be one of {sorted(REVEAL)}")
+    if not 20 <= stat_sec <= 80:
+        raise InvalidInput("stat_sec must be within 20..80")
+    if not 1 <= chunk <= 1 << 24:
+        raise InvalidInput("chunk must be within 1..2^24")
+    keep_freed_memory()
+    nonce = secrets.token_bytes(_NONCE)
+    if role == "receiver":
+        ot_send = BaseOtSender()
+        mine = _hello(role, reveal, len(ids), stat_sec, 0, nonce, np.frombuffer(ot_send.public, dtype=np.uint8))
+        got = comm.exchange("rr22.hello", {peer: [mine]}, {peer: 1})[peer][0]
+        n_peer, peer_chunk, nonce_peer, pks = _check_hello(peer, got, role, reveal, stat_sec, BASE * 2 * 32)
+        try:
+            k0, k1 = ot_send.keys(pks.reshape(BASE, 2, 32))
+        except InvalidPointError as exc:
+            raise InvalidPoint(peer, f"base OT {exc.index}: small-order key") from exc
+        keys = _Keys(nonce, nonce_peer)
+        items = id_prf(keys.id_key, ids)
+        _distinct(items)
+        if not len(ids) or not n_peer:
+            return PsiResult(np.zeros(0, dtype=np.int64), 0, n_peer)
+        return _receiver(comm, peer, keys, items, n_peer, k0, k1, reveal, stat_sec, peer_chunk, show_progress)
+    s_bits = np.unpackbits(np.frombuffer(secrets.token_bytes(BASE // 8), dtype=np.uint8), bitorder="little")
+    ot_recv = BaseOtReceiver(s_bits)
+    mine = _hello(role, reveal, len(ids), stat_sec, chunk, nonce, ot_recv.public_keys)
+    got = comm.exchange("rr22.hello", {peer: [mine]}, {peer: 1})[peer][0]
+    n_peer, _, nonce_peer, pub = _check_hello(peer, got, role, reveal, stat_sec, 32)
+    try:
+        ks = ot_recv.keys(pub.tobytes())
+    except InvalidPointError as exc:
+        raise InvalidPoint(peer, "small-order base OT sender key") from exc
+    keys = _Keys(nonce_peer, nonce)
+    items = id_prf(keys.id_key, ids)
+    _distinct(items)
+    if not len(ids) or not n_peer:
+        return PsiResult(np.zeros(0, dtype=np.int64) if reveal == "both" else None,
+                         0 if reveal == "both" else -1, n_peer)
+    return _sender(comm, peer, keys, items, n_peer, ks, s_bits, reveal, stat_sec, chunk, show_progress)
+
+
+def _distinct(items: np.ndarray) -> None:
+    """Distinct ids give distinct items (the PRF collides with probability n^2 / 2^128);
+    a repeated id would be two equal OKVS equations, so it is refused here, on the
+    items, with one sort of their first words."""
+    high, low = _item_words(items)
+    order = _value_order(high, low)
+    h, lo = high[order], low[order]
+    if len(h) > 1 and bool(((h[1:] == h[:-1]) & (lo[1:] == lo[:-1])).any()):
+        raise InvalidInput("ids must be distinct: deduplicate first")
+
+
+def _receiver(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_peer: int, k0: np.ndarray,
+              k1: np.ndarray, reveal: str, stat_sec: int, chunk: int, show_progress: bool | None) -> PsiResult:
+    n = len(items)
+    clock = _Clock()
+    with clock("okvs"):
+        for attempt in range(MAX_ATTEMPTS):
+            store = keys.okvs(n, attempt)
+            rows = store.rows(items)
+            try:
+                table = store.encode(rows, items)
+                break
+            except OkvsFailure:
+                continue
+        else:
+            raise OkvsFailure(f"the OKVS could not be encoded under {MAX_ATTEMPTS} keys")
+    with clock("vole"):
+        vole = VoleReceiver(vole_params(store.size), keys.vole, k0, k1)
+        comm.exchange("rr22.attempt", {peer: [np.array([attempt], dtype=np.uint64), vole.correction()]})
+    with clock("wait"):
+        answer = comm.exchange("rr22.trees", recv={peer: 2})[peer]
+    with clock("vole"):
+        a, c = vole.finish(peer, answer[0], answer[1])
+        del vole
+        np.bitwise_xor(table.view("<u8").reshape(store.size, 2), a, out=a)
+    with clock("send"):
+        comm.exchange("rr22.okvs", {peer: [a.view(np.uint8).reshape(store.size, 16)]})
+    del a, table
+    size = oprf_bytes(n, n_peer, stat_sec)
+    with clock("values"):
+        own = _values(keys, store.decode(c.view(np.uint8).reshape(store.size, 16), rows), items, size)
+        del c, rows
+        own_keys = _lookup_keys(own)
+        order = np.argsort(own_keys)
+        sorted_keys = own_keys[order]
+    hits: list[np.ndarray] = []
+    with progress(n_peer, "rr22 receiver", unit="id", enabled=show_progress) as bar:
+        for lo, hi in spans(n_peer, chunk):
+            with clock("wait"):
+                theirs = comm.exchange("rr22.values", recv={peer: 1})[peer][0]
+            if theirs.dtype != np.uint8 or theirs.shape != (hi - lo, size):
+                raise ProtocolMismatch(peer, f"value chunk should be ({hi - lo}, {size}) bytes, "
+                                             f"got {theirs.dtype} {theirs.shape}")
+            with clock("match"):
+                # probes in ascending order: numpy's binary search starts each from the last
+                theirs = theirs[np.argsort(_lookup_keys(theirs))]
+                hits.append(match_sorted(theirs, own, sorted_keys, order)[1])
+            bar.update(hi - lo)
+    with clock("match"):
+        found = np.sort(np.concatenate(hits)) if hits else np.zeros(0, dtype=np.int64)
+        if reveal == "both":  # the common items, sorted by value: which ids, and nothing of S's order
+            common = items[found]
+            comm.exchange("rr22.matches", {peer: [np.ascontiguousarray(common[_value_order(*_item_words(common))])]})
+    return PsiResult(found.astype(np.int64), len(found), n_peer, clock.phases)
+
+
+def _sender(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_peer: int, ks: np.ndarray,
+            s_bits: np.ndarray, reveal: str, stat_sec: int, chunk: int, show_progress: bool | None) -> PsiResult:
+    n = len(items)
+    clock = _Clock()
+    with clock("wait"):
+        got = comm.exchange("rr22.attempt", recv={peer: 2})[peer]
+    attempt = got[0]
+    if attempt.dtype != np.uint64 or attempt.shape != (1,) or not int(attempt[0]) < MAX_ATTEMPTS:
+        raise ProtocolMismatch(peer, "bad OKVS attempt number")
+    store = keys.okvs(n_peer, int(attempt[0]))
+    with clock("vole"):
+        vole = VoleSender(vole_params(store.size), keys.vole, ks, s_bits)
+        comm.exchange("rr22.trees", {peer: list(vole.respond(peer, got[1]))})
+        b = vole.finish()
+        times_delta = GfScalar(vole.delta)
+        del vole
+    with clock("shuffle"):
+        # S's items in an order drawn afresh: its values go out chunk by chunk in this order
+        shuffled = items[np.argsort(np.frombuffer(secrets.token_bytes(8 * n), dtype="<u8"))]
+    with clock("wait"):
+        masked = comm.exchange("rr22.okvs", recv={peer: 1})[peer][0]
+    if masked.dtype != np.uint8 or masked.shape != (store.size, 16):
+        raise ProtocolMismatch(peer, f"the OKVS should be ({store.size}, 16) bytes for {n_peer} ids, "
+                                     f"got {masked.dtype} {masked.shape}")
+    with clock("values"):
+        both = np.empty((store.size, 32), dtype=np.uint8)  # B and P' side by side: one decode pass for both
+        both[:, :16] = b.view(np.uint8).reshape(store.size, 16)
+        both[:, 16:] = masked
+        del b, masked
+    size = oprf_bytes(n_peer, n, stat_sec)
+    with progress(n, "rr22 sender", unit="id", enabled=show_progress) as bar:
+        for lo, hi in spans(n, chunk):
+            with clock("values"):
+                part = shuffled[lo:hi]
+                dec = store.decode(both, store.rows(part)).view("<u8").reshape(hi - lo, 4)
+                diff = dec[:, 2:] ^ part.view("<u8").reshape(hi - lo, 2)
+                value = dec[:, :2] ^ times_delta(np.ascontiguousarray(diff))
+                out = _values(keys, value.view(np.uint8), part, size)
+            with clock("send"):
+                comm.exchange("rr22.values", {peer: [out]})
+            bar.update(hi - lo)
+    if reveal == "receiver":
+        return PsiResult(None, -1, n_peer, clock.phases)
+    with clock("wait"):
+        answer = comm.exchange("rr22.matches", recv={peer: 1})[peer][0]
+    if answer.dtype != np.uint8 or answer.ndim != 2 or answer.shape[1] != items.shape[1] or len(answer) > n:
+        raise ProtocolMismatch(peer, "the common items are not (k, 16) bytes with k <= |Y|")
+    mine = _members(items, answer)
+    return PsiResult(mine.astype(np.int64), len(mine), n_peer, clock.phases)
