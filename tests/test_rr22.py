@@ -1,0 +1,341 @@
+"""RR22 PSI (silent VOLE + OKVS): the field, the VOLE correlation and its puncturing,
+the protocol against plain set intersection, and peers that send the wrong thing."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import VECTORS
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from parties import run_threads
+
+from veilpay.errors import InvalidInput, PeerDisconnected, ProtocolMismatch, ProtocolTimeout
+from veilpay.net import Communicator
+from veilpay.psi import rr22 as rr22_mod
+from veilpay.psi import run_psi_files
+from veilpay.psi.okvs import okvs_size
+from veilpay.psi.rr22 import rr22_psi
+from veilpay.psi.vole import (
+    BASE,
+    NOISE_WEIGHT,
+    SCALER,
+    GfScalar,
+    VoleReceiver,
+    VoleSender,
+    _Public,
+    gf_mul,
+    gf_pack,
+    vole_params,
+)
+
+_U128 = st.integers(0, 2**128 - 1)
+
+
+def _el(v: int) -> np.ndarray:
+    return np.frombuffer(v.to_bytes(16, "little"), dtype="<u8").copy()
+
+
+def _int(row: np.ndarray) -> int:
+    return int.from_bytes(np.ascontiguousarray(row).tobytes(), "little")
+
+
+# -- GF(2^128) ------------------------------------------------------------------------
+
+def test_field_reduces_by_its_polynomial() -> None:
+    assert gf_mul(1 << 64, 1 << 64) == 0x87  # X^128 = X^7 + X^2 + X + 1
+    assert gf_mul(1 << 127, 2) == 0x87
+    assert gf_mul(1 << 127, 1 << 127) == gf_mul(0x87, 1 << 126)
+
+
+@settings(max_examples=60, deadline=None)
+@given(a=_U128, b=_U128, c=_U128)
+def test_field_is_a_commutative_ring_and_the_tables_agree(a: int, b: int, c: int) -> None:
+    assert gf_mul(a, b) == gf_mul(b, a)
+    assert gf_mul(a, b ^ c) == gf_mul(a, b) ^ gf_mul(a, c)
+    assert gf_mul(gf_mul(a, b), c) == gf_mul(a, gf_mul(b, c))
+    got = GfScalar(_el(a))(np.stack([_el(b), _el(c), _el(0), _el(1)]))
+    assert [_int(r) for r in got] == [gf_mul(a, b), gf_mul(a, c), 0, a]
+
+
+def test_pack_is_sum_of_powers() -> None:
+    rng = np.random.default_rng(1)
+    rows = rng.integers(0, 2**63, size=(3, BASE, 2), dtype=np.uint64)
+    packed = gf_pack(rows)
+    for k in range(3):
+        want = 0
+        for j in range(BASE):
+            want ^= gf_mul(1 << j, _int(rows[k, j]))
+        assert _int(packed[k]) == want
+
+
+def test_known_answers_pin_the_public_derivations() -> None:
+    """The code's slots, the GGM halves and a field product, for a fixed session: a
+    change here breaks every peer on an older version, so it must be deliberate."""
+    vec = json.loads((VECTORS / "vole" / "vole.json").read_text())
+    params = vole_params(vec["n"])
+    assert [params.t, params.depth] == vec["t_depth"]
+    pub = _Public(bytes.fromhex(vec["joint"]), params)
+    assert pub.positions(0, 3).tolist() == vec["positions"]
+    node = np.frombuffer(bytes.fromhex(vec["node"]), dtype=np.uint8).reshape(1, 1, 16)
+    out = np.empty((1, 2, 16), dtype=np.uint8)
+    pub.children(node, out)
+    assert [out[0, 0].tobytes().hex(), out[0, 1].tobytes().hex()] == vec["children"]
+    assert f"{gf_mul(int(vec['a'], 16), int(vec['b'], 16)):032x}" == vec["product"]
+
+
+# -- the VOLE correlation ---------------------------------------------------------------
+
+def _vole(n: int) -> tuple[VoleSender, VoleReceiver, np.ndarray, np.ndarray, np.ndarray]:
+    params = vole_params(n)
+    k0 = np.frombuffer(secrets.token_bytes(BASE * 16), dtype=np.uint8).reshape(BASE, 16)
+    k1 = np.frombuffer(secrets.token_bytes(BASE * 16), dtype=np.uint8).reshape(BASE, 16)
+    s = np.unpackbits(np.frombuffer(secrets.token_bytes(16), dtype=np.uint8), bitorder="little")
+    ks = np.where(s[:, None].astype(bool), k1, k0)
+    joint = secrets.token_bytes(32)
+    recv = VoleReceiver(params, joint, k0, k1)
+    send = VoleSender(params, joint, ks, s)
+    cts, psi = send.respond("r", recv.correction())
+    b = send.finish()
+    a, c = recv.finish("s", cts, psi)
+    return send, recv, a, b, c
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 1000, 70_000])
+def test_vole_gives_c_equal_b_plus_a_delta(n: int) -> None:
+    send, _, a, b, c = _vole(n)
+    assert a.shape == b.shape == c.shape == (n, 2)
+    assert (c == b ^ GfScalar(send.delta)(a)).all()
+    if n >= 1000:  # A masks the OKVS: its bits are balanced, no row repeats
+        bits = np.unpackbits(a.view(np.uint8))
+        assert abs(bits.mean() - 0.5) < 0.01
+        assert len(np.unique(a.view("V16"))) == n
+
+
+def test_receiver_learns_every_leaf_but_the_punctured_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """R's leaves equal S's except at alpha_k of each tree, where R holds
+    v + beta * Delta and not v: the PPRF's punctured point."""
+    import veilpay.psi.vole as vole_mod
+
+    captured: dict[str, np.ndarray] = {}
+
+    orig_acc = vole_mod._accumulate
+
+    def keep(slots: np.ndarray) -> np.ndarray:
+        captured.setdefault("s" if "s" not in captured else "r", slots.copy())
+        return orig_acc(slots)
+
+    monkeypatch.setattr(vole_mod, "_accumulate", keep)
+    send, recv, _, _, _ = _vole(2000)
+    p = send.params
+    v = captured["s"].reshape(p.t, 1 << p.depth, 2)
+    w = captured["r"].reshape(p.t, 1 << p.depth, 2)
+    diff = (v != w).any(axis=2)
+    assert (diff.sum(axis=1) == 1).all()  # one slot per tree, R's secret alpha
+    assert (np.flatnonzero(diff.reshape(-1)) % (1 << p.depth) == recv._alpha.astype(np.int64)).all()
+    delta = GfScalar(send.delta)
+    assert (w[np.arange(p.t), recv._alpha.astype(np.intp)] == v[np.arange(p.t), recv._alpha.astype(np.intp)]
+            ^ delta(recv._beta)).all()
+
+
+def test_vole_parameters_meet_the_noise_and_rate_floor() -> None:
+    for n in (0, 1, 100, 10_000, 1_300_000, 40_000_000):
+        p = vole_params(n)
+        assert p.t >= NOISE_WEIGHT and p.slots >= SCALER * n and p.depth >= 1
+        assert p.slots < 2 * max(SCALER * n, 2 * NOISE_WEIGHT) + (1 << p.depth)  # not wastefully large
+    with pytest.raises(InvalidInput):
+        vole_params(-1)
+
+
+def test_vole_refuses_malformed_answers() -> None:
+    params = vole_params(100)
+    k = np.zeros((BASE, 16), dtype=np.uint8)
+    recv = VoleReceiver(params, bytes(32), k, k)
+    with pytest.raises(ProtocolMismatch, match="tree OT messages"):
+        recv.finish("s", np.zeros((params.t, params.depth, 2, 15), dtype=np.uint8), np.zeros((params.t, 16), np.uint8))
+    send = VoleSender(params, bytes(32), k, np.zeros(BASE, dtype=np.uint8))
+    with pytest.raises(ProtocolMismatch, match="IKNP correction"):
+        send.respond("r", np.zeros((BASE, 8), dtype=np.uint8))
+
+
+# -- the protocol against plain set intersection ------------------------------------------
+
+def two_party(fn_r: Callable[[Communicator], Any], fn_s: Callable[[Communicator], Any],
+              timeout: float = 20) -> tuple[Any, Any]:
+    out = run_threads({"r": fn_r, "s": fn_s}, timeout=timeout, join=120)
+    return out["r"], out["s"]
+
+
+def run(x: list[bytes], y: list[bytes], **kw: Any) -> tuple[Any, Any]:
+    return two_party(lambda c: rr22_psi(c, "s", "receiver", x, **kw), lambda c: rr22_psi(c, "r", "sender", y, **kw))
+
+
+def sets(nx: int, ny: int, common: int, seed: int) -> tuple[list[bytes], list[bytes]]:
+    rng = np.random.default_rng(seed)
+    pool = [f"cust-{v}".encode() for v in rng.choice(10**9, size=nx + ny, replace=False)]
+    x = pool[:nx]
+    y = x[:common] + pool[nx : nx + ny - common]
+    rng.shuffle(y)
+    return x, y
+
+
+def check(x: list[bytes], y: list[bytes], r: Any, s: Any) -> None:
+    for got in (r, s):
+        if isinstance(got, BaseException):
+            raise got
+    ys = set(y)
+    want = [i for i, v in enumerate(x) if v in ys]
+    assert r.indices.tolist() == want and r.size == len(want) and r.peer_size == len(y)
+    assert sorted(y[i] for i in s.indices) == sorted(x[i] for i in want)
+
+
+@pytest.mark.parametrize(("nx", "ny", "common", "chunk"), [
+    (300, 300, 0, 64), (300, 300, 150, 64), (250, 250, 250, 1 << 17),  # overlap 0 / 50 / 100 %
+    (5, 3000, 5, 1000), (3000, 7, 2, 3),  # unbalanced, several chunks
+    (0, 50, 0, 1 << 17), (50, 0, 0, 1 << 17), (1, 1, 1, 1), (1, 90, 0, 7)])
+def test_matches_plain_intersection(nx: int, ny: int, common: int, chunk: int) -> None:
+    x, y = sets(nx, ny, common, nx * 31 + ny)
+    r, s = run(x, y, reveal="both", chunk=chunk)
+    check(x, y, r, s)
+
+
+@settings(max_examples=12, deadline=None)
+@given(xs=st.sets(st.binary(min_size=0, max_size=12), max_size=40),
+       ys=st.sets(st.binary(min_size=0, max_size=12), max_size=40))
+def test_any_small_sets_match_plain_intersection(xs: set[bytes], ys: set[bytes]) -> None:
+    x, y = sorted(xs), sorted(ys)
+    r, s = run(x, y, reveal="both")
+    check(x, y, r, s)
+
+
+def test_larger_sets_and_the_sender_learns_nothing_by_default() -> None:
+    x, y = sets(40_000, 30_000, 12_345, 5)
+    r, s = run(x, y, chunk=1 << 13)
+    assert not isinstance(r, BaseException) and not isinstance(s, BaseException), (r, s)
+    assert r.size == 12_345 and s.indices is None and s.size == -1 and s.peer_size == 40_000
+    assert set(r.phases) >= {"okvs", "vole", "values", "match"}
+
+
+def test_bytes_on_the_wire_are_the_okvs_and_the_values() -> None:
+    """R sends the masked OKVS (16 bytes a slot) plus the IKNP matrix; S sends one
+    short value per id plus the tree messages: nothing grows with the sets beyond that."""
+    x, y = sets(5000, 4000, 100, 9)
+    comms: dict[str, Communicator] = {}
+
+    def side(role: str, ids: list[bytes], peer: str) -> Callable[[Communicator], Any]:
+        def fn(c: Communicator) -> Any:
+            comms[role] = c
+            return rr22_psi(c, peer, role, ids)
+        return fn
+
+    r, s = two_party(side("receiver", x, "s"), side("sender", y, "r"))
+    assert r.size == 100
+    p = vole_params(okvs_size(5000))
+    size = rr22_mod.oprf_bytes(5000, 4000, 40)
+    sent_r, sent_s = comms["receiver"].total().bytes_sent, comms["sender"].total().bytes_sent
+    payload_r = 16 * okvs_size(5000) + BASE * p.ots // 8
+    payload_s = 4000 * size + p.t * p.depth * 2 * 16 + p.t * 16
+    assert payload_r < sent_r < payload_r + 8_000  # headers and the hello: a few kB
+    assert payload_s < sent_s < payload_s + 20_000  # and the base-OT keys (8 kB)
+
+
+def test_duplicates_and_bad_arguments_are_refused() -> None:
+    r, s = run([b"a", b"a"], [b"b"])
+    assert isinstance(r, InvalidInput) and "distinct" in str(r)
+    assert isinstance(s, PeerDisconnected | ProtocolTimeout)
+    with pytest.raises(InvalidInput):
+        rr22_psi(None, "s", "middle", [])  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput):
+        rr22_psi(None, "s", "receiver", [], stat_sec=5)  # type: ignore[arg-type]
+
+
+# -- peers that send the wrong thing -----------------------------------------------------
+
+class Tamper:
+    """A communicator that changes one message it sends: the peer's view of a cheat."""
+
+    def __init__(self, inner: Communicator, label: str, change: Callable[[np.ndarray], np.ndarray],
+                 which: int = 0) -> None:
+        self._inner, self._label, self._change, self._which = inner, label, change, which
+
+    def exchange(self, label: str, send: Any = None, recv: Any = None) -> Any:
+        if label == self._label and send:
+            send = {p: [self._change(a) if i == self._which else a for i, a in enumerate(arrs)]
+                    for p, arrs in send.items()}
+        return self._inner.exchange(label, send, recv)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@pytest.mark.parametrize(("label", "change", "which", "blame"), [
+    ("rr22.okvs", lambda a: a[:-1], 0, "the OKVS should be"),  # an OKVS of the wrong size
+    ("rr22.okvs", lambda a: np.concatenate([a, a[:5]]), 0, "the OKVS should be"),
+    ("rr22.okvs", lambda a: a.view(np.uint64), 0, "the OKVS should be"),
+    ("rr22.attempt", lambda a: np.zeros((BASE, 3), dtype=np.uint8), 1, "IKNP correction"),
+    ("rr22.attempt", lambda a: np.array([99], dtype=np.uint64), 0, "attempt"),
+])
+def test_sender_refuses_a_malformed_receiver_and_both_stop(label: str, change: Callable[[np.ndarray], np.ndarray],
+                                                           which: int, blame: str) -> None:
+    x, y = sets(300, 300, 100, 3)
+    r, s = two_party(lambda c: rr22_psi(Tamper(c, label, change, which), "s", "receiver", x),  # type: ignore[arg-type]
+                     lambda c: rr22_psi(c, "r", "sender", y), timeout=5)
+    assert isinstance(s, ProtocolMismatch) and blame in str(s)
+    assert isinstance(r, PeerDisconnected | ProtocolTimeout)
+
+
+def _retag(a: np.ndarray) -> np.ndarray:
+    a = a.copy()
+    a[40:48] ^= 1  # the OKVS/VOLE parameter tag of the hello
+    return a
+
+
+@pytest.mark.parametrize(("cheat", "label", "change", "blame"), [
+    ("receiver", "rr22.hello", _retag, "parameter sets differ"),  # another OKVS or VOLE parameter set
+    ("sender", "rr22.hello", _retag, "parameter sets differ"),
+    ("sender", "rr22.values", lambda a: a[:, :-1], "value chunk should be"),
+    ("sender", "rr22.trees", lambda a: a[:-1], "tree OT messages"),
+])
+def test_a_different_parameter_set_or_shape_is_a_named_error(cheat: str, label: str,
+                                                             change: Callable[[np.ndarray], np.ndarray],
+                                                             blame: str) -> None:
+    x, y = sets(200, 200, 50, 4)
+
+    def wrap(c: Communicator, role: str) -> Any:
+        return Tamper(c, label, change) if role == cheat else c
+
+    r, s = two_party(lambda c: rr22_psi(wrap(c, "receiver"), "s", "receiver", x),
+                     lambda c: rr22_psi(wrap(c, "sender"), "r", "sender", y), timeout=5)
+    honest, cheater = (s, r) if cheat == "receiver" else (r, s)
+    assert isinstance(honest, ProtocolMismatch) and blame in str(honest)
+    # the other side stops too, with a named error: its peer hung up on it (a sender
+    # whose last message was its values has nothing more to wait for)
+    assert isinstance(cheater, PeerDisconnected | ProtocolTimeout) or label == "rr22.values"
+
+
+def test_files_with_rr22_and_a_bad_okvs_write_no_output(tmp_path: Path) -> None:
+    (tmp_path / "r.csv").write_text("cid,v\n" + "".join(f"c{i},{i}\n" for i in range(400)))
+    (tmp_path / "s.csv").write_text("cid\n" + "".join(f"c{i}\n" for i in range(200, 700)))
+
+    def side(role: str, tamper: bool) -> Callable[[Communicator], Any]:
+        def fn(c: Communicator) -> Any:
+            comm = Tamper(c, "rr22.okvs", lambda a: a[:-3]) if tamper else c
+            return run_psi_files(comm, "s" if role == "receiver" else "r", role,  # type: ignore[arg-type]
+                                 tmp_path / ("r.csv" if role == "receiver" else "s.csv"), ["cid"],
+                                 tmp_path / f"out-{role}.csv", protocol="rr22", reveal="both")
+        return fn
+
+    r, s = two_party(side("receiver", False), side("sender", False))
+    assert r["intersection_size"] == 200 and s["intersection_size"] == 200
+    assert (tmp_path / "out-receiver.csv").read_text().splitlines()[1] == "c200,200"
+    for f in tmp_path.glob("out-*"):
+        f.unlink()
+    r, s = two_party(side("receiver", True), side("sender", False), timeout=5)
+    assert isinstance(s, ProtocolMismatch) and isinstance(r, PeerDisconnected | ProtocolTimeout)
+    assert not list(tmp_path.glob("out-*"))
