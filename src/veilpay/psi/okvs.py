@@ -222,18 +222,20 @@ def _peel(pos: np.ndarray, m: int) -> tuple[list[np.ndarray], list[np.ndarray], 
     rounds_piv: list[np.ndarray] = []
     cand = np.flatnonzero((sums >= _TAG) & (sums < 2 * _TAG))
     while cand.size:
-        r = np.take(sums, cand) - _TAG
-        single = (r >= 0) & (r < _TAG)
-        r, cand = r[single], cand[single]
-        if not cand.size:
+        r = np.take(sums, cand)
+        r -= _TAG
+        # one unsigned compare for 0 <= r < 2^31: a negative r wraps far above it
+        at = np.flatnonzero(r.view(np.uint64) < _TAG)
+        if not at.size:
             break
+        r, cand = np.take(r, at), np.take(cand, at)
         # A row found twice in one round (at two of its columns, or at a column listed
         # twice) is peeled once: the stamp keeps whichever write landed, one per row,
         # without a sort.
         order = np.arange(r.size, dtype=np.int64)
         stamp[r] = order
-        keep = np.take(stamp, r) == order
-        r, piv = r[keep], cand[keep]
+        at = np.flatnonzero(np.take(stamp, r) == order)
+        r, piv = np.take(r, at), np.take(cand, at)
         peeled[r] = True
         rounds_rows.append(r)
         rounds_piv.append(piv)
