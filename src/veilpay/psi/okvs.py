@@ -30,12 +30,15 @@ import numpy as np
 from veilpay.crypto.ot import AesEcb
 from veilpay.errors import InvalidInput, OkvsFailure
 
-__all__ = ["DENSE", "EXPANSION", "MAX_ITEMS", "OKVS_VERSION", "Okvs", "OkvsRows", "okvs_size"]
+__all__ = ["DENSE", "EXPANSION", "MAX_ITEMS", "SMALL_EXPANSION", "SMALL_N", "OKVS_VERSION", "Okvs", "OkvsRows", "okvs_size"]
 
 OKVS_VERSION = 1
-# Sparse columns per item: 3 * seg >= EXPANSION * n, plus _SEG_FLOOR columns per segment
-# so that tiny sets also peel (docs/psi.md, "RR22's OKVS", for the bound behind both).
+# Sparse columns per item: 3 * seg >= EXPANSION * n, plus _SEG_FLOOR columns per segment;
+# up to SMALL_N items, SMALL_EXPANSION, where the bound behind EXPANSION is too weak to
+# prove 2^-40 (docs/psi.md, "RR22's OKVS"; at most a thousand extra rows).
 EXPANSION = 1.3
+SMALL_N = 1024
+SMALL_EXPANSION = 2.0
 _SEG_FLOOR = 8
 DENSE = 64
 MAX_ITEMS = 1 << 30
@@ -55,7 +58,8 @@ def okvs_size(n: int) -> int:
 def _segment(n: int) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_ITEMS:
         raise InvalidInput(f"n must be an int in 0..{MAX_ITEMS}")
-    return math.ceil(EXPANSION * n / 3) + _SEG_FLOOR
+    e = SMALL_EXPANSION if n <= SMALL_N else EXPANSION
+    return math.ceil(e * n / 3) + _SEG_FLOOR
 
 
 def _mulhi(w: np.ndarray, seg: int) -> np.ndarray:
