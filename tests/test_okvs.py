@@ -156,7 +156,7 @@ def _reference_rows(key: bytes, n: int, item: bytes) -> tuple[list[int], int]:
         enc = Cipher(algorithms.AES(k), modes.ECB()).encryptor()
         return enc.update(block) + enc.finalize()
 
-    seg = math.ceil((2.0 if n <= 1024 else 1.3) * n / 3) + 8
+    seg = math.ceil((2.4 if n <= 1024 else 1.3) * n / 3) + 8
     a, b = aes(key, item), aes(aes(key, b"\x01" * 16), item)
     words = [int.from_bytes(a[:8], "little"), int.from_bytes(a[8:], "little"), int.from_bytes(b[:8], "little")]
     return [s * seg + (words[s] * seg >> 64) for s in range(3)], int.from_bytes(b[8:], "little")

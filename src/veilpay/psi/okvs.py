@@ -38,7 +38,7 @@ OKVS_VERSION = 1
 # prove 2^-40 (docs/psi.md, "RR22's OKVS"; at most a thousand extra rows).
 EXPANSION = 1.3
 SMALL_N = 1024
-SMALL_EXPANSION = 2.0
+SMALL_EXPANSION = 2.4
 _SEG_FLOOR = 8
 DENSE = 64
 MAX_ITEMS = 1 << 30
