@@ -30,12 +30,15 @@ import numpy as np
 from veilpay.crypto.ot import AesEcb
 from veilpay.errors import InvalidInput, OkvsFailure
 
-__all__ = ["DENSE", "EXPANSION", "MAX_ITEMS", "OKVS_VERSION", "Okvs", "OkvsRows", "okvs_size"]
+__all__ = ["DENSE", "EXPANSION", "MAX_ITEMS", "SMALL_EXPANSION", "SMALL_N", "OKVS_VERSION", "Okvs", "OkvsRows", "okvs_size"]
 
 OKVS_VERSION = 1
-# Sparse columns per item: 3 * seg >= EXPANSION * n, plus _SEG_FLOOR columns per segment
-# so that tiny sets also peel (docs/psi.md, "RR22's OKVS", for the bound behind both).
+# Sparse columns per item: 3 * seg >= EXPANSION * n, plus _SEG_FLOOR columns per segment;
+# up to SMALL_N items, SMALL_EXPANSION, where the bound behind EXPANSION is too weak to
+# prove 2^-40 (docs/psi.md, "RR22's OKVS"; at most a thousand extra rows).
 EXPANSION = 1.3
+SMALL_N = 1024
+SMALL_EXPANSION = 2.4
 _SEG_FLOOR = 8
 DENSE = 64
 MAX_ITEMS = 1 << 30
@@ -55,7 +58,8 @@ def okvs_size(n: int) -> int:
 def _segment(n: int) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_ITEMS:
         raise InvalidInput(f"n must be an int in 0..{MAX_ITEMS}")
-    return math.ceil(EXPANSION * n / 3) + _SEG_FLOOR
+    e = SMALL_EXPANSION if n <= SMALL_N else EXPANSION
+    return math.ceil(e * n / 3) + _SEG_FLOOR
 
 
 def _mulhi(w: np.ndarray, seg: int) -> np.ndarray:
@@ -222,18 +226,20 @@ def _peel(pos: np.ndarray, m: int) -> tuple[list[np.ndarray], list[np.ndarray], 
     rounds_piv: list[np.ndarray] = []
     cand = np.flatnonzero((sums >= _TAG) & (sums < 2 * _TAG))
     while cand.size:
-        r = np.take(sums, cand) - _TAG
-        single = (r >= 0) & (r < _TAG)
-        r, cand = r[single], cand[single]
-        if not cand.size:
+        r = np.take(sums, cand)
+        r -= _TAG
+        # one unsigned compare for 0 <= r < 2^31: a negative r wraps far above it
+        at = np.flatnonzero(r.view(np.uint64) < _TAG)
+        if not at.size:
             break
+        r, cand = np.take(r, at), np.take(cand, at)
         # A row found twice in one round (at two of its columns, or at a column listed
         # twice) is peeled once: the stamp keeps whichever write landed, one per row,
         # without a sort.
         order = np.arange(r.size, dtype=np.int64)
         stamp[r] = order
-        keep = np.take(stamp, r) == order
-        r, piv = r[keep], cand[keep]
+        at = np.flatnonzero(np.take(stamp, r) == order)
+        r, piv = np.take(r, at), np.take(cand, at)
         peeled[r] = True
         rounds_rows.append(r)
         rounds_piv.append(piv)
