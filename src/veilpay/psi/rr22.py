@@ -46,7 +46,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from veilpay.crypto import derive_seed
-from veilpay.crypto.ot import AesEcb, BaseOtReceiver, BaseOtSender, correlation_robust_hash, id_prf
+from veilpay.crypto.ot import AesEcb, BaseOtReceiver, BaseOtSender, id_prf, tccr_hash
 from veilpay.crypto.points import InvalidPointError
 from veilpay.errors import InvalidInput, InvalidPoint, OkvsFailure, ProtocolMismatch
 from veilpay.host import keep_freed_memory
@@ -54,7 +54,7 @@ from veilpay.net import Communicator
 from veilpay.progress import progress
 from veilpay.psi.ecdh import REVEAL, PsiResult, match_sorted, spans
 from veilpay.psi.kkrt import _item_words, _lookup_keys, _members, _value_order, oprf_bytes
-from veilpay.psi.okvs import DENSE, EXPANSION, OKVS_VERSION, Okvs
+from veilpay.psi.okvs import DENSE, EXPANSION, OKVS_VERSION, Okvs, OkvsRows, okvs_size
 from veilpay.psi.vole import BASE, NOISE_WEIGHT, SCALER, WEIGHT, GfScalar, VoleReceiver, VoleSender, vole_params
 
 __all__ = ["CHUNK", "RR22_VERSION", "rr22_psi"]
@@ -129,9 +129,56 @@ class _Clock:
 
 
 def _values(keys: _Keys, decoded: np.ndarray, items: np.ndarray, size: int) -> np.ndarray:
-    """H(decoded, item) for (k, 16) decoded values and their items."""
-    rows = np.concatenate([decoded.reshape(len(items), 16), items], axis=1)
-    return correlation_robust_hash(keys.pi, rows, np.zeros(len(items), dtype=np.uint64), size)
+    """H(decoded, item) for (k, 16) decoded values, each tweaked by its item."""
+    return tccr_hash(keys.pi, decoded.reshape(len(items), 16), items, size)
+
+
+class _Lookup:
+    """R's own values, ready for S's chunks: their 64-bit prefixes sorted, with the
+    start of each bucket of top bits, so that a probe costs a read or two rather than a
+    binary search."""
+
+    def __init__(self, peer: str, own: np.ndarray, items: np.ndarray) -> None:
+        keys = _lookup_keys(own)
+        self.order = np.argsort(keys)
+        self.keys = keys[self.order]
+        self.own = own
+        self.exact = True
+        same = np.flatnonzero(self.keys[1:] == self.keys[:-1])
+        if len(same):  # equal prefixes: the same id twice, or (probability n^2 / 2^65) two ids
+            a, b = self.order[same], self.order[same + 1]
+            if bool((items[a] == items[b]).all(axis=1).any()):
+                raise InvalidInput("ids must be distinct: deduplicate first")
+            self.exact = False  # match_sorted's exact fallback handles equal prefixes
+        bits = max(1, min(40, int(np.ceil(np.log2(max(2, len(keys))))) + 1))
+        self.shift = np.uint64(64 - bits)
+        counts = np.bincount((self.keys >> self.shift).astype(np.intp), minlength=1 << bits)
+        self.starts = np.zeros(len(counts) + 1, dtype=np.intp)
+        np.cumsum(counts, out=self.starts[1:])
+
+    def find(self, theirs: np.ndarray) -> np.ndarray:
+        """Positions in R's list of the values in ``theirs`` (any order)."""
+        if not self.exact:
+            return match_sorted(theirs, self.own, self.keys, self.order)[1]
+        probe = _lookup_keys(theirs)
+        bucket = (probe >> self.shift).astype(np.intp)
+        idx = np.arange(len(probe))
+        cur, end = self.starts[bucket], self.starts[bucket + 1]
+        got_i: list[np.ndarray] = []
+        got_at: list[np.ndarray] = []
+        while True:
+            live = cur < end
+            idx, cur, end = idx[live], cur[live], end[live]
+            if not len(idx):
+                break
+            eq = self.keys[cur] == probe[idx]
+            got_i.append(idx[eq])
+            got_at.append(cur[eq])
+            idx, cur, end = idx[~eq], cur[~eq] + 1, end[~eq]
+        i = np.concatenate(got_i) if got_i else np.zeros(0, dtype=np.intp)
+        at = self.order[np.concatenate(got_at)] if got_at else np.zeros(0, dtype=np.intp)
+        same = (self.own[at] == theirs[i]).all(axis=1)  # the whole value, not only its prefix
+        return at[same].astype(np.int64)
 
 
 def rr22_psi(
@@ -205,6 +252,9 @@ def _receiver(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_p
               k1: np.ndarray, reveal: str, stat_sec: int, chunk: int, show_progress: bool | None) -> PsiResult:
     n = len(items)
     clock = _Clock()
+    with clock("vole"):  # the VOLE's size is the OKVS's: its correction goes out before the encoding
+        vole = VoleReceiver(vole_params(okvs_size(n)), keys.vole, k0, k1)
+        comm.exchange("rr22.vole", {peer: [vole.correction()]})
     with clock("okvs"):
         for attempt in range(MAX_ATTEMPTS):
             store = keys.okvs(n, attempt)
@@ -216,9 +266,7 @@ def _receiver(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_p
                 continue
         else:
             raise OkvsFailure(f"the OKVS could not be encoded under {MAX_ATTEMPTS} keys")
-    with clock("vole"):
-        vole = VoleReceiver(vole_params(store.size), keys.vole, k0, k1)
-        comm.exchange("rr22.attempt", {peer: [np.array([attempt], dtype=np.uint64), vole.correction()]})
+        comm.exchange("rr22.attempt", {peer: [np.array([attempt], dtype=np.uint64)]})
     with clock("wait"):
         answer = comm.exchange("rr22.trees", recv={peer: 2})[peer]
     with clock("vole"):
@@ -232,9 +280,7 @@ def _receiver(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_p
     with clock("values"):
         own = _values(keys, store.decode(c.view(np.uint8).reshape(store.size, 16), rows), items, size)
         del c, rows
-        own_keys = _lookup_keys(own)
-        order = np.argsort(own_keys)
-        sorted_keys = own_keys[order]
+        lookup = _Lookup(peer, own, items)
     hits: list[np.ndarray] = []
     with progress(n_peer, "rr22 receiver", unit="id", enabled=show_progress) as bar:
         for lo, hi in spans(n_peer, chunk):
@@ -244,9 +290,7 @@ def _receiver(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_p
                 raise ProtocolMismatch(peer, f"value chunk should be ({hi - lo}, {size}) bytes, "
                                              f"got {theirs.dtype} {theirs.shape}")
             with clock("match"):
-                # probes in ascending order: numpy's binary search starts each from the last
-                theirs = theirs[np.argsort(_lookup_keys(theirs))]
-                hits.append(match_sorted(theirs, own, sorted_keys, order)[1])
+                hits.append(lookup.find(theirs))
             bar.update(hi - lo)
     with clock("match"):
         found = np.sort(np.concatenate(hits)) if hits else np.zeros(0, dtype=np.int64)
@@ -261,39 +305,40 @@ def _sender(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_pee
     n = len(items)
     clock = _Clock()
     with clock("wait"):
-        got = comm.exchange("rr22.attempt", recv={peer: 2})[peer]
-    attempt = got[0]
-    if attempt.dtype != np.uint64 or attempt.shape != (1,) or not int(attempt[0]) < MAX_ATTEMPTS:
-        raise ProtocolMismatch(peer, "bad OKVS attempt number")
-    store = keys.okvs(n_peer, int(attempt[0]))
+        u = comm.exchange("rr22.vole", recv={peer: 1})[peer][0]
+    size_okvs = okvs_size(n_peer)
     with clock("vole"):
-        vole = VoleSender(vole_params(store.size), keys.vole, ks, s_bits)
-        comm.exchange("rr22.trees", {peer: list(vole.respond(peer, got[1]))})
-        b = vole.finish()
+        vole = VoleSender(vole_params(size_okvs), keys.vole, ks, s_bits)
+        comm.exchange("rr22.trees", {peer: list(vole.respond(peer, u))})
+        b = vole.finish().view(np.uint8).reshape(size_okvs, 16)
         times_delta = GfScalar(vole.delta)
         del vole
     with clock("shuffle"):
         # S's items in an order drawn afresh: its values go out chunk by chunk in this order
         shuffled = items[np.argsort(np.frombuffer(secrets.token_bytes(8 * n), dtype="<u8"))]
     with clock("wait"):
+        attempt = comm.exchange("rr22.attempt", recv={peer: 1})[peer][0]
+    if attempt.dtype != np.uint64 or attempt.shape != (1,) or not int(attempt[0]) < MAX_ATTEMPTS:
+        raise ProtocolMismatch(peer, "bad OKVS attempt number")
+    with clock("values"):  # all that does not need P' yet: each item's equation and Decode(B, y)
+        store = keys.okvs(n_peer, int(attempt[0]))
+        rows = store.rows(shuffled)
+        dec_b = store.decode(b, rows).view("<u8").reshape(n, 2)
+        del b
+    with clock("wait"):
         masked = comm.exchange("rr22.okvs", recv={peer: 1})[peer][0]
     if masked.dtype != np.uint8 or masked.shape != (store.size, 16):
         raise ProtocolMismatch(peer, f"the OKVS should be ({store.size}, 16) bytes for {n_peer} ids, "
                                      f"got {masked.dtype} {masked.shape}")
-    with clock("values"):
-        both = np.empty((store.size, 32), dtype=np.uint8)  # B and P' side by side: one decode pass for both
-        both[:, :16] = b.view(np.uint8).reshape(store.size, 16)
-        both[:, 16:] = masked
-        del b, masked
     size = oprf_bytes(n_peer, n, stat_sec)
     with progress(n, "rr22 sender", unit="id", enabled=show_progress) as bar:
         for lo, hi in spans(n, chunk):
             with clock("values"):
-                part = shuffled[lo:hi]
-                dec = store.decode(both, store.rows(part)).view("<u8").reshape(hi - lo, 4)
-                diff = dec[:, 2:] ^ part.view("<u8").reshape(hi - lo, 2)
-                value = dec[:, :2] ^ times_delta(np.ascontiguousarray(diff))
-                out = _values(keys, value.view(np.uint8), part, size)
+                part = OkvsRows(rows.pos[:, lo:hi], rows.dense[lo:hi], rows.size)
+                diff = store.decode(masked, part).view("<u8").reshape(hi - lo, 2)
+                np.bitwise_xor(diff, shuffled[lo:hi].view("<u8").reshape(hi - lo, 2), out=diff)
+                value = dec_b[lo:hi] ^ times_delta(diff)  # Decode(B, y) + Delta * (Decode(P', y) + y)
+                out = _values(keys, value.view(np.uint8), shuffled[lo:hi], size)
             with clock("send"):
                 comm.exchange("rr22.values", {peer: [out]})
             bar.update(hi - lo)
