@@ -7,9 +7,9 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "veilpay"
-# Bottom to top; the top-level modules (errors, progress, files, host) sit below everything.
-LAYERS = ["errors", "progress", "files", "settings", "host", "db", "crypto", "net", "mpc", "psi", "ml", "risk", "sdk",
-          "node", "gateway", "partners", "mcp", "cli"]
+# Bottom to top; the top-level modules (errors, progress, files, packed, host) sit below everything.
+LAYERS = ["errors", "progress", "files", "packed", "settings", "host", "db", "crypto", "net", "mpc", "psi", "ml", "risk",
+          "sdk", "node", "gateway", "partners", "mcp", "cli"]
 # The stdlib ssl module is the transport: net wraps sockets with contexts that
 # veilpay.crypto.tls builds, and catches ssl.SSLError.
 CRYPTO_LIBS = ("cryptography", "nacl", "Crypto", "hashlib", "hmac")

@@ -197,7 +197,7 @@ def write(path: Path, text: str) -> Path:
 def test_read_ids_normalises_dedups_and_counts_nulls(tmp_path: Path) -> None:
     f = write(tmp_path / "a.csv", "id,country,amount\n A1 ,SG,1\na1,SG,2\nA1,sg,3\n,SG,4\nB2,MY,5\n")
     t = read_ids(f, ["id", "country"], normalise="casefold")
-    assert len(t.ids) == 2 and t.duplicates == 2 and t.nulls == 1 and t.first_row == [0, 4]
+    assert len(t.ids) == 2 and t.duplicates == 2 and t.nulls == 1 and t.first_row.tolist() == [0, 4]
     t = read_ids(f, ["id"], normalise="none")
     assert len(t.ids) == 4 and t.duplicates == 0  # " A1 ", "a1", "A1" differ without normalising
     with pytest.raises(DataError, match="row 5 has an empty key in column 'id'"):

@@ -40,6 +40,7 @@ from veilpay.crypto import (
 )
 from veilpay.errors import InvalidInput, InvalidPoint, ProtocolMismatch
 from veilpay.net import Communicator
+from veilpay.packed import all_distinct
 from veilpay.progress import progress
 
 __all__ = ["MODES", "PSI_VERSION", "PsiResult", "ecdh_psi"]
@@ -211,7 +212,7 @@ def ecdh_psi(
         raise InvalidInput(f"mode must be one of {sorted(MODES)}, reveal one of {sorted(REVEAL)}")
     if not 1 <= chunk <= 1 << 24:
         raise InvalidInput("chunk must be between 1 and 2^24 points")
-    if len(set(ids)) != len(ids):
+    if not all_distinct(ids):
         raise InvalidInput("ids must be distinct: deduplicate first")
     salt_mine = secrets.token_bytes(16)
     got = comm.exchange("psi.hello", {peer: [_hello(len(ids), chunk, mode, reveal, salt_mine)]}, {peer: 1})

@@ -54,6 +54,7 @@ from veilpay.crypto.points import InvalidPointError
 from veilpay.errors import InvalidInput, InvalidPoint, ProtocolMismatch
 from veilpay.host import keep_freed_memory
 from veilpay.net import Communicator
+from veilpay.packed import all_distinct
 from veilpay.progress import progress
 from veilpay.psi.bitmatrix import transpose
 from veilpay.psi.cuckoo import HASHES, CuckooFailure, bin_count, hash_bins, place
@@ -163,7 +164,7 @@ def kkrt_psi(
         raise InvalidInput("stat_sec must be within 20..80 and stash within 0..64")
     if not (128 <= chunk <= 1 << 20 and chunk % 128 == 0):
         raise InvalidInput("chunk must be a multiple of 128 between 128 and 2^20")
-    if len(set(ids)) != len(ids):
+    if not all_distinct(ids):
         raise InvalidInput("ids must be distinct: deduplicate first")
     keep_freed_memory()
     nonce = secrets.token_bytes(_NONCE)

@@ -48,6 +48,7 @@ from veilpay.crypto import BlindingPool, OprfKey, check_p256_points, hash_to_p25
 from veilpay.errors import DataError, InvalidInput, ProtocolMismatch, QueryRefused
 from veilpay.files import atomic_write
 from veilpay.net import Communicator
+from veilpay.packed import all_distinct
 from veilpay.progress import progress
 from veilpay.psi.data import NORMALISE
 from veilpay.psi.ecdh import (
@@ -170,7 +171,7 @@ def setup_server(ids: Sequence[bytes], folder: str | Path, workers: int | None =
     earlier one (clients then download the new set on their next query).
     ``key_columns`` and ``normalise`` say how the ids were made; they are recorded for
     `prepared_terms`, and a set without them cannot serve `veilpay.psi.run_psi_files`."""
-    if len(set(ids)) != len(ids):
+    if not all_distinct(ids):
         raise InvalidInput("ids must be distinct: deduplicate first")
     if (key_columns is None) != (normalise is None):
         raise InvalidInput("give both key_columns and normalise, or neither")
@@ -236,7 +237,7 @@ def unbalanced_psi(
             raise InvalidInput("the query budget is >= 0 ids and the key age limit > 0 seconds")
         return _server(comm, peer, Path(folder), load_server_set(folder, need_key=True), workers, chunk,
                        show_progress, budget, max_key_age_s)
-    if len(set(ids)) != len(ids):
+    if not all_distinct(ids):
         raise InvalidInput("ids must be distinct: deduplicate first")
     return _client(comm, peer, Path(folder), ids, workers, chunk, show_progress)
 
