@@ -278,7 +278,7 @@ class Tamper:
     ("rr22.okvs", lambda a: a[:-1], 0, "the OKVS should be"),  # an OKVS of the wrong size
     ("rr22.okvs", lambda a: np.concatenate([a, a[:5]]), 0, "the OKVS should be"),
     ("rr22.okvs", lambda a: a.view(np.uint64), 0, "the OKVS should be"),
-    ("rr22.attempt", lambda a: np.zeros((BASE, 3), dtype=np.uint8), 1, "IKNP correction"),
+    ("rr22.vole", lambda a: np.zeros((BASE, 3), dtype=np.uint8), 0, "IKNP correction"),
     ("rr22.attempt", lambda a: np.array([99], dtype=np.uint64), 0, "attempt"),
 ])
 def test_sender_refuses_a_malformed_receiver_and_both_stop(label: str, change: Callable[[np.ndarray], np.ndarray],

@@ -51,6 +51,7 @@ from veilpay.crypto.points import InvalidPointError
 from veilpay.errors import InvalidInput, InvalidPoint, OkvsFailure, ProtocolMismatch
 from veilpay.host import keep_freed_memory
 from veilpay.net import Communicator
+from veilpay.packed import PackedIds
 from veilpay.progress import progress
 from veilpay.psi.ecdh import REVEAL, PsiResult, match_sorted, spans
 from veilpay.psi.kkrt import _item_words, _lookup_keys, _members, _value_order, oprf_bytes
@@ -215,7 +216,7 @@ def rr22_psi(
             raise InvalidPoint(peer, f"base OT {exc.index}: small-order key") from exc
         keys = _Keys(nonce, nonce_peer)
         items = id_prf(keys.id_key, ids)
-        _distinct(items)
+        _distinct(ids, items)
         if not len(ids) or not n_peer:
             return PsiResult(np.zeros(0, dtype=np.int64), 0, n_peer)
         return _receiver(comm, peer, keys, items, n_peer, k0, k1, reveal, stat_sec, peer_chunk, show_progress)
@@ -230,17 +231,19 @@ def rr22_psi(
         raise InvalidPoint(peer, "small-order base OT sender key") from exc
     keys = _Keys(nonce_peer, nonce)
     items = id_prf(keys.id_key, ids)
-    _distinct(items)
+    _distinct(ids, items)
     if not len(ids) or not n_peer:
         return PsiResult(np.zeros(0, dtype=np.int64) if reveal == "both" else None,
                          0 if reveal == "both" else -1, n_peer)
     return _sender(comm, peer, keys, items, n_peer, ks, s_bits, reveal, stat_sec, chunk, show_progress)
 
 
-def _distinct(items: np.ndarray) -> None:
-    """Distinct ids give distinct items (the PRF collides with probability n^2 / 2^128);
-    a repeated id would be two equal OKVS equations, so it is refused here, on the
-    items, with one sort of their first words."""
+def _distinct(ids: Sequence[bytes], items: np.ndarray) -> None:
+    """Distinct ids give distinct items (the PRF collides with probability n^2 / 2^128).
+    Ids that `veilpay.psi.data` deduplicated are taken as they are; a caller's own list
+    is checked on the items, with one sort of their first words."""
+    if isinstance(ids, PackedIds) and ids.distinct:
+        return
     high, low = _item_words(items)
     order = _value_order(high, low)
     h, lo = high[order], low[order]
