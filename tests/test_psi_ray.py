@@ -264,3 +264,124 @@ def test_each_run_buckets_under_a_fresh_key_the_parties_share(ray_runtime: Any, 
     assert sorted(where0) == sorted(where1) == list(range(1500))
     assert sum(where0[r] != where1[r] for r in where0) > 500  # about two thirds move under a fresh key
     assert not set(items0.values()) & set(items1.values())
+
+
+class _FakeRay:
+    """What `_slot_nodes` reads of Ray: the driver's node and the cluster's nodes."""
+
+    def __init__(self, here: str, nodes: list[dict[str, Any]]) -> None:
+        self.here, self._nodes = here, nodes
+
+    def get_runtime_context(self) -> Any:
+        return type("Ctx", (), {"get_node_id": lambda _self: self.here})()
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return self._nodes
+
+
+def _node(node_id: str, address: str, cpus: float, alive: bool = True, memory_gib: float = 8) -> dict[str, Any]:
+    return {"NodeID": node_id, "NodeManagerAddress": address, "Alive": alive,
+            "Resources": {"CPU": cpus, "memory": memory_gib * 2**30} if cpus else {"memory": memory_gib * 2**30}}
+
+
+def test_slots_spread_over_the_nodes_by_cpu() -> None:
+    """The driver's node takes slot 0 and keeps the network file's host; the other
+    nodes take slots in proportion to their CPUs under their own addresses; a dead
+    node, one without a CPU (a head with --num-cpus 0) or without a worker's memory
+    takes none."""
+    from veilpay.errors import ConfigError
+    from veilpay.psi.partitioned import _slot_nodes
+
+    ray = _FakeRay("b", [_node("a", "10.0.0.1", 4), _node("b", "10.0.0.2", 2), _node("c", "10.0.0.3", 2),
+                         _node("d", "10.0.0.4", 8, alive=False), _node("e", "10.0.0.5", 0),
+                         _node("f", "10.0.0.6", 8, memory_gib=0.5)])
+    slots = _slot_nodes(ray, 8, "psi.example.com", 1024)
+    assert slots[:4] == [("b", "psi.example.com"), ("a", "10.0.0.1"), ("c", "10.0.0.3"), ("a", "10.0.0.1")]
+    assert [n for n, _ in slots].count("a") == 4 and {n for n, _ in slots} == {"a", "b", "c"}
+    # a driver outside the cluster's nodes (a Ray client): every slot on a node address
+    assert {h for _, h in _slot_nodes(_FakeRay("z", ray.nodes()), 3, "psi.example.com", 1024)} == {
+        "10.0.0.1", "10.0.0.2", "10.0.0.3"}
+    with pytest.raises(ConfigError, match="no alive Ray node"):
+        _slot_nodes(ray, 2, "h", 16 * 1024)
+
+
+def test_a_peer_of_the_previous_partition_version_is_named_at_both_ends(tmp_path: Path) -> None:
+    """Version 1 sent no worker hosts: its driver reads the head and key alone, so both
+    ends see the other's version and neither waits for a message that never comes."""
+    import numpy as np
+
+    from veilpay.errors import ProtocolMismatch
+    from veilpay.psi.partitioned import PARTITION_VERSION, _agree_partitions
+
+    mesh = local_mesh(["r", "s"], timeout=10)
+    out: dict[str, Any] = {}
+
+    def old_sender() -> None:
+        head = np.array([1, 0, 1, 1, 0, 28000, 2], dtype=np.uint64)
+        got = mesh["s"].exchange("psi.partitions", {"r": [head, np.zeros(32, np.uint8)]}, {"r": 2})["r"]
+        out["s"] = int(got[0][0])
+
+    t = threading.Thread(target=old_sender)
+    t.start()
+    with pytest.raises(ProtocolMismatch, match="version 1, we speak 2"):
+        _agree_partitions(mesh["r"], "s", "receiver", tmp_path / "run", None, 1, ["127.0.0.1"], 27000, 2)
+    t.join(timeout=10)
+    assert out["s"] == PARTITION_VERSION == 2
+    for c in mesh.values():
+        c.close()
+
+
+@pytest.fixture
+def ray_tmpdir() -> Iterator[str]:
+    """A short Ray temp folder of the test's own (Ray's sockets live in it, and Ray
+    records there the last cluster it started): removed at the end."""
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="vp-ray-", dir="/tmp")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.tcp
+def test_each_party_spreads_its_workers_over_its_multi_node_cluster(tmp_path: Path, ray_tmpdir: str) -> None:
+    """Each party on its own two-node Ray cluster (`ray.cluster_utils.Cluster`, one
+    process per party, nodes on loopback addresses of their own): slot 0 runs on the
+    driver's node and listens on the network file's host, slot 1 is pinned to the
+    other node and listens on that node's address, and the peer's workers connect to
+    the host each slot was announced on."""
+    pytest.importorskip("ray")
+    import json
+    import os
+    import subprocess
+
+    net = provision_network(tmp_path / "net", ["r", "s"], base_port=27500)
+    x, y = _sets(700, 600, 0.5, 17)
+    xp = _csv(tmp_path / "x.csv", ["id", "n"], [[v, str(i)] for i, v in enumerate(x)])
+    yp = _csv(tmp_path / "y.csv", ["id"], [[v] for v in y])
+    helper = str(Path(__file__).parent / "ray_cluster_party.py")
+    psi = ["psi", "--network", str(net), "--key", "id", "--timeout", "120", "--partitions", "4", "--reveal", "both"]
+    parties = {"r": ("127.0.0.2", "127.0.0.3", ["--role", "receiver", "--input", str(xp)]),
+               "s": ("127.0.0.4", "127.0.0.5", ["--role", "sender", "--input", str(yp)])}
+    procs = {}
+    for p, (head, node, args) in parties.items():
+        env = {**os.environ, "RAY_TMPDIR": os.path.join(ray_tmpdir, p)}
+        procs[p] = subprocess.Popen([sys.executable, helper, head, node, "--", *psi, *args, "--party", p,
+                                     "--output", str(tmp_path / f"{p}.csv")],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        outs = {p: proc.communicate(timeout=240) for p, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+    assert [procs[p].returncode for p in "rs"] == [0, 0], {p: o[1][-3000:] for p, o in outs.items()}
+    r, s = (json.loads(outs[p][0].splitlines()[-1]) for p in "rs")
+    assert r["workers"] == s["workers"] == 2 and r["worker_nodes"] == s["worker_nodes"] == 2
+    assert r["worker_hosts"] == s["peer_worker_hosts"] == ["127.0.0.1", "127.0.0.3"]
+    assert s["worker_hosts"] == r["peer_worker_hosts"] == ["127.0.0.1", "127.0.0.5"]
+    common = set(x) & set(y)
+    assert r["intersection_size"] == s["intersection_size"] == len(common)
+    assert _rows(tmp_path / "r.csv") == [f"{v},{i}" for i, v in enumerate(x) if v in common]
+    assert _rows(tmp_path / "s.csv") == [v for v in y if v in common]
