@@ -2,10 +2,13 @@
 threads over an in-memory driver link, their partition workers on one local Ray
 instance shared by the whole test session, worker to worker over TCP + mutual TLS.
 Checked against plain set intersection; a killed worker, a failed partition, a
-resumed run and parties that bucket differently."""
+resumed run and parties that bucket differently. Marked tcp, parties as processes:
+each on its own two-node Ray cluster (`ray_cluster_party.py`), and a killed driver
+run again."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 import threading
@@ -385,3 +388,81 @@ def test_each_party_spreads_its_workers_over_its_multi_node_cluster(tmp_path: Pa
     assert r["intersection_size"] == s["intersection_size"] == len(common)
     assert _rows(tmp_path / "r.csv") == [f"{v},{i}" for i, v in enumerate(x) if v in common]
     assert _rows(tmp_path / "s.csv") == [v for v in y if v in common]
+
+
+@pytest.mark.tcp
+def test_a_killed_driver_is_run_again_and_skips_the_finished_partitions(tmp_path: Path, ray_tmpdir: str) -> None:
+    """Both parties as processes with --run-dir, each on its own local Ray; the
+    receiver's driver is killed (SIGKILL) once it has recorded a finished partition.
+    The other party's workers would only give up after their retries' connect
+    timeouts, so it is stopped too, once it has recorded what the dead driver had.
+    Both run again with the same folders: the partitions finished at both are kept
+    (their records and results untouched), the rest are run, and the output is the
+    plain intersection."""
+    pytest.importorskip("ray")
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    net = provision_network(tmp_path / "net", ["r", "s"], base_port=27600)
+    x, y = _sets(4000, 4000, 0.5, 19)
+    xp = _csv(tmp_path / "x.csv", ["id"], [[v] for v in x])
+    yp = _csv(tmp_path / "y.csv", ["id"], [[v] for v in y])
+    base = [sys.executable, "-m", "veilpay.cli.main", "psi", "--network", str(net), "--key", "id", "--timeout", "60",
+            "--ray-address", "local", "--partitions", "8", "--workers", "1"]
+    args = {"r": ["--role", "receiver", "--party", "r", "--input", str(xp), "--output", str(tmp_path / "o.csv")],
+            "s": ["--role", "sender", "--party", "s", "--input", str(yp)]}
+    done = {p: tmp_path / f"run-{p}" / "done" for p in "rs"}
+
+    def start(p: str) -> subprocess.Popen[str]:
+        # a session of its own: the party's local Ray lives in its process group, and
+        # outlives a driver killed alone
+        return subprocess.Popen(base + args[p] + ["--run-dir", str(tmp_path / f"run-{p}")], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                env={**os.environ, "RAY_TMPDIR": os.path.join(ray_tmpdir, p)})
+
+    def finished(p: str) -> set[str]:
+        return {f.stem for f in done[p].glob("*.json")} if done[p].exists() else set()
+
+    def wait_for(what: str, check: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not within {timeout:g} s")
+            time.sleep(0.02)
+
+    procs = {p: start(p) for p in "rs"}
+    try:
+        wait_for("a finished partition at the receiver", lambda: finished("r") or procs["r"].poll() is not None, 120)
+        os.kill(procs["r"].pid, signal.SIGKILL)  # the driver alone: its Ray and workers live on
+        assert procs["r"].wait(timeout=30) == -signal.SIGKILL
+        killed_at = finished("r")
+        assert 1 <= len(killed_at) < 8 and not (tmp_path / "o.csv").exists()
+        wait_for("the sender's records of those partitions", lambda: killed_at <= finished("s"), 60)
+    finally:
+        for proc in procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray
+            proc.communicate(timeout=30)
+    both = finished("r") & finished("s")
+    kept = {f: f.stat().st_mtime_ns for p in "rs" for i in both for f in done[p].glob(f"{i}.*")}
+    assert len(kept) == 3 * len(both)  # the receiver's rows and both sides' records
+
+    procs = {p: start(p) for p in "rs"}
+    try:
+        outs = {p: proc.communicate(timeout=180) for p, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # Ray's processes the driver left behind, if any
+            if proc.poll() is None:
+                proc.communicate(timeout=30)
+    assert [procs[p].returncode for p in "rs"] == [0, 0], {p: o[1][-3000:] for p, o in outs.items()}
+    r, s = (json.loads(outs[p][0].splitlines()[-1]) for p in "rs")
+    assert r["partitions_resumed"] == s["partitions_resumed"] == len(both)
+    assert {f: f.stat().st_mtime_ns for f in kept} == kept  # skipped, not run again
+    assert finished("r") == finished("s") == {f"{i:05d}" for i in range(8)}
+    assert r["intersection_size"] == len(set(x) & set(y))
+    assert _rows(tmp_path / "o.csv") == [v for v in x if v in set(y)]
