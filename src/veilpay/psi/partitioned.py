@@ -522,7 +522,9 @@ def run_partitioned(
     ``comm`` is the driver link to ``peer``; the workers open their own links with the
     identities of ``network`` (the network file, readable at the same path by every
     worker), on ports ``worker_port_base`` + s * (the network's party count) for slot s
-    (default base: this party's port + 1000).
+    (default base: this party's port + 1000). Slots spread over the cluster's nodes; a
+    worker listens on the network file's host on the driver's node, on its node's
+    address elsewhere, and the peer is told each slot's host.
 
     ``partitions``: P, the same at both parties when given (PartitionMismatch at both
     otherwise); default: enough that a partition fits ``memory_mib`` (the larger of
