@@ -2,10 +2,13 @@
 threads over an in-memory driver link, their partition workers on one local Ray
 instance shared by the whole test session, worker to worker over TCP + mutual TLS.
 Checked against plain set intersection; a killed worker, a failed partition, a
-resumed run and parties that bucket differently."""
+resumed run and parties that bucket differently. Marked tcp, parties as processes:
+each on its own two-node Ray cluster (`ray_cluster_party.py`), and a killed driver
+run again."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 import threading
@@ -264,3 +267,202 @@ def test_each_run_buckets_under_a_fresh_key_the_parties_share(ray_runtime: Any, 
     assert sorted(where0) == sorted(where1) == list(range(1500))
     assert sum(where0[r] != where1[r] for r in where0) > 500  # about two thirds move under a fresh key
     assert not set(items0.values()) & set(items1.values())
+
+
+class _FakeRay:
+    """What `_slot_nodes` reads of Ray: the driver's node and the cluster's nodes."""
+
+    def __init__(self, here: str, nodes: list[dict[str, Any]]) -> None:
+        self.here, self._nodes = here, nodes
+
+    def get_runtime_context(self) -> Any:
+        return type("Ctx", (), {"get_node_id": lambda _self: self.here})()
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return self._nodes
+
+
+def _node(node_id: str, address: str, cpus: float, alive: bool = True, memory_gib: float = 8) -> dict[str, Any]:
+    return {"NodeID": node_id, "NodeManagerAddress": address, "Alive": alive,
+            "Resources": {"CPU": cpus, "memory": memory_gib * 2**30} if cpus else {"memory": memory_gib * 2**30}}
+
+
+def test_slots_spread_over_the_nodes_by_cpu() -> None:
+    """The driver's node takes slot 0 and keeps the network file's host; the other
+    nodes take slots in proportion to their CPUs under their own addresses; a dead
+    node, one without a CPU (a head with --num-cpus 0) or without a worker's memory
+    takes none."""
+    from veilpay.errors import ConfigError
+    from veilpay.psi.partitioned import _slot_nodes
+
+    ray = _FakeRay("b", [_node("a", "10.0.0.1", 4), _node("b", "10.0.0.2", 2), _node("c", "10.0.0.3", 2),
+                         _node("d", "10.0.0.4", 8, alive=False), _node("e", "10.0.0.5", 0),
+                         _node("f", "10.0.0.6", 8, memory_gib=0.5)])
+    slots = _slot_nodes(ray, 8, "psi.example.com", 1024)
+    assert slots[:4] == [("b", "psi.example.com"), ("a", "10.0.0.1"), ("c", "10.0.0.3"), ("a", "10.0.0.1")]
+    assert [n for n, _ in slots].count("a") == 4 and {n for n, _ in slots} == {"a", "b", "c"}
+    # a driver outside the cluster's nodes (a Ray client): every slot on a node address
+    assert {h for _, h in _slot_nodes(_FakeRay("z", ray.nodes()), 3, "psi.example.com", 1024)} == {
+        "10.0.0.1", "10.0.0.2", "10.0.0.3"}
+    with pytest.raises(ConfigError, match="no alive Ray node"):
+        _slot_nodes(ray, 2, "h", 16 * 1024)
+
+
+def test_a_peer_of_the_previous_partition_version_is_named_at_both_ends(tmp_path: Path) -> None:
+    """Version 1 sent no worker hosts: its driver reads the head and key alone, so both
+    ends see the other's version and neither waits for a message that never comes."""
+    import numpy as np
+
+    from veilpay.errors import ProtocolMismatch
+    from veilpay.psi.partitioned import PARTITION_VERSION, _agree_partitions
+
+    mesh = local_mesh(["r", "s"], timeout=10)
+    out: dict[str, Any] = {}
+
+    def old_sender() -> None:
+        head = np.array([1, 0, 1, 1, 0, 28000, 2], dtype=np.uint64)
+        got = mesh["s"].exchange("psi.partitions", {"r": [head, np.zeros(32, np.uint8)]}, {"r": 2})["r"]
+        out["s"] = int(got[0][0])
+
+    t = threading.Thread(target=old_sender)
+    t.start()
+    with pytest.raises(ProtocolMismatch, match="version 1, we speak 2"):
+        _agree_partitions(mesh["r"], "s", "receiver", tmp_path / "run", None, 1, ["127.0.0.1"], 27000, 2)
+    t.join(timeout=10)
+    assert out["s"] == PARTITION_VERSION == 2
+    for c in mesh.values():
+        c.close()
+
+
+@pytest.fixture
+def ray_tmpdir() -> Iterator[str]:
+    """A short Ray temp folder of the test's own (Ray's sockets live in it, and Ray
+    records there the last cluster it started): removed at the end."""
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="vp-ray-", dir="/tmp")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.tcp
+def test_each_party_spreads_its_workers_over_its_multi_node_cluster(tmp_path: Path, ray_tmpdir: str) -> None:
+    """Each party on its own two-node Ray cluster (`ray.cluster_utils.Cluster`, one
+    process per party, nodes on loopback addresses of their own): slot 0 runs on the
+    driver's node and listens on the network file's host, slot 1 is pinned to the
+    other node and listens on that node's address, and the peer's workers connect to
+    the host each slot was announced on."""
+    pytest.importorskip("ray")
+    import json
+    import os
+    import subprocess
+
+    net = provision_network(tmp_path / "net", ["r", "s"], base_port=27500)
+    x, y = _sets(700, 600, 0.5, 17)
+    xp = _csv(tmp_path / "x.csv", ["id", "n"], [[v, str(i)] for i, v in enumerate(x)])
+    yp = _csv(tmp_path / "y.csv", ["id"], [[v] for v in y])
+    helper = str(Path(__file__).parent / "ray_cluster_party.py")
+    psi = ["psi", "--network", str(net), "--key", "id", "--timeout", "120", "--partitions", "4", "--reveal", "both"]
+    parties = {"r": ("127.0.0.2", "127.0.0.3", ["--role", "receiver", "--input", str(xp)]),
+               "s": ("127.0.0.4", "127.0.0.5", ["--role", "sender", "--input", str(yp)])}
+    procs = {}
+    for p, (head, node, args) in parties.items():
+        env = {**os.environ, "RAY_TMPDIR": os.path.join(ray_tmpdir, p)}
+        procs[p] = subprocess.Popen([sys.executable, helper, head, node, "--", *psi, *args, "--party", p,
+                                     "--output", str(tmp_path / f"{p}.csv")],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        outs = {p: proc.communicate(timeout=240) for p, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+    assert [procs[p].returncode for p in "rs"] == [0, 0], {p: o[1][-3000:] for p, o in outs.items()}
+    r, s = (json.loads(outs[p][0].splitlines()[-1]) for p in "rs")
+    assert r["workers"] == s["workers"] == 2 and r["worker_nodes"] == s["worker_nodes"] == 2
+    assert r["worker_hosts"] == s["peer_worker_hosts"] == ["127.0.0.1", "127.0.0.3"]
+    assert s["worker_hosts"] == r["peer_worker_hosts"] == ["127.0.0.1", "127.0.0.5"]
+    common = set(x) & set(y)
+    assert r["intersection_size"] == s["intersection_size"] == len(common)
+    assert _rows(tmp_path / "r.csv") == [f"{v},{i}" for i, v in enumerate(x) if v in common]
+    assert _rows(tmp_path / "s.csv") == [v for v in y if v in common]
+
+
+@pytest.mark.tcp
+def test_a_killed_driver_is_run_again_and_skips_the_finished_partitions(tmp_path: Path, ray_tmpdir: str) -> None:
+    """Both parties as processes with --run-dir, each on its own local Ray; the
+    receiver's driver is killed (SIGKILL) once it has recorded a finished partition.
+    The other party's workers would only give up after their retries' connect
+    timeouts, so it is stopped too, once it has recorded what the dead driver had.
+    Both run again with the same folders: the partitions finished at both are kept
+    (their records and results untouched), the rest are run, and the output is the
+    plain intersection."""
+    pytest.importorskip("ray")
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    net = provision_network(tmp_path / "net", ["r", "s"], base_port=27600)
+    x, y = _sets(4000, 4000, 0.5, 19)
+    xp = _csv(tmp_path / "x.csv", ["id"], [[v] for v in x])
+    yp = _csv(tmp_path / "y.csv", ["id"], [[v] for v in y])
+    base = [sys.executable, "-m", "veilpay.cli.main", "psi", "--network", str(net), "--key", "id", "--timeout", "60",
+            "--ray-address", "local", "--partitions", "8", "--workers", "1"]
+    args = {"r": ["--role", "receiver", "--party", "r", "--input", str(xp), "--output", str(tmp_path / "o.csv")],
+            "s": ["--role", "sender", "--party", "s", "--input", str(yp)]}
+    done = {p: tmp_path / f"run-{p}" / "done" for p in "rs"}
+
+    def start(p: str) -> subprocess.Popen[str]:
+        # a session of its own: the party's local Ray lives in its process group, and
+        # outlives a driver killed alone
+        return subprocess.Popen(base + args[p] + ["--run-dir", str(tmp_path / f"run-{p}")], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                env={**os.environ, "RAY_TMPDIR": os.path.join(ray_tmpdir, p)})
+
+    def finished(p: str) -> set[str]:
+        return {f.stem for f in done[p].glob("*.json")} if done[p].exists() else set()
+
+    def wait_for(what: str, check: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not within {timeout:g} s")
+            time.sleep(0.02)
+
+    procs = {p: start(p) for p in "rs"}
+    try:
+        wait_for("a finished partition at the receiver", lambda: finished("r") or procs["r"].poll() is not None, 120)
+        os.kill(procs["r"].pid, signal.SIGKILL)  # the driver alone: its Ray and workers live on
+        assert procs["r"].wait(timeout=30) == -signal.SIGKILL
+        killed_at = finished("r")
+        assert 1 <= len(killed_at) < 8 and not (tmp_path / "o.csv").exists()
+        wait_for("the sender's records of those partitions", lambda: killed_at <= finished("s"), 60)
+    finally:
+        for proc in procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray
+            proc.communicate(timeout=30)
+    both = finished("r") & finished("s")
+    kept = {f: f.stat().st_mtime_ns for p in "rs" for i in both for f in done[p].glob(f"{i}.*")}
+    assert len(kept) == 3 * len(both)  # the receiver's rows and both sides' records
+
+    procs = {p: start(p) for p in "rs"}
+    try:
+        outs = {p: proc.communicate(timeout=180) for p, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # Ray's processes the driver left behind, if any
+            if proc.poll() is None:
+                proc.communicate(timeout=30)
+    assert [procs[p].returncode for p in "rs"] == [0, 0], {p: o[1][-3000:] for p, o in outs.items()}
+    r, s = (json.loads(outs[p][0].splitlines()[-1]) for p in "rs")
+    assert r["partitions_resumed"] == s["partitions_resumed"] == len(both)
+    assert {f: f.stat().st_mtime_ns for f in kept} == kept  # skipped, not run again
+    assert finished("r") == finished("s") == {f"{i:05d}" for i in range(8)}
+    assert r["intersection_size"] == len(set(x) & set(y))
+    assert _rows(tmp_path / "o.csv") == [v for v in x if v in set(y)]

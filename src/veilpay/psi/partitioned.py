@@ -7,7 +7,8 @@ only this party's own task arguments and results, never a byte to or from the pe
     R <-> S  (driver link) the run's terms (`veilpay.psi.terms`)
     R <-> S  (driver link) partition terms: version, P asked and proposed, workers,
              resume flag, worker port base and stride; then 32 bytes: a fresh nonce,
-             or, resuming, a check value of the stored partition key
+             or, resuming, a check value of the stored partition key; then the host
+             each worker slot listens on (slots spread over the cluster's nodes)
     R, S     partition key K = HKDF(nonce_R || nonce_S); item(id) = CBC-MAC_K(id)
              (`veilpay.crypto.ot.id_prf`), partition = item mod P; a streaming pass
              writes (item, row) records to one file per partition
@@ -20,7 +21,8 @@ only this party's own task arguments and results, never a byte to or from the pe
 What each side learns beyond the single-process protocol: the other's largest
 partition size (every partition is padded to it, so the sizes of single partitions
 are hidden), the partition count it proposed (about its row count over a partition's
-capacity), and its worker count. See docs/psi.md.
+capacity), its worker count and the hosts and ports its workers listen on. See
+docs/psi.md.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import resource
 import secrets
 import shutil
@@ -63,7 +66,7 @@ from veilpay.psi.terms import agree
 __all__ = ["DEFAULT_MEMORY_MIB", "PARTITION_VERSION", "choose_partitions", "ray_init", "ray_shutdown",
            "run_partitioned"]
 
-PARTITION_VERSION = 1
+PARTITION_VERSION = 2  # 2: each worker slot's host in the partition terms
 DEFAULT_MEMORY_MIB = 1024
 # A worker's fixed cost (the Ray worker process with numpy and veilpay imported) and
 # its cost per id of a KKRT partition, both measured (bench/psi.py --ray): the sizes
@@ -75,6 +78,7 @@ RECORD = np.dtype([("item", "V16"), ("row", "<i8")])
 _ITEM = 16
 _DUMMY = b"\x00"  # a dummy is 17 bytes, a real item 16: no dummy equals a real item
 _LABEL = "psi.partitions"
+_HOST = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")  # a host name or an IPv4/IPv6 address, nothing else
 _DONE_FIELDS = ("bucket_sha256", "result_sha256", "distinct", "duplicates", "matched", "peer_size")
 
 
@@ -130,7 +134,9 @@ class PartitionJob:
     me: str
     peer: str
     network: str
+    my_host: str
     my_port: int
+    peer_host: str
     peer_port: int
     session: bytes
     bucket: str
@@ -180,6 +186,15 @@ def _first_occurrences(items: np.ndarray) -> np.ndarray:
     return np.sort(np.concatenate([order[~runs], tied[first]]))
 
 
+def _node_id() -> str:
+    """The Ray node this worker runs on (empty outside Ray)."""
+    try:
+        import ray
+    except ImportError:
+        return ""
+    return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else ""
+
+
 def _run_partition(job: PartitionJob, t0: float) -> dict[str, Any]:
     data = np.fromfile(job.bucket, dtype=RECORD)
     bucket_digest = sha256(data.tobytes()).hex()
@@ -194,9 +209,11 @@ def _run_partition(job: PartitionJob, t0: float) -> dict[str, Any]:
     del raw
     ids += [_DUMMY + secrets.token_bytes(_ITEM) for _ in range(job.pad_to - n)]
     network = load_network(job.network)
+    # this slot's node address (or the network file's host on the driver's node) and
+    # the peer's for the same slot, from the partition terms
     view = replace(network, parties={
-        job.me: replace(network.parties[job.me], port=job.my_port),
-        job.peer: replace(network.parties[job.peer], port=job.peer_port),
+        job.me: replace(network.parties[job.me], host=job.my_host, port=job.my_port),
+        job.peer: replace(network.parties[job.peer], host=job.peer_host, port=job.peer_port),
     })
     comm = connect_mesh(view, job.me, job.session, timeout=job.timeout, connect_timeout=job.connect_timeout,
                         parties=sorted([job.me, job.peer]))
@@ -222,7 +239,7 @@ def _run_partition(job: PartitionJob, t0: float) -> dict[str, Any]:
         sent, recv = comm.total().bytes_sent, comm.total().bytes_recv
     finally:
         comm.close()
-    return {"index": job.index, "pid": os.getpid(), "rss_mib": _rss_mib(), "distinct": n,
+    return {"index": job.index, "pid": os.getpid(), "node": _node_id(), "rss_mib": _rss_mib(), "distinct": n,
             "duplicates": total - n,
             "matched": matched, "peer_size": res.peer_size, "bytes_sent": sent, "bytes_received": recv,
             "seconds": round(time.perf_counter() - t0, 3), "bucket_sha256": bucket_digest,
@@ -235,7 +252,9 @@ class _Plan:
     partitions: int
     workers: int
     key: bytes
+    my_hosts: list[str]
     my_ports: list[int]
+    peer_hosts: list[str]
     peer_ports: list[int]
     resumed: bool
 
@@ -244,10 +263,52 @@ def _key_check(key: bytes) -> bytes:
     return derive_seed(key, "psi/partition/key-check")
 
 
+def _slot_nodes(ray: Any, workers: int, home: str, memory_mib: int) -> list[tuple[str, str]]:
+    """(Ray node id, listening host) of each of ``workers`` slots. Slots go to the
+    alive nodes with a CPU and ``memory_mib`` of memory, in proportion to their CPUs
+    (each next slot to the node with the fewest slots per CPU, the driver's node
+    first). A worker on the driver's node listens on ``home``, the network file's host
+    (the address the peer reaches the driver at); one on another node on that node's
+    own address. ConfigError where no node can run a partition."""
+    here = str(ray.get_runtime_context().get_node_id())
+    nodes = sorted((n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1
+                    and n["Resources"].get("memory", 0) >= memory_mib << 20),
+                   key=lambda n: (n["NodeID"] != here, n["NodeManagerAddress"], n["NodeID"]))
+    if not nodes:
+        raise ConfigError(f"no alive Ray node has a CPU and {memory_mib} MiB for a partition's worker")
+    cpus = [float(n["Resources"]["CPU"]) for n in nodes]
+    taken = [0] * len(nodes)
+    out = []
+    for _ in range(workers):
+        k = min(range(len(nodes)), key=lambda k: (taken[k] / cpus[k], k))
+        taken[k] += 1
+        node = nodes[k]
+        out.append((str(node["NodeID"]), home if node["NodeID"] == here else str(node["NodeManagerAddress"])))
+    return out
+
+
+def _hosts_message(hosts: Sequence[str]) -> np.ndarray:
+    return np.frombuffer("\n".join(hosts).encode("ascii"), dtype=np.uint8)
+
+
+def _parse_hosts(peer: str, msg: np.ndarray, slots: int) -> list[str]:
+    """The peer's host per worker slot: ``slots`` lines of a host name or address."""
+    if msg.dtype != np.uint8 or msg.ndim != 1:
+        raise ProtocolMismatch(peer, "worker hosts of the wrong type or shape")
+    try:
+        hosts = msg.tobytes().decode("ascii").split("\n")
+    except UnicodeDecodeError as exc:
+        raise ProtocolMismatch(peer, "worker hosts that are not ASCII") from exc
+    if len(hosts) != slots or not all(_HOST.match(h) for h in hosts):
+        raise ProtocolMismatch(peer, f"worker hosts: {len(hosts)} where {slots} slots were announced, or not hosts")
+    return hosts
+
+
 def _agree_partitions(comm: Communicator, peer: str, role: str, run_dir: Path, asked: int | None, proposed: int,
-                      workers: int, port_base: int, port_stride: int) -> _Plan:
-    """Agree P, the worker count, the partition key and the worker ports with the peer.
-    PartitionMismatch at both ends where they cannot agree."""
+                      hosts: Sequence[str], port_base: int, port_stride: int) -> _Plan:
+    """Agree P, the worker count, the partition key and the workers' hosts and ports
+    with the peer (``hosts``: this party's host per worker slot). PartitionMismatch at
+    both ends where they cannot agree."""
     stored = run_dir / "run.json"
     resume = stored.exists()
     key = b""
@@ -263,23 +324,37 @@ def _agree_partitions(comm: Communicator, peer: str, role: str, run_dir: Path, a
     else:
         nonce = random_seed()
         mine_key = nonce
+    workers = len(hosts)
     head = np.array([PARTITION_VERSION, asked or 0, proposed, workers, int(resume), port_base, port_stride],
                     dtype=np.uint64)
     try:
-        got = comm.exchange(_LABEL, {peer: [head, np.frombuffer(mine_key, dtype=np.uint8)]}, {peer: 2})[peer]
+        # the hosts go out in the same round but are read only once the version is
+        # known to match: a peer of another version reads the head and key alone, and
+        # both ends name the mismatch
+        got = comm.exchange(_LABEL, {peer: [head, np.frombuffer(mine_key, dtype=np.uint8), _hosts_message(hosts)]},
+                            {peer: 2})[peer]
     except ProtocolMismatch:
         raise
     except WireFormatError as exc:
         raise ProtocolMismatch(peer, f"no partition terms from the peer: {exc}") from exc
     theirs, their_key = got
-    if theirs.dtype != np.uint64 or theirs.shape != head.shape or their_key.dtype != np.uint8 or their_key.size != 32:
+    if theirs.dtype != np.uint64 or theirs.ndim != 1 or not theirs.size:
         raise ProtocolMismatch(peer, "partition terms of the wrong type or shape")
-    version, p_asked, p_proposed, p_workers, p_resume, p_base, p_stride = (int(v) for v in theirs)
-    if version != PARTITION_VERSION:
-        raise ProtocolMismatch(peer, f"peer speaks partition terms version {version}, we speak {PARTITION_VERSION}")
-    if not (1 <= p_proposed <= MAX_PARTITIONS and p_asked <= MAX_PARTITIONS and p_workers >= 1
+    if int(theirs[0]) != PARTITION_VERSION:
+        raise ProtocolMismatch(peer, f"peer speaks partition terms version {int(theirs[0])}, we speak "
+                                     f"{PARTITION_VERSION}")
+    if theirs.shape != head.shape or their_key.dtype != np.uint8 or their_key.size != 32:
+        raise ProtocolMismatch(peer, "partition terms of the wrong type or shape")
+    _, p_asked, p_proposed, p_workers, p_resume, p_base, p_stride = (int(v) for v in theirs)
+    if not (1 <= p_proposed <= MAX_PARTITIONS and p_asked <= MAX_PARTITIONS and 1 <= p_workers <= MAX_PARTITIONS
             and 0 < p_base < 65536 and p_stride >= 1):
         raise ProtocolMismatch(peer, "partition terms out of range")
+    try:
+        p_hosts = _parse_hosts(peer, comm.collect(_LABEL, {peer: 1})[peer][0], p_workers)
+    except ProtocolMismatch:
+        raise
+    except WireFormatError as exc:
+        raise ProtocolMismatch(peer, f"no worker hosts from the peer: {exc}") from exc
     if resume != bool(p_resume):
         here, there = ("resumes a run", "starts afresh") if resume else ("starts afresh", "resumes a run")
         raise PartitionMismatch(peer, f"partition keys differ: this party {here}, the peer {there}")
@@ -302,7 +377,7 @@ def _agree_partitions(comm: Communicator, peer: str, role: str, run_dir: Path, a
     peers = [p_base + s * p_stride for s in range(slots)]
     if max(mine + peers) >= 65536:
         raise InvalidInput("worker ports past 65535: lower the worker port base or the worker count")
-    return _Plan(partitions, slots, key, mine, peers, resume)
+    return _Plan(partitions, slots, key, list(hosts[:slots]), mine, p_hosts[:slots], peers, resume)
 
 
 def _bucket(path: Path, keys: Sequence[str], normalise: str, on_null: str, key: bytes, partitions: int,
@@ -358,15 +433,20 @@ def _ray_failure(exc: BaseException) -> str:
     return f"{type(what).__name__}: {text[0] if text else ''}"
 
 
-def _run_all(jobs: dict[int, PartitionJob], plan: _Plan, peer: str, retries: int, num_cpus: float,
-             memory_mib: int, show_progress: bool | None, done_folder: Path) -> tuple[list[dict[str, Any]], int]:
-    """Run the partitions: slot s runs partitions s, s + W, s + 2W, ... in order (the
-    peer runs the same ones in the same slots, so each pair meets on one port pair),
-    each retried up to ``retries`` times where it fails. PartitionFailed after that."""
+def _run_all(jobs: dict[int, PartitionJob], plan: _Plan, nodes: Sequence[str], peer: str, retries: int,
+             num_cpus: float, memory_mib: int, show_progress: bool | None,
+             done_folder: Path) -> tuple[list[dict[str, Any]], int]:
+    """Run the partitions: slot s runs partitions s, s + W, s + 2W, ... in order on
+    Ray node ``nodes[s]`` (the peer runs the same ones in the same slots, so each pair
+    meets on one host and port pair), each retried up to ``retries`` times where it
+    fails. PartitionFailed after that."""
     import ray
     import ray.exceptions
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     task = ray.remote(max_retries=0, num_cpus=num_cpus, memory=memory_mib << 20)(run_partition)
+    # pinned, not soft: the worker listens on its node's address, which the peer was told
+    pinned = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)) for n in nodes]
     queues = {s: [i for i in sorted(jobs) if i % plan.workers == s] for s in range(plan.workers)}
     attempts: dict[int, int] = {}
     running: dict[Any, tuple[int, int]] = {}
@@ -376,7 +456,7 @@ def _run_all(jobs: dict[int, PartitionJob], plan: _Plan, peer: str, retries: int
     def submit(slot: int) -> None:
         if queues[slot]:
             i = queues[slot][0]
-            running[task.remote(jobs[i])] = (slot, i)
+            running[pinned[slot].remote(jobs[i])] = (slot, i)
 
     for s in queues:
         submit(s)
@@ -442,7 +522,9 @@ def run_partitioned(
     ``comm`` is the driver link to ``peer``; the workers open their own links with the
     identities of ``network`` (the network file, readable at the same path by every
     worker), on ports ``worker_port_base`` + s * (the network's party count) for slot s
-    (default base: this party's port + 1000).
+    (default base: this party's port + 1000). Slots spread over the cluster's nodes; a
+    worker listens on the network file's host on the driver's node, on its node's
+    address elsewhere, and the peer is told each slot's host.
 
     ``partitions``: P, the same at both parties when given (PartitionMismatch at both
     otherwise); default: enough that a partition fits ``memory_mib`` (the larger of
@@ -470,7 +552,8 @@ def run_partitioned(
     stride = len(net.parties)
     base = worker_port_base or net.parties[comm.me].port + 1000
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    workers = workers or max(1, cpus)
+    workers = min(MAX_PARTITIONS, workers or max(1, cpus))
+    slot_nodes = _slot_nodes(ray, workers, net.parties[comm.me].host, memory_mib)
     path = Path(input_path)
     temp = run_dir is None
     folder = Path(tempfile.mkdtemp(prefix="veilpay-psi-")) if run_dir is None else Path(run_dir)
@@ -478,7 +561,8 @@ def run_partitioned(
     try:
         agree(comm, peer, terms)
         proposed = choose_partitions(_row_estimate(path), memory_mib)
-        plan = _agree_partitions(comm, peer, role, folder, partitions, proposed, workers, base, stride)
+        plan = _agree_partitions(comm, peer, role, folder, partitions, proposed, [h for _, h in slot_nodes], base,
+                                 stride)
         t_bucket = time.perf_counter()
         table, counts = _bucket(path, keys, normalise, on_null, plan.key, plan.partitions, folder / "buckets")
         cols = _output_columns(path, table.header, columns, sort_by)
@@ -492,8 +576,9 @@ def run_partitioned(
         learns = _learns("intersection", role, reveal)
         (folder / "done").mkdir(exist_ok=True)
         jobs = {i: PartitionJob(
-            i, role, comm.me, peer, str(Path(network).resolve()), plan.my_ports[i % plan.workers],
-            plan.peer_ports[i % plan.workers], derive_seed(plan.key, f"psi/partition/session/{i}")[:16],
+            i, role, comm.me, peer, str(Path(network).resolve()), plan.my_hosts[i % plan.workers],
+            plan.my_ports[i % plan.workers], plan.peer_hosts[i % plan.workers], plan.peer_ports[i % plan.workers],
+            derive_seed(plan.key, f"psi/partition/session/{i}")[:16],
             str(folder / "buckets" / f"{i:05d}.bin"), str(folder / "done" / f"{i:05d}.rows"), max(pad_to, 1),
             terms.protocol, reveal, learns, timeout, connect_timeout,
             str(folder / f"killed-{i}") if kill_worker_once == i else "")
@@ -501,7 +586,9 @@ def run_partitioned(
         for i in range(plan.partitions):
             if not done[i]:
                 (folder / "done" / f"{i:05d}.json").unlink(missing_ok=True)
-        results, retried = _run_all(jobs, plan, peer, retries, 1.0, memory_mib, show_progress, folder / "done")
+        nodes = [n for n, _ in slot_nodes[: plan.workers]]
+        results, retried = _run_all(jobs, plan, nodes, peer, retries, 1.0, memory_mib, show_progress,
+                                    folder / "done")
         finished = np.array([len(results) + int(done.sum())], dtype=np.uint64)
         theirs = comm.exchange("psi.partitions.end", {peer: [finished]}, {peer: 1})[peer][0]
         if theirs.shape != (1,) or int(theirs[0]) != plan.partitions or int(finished[0]) != plan.partitions:
@@ -514,6 +601,8 @@ def run_partitioned(
             "padded_to": pad_to, "peer_size": sum(m["peer_size"] for m in metas),
             "intersection_size": sum(m["matched"] for m in metas) if learns else None,
             "partitions_resumed": int(done.sum()), "retries": retried,
+            "worker_hosts": plan.my_hosts, "peer_worker_hosts": plan.peer_hosts,
+            "worker_nodes": len({r["node"] for r in results}),
             "bucket_seconds": round(bucket_s, 3),
             "bytes_sent": comm.total().bytes_sent + sum(r["bytes_sent"] for r in results),
             "bytes_received": comm.total().bytes_recv + sum(r["bytes_received"] for r in results),
