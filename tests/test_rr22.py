@@ -82,7 +82,7 @@ def test_known_answers_pin_the_public_derivations() -> None:
     params = vole_params(vec["n"])
     assert [params.t, params.depth] == vec["t_depth"]
     pub = _Public(bytes.fromhex(vec["joint"]), params)
-    assert pub.positions(0, 3).tolist() == vec["positions"]
+    assert pub.positions(0, 3).T.tolist() == vec["positions"]
     node = np.frombuffer(bytes.fromhex(vec["node"]), dtype=np.uint8).reshape(1, 1, 16)
     out = np.empty((1, 2, 16), dtype=np.uint8)
     pub.children(node, out)
@@ -145,12 +145,14 @@ def test_receiver_learns_every_leaf_but_the_punctured_one(monkeypatch: pytest.Mo
 
 
 def test_vole_parameters_meet_the_noise_and_rate_floor() -> None:
-    for n in (0, 1, 100, 10_000, 1_300_000, 40_000_000):
+    for n in (0, 1, 100, 10_000, 1_300_000, 40_000_000, (1 << 27) - 1):
         p = vole_params(n)
         assert p.t >= NOISE_WEIGHT and p.slots >= SCALER * n and p.depth >= 1
         assert p.slots < 2 * max(SCALER * n, 2 * NOISE_WEIGHT) + (1 << p.depth)  # not wastefully large
     with pytest.raises(InvalidInput):
         vole_params(-1)
+    with pytest.raises(InvalidInput, match="partition"):
+        vole_params(1 << 27)
 
 
 def test_vole_refuses_malformed_answers() -> None:

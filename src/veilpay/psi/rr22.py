@@ -136,8 +136,8 @@ def _values(keys: _Keys, decoded: np.ndarray, items: np.ndarray, size: int) -> n
 
 class _Lookup:
     """R's own values, ready for S's chunks: their 64-bit prefixes sorted, with the
-    start of each bucket of top bits, so that a probe costs a read or two rather than a
-    binary search."""
+    start of each bucket of top bits (about 4 buckets a value), so that a probe costs
+    one read, and a second only in the few buckets that hold more than one value."""
 
     def __init__(self, peer: str, own: np.ndarray, items: np.ndarray) -> None:
         keys = _lookup_keys(own)
@@ -151,11 +151,13 @@ class _Lookup:
             if bool((items[a] == items[b]).all(axis=1).any()):
                 raise InvalidInput("ids must be distinct: deduplicate first")
             self.exact = False  # match_sorted's exact fallback handles equal prefixes
-        bits = max(1, min(40, int(np.ceil(np.log2(max(2, len(keys))))) + 1))
+        bits = max(1, min(40, int(np.ceil(np.log2(max(2, len(keys))))) + 2))
         self.shift = np.uint64(64 - bits)
         counts = np.bincount((self.keys >> self.shift).astype(np.intp), minlength=1 << bits)
-        self.starts = np.zeros(len(counts) + 1, dtype=np.intp)
+        self.starts: np.ndarray = np.zeros(len(counts) + 1, dtype=np.int32 if len(keys) < 1 << 31 else np.int64)
         np.cumsum(counts, out=self.starts[1:])
+        self.padded = np.append(self.keys, np.uint64(0))  # a read one past the end is harmless
+        self.tail = _tail(own)[self.order] if own.shape[1] > 8 else None
 
     def find(self, theirs: np.ndarray) -> np.ndarray:
         """Positions in R's list of the values in ``theirs`` (any order)."""
@@ -163,23 +165,32 @@ class _Lookup:
             return match_sorted(theirs, self.own, self.keys, self.order)[1]
         probe = _lookup_keys(theirs)
         bucket = (probe >> self.shift).astype(np.intp)
-        idx = np.arange(len(probe))
-        cur, end = self.starts[bucket], self.starts[bucket + 1]
-        got_i: list[np.ndarray] = []
-        got_at: list[np.ndarray] = []
-        while True:
-            live = cur < end
-            idx, cur, end = idx[live], cur[live], end[live]
-            if not len(idx):
-                break
-            eq = self.keys[cur] == probe[idx]
-            got_i.append(idx[eq])
-            got_at.append(cur[eq])
-            idx, cur, end = idx[~eq], cur[~eq] + 1, end[~eq]
-        i = np.concatenate(got_i) if got_i else np.zeros(0, dtype=np.intp)
-        at = self.order[np.concatenate(got_at)] if got_at else np.zeros(0, dtype=np.intp)
-        same = (self.own[at] == theirs[i]).all(axis=1)  # the whole value, not only its prefix
-        return at[same].astype(np.int64)
+        cur = self.starts[bucket].astype(np.intp)
+        end: np.ndarray = self.starts[bucket + 1].astype(np.intp)
+        hit = (self.padded[cur] == probe) & (cur < end)
+        got_i, got_at = [np.flatnonzero(hit)], []
+        got_at.append(cur[got_i[0]])
+        more = np.flatnonzero(~hit & (end - cur > 1))  # the rare buckets with a second value to try
+        while len(more):
+            cur_m = cur[more] + 1
+            cur[more] = cur_m
+            eq = self.padded[cur_m] == probe[more]
+            got_i.append(more[eq])
+            got_at.append(cur_m[eq])
+            more = more[~eq & (end[more] - cur_m > 1)]
+        i = np.concatenate(got_i)
+        at = np.concatenate(got_at)
+        if self.tail is not None:  # the rest of the value, not only its prefix
+            keep = self.tail[at] == _tail(theirs[i])
+            i, at = i[keep], at[keep]
+        return self.order[at].astype(np.int64)
+
+
+def _tail(values: np.ndarray) -> np.ndarray:
+    """Bytes 8.. of each value (at most 8 more) as a uint64."""
+    out = np.zeros((len(values), 8), dtype=np.uint8)
+    out[:, : values.shape[1] - 8] = values[:, 8:]
+    return out.view("<u8").reshape(-1)
 
 
 def rr22_psi(

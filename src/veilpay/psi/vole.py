@@ -84,8 +84,8 @@ class VoleParams:
 
 def vole_params(n: int) -> VoleParams:
     """The smallest slot count of whole trees >= SCALER * n with at least NOISE_WEIGHT blocks."""
-    if not 0 <= n < 1 << 29:
-        raise InvalidInput(f"VOLE length must be within 0..2^29, not {n}")
+    if not 0 <= n < 1 << 27:  # slots stay below 2^31: the slot arithmetic is in int64
+        raise InvalidInput(f"VOLE length must be within 0..2^27, not {n}: partition larger sets (psi --ray-address)")
     need = max(SCALER * n, 2 * NOISE_WEIGHT)
     depth = max(1, int(math.floor(math.log2(need / NOISE_WEIGHT))))
     return VoleParams(n, max(NOISE_WEIGHT, -(-need // (1 << depth))), depth)
@@ -176,27 +176,34 @@ class _Public:
         np.bitwise_xor(self.right(nodes), nodes, out=out[:, k:])
 
     def positions(self, lo: int, hi: int) -> np.ndarray:
-        """(hi - lo, WEIGHT) slots XORed into outputs lo..hi: AES-CTR of the output
-        index under the public code key, 32 bits per slot scaled to the slot count."""
+        """(WEIGHT, hi - lo) slots XORed into outputs lo..hi (row j: each output's j-th
+        slot): AES-CTR of the output index under the public code key, 32 bits per slot
+        scaled to the slot count."""
         blocks = -(-WEIGHT // 4)
         ctr = np.zeros((hi - lo, blocks, 2), dtype=np.uint64)
         ctr[:, :, 0] = (np.arange(lo, hi, dtype=np.uint64)[:, None] * np.uint64(blocks)
                         + np.arange(blocks, dtype=np.uint64))
         words = self.code(ctr.view(np.uint8).reshape(hi - lo, blocks, 16)).view("<u4").reshape(hi - lo, 4 * blocks)
-        return ((words[:, :WEIGHT].astype(np.uint64) * np.uint64(self.params.slots)) >> np.uint64(32)).astype(np.intp)
+        out = words[:, :WEIGHT].T.astype(np.intp)
+        out *= self.params.slots
+        out >>= 32
+        return out
 
-    def expand(self, acc: np.ndarray, out: np.ndarray, lo: int, hi: int, pos: np.ndarray) -> None:
-        """out[lo:hi] = XOR of acc at each output's slots. Slots are gathered one weight
-        column at a time as 16-byte complex values: numpy's fastest 16-byte gather."""
-        flat = acc.view(np.complex128).reshape(-1)
-        got = np.take(flat, pos.T).view(np.uint64).reshape(pos.shape[1], hi - lo, 2)
-        res = out[lo:hi]
-        np.copyto(res, got[0])
-        for k in range(1, pos.shape[1]):
-            np.bitwise_xor(res, got[k], out=res)
+    def expand(self, acc: np.ndarray, out: np.ndarray, pos: np.ndarray) -> None:
+        """out = XOR of acc at each output's slots. Slots are gathered one weight row
+        at a time as 16-byte complex values: numpy's fastest 16-byte gather."""
+        _gather_xor(acc.view(np.complex128).reshape(-1), pos, out)
 
     def ot_hash(self, rows: np.ndarray, first: int) -> np.ndarray:
         return correlation_robust_hash(self.pi, rows, np.arange(first, first + len(rows), dtype=np.uint64), 16)
+
+
+def _gather_xor(flat: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
+    """out[i] = XOR over j of flat[idx[j, i]], for 16-byte rows viewed as complex128."""
+    got = np.take(flat, idx).view(np.uint64).reshape(idx.shape[0], idx.shape[1], 2)
+    np.copyto(out, got[0])
+    for k in range(1, idx.shape[0]):
+        np.bitwise_xor(out, got[k], out=out)
 
 
 def _tree_groups(params: VoleParams) -> list[tuple[int, int]]:
@@ -285,7 +292,7 @@ class VoleSender:
         out = np.empty((p.n, 2), dtype=np.uint64)
         for lo in range(0, p.n, _CHUNK):
             hi = min(p.n, lo + _CHUNK)
-            self._pub.expand(acc, out, lo, hi, self._pub.positions(lo, hi))
+            self._pub.expand(acc, out[lo:hi], self._pub.positions(lo, hi))
         return out
 
 
@@ -370,12 +377,10 @@ class VoleReceiver:
         for lo in range(0, p.n, _CHUNK):
             hi = min(p.n, lo + _CHUNK)
             pos = self._pub.positions(lo, hi)
-            self._pub.expand(acc, c, lo, hi, pos)
-            blk = pos >> p.depth
-            idx = 2 * blk + ((pos & mask) >= alpha[blk])
-            got = np.take(flat, idx.T).view(np.uint64).reshape(pos.shape[1], hi - lo, 2)
-            res = a[lo:hi]
-            np.copyto(res, got[0])
-            for k in range(1, pos.shape[1]):
-                np.bitwise_xor(res, got[k], out=res)
+            self._pub.expand(acc, c[lo:hi], pos)
+            idx = pos >> p.depth  # the slot's block k, then 2k + (slot at or past alpha_k)
+            beyond = np.bitwise_and(pos, mask, out=pos) >= alpha[idx]
+            idx <<= 1
+            idx += beyond
+            _gather_xor(flat, idx, a[lo:hi])
         return a, c
