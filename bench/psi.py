@@ -16,6 +16,16 @@ queries (the first downloads the prepared set, the second reuses it).
     python bench/psi.py [--sizes 100000,1000000] [--protocols kkrt,ecdh] [--no-peers]
                         [--no-kkrt-both] [--unbalanced 100000,1000]
     python bench/psi.py --ray 1000000,10000000,30000000 [--ray-spu 10000000]
+    python bench/psi.py --rr22 1000000,4000000,10000000 [--repeat 3]
+
+``--rr22``: RR22 (our default) at each size, both parties as processes over TCP + TLS,
+with each party's time split (ingestion: reading the file and hashing the ids;
+OPRF/OKVS: the OKVS, the VOLE and the values; network: time blocked sending or
+waiting for the peer; matching; writing the output) and peak RSS; spu.psi RR22 at the
+smallest size in the same run, alternating with ours ``--repeat`` times (the best of
+each is compared); a summary line with the targets: 1M x 1M within 2.5 s and 1.8x
+faster than spu.psi RR22, under 400 MiB a party, time per id growing linearly within
+15 %.
 
 ``--ray``: KKRT partitioned over each party's own local Ray instance (`veilpay psi
 --ray-address local`), both parties as processes over TCP + TLS, at each size: wall
@@ -113,7 +123,7 @@ def run_size(n: int, work: Path, op_us: float, protocol: str, reveal: str = "rec
     plain = time.perf_counter() - t1
     cores = os.cpu_count() or 1
     names = {"kkrt": "kkrt (ot extension)", "rr22": "rr22 (vole + okvs)", "ecdh": "ecdh-x25519"}
-    row = {"bench": "psi", "protocol": names[protocol],
+    row: dict[str, Any] = {"bench": "psi", "protocol": names[protocol],
            "reveal": reveal, "transport": "tcp+tls, 2 processes", "n_each": n,
            "intersection": summ["receiver"]["intersection_size"], "wall_seconds": round(wall, 2),
            "protocol_seconds": summ["receiver"]["seconds"], "bytes_receiver_to_sender": summ["receiver"]["bytes_sent"],
@@ -121,9 +131,64 @@ def run_size(n: int, work: Path, op_us: float, protocol: str, reveal: str = "rec
            "plaintext_seconds": round(plain, 4), "ms_per_id": round(1000 * wall / n, 4), "cores": cores}
     if protocol == "ecdh":
         row |= {"x25519_us_per_op": round(op_us, 1), "floor_seconds": round(4 * n * op_us / 1e6 / cores, 1)}
-    else:
+    elif protocol == "kkrt":
         row |= {"target_seconds_1m": 7.5, "target_rss_mib": 1536}
+    else:
+        row["split_seconds"] = {role: _split(summ[role]) for role in ("receiver", "sender")}
     return row
+
+
+def _split(summary: dict[str, Any]) -> dict[str, float]:
+    """A party's seconds by kind of work, from its summary's phases."""
+    ph = summary.get("phases", {})
+    return {"ingestion": round(summary.get("read_seconds", 0.0) + ph.get("items", 0.0), 3),
+            "oprf_okvs": round(ph.get("okvs", 0.0) + ph.get("vole", 0.0) + ph.get("values", 0.0)
+                               + ph.get("shuffle", 0.0), 3),
+            "network": round(ph.get("wait", 0.0) + ph.get("send", 0.0), 3),
+            "matching": round(ph.get("match", 0.0), 3),
+            "writing": round(summary.get("write_seconds", 0.0), 3)}
+
+
+def rr22_rows(sizes: list[int], work: Path, repeat: int) -> Iterator[dict[str, Any]]:
+    """Our RR22 at each size; spu.psi RR22 at the smallest, alternating with ours."""
+    per_id: dict[int, float] = {}
+    best: dict[int, dict[str, Any]] = {}
+    spu_best: dict[str, Any] | None = None
+    for n in sizes:
+        _write(work / f"r{n}.csv", range(n))
+        _write(work / f"s{n}.csv", range(n // 2, n + n // 2))
+        for k in range(repeat if n == sizes[0] else 1):
+            row = run_size(n, work, 0.0, "rr22") | {"try": k + 1}
+            yield row
+            if n not in best or row["wall_seconds"] < best[n]["wall_seconds"]:
+                best[n] = row
+            if n == sizes[0] and VENV_SPU.exists():
+                peer = run_spu(n, work, "rr22") | {"try": k + 1}
+                yield peer
+                if spu_best is None or peer["wall_seconds"] < spu_best["wall_seconds"]:
+                    spu_best = peer
+        per_id[n] = best[n]["wall_seconds"] / n
+        if n == sizes[0]:
+            yield run_size(n, work, 0.0, "rr22", "both")
+    small = sizes[0]
+    growth = {str(n): round(per_id[n] / per_id[small], 3) for n in sizes}
+    summary: dict[str, Any] = {
+        "bench": "psi_rr22_summary", "cores": os.cpu_count(), "n_smallest": small,
+        "wall_seconds": best[small]["wall_seconds"], "target_seconds": 2.5 if small == 1_000_000 else None,
+        "peak_rss_mib": {str(n): best[n]["peak_rss_mib"] for n in sizes}, "target_rss_mib": 400,
+        "per_id_growth_vs_smallest": growth, "growth_target": 1.15,
+        "growth_met": all(v <= 1.15 for v in growth.values()),
+        "bytes_per_id": {str(n): round((best[n]["bytes_receiver_to_sender"] + best[n]["bytes_sender_to_receiver"]) / n, 1)
+                         for n in sizes},
+    }
+    if spu_best is not None:
+        speedup = spu_best["wall_seconds"] / best[small]["wall_seconds"]
+        summary |= {"spu_rr22_wall_seconds": spu_best["wall_seconds"], "speedup_over_spu_rr22": round(speedup, 3),
+                    "speedup_target": 1.8, "speedup_met": speedup >= 1.8,
+                    "spu_peak_rss_mib": spu_best["peak_rss_mib"]}
+    else:
+        summary["spu_rr22"] = "not measured: .venv-spu missing (make bench-peers)"
+    yield summary
 
 
 def run_spu(n: int, work: Path, protocol: str, timeout: float = 3600) -> dict[str, Any]:
@@ -280,7 +345,7 @@ def peer_rows(n: int, work: Path) -> Iterator[dict[str, Any]]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100000,1000000")
-    ap.add_argument("--protocols", default="kkrt,ecdh", help="ours, comma separated: kkrt, ecdh")
+    ap.add_argument("--protocols", default="rr22,kkrt,ecdh", help="ours, comma separated: rr22, kkrt, ecdh")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--no-kkrt-both", dest="kkrt_both", action="store_false",
                     help="skip KKRT with reveal='both' (the sender learns the intersection too)")
@@ -289,7 +354,14 @@ def main() -> None:
     ap.add_argument("--ray-spu", type=int, default=10_000_000, help="spu.psi KKRT at this size beside --ray; 0 skips")
     ap.add_argument("--ray-addresses", default="local,local",
                     help="the receiver's and the sender's Ray cluster addresses (default: a local instance each)")
+    ap.add_argument("--rr22", help="sizes for the RR22 rows, comma separated (runs only those, with spu.psi RR22)")
+    ap.add_argument("--repeat", type=int, default=3, help="--rr22: tries at the smallest size, alternating with spu")
     a = ap.parse_args()
+    if a.rr22:
+        with tempfile.TemporaryDirectory(prefix="veilpay-psi-rr22-bench-") as tmp:
+            for row in rr22_rows([int(v) for v in a.rr22.split(",") if v], Path(tmp), a.repeat):
+                print(json.dumps(row), flush=True)
+        return
     if a.ray:
         with tempfile.TemporaryDirectory(prefix="veilpay-psi-ray-bench-") as tmp:
             r_addr, s_addr = a.ray_addresses.split(",")

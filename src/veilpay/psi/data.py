@@ -470,7 +470,8 @@ def _picked_lines(path: Path, wanted: np.ndarray) -> bytes | None:
         data = path.read_bytes()
     except OSError:
         return None
-    if b'"' in data or data.count(b"\r") != data.count(b"\r\n") or b"\n\n" in data or data.startswith(b"\n"):
+    crs = data.count(b"\r")
+    if b'"' in data or (crs and crs != data.count(b"\r\n")) or b"\n\n" in data or data.startswith(b"\n"):
         return None
     try:
         data.decode("utf-8")
@@ -487,11 +488,13 @@ def _picked_lines(path: Path, wanted: np.ndarray) -> bytes | None:
         raise DataError(f"{path}: the file changed during the run (rows missing on the second read)")
     lo, hi = starts[lines], stops[lines]
     size = hi - lo + 2
-    out_at = np.concatenate([[0], np.cumsum(size)])
-    out = np.empty(int(out_at[-1]), dtype=np.uint8)
-    # each output byte's source: the line's bytes, then CR LF
-    src = np.arange(len(out), dtype=np.int64) - np.repeat(out_at[:-1] - lo, size)
-    out[:] = buf[np.minimum(src, len(buf) - 1)]
+    out_at = np.zeros(len(size) + 1, dtype=np.int64)
+    np.cumsum(size, out=out_at[1:])
+    # each output byte's source: the line's bytes, then two bytes overwritten by CR LF
+    idx = np.int32 if out_at[-1] < 1 << 31 else np.int64
+    src = np.repeat((lo - out_at[:-1]).astype(idx), size.astype(idx))
+    src += np.arange(len(src), dtype=idx)
+    out = np.take(buf, src, mode="clip")
     out[out_at[1:] - 2] = 13
     out[out_at[1:] - 1] = 10
     return out.tobytes()

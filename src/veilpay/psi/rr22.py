@@ -215,6 +215,7 @@ def rr22_psi(
     if not 1 <= chunk <= 1 << 24:
         raise InvalidInput("chunk must be within 1..2^24")
     keep_freed_memory()
+    clock = _Clock()
     nonce = secrets.token_bytes(_NONCE)
     if role == "receiver":
         ot_send = BaseOtSender()
@@ -226,11 +227,12 @@ def rr22_psi(
         except InvalidPointError as exc:
             raise InvalidPoint(peer, f"base OT {exc.index}: small-order key") from exc
         keys = _Keys(nonce, nonce_peer)
-        items = id_prf(keys.id_key, ids)
-        _distinct(ids, items)
+        with clock("items"):
+            items = id_prf(keys.id_key, ids)
+            _distinct(ids, items)
         if not len(ids) or not n_peer:
             return PsiResult(np.zeros(0, dtype=np.int64), 0, n_peer)
-        return _receiver(comm, peer, keys, items, n_peer, k0, k1, reveal, stat_sec, peer_chunk, show_progress)
+        return _receiver(comm, peer, keys, items, n_peer, k0, k1, reveal, stat_sec, peer_chunk, show_progress, clock)
     s_bits = np.unpackbits(np.frombuffer(secrets.token_bytes(BASE // 8), dtype=np.uint8), bitorder="little")
     ot_recv = BaseOtReceiver(s_bits)
     mine = _hello(role, reveal, len(ids), stat_sec, chunk, nonce, ot_recv.public_keys)
@@ -241,12 +243,13 @@ def rr22_psi(
     except InvalidPointError as exc:
         raise InvalidPoint(peer, "small-order base OT sender key") from exc
     keys = _Keys(nonce_peer, nonce)
-    items = id_prf(keys.id_key, ids)
-    _distinct(ids, items)
+    with clock("items"):
+        items = id_prf(keys.id_key, ids)
+        _distinct(ids, items)
     if not len(ids) or not n_peer:
         return PsiResult(np.zeros(0, dtype=np.int64) if reveal == "both" else None,
                          0 if reveal == "both" else -1, n_peer)
-    return _sender(comm, peer, keys, items, n_peer, ks, s_bits, reveal, stat_sec, chunk, show_progress)
+    return _sender(comm, peer, keys, items, n_peer, ks, s_bits, reveal, stat_sec, chunk, show_progress, clock)
 
 
 def _distinct(ids: Sequence[bytes], items: np.ndarray) -> None:
@@ -263,9 +266,9 @@ def _distinct(ids: Sequence[bytes], items: np.ndarray) -> None:
 
 
 def _receiver(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_peer: int, k0: np.ndarray,
-              k1: np.ndarray, reveal: str, stat_sec: int, chunk: int, show_progress: bool | None) -> PsiResult:
+              k1: np.ndarray, reveal: str, stat_sec: int, chunk: int, show_progress: bool | None,
+              clock: _Clock) -> PsiResult:
     n = len(items)
-    clock = _Clock()
     with clock("vole"):  # the VOLE's size is the OKVS's: its correction goes out before the encoding
         vole = VoleReceiver(vole_params(okvs_size(n)), keys.vole, k0, k1)
         comm.exchange("rr22.vole", {peer: [vole.correction()]})
@@ -315,9 +318,9 @@ def _receiver(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_p
 
 
 def _sender(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_peer: int, ks: np.ndarray,
-            s_bits: np.ndarray, reveal: str, stat_sec: int, chunk: int, show_progress: bool | None) -> PsiResult:
+            s_bits: np.ndarray, reveal: str, stat_sec: int, chunk: int, show_progress: bool | None,
+            clock: _Clock) -> PsiResult:
     n = len(items)
-    clock = _Clock()
     with clock("wait"):
         u = comm.exchange("rr22.vole", recv={peer: 1})[peer][0]
     size_okvs = okvs_size(n_peer)
