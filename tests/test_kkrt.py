@@ -91,7 +91,7 @@ def test_duplicates_and_bad_arguments_are_refused() -> None:
         kkrt_psi(c, "s", "server", [b"a"])
     with pytest.raises(InvalidInput, match="cardinality"):
         choose_protocol("kkrt", "cardinality")
-    assert choose_protocol(None, "intersection") == "kkrt" and choose_protocol(None, "cardinality") == "ecdh"
+    assert choose_protocol(None, "intersection") == "rr22" and choose_protocol(None, "cardinality") == "ecdh"
 
 
 def test_stash_holds_what_the_bins_cannot(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,8 +143,8 @@ def test_files_with_kkrt_keep_receiver_order(tmp_path: Path) -> None:
     fs = tmp_path / "s.csv"
     fs.write_text("id\n" + "".join(f"k{i}\n" for i in range(0, 40, 3)))
     out = tmp_path / "o.csv"
-    r, s = two_party(lambda c: run_psi_files(c, "s", "receiver", fr, ["id"], out),
-                     lambda c: run_psi_files(c, "r", "sender", fs, ["id"]))
+    r, s = two_party(lambda c: run_psi_files(c, "s", "receiver", fr, ["id"], out, protocol="kkrt"),
+                     lambda c: run_psi_files(c, "r", "sender", fs, ["id"], protocol="kkrt"))
     assert r["protocol"] == "kkrt" and s["protocol"] == "kkrt"
     want = [f"k{i},{i}" for i in range(30, 0, -1) if i % 3 == 0]
     assert out.read_text().splitlines() == ["id,v", *want] and r["intersection_size"] == len(want)
@@ -376,7 +376,7 @@ def test_failed_kkrt_run_leaves_no_output(tmp_path: Path) -> None:
     out = tmp_path / "common.csv"
     fake = _hello_then(lambda c, n: None, stat_sec=41)
     terms = Terms("sender", "kkrt", "intersection", "receiver", 1, "trim")
-    r, _ = two_party(lambda c: run_psi_files(c, "s", "receiver", fr, ["cid"], out),
+    r, _ = two_party(lambda c: run_psi_files(c, "s", "receiver", fr, ["cid"], out, protocol="kkrt"),
                      lambda c: (agree(c, "r", terms), fake(c)))
     assert isinstance(r, ProtocolMismatch) and "parameter sets differ" in str(r)
     assert list(tmp_path.iterdir()) == [fr]

@@ -262,7 +262,7 @@ def test_failed_run_leaves_no_output(tmp_path: Path) -> None:
 
 
 @pytest.mark.tcp
-@pytest.mark.parametrize("protocol", [[], ["--protocol", "ecdh"]], ids=["kkrt-default", "ecdh"])
+@pytest.mark.parametrize("protocol", [[], ["--protocol", "kkrt"], ["--protocol", "ecdh"]], ids=["rr22-default", "kkrt", "ecdh"])
 def test_psi_cli_two_processes_over_tls(tmp_path: Path, protocol: list[str]) -> None:
     from veilpay.cli.demo import _free_port_base
     from veilpay.net import provision_network
@@ -284,7 +284,7 @@ def test_psi_cli_two_processes_over_tls(tmp_path: Path, protocol: list[str]) -> 
     rows = (tmp_path / "r_out.csv").read_text().splitlines()
     assert rows[0] == "customer_id,v" and rows[1:] == [f"c{i},{i}" for i in range(150, 300)]
     assert len((tmp_path / "s_out.csv").read_text().splitlines()) == 151
-    assert json.loads(outs[0][0].splitlines()[-1])["protocol"] == (protocol[-1] if protocol else "kkrt")
+    assert json.loads(outs[0][0].splitlines()[-1])["protocol"] == (protocol[-1] if protocol else "rr22")
 
 
 @pytest.mark.tcp

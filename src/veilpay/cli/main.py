@@ -466,7 +466,7 @@ def _psi_on_ray(a: argparse.Namespace, columns: list[str] | None) -> int:
     from veilpay.psi.partitioned import DEFAULT_MEMORY_MIB, ray_init, ray_shutdown, run_partitioned
 
     if a.mode != "intersection":
-        raise InvalidInput("--ray-address runs intersections (KKRT or ECDH per partition), not --mode " + a.mode)
+        raise InvalidInput("--ray-address runs intersections (RR22, KKRT or ECDH per partition), not --mode " + a.mode)
     check_psi_files(a.role, a.input, a.key, a.output, columns, reveal=a.reveal, normalise=a.normalise,
                     on_null=a.on_null, sort_by=a.sort_by, protocol=a.protocol)
     ray_init(a.ray_address)  # without Ray: which extra to install, before any connection
@@ -664,7 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--mode", choices=["intersection", "cardinality", "unbalanced"], default="intersection",
                     help="unbalanced: the sender answers from a set prepared by `veilpay psi-setup`")
     ps.add_argument("--protocol", choices=["kkrt", "rr22", "ecdh"],
-                    help="intersection: kkrt (OT extension, default) or ecdh; cardinality needs ecdh")
+                    help="intersection: rr22 (silent VOLE + OKVS, default), kkrt (OT extension) or ecdh; "
+                         "cardinality needs ecdh")
     ps.add_argument("--cache", help="unbalanced mode: the sender's prepared set, or the receiver's copy of it")
     ps.add_argument("--query-budget", type=int, default=10_000_000,
                     help="unbalanced sender: ids one client may have evaluated under one key")

@@ -15,7 +15,7 @@
     seed = 7
     model_to = ["wallet"]               # who receives the model; [] keeps it shared
     frac_bits = 20
-    psi = "kkrt"                        # or "ecdh": the PSI that aligns the rows
+    psi = "kkrt"                        # or "rr22", "ecdh": the PSI that aligns the rows
     timeout = 600.0                     # seconds any party waits for a peer's message
 
     [parties.wallet]
@@ -250,8 +250,8 @@ def _validate(job: Job, where: str) -> None:
             raise ConfigError(f"{where}: party {p!r} is not one of [parties] ({', '.join(sorted(names))})")
     if job.protocol not in ("semi2k", "aby3") or len(job.compute) != 3 or len(set(job.compute)) != 3:
         raise ConfigError(f"{where}: protocol must be semi2k or aby3 with three distinct compute parties")
-    if job.psi not in ("kkrt", "ecdh"):
-        raise ConfigError(f"{where}: psi must be kkrt or ecdh, not {job.psi!r}")
+    if job.psi not in ("kkrt", "rr22", "ecdh"):
+        raise ConfigError(f"{where}: psi must be kkrt, rr22 or ecdh, not {job.psi!r}")
     if len(job.data_parties) != 2 or job.label_party not in job.data_parties:
         raise ConfigError(f"{where}: exactly two parties hold data (vertical partition), one of them the label party")
     if job.protocol == "semi2k" and (job.compute[2] in job.data_parties or job.compute[2] in job.model_to):

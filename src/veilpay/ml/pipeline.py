@@ -57,7 +57,7 @@ from veilpay.ml.sstree import Bins, SecureTree, base_score, fit_bins, predict_tr
 from veilpay.mpc import BitMatrix, Protocol, SharedTensor, concatenate, nonlinear
 from veilpay.mpc.tensor import share
 from veilpay.progress import progress
-from veilpay.psi import ecdh_psi, kkrt_psi
+from veilpay.psi import ecdh_psi, kkrt_psi, rr22_psi
 from veilpay.psi.data import join_key, normalise_key, split_key
 
 __all__ = ["JobFailed", "plaintext_views", "run_training"]
@@ -222,6 +222,8 @@ def align_rows(job: Job, me: str, local: LocalTable, comm_psi: Any, stats: dict[
     role = "receiver" if me == job.label_party else "sender"
     if job.psi == "kkrt":
         res = kkrt_psi(comm_psi, other, role, local.ids, reveal="both")
+    elif job.psi == "rr22":
+        res = rr22_psi(comm_psi, other, role, local.ids, reveal="both")
     else:
         res = ecdh_psi(comm_psi, other, role, local.ids, reveal="both")
     idx = np.asarray(res.indices, dtype=np.int64)

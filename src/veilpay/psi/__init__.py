@@ -1,4 +1,5 @@
-"""Private set intersection: KKRT (OT extension, the default), ECDH-PSI on X25519,
+"""Private set intersection: RR22 (silent VOLE + OKVS, the default), KKRT (OT
+extension), ECDH-PSI on X25519,
 unbalanced PSI (an OPRF on P-256) against a set prepared offline, and their data
 plumbing: input checked before any connection, the run's terms agreed with the peer;
 partitioned over each party's own Ray cluster (`run_partitioned`, Ray optional)."""
@@ -7,6 +8,7 @@ from veilpay.psi.data import IdTable, read_ids, write_rows
 from veilpay.psi.ecdh import MODES, PSI_VERSION, PsiResult, ecdh_psi
 from veilpay.psi.kkrt import KKRT_VERSION, kkrt_psi
 from veilpay.psi.partitioned import ray_init, run_partitioned
+from veilpay.psi.rr22 import RR22_VERSION, rr22_psi
 from veilpay.psi.run import PROTOCOLS, check_psi_files, choose_protocol, run_psi_files, setup_psi_file
 from veilpay.psi.terms import TERMS_VERSION, Terms
 from veilpay.psi.unbalanced import load_server_set, setup_server, unbalanced_psi
@@ -16,6 +18,7 @@ __all__ = [
     "MODES",
     "PROTOCOLS",
     "PSI_VERSION",
+    "RR22_VERSION",
     "TERMS_VERSION",
     "IdTable",
     "PsiResult",
@@ -26,6 +29,7 @@ __all__ = [
     "kkrt_psi",
     "load_server_set",
     "ray_init",
+    "rr22_psi",
     "read_ids",
     "run_partitioned",
     "run_psi_files",

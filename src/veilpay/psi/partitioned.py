@@ -60,6 +60,7 @@ from veilpay.progress import progress
 from veilpay.psi.data import IdTable, iter_id_batches, read_rows, stream_rows, write_rows
 from veilpay.psi.ecdh import ecdh_psi
 from veilpay.psi.kkrt import kkrt_psi
+from veilpay.psi.rr22 import rr22_psi
 from veilpay.psi.run import _learns, _output_columns, check_psi_files
 from veilpay.psi.terms import agree
 
@@ -223,6 +224,8 @@ def _run_partition(job: PartitionJob, t0: float) -> dict[str, Any]:
             os._exit(17)  # a killed worker: no cleanup, the peer sees its links drop
         if job.protocol == "kkrt":
             res = kkrt_psi(comm, job.peer, job.role, ids, reveal=job.reveal, show_progress=False)
+        elif job.protocol == "rr22":
+            res = rr22_psi(comm, job.peer, job.role, ids, reveal=job.reveal, show_progress=False)
         else:
             res = ecdh_psi(comm, job.peer, job.role, ids, reveal=job.reveal, workers=0, show_progress=False)
         matched = 0

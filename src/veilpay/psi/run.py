@@ -33,9 +33,10 @@ _MODES = ("intersection", "cardinality", "unbalanced")
 
 
 def choose_protocol(protocol: str | None, mode: str) -> str:
-    """The protocol for ``mode``: KKRT (OT extension, the fast one) for intersections
-    unless ECDH is asked for; ECDH for cardinality, whose shuffled answer KKRT cannot
-    give; P-256 OPRF for unbalanced mode, which refuses any protocol named."""
+    """The protocol for ``mode``: RR22 (silent VOLE + OKVS, the fastest) for
+    intersections unless KKRT or ECDH is asked for; ECDH for cardinality, whose shuffled
+    answer neither OT-based protocol can give; P-256 OPRF for unbalanced mode, which
+    refuses any protocol named."""
     if mode not in _MODES:
         raise InvalidInput(f"mode must be one of {_MODES}, not {mode!r}")
     if protocol is not None and protocol not in PROTOCOLS:
@@ -45,10 +46,11 @@ def choose_protocol(protocol: str | None, mode: str) -> str:
             raise InvalidInput(f"unbalanced mode runs its own OPRF on P-256, not {protocol}: leave --protocol out")
         return "oprf-p256"
     if mode == "cardinality":
-        if protocol == "kkrt":
-            raise InvalidInput("cardinality mode needs --protocol ecdh: KKRT tells the receiver which ids matched")
+        if protocol in ("kkrt", "rr22"):
+            raise InvalidInput(f"cardinality mode needs --protocol ecdh: {protocol.upper()} tells the receiver "
+                               "which ids matched")
         return "ecdh"
-    return protocol or "kkrt"
+    return protocol or "rr22"
 
 
 def setup_psi_file(
@@ -159,7 +161,7 @@ def run_psi_files(
     client under one key and with a key at most ``max_key_age_s`` old; the receiver is a
     client that keeps its copy of the server's set in its own ``cache`` folder.
 
-    ``protocol``: 'kkrt' (default for intersections) or 'ecdh'; see `choose_protocol`.
+    ``protocol``: 'rr22' (default for intersections), 'kkrt' or 'ecdh'; see `choose_protocol`.
     ``workers`` only applies to the curve work of ECDH and unbalanced mode.
 
     Everything `check_psi_files` checks is checked first, before anything is sent; then
