@@ -19,6 +19,7 @@ from __future__ import annotations
 import codecs
 import collections
 import io
+import mmap
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -191,25 +192,30 @@ class PackedBuilder:
     """Batches of ids (Arrow string arrays) and their row numbers, gathered as numpy
     bytes, lengths and the 64-bit hashes `first_occurrences` sorts, so each batch's
     Arrow buffers go as soon as it is added; `finish` joins them into one PackedIds,
-    freeing each batch as it is copied, so the file's ids are held once plus a batch."""
+    freeing each batch as it is copied, so the file's ids are held once plus a batch.
+    The batches live in their own memory maps (`_off_heap`): glibc would keep their
+    freed heap pages, and the joined arrays would take new ones beside them."""
 
     def __init__(self) -> None:
         self._data: list[np.ndarray] = []
         self._lengths: list[np.ndarray] = []
         self._hashes: list[np.ndarray] = []
-        self._rows: list[np.ndarray] = []
+        self._rows: list[np.ndarray | range] = []  # a range where no row was dropped: nothing to hold
 
     def add(self, ids: Any, rows: np.ndarray) -> None:
         data, offsets = _bytes_and_offsets(ids)
         lo = int(offsets[0])
-        chunk = data[lo : int(offsets[-1])].copy()  # a copy: the batch's Arrow buffers can go
-        self._hashes.append(_hash64(chunk, offsets.astype(np.int64) - lo))
-        self._lengths.append(np.diff(offsets))
+        chunk = _off_heap(data[lo : int(offsets[-1])])  # a copy: the batch's Arrow buffers can go
+        self._hashes.append(_off_heap(_hash64(chunk, offsets.astype(np.int64) - lo)))
+        self._lengths.append(_off_heap(np.diff(offsets)))
         self._data.append(chunk)
-        self._rows.append(np.asarray(rows, dtype=np.int64))
+        # rows ascend, so a batch whose first and last are len - 1 apart is a whole range
+        whole = not len(rows) or int(rows[-1]) - int(rows[0]) == len(rows) - 1
+        self._rows.append(range(int(rows[0]), int(rows[0]) + len(rows)) if whole and len(rows) else
+                          _off_heap(np.asarray(rows, dtype=np.int64)))
 
-    def finish(self) -> tuple[PackedIds, np.ndarray, np.ndarray]:
-        """(the ids, their hashes, their row numbers), in the order added."""
+    def finish(self) -> tuple[PackedIds, np.ndarray]:
+        """The ids and their hashes, in the order added (then `rows`)."""
         offsets = np.zeros(sum(map(len, self._lengths)) + 1, dtype=np.int64)
         at = 0
         while self._lengths:
@@ -219,7 +225,31 @@ class PackedBuilder:
             run += offsets[at]
             at += len(part)
         data = _drain(self._data, np.uint8)
-        return PackedIds(data, offsets), _drain(self._hashes, np.uint64), _drain(self._rows, np.int64)
+        return PackedIds(data, offsets), _drain(self._hashes, np.uint64)
+
+    def rows(self) -> np.ndarray:
+        """The row numbers of the ids, in the order added (after `finish`, so the
+        hashes can go first)."""
+        out: np.ndarray = np.empty(sum(map(len, self._rows)), dtype=np.int64)
+        at = 0
+        while self._rows:
+            part = self._rows.pop(0)
+            if isinstance(part, range):
+                out[at : at + len(part)] = np.arange(part.start, part.stop, dtype=np.int64)
+            else:
+                out[at : at + len(part)] = part
+            at += len(part)
+        return out
+
+
+def _off_heap(values: np.ndarray) -> np.ndarray:
+    """A copy of ``values`` in an anonymous memory map of its own, unmapped (its pages
+    back to the OS) as soon as the copy is freed."""
+    if not values.nbytes:
+        return values.copy()
+    out = np.frombuffer(mmap.mmap(-1, values.nbytes), dtype=values.dtype, count=len(values))
+    out[:] = values
+    return out
 
 
 def _drain(chunks: list[np.ndarray], dtype: type) -> np.ndarray:
@@ -236,20 +266,26 @@ def _drain(chunks: list[np.ndarray], dtype: type) -> np.ndarray:
 def first_occurrences(ids: Any, hashes: np.ndarray | None = None) -> np.ndarray:
     """Positions of the first occurrence of each distinct id (a string array or
     PackedIds), ascending (the rows dict.fromkeys would keep). A 64-bit hash of every
-    id (``hashes``, where `PackedBuilder` made them already), sorted, shows in a few
-    tens of milliseconds that a million ids differ; ids with equal hashes are compared
-    byte for byte, so the answer is exact whatever the hash does."""
+    id, sorted, shows in a few tens of milliseconds that a million ids differ; ids
+    with equal hashes are compared byte for byte, so the answer is exact whatever the
+    hash does. ``hashes``, where `PackedBuilder` made them already, is sorted in place
+    (no second copy at the peak of ingestion) and made again if some repeat."""
     n = len(ids)
-    if hashes is None:
-        packed = ids if isinstance(ids, PackedIds) else to_packed(ids)
-        hashes = _hash64(packed.data, packed.offsets)
-    h = hashes
     if n < 2:
         return np.arange(n, dtype=np.int64)
-    ordered = np.sort(h)
+    packed = ids if isinstance(ids, PackedIds) else to_packed(ids)
+    h = None
+    if hashes is None:
+        h = _hash64(packed.data, packed.offsets)
+        ordered = np.sort(h)
+    else:
+        hashes.sort()
+        ordered = hashes
     if not bool(np.any(ordered[1:] == ordered[:-1])):
         return np.arange(n, dtype=np.int64)
     del ordered
+    if h is None:
+        h = _hash64(packed.data, packed.offsets)  # in id order again
     if isinstance(ids, PackedIds):
         ids = as_arrow(ids)
     order = np.argsort(h, kind="stable")  # equal hashes keep file order: the first of a run is the earliest
@@ -361,11 +397,13 @@ def to_packed(ids: Any, distinct: bool = False) -> PackedIds:
     return PackedIds(data, offsets, distinct)
 
 
-def release_pool() -> None:
+def release_pool(heap: bool = True) -> None:
     """Hand the memory an ingestion freed back to the OS: the blocks pyarrow's pool
-    keeps cached, then glibc's free heap pages."""
+    keeps cached (mimalloc keeps some 30 MiB of a million-row read otherwise), then,
+    with ``heap``, glibc's free heap pages."""
     pa.default_memory_pool().release_unused()
-    return_freed_memory()
+    if heap:
+        return_freed_memory()
 
 
 def is_string(kind: Any) -> bool:

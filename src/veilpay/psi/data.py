@@ -212,9 +212,11 @@ def read_ids(path: str | Path, keys: Sequence[str], normalise: str = "trim", on_
     builder = PackedBuilder()  # each batch packed and hashed as it comes, its Arrow arrays let go
     for ids, r in _id_arrays(Path(path), keys, normalise, on_null, table):
         builder.add(ids, r)
-    every, hashes, first_row = builder.finish()
+        release_pool(heap=False)  # the batches before this one: pyarrow's pool would keep them
+    every, hashes = builder.finish()
     first = first_occurrences(every, hashes)
     del hashes
+    first_row = builder.rows()
     table.duplicates = len(every) - len(first)
     if table.duplicates:
         every, first_row = take_packed(every, first), first_row[first]
