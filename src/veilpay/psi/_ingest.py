@@ -247,9 +247,15 @@ def _off_heap(values: np.ndarray) -> np.ndarray:
     back to the OS) as soon as the copy is freed."""
     if not values.nbytes:
         return values.copy()
-    out = np.frombuffer(mmap.mmap(-1, values.nbytes), dtype=values.dtype, count=len(values))
+    out = np.frombuffer(_anonymous_map(values.nbytes), dtype=values.dtype, count=len(values))
     out[:] = values
     return out
+
+
+def _anonymous_map(size: int) -> mmap.mmap:
+    if hasattr(mmap, "MAP_PRIVATE"):  # private pages fault in faster than the shared ones mmap makes by default
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return mmap.mmap(-1, size)
 
 
 def _drain(chunks: list[np.ndarray], dtype: type) -> np.ndarray:

@@ -210,9 +210,10 @@ def read_ids(path: str | Path, keys: Sequence[str], normalise: str = "trim", on_
 
     table = IdTable(Path(path), [])
     builder = PackedBuilder()  # each batch packed and hashed as it comes, its Arrow arrays let go
-    for ids, r in _id_arrays(Path(path), keys, normalise, on_null, table):
+    for i, (ids, r) in enumerate(_id_arrays(Path(path), keys, normalise, on_null, table), 1):
         builder.add(ids, r)
-        release_pool(heap=False)  # the batches before this one: pyarrow's pool would keep them
+        if not i % 4:  # pyarrow's pool keeps the batches' freed blocks (30 MiB at 1M rows); not every
+            release_pool(heap=False)  # batch: the next would fault its pages in again
     every, hashes = builder.finish()
     first = first_occurrences(every, hashes)
     del hashes
