@@ -3,7 +3,11 @@ the ids to 128-bit items (`id_prf`), the way each party starts a PSI run. Prints
 JSON line: per case, rows, wall and CPU seconds (CPU includes pyarrow's threads) of
 the old path (the csv module and per-string functions, kept below as it was) and the
 new one (`veilpay.psi.data.read_ids`, pyarrow), the best of ``--repeat`` runs each,
-and the CPU speed-up.
+and the CPU speed-up; and the memory of the new path, measured in a fresh process per
+case so peaks do not mix: ``new_peak_mib``, how far read_ids raises the peak RSS
+(VmHWM, i.e. ru_maxrss) over the process's after importing it, and ``new_after_mib``, its RSS
+after read_ids returns over the same baseline (the result is held: at 1M ids about
+28 MiB of PackedIds and 8 MiB of row numbers).
 
 Cases: a CSV as bench/psi.py writes it (``customer_id``, ``cust-{i:012d}``); a
 composite key (that id and a country column, casefold); the first file as Parquet.
@@ -17,6 +21,10 @@ import argparse
 import functools
 import itertools
 import json
+import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 import unicodedata
@@ -85,11 +93,54 @@ def _timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float, Any]:
     return round(best_wall, 3), round(best_cpu, 3), out
 
 
+def _rss_mib() -> float:
+    """This process's RSS now (Linux), or its peak where /proc is missing."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return _peak_mib()
+
+
+def _peak_mib() -> float:
+    """The peak RSS: VmHWM on Linux, as ru_maxrss would be had a big parent not
+    started this process (Linux carries the parent's peak into ru_maxrss across exec)."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 2**10
+    except (OSError, StopIteration):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB elsewhere
+
+
+def _memory_child(path: str, keys: str, how: str) -> None:
+    """In a fresh process: read_ids once, its peak and remaining RSS over the
+    baseline after imports (the fast path's modules imported too), as JSON."""
+    import veilpay.psi._ingest  # noqa: F401 - pyarrow.compute and .csv: part of the baseline
+
+    base, base_peak = _rss_mib(), _peak_mib()
+    table = read_ids(path, keys.split(","), how)
+    print(json.dumps({"peak_mib": round(_peak_mib() - base_peak, 1), "after_mib": round(_rss_mib() - base, 1),
+                      "ids": len(table.ids)}))
+
+
+def _memory(path: Path, keys: list[str], how: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", str(path), ",".join(keys), how],
+                         check=True, capture_output=True, text=True).stdout
+    got: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return got
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--memory-child", nargs=3, metavar=("PATH", "KEYS", "HOW"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_child:
+        _memory_child(*args.memory_child)
+        return
     n = args.rows
     out: dict[str, Any] = {"bench": "psi-ingest", "rows": n}
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,8 +169,12 @@ def main() -> None:
             nw, nc, (ni, nrow) = _timed(new, args.repeat)
             if not ((oi == ni).all() and list(orow) == nrow.tolist()):
                 raise SystemExit(f"{name}: the new path's items differ from the old path's")
+            mem = _memory(path, keys, how)
+            if mem["ids"] != len(ni):
+                raise SystemExit(f"{name}: the memory run read {mem['ids']} ids, not {len(ni)}")
             out[name] = {"ids": len(ni), "old_s": ow, "old_cpu_s": oc, "new_s": nw, "new_cpu_s": nc,
-                         "cpu_speedup": round(oc / nc, 2)}
+                         "cpu_speedup": round(oc / nc, 2), "new_peak_mib": mem["peak_mib"],
+                         "new_after_mib": mem["after_mib"]}
     print(json.dumps(out))
 
 

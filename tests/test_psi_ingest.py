@@ -233,3 +233,30 @@ def test_copy_rows_leaves_odd_files_to_the_line_by_line_copy(tmp_path: Path) -> 
     (tmp_path / "x.csv").write_bytes(b"h\na\n")
     with pytest.raises(DataError, match="changed during the run"):
         _picked_lines(tmp_path / "x.csv", np.array([0, 5], dtype=np.int64))
+
+def test_read_ids_survives_a_hash_collision_across_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every id hashed alike in every batch: the byte-for-byte comparison (on the packed
+    ids) decides, and gives the rows the csv module path gives, empty keys dropped."""
+    monkeypatch.setattr(_ingest, "_hash64", lambda data, offsets: np.zeros(len(offsets) - 1, dtype=np.uint64))
+    f = tmp_path / "ids.csv"
+    f.write_text("id\n" + "".join(f"k{i % 7000}\n" if i % 11 else " \n" for i in range(150000)), encoding="utf-8")
+    t = read_ids(f, ["id"])
+    ids, rows, n, nulls = _read_like_before(f, ["id"])
+    assert t.ids == ids and t.first_row.tolist() == rows and t.nulls == nulls
+    assert t.duplicates == n - nulls - len(ids)
+
+
+def test_read_ids_leaves_pandas_unimported(tmp_path: Path) -> None:
+    """A Python value handed to pyarrow makes it import pandas (40 MiB a PSI party
+    would keep): read_ids builds its arrays from buffers, on every path."""
+    import subprocess
+    import sys
+
+    csv_file, pq_file = tmp_path / "ids.csv", tmp_path / "ids.parquet"
+    csv_file.write_text("id,n\n" + "".join(f"k{i % 50},{i}\n" for i in range(100)) + "\u00e9 ,1\n,2\n",
+                        encoding="utf-8")
+    pq.write_table(pa.table({"id": ["a", None, "b", "a"]}), pq_file)
+    code = ("import sys; from veilpay.psi.data import read_ids; "
+            f"read_ids({str(csv_file)!r}, ['id'], 'casefold'); read_ids({str(pq_file)!r}, ['id']); "
+            "sys.exit('pandas' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

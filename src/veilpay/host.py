@@ -9,8 +9,10 @@ Two things can cost veilpay's party processes more than their arithmetic:
   faster. `ring_matmul` is exact integer arithmetic in float64, so its results do
   not depend on the kernel; a caller may lift the pin for party processes.
 
-`keep_freed_memory` acts on this process at once; `blas_env` edits the environment
-of a child process (OpenBLAS reads it only when numpy is first imported).
+`keep_freed_memory` acts on this process at once; `return_freed_memory` hands glibc's
+free heap pages back to the OS once, after a step (ingestion) whose peak is past;
+`blas_env` edits the environment of a child process (OpenBLAS reads it only when
+numpy is first imported).
 
 `FASTAPI_TELEMETRY_OFF` is for the HTTP services: they export Prometheus metrics
 and JSON logs, not OpenTelemetry, and FastAPI's native OpenTelemetry hooks, left
@@ -29,7 +31,7 @@ from veilpay.errors import InvalidInput
 if TYPE_CHECKING:
     from fastapi.telemetry import TelemetryConfig
 
-__all__ = ["BLAS_CHOICES", "FASTAPI_TELEMETRY_OFF", "blas_env", "keep_freed_memory"]
+__all__ = ["BLAS_CHOICES", "FASTAPI_TELEMETRY_OFF", "blas_env", "keep_freed_memory", "return_freed_memory"]
 
 # FastAPI(telemetry=...): no OpenTelemetry spans, metrics or logs from FastAPI itself.
 FASTAPI_TELEMETRY_OFF: Final[TelemetryConfig] = {"tracing": False, "metrics": False, "logs": False}
@@ -50,6 +52,18 @@ def keep_freed_memory() -> None:
         libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB free
     except (OSError, AttributeError):
         return
+
+
+def return_freed_memory() -> None:
+    """Ask glibc to hand its free heap pages back to the OS now (``malloc_trim(0)``),
+    for a process that just freed the temporaries of a big step and goes on to need
+    the memory elsewhere; kept memory otherwise stays counted in its RSS. A no-op
+    without glibc."""
+    try:  # the symbols already loaded (libc among them): find_library would run ldconfig
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS, Windows): nothing to trim
+        return
+    trim(0)
 
 
 def blas_env(environ: Mapping[str, str], choice: str) -> dict[str, str]:

@@ -7,13 +7,19 @@ the reference and the fallback: a CSV region pyarrow might read otherwise than
 Python's csv module (a quote, an empty line, a BOM, a very long line, bytes that are
 not UTF-8) is handed to the csv module from the last line end before it; a row with a
 non-ASCII key goes through `psi.data._norm`; a parse error is found again by the csv
-module, which names the line."""
+module, which names the line.
+
+Memory: no Python value is handed to pyarrow to convert (a str separator, a list, a
+numpy array through pa.array): pyarrow imports pandas to check its type, some 40 MiB
+a PSI party would keep. Arrays and scalars are made from buffers instead, and
+`PackedBuilder` keeps each batch as numpy bytes and hashes, not as Arrow arrays."""
 
 from __future__ import annotations
 
 import codecs
 import collections
 import io
+import mmap
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -22,10 +28,11 @@ import pyarrow as pa  # type: ignore[import-not-found,import-untyped,unused-igno
 import pyarrow.compute as pc  # type: ignore[import-not-found,import-untyped,unused-ignore]
 import pyarrow.csv as pcsv  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
+from veilpay.host import return_freed_memory
 from veilpay.packed import PackedIds
 
-__all__ = ["ASCII_SPACE", "CsvGuard", "arrow_csv_batches", "encode_ids", "first_occurrences", "normalise_array",
-           "to_packed"]
+__all__ = ["ASCII_SPACE", "CsvGuard", "PackedBuilder", "arrow_csv_batches", "encode_ids", "first_occurrences",
+           "normalise_array", "release_pool", "take_packed", "to_packed"]
 
 # the ASCII characters str.strip() removes, taken from Python itself (\x1c-\x1f included)
 ASCII_SPACE = "".join(c for c in map(chr, range(128)) if c.isspace())
@@ -169,27 +176,124 @@ def normalise_array(values: Any, how: str, slow: Callable[[str, str], str]) -> A
     if not pc.all(ascii_rows).as_py():
         other = pc.invert(ascii_rows)
         redo = [slow(v, how) for v in pc.filter(values, other).to_pylist()]
-        out = pc.replace_with_mask(out, other, pa.array(redo, pa.string()))
+        out = pc.replace_with_mask(out, other, from_pylist(redo).cast(out.type))
     return out
 
 
 def encode_ids(parts: Sequence[Any]) -> Any:
     """psi.data.join_key over rows of key parts: len(part) in characters, the unit
     separator, the part; the pieces of a composite key concatenated."""
-    pieces = [pc.binary_join_element_wise(pc.cast(pc.utf8_length(p), pa.string()), p, _SEP) for p in parts]
-    return pieces[0] if len(pieces) == 1 else pc.binary_join_element_wise(*pieces, "")
+    sep = _string_scalar(_SEP)
+    pieces = [pc.binary_join_element_wise(pc.cast(pc.utf8_length(p), pa.string()), p, sep) for p in parts]
+    return pieces[0] if len(pieces) == 1 else pc.binary_join_element_wise(*pieces, _string_scalar(""))
 
 
-def first_occurrences(ids: Any) -> np.ndarray:
-    """Positions of the first occurrence of each distinct id, ascending (the rows
-    dict.fromkeys would keep). A 64-bit hash of every id, sorted, shows in a few tens
-    of milliseconds that a million ids differ; ids with equal hashes are compared
-    byte for byte, so the answer is exact whatever the hash does."""
+class PackedBuilder:
+    """Batches of ids (Arrow string arrays) and their row numbers, gathered as numpy
+    bytes, lengths and the 64-bit hashes `first_occurrences` sorts, so each batch's
+    Arrow buffers go as soon as it is added; `finish` joins them into one PackedIds,
+    freeing each batch as it is copied, so the file's ids are held once plus a batch.
+    The batches live in their own memory maps (`_off_heap`): glibc would keep their
+    freed heap pages, and the joined arrays would take new ones beside them."""
+
+    def __init__(self) -> None:
+        self._data: list[np.ndarray] = []
+        self._lengths: list[np.ndarray] = []
+        self._hashes: list[np.ndarray] = []
+        self._rows: list[np.ndarray | range] = []  # a range where no row was dropped: nothing to hold
+
+    def add(self, ids: Any, rows: np.ndarray) -> None:
+        data, offsets = _bytes_and_offsets(ids)
+        lo = int(offsets[0])
+        chunk = _off_heap(data[lo : int(offsets[-1])])  # a copy: the batch's Arrow buffers can go
+        self._hashes.append(_off_heap(_hash64(chunk, offsets.astype(np.int64) - lo)))
+        self._lengths.append(_off_heap(np.diff(offsets)))
+        self._data.append(chunk)
+        # rows ascend, so a batch whose first and last are len - 1 apart is a whole range
+        whole = not len(rows) or int(rows[-1]) - int(rows[0]) == len(rows) - 1
+        self._rows.append(range(int(rows[0]), int(rows[0]) + len(rows)) if whole and len(rows) else
+                          _off_heap(np.asarray(rows, dtype=np.int64)))
+
+    def finish(self) -> tuple[PackedIds, np.ndarray]:
+        """The ids and their hashes, in the order added (then `rows`)."""
+        offsets = np.zeros(sum(map(len, self._lengths)) + 1, dtype=np.int64)
+        at = 0
+        while self._lengths:
+            part = self._lengths.pop(0)
+            run = offsets[at + 1 : at + 1 + len(part)]
+            np.cumsum(part, dtype=np.int64, out=run)
+            run += offsets[at]
+            at += len(part)
+        data = _drain(self._data, np.uint8)
+        return PackedIds(data, offsets), _drain(self._hashes, np.uint64)
+
+    def rows(self) -> np.ndarray:
+        """The row numbers of the ids, in the order added (after `finish`, so the
+        hashes can go first)."""
+        out: np.ndarray = np.empty(sum(map(len, self._rows)), dtype=np.int64)
+        at = 0
+        while self._rows:
+            part = self._rows.pop(0)
+            if isinstance(part, range):
+                out[at : at + len(part)] = np.arange(part.start, part.stop, dtype=np.int64)
+            else:
+                out[at : at + len(part)] = part
+            at += len(part)
+        return out
+
+
+def _off_heap(values: np.ndarray) -> np.ndarray:
+    """A copy of ``values`` in an anonymous memory map of its own, unmapped (its pages
+    back to the OS) as soon as the copy is freed."""
+    if not values.nbytes:
+        return values.copy()
+    out = np.frombuffer(_anonymous_map(values.nbytes), dtype=values.dtype, count=len(values))
+    out[:] = values
+    return out
+
+
+def _anonymous_map(size: int) -> mmap.mmap:
+    if hasattr(mmap, "MAP_PRIVATE"):  # private pages fault in faster than the shared ones mmap makes by default
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return mmap.mmap(-1, size)
+
+
+def _drain(chunks: list[np.ndarray], dtype: type) -> np.ndarray:
+    """The chunks concatenated, each freed (popped) as soon as it is copied."""
+    out: np.ndarray = np.empty(sum(map(len, chunks)), dtype=dtype)
+    at = 0
+    while chunks:
+        part = chunks.pop(0)
+        out[at : at + len(part)] = part
+        at += len(part)
+    return out
+
+
+def first_occurrences(ids: Any, hashes: np.ndarray | None = None) -> np.ndarray:
+    """Positions of the first occurrence of each distinct id (a string array or
+    PackedIds), ascending (the rows dict.fromkeys would keep). A 64-bit hash of every
+    id, sorted, shows in a few tens of milliseconds that a million ids differ; ids
+    with equal hashes are compared byte for byte, so the answer is exact whatever the
+    hash does. ``hashes``, where `PackedBuilder` made them already, is sorted in place
+    (no second copy at the peak of ingestion) and made again if some repeat."""
     n = len(ids)
-    packed = to_packed(ids)
-    h = _hash64(packed.data, packed.offsets)
-    if n < 2 or bool(np.all(np.diff(np.sort(h)) != 0)):
+    if n < 2:
         return np.arange(n, dtype=np.int64)
+    packed = ids if isinstance(ids, PackedIds) else to_packed(ids)
+    h = None
+    if hashes is None:
+        h = _hash64(packed.data, packed.offsets)
+        ordered = np.sort(h)
+    else:
+        hashes.sort()
+        ordered = hashes
+    if not bool(np.any(ordered[1:] == ordered[:-1])):
+        return np.arange(n, dtype=np.int64)
+    del ordered
+    if h is None:
+        h = _hash64(packed.data, packed.offsets)  # in id order again
+    if isinstance(ids, PackedIds):
+        ids = as_arrow(ids)
     order = np.argsort(h, kind="stable")  # equal hashes keep file order: the first of a run is the earliest
     run_start = np.ones(n, dtype=bool)
     run_start[1:] = h[order][1:] != h[order][:-1]
@@ -207,7 +311,7 @@ def _first_occurrences_hashed(ids: Any) -> np.ndarray:
     first meets them: a row is a first occurrence exactly when its number exceeds
     every number before it, and the count checks the numbering was that order."""
     enc = pc.dictionary_encode(ids)
-    codes = enc.indices.to_numpy()
+    codes = _ints(enc.indices)
     if not len(codes):
         return np.zeros(0, dtype=np.int64)
     before = np.maximum.accumulate(np.concatenate([[-1], codes[:-1]]))
@@ -247,6 +351,48 @@ def _hash64(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return out
 
 
+def _bytes_and_offsets(arr: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The data bytes and offsets (int32, or int64 for the large types) of a string
+    or binary array without nulls, as numpy views of its buffers."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    large = pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type)
+    if not len(arr):
+        return np.zeros(0, dtype=np.uint8), np.zeros(1, dtype=np.int64 if large else np.int32)
+    _, offsets_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64 if large else np.int32)[arr.offset : arr.offset + len(arr) + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, dtype=np.uint8)
+    return data, offsets
+
+
+def _ints(arr: Any) -> np.ndarray:
+    """An integer array without nulls as a numpy view of its buffer."""
+    kind = np.dtype(f"<i{arr.type.bit_width // 8}")
+    if not len(arr):
+        return np.zeros(0, dtype=kind)
+    return np.frombuffer(arr.buffers()[1], dtype=kind)[arr.offset : arr.offset + len(arr)]
+
+
+def _int64_array(values: np.ndarray) -> Any:
+    values = np.ascontiguousarray(values, dtype=np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
+
+
+def _string_scalar(text: str) -> Any:
+    return from_pylist([text])[0]
+
+
+def as_arrow(ids: PackedIds) -> Any:
+    """A large_binary array over the buffers of ``ids`` (no copy)."""
+    offsets = np.ascontiguousarray(ids.offsets)
+    return pa.Array.from_buffers(pa.large_binary(), len(ids), [None, pa.py_buffer(offsets), pa.py_buffer(ids.data)])
+
+
+def take_packed(ids: PackedIds, rows: np.ndarray, distinct: bool = False) -> PackedIds:
+    """The ids at ``rows``, packed anew."""
+    return to_packed(take(as_arrow(ids), rows), distinct)
+
+
 def to_packed(ids: Any, distinct: bool = False) -> PackedIds:
     """A PackedIds over the bytes of a string (or binary) array, sharing its buffer."""
     arr = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
@@ -257,6 +403,15 @@ def to_packed(ids: Any, distinct: bool = False) -> PackedIds:
     return PackedIds(data, offsets, distinct)
 
 
+def release_pool(heap: bool = True) -> None:
+    """Hand the memory an ingestion freed back to the OS: the blocks pyarrow's pool
+    keeps cached (mimalloc keeps some 30 MiB of a million-row read otherwise), then,
+    with ``heap``, glibc's free heap pages."""
+    pa.default_memory_pool().release_unused()
+    if heap:
+        return_freed_memory()
+
+
 def is_string(kind: Any) -> bool:
     return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
 
@@ -264,27 +419,28 @@ def is_string(kind: Any) -> bool:
 def as_strings(column: Any) -> Any:
     """A Parquet column as psi.data's Python path reads it: str(value), '' for null."""
     if is_string(column.type):
-        return pc.fill_null(column, "").cast(pa.string())
-    return pa.array(["" if v is None else str(v) for v in column.to_pylist()], pa.string())
+        column = column.cast(pa.string())
+        return pc.fill_null(column, _string_scalar("")) if column.null_count else column
+    return from_pylist(["" if v is None else str(v) for v in column.to_pylist()])
 
 
 def from_pylist(values: list[str]) -> Any:
-    return pa.array(values, pa.string())
+    """A string array of ``values``, built from one buffer (see the module docstring)."""
+    raw = [v.encode() for v in values]
+    size = sum(map(len, raw))
+    kind, dtype = (pa.string(), np.int32) if size < 1 << 31 else (pa.large_string(), np.int64)
+    offsets = np.zeros(len(raw) + 1, dtype=dtype)
+    np.cumsum(np.fromiter(map(len, raw), dtype=dtype, count=len(raw)), out=offsets[1:])
+    return pa.Array.from_buffers(kind, len(raw), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(raw))])
 
 
 def empty_mask(parts: Sequence[Any]) -> np.ndarray:
     """Rows with an empty part, as a bool array."""
     mask = np.zeros(len(parts[0]), dtype=bool)
     for p in parts:
-        mask |= pc.equal(pc.binary_length(p), 0).to_numpy(zero_copy_only=False)
+        mask |= np.diff(_bytes_and_offsets(p)[1]) == 0
     return mask
 
 
 def take(values: Any, rows: np.ndarray) -> Any:
-    return values.take(pa.array(rows))
-
-
-def concat(arrays: list[Any]) -> Any:
-    if not arrays:
-        return pa.array([], pa.large_string())
-    return pa.concat_arrays([a.cast(pa.large_string()) for a in arrays])
+    return values.take(_int64_array(rows))

@@ -206,21 +206,24 @@ def read_ids(path: str | Path, keys: Sequence[str], normalise: str = "trim", on_
     Key columns are read, normalised, encoded and deduplicated as Arrow arrays
     (`veilpay.psi._ingest`): a million-row CSV takes a fraction of a second, where
     the csv module and per-string functions took over one."""
-    from veilpay.psi._ingest import concat, first_occurrences, take, to_packed
+    from veilpay.psi._ingest import PackedBuilder, first_occurrences, release_pool, take_packed
 
     table = IdTable(Path(path), [])
-    arrays: list[Any] = []
-    rows: list[np.ndarray] = []
-    for ids, r in _id_arrays(Path(path), keys, normalise, on_null, table):
-        arrays.append(ids)
-        rows.append(r)
-    every = concat(arrays)
-    first_row = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-    first = first_occurrences(every)
+    builder = PackedBuilder()  # each batch packed and hashed as it comes, its Arrow arrays let go
+    for i, (ids, r) in enumerate(_id_arrays(Path(path), keys, normalise, on_null, table), 1):
+        builder.add(ids, r)
+        if not i % 4:  # pyarrow's pool keeps the batches' freed blocks (30 MiB at 1M rows); not every
+            release_pool(heap=False)  # batch: the next would fault its pages in again
+    every, hashes = builder.finish()
+    first = first_occurrences(every, hashes)
+    del hashes
+    first_row = builder.rows()
     table.duplicates = len(every) - len(first)
     if table.duplicates:
-        every, first_row = take(every, first), first_row[first]
-    table.ids, table.first_row = to_packed(every, distinct=True), first_row
+        every, first_row = take_packed(every, first), first_row[first]
+    table.ids, table.first_row = PackedIds(every.data, every.offsets, distinct=True), first_row
+    del every, first
+    release_pool()  # the protocol that follows needs the memory the batches used
     return table
 
 
