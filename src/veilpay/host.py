@@ -39,17 +39,20 @@ FASTAPI_TELEMETRY_OFF: Final[TelemetryConfig] = {"tracing": False, "metrics": Fa
 BLAS_CHOICES = ("inherit", "auto")
 
 
-def keep_freed_memory() -> None:
+def keep_freed_memory(largest: int = 1 << 30, kept: int = 1 << 30) -> None:
     """Ask glibc to keep freed big buffers for reuse instead of returning them to the
-    OS. Process-wide: meant for party processes that free and allocate arrays of the
-    same sizes over and over (the cost is up to 1 GiB of freed memory kept mapped)."""
+    OS: blocks up to ``largest`` bytes come from the heap (bigger ones are mapped and
+    given back when freed), and up to ``kept`` bytes of free heap stay. Process-wide:
+    meant for party processes that free and allocate arrays of the same sizes over and
+    over, which then skip the page faults of fresh memory (the cost: up to ``kept``
+    bytes of freed memory counted in the RSS)."""
     name = ctypes.util.find_library("c")
     if not name:
         return
     try:
         libc = ctypes.CDLL(name)
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: big blocks from the heap
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB free
+        libc.mallopt(-3, largest)  # M_MMAP_THRESHOLD: blocks up to this from the heap
+        libc.mallopt(-1, kept)  # M_TRIM_THRESHOLD: keep up to this much free
     except (OSError, AttributeError):
         return
 

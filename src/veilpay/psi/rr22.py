@@ -214,7 +214,7 @@ def rr22_psi(
         raise InvalidInput("stat_sec must be within 20..80")
     if not 1 <= chunk <= 1 << 24:
         raise InvalidInput("chunk must be within 1..2^24")
-    keep_freed_memory()
+    keep_freed_memory()  # the arrays of each phase reuse the last one's memory: no page faults
     clock = _Clock()
     nonce = secrets.token_bytes(_NONCE)
     if role == "receiver":
@@ -286,17 +286,17 @@ def _receiver(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_p
         comm.exchange("rr22.attempt", {peer: [np.array([attempt], dtype=np.uint64)]})
     with clock("wait"):
         answer = comm.exchange("rr22.trees", recv={peer: 2})[peer]
+    del rows  # 32 bytes an id: computed again below rather than held through the VOLE's peak
     with clock("vole"):
-        a, c = vole.finish(peer, answer[0], answer[1])
+        masked, c = vole.finish(peer, answer[0], answer[1], into=table.view("<u8").reshape(store.size, 2))
         del vole
-        np.bitwise_xor(table.view("<u8").reshape(store.size, 2), a, out=a)
     with clock("send"):
-        comm.exchange("rr22.okvs", {peer: [a.view(np.uint8).reshape(store.size, 16)]})
-    del a, table
+        comm.exchange("rr22.okvs", {peer: [masked.view(np.uint8).reshape(store.size, 16)]})
+    del masked, table
     size = oprf_bytes(n, n_peer, stat_sec)
     with clock("values"):
-        own = _values(keys, store.decode(c.view(np.uint8).reshape(store.size, 16), rows), items, size)
-        del c, rows
+        own = _values(keys, store.decode(c.view(np.uint8).reshape(store.size, 16), store.rows(items)), items, size)
+        del c
         lookup = _Lookup(peer, own, items)
     hits: list[np.ndarray] = []
     with progress(n_peer, "rr22 receiver", unit="id", enabled=show_progress) as bar:

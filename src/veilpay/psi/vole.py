@@ -330,8 +330,14 @@ class VoleReceiver:
     def correction(self) -> np.ndarray:
         return self._u
 
-    def finish(self, peer: str, cts: np.ndarray, psi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def finish(self, peer: str, cts: np.ndarray, psi: np.ndarray,
+               into: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(A, C), each (n, 2) uint64. With ``into`` ((n, 2) uint64), A is XORed into it
+        instead of kept (R masks its OKVS in place) and ``into`` is returned as the A
+        part."""
         p = self.params
+        if into is not None and (into.dtype != np.uint64 or into.shape != (p.n, 2)):
+            raise InvalidInput(f"into must be ({p.n}, 2) uint64")
         _check(peer, cts, (p.t, p.depth, 2, 16), "tree OT messages")
         _check(peer, psi, (p.t, 16), "tree sums")
         t_rows = self._t
@@ -371,7 +377,8 @@ class VoleReceiver:
         table[1:, 0] = table[:-1, 1]
         flat = table.view(np.complex128).reshape(-1)
         alpha = self._alpha.astype(np.intp)
-        a = np.empty((p.n, 2), dtype=np.uint64)
+        a = np.empty((p.n, 2), dtype=np.uint64) if into is None else into
+        part = np.empty((min(p.n, _CHUNK), 2), dtype=np.uint64)
         c = np.empty((p.n, 2), dtype=np.uint64)
         mask = (1 << p.depth) - 1
         for lo in range(0, p.n, _CHUNK):
@@ -382,5 +389,9 @@ class VoleReceiver:
             beyond = np.bitwise_and(pos, mask, out=pos) >= alpha[idx]
             idx <<= 1
             idx += beyond
-            _gather_xor(flat, idx, a[lo:hi])
+            if into is None:
+                _gather_xor(flat, idx, a[lo:hi])
+            else:
+                _gather_xor(flat, idx, part[: hi - lo])
+                np.bitwise_xor(a[lo:hi], part[: hi - lo], out=a[lo:hi])
         return a, c
