@@ -65,8 +65,9 @@ def _write(path: Path, ids: range) -> None:
 
 
 # GNU time is not assumed: each party runs under a tiny wrapper that reports its peak RSS.
-_WRAP = ("import resource,subprocess,sys;p=subprocess.run(sys.argv[1:]);"
-         "print('RSS',resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,file=sys.stderr);sys.exit(p.returncode)")
+_WRAP = ("import resource,subprocess,sys;p=subprocess.run(sys.argv[1:]);u=resource.getrusage(resource.RUSAGE_CHILDREN);"
+         "print('RSS',u.ru_maxrss,file=sys.stderr);print('CPU',u.ru_utime+u.ru_stime,file=sys.stderr);"
+         "sys.exit(p.returncode)")
 
 
 def _run_together(cmds: dict[str, list[str]], timeout: float = 3600
@@ -90,7 +91,14 @@ def _run_together(cmds: dict[str, list[str]], timeout: float = 3600
             raise SystemExit(f"{k} failed: {outs[k][1][-2000:]}")
     last = {k: json.loads([ln for ln in outs[k][0].splitlines() if ln.startswith("{")][-1]) for k in outs}
     rss = {k: int(next(ln.split()[1] for ln in outs[k][1].splitlines() if ln.startswith("RSS"))) // 1024 for k in outs}
+    cpu = {k: round(float(next(ln.split()[1] for ln in outs[k][1].splitlines() if ln.startswith("CPU"))), 2)
+           for k in outs}
+    _LAST_CPU.clear()
+    _LAST_CPU.update(cpu)
     return wall, last, rss
+
+
+_LAST_CPU: dict[str, float] = {}  # CPU seconds (user + system) of each process of the last _run_together
 
 
 def x25519_us_per_op() -> float:
@@ -135,6 +143,8 @@ def run_size(n: int, work: Path, op_us: float, protocol: str, reveal: str = "rec
         row |= {"target_seconds_1m": 7.5, "target_rss_mib": 1536}
     else:
         row["split_seconds"] = {role: _split(summ[role]) for role in ("receiver", "sender")}
+        row["cpu_seconds"] = dict(_LAST_CPU)
+        row["cpu_us_per_id"] = round(1e6 * sum(_LAST_CPU.values()) / n, 2)
     return row
 
 
@@ -184,6 +194,7 @@ def rr22_rows(sizes: list[int], work: Path, repeat: int) -> Iterator[dict[str, A
     if spu_best is not None:
         speedup = spu_best["wall_seconds"] / best[small]["wall_seconds"]
         summary |= {"spu_rr22_wall_seconds": spu_best["wall_seconds"], "speedup_over_spu_rr22": round(speedup, 3),
+                    "cpu_us_per_id": best[small]["cpu_us_per_id"], "spu_cpu_us_per_id": spu_best["cpu_us_per_id"],
                     "speedup_target": 1.8, "speedup_met": speedup >= 1.8,
                     "spu_peak_rss_mib": spu_best["peak_rss_mib"]}
     else:
@@ -203,7 +214,8 @@ def run_spu(n: int, work: Path, protocol: str, timeout: float = 3600) -> dict[st
     }, timeout)
     return {"bench": "psi", "peer": f"spu.psi 0.9.5 {protocol}", "transport": "brpc (no tls), 2 processes",
             "n_each": n, "intersection": out["receiver"]["intersection"], "wall_seconds": round(wall, 2),
-            "protocol_seconds": out["receiver"]["seconds"], "peak_rss_mib": rss}
+            "protocol_seconds": out["receiver"]["seconds"], "peak_rss_mib": rss, "cpu_seconds": dict(_LAST_CPU),
+            "cpu_us_per_id": round(1e6 * sum(_LAST_CPU.values()) / n, 2)}
 
 
 def run_ray(n: int, work: Path, memory_mib: int = 1024, addresses: tuple[str, str] = ("local", "local")

@@ -53,6 +53,7 @@ def keep_freed_memory(largest: int = 1 << 30, kept: int = 1 << 30) -> None:
         libc = ctypes.CDLL(name)
         libc.mallopt(-3, largest)  # M_MMAP_THRESHOLD: blocks up to this from the heap
         libc.mallopt(-1, kept)  # M_TRIM_THRESHOLD: keep up to this much free
+        libc.mallopt(-8, 1)  # M_ARENA_MAX: one heap for every thread, so no thread keeps its own free memory
     except (OSError, AttributeError):
         return
 

@@ -41,7 +41,10 @@ leaf is pseudorandom given the rest).
 from __future__ import annotations
 
 import math
+import os
 import secrets
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +63,7 @@ MIN_DIST = 0.1  # the code's estimated relative minimum distance (libOTe, ExAcc1
 NOISE_WEIGHT = 8 * math.ceil(-128 / math.log2(1 - 2 * MIN_DIST) / 8)  # 400: 128-bit security against linear tests
 BASE = 128  # base OTs: the width of Delta
 _CHUNK = 1 << 15  # outputs per compression step
+_THREADS = min(2, os.cpu_count() or 1)  # the receiver's compression threads
 _TREE_BYTES = 1 << 24  # leaves expanded at once, in bytes
 _POLY = np.uint64(0x87)  # X^128 = X^7 + X^2 + X + 1
 
@@ -305,6 +309,7 @@ class VoleReceiver:
             raise InvalidInput("the VOLE receiver needs 128 base-OT key pairs")
         self.params = params
         self._pub = _Public(joint, params)
+        self._joint = joint
         p = params
         self._alpha = np.frombuffer(secrets.token_bytes(8 * p.t), dtype="<u8") & np.uint64((1 << p.depth) - 1)
         while True:
@@ -378,13 +383,20 @@ class VoleReceiver:
         flat = table.view(np.complex128).reshape(-1)
         alpha = self._alpha.astype(np.intp)
         a = np.empty((p.n, 2), dtype=np.uint64) if into is None else into
-        part = np.empty((min(p.n, _CHUNK), 2), dtype=np.uint64)
         c = np.empty((p.n, 2), dtype=np.uint64)
         mask = (1 << p.depth) - 1
-        for lo in range(0, p.n, _CHUNK):
+        joint = self._joint
+        local = threading.local()
+
+        def chunk(lo: int) -> None:
+            # numpy's gathers and pyca's AES let go of the GIL: two threads use the
+            # core the sender leaves idle while it waits for P'; each its own AES contexts
+            if not hasattr(local, "pub"):
+                local.pub = _Public(joint, p)
+            pub = local.pub
             hi = min(p.n, lo + _CHUNK)
-            pos = self._pub.positions(lo, hi)
-            self._pub.expand(acc, c[lo:hi], pos)
+            pos = pub.positions(lo, hi)
+            pub.expand(acc, c[lo:hi], pos)
             idx = pos >> p.depth  # the slot's block k, then 2k + (slot at or past alpha_k)
             beyond = np.bitwise_and(pos, mask, out=pos) >= alpha[idx]
             idx <<= 1
@@ -392,6 +404,10 @@ class VoleReceiver:
             if into is None:
                 _gather_xor(flat, idx, a[lo:hi])
             else:
-                _gather_xor(flat, idx, part[: hi - lo])
-                np.bitwise_xor(a[lo:hi], part[: hi - lo], out=a[lo:hi])
+                part = np.empty((hi - lo, 2), dtype=np.uint64)
+                _gather_xor(flat, idx, part)
+                np.bitwise_xor(a[lo:hi], part, out=a[lo:hi])
+
+        with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+            list(pool.map(chunk, range(0, p.n, _CHUNK)))
         return a, c
