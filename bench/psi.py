@@ -15,7 +15,7 @@ queries (the first downloads the prepared set, the second reuses it).
 
     python bench/psi.py [--sizes 100000,1000000] [--protocols kkrt,ecdh] [--no-peers]
                         [--no-kkrt-both] [--unbalanced 100000,1000]
-    python bench/psi.py --ray 1000000,10000000,30000000 [--ray-spu 10000000]
+    python bench/psi.py --ray 1000000,10000000,30000000 [--ray-spu 10000000] [--ray-protocol kkrt|rr22]
     python bench/psi.py --rr22 1000000,4000000,10000000 [--repeat 3]
 
 ``--rr22``: RR22 (our default) at each size, both parties as processes over TCP + TLS,
@@ -218,16 +218,16 @@ def run_spu(n: int, work: Path, protocol: str, timeout: float = 3600) -> dict[st
             "cpu_us_per_id": round(1e6 * sum(_LAST_CPU.values()) / n, 2)}
 
 
-def run_ray(n: int, work: Path, memory_mib: int = 1024, addresses: tuple[str, str] = ("local", "local")
-            ) -> dict[str, Any]:
-    """KKRT partitioned over a Ray cluster per party (``local``: one each starts for
-    the run), both parties as processes."""
+def run_ray(n: int, work: Path, memory_mib: int = 1024, addresses: tuple[str, str] = ("local", "local"),
+            protocol: str = "kkrt") -> dict[str, Any]:
+    """KKRT (or ``protocol``) partitioned over a Ray cluster per party (``local``: one
+    each starts for the run), both parties as processes."""
     from veilpay.cli.demo import _free_port_base
     from veilpay.net import provision_network
 
     net = provision_network(work / f"raynet{n}", ["receiver", "sender"], base_port=_free_port_base())
     base = [sys.executable, "-m", "veilpay.cli.main", "psi", "--network", str(net), "--key", "customer_id",
-            "--timeout", "1800", "--memory-per-worker", str(memory_mib), "--worker-port-base"]
+            "--timeout", "1800", "--protocol", protocol, "--memory-per-worker", str(memory_mib), "--worker-port-base"]
     port = _free_port_base(64)
     runs = Path(tempfile.mkdtemp(prefix="runs-", dir=work))  # a fresh run each time: nothing to resume
     wall, summ, rss = _run_together({
@@ -241,7 +241,7 @@ def run_ray(n: int, work: Path, memory_mib: int = 1024, addresses: tuple[str, st
     workers = {k: v["worker_peak_rss_mib"] for k, v in summ.items()}
     drivers = {k: v["driver_peak_rss_mib"] for k, v in summ.items()}
     r, s_ = summ["receiver"], summ["sender"]
-    return {"bench": "psi-ray", "protocol": "kkrt (ot extension) per partition", "transport":
+    return {"bench": "psi-ray", "protocol": f"{protocol} per partition", "transport":
             "tcp+tls, 2 parties x (driver + Ray workers), one Ray cluster per party", "n_each": n,
             "ray": "a local instance per party, started by the run" if addresses[0] == "local" else
             "each party's cluster running before the run (ray start --head, 2 CPUs each)",
@@ -257,16 +257,17 @@ def run_ray(n: int, work: Path, memory_mib: int = 1024, addresses: tuple[str, st
             "ms_per_id": round(1000 * wall / n, 4), "cores": os.cpu_count() or 1}
 
 
-def ray_rows(sizes: list[int], work: Path, spu_n: int, addresses: tuple[str, str]) -> Iterator[dict[str, Any]]:
+def ray_rows(sizes: list[int], work: Path, spu_n: int, addresses: tuple[str, str],
+             protocol: str = "kkrt") -> Iterator[dict[str, Any]]:
     rows = []
     for n in sizes:
         _write(work / f"r{n}.csv", range(n))
         _write(work / f"s{n}.csv", range(n // 2, n + n // 2))
-        rows.append(run_ray(n, work, addresses=addresses))
+        rows.append(run_ray(n, work, addresses=addresses, protocol=protocol))
         if n == sizes[0]:
             if addresses[0] != "local":
-                yield run_ray(n, work)  # and with the start of a local Ray instance inside the run
-            single = run_size(n, work, 0.0, "kkrt")
+                yield run_ray(n, work, protocol=protocol)  # and with the start of a local Ray instance inside the run
+            single = run_size(n, work, 0.0, protocol)
             rows[-1]["single_process_wall_seconds"] = single["wall_seconds"]
             rows[-1]["ray_over_single_process"] = round(rows[-1]["wall_seconds"] / single["wall_seconds"], 3)
             yield single
@@ -364,6 +365,8 @@ def main() -> None:
     ap.add_argument("--unbalanced", default="100000,1000", help="server,client sizes; '' skips it")
     ap.add_argument("--ray", help="sizes for KKRT over Ray, comma separated (runs only the Ray rows)")
     ap.add_argument("--ray-spu", type=int, default=10_000_000, help="spu.psi KKRT at this size beside --ray; 0 skips")
+    ap.add_argument("--ray-protocol", default="kkrt", choices=["kkrt", "rr22", "ecdh"],
+                    help="the protocol each partition runs (and the single-process row beside it)")
     ap.add_argument("--ray-addresses", default="local,local",
                     help="the receiver's and the sender's Ray cluster addresses (default: a local instance each)")
     ap.add_argument("--rr22", help="sizes for the RR22 rows, comma separated (runs only those, with spu.psi RR22)")
@@ -377,7 +380,8 @@ def main() -> None:
     if a.ray:
         with tempfile.TemporaryDirectory(prefix="veilpay-psi-ray-bench-") as tmp:
             r_addr, s_addr = a.ray_addresses.split(",")
-            for row in ray_rows([int(v) for v in a.ray.split(",") if v], Path(tmp), a.ray_spu, (r_addr, s_addr)):
+            for row in ray_rows([int(v) for v in a.ray.split(",") if v], Path(tmp), a.ray_spu, (r_addr, s_addr),
+                                a.ray_protocol):
                 print(json.dumps(row), flush=True)
         return
     op_us = x25519_us_per_op()
