@@ -341,3 +341,66 @@ def test_files_with_rr22_and_a_bad_okvs_write_no_output(tmp_path: Path) -> None:
     r, s = two_party(side("receiver", True), side("sender", False), timeout=5)
     assert isinstance(s, ProtocolMismatch) and isinstance(r, PeerDisconnected | ProtocolTimeout)
     assert not list(tmp_path.glob("out-*"))
+
+
+def test_reveal_both_tells_the_sender_only_the_intersection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With reveal='both', what the sender receives after its values is a function of
+    the intersection and the session's public keys alone: exactly the sorted items of
+    its own common ids, whatever else the receiver holds."""
+    made: dict[tuple[bytes, ...], np.ndarray] = {}
+    real_prf = rr22_mod.id_prf
+
+    def recording_prf(key: bytes, ids: Any) -> np.ndarray:
+        out = real_prf(key, ids)
+        made[tuple(ids)] = out
+        return out
+
+    monkeypatch.setattr(rr22_mod, "id_prf", recording_prf)
+    common = [f"c{i}".encode() for i in range(40)]
+    y = common + [f"y{i}".encode() for i in range(200)]
+    for other in (range(0, 300), range(1000, 1700)):
+        x = [f"x{i}".encode() for i in other] + common
+        seen: list[np.ndarray] = []
+
+        def sender(c: Communicator, seen: list[np.ndarray] = seen) -> Any:
+            real = c.exchange
+
+            def spy(label: str, send: Any = None, recv: Any = None) -> Any:
+                got = real(label, send, recv)
+                if label == "rr22.matches":
+                    seen.append(got["r"][0])
+                return got
+
+            c.exchange = spy  # type: ignore[method-assign]
+            return rr22_psi(c, "r", "sender", y, reveal="both")
+
+        r, s = two_party(lambda c, x=x: rr22_psi(c, "s", "receiver", x, reveal="both"), sender)
+        check(x, y, r, s)
+        mine = made[tuple(y)][np.asarray(s.indices)]
+        w = np.ascontiguousarray(mine).view("<u8").reshape(-1, 2)
+        assert np.array_equal(seen[0], mine[np.lexsort((w[:, 1], w[:, 0]))])
+
+
+def test_lookup_finds_values_whose_prefixes_collide_and_refuses_repeated_ids() -> None:
+    """R's bucket index on 8-byte prefixes: two of its values that share a prefix (a
+    2^-64 event, forced here) fall back to the exact search; the same id twice is
+    refused; values longer than 8 bytes are compared whole."""
+    rng = np.random.default_rng(3)
+    own = rng.integers(0, 256, size=(1000, 10), dtype=np.uint8)
+    items = rng.integers(0, 256, size=(1000, 16), dtype=np.uint8)
+    own[7, :8] = own[8, :8]  # same prefix, different tails and items
+    look = rr22_mod._Lookup("s", own, items)
+    assert not look.exact
+    probe = np.concatenate([own[[7, 8, 500]], own[[9]] ^ np.uint8(1)])
+    assert sorted(look.find(probe).tolist()) == [7, 8, 500]
+    own2 = own.copy()
+    own2[8] = own2[7]
+    items2 = items.copy()
+    items2[8] = items2[7]  # the same id twice: the same item and value
+    with pytest.raises(InvalidInput, match="distinct"):
+        rr22_mod._Lookup("s", own2, items2)
+    exact = rr22_mod._Lookup("s", own[10:], items[10:])
+    assert exact.exact
+    near = own[[20, 30]].copy()
+    near[:, 9] ^= 1  # same prefix, another tail: not a match
+    assert exact.find(np.concatenate([own[[20, 30]], near])).tolist() == [10, 20]
