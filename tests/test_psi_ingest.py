@@ -208,16 +208,17 @@ def test_ascii_letters_case_only_through_arrow() -> None:
 @settings(max_examples=60, deadline=None)
 @given(lines=st.lists(st.text(alphabet=st.characters(blacklist_characters='"\r\n', blacklist_categories=("Cs",)),
                               min_size=1, max_size=12), min_size=1, max_size=30),
-       crlf=st.booleans(), last_end=st.booleans(), data=st.data())
+       crlf=st.booleans(), last_end=st.booleans(), block=st.sampled_from([1, 2, 3, 7, 64, 1 << 24]), data=st.data())
 def test_copy_rows_in_memory_equals_the_line_by_line_copy(tmp_path_factory: pytest.TempPathFactory, lines: list[str],
-                                                          crlf: bool, last_end: bool, data: st.DataObject) -> None:
+                                                          crlf: bool, last_end: bool, block: int,
+                                                          data: st.DataObject) -> None:
     from veilpay.psi.data import _picked_lines, _unquoted_lines
 
     path = tmp_path_factory.mktemp("copy") / "in.csv"
     end = "\r\n" if crlf else "\n"
     path.write_bytes((end.join(["h", *lines]) + (end if last_end else "")).encode())
     wanted = np.array(sorted(data.draw(st.sets(st.integers(0, len(lines) - 1)))), dtype=np.int64)
-    fast = _picked_lines(path, wanted)
+    fast = _picked_lines(path, wanted, block)  # blocks of a few bytes: lines cut anywhere
     slow = _unquoted_lines(path, wanted)
     assert fast is not None and slow is not None
     first, got = slow
@@ -227,9 +228,10 @@ def test_copy_rows_in_memory_equals_the_line_by_line_copy(tmp_path_factory: pyte
 def test_copy_rows_leaves_odd_files_to_the_line_by_line_copy(tmp_path: Path) -> None:
     from veilpay.psi.data import _picked_lines
 
-    for body in (b'h\n"a"\n', b"h\na\rb\n", b"h\n\na\n", b"h\n\xff\n"):
+    for body in (b'h\n"a"\n', b"h\na\rb\n", b"h\n\na\n", b"h\n\xff\n", b"h\r\n\r\na\r\n", b"\nh\na\n", b"h\na\r"):
         (tmp_path / "x.csv").write_bytes(body)
-        assert _picked_lines(tmp_path / "x.csv", np.array([0], dtype=np.int64)) is None
+        for block in (2, 1 << 24):
+            assert _picked_lines(tmp_path / "x.csv", np.array([0], dtype=np.int64), block) is None
     (tmp_path / "x.csv").write_bytes(b"h\na\n")
     with pytest.raises(DataError, match="changed during the run"):
         _picked_lines(tmp_path / "x.csv", np.array([0, 5], dtype=np.int64))

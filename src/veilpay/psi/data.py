@@ -438,13 +438,13 @@ def copy_rows(path: str | Path, wanted: np.ndarray, output: str | Path) -> bool:
     path = Path(path)
     if _is_parquet(path):
         return False
-    fast = _picked_lines(path, wanted)
-    if fast is not None:
-        def write_bytes(fh: IO[Any]) -> None:
-            fh.write(fast)
-
-        atomic_write(output, write_bytes, binary=True)
+    try:
+        atomic_write(output, lambda fh: _write_picked(path, wanted, fh), binary=True)
         return True
+    except _NotPlain:
+        pass  # nothing was written (the temporary file is gone): the line-by-line copy decides
+    except OSError:
+        return False
     got = _unquoted_lines(path, wanted)
     if got is None:
         return False
@@ -459,48 +459,86 @@ def copy_rows(path: str | Path, wanted: np.ndarray, output: str | Path) -> bool:
     return True
 
 
-_PICK_LIMIT = 128 << 20  # files up to this size are picked from in memory, at numpy speed
+_PICK_BLOCK = 1 << 24  # bytes of the input handled at a time by the numpy line picker
 
 
-def _picked_lines(path: Path, wanted: np.ndarray) -> bytes | None:
-    """`copy_rows`'s output for a small plain file, built with numpy on its bytes: the
-    header and the wanted lines, each ended by CRLF. None (the line-by-line path then
-    decides) for a file that is large, has a quote, a lone CR, an empty line or bytes
-    that are not UTF-8."""
-    try:
-        if path.stat().st_size > _PICK_LIMIT:
-            return None
-        data = path.read_bytes()
-    except OSError:
-        return None
-    crs = data.count(b"\r")
-    if b'"' in data or (crs and crs != data.count(b"\r\n")) or b"\n\n" in data or data.startswith(b"\n"):
-        return None
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    buf = np.frombuffer(data, dtype=np.uint8)
-    ends = np.flatnonzero(buf == 10)
-    if not data.endswith(b"\n") and data:
-        ends = np.append(ends, len(data))  # a last line without its line end
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    stops = ends - ((ends > starts) & (buf[np.maximum(ends - 1, 0)] == 13))  # a line's bytes, without its CR
-    lines = np.concatenate([[0], np.asarray(wanted, dtype=np.int64) + 1])
-    if len(lines) > 1 and int(lines[-1]) >= len(starts):
+class _NotPlain(Exception):
+    """The input has something the numpy line picker leaves to the line-by-line copy."""
+
+
+def _write_picked(path: Path, wanted: np.ndarray, out: IO[bytes], block: int = _PICK_BLOCK) -> None:
+    """Write `copy_rows`'s output to ``out``: the header and the wanted lines, each
+    ended by CRLF, picked with numpy from the file's bytes a block at a time (memory
+    stays a few blocks whatever the file's size). _NotPlain where the file has a quote,
+    a lone CR, an empty line or bytes that are not UTF-8: the line-by-line copy then
+    decides."""
+    lines = np.asarray(wanted, dtype=np.int64) + 1  # line 0 is the header
+    k, base, carry = 0, 0, b""
+    with path.open("rb") as fh:
+        while True:
+            data = fh.read(block)
+            region = carry + data
+            if data:
+                cut = region.rfind(b"\n") + 1
+                body, carry = region[:cut], region[cut:]
+            else:  # the end: a last line without its line end
+                body, carry = region, b""
+            if body:
+                if b'"' in body or (b"\r" in body and body.count(b"\r") != body.count(b"\r\n")):
+                    raise _NotPlain
+                try:
+                    body.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise _NotPlain from exc
+                buf = np.frombuffer(body, dtype=np.uint8)
+                ends = np.flatnonzero(buf == 10)
+                if not body.endswith(b"\n"):
+                    ends = np.append(ends, len(body))
+                stop = int(np.searchsorted(lines, base + len(ends), "left"))
+                pick = lines[k:stop] - base
+                if base == 0:
+                    pick = np.concatenate([[0], pick])
+                k = stop
+                starts = np.concatenate([[0], ends[:-1] + 1])
+                if bool(((ends - starts == 0) | ((ends - starts == 1) & (buf[np.minimum(starts, len(buf) - 1)] == 13)))
+                        .any()):
+                    raise _NotPlain  # an empty line
+                lo = starts[pick]
+                hi = ends[pick] - ((ends[pick] > lo) & (buf[np.maximum(ends[pick] - 1, 0)] == 13))  # without the CR
+                _write_lines(buf, lo, hi, out)
+                base += len(ends)
+            if not data:
+                break
+    if k != len(lines):
         raise DataError(f"{path}: the file changed during the run (rows missing on the second read)")
-    lo, hi = starts[lines], stops[lines]
+
+
+def _write_lines(buf: np.ndarray, lo: np.ndarray, hi: np.ndarray, out: IO[bytes]) -> None:
+    """Write bytes lo[i]:hi[i] of ``buf`` for each i, each followed by CRLF."""
+    if not len(lo):
+        return
     size = hi - lo + 2
-    out_at = np.zeros(len(size) + 1, dtype=np.int64)
-    np.cumsum(size, out=out_at[1:])
+    at = np.zeros(len(size) + 1, dtype=np.int64)
+    np.cumsum(size, out=at[1:])
+    idx = np.int32 if at[-1] < 1 << 31 else np.int64
     # each output byte's source: the line's bytes, then two bytes overwritten by CR LF
-    idx = np.int32 if out_at[-1] < 1 << 31 else np.int64
-    src = np.repeat((lo - out_at[:-1]).astype(idx), size.astype(idx))
+    src = np.repeat((lo - at[:-1]).astype(idx), size.astype(idx))
     src += np.arange(len(src), dtype=idx)
-    out = np.take(buf, src, mode="clip")
-    out[out_at[1:] - 2] = 13
-    out[out_at[1:] - 1] = 10
-    return out.tobytes()
+    got = np.take(buf, src, mode="clip")
+    got[at[1:] - 2] = 13
+    got[at[1:] - 1] = 10
+    out.write(got.data)
+
+
+def _picked_lines(path: Path, wanted: np.ndarray, block: int = _PICK_BLOCK) -> bytes | None:
+    """`_write_picked`'s output as bytes, or None where it leaves the file to the
+    line-by-line copy."""
+    sink = io.BytesIO()
+    try:
+        _write_picked(path, wanted, sink, block)
+    except _NotPlain:
+        return None
+    return sink.getvalue()
 
 
 def stream_rows(path: str | Path, wanted: Iterable[np.ndarray], output: str | Path) -> bool:
