@@ -18,6 +18,7 @@ from parties import run_threads
 
 from veilpay.errors import InvalidInput, PeerDisconnected, ProtocolMismatch, ProtocolTimeout
 from veilpay.net import Communicator
+from veilpay.packed import PackedIds
 from veilpay.psi import rr22 as rr22_mod
 from veilpay.psi import run_psi_files
 from veilpay.psi.okvs import okvs_size
@@ -390,7 +391,7 @@ def test_lookup_finds_values_whose_prefixes_collide_and_refuses_repeated_ids() -
     items = rng.integers(0, 256, size=(1000, 16), dtype=np.uint8)
     own[7, :8] = own[8, :8]  # same prefix, different tails and items
     look = rr22_mod._Lookup("s", own, items)
-    assert not look.exact
+    assert look.table is not None  # the exact fallback
     probe = np.concatenate([own[[7, 8, 500]], own[[9]] ^ np.uint8(1)])
     assert sorted(look.find(probe).tolist()) == [7, 8, 500]
     own2 = own.copy()
@@ -400,7 +401,269 @@ def test_lookup_finds_values_whose_prefixes_collide_and_refuses_repeated_ids() -
     with pytest.raises(InvalidInput, match="distinct"):
         rr22_mod._Lookup("s", own2, items2)
     exact = rr22_mod._Lookup("s", own[10:], items[10:])
-    assert exact.exact
+    assert exact.table is None
     near = own[[20, 30]].copy()
     near[:, 9] ^= 1  # same prefix, another tail: not a match
     assert exact.find(np.concatenate([own[[20, 30]], near])).tolist() == [10, 20]
+
+# -- attacks: each written as one party (or its peer's network), with only what it has --
+
+def _set_hello(field: int, value: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Change one uint64 field of a hello (3: the set size, 1: the role, 6: the chunk)."""
+    def change(a: np.ndarray) -> np.ndarray:
+        a = a.copy()
+        a[8 * field : 8 * field + 8] = np.frombuffer(value.to_bytes(8, "little"), dtype=np.uint8)
+        return a
+    return change
+
+
+@pytest.mark.parametrize("claim", [2**64 - 1, 2**30 + 1, rr22_mod.MAX_PEER + 1])
+def test_a_receiver_claiming_a_huge_set_is_refused_at_the_hello(claim: int) -> None:
+    """R with 300 ids claims ``claim``: S would size its OKVS, VOLE and trees from it
+    (10 GiB of leaves at the VOLE's limit). S refuses it in the hello, naming its limit."""
+    x, y = sets(300, 300, 100, 11)
+    r, s = two_party(lambda c: rr22_psi(Tamper(c, "rr22.hello", _set_hello(3, claim)), "s",  # type: ignore[arg-type]
+                                        "receiver", x),
+                     lambda c: rr22_psi(c, "r", "sender", y), timeout=5)
+    assert isinstance(s, ProtocolMismatch) and str(rr22_mod.MAX_PEER) in str(s), s
+    assert isinstance(r, PeerDisconnected | ProtocolTimeout)
+
+
+@pytest.mark.parametrize(("claim", "chunk"), [(2**64 - 1, 1), (2**40, 1 << 24), (10**8, 1)])
+def test_a_sender_claiming_a_huge_set_is_refused_at_the_hello(claim: int, chunk: int) -> None:
+    """S claims ``claim`` ids sent ``chunk`` at a time: R planned one list entry per
+    chunk of the claim (2^64 of them) before any value came. Refused in the hello."""
+    x, y = sets(300, 300, 100, 12)
+
+    def cheat(a: np.ndarray) -> np.ndarray:
+        return _set_hello(6, chunk)(_set_hello(3, claim)(a))
+
+    r, s = two_party(lambda c: rr22_psi(c, "s", "receiver", x, max_peer=10**7),
+                     lambda c: rr22_psi(Tamper(c, "rr22.hello", cheat), "r", "sender", y),  # type: ignore[arg-type]
+                     timeout=5)
+    assert isinstance(r, ProtocolMismatch) and "limit of 10000000" in str(r), r
+    assert isinstance(s, PeerDisconnected | ProtocolTimeout)
+
+
+def test_the_peer_limit_is_the_vole_limit_and_the_local_side_sets_it() -> None:
+    assert okvs_size(rr22_mod.MAX_PEER) < 1 << 27 <= okvs_size(rr22_mod.MAX_PEER + 1)
+    vole_params(okvs_size(rr22_mod.MAX_PEER))
+    x, y = sets(300, 200, 50, 13)
+    r, s = run(x, y, max_peer=250)  # S refuses R's 300; R would accept S's 200
+    assert isinstance(s, ProtocolMismatch) and "300 ids" in str(s) and "limit of 250" in str(s)
+    assert isinstance(r, PeerDisconnected | ProtocolTimeout)
+    with pytest.raises(InvalidInput):
+        rr22_psi(None, "s", "receiver", [], max_peer=-1)  # type: ignore[arg-type]
+
+
+def test_an_unknown_role_in_the_hello_is_refused() -> None:
+    x, y = sets(50, 50, 10, 14)
+    r, s = two_party(lambda c: rr22_psi(Tamper(c, "rr22.hello", _set_hello(1, 7)), "s", "receiver", x),  # type: ignore[arg-type]
+                     lambda c: rr22_psi(c, "r", "sender", y), timeout=5)
+    assert isinstance(s, ProtocolMismatch) and "role" in str(s), s
+
+
+def test_the_receiver_matches_a_large_chunk_in_bounded_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """S may announce chunks of up to 2^24 values: R holds the message (at most
+    2^24 x 16 bytes) but matches it a slice at a time, so its scratch does not grow
+    with the chunk S picked."""
+    seen: list[int] = []
+    orig = rr22_mod._Lookup.find
+
+    def find(self: Any, theirs: np.ndarray) -> np.ndarray:
+        seen.append(len(theirs))
+        return orig(self, theirs)
+
+    monkeypatch.setattr(rr22_mod._Lookup, "find", find)
+    monkeypatch.setattr(rr22_mod, "_MATCH", 64)
+    x, y = sets(300, 1000, 200, 15)
+    r, s = run(x, y, reveal="both", chunk=1 << 24)
+    check(x, y, r, s)
+    assert max(seen) == 64 and sum(seen) == 1000
+
+
+class Replay:
+    """A sender's communicator that sends its first value chunk again in place of a later one."""
+
+    def __init__(self, inner: Communicator, at: int) -> None:
+        self._inner, self._at = inner, at
+        self._sent: list[np.ndarray] = []
+
+    def exchange(self, label: str, send: Any = None, recv: Any = None) -> Any:
+        if label == "rr22.values" and send:
+            (peer, (arr,)), = send.items()
+            self._sent.append(arr)
+            if len(self._sent) == self._at + 1:
+                send = {peer: [self._sent[0]]}
+        return self._inner.exchange(label, send, recv)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_a_replayed_value_chunk_is_refused_not_counted_twice() -> None:
+    """S sends its first chunk of values again as its second: R would match its ids
+    in it twice and write their rows twice. R refuses: an honest S's values never match
+    one of R's values twice."""
+    x, y = sets(300, 300, 300, 16)
+    r, s = two_party(lambda c: rr22_psi(c, "s", "receiver", x, reveal="both", chunk=64),
+                     lambda c: rr22_psi(Replay(c, 1), "r", "sender", y, reveal="both", chunk=64),  # type: ignore[arg-type]
+                     timeout=5)
+    assert isinstance(r, ProtocolMismatch) and "twice" in str(r), r
+    assert isinstance(s, PeerDisconnected | ProtocolTimeout)
+
+
+def test_ids_marked_distinct_that_repeat_are_refused_at_either_end() -> None:
+    """A direct caller's PackedIds(distinct=True) skips the check for repeats. At R
+    the lookup finds them (InvalidInput); at S, R sees one of its values matched twice
+    (ProtocolMismatch) rather than returning that id twice."""
+    x, y = sets(200, 200, 80, 17)
+    xd = PackedIds.from_list(x + x[:3], distinct=True)
+    r, s = two_party(lambda c: rr22_psi(c, "s", "receiver", xd), lambda c: rr22_psi(c, "r", "sender", y))
+    assert isinstance(r, InvalidInput) and "distinct" in str(r), r  # S, its values sent, has nothing to wait for
+    yd = PackedIds.from_list(y + y[:5], distinct=True)
+    r, s = two_party(lambda c: rr22_psi(c, "s", "receiver", x), lambda c: rr22_psi(c, "r", "sender", yd), timeout=5)
+    assert isinstance(r, ProtocolMismatch) and "twice" in str(r), r
+
+
+def _garbage(a: np.ndarray) -> np.ndarray:
+    return np.frombuffer(secrets.token_bytes(a.nbytes), dtype=a.dtype).reshape(a.shape)
+
+
+@pytest.mark.parametrize(("cheat", "label", "change", "which"), [
+    ("receiver", "rr22.vole", _garbage, 0),  # an IKNP matrix of random bytes
+    ("receiver", "rr22.okvs", _garbage, 0),  # a P' of random bytes
+    ("receiver", "rr22.attempt", lambda a: np.array([rr22_mod.MAX_ATTEMPTS - 1], dtype=np.uint64), 0),
+    ("sender", "rr22.trees", _garbage, 0),  # tree OT messages of random bytes
+    ("sender", "rr22.trees", _garbage, 1),  # tree sums of random bytes
+])
+def test_garbage_of_the_right_shape_runs_to_a_wrong_answer_without_a_foreign_error(
+        cheat: str, label: str, change: Callable[[np.ndarray], np.ndarray], which: int) -> None:
+    """Right shape, random content: the protocol cannot tell (semi-honest), so the run
+    ends, but with no common id found (nothing leaks through the garbage), and no
+    exception but veilpay's at either end."""
+    x, y = sets(300, 300, 150, 18)
+
+    def wrap(c: Communicator, role: str) -> Any:
+        return Tamper(c, label, change, which) if role == cheat else c
+
+    r, s = two_party(lambda c: rr22_psi(wrap(c, "receiver"), "s", "receiver", x, reveal="both"),
+                     lambda c: rr22_psi(wrap(c, "sender"), "r", "sender", y, reveal="both"), timeout=10)
+    assert not isinstance(r, BaseException) and not isinstance(s, BaseException), (r, s)
+    assert r.size == 0 and s.size == 0
+
+
+def test_the_senders_file_order_does_not_show_in_its_value_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As R: S's file is sorted, and S sends one value per message; R sees at which
+    message each of its ids matched. Across runs those positions neither follow S's
+    file order nor repeat."""
+    seen: list[np.ndarray] = []
+    orig = rr22_mod._Lookup.find
+
+    def find(self: Any, theirs: np.ndarray) -> np.ndarray:
+        got = orig(self, theirs)
+        seen.append(got[0] if len(got) else np.int64(-1))
+        return got
+
+    monkeypatch.setattr(rr22_mod._Lookup, "find", find)
+    x, _ = sets(300, 0, 0, 19)
+    y = sorted(x)  # S's file order is the sorted order; every id matches
+    rank_in_file = {v: i for i, v in enumerate(y)}
+    streams = []
+    for _ in range(3):
+        seen.clear()
+        r, s = run(x, y, chunk=1)
+        assert r.size == 300
+        stream = [rank_in_file[x[int(i)]] for i in seen]  # S's file position of the value in each message
+        assert sorted(stream) == list(range(300))
+        rho = np.corrcoef(np.arange(300), stream)[0, 1]
+        assert abs(rho) < 0.3, rho  # 5 standard deviations of a random permutation's
+        streams.append(stream)
+    assert streams[0] != streams[1] != streams[2]
+
+
+def test_every_session_key_depends_on_both_nonces() -> None:
+    """A party that replays its old nonce (or meets a peer that does) still gets fresh
+    keys: the ids' PRF, the hash, the VOLE's and the OKVS's keys all take both nonces."""
+    block = np.arange(16, dtype=np.uint8).reshape(1, 16)
+
+    def view(k: Any) -> tuple[bytes, ...]:
+        return (k.id_key, k.pi(block).tobytes(), k.vole, k.okvs(100, 0)._aes(block).tobytes(),
+                k.okvs(100, 1)._aes(block).tobytes())
+
+    a, b = secrets.token_bytes(16), secrets.token_bytes(16)
+    base = view(rr22_mod._Keys(a, b))
+    for other in (view(rr22_mod._Keys(a, secrets.token_bytes(16))), view(rr22_mod._Keys(secrets.token_bytes(16), b))):
+        assert all(u != v for u, v in zip(base, other, strict=True))
+
+
+def test_a_replayed_okvs_from_another_run_finds_nothing() -> None:
+    """R sends the P' of an earlier run (the same ids): it was masked with that run's
+    VOLE, so S's values under this run's Delta match nothing, and nothing fails loudly
+    or leaks."""
+    x, y = sets(300, 300, 150, 20)
+    old: list[np.ndarray] = []
+
+    def keep(a: np.ndarray) -> np.ndarray:
+        old.append(a.copy())
+        return a
+
+    first, _ = two_party(lambda c: rr22_psi(Tamper(c, "rr22.okvs", keep), "s", "receiver", x),  # type: ignore[arg-type]
+                         lambda c: rr22_psi(c, "r", "sender", y))
+    assert first.size == 150
+    r, s = two_party(lambda c: rr22_psi(Tamper(c, "rr22.okvs", lambda a: old[0]), "s", "receiver", x),  # type: ignore[arg-type]
+                     lambda c: rr22_psi(c, "r", "sender", y))
+    assert not isinstance(r, BaseException) and not isinstance(s, BaseException), (r, s)
+    assert r.size == 0
+
+
+def test_the_masked_okvs_shows_the_sender_no_free_slot() -> None:
+    """As S: P' for 10 ids has 112 rows, about 100 of them free (zero) in P. P' = P + A
+    with A uniform: no row of P' is zero or repeats, and its bits are balanced."""
+    got: list[np.ndarray] = []
+
+    class Keep:
+        def __init__(self, inner: Communicator) -> None:
+            self._inner = inner
+
+        def exchange(self, label: str, send: Any = None, recv: Any = None) -> Any:
+            out = self._inner.exchange(label, send, recv)
+            if label == "rr22.okvs":
+                got.append(out["r"][0])
+            return out
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+    x, y = sets(10, 10, 5, 21)
+    r, s = two_party(lambda c: rr22_psi(c, "s", "receiver", x), lambda c: rr22_psi(Keep(c), "r", "sender", y))  # type: ignore[arg-type]
+    assert r.size == 5
+    (p,) = got
+    assert p.shape == (okvs_size(10), 16) and okvs_size(10) > 100
+    assert p.any(axis=1).all() and len(np.unique(p.view("V16"))) == len(p)
+    assert abs(np.unpackbits(p).mean() - 0.5) < 0.03
+
+
+def test_the_lookup_is_exact_when_two_values_share_a_prefix() -> None:
+    """R's values that share their first 8 bytes (probability n^2 / 2^65, or a full
+    collision at 8-byte values) go to an exact table built once."""
+    rng = np.random.default_rng(3)
+    own = rng.integers(0, 256, size=(1000, 12), dtype=np.uint8)
+    own[7, :8] = own[500, :8]  # a shared prefix, different tails
+    items = rng.integers(0, 256, size=(1000, 16), dtype=np.uint8)
+    lookup = rr22_mod._Lookup("s", own, items)
+    theirs = np.concatenate([own[[500, 7, 3]], rng.integers(0, 256, size=(5, 12), dtype=np.uint8)])
+    assert sorted(lookup.find(theirs).tolist()) == [3, 7, 500]
+
+
+def test_the_parameter_tag_covers_every_constant_that_sizes_the_store() -> None:
+    """The hello's tag must change with anything that changes okvs_size or vole_params
+    (SMALL_EXPANSION went from 2.0 to 2.4 without changing it: a peer on the old value
+    failed at P', not at the hello)."""
+    from veilpay.psi import okvs as okvs_mod
+    from veilpay.psi import vole as vole_mod
+
+    want = (okvs_mod.OKVS_VERSION, int(okvs_mod.EXPANSION * 1000), okvs_mod.DENSE, okvs_mod.SMALL_N,
+            int(okvs_mod.SMALL_EXPANSION * 1000), okvs_mod._SEG_FLOOR, vole_mod.SCALER, vole_mod.WEIGHT,
+            vole_mod.NOISE_WEIGHT)
+    assert want == rr22_mod._PARAMS

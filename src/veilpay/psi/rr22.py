@@ -28,6 +28,11 @@ Messages (typed veilpay messages; a malformed or foreign one is a named error):
     R -> S  matches (only when both learn the intersection): the common items,
             sorted by value
 
+Each side refuses, in the hello, a peer that claims more than ``max_peer`` ids (default
+`MAX_PEER`, the most whose OKVS the VOLE can mask), before anything is sized from the
+claim; and R refuses values that match one of its own twice (a replayed chunk, or ids
+that repeat at S).
+
 What each side learns: R learns |Y| and which of its ids are in Y; S learns |X| (and
 the common ids with reveal='both', in an order that carries nothing) and the attempt
 number (an attempt > 0 happens with probability below 2^-40). P' is uniform to S
@@ -53,22 +58,29 @@ from veilpay.host import keep_freed_memory
 from veilpay.net import Communicator
 from veilpay.packed import PackedIds
 from veilpay.progress import progress
-from veilpay.psi.ecdh import REVEAL, PsiResult, match_sorted, spans
+from veilpay.psi.ecdh import REVEAL, PsiResult
 from veilpay.psi.kkrt import _item_words, _lookup_keys, _members, _value_order, oprf_bytes
-from veilpay.psi.okvs import DENSE, EXPANSION, OKVS_VERSION, Okvs, OkvsRows, okvs_size
+from veilpay.psi.okvs import _SEG_FLOOR, DENSE, EXPANSION, OKVS_VERSION, SMALL_EXPANSION, SMALL_N, Okvs, OkvsRows, okvs_size
 from veilpay.psi.vole import BASE, NOISE_WEIGHT, SCALER, WEIGHT, GfScalar, VoleReceiver, VoleSender, vole_params
 
-__all__ = ["CHUNK", "RR22_VERSION", "rr22_psi"]
+__all__ = ["CHUNK", "MAX_PEER", "RR22_VERSION", "rr22_psi"]
 
 RR22_VERSION = 1
 CHUNK = 1 << 17  # S's values per message
 MAX_ATTEMPTS = 8
+# The most ids a peer may claim unless the caller allows fewer: the most whose OKVS the
+# VOLE can mask (okvs_size(MAX_PEER) < 2^27). S sizes its trees from R's claim (10 GiB
+# of leaves at this limit), R its loop over S's chunks: the claim is checked first.
+MAX_PEER = 103_244_337
+_MATCH = 1 << 17  # S's values R matches at once, whatever chunk S announced
 DST = b"veilpay/psi/rr22/v1"
 _ROLES = {"receiver": 1, "sender": 2}
 _HEAD = 8  # uint64 fields of the hello header
 _NONCE = 16
-# both parties must build the same OKVS and VOLE: their parameters travel in the hello
-_PARAMS = (OKVS_VERSION, int(EXPANSION * 1000), DENSE, SCALER, WEIGHT, NOISE_WEIGHT)
+# both parties must build the same OKVS and VOLE: every constant that sizes or shapes them
+# travels in the hello
+_PARAMS = (OKVS_VERSION, int(EXPANSION * 1000), DENSE, SMALL_N, int(SMALL_EXPANSION * 1000), _SEG_FLOOR,
+           SCALER, WEIGHT, NOISE_WEIGHT)
 _PARAM_TAG = int.from_bytes(derive_seed(repr(_PARAMS).encode().ljust(16, b"."), "rr22/params")[:8], "little")
 
 
@@ -90,9 +102,10 @@ def _hello(role: str, reveal: str, n: int, stat_sec: int, chunk: int, nonce: byt
     return np.concatenate([head.view(np.uint8), np.frombuffer(nonce, dtype=np.uint8), payload.reshape(-1)])
 
 
-def _check_hello(peer: str, got: np.ndarray, role: str, reveal: str, stat_sec: int,
+def _check_hello(peer: str, got: np.ndarray, role: str, reveal: str, stat_sec: int, max_peer: int,
                  payload_bytes: int) -> tuple[int, int, bytes, np.ndarray]:
-    """The peer's (n, chunk, nonce, payload), or ProtocolMismatch naming what differs."""
+    """The peer's (n, chunk, nonce, payload), or ProtocolMismatch naming what differs
+    (a set size past ``max_peer`` included: nothing is sized from the claim before)."""
     if got.dtype != np.uint8 or got.ndim != 1 or got.size < 8 * _HEAD + _NONCE:
         raise ProtocolMismatch(peer, "RR22 hello of the wrong shape")
     version, prole, prev, n, psec, tag, chunk, _ = (int(v) for v in got[: 8 * _HEAD].view(np.uint64))
@@ -100,6 +113,8 @@ def _check_hello(peer: str, got: np.ndarray, role: str, reveal: str, stat_sec: i
         raise ProtocolMismatch(peer, f"peer speaks RR22-PSI version {version}, we speak {RR22_VERSION}")
     if prole == _ROLES[role]:
         raise ProtocolMismatch(peer, f"both parties are the {role}")
+    if prole not in _ROLES.values():
+        raise ProtocolMismatch(peer, f"unknown role {prole} in the hello")
     if prev != REVEAL[reveal]:
         raise ProtocolMismatch(peer, f"peer asks for reveal {prev}; we run {reveal}")
     if psec != stat_sec:
@@ -108,6 +123,8 @@ def _check_hello(peer: str, got: np.ndarray, role: str, reveal: str, stat_sec: i
         raise ProtocolMismatch(peer, "the OKVS or VOLE parameter sets differ (another veilpay version?)")
     if got.size != 8 * _HEAD + _NONCE + payload_bytes:
         raise ProtocolMismatch(peer, "RR22 hello of the wrong size")
+    if n > max_peer:
+        raise ProtocolMismatch(peer, f"peer claims {n} ids, past this side's limit of {max_peer} (max_peer)")
     if role == "receiver" and not 1 <= chunk <= 1 << 24:
         raise ProtocolMismatch(peer, f"value chunk {chunk} out of range")
     start = 8 * _HEAD
@@ -143,14 +160,14 @@ class _Lookup:
         keys = _lookup_keys(own)
         self.order = np.argsort(keys)
         self.keys = keys[self.order]
-        self.own = own
-        self.exact = True
+        self.table: dict[bytes, int] | None = None
         same = np.flatnonzero(self.keys[1:] == self.keys[:-1])
         if len(same):  # equal prefixes: the same id twice, or (probability n^2 / 2^65) two ids
             a, b = self.order[same], self.order[same + 1]
             if bool((items[a] == items[b]).all(axis=1).any()):
                 raise InvalidInput("ids must be distinct: deduplicate first")
-            self.exact = False  # match_sorted's exact fallback handles equal prefixes
+            # an exact table, built once (per chunk it would cost O(|X|) Python work a chunk)
+            self.table = {row.tobytes(): j for j, row in enumerate(own)}
         bits = max(1, min(40, int(np.ceil(np.log2(max(2, len(keys))))) + 2))
         self.shift = np.uint64(64 - bits)
         counts = np.bincount((self.keys >> self.shift).astype(np.intp), minlength=1 << bits)
@@ -161,8 +178,9 @@ class _Lookup:
 
     def find(self, theirs: np.ndarray) -> np.ndarray:
         """Positions in R's list of the values in ``theirs`` (any order)."""
-        if not self.exact:
-            return match_sorted(theirs, self.own, self.keys, self.order)[1]
+        if self.table is not None:
+            at = np.fromiter((self.table.get(row.tobytes(), -1) for row in theirs), dtype=np.int64, count=len(theirs))
+            return at[at >= 0]
         probe = _lookup_keys(theirs)
         bucket = (probe >> self.shift).astype(np.intp)
         cur = self.starts[bucket].astype(np.intp)
@@ -202,10 +220,13 @@ def rr22_psi(
     stat_sec: int = 40,
     chunk: int = CHUNK,
     show_progress: bool | None = None,
+    max_peer: int = MAX_PEER,
 ) -> PsiResult:
     """Run one side of RR22 PSI with ``peer``. ``ids``: distinct byte strings (psi.data
     normalises and deduplicates); the result indexes into them. ``chunk``: S's values
-    per message (S's choice)."""
+    per message (S's choice). ``max_peer``: the most ids the peer may claim
+    (ProtocolMismatch in the hello past it); S allows R at most `MAX_PEER` whatever
+    is asked, since the VOLE can mask no larger OKVS."""
     if role not in _ROLES:
         raise InvalidInput(f"role must be 'receiver' or 'sender', not {role!r}")
     if reveal not in REVEAL:
@@ -214,6 +235,11 @@ def rr22_psi(
         raise InvalidInput("stat_sec must be within 20..80")
     if not 1 <= chunk <= 1 << 24:
         raise InvalidInput("chunk must be within 1..2^24")
+    if max_peer < 0:
+        raise InvalidInput("max_peer must be >= 0")
+    if role == "receiver" and len(ids) > MAX_PEER:
+        raise InvalidInput(f"the receiver's VOLE masks at most {MAX_PEER} ids: partition larger sets "
+                           "(psi --ray-address)")
     keep_freed_memory()  # the arrays of each phase reuse the last one's memory: no page faults
     clock = _Clock()
     nonce = secrets.token_bytes(_NONCE)
@@ -221,7 +247,7 @@ def rr22_psi(
         ot_send = BaseOtSender()
         mine = _hello(role, reveal, len(ids), stat_sec, 0, nonce, np.frombuffer(ot_send.public, dtype=np.uint8))
         got = comm.exchange("rr22.hello", {peer: [mine]}, {peer: 1})[peer][0]
-        n_peer, peer_chunk, nonce_peer, pks = _check_hello(peer, got, role, reveal, stat_sec, BASE * 2 * 32)
+        n_peer, peer_chunk, nonce_peer, pks = _check_hello(peer, got, role, reveal, stat_sec, max_peer, BASE * 2 * 32)
         try:
             k0, k1 = ot_send.keys(pks.reshape(BASE, 2, 32))
         except InvalidPointError as exc:
@@ -237,7 +263,7 @@ def rr22_psi(
     ot_recv = BaseOtReceiver(s_bits)
     mine = _hello(role, reveal, len(ids), stat_sec, chunk, nonce, ot_recv.public_keys)
     got = comm.exchange("rr22.hello", {peer: [mine]}, {peer: 1})[peer][0]
-    n_peer, _, nonce_peer, pub = _check_hello(peer, got, role, reveal, stat_sec, 32)
+    n_peer, _, nonce_peer, pub = _check_hello(peer, got, role, reveal, stat_sec, min(max_peer, MAX_PEER), 32)
     try:
         ks = ot_recv.keys(pub.tobytes())
     except InvalidPointError as exc:
@@ -250,6 +276,12 @@ def rr22_psi(
         return PsiResult(np.zeros(0, dtype=np.int64) if reveal == "both" else None,
                          0 if reveal == "both" else -1, n_peer)
     return _sender(comm, peer, keys, items, n_peer, ks, s_bits, reveal, stat_sec, chunk, show_progress, clock)
+
+
+def _spans(n: int, chunk: int) -> Iterator[tuple[int, int]]:
+    """(lo, hi) of each chunk of n, one at a time: a peer's count sizes no list."""
+    for lo in range(0, n, chunk):
+        yield lo, min(lo + chunk, n)
 
 
 def _distinct(ids: Sequence[bytes], items: np.ndarray) -> None:
@@ -299,18 +331,28 @@ def _receiver(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_p
         del c
         lookup = _Lookup(peer, own, items)
     hits: list[np.ndarray] = []
+    matched = 0
     with progress(n_peer, "rr22 receiver", unit="id", enabled=show_progress) as bar:
-        for lo, hi in spans(n_peer, chunk):
+        for lo, hi in _spans(n_peer, chunk):
             with clock("wait"):
                 theirs = comm.exchange("rr22.values", recv={peer: 1})[peer][0]
             if theirs.dtype != np.uint8 or theirs.shape != (hi - lo, size):
                 raise ProtocolMismatch(peer, f"value chunk should be ({hi - lo}, {size}) bytes, "
                                              f"got {theirs.dtype} {theirs.shape}")
             with clock("match"):
-                hits.append(lookup.find(theirs))
+                for at in range(0, hi - lo, _MATCH):  # scratch of a slice, not of S's chunk
+                    hits.append(lookup.find(theirs[at : at + _MATCH]))
+                    matched += len(hits[-1])
+            if matched > n:
+                raise ProtocolMismatch(peer, "the sender's values match our ids twice (a replayed chunk?)")
             bar.update(hi - lo)
     with clock("match"):
         found = np.sort(np.concatenate(hits)) if hits else np.zeros(0, dtype=np.int64)
+        # an honest S's values for distinct ids never match one of R's twice: a replayed
+        # chunk, or an id repeated at S, would put a row twice in R's output
+        if len(found) > 1 and bool((found[1:] == found[:-1]).any()):
+            raise ProtocolMismatch(peer, "the sender's values match one of our ids twice (a replayed chunk, "
+                                         "or ids that repeat at the sender)")
         if reveal == "both":  # the common items, sorted by value: which ids, and nothing of S's order
             common = items[found]
             comm.exchange("rr22.matches", {peer: [np.ascontiguousarray(common[_value_order(*_item_words(common))])]})
@@ -349,7 +391,7 @@ def _sender(comm: Communicator, peer: str, keys: _Keys, items: np.ndarray, n_pee
                                      f"got {masked.dtype} {masked.shape}")
     size = oprf_bytes(n_peer, n, stat_sec)
     with progress(n, "rr22 sender", unit="id", enabled=show_progress) as bar:
-        for lo, hi in spans(n, chunk):
+        for lo, hi in _spans(n, chunk):
             with clock("values"):
                 part = OkvsRows(rows.pos[:, lo:hi], rows.dense[lo:hi], rows.size)
                 diff = store.decode(masked, part).view("<u8").reshape(hi - lo, 2)
