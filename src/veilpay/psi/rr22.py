@@ -28,10 +28,11 @@ Messages (typed veilpay messages; a malformed or foreign one is a named error):
     R -> S  matches (only when both learn the intersection): the common items,
             sorted by value
 
-Each side refuses, in the hello, a peer that claims more than ``max_peer`` ids (default
-`MAX_PEER`, the most whose OKVS the VOLE can mask), before anything is sized from the
-claim; and R refuses values that match one of its own twice (a replayed chunk, or ids
-that repeat at S).
+S refuses, in the hello, a receiver that claims more than `MAX_PEER` ids (the most
+whose OKVS the VOLE can mask) before anything is sized from the claim; R's work grows
+only with the chunks that actually arrive, so it takes S's claim up to ``max_peer``
+(no limit of its own by default). R refuses values that match one of its own twice (a
+replayed chunk, or ids that repeat at S).
 
 What each side learns: R learns |Y| and which of its ids are in Y; S learns |X| (and
 the common ids with reveal='both', in an order that carries nothing) and the attempt
@@ -68,10 +69,11 @@ __all__ = ["CHUNK", "MAX_PEER", "RR22_VERSION", "rr22_psi"]
 RR22_VERSION = 1
 CHUNK = 1 << 17  # S's values per message
 MAX_ATTEMPTS = 8
-# The most ids a peer may claim unless the caller allows fewer: the most whose OKVS the
-# VOLE can mask (okvs_size(MAX_PEER) < 2^27). S sizes its trees from R's claim (10 GiB
-# of leaves at this limit), R its loop over S's chunks: the claim is checked first.
+# The most ids a receiver may claim: the most whose OKVS the VOLE can mask
+# (okvs_size(MAX_PEER) < 2^27). S sizes its trees from R's claim (10 GiB of leaves at
+# this limit), so the claim is checked first.
 MAX_PEER = 103_244_337
+_NO_LIMIT = 1 << 62  # R: S's claim sizes nothing (S's values are taken a chunk at a time)
 _MATCH = 1 << 17  # S's values R matches at once, whatever chunk S announced
 DST = b"veilpay/psi/rr22/v1"
 _ROLES = {"receiver": 1, "sender": 2}
@@ -220,13 +222,13 @@ def rr22_psi(
     stat_sec: int = 40,
     chunk: int = CHUNK,
     show_progress: bool | None = None,
-    max_peer: int = MAX_PEER,
+    max_peer: int | None = None,
 ) -> PsiResult:
     """Run one side of RR22 PSI with ``peer``. ``ids``: distinct byte strings (psi.data
     normalises and deduplicates); the result indexes into them. ``chunk``: S's values
     per message (S's choice). ``max_peer``: the most ids the peer may claim
     (ProtocolMismatch in the hello past it); S allows R at most `MAX_PEER` whatever
-    is asked, since the VOLE can mask no larger OKVS."""
+    is asked, since the VOLE can mask no larger OKVS; R allows any size unless told."""
     if role not in _ROLES:
         raise InvalidInput(f"role must be 'receiver' or 'sender', not {role!r}")
     if reveal not in REVEAL:
@@ -235,7 +237,7 @@ def rr22_psi(
         raise InvalidInput("stat_sec must be within 20..80")
     if not 1 <= chunk <= 1 << 24:
         raise InvalidInput("chunk must be within 1..2^24")
-    if max_peer < 0:
+    if max_peer is not None and max_peer < 0:
         raise InvalidInput("max_peer must be >= 0")
     if role == "receiver" and len(ids) > MAX_PEER:
         raise InvalidInput(f"the receiver's VOLE masks at most {MAX_PEER} ids: partition larger sets "
@@ -247,7 +249,8 @@ def rr22_psi(
         ot_send = BaseOtSender()
         mine = _hello(role, reveal, len(ids), stat_sec, 0, nonce, np.frombuffer(ot_send.public, dtype=np.uint8))
         got = comm.exchange("rr22.hello", {peer: [mine]}, {peer: 1})[peer][0]
-        n_peer, peer_chunk, nonce_peer, pks = _check_hello(peer, got, role, reveal, stat_sec, max_peer, BASE * 2 * 32)
+        n_peer, peer_chunk, nonce_peer, pks = _check_hello(peer, got, role, reveal, stat_sec,
+                                                           _NO_LIMIT if max_peer is None else max_peer, BASE * 2 * 32)
         try:
             k0, k1 = ot_send.keys(pks.reshape(BASE, 2, 32))
         except InvalidPointError as exc:
@@ -263,7 +266,8 @@ def rr22_psi(
     ot_recv = BaseOtReceiver(s_bits)
     mine = _hello(role, reveal, len(ids), stat_sec, chunk, nonce, ot_recv.public_keys)
     got = comm.exchange("rr22.hello", {peer: [mine]}, {peer: 1})[peer][0]
-    n_peer, _, nonce_peer, pub = _check_hello(peer, got, role, reveal, stat_sec, min(max_peer, MAX_PEER), 32)
+    n_peer, _, nonce_peer, pub = _check_hello(peer, got, role, reveal, stat_sec,
+                                              MAX_PEER if max_peer is None else min(max_peer, MAX_PEER), 32)
     try:
         ks = ot_recv.keys(pub.tobytes())
     except InvalidPointError as exc:
