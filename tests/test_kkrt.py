@@ -304,7 +304,8 @@ def _hello_then(after: Callable[[Communicator, int], None], **over: Any) -> Call
 
 @pytest.mark.parametrize(("over", "match"), [
     ({"version": 9}, "version 9"), ({"stat_sec": 30}, "parameter sets differ"), ({"stash": 2}, "parameter"),
-    ({"role": 1}, "both parties"), ({"reveal": 2}, "reveal")])
+    ({"role": 1}, "both parties"), ({"reveal": 2}, "reveal"),
+    ({"n": 2**64 - 1}, "past the limit")])  # a set size that would size the other side's tables
 def test_other_parameter_sets_are_refused(over: dict[str, int], match: str) -> None:
     r, _ = two_party(lambda c: kkrt_psi(c, "s", "receiver", [b"a"]), _hello_then(lambda c, n: None, **over))
     assert isinstance(r, ProtocolMismatch) and match in str(r)

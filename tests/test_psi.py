@@ -262,7 +262,8 @@ def test_failed_run_leaves_no_output(tmp_path: Path) -> None:
 
 
 @pytest.mark.tcp
-@pytest.mark.parametrize("protocol", [[], ["--protocol", "kkrt"], ["--protocol", "ecdh"]], ids=["rr22-default", "kkrt", "ecdh"])
+@pytest.mark.parametrize("protocol", [[], ["--protocol", "kkrt"], ["--protocol", "ecdh"]],
+                         ids=["rr22-default", "kkrt", "ecdh"])
 def test_psi_cli_two_processes_over_tls(tmp_path: Path, protocol: list[str]) -> None:
     from veilpay.cli.demo import _free_port_base
     from veilpay.net import provision_network

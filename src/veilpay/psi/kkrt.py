@@ -67,6 +67,7 @@ WIDTH = 512  # code width in bits = number of base OTs
 _WBYTES = WIDTH // 8
 CHUNK = 1 << 15  # OTs per correction message
 MAX_ATTEMPTS = 8
+MAX_PEER = 1 << 32  # ids a peer may claim: far past one process's reach, small enough to size nothing huge
 DST = b"veilpay/psi/kkrt/v1"
 _ROLES = {"receiver": 1, "sender": 2}
 _HEAD = 7  # uint64 fields of the hello header
@@ -106,6 +107,8 @@ def _check_hello(peer: str, got: np.ndarray, role: str, reveal: str, stat_sec: i
                                      f"ours stat_sec={stat_sec} stash={stash}")
     if got.size != 8 * _HEAD + _NONCE + payload_bytes:
         raise ProtocolMismatch(peer, "KKRT hello of the wrong size")
+    if n > MAX_PEER:  # S sizes its table of OT chunks from R's claim: checked before anything is
+        raise ProtocolMismatch(peer, f"peer claims {n} ids, past the limit of {MAX_PEER}")
     if role == "sender" and not (128 <= chunk <= 1 << 20 and chunk % 128 == 0):
         raise ProtocolMismatch(peer, f"chunk size {chunk} out of range")
     start = 8 * _HEAD
