@@ -1,6 +1,6 @@
 """PSI benchmark: both parties as separate processes (`veilpay psi`) over TCP + mutual
-TLS on loopback, 50 % overlap. Prints one JSON line per size and protocol (KKRT, our
-default, and ECDH): wall seconds (process start to exit, reading the CSV and writing
+TLS on loopback, 50 % overlap. Prints one JSON line per size and protocol (RR22, our
+default, KKRT and ECDH): wall seconds (process start to exit, reading the CSV and writing
 the common rows included), bytes each way, peak RSS per party (from the OS), the
 plaintext set intersection's time; for ECDH also this machine's X25519 cost with the
 floor it sets (4n scalar multiplications spread over every core).

@@ -651,7 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
     la.set_defaults(fn=_cmd_launch)
 
     ps = sub.add_parser("psi", help="private set intersection with one peer over mutual TLS "
-                        "(KKRT OT extension or ECDH on X25519; unbalanced: OPRF on P-256)")
+                        "(RR22 silent VOLE + OKVS by default, KKRT OT extension or ECDH on X25519; "
+                        "unbalanced: OPRF on P-256)")
     ps.add_argument("--role", required=True, choices=["receiver", "sender"])
     ps.add_argument("--network", required=True, help="network file (TOML) naming both parties")
     ps.add_argument("--party", required=True, help="this party's id")
