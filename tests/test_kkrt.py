@@ -13,7 +13,7 @@ import pytest
 from conftest import load_json_vectors, load_vectors
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from parties import run_threads
+from psi_pairs import check, sets, two_party
 
 from veilpay.crypto.ot import AesEcb, BaseOtReceiver, BaseOtSender, ColumnPrgs, correlation_robust_hash, id_prf
 from veilpay.errors import InvalidInput, PeerDisconnected, ProtocolMismatch, ProtocolTimeout, WireFormatError
@@ -25,33 +25,8 @@ from veilpay.psi.cuckoo import CuckooFailure, bin_count, hash_bins, place
 from veilpay.psi.terms import Terms, agree
 
 
-def two_party(fn_r: Callable[[Communicator], Any], fn_s: Callable[[Communicator], Any],
-              timeout: float = 20) -> tuple[Any, Any]:
-    out = run_threads({"r": fn_r, "s": fn_s}, timeout=timeout, join=120)
-    return out["r"], out["s"]
-
-
 def run(x: list[bytes], y: list[bytes], **kw: Any) -> tuple[Any, Any]:
     return two_party(lambda c: kkrt_psi(c, "s", "receiver", x, **kw), lambda c: kkrt_psi(c, "r", "sender", y, **kw))
-
-
-def sets(nx: int, ny: int, common: int, seed: int) -> tuple[list[bytes], list[bytes]]:
-    rng = np.random.default_rng(seed)
-    pool = [f"cust-{v}".encode() for v in rng.choice(10**9, size=nx + ny, replace=False)]
-    x = pool[:nx]
-    y = x[:common] + pool[nx : nx + ny - common]
-    rng.shuffle(y)
-    return x, y
-
-
-def check(x: list[bytes], y: list[bytes], r: Any, s: Any) -> None:
-    for got in (r, s):
-        if isinstance(got, BaseException):
-            raise got
-    ys = set(y)
-    want = [i for i, v in enumerate(x) if v in ys]
-    assert r.indices.tolist() == want and r.size == len(want) and r.peer_size == len(y)
-    assert sorted(y[i] for i in s.indices) == sorted(x[i] for i in want)
 
 
 # -- the protocol against plain set intersection --------------------------------------
