@@ -394,8 +394,9 @@ def test_each_party_spreads_its_workers_over_its_multi_node_cluster(tmp_path: Pa
 def test_a_killed_driver_is_run_again_and_skips_the_finished_partitions(tmp_path: Path, ray_tmpdir: str) -> None:
     """Both parties as processes with --run-dir, each on its own local Ray; the
     receiver's driver is killed (SIGKILL) once it has recorded a finished partition.
-    The other party's workers would only give up after their retries' connect
-    timeouts, so it is stopped too, once it has recorded what the dead driver had.
+    The other party's driver sees its link hang up and stops at once with a named
+    error (exit 3), having recorded what the dead driver had, where its workers would
+    have waited out their connect timeouts and retries.
     Both run again with the same folders: the partitions finished at both are kept
     (their records and results untouched), the rest are run, and the output is the
     plain intersection."""
@@ -440,7 +441,10 @@ def test_a_killed_driver_is_run_again_and_skips_the_finished_partitions(tmp_path
         assert procs["r"].wait(timeout=30) == -signal.SIGKILL
         killed_at = finished("r")
         assert 1 <= len(killed_at) < 8 and not (tmp_path / "o.csv").exists()
-        wait_for("the sender's records of those partitions", lambda: killed_at <= finished("s"), 60)
+        # the sender's driver sees its link hang up and stops by itself, its records kept
+        _, err = procs["s"].communicate(timeout=60)
+        assert procs["s"].returncode == 3 and "hung up" in err, err[-2000:]
+        assert killed_at <= finished("s")
     finally:
         for proc in procs.values():
             with contextlib.suppress(ProcessLookupError):

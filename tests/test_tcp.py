@@ -164,3 +164,42 @@ def test_certificates_name_the_party_and_no_host(tmp_path: Path) -> None:
     for name in ("localhost", "ip6-localhost"):
         with pytest.raises(ConfigError):
             provision_network(tmp_path / name, ["p0", name])
+
+
+@pytest.mark.parametrize("link", ["tls", "in-memory"])
+def test_a_peer_that_hangs_up_is_seen_on_an_idle_link_without_reading(tmp_path: Path, link: str) -> None:
+    """`peer_hung_up` looks at the socket without reading or waiting: False while the
+    peer is there, or while something it sent is still unread; True once it has closed
+    its end and every message it sent has been read."""
+    from veilpay.net import local_mesh
+
+    if link == "in-memory":
+        mesh = local_mesh(["p0", "p1"])
+    else:
+        net = load_network(provision_network(tmp_path, ["p0", "p1"], base_port=_free_port_base()))
+        session = secrets.token_bytes(16)
+        mesh = {}
+
+        def connect(me: str) -> None:
+            mesh[me] = connect_mesh(net, me, session, timeout=10, connect_timeout=10)
+
+        ts = [threading.Thread(target=connect, args=(p,)) for p in ("p0", "p1")]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(timeout=30)
+    a, b = mesh["p0"], mesh["p1"]
+    try:
+        assert not a.peer_hung_up("p1")
+        b.exchange("last", {"p0": [np.arange(3, dtype=np.uint64)]})
+        b.flush()
+        b.close()
+        time.sleep(0.2)
+        assert not a.peer_hung_up("p1")  # its last message is still unread
+        assert a.exchange("last", recv={"p1": 1})["p1"][0].tolist() == [0, 1, 2]
+        deadline = time.monotonic() + 5
+        while not a.peer_hung_up("p1"):
+            assert time.monotonic() < deadline, "the hang-up was not seen"
+            time.sleep(0.05)
+    finally:
+        a.close()

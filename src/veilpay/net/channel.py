@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import select
+import socket
 import ssl
 import threading
 import time
@@ -244,6 +246,24 @@ class Channel:
         s.messages_recv += 1
         s.bytes_recv += nbytes
         return out
+
+    def peer_hung_up(self) -> bool:
+        """True when the peer has closed its end (its process died) and nothing it sent
+        is left unread: a look at the socket, without reading or waiting. For a link
+        that is idle while each party works alone (a partitioned PSI run's driver link),
+        so a dead peer is noticed before any timeout."""
+        raw = self._in if isinstance(self._in, socket.socket) else getattr(self._in, "_raw", None)
+        if not isinstance(raw, socket.socket) or getattr(self._in, "buffered", lambda: False)():
+            return False
+        try:
+            readable, _, _ = select.select([raw], [], [], 0)
+            if not readable:
+                return False
+            return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:  # reset by the peer, or closed here
+            return True
 
     def close(self) -> None:
         if self._closed:

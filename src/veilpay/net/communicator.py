@@ -119,6 +119,11 @@ class Communicator:
         for ch in self.channels.values():
             ch.stats.clear()
 
+    def peer_hung_up(self, peer: str) -> bool:
+        """True when ``peer`` has closed its link and left nothing unread (see
+        `Channel.peer_hung_up`)."""
+        return self.channels[peer].peer_hung_up()
+
     def flush(self) -> None:
         for ch in self.channels.values():
             ch.flush()

@@ -121,5 +121,10 @@ class FrameStream:
     def setsockopt(self, level: int, option: int, value: int, /) -> None:
         self._raw.setsockopt(level, option, value)
 
+    def buffered(self) -> bool:
+        """True when bytes from the peer wait here, read from the socket but not yet
+        handed out."""
+        return len(self._prefix) > 0 or len(self._plain) > 0
+
     def close(self) -> None:
         self._raw.close()

@@ -112,5 +112,10 @@ class TlsStream:
             raise ConnectionError("TLS data is left on a link that leaves TLS")
         return self._raw, self._incoming.read()
 
+    def buffered(self) -> bool:
+        """True when bytes from the peer wait here, read from the socket but not yet
+        handed out (sealed in the BIO, or opened by TLS)."""
+        return self._incoming.pending > 0 or self._tls.pending() > 0
+
     def close(self) -> None:
         self._raw.close()

@@ -36,7 +36,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -50,6 +50,7 @@ from veilpay.errors import (
     InvalidInput,
     PartitionFailed,
     PartitionMismatch,
+    PeerDisconnected,
     ProtocolMismatch,
     VeilpayError,
     WireFormatError,
@@ -438,11 +439,14 @@ def _ray_failure(exc: BaseException) -> str:
 
 def _run_all(jobs: dict[int, PartitionJob], plan: _Plan, nodes: Sequence[str], peer: str, retries: int,
              num_cpus: float, memory_mib: int, show_progress: bool | None,
-             done_folder: Path) -> tuple[list[dict[str, Any]], int]:
+             done_folder: Path, peer_gone: Callable[[], bool] = lambda: False) -> tuple[list[dict[str, Any]], int]:
     """Run the partitions: slot s runs partitions s, s + W, s + 2W, ... in order on
     Ray node ``nodes[s]`` (the peer runs the same ones in the same slots, so each pair
     meets on one host and port pair), each retried up to ``retries`` times where it
-    fails. PartitionFailed after that."""
+    fails. PartitionFailed after that. ``peer_gone`` is looked at every second: the
+    peer's driver hanging up its link stops the run (PeerDisconnected), its finished
+    partitions kept for a resumed run, where the workers would otherwise wait out their
+    connect timeouts and retries."""
     import ray
     import ray.exceptions
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -468,6 +472,9 @@ def _run_all(jobs: dict[int, PartitionJob], plan: _Plan, nodes: Sequence[str], p
         with bar:
             while running:
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+                if not ready and peer_gone():
+                    raise PeerDisconnected(peer, "the peer's driver hung up while the partitions ran: run both "
+                                                 "again with the same --run-dir to resume")
                 for ref in ready:
                     slot, i = running.pop(ref)
                     try:
@@ -591,7 +598,7 @@ def run_partitioned(
                 (folder / "done" / f"{i:05d}.json").unlink(missing_ok=True)
         nodes = [n for n, _ in slot_nodes[: plan.workers]]
         results, retried = _run_all(jobs, plan, nodes, peer, retries, 1.0, memory_mib, show_progress,
-                                    folder / "done")
+                                    folder / "done", lambda: comm.peer_hung_up(peer))
         finished = np.array([len(results) + int(done.sum())], dtype=np.uint64)
         theirs = comm.exchange("psi.partitions.end", {peer: [finished]}, {peer: 1})[peer][0]
         if theirs.shape != (1,) or int(theirs[0]) != plan.partitions or int(finished[0]) != plan.partitions:
