@@ -12,7 +12,8 @@ and B with C = B + A * Delta. R sends P' = P + A. S's value for its item y is
 
 R's for x is H(Decode(C, x), x); they are equal exactly when x = y is in both sets
 (Decode is F_2-linear, so Decode(B, x) + Delta * Decode(A, x) = Decode(C, x)). H is
-the correlation-robust hash of `veilpay.crypto.ot`, truncated to `oprf_bytes`.
+the tweakable circular correlation-robust hash `veilpay.crypto.ot.tccr_hash` (Guo,
+Katz, Wang, Weng, Yu, CRYPTO 2020) tweaked by the item, truncated to `oprf_bytes`.
 
 Messages (typed veilpay messages; a malformed or foreign one is a named error):
 
@@ -20,9 +21,11 @@ Messages (typed veilpay messages; a malformed or foreign one is a named error):
             tags, nonce_R, A (the base-OT sender key)
     S -> R  hello: the same for S and its value chunk, nonce_S, 128 pairs of base-OT
             public keys
-    R -> S  attempt: which OKVS key (a new one after an encoding failure)
-    R -> S  U: the IKNP correction matrix of the VOLE's base correlations
+    R -> S  U: the IKNP correction matrix of the VOLE's base correlations (the
+            VOLE's length is the OKVS's, known from |X|: sent before the encoding)
     S -> R  the tree OT messages and sums of the VOLE
+    R -> S  attempt: which OKVS key (a new one after an encoding failure), as soon
+            as the OKVS is encoded, so that S decodes B while R finishes its VOLE
     R -> S  P': the masked OKVS, |P| x 16 bytes
     S -> R  S's values, in chunks as they are ready, its items in a random order
     R -> S  matches (only when both learn the intersection): the common items,
