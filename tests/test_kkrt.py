@@ -13,7 +13,7 @@ import pytest
 from conftest import load_json_vectors, load_vectors
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from psi_pairs import check, sets, two_party
+from psi_pairs import check, sender_told_only_its_common_items, sets, two_party
 
 from veilpay.crypto.ot import AesEcb, BaseOtReceiver, BaseOtSender, ColumnPrgs, correlation_robust_hash, id_prf
 from veilpay.errors import InvalidInput, PeerDisconnected, ProtocolMismatch, ProtocolTimeout, WireFormatError
@@ -376,38 +376,7 @@ def test_reveal_both_tells_the_sender_only_the_intersection(monkeypatch: Any) ->
     same intersection and different other ids (whose cuckoo tables place the common
     ids under other hash functions). Before, the sender was told the position and so
     the hash function or stash slot of each match."""
-    made: dict[tuple[bytes, ...], np.ndarray] = {}
-    real_prf = kkrt_mod.id_prf
-
-    def recording_prf(key: bytes, ids: Any) -> np.ndarray:
-        out = real_prf(key, ids)
-        made[tuple(ids)] = out
-        return out
-
-    monkeypatch.setattr(kkrt_mod, "id_prf", recording_prf)
-    common = [f"c{i}".encode() for i in range(40)]
-    y = common + [f"y{i}".encode() for i in range(200)]
-    for other in (range(0, 300), range(1000, 1700)):
-        x = [f"x{i}".encode() for i in other] + common
-        seen: list[np.ndarray] = []
-
-        def sender(c: Communicator, seen: list[np.ndarray] = seen) -> Any:
-            real = c.exchange
-
-            def spy(label: str, send: Any = None, recv: Any = None) -> Any:
-                got = real(label, send, recv)
-                if label == "kkrt.matches":
-                    seen.append(got["r"][0])
-                return got
-
-            c.exchange = spy  # type: ignore[method-assign]
-            return kkrt_psi(c, "r", "sender", y, reveal="both", stash=4)
-
-        r, s = two_party(lambda c, x=x: kkrt_psi(c, "s", "receiver", x, reveal="both", stash=4), sender)
-        check(x, y, r, s)
-        mine = made[tuple(y)][np.asarray(s.indices)]
-        w = np.ascontiguousarray(mine).view("<u8").reshape(-1, 2)
-        assert np.array_equal(seen[0], mine[np.lexsort((w[:, 1], w[:, 0]))])
+    sender_told_only_its_common_items(monkeypatch, kkrt_mod, kkrt_psi, "kkrt.matches", stash=4)
 
 
 @settings(max_examples=60, deadline=None)

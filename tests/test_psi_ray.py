@@ -95,6 +95,19 @@ def _sets(n_x: int, n_y: int, overlap: float, seed: int) -> tuple[list[str], lis
     return x, y
 
 
+def _cli_pair(tmp_path: Path, port: int, n_x: int, n_y: int, seed: int, timeout: int,
+              partitions: int) -> tuple[list[str], list[str], Path, Path, list[str]]:
+    """Two parties' sets, written as CSV files, and the `veilpay psi --ray-address
+    local` command both run (each adds its role, party and files)."""
+    net = provision_network(tmp_path / "net", ["r", "s"], base_port=port)
+    x, y = _sets(n_x, n_y, 0.5, seed)
+    xp = _csv(tmp_path / "x.csv", ["id"], [[v] for v in x])
+    yp = _csv(tmp_path / "y.csv", ["id"], [[v] for v in y])
+    base = [sys.executable, "-m", "veilpay.cli.main", "psi", "--network", str(net), "--key", "id", "--timeout",
+            str(timeout), "--ray-address", "local", "--partitions", str(partitions), "--workers", "1"]
+    return x, y, xp, yp, base
+
+
 @pytest.mark.parametrize(("n_x", "n_y", "overlap", "protocol"), [
     (1500, 1500, 0.0, "kkrt"), (1500, 1500, 0.5, "kkrt"), (1500, 1500, 1.0, "kkrt"),
     (300, 4000, 0.5, "kkrt"), (4000, 200, 1.0, "kkrt"), (600, 600, 0.5, "ecdh")])
@@ -222,12 +235,7 @@ def test_the_cli_runs_both_parties_as_processes_each_on_its_own_ray(tmp_path: Pa
     import json
     import subprocess
 
-    net = provision_network(tmp_path / "net", ["r", "s"], base_port=27400)
-    x, y = _sets(400, 500, 0.5, 5)
-    xp = _csv(tmp_path / "x.csv", ["id"], [[v] for v in x])
-    yp = _csv(tmp_path / "y.csv", ["id"], [[v] for v in y])
-    base = [sys.executable, "-m", "veilpay.cli.main", "psi", "--network", str(net), "--key", "id", "--timeout", "120",
-            "--ray-address", "local", "--partitions", "2", "--workers", "1"]
+    x, y, xp, yp, base = _cli_pair(tmp_path, 27400, 400, 500, 5, timeout=120, partitions=2)
     procs = [subprocess.Popen(base + ["--role", "receiver", "--party", "r", "--input", str(xp), "--output",
                                       str(tmp_path / "o.csv")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
              subprocess.Popen(base + ["--role", "sender", "--party", "s", "--input", str(yp)],
@@ -407,12 +415,7 @@ def test_a_killed_driver_is_run_again_and_skips_the_finished_partitions(tmp_path
     import subprocess
     import time
 
-    net = provision_network(tmp_path / "net", ["r", "s"], base_port=27600)
-    x, y = _sets(4000, 4000, 0.5, 19)
-    xp = _csv(tmp_path / "x.csv", ["id"], [[v] for v in x])
-    yp = _csv(tmp_path / "y.csv", ["id"], [[v] for v in y])
-    base = [sys.executable, "-m", "veilpay.cli.main", "psi", "--network", str(net), "--key", "id", "--timeout", "60",
-            "--ray-address", "local", "--partitions", "8", "--workers", "1"]
+    x, y, xp, yp, base = _cli_pair(tmp_path, 27600, 4000, 4000, 19, timeout=60, partitions=8)
     args = {"r": ["--role", "receiver", "--party", "r", "--input", str(xp), "--output", str(tmp_path / "o.csv")],
             "s": ["--role", "sender", "--party", "s", "--input", str(yp)]}
     done = {p: tmp_path / f"run-{p}" / "done" for p in "rs"}

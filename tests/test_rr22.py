@@ -14,7 +14,7 @@ import pytest
 from conftest import VECTORS
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from psi_pairs import check, sets, two_party
+from psi_pairs import check, sender_told_only_its_common_items, sets, two_party
 
 from veilpay.errors import InvalidInput, PeerDisconnected, ProtocolMismatch, ProtocolTimeout
 from veilpay.net import Communicator
@@ -323,38 +323,7 @@ def test_reveal_both_tells_the_sender_only_the_intersection(monkeypatch: pytest.
     """With reveal='both', what the sender receives after its values is a function of
     the intersection and the session's public keys alone: exactly the sorted items of
     its own common ids, whatever else the receiver holds."""
-    made: dict[tuple[bytes, ...], np.ndarray] = {}
-    real_prf = rr22_mod.id_prf
-
-    def recording_prf(key: bytes, ids: Any) -> np.ndarray:
-        out = real_prf(key, ids)
-        made[tuple(ids)] = out
-        return out
-
-    monkeypatch.setattr(rr22_mod, "id_prf", recording_prf)
-    common = [f"c{i}".encode() for i in range(40)]
-    y = common + [f"y{i}".encode() for i in range(200)]
-    for other in (range(0, 300), range(1000, 1700)):
-        x = [f"x{i}".encode() for i in other] + common
-        seen: list[np.ndarray] = []
-
-        def sender(c: Communicator, seen: list[np.ndarray] = seen) -> Any:
-            real = c.exchange
-
-            def spy(label: str, send: Any = None, recv: Any = None) -> Any:
-                got = real(label, send, recv)
-                if label == "rr22.matches":
-                    seen.append(got["r"][0])
-                return got
-
-            c.exchange = spy  # type: ignore[method-assign]
-            return rr22_psi(c, "r", "sender", y, reveal="both")
-
-        r, s = two_party(lambda c, x=x: rr22_psi(c, "s", "receiver", x, reveal="both"), sender)
-        check(x, y, r, s)
-        mine = made[tuple(y)][np.asarray(s.indices)]
-        w = np.ascontiguousarray(mine).view("<u8").reshape(-1, 2)
-        assert np.array_equal(seen[0], mine[np.lexsort((w[:, 1], w[:, 0]))])
+    sender_told_only_its_common_items(monkeypatch, rr22_mod, rr22_psi, "rr22.matches")
 
 
 def test_lookup_finds_values_whose_prefixes_collide_and_refuses_repeated_ids() -> None:
