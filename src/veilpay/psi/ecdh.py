@@ -53,6 +53,15 @@ MODES = {"intersection": 1, "cardinality": 2}
 REVEAL = {"receiver": 1, "both": 2}
 
 
+def check_side(role: str, reveal: str) -> None:
+    """InvalidInput unless ``role`` is receiver or sender and ``reveal`` one of REVEAL:
+    the arguments every two-party PSI protocol here checks first."""
+    if role not in ("receiver", "sender"):
+        raise InvalidInput(f"role must be 'receiver' or 'sender', not {role!r}")
+    if reveal not in REVEAL:
+        raise InvalidInput(f"reveal must be one of {sorted(REVEAL)}")
+
+
 @dataclass
 class PsiResult:
     """``indices``: positions in this party's id list that are common (sorted; None in
@@ -206,10 +215,9 @@ def ecdh_psi(
     (psi.data normalises and deduplicates); the result indexes into them. ``workers``:
     blinding processes (default: every core; 0 blinds on a thread of this process).
     ``show_progress``: a bar on stderr (default: when stderr is a terminal)."""
-    if role not in ("receiver", "sender"):
-        raise InvalidInput(f"role must be 'receiver' or 'sender', not {role!r}")
-    if mode not in MODES or reveal not in REVEAL:
-        raise InvalidInput(f"mode must be one of {sorted(MODES)}, reveal one of {sorted(REVEAL)}")
+    check_side(role, reveal)
+    if mode not in MODES:
+        raise InvalidInput(f"mode must be one of {sorted(MODES)}")
     if not 1 <= chunk <= 1 << 24:
         raise InvalidInput("chunk must be between 1 and 2^24 points")
     if not all_distinct(ids):

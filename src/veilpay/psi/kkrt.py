@@ -58,7 +58,7 @@ from veilpay.packed import all_distinct
 from veilpay.progress import progress
 from veilpay.psi.bitmatrix import transpose
 from veilpay.psi.cuckoo import HASHES, CuckooFailure, bin_count, hash_bins, place
-from veilpay.psi.ecdh import REVEAL, PsiResult, match_sorted, spans
+from veilpay.psi.ecdh import REVEAL, PsiResult, check_side, match_sorted, spans
 
 __all__ = ["CHUNK", "KKRT_VERSION", "WIDTH", "kkrt_psi", "oprf_bytes"]
 
@@ -159,10 +159,7 @@ def kkrt_psi(
     normalises and deduplicates); the result indexes into them. ``stash``: cuckoo
     stash slots (both sides must agree; each slot costs S one OPRF value per id).
     ``chunk``: OTs per correction message (R's choice; a multiple of 128)."""
-    if role not in _ROLES:
-        raise InvalidInput(f"role must be 'receiver' or 'sender', not {role!r}")
-    if reveal not in REVEAL:
-        raise InvalidInput(f"reveal must be one of {sorted(REVEAL)}")
+    check_side(role, reveal)
     if not 20 <= stat_sec <= 80 or not 0 <= stash <= 64:
         raise InvalidInput("stat_sec must be within 20..80 and stash within 0..64")
     if not (128 <= chunk <= 1 << 20 and chunk % 128 == 0):

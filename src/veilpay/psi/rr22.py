@@ -62,7 +62,7 @@ from veilpay.host import keep_freed_memory
 from veilpay.net import Communicator
 from veilpay.packed import PackedIds
 from veilpay.progress import progress
-from veilpay.psi.ecdh import REVEAL, PsiResult
+from veilpay.psi.ecdh import REVEAL, PsiResult, check_side
 from veilpay.psi.kkrt import _item_words, _lookup_keys, _members, _value_order, oprf_bytes
 from veilpay.psi.okvs import _SEG_FLOOR, DENSE, EXPANSION, OKVS_VERSION, SMALL_EXPANSION, SMALL_N, Okvs, OkvsRows, okvs_size
 from veilpay.psi.vole import BASE, NOISE_WEIGHT, SCALER, WEIGHT, GfScalar, VoleReceiver, VoleSender, vole_params
@@ -232,10 +232,7 @@ def rr22_psi(
     per message (S's choice). ``max_peer``: the most ids the peer may claim
     (ProtocolMismatch in the hello past it); S allows R at most `MAX_PEER` whatever
     is asked, since the VOLE can mask no larger OKVS; R allows any size unless told."""
-    if role not in _ROLES:
-        raise InvalidInput(f"role must be 'receiver' or 'sender', not {role!r}")
-    if reveal not in REVEAL:
-        raise InvalidInput(f"reveal must be one of {sorted(REVEAL)}")
+    check_side(role, reveal)
     if not 20 <= stat_sec <= 80:
         raise InvalidInput("stat_sec must be within 20..80")
     if not 1 <= chunk <= 1 << 24:
