@@ -15,7 +15,7 @@
     seed = 7
     model_to = ["wallet"]               # who receives the model; [] keeps it shared
     frac_bits = 20
-    psi = "kkrt"                        # or "rr22", "ecdh": the PSI that aligns the rows
+    psi = "rr22"                        # or "kkrt", "ecdh": the PSI that aligns the rows
     timeout = 600.0                     # seconds any party waits for a peer's message
 
     [parties.wallet]
@@ -126,7 +126,7 @@ class Job:
     model_to: list[str] = field(default_factory=list)
     frac_bits: int = 20
     timeout: float = 600.0
-    psi: str = "kkrt"
+    psi: str = "rr22"
     split: str = "hash"
     class_weight: str | float | None = None  # "balanced", the positives' weight, or None (unweighted)
 
@@ -165,7 +165,7 @@ class _JobSection:
     model_to: list[str] = field(default_factory=list)
     frac_bits: int = 20
     timeout: float = 600.0
-    psi: str = "kkrt"
+    psi: str = "rr22"
     split: Literal["hash", "ordered"] = "hash"
 
 

@@ -220,10 +220,10 @@ def align_rows(job: Job, me: str, local: LocalTable, comm_psi: Any, stats: dict[
     """PSI with the other data party, then keep the common rows sorted by id."""
     other = job.partner if me == job.label_party else job.label_party
     role = "receiver" if me == job.label_party else "sender"
-    if job.psi == "kkrt":
-        res = kkrt_psi(comm_psi, other, role, local.ids, reveal="both")
-    elif job.psi == "rr22":
+    if job.psi == "rr22":
         res = rr22_psi(comm_psi, other, role, local.ids, reveal="both")
+    elif job.psi == "kkrt":
+        res = kkrt_psi(comm_psi, other, role, local.ids, reveal="both")
     else:
         res = ecdh_psi(comm_psi, other, role, local.ids, reveal="both")
     idx = np.asarray(res.indices, dtype=np.int64)
