@@ -70,6 +70,18 @@ def _books_balance(ledger: list[dict[str, Any]], start: int) -> int:
 
 
 # ====================================================================== 1. a client racing the replicas
+
+def _pair(net: Net) -> tuple[Any, Any]:
+    """A client of the first replica and one of the second, neither retrying."""
+    return net.client(retries=0), net.client(gateway="gateway-2.test", retries=0)
+
+
+async def _paid(net: Net, client: Any, prefix: str, n: int) -> None:
+    """n payments of 1,000 by u1 through ``client``, request ids prefix-0 .. prefix-(n-1)."""
+    for i in range(n):
+        assert (await client.pay(f"{prefix}-{i}", _jpy(1000), await net.code("u1"), ORDER)).code == "SUCCESS"
+
+
 def test_one_request_id_two_bodies_at_two_replicas_makes_one_payment(tmp_path: Path, postgres_url: str) -> None:
     """The acquirer sends each paymentRequestId with two different amounts, one to each
     replica at the same moment: one payment, of the amount of the copy answered
@@ -81,7 +93,7 @@ def test_one_request_id_two_bodies_at_two_replicas_makes_one_payment(tmp_path: P
 
     async def go() -> None:
         await net.wallet("u1", start)
-        one, two = net.client(retries=0), net.client(gateway="gateway-2.test", retries=0)
+        one, two = _pair(net)
         n = 10
         codes = [await net.code("u1") for _ in range(n)]
         got = await asyncio.gather(*[c.pay(f"mix-{i}", _jpy(amount), codes[i], ORDER)
@@ -117,10 +129,9 @@ def test_refunds_racing_on_two_replicas_never_refund_more_than_the_payment(tmp_p
 
     async def go() -> None:
         await net.wallet("u1", start)
-        one, two = net.client(retries=0), net.client(gateway="gateway-2.test", retries=0)
+        one, two = _pair(net)
         n = 6
-        for i in range(n):
-            assert (await one.pay(f"rp-{i}", _jpy(1000), await net.code("u1"), ORDER)).code == "SUCCESS"
+        await _paid(net, one, "rp", n)
         got = await asyncio.gather(*[(one, two, one)[k].refund(f"rf-{i}-{k}", _jpy(400), payment_request_id=f"rp-{i}")
                                      for i in range(n) for k in range(3)])
         for i in range(n):
@@ -151,7 +162,7 @@ def test_a_cancel_on_one_replica_racing_the_pay_on_the_other(tmp_path: Path, pos
 
     async def go() -> None:
         await net.wallet("u1", start)
-        one, two = net.client(retries=0), net.client(gateway="gateway-2.test", retries=0)
+        one, two = _pair(net)
         n = 8
 
         async def cancel_soon(rid: str, delay: float) -> Any:
@@ -191,10 +202,9 @@ def test_a_refund_racing_a_cancel_on_the_other_replica_never_both(tmp_path: Path
 
     async def go() -> None:
         await net.wallet("u1", start)
-        one, two = net.client(retries=0), net.client(gateway="gateway-2.test", retries=0)
+        one, two = _pair(net)
         n = 8
-        for i in range(n):
-            assert (await one.pay(f"rc-{i}", _jpy(1000), await net.code("u1"), ORDER)).code == "SUCCESS"
+        await _paid(net, one, "rc", n)
         got = await asyncio.gather(*[
             x for i in range(n) for x in (one.refund(f"rcr-{i}", _jpy(300), payment_request_id=f"rc-{i}"),
                                           two.cancel_payment(payment_request_id=f"rc-{i}"))])
@@ -222,10 +232,9 @@ def test_one_refund_request_id_on_both_replicas(tmp_path: Path, postgres_url: st
 
     async def go() -> None:
         await net.wallet("u1", start)
-        one, two = net.client(retries=0), net.client(gateway="gateway-2.test", retries=0)
+        one, two = _pair(net)
         n = 6
-        for i in range(n):
-            assert (await one.pay(f"sr-{i}", _jpy(1000), await net.code("u1"), ORDER)).code == "SUCCESS"
+        await _paid(net, one, "sr", n)
         same = await asyncio.gather(*[c.refund(f"srr-{i}", _jpy(300), payment_request_id=f"sr-{i}")
                                       for i in range(n) for c in (one, two)])
         for i in range(n):
@@ -534,7 +543,7 @@ def test_two_replicas_refunding_one_hidden_payment_at_once(tmp_path: Path, postg
     async def go() -> None:
         await net.wallet("u1", 10**9)
         await _hidden_pays(net, 1, "hr")
-        one, two = net.client(retries=0), net.client(gateway="gateway-2.test", retries=0)
+        one, two = _pair(net)
         a, b = await asyncio.gather(one.refund("hrr-1", _jpy(600), payment_request_id="hr-0", mpp_id="mpp-1"),
                                     two.refund("hrr-2", _jpy(600), payment_request_id="hr-0", mpp_id="mpp-1"))
         assert sorted([a.code, b.code]) == ["REFUND_AMOUNT_EXCEED", "SUCCESS"], (a.code, b.code)
